@@ -1,0 +1,650 @@
+//! Typed configuration: one TOML file, defaults for every key, `EVR_*` overrides, and a
+//! validation pass that reports every problem with the key's path before anything starts.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::pattern::TopicPattern;
+
+/// Everything evrouter can be told, read once at start-up.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// HTTP listener and request limits.
+    pub server: ServerConfig,
+    /// Redis connection and durability policy.
+    pub redis: RedisConfig,
+    /// Batched, pipelined partition writers.
+    pub writer: WriterConfig,
+    /// Event validation: base schema patterns and per-type schemas.
+    pub validation: ValidationConfig,
+    /// Retention enforcement (trimming) of the partitions.
+    pub retention: RetentionConfig,
+    /// When true (default), the platform's domain streams are defined unless a stream of
+    /// the same name is configured.
+    pub default_streams: DefaultStreams,
+    /// Streams: which topics they hold, partitions, key rules, retention, dedup.
+    pub streams: Vec<StreamConfig>,
+}
+
+/// Whether the built-in domain streams are added (a newtype so its default is `true`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct DefaultStreams(pub bool);
+
+impl Default for DefaultStreams {
+    fn default() -> Self {
+        Self(true)
+    }
+}
+
+/// HTTP server settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ServerConfig {
+    /// Address to listen on (Dapr's HTTP port by default).
+    pub listen: String,
+    /// Largest request body accepted, in bytes; larger bodies get 413.
+    pub max_body_bytes: usize,
+    /// Most events accepted in one batch publish.
+    pub max_batch: usize,
+    /// Deepest JSON nesting accepted in a body.
+    pub max_json_depth: usize,
+    /// A connection that has not sent a full request head within this time is dropped.
+    pub header_read_timeout: String,
+    /// A publish that Redis has not confirmed within this time answers 503.
+    pub publish_timeout: String,
+    /// How long shutdown waits for in-flight requests before cutting them off.
+    pub shutdown_grace: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:3500".into(),
+            max_body_bytes: 1 << 20,
+            max_batch: 1000,
+            max_json_depth: 64,
+            header_read_timeout: "10s".into(),
+            publish_timeout: "5s".into(),
+            shutdown_grace: "30s".into(),
+        }
+    }
+}
+
+/// Redis connection settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RedisConfig {
+    /// Redis URL.
+    pub url: String,
+    /// Prefix of every key evrouter writes.
+    pub key_prefix: String,
+    /// A single Redis command or pipeline not answered within this time fails.
+    pub response_timeout: String,
+    /// Connecting to Redis gives up after this time.
+    pub connect_timeout: String,
+    /// `warn`: log when Redis could lose acknowledged events on a crash; `strict`: refuse
+    /// to start then; `off`: do not check.
+    pub durability: Durability,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379".into(),
+            key_prefix: "evr".into(),
+            response_timeout: "2s".into(),
+            connect_timeout: "1s".into(),
+            durability: Durability::Warn,
+        }
+    }
+}
+
+/// What to do when Redis's persistence settings could lose acknowledged events.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Do not check.
+    Off,
+    /// Log a warning.
+    Warn,
+    /// Refuse to start.
+    Strict,
+}
+
+/// Partition writer settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WriterConfig {
+    /// Number of writers; each owns a share of the partitions and one Redis connection.
+    pub writers: usize,
+    /// Most entries sent in one pipeline.
+    pub max_batch: usize,
+    /// How long a writer waits for more entries before sending a partial batch.
+    pub linger: String,
+    /// Most publish requests queued per writer; beyond it publishers get 503.
+    pub queue_capacity: usize,
+}
+
+impl Default for WriterConfig {
+    fn default() -> Self {
+        Self {
+            writers: 4,
+            max_batch: 512,
+            linger: "200us".into(),
+            queue_capacity: 4096,
+        }
+    }
+}
+
+/// Validation settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ValidationConfig {
+    /// Pattern `event_id` must match.
+    pub event_id_pattern: String,
+    /// Pattern `event_type` must match. The platform's own documented pattern
+    /// (`^[a-z]+\.[a-z]+\.[a-z]+$`) rejects its own examples such as `order.created`, so the
+    /// default accepts two or three segments.
+    pub event_type_pattern: String,
+    /// Folder of per-type schemas: `{event_type}.json` and `{event_type}.v{major}.json`.
+    pub schema_dir: Option<PathBuf>,
+    /// When true, every topic requires `event_type == topic` (streams may override).
+    pub require_type_match: bool,
+}
+
+impl Default for ValidationConfig {
+    fn default() -> Self {
+        Self {
+            event_id_pattern: "^evt_[a-z]+_[0-9]+$".into(),
+            event_type_pattern: r"^[a-z]+(\.[a-z]+){1,2}$".into(),
+            schema_dir: None,
+            require_type_match: false,
+        }
+    }
+}
+
+/// Retention enforcement.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RetentionConfig {
+    /// How often the trimmer recomputes each partition's safe trim floor.
+    pub check_interval: String,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            check_interval: "30s".into(),
+        }
+    }
+}
+
+/// One stream: a partitioned log holding the topics its patterns match.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct StreamConfig {
+    /// Stream name; also the first part of its partitions' Redis keys.
+    pub name: String,
+    /// Topic patterns (`order.*`, `order.>`, `re:^order\..*$`); default `{name}.>`.
+    pub topics: Vec<String>,
+    /// Number of partitions.
+    pub partitions: u32,
+    /// Key rules, first matching topic wins: a JSON pointer into the event.
+    pub keys: Vec<KeyRuleConfig>,
+    /// Entries older than this are trimmed (never while a group has not acked them).
+    pub max_age: String,
+    /// Approximate most entries per partition (never trimming what a group has not acked).
+    pub max_len: Option<u64>,
+    /// Publishing an `event_id` again within this window appends nothing; off when unset.
+    pub dedup_window: Option<String>,
+    /// Overrides `validation.require_type_match` for this stream's topics.
+    pub require_type_match: Option<bool>,
+}
+
+impl Default for StreamConfig {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            topics: Vec::new(),
+            partitions: 16,
+            keys: Vec::new(),
+            max_age: "30d".into(),
+            max_len: None,
+            dedup_window: None,
+            require_type_match: None,
+        }
+    }
+}
+
+/// Where to find an event's key for the topics matching `topic`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct KeyRuleConfig {
+    /// Topic pattern the rule applies to.
+    pub topic: String,
+    /// JSON pointer into the event, e.g. `/data/order_id`.
+    pub pointer: String,
+}
+
+/// The platform's domains and the field that names each one's entity.
+const DOMAIN_KEYS: &[(&str, &str)] = &[
+    ("order", "/data/order_id"),
+    ("inventory", "/data/product_id"),
+    ("payment", "/data/order_id"),
+    ("customer", "/data/customer_id"),
+    ("catalog", "/data/product_id"),
+    ("search", "/data/query_id"),
+    ("service", "/data/service"),
+    ("analytics", "/data/report_id"),
+    ("fulfillment", "/data/order_id"),
+    ("shipping", "/data/order_id"),
+    ("notification", "/data/customer_id"),
+    ("loyalty", "/data/customer_id"),
+];
+
+/// The built-in streams for the platform's domains.
+pub fn default_domain_streams() -> Vec<StreamConfig> {
+    DOMAIN_KEYS
+        .iter()
+        .map(|(domain, pointer)| StreamConfig {
+            name: (*domain).to_string(),
+            topics: vec![format!("{domain}.>")],
+            keys: vec![KeyRuleConfig {
+                topic: format!("{domain}.>"),
+                pointer: (*pointer).to_string(),
+            }],
+            ..StreamConfig::default()
+        })
+        .collect()
+}
+
+/// One problem found in a configuration, with the path of the key at fault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    /// Dotted key path, e.g. `streams[0].partitions`.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// File path.
+        path: PathBuf,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML.
+    #[error("config file is not valid TOML: {0}")]
+    Syntax(String),
+    /// One or more keys are unknown or hold bad values.
+    #[error("invalid configuration:\n{}", .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<ConfigProblem>),
+}
+
+impl Config {
+    /// Reads `path` (or nothing), applies `EVR_*` variables from `env`, and validates.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let text = match path {
+            Some(path) => std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?,
+            None => String::new(),
+        };
+        Self::from_toml_str(&text, env)
+    }
+
+    /// Parses TOML text, applies `EVR_*` overrides, and validates everything.
+    pub fn from_toml_str(
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::Syntax(e.to_string()))?;
+        let mut problems = Vec::new();
+        for (name, value) in env {
+            if let Some(rest) = name.strip_prefix("EVR_") {
+                apply_env_override(&mut table, rest, &value, &mut problems);
+            }
+        }
+        let mut unknown = Vec::new();
+        let value = toml::Value::Table(table);
+        let mut on_unknown = |path: serde_ignored::Path<'_>| unknown.push(path.to_string());
+        let parsed: Result<Config, _> = serde_path_to_error::deserialize(
+            serde_ignored::Deserializer::new(value, &mut on_unknown),
+        );
+        for path in unknown {
+            problems.push(ConfigProblem {
+                path,
+                message: "unknown key".into(),
+            });
+        }
+        let config = match parsed {
+            Ok(config) => Some(config),
+            Err(err) => {
+                problems.push(ConfigProblem {
+                    path: err.path().to_string(),
+                    message: err.inner().to_string(),
+                });
+                None
+            }
+        };
+        match config {
+            Some(config) => {
+                config.validate(&mut problems);
+                if problems.is_empty() {
+                    Ok(config)
+                } else {
+                    Err(ConfigError::Invalid(problems))
+                }
+            }
+            None => Err(ConfigError::Invalid(problems)),
+        }
+    }
+
+    /// The configured streams, plus the built-in domain streams not overridden by name.
+    pub fn effective_streams(&self) -> Vec<StreamConfig> {
+        let mut streams = self.streams.clone();
+        for stream in &mut streams {
+            if stream.topics.is_empty() {
+                stream.topics = vec![format!("{}.>", stream.name)];
+            }
+        }
+        if self.default_streams.0 {
+            for builtin in default_domain_streams() {
+                if !streams.iter().any(|s| s.name == builtin.name) {
+                    streams.push(builtin);
+                }
+            }
+        }
+        streams
+    }
+
+    fn validate(&self, problems: &mut Vec<ConfigProblem>) {
+        let mut bad = |path: &str, message: String| {
+            problems.push(ConfigProblem {
+                path: path.to_string(),
+                message,
+            })
+        };
+        if self.server.listen.parse::<SocketAddr>().is_err() {
+            bad(
+                "server.listen",
+                format!(
+                    "`{}` is not an address like 127.0.0.1:3500",
+                    self.server.listen
+                ),
+            );
+        }
+        for (path, value) in [
+            ("server.max_body_bytes", self.server.max_body_bytes),
+            ("server.max_batch", self.server.max_batch),
+            ("server.max_json_depth", self.server.max_json_depth),
+            ("writer.writers", self.writer.writers),
+            ("writer.max_batch", self.writer.max_batch),
+            ("writer.queue_capacity", self.writer.queue_capacity),
+        ] {
+            if value == 0 {
+                bad(path, "must be greater than 0".into());
+            }
+        }
+        for (path, value) in [
+            (
+                "server.header_read_timeout",
+                &self.server.header_read_timeout,
+            ),
+            ("server.publish_timeout", &self.server.publish_timeout),
+            ("server.shutdown_grace", &self.server.shutdown_grace),
+            ("redis.response_timeout", &self.redis.response_timeout),
+            ("redis.connect_timeout", &self.redis.connect_timeout),
+            ("writer.linger", &self.writer.linger),
+            ("retention.check_interval", &self.retention.check_interval),
+        ] {
+            if let Err(message) = parse_duration(value) {
+                bad(path, message);
+            }
+        }
+        if !self.redis.url.starts_with("redis://") && !self.redis.url.starts_with("rediss://") {
+            bad(
+                "redis.url",
+                format!("`{}` is not a redis:// URL", self.redis.url),
+            );
+        }
+        if self.redis.key_prefix.is_empty() || self.redis.key_prefix.contains(['{', '}']) {
+            bad(
+                "redis.key_prefix",
+                "must be non-empty and hold no braces".into(),
+            );
+        }
+        for (path, pattern) in [
+            (
+                "validation.event_id_pattern",
+                &self.validation.event_id_pattern,
+            ),
+            (
+                "validation.event_type_pattern",
+                &self.validation.event_type_pattern,
+            ),
+        ] {
+            if let Err(e) = regex::Regex::new(pattern) {
+                bad(path, format!("not a regular expression: {e}"));
+            }
+        }
+        if let Some(dir) = &self.validation.schema_dir {
+            if !dir.is_dir() {
+                bad(
+                    "validation.schema_dir",
+                    format!("{} is not a directory", dir.display()),
+                );
+            }
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, stream) in self.streams.iter().enumerate() {
+            let at = |key: &str| format!("streams[{i}].{key}");
+            if !crate::topic::is_valid_segment(&stream.name) {
+                bad(
+                    &at("name"),
+                    format!(
+                        "`{}` must be lowercase letters, digits, `_` or `-`",
+                        stream.name
+                    ),
+                );
+            }
+            if !names.insert(stream.name.as_str()) {
+                bad(&at("name"), format!("duplicate stream `{}`", stream.name));
+            }
+            if stream.partitions == 0 || stream.partitions > 4096 {
+                bad(&at("partitions"), "must be between 1 and 4096".into());
+            }
+            for (j, topic) in stream.topics.iter().enumerate() {
+                if let Err(e) = TopicPattern::parse(topic) {
+                    bad(&at(&format!("topics[{j}]")), e.to_string());
+                }
+            }
+            for (j, rule) in stream.keys.iter().enumerate() {
+                if let Err(e) = TopicPattern::parse(&rule.topic) {
+                    bad(&at(&format!("keys[{j}].topic")), e.to_string());
+                }
+                if !rule.pointer.starts_with('/') || rule.pointer.len() < 2 {
+                    bad(
+                        &at(&format!("keys[{j}].pointer")),
+                        format!(
+                            "`{}` is not a JSON pointer like /data/order_id",
+                            rule.pointer
+                        ),
+                    );
+                }
+            }
+            if let Err(message) = parse_duration(&stream.max_age) {
+                bad(&at("max_age"), message);
+            }
+            if stream.max_len == Some(0) {
+                bad(&at("max_len"), "must be greater than 0".into());
+            }
+            if let Some(window) = &stream.dedup_window {
+                match parse_duration(window) {
+                    Ok(d) if d.as_millis() == 0 => bad(&at("dedup_window"), "must be > 0".into()),
+                    Ok(_) => {}
+                    Err(message) => bad(&at("dedup_window"), message),
+                }
+            }
+        }
+    }
+
+    /// Parses a duration key that validation has already accepted.
+    pub fn duration(value: &str) -> Duration {
+        parse_duration(value).unwrap_or_default()
+    }
+}
+
+/// Parses `"200us"`, `"5s"`, `"30d"` and the like.
+pub fn parse_duration(value: &str) -> Result<Duration, String> {
+    humantime::parse_duration(value.trim())
+        .map_err(|e| format!("`{value}` is not a duration like 5s, 200ms or 30d: {e}"))
+}
+
+/// Sets `EVR_SECTION__KEY=value` into the table as `section.key`; the value is read as a
+/// TOML value when it parses as one (numbers, booleans, arrays), else as a string.
+fn apply_env_override(
+    table: &mut toml::Table,
+    name: &str,
+    raw: &str,
+    problems: &mut Vec<ConfigProblem>,
+) {
+    let parts: Vec<String> = name.split("__").map(|p| p.to_ascii_lowercase()).collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        problems.push(ConfigProblem {
+            path: format!("EVR_{name}"),
+            message: "environment override must look like EVR_SECTION__KEY".into(),
+        });
+        return;
+    }
+    let value = format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+    let mut current = table;
+    for part in &parts[..parts.len() - 1] {
+        let entry = current
+            .entry(part.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        match entry {
+            toml::Value::Table(t) => current = t,
+            _ => {
+                problems.push(ConfigProblem {
+                    path: parts.join("."),
+                    message: format!("EVR_{name} overrides a key that is not a section"),
+                });
+                return;
+            }
+        }
+    }
+    if let Some(last) = parts.last() {
+        current.insert(last.clone(), value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env() -> Vec<(String, String)> {
+        Vec::new()
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let config = Config::from_toml_str("", no_env()).expect("defaults are valid");
+        assert_eq!(config.server.listen, "127.0.0.1:3500");
+        assert_eq!(config.redis.url, "redis://127.0.0.1:6379");
+        assert!(config.effective_streams().iter().any(|s| s.name == "order"));
+    }
+
+    #[test]
+    fn every_unknown_key_and_bad_value_is_listed_with_its_path() {
+        let text = r#"
+            [server]
+            listn = "x"
+            max_batch = 0
+            [writer]
+            flavour = 1
+            [[streams]]
+            name = "Order"
+            partitions = 0
+            max_age = "forever"
+        "#;
+        let Err(ConfigError::Invalid(problems)) = Config::from_toml_str(text, no_env()) else {
+            panic!("config should be refused");
+        };
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        for expected in [
+            "server.listn",
+            "writer.flavour",
+            "server.max_batch",
+            "streams[0].name",
+            "streams[0].partitions",
+            "streams[0].max_age",
+        ] {
+            assert!(
+                paths.contains(&expected),
+                "{expected} missing from {paths:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn wrong_type_names_its_key() {
+        let Err(ConfigError::Invalid(problems)) =
+            Config::from_toml_str("[server]\nmax_batch = \"many\"\n", no_env())
+        else {
+            panic!("config should be refused");
+        };
+        assert_eq!(problems[0].path, "server.max_batch");
+    }
+
+    #[test]
+    fn environment_overrides_keys() {
+        let env = vec![
+            (
+                "EVR_REDIS__URL".to_string(),
+                "redis://10.0.0.1:7000".to_string(),
+            ),
+            ("EVR_SERVER__MAX_BATCH".to_string(), "50".to_string()),
+            ("OTHER".to_string(), "ignored".to_string()),
+        ];
+        let config = Config::from_toml_str("[server]\nmax_batch = 10\n", env).expect("valid");
+        assert_eq!(config.redis.url, "redis://10.0.0.1:7000");
+        assert_eq!(config.server.max_batch, 50);
+    }
+
+    #[test]
+    fn configured_stream_replaces_builtin_of_same_name() {
+        let text = "[[streams]]\nname = \"order\"\npartitions = 4\n";
+        let config = Config::from_toml_str(text, no_env()).expect("valid");
+        let streams = config.effective_streams();
+        let orders: Vec<_> = streams.iter().filter(|s| s.name == "order").collect();
+        assert_eq!(orders.len(), 1);
+        assert_eq!(orders[0].partitions, 4);
+        assert_eq!(orders[0].topics, vec!["order.>".to_string()]);
+    }
+}

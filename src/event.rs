@@ -1,0 +1,354 @@
+//! The event model: reading what routing needs from a client's JSON without building a
+//! tree of `data`, and the binary envelope stored in each stream entry.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use rkyv::rancor;
+use serde::de::{IgnoredAny, MapAccess, Visitor};
+use serde::Deserializer;
+use serde_json::value::RawValue;
+
+/// Version byte in front of every stored envelope, so readers can tell formats apart.
+pub const ENVELOPE_VERSION: u8 = 1;
+
+/// Name of the one field of every stream entry.
+pub const ENTRY_FIELD: &str = "e";
+
+/// The top-level fields of an event, each as the raw JSON the client sent.
+#[derive(Debug, Default)]
+pub struct RawEvent<'a> {
+    /// The whole event, exactly as sent.
+    pub raw: &'a str,
+    /// `event_id`.
+    pub event_id: Option<&'a RawValue>,
+    /// `event_type`.
+    pub event_type: Option<&'a RawValue>,
+    /// `timestamp`.
+    pub timestamp: Option<&'a RawValue>,
+    /// `version`.
+    pub version: Option<&'a RawValue>,
+    /// `data`, never parsed into a tree on the hot path.
+    pub data: Option<&'a RawValue>,
+    /// `metadata`.
+    pub metadata: Option<&'a RawValue>,
+}
+
+impl<'a> RawEvent<'a> {
+    /// Reads the top level of one event. Fails when `raw` is not a JSON object.
+    pub fn parse(raw: &'a RawValue) -> Result<Self, serde_json::Error> {
+        let text = raw.get();
+        let mut de = serde_json::Deserializer::from_str(text);
+        let mut event = de.deserialize_map(TopVisitor)?;
+        event.raw = text;
+        Ok(event)
+    }
+
+    /// The top-level field named by the first segment of a JSON pointer.
+    pub fn field(&self, name: &str) -> Option<&'a RawValue> {
+        match name {
+            "event_id" => self.event_id,
+            "event_type" => self.event_type,
+            "timestamp" => self.timestamp,
+            "version" => self.version,
+            "data" => self.data,
+            "metadata" => self.metadata,
+            _ => lookup_key(self.raw, name).ok().flatten(),
+        }
+    }
+
+    /// Resolves a JSON pointer (`/data/order_id`) without building a tree.
+    pub fn pointer(&self, pointer: &str) -> Option<&'a RawValue> {
+        let mut segments = pointer.strip_prefix('/')?.split('/');
+        let first = unescape_pointer(segments.next()?);
+        let mut current = self.field(&first)?;
+        for segment in segments {
+            let segment = unescape_pointer(segment);
+            current = lookup(current.get(), &segment)?;
+        }
+        Some(current)
+    }
+}
+
+fn unescape_pointer(segment: &str) -> Cow<'_, str> {
+    if segment.contains('~') {
+        Cow::Owned(segment.replace("~1", "/").replace("~0", "~"))
+    } else {
+        Cow::Borrowed(segment)
+    }
+}
+
+/// Looks `segment` up in a raw object (by key) or array (by index).
+fn lookup<'a>(raw: &'a str, segment: &str) -> Option<&'a RawValue> {
+    match raw.as_bytes().first() {
+        Some(b'{') => lookup_key(raw, segment).ok().flatten(),
+        Some(b'[') => {
+            let index: usize = segment.parse().ok()?;
+            let items: Vec<&RawValue> = serde_json::from_str(raw).ok()?;
+            items.get(index).copied()
+        }
+        _ => None,
+    }
+}
+
+/// Finds one key of a raw JSON object, skipping every other value unparsed.
+pub fn lookup_key<'a>(raw: &'a str, key: &str) -> Result<Option<&'a RawValue>, serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_str(raw);
+    de.deserialize_map(KeyFinder { key })
+}
+
+struct KeyFinder<'k> {
+    key: &'k str,
+}
+
+impl<'de> Visitor<'de> for KeyFinder<'_> {
+    type Value = Option<&'de RawValue>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut found = None;
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            if key == self.key {
+                found = Some(map.next_value::<&'de RawValue>()?);
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(found)
+    }
+}
+
+struct TopVisitor;
+
+impl<'de> Visitor<'de> for TopVisitor {
+    type Value = RawEvent<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an event object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut event = RawEvent::default();
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            let slot = match key.as_ref() {
+                "event_id" => &mut event.event_id,
+                "event_type" => &mut event.event_type,
+                "timestamp" => &mut event.timestamp,
+                "version" => &mut event.version,
+                "data" => &mut event.data,
+                "metadata" => &mut event.metadata,
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                    continue;
+                }
+            };
+            *slot = Some(map.next_value::<&'de RawValue>()?);
+        }
+        Ok(event)
+    }
+}
+
+/// Reads a raw JSON string value without allocating when it has no escapes.
+pub fn raw_str(raw: &RawValue) -> Option<Cow<'_, str>> {
+    let text = raw.get();
+    if !text.starts_with('"') {
+        return None;
+    }
+    let inner = &text[1..text.len().saturating_sub(1)];
+    if !inner.contains('\\') {
+        return Some(Cow::Borrowed(inner));
+    }
+    serde_json::from_str::<String>(text).ok().map(Cow::Owned)
+}
+
+/// Reads a raw JSON value as an unsigned integer.
+pub fn raw_u64(raw: &RawValue) -> Option<u64> {
+    raw.get().parse().ok()
+}
+
+/// Parses a JSON body as either one event or an array of events, keeping each raw.
+pub enum Body<'a> {
+    /// One event object.
+    One(&'a RawValue),
+    /// An array of events.
+    Many(Vec<&'a RawValue>),
+}
+
+impl<'a> Body<'a> {
+    /// Splits a body into its events; fails with serde_json's message and position.
+    pub fn parse(text: &'a str) -> Result<Self, serde_json::Error> {
+        let trimmed = text.trim_start();
+        if trimmed.starts_with('[') {
+            serde_json::from_str::<Vec<&RawValue>>(text).map(Body::Many)
+        } else {
+            serde_json::from_str::<&RawValue>(text).map(Body::One)
+        }
+    }
+}
+
+/// The deepest nesting of arrays and objects in a JSON text (strings are skipped).
+/// Returns early with `limit + 1` once the limit is passed.
+pub fn json_depth(bytes: &[u8], limit: usize) -> usize {
+    let mut depth = 0usize;
+    let mut max = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in bytes {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > max {
+                    max = depth;
+                    if max > limit {
+                        return max;
+                    }
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
+/// What every stream entry holds: the event as sent plus what routing needs, so that
+/// readers never parse JSON to route.
+#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Envelope {
+    /// `event_id`.
+    pub event_id: String,
+    /// The topic it was published to.
+    pub topic: String,
+    /// `event_type`.
+    pub event_type: String,
+    /// The entity key it is ordered by.
+    pub key: String,
+    /// `metadata.sequence`, when given.
+    pub sequence: Option<u64>,
+    /// When evrouter received it, in microseconds since the Unix epoch.
+    pub received_us: u64,
+    /// The publishing service (`metadata.service`).
+    pub service: String,
+    /// `metadata.correlation_id`.
+    pub correlation_id: String,
+    /// W3C `traceparent`.
+    pub traceparent: String,
+    /// W3C `tracestate`, when given.
+    pub tracestate: Option<String>,
+    /// The event's JSON, exactly as the client sent it.
+    pub payload: Vec<u8>,
+}
+
+/// Why an entry could not be decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum EnvelopeError {
+    /// The entry is empty.
+    #[error("empty entry")]
+    Empty,
+    /// The version byte is not one this build reads.
+    #[error("unknown envelope version {0}")]
+    Version(u8),
+    /// The bytes are not a valid archive.
+    #[error("corrupt envelope: {0}")]
+    Corrupt(String),
+}
+
+impl Envelope {
+    /// Encodes as the version byte followed by the rkyv archive.
+    pub fn encode(&self) -> Vec<u8> {
+        // Serializing plain strings and bytes into memory cannot fail.
+        let archived = rkyv::to_bytes::<rancor::Error>(self).unwrap_or_default();
+        let mut out = Vec::with_capacity(archived.len() + 1);
+        out.push(ENVELOPE_VERSION);
+        out.extend_from_slice(&archived);
+        out
+    }
+
+    /// Decodes what [`Envelope::encode`] wrote (copying into aligned memory first).
+    pub fn decode(bytes: &[u8]) -> Result<Envelope, EnvelopeError> {
+        let (&version, body) = bytes.split_first().ok_or(EnvelopeError::Empty)?;
+        if version != ENVELOPE_VERSION {
+            return Err(EnvelopeError::Version(version));
+        }
+        let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(body.len());
+        aligned.extend_from_slice(body);
+        rkyv::from_bytes::<Envelope, rancor::Error>(&aligned)
+            .map_err(|e| EnvelopeError::Corrupt(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EVENT: &str = r#"{"event_id":"evt_order_1","event_type":"order.created","timestamp":"2026-01-30T10:00:00Z","version":"1.0","data":{"order_id":"ord_9","items":[{"sku":"a"},{"sku":"b"}],"we\"ird":1},"metadata":{"correlation_id":"c1","service":"order-service","version":"1.2.3","sequence":3},"extra":true}"#;
+
+    #[test]
+    fn reads_top_fields_and_pointers_without_a_tree() {
+        let raw: &RawValue = serde_json::from_str(EVENT).expect("json");
+        let event = RawEvent::parse(raw).expect("object");
+        assert_eq!(
+            raw_str(event.event_id.expect("id")).as_deref(),
+            Some("evt_order_1")
+        );
+        let order = event.pointer("/data/order_id").expect("order id");
+        assert_eq!(raw_str(order).as_deref(), Some("ord_9"));
+        let sku = event.pointer("/data/items/1/sku").expect("sku");
+        assert_eq!(raw_str(sku).as_deref(), Some("b"));
+        assert_eq!(
+            event.pointer("/metadata/sequence").and_then(raw_u64),
+            Some(3)
+        );
+        assert!(event.pointer("/data/missing").is_none());
+        assert!(event.pointer("/extra").is_some());
+        assert_eq!(event.raw, EVENT);
+    }
+
+    #[test]
+    fn depth_counts_nesting_outside_strings() {
+        assert_eq!(json_depth(br#"{"a":[1,{"b":"[[[["}]}"#, 64), 3);
+        let deep = "[".repeat(100) + &"]".repeat(100);
+        assert_eq!(json_depth(deep.as_bytes(), 64), 65);
+    }
+
+    #[test]
+    fn envelope_round_trips_and_checks_version() {
+        let envelope = Envelope {
+            event_id: "evt_order_1".into(),
+            topic: "order.created".into(),
+            event_type: "order.created".into(),
+            key: "ord_9".into(),
+            sequence: Some(3),
+            received_us: 1_700_000_000_000_000,
+            service: "order-service".into(),
+            correlation_id: "c1".into(),
+            traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
+            tracestate: None,
+            payload: EVENT.as_bytes().to_vec(),
+        };
+        let bytes = envelope.encode();
+        assert_eq!(bytes[0], ENVELOPE_VERSION);
+        assert_eq!(Envelope::decode(&bytes).expect("decode"), envelope);
+        let mut wrong = bytes.clone();
+        wrong[0] = 9;
+        assert!(matches!(
+            Envelope::decode(&wrong),
+            Err(EnvelopeError::Version(9))
+        ));
+        assert!(Envelope::decode(&bytes[..bytes.len() / 2]).is_err());
+    }
+}

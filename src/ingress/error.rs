@@ -1,0 +1,128 @@
+//! The one error shape of the HTTP API: a status, a stable code, a message and the paths
+//! at fault.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::publish::{EventViolation, PublishError};
+use crate::store::StoreError;
+
+/// An error answer: `{"error":{"code","message","details":[{"path","message"}]}}`.
+#[derive(Debug)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Stable machine-readable code.
+    pub code: &'static str,
+    /// Human-readable message.
+    pub message: String,
+    /// Paths at fault.
+    pub details: Vec<EventViolation>,
+    /// Seconds to put in `Retry-After`.
+    pub retry_after: Option<u32>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: Inner<'a>,
+}
+
+#[derive(Serialize)]
+struct Inner<'a> {
+    code: &'a str,
+    message: &'a str,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    details: &'a [EventViolation],
+}
+
+impl ApiError {
+    /// An error with no details.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            details: Vec::new(),
+            retry_after: None,
+        }
+    }
+
+    /// 404 for a path no route serves.
+    pub fn not_found(path: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no route for {path}"),
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = Body {
+            error: Inner {
+                code: self.code,
+                message: &self.message,
+                details: &self.details,
+            },
+        };
+        let bytes = serde_json::to_vec(&body).unwrap_or_default();
+        let mut response = (
+            self.status,
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            bytes,
+        )
+            .into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}
+
+impl From<PublishError> for ApiError {
+    fn from(err: PublishError) -> Self {
+        let message = err.to_string();
+        match err {
+            PublishError::InvalidTopic(_) => {
+                Self::new(StatusCode::BAD_REQUEST, "invalid_topic", message)
+            }
+            PublishError::NotUtf8(_) => {
+                Self::new(StatusCode::BAD_REQUEST, "invalid_encoding", message)
+            }
+            PublishError::TooDeep(_) => Self::new(StatusCode::BAD_REQUEST, "too_deep", message),
+            PublishError::MalformedJson { .. } => {
+                Self::new(StatusCode::BAD_REQUEST, "malformed_json", message)
+            }
+            PublishError::EmptyBatch => Self::new(StatusCode::BAD_REQUEST, "empty_batch", message),
+            PublishError::BatchTooLarge { .. } => {
+                Self::new(StatusCode::PAYLOAD_TOO_LARGE, "batch_too_large", message)
+            }
+            PublishError::Invalid(details) => Self {
+                details,
+                ..Self::new(StatusCode::BAD_REQUEST, "invalid_event", message)
+            },
+            PublishError::NoStream(_) => Self::new(StatusCode::BAD_REQUEST, "no_stream", message),
+            PublishError::Unavailable(store) => {
+                if !matches!(store, StoreError::Busy) {
+                    tracing::warn!(error = %store, "publish not confirmed by redis");
+                }
+                let code = match store {
+                    StoreError::Busy => "overloaded",
+                    StoreError::Closed => "shutting_down",
+                    _ => "store_unavailable",
+                };
+                Self {
+                    retry_after: Some(1),
+                    ..Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
+                }
+            }
+        }
+    }
+}

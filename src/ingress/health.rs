@@ -1,0 +1,36 @@
+//! Liveness and readiness.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::AppState;
+use crate::ingress::error::ApiError;
+
+/// `GET /healthz`: the process is up.
+pub async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// `GET /readyz`: Redis answers a PING.
+pub async fn readyz(State(app): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+    let mut conn = app.control.clone();
+    let command = redis::cmd("PING");
+    let ping = command.query_async::<String>(&mut conn);
+    match tokio::time::timeout(app.ready_timeout, ping).await {
+        Ok(Ok(_)) => Ok(Json(json!({"status": "ready", "redis": "ok"}))),
+        Ok(Err(err)) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            format!("redis unreachable: {err}"),
+        )),
+        Err(_) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            "redis did not answer PING in time",
+        )),
+    }
+}

@@ -1,0 +1,110 @@
+//! The HTTP API: routes, the shared state they use, and the server loop with header-read
+//! timeouts and graceful shutdown.
+
+pub mod error;
+pub mod health;
+pub mod publish;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::OriginalUri;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use redis::aio::ConnectionManager;
+use tokio::net::TcpListener;
+
+use crate::publish::Publisher;
+use error::ApiError;
+
+/// What every handler can reach.
+pub struct AppState {
+    /// The publish pipeline.
+    pub publisher: Publisher,
+    /// A connection for control commands (readiness).
+    pub control: ConnectionManager,
+    /// Largest body accepted.
+    pub max_body_bytes: usize,
+    /// Longest a readiness PING may take.
+    pub ready_timeout: Duration,
+}
+
+/// Every route of the API.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/publish/{topic}", post(publish::publish))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .fallback(|OriginalUri(uri): OriginalUri| async move { ApiError::not_found(uri.path()) })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed on this path",
+            )
+        })
+        .with_state(state)
+}
+
+/// HTTP server settings.
+#[derive(Debug, Clone, Copy)]
+pub struct ServeSettings {
+    /// A connection must send a full request head within this time.
+    pub header_read_timeout: Duration,
+    /// How long in-flight requests may finish after shutdown begins.
+    pub grace: Duration,
+}
+
+/// Serves `app` on `listener` until `shutdown` completes, then stops accepting, lets
+/// in-flight requests finish within the grace period, and returns.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    settings: ServeSettings,
+    shutdown: impl Future<Output = ()>,
+) {
+    let graceful = GracefulShutdown::new();
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.header_read_timeout)
+        .keep_alive(true);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, _) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let service = TowerToHyperService::new(app.clone());
+                let conn = builder.serve_connection(TokioIo::new(stream), service);
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(err) = conn.await {
+                        tracing::debug!(error = %err, "connection ended with an error");
+                    }
+                });
+            }
+            _ = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    tracing::info!("shutting down: no longer accepting connections");
+    if tokio::time::timeout(settings.grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(grace = ?settings.grace, "grace period ended with requests still in flight");
+    }
+}

@@ -1,0 +1,97 @@
+//! `POST /v1/publish/{topic}`: one event or a batch, answered after Redis confirms.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+
+use super::AppState;
+use crate::ingress::error::ApiError;
+use crate::publish::PublishContext;
+
+/// Publishes the body to the topic.
+pub async fn publish(
+    State(app): State<Arc<AppState>>,
+    topic: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let Path(topic) = topic
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_topic", e.body_text()))?;
+    check_content_type(&headers)?;
+    let bytes = read_body(&headers, body, app.max_body_bytes).await?;
+    let context = PublishContext {
+        traceparent: header_str(&headers, "traceparent"),
+        tracestate: header_str(&headers, "tracestate"),
+    };
+    let outcome = app.publisher.publish(&topic, &bytes, &context).await?;
+    Ok((StatusCode::OK, Json(outcome)).into_response())
+}
+
+fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+/// Accepts `application/json`, any `+json` type, or no content type at all.
+fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let essence = value
+        .to_str()
+        .unwrap_or_default()
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    if essence == "application/json" || essence.ends_with("+json") {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!("content-type `{essence}` is not JSON; send application/json"),
+        ))
+    }
+}
+
+/// Reads the body, refusing it from Content-Length before reading when it is too large,
+/// and cutting a chunked body off as soon as it passes the limit.
+pub async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<bytes::Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("request body exceeds {limit} bytes"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
+        Err(err) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "body_read_failed",
+            format!("could not read the request body: {err}"),
+        )),
+    }
+}

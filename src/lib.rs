@@ -1,0 +1,149 @@
+//! evrouter: validated, enriched events published over HTTP, written to Redis Streams in
+//! batched pipelines, and (in later parts) delivered to webhooks in order per key.
+//!
+//! Map of the modules, in the direction data flows:
+//! - [`config`]: the one TOML file, its defaults, `EVR_*` overrides and validation.
+//! - [`ingress`]: the HTTP API and server loop.
+//! - [`publish`]: the publish pipeline below HTTP (limits, validation, enrichment).
+//! - [`event`], [`schema`], [`trace`], [`topic`]: the event model, its schemas and names.
+//! - [`streams`], [`pattern`]: which stream and partition a topic and key go to.
+//! - [`store`]: Redis writers, retention and the durability check.
+
+pub mod config;
+pub mod event;
+pub mod ingress;
+pub mod pattern;
+pub mod publish;
+pub mod schema;
+pub mod store;
+pub mod streams;
+pub mod topic;
+pub mod trace;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+use config::{Config, Durability};
+use ingress::{AppState, ServeSettings};
+use publish::{PublishLimits, Publisher};
+use schema::SchemaRegistry;
+use store::durability::{self, Persistence};
+use store::retention::{self, TrimFloors};
+use store::writer::WriterSettings;
+use store::{RedisTarget, WriterPool};
+use streams::StreamCatalog;
+
+/// Why evrouter could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// A schema failed to load or compile.
+    #[error(transparent)]
+    Schema(#[from] schema::SchemaError),
+    /// Redis could not be set up.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    /// `durability = "strict"` and Redis could lose acknowledged events.
+    #[error("redis.durability is strict but {0}")]
+    NotDurable(String),
+}
+
+/// Runs evrouter on `listener` until `shutdown` completes, then drains in-flight publishes,
+/// flushes the writers and returns.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
+    let schemas = Arc::new(SchemaRegistry::load(&config.validation)?);
+    let target = RedisTarget::new(
+        &config.redis.url,
+        Config::duration(&config.redis.response_timeout),
+        Config::duration(&config.redis.connect_timeout),
+    )?;
+    let mut control = target.manager()?;
+    check_durability(&mut control, config.redis.durability).await?;
+
+    let catalog = Arc::new(StreamCatalog::new(&config));
+    let floors = Arc::new(TrimFloors::default());
+    let connections = (0..config.writer.writers)
+        .map(|_| target.manager())
+        .collect::<Result<Vec<_>, _>>()?;
+    let writers = Arc::new(WriterPool::start(
+        connections,
+        WriterSettings {
+            max_batch: config.writer.max_batch,
+            linger: Config::duration(&config.writer.linger),
+            queue_capacity: config.writer.queue_capacity,
+            response_timeout: target.response_timeout(),
+        },
+        floors.clone(),
+    ));
+    let trimmer = tokio::spawn(retention::run_trimmer(
+        catalog.clone(),
+        target.manager()?,
+        floors,
+        Config::duration(&config.retention.check_interval),
+    ));
+
+    let publisher = Publisher::new(
+        catalog,
+        schemas.clone(),
+        writers.clone(),
+        PublishLimits {
+            max_batch: config.server.max_batch,
+            max_depth: config.server.max_json_depth,
+            timeout: Config::duration(&config.server.publish_timeout),
+        },
+    );
+    let state = Arc::new(AppState {
+        publisher,
+        control,
+        max_body_bytes: config.server.max_body_bytes,
+        ready_timeout: target.response_timeout(),
+    });
+    let settings = ServeSettings {
+        header_read_timeout: Config::duration(&config.server.header_read_timeout),
+        grace: Config::duration(&config.server.shutdown_grace),
+    };
+    tracing::info!(
+        listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        type_schemas = schemas.type_schemas(),
+        "evrouter serving"
+    );
+    ingress::serve(listener, ingress::router(state.clone()), settings, shutdown).await;
+
+    drop(state);
+    trimmer.abort();
+    writers.shutdown().await;
+    tracing::info!("evrouter stopped");
+    Ok(())
+}
+
+async fn check_durability(
+    control: &mut redis::aio::ConnectionManager,
+    policy: Durability,
+) -> Result<(), RunError> {
+    if policy == Durability::Off {
+        return Ok(());
+    }
+    let persistence = durability::check(control).await;
+    match (persistence, policy) {
+        (Persistence::Durable, _) => {
+            tracing::info!("redis persistence: appendonly with appendfsync always");
+            Ok(())
+        }
+        (Persistence::Lossy(why) | Persistence::Unknown(why), Durability::Strict) => {
+            Err(RunError::NotDurable(why))
+        }
+        (Persistence::Lossy(why), _) => {
+            tracing::warn!("acknowledged events can be lost if Redis crashes: {why}");
+            Ok(())
+        }
+        (Persistence::Unknown(why), _) => {
+            tracing::warn!("could not verify Redis persistence: {why}");
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! The `evrouter` command line: parse arguments, load the config, and run.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use evrouter::config::{Config, ConfigError};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// evrouter: validated events over HTTP into Redis Streams, delivered in order per key.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the HTTP API.
+    Serve {
+        /// Config file (TOML); without one the defaults serve.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Listen address; overrides `server.listen`.
+        #[arg(long)]
+        listen: Option<String>,
+        /// Redis URL; overrides `redis.url`.
+        #[arg(long)]
+        redis: Option<String>,
+    },
+    /// Check a config file and list every problem with its key path.
+    CheckConfig {
+        /// Config file (TOML).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+/// Exit code for a configuration that cannot be used.
+const EXIT_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { config } => match load(config.as_deref(), None, None) {
+            Ok(config) => {
+                println!(
+                    "config ok: listen {}, redis {}, {} streams",
+                    config.server.listen,
+                    config.redis.url,
+                    config.effective_streams().len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("{err}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
+        Command::Serve {
+            config,
+            listen,
+            redis,
+        } => {
+            let config = match load(config.as_deref(), listen, redis) {
+                Ok(config) => config,
+                Err(err) => {
+                    eprintln!("{err}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            init_tracing();
+            match serve(config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    tracing::error!("{err:#}");
+                    eprintln!("evrouter: {err:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn load(
+    path: Option<&std::path::Path>,
+    listen: Option<String>,
+    redis: Option<String>,
+) -> Result<Config, ConfigError> {
+    let mut env: Vec<(String, String)> = std::env::vars().collect();
+    // Flags override both the file and the environment.
+    if let Some(listen) = listen {
+        env.push(("EVR_SERVER__LISTEN".into(), toml_string(&listen)));
+    }
+    if let Some(redis) = redis {
+        env.push(("EVR_REDIS__URL".into(), toml_string(&redis)));
+    }
+    Config::load(path, env)
+}
+
+fn toml_string(value: &str) -> String {
+    toml::Value::String(value.to_string()).to_string()
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("EVR_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+}
+
+fn serve(config: Config) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&config.server.listen)
+            .await
+            .with_context(|| format!("binding {}", config.server.listen))?;
+        evrouter::run(config, listener, shutdown_signal())
+            .await
+            .context("evrouter stopped with an error")
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown signal received");
+}

@@ -1,0 +1,350 @@
+//! The publish pipeline below HTTP: check the body, validate each event, enrich it, pick
+//! its partition, hand it to that partition's writer, and wait for Redis to confirm.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use crate::event::{json_depth, raw_str, raw_u64, Body, Envelope, RawEvent};
+use crate::schema::{SchemaRegistry, Violation};
+use crate::store::{Appended, Entry, StoreError, WriterPool};
+use crate::streams::{partition_of, StreamCatalog};
+use crate::trace;
+
+/// Limits applied to every publish.
+#[derive(Debug, Clone)]
+pub struct PublishLimits {
+    /// Most events in one batch.
+    pub max_batch: usize,
+    /// Deepest JSON nesting.
+    pub max_depth: usize,
+    /// Longest wait for Redis to confirm.
+    pub timeout: Duration,
+}
+
+/// What the caller knows about the request, apart from its body.
+#[derive(Debug, Default, Clone)]
+pub struct PublishContext {
+    /// `traceparent` of the request, if any.
+    pub traceparent: Option<String>,
+    /// `tracestate` of the request, if any.
+    pub tracestate: Option<String>,
+}
+
+/// Where one stored event went.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Receipt {
+    /// The event's `event_id`.
+    pub event_id: String,
+    /// The stream holding it.
+    pub stream: String,
+    /// Its partition number.
+    pub partition: u32,
+    /// Its Redis stream id.
+    pub id: String,
+    /// True when the event had already been stored within the dedup window.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub duplicate: bool,
+}
+
+/// The answer to a publish: one receipt, or one per event of a batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum PublishOutcome {
+    /// The body was one event.
+    One(Receipt),
+    /// The body was an array of events.
+    Many(Vec<Receipt>),
+}
+
+/// One violation in one event of a publish.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EventViolation {
+    /// Index of the event in a batch; absent for a single event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index: Option<usize>,
+    /// JSON pointer into that event.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// Why a publish was refused. Nothing of a refused publish is stored, except where a
+/// store failure struck after some writers had already confirmed their part.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The topic name is not valid.
+    #[error("invalid topic: {0}")]
+    InvalidTopic(&'static str),
+    /// The body is not UTF-8.
+    #[error("body is not valid UTF-8 (at byte {0})")]
+    NotUtf8(usize),
+    /// The body nests deeper than allowed.
+    #[error("JSON nesting deeper than {0} levels")]
+    TooDeep(usize),
+    /// The body is not JSON.
+    #[error("malformed JSON: {message}")]
+    MalformedJson {
+        /// serde_json's message, with line and column.
+        message: String,
+    },
+    /// The batch is empty.
+    #[error("empty batch")]
+    EmptyBatch,
+    /// The batch holds more events than allowed.
+    #[error("batch of {len} events exceeds the limit of {max}")]
+    BatchTooLarge {
+        /// Events sent.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// One or more events are invalid; nothing was stored.
+    #[error("{} invalid event field(s)", .0.len())]
+    Invalid(Vec<EventViolation>),
+    /// No stream can take the topic.
+    #[error("{0}")]
+    NoStream(String),
+    /// Redis did not confirm (down, slow, or the queue is full).
+    #[error("event store unavailable: {0}")]
+    Unavailable(StoreError),
+}
+
+/// The publish pipeline, shared by every request.
+pub struct Publisher {
+    catalog: Arc<StreamCatalog>,
+    schemas: Arc<SchemaRegistry>,
+    writers: Arc<WriterPool>,
+    limits: PublishLimits,
+}
+
+struct Prepared {
+    receipt_stream: String,
+    partition: u32,
+    event_id: String,
+    writer: usize,
+    entry: Entry,
+}
+
+impl Publisher {
+    /// Builds the pipeline.
+    pub fn new(
+        catalog: Arc<StreamCatalog>,
+        schemas: Arc<SchemaRegistry>,
+        writers: Arc<WriterPool>,
+        limits: PublishLimits,
+    ) -> Self {
+        Self {
+            catalog,
+            schemas,
+            writers,
+            limits,
+        }
+    }
+
+    /// Publishes a body (one event or an array) to `topic`; answers once Redis has
+    /// confirmed every event.
+    pub async fn publish(
+        &self,
+        topic: &str,
+        body: &[u8],
+        context: &PublishContext,
+    ) -> Result<PublishOutcome, PublishError> {
+        crate::topic::check_topic(topic).map_err(PublishError::InvalidTopic)?;
+        let text = std::str::from_utf8(body).map_err(|e| PublishError::NotUtf8(e.valid_up_to()))?;
+        if json_depth(text.as_bytes(), self.limits.max_depth) > self.limits.max_depth {
+            return Err(PublishError::TooDeep(self.limits.max_depth));
+        }
+        let parsed = Body::parse(text).map_err(|e| PublishError::MalformedJson {
+            message: e.to_string(),
+        })?;
+        let (events, single) = match parsed {
+            Body::One(raw) => (vec![raw], true),
+            Body::Many(events) => (events, false),
+        };
+        if events.is_empty() {
+            return Err(PublishError::EmptyBatch);
+        }
+        if events.len() > self.limits.max_batch {
+            return Err(PublishError::BatchTooLarge {
+                len: events.len(),
+                max: self.limits.max_batch,
+            });
+        }
+        let prepared = self.prepare(topic, &events, single, context)?;
+        let receipts = self.store(prepared).await?;
+        Ok(if single {
+            PublishOutcome::One(receipts.into_iter().next().ok_or_else(|| {
+                PublishError::Unavailable(StoreError::Refused("no receipt".into()))
+            })?)
+        } else {
+            PublishOutcome::Many(receipts)
+        })
+    }
+
+    /// Validates and encodes every event; refuses the whole body if any is invalid.
+    fn prepare(
+        &self,
+        topic: &str,
+        events: &[&serde_json::value::RawValue],
+        single: bool,
+        context: &PublishContext,
+    ) -> Result<Vec<Prepared>, PublishError> {
+        let route = self
+            .catalog
+            .route(topic)
+            .map_err(|e| PublishError::NoStream(e.to_string()))?;
+        let received_us = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(0);
+        let mut violations = Vec::new();
+        let mut prepared = Vec::with_capacity(events.len());
+        for (index, raw) in events.iter().enumerate() {
+            let at = (!single).then_some(index);
+            let event = match RawEvent::parse(raw) {
+                Ok(event) => event,
+                Err(_) => {
+                    violations.push(EventViolation {
+                        index: at,
+                        path: String::new(),
+                        message: "an event must be a JSON object".into(),
+                    });
+                    continue;
+                }
+            };
+            let mut found: Vec<Violation> = self.schemas.validate(&event);
+            let event_type = event.event_type.and_then(raw_str);
+            if route.stream.require_type_match
+                && found.is_empty()
+                && event_type.as_deref() != Some(topic)
+            {
+                found.push(Violation {
+                    path: "/event_type".into(),
+                    message: format!("must equal the topic `{topic}` on this stream"),
+                });
+            }
+            if !found.is_empty() {
+                violations.extend(found.into_iter().map(|v| EventViolation {
+                    index: at,
+                    path: v.path,
+                    message: v.message,
+                }));
+                continue;
+            }
+            if !violations.is_empty() {
+                continue;
+            }
+            // The base schema has checked these are strings.
+            let event_id = event.event_id.and_then(raw_str).unwrap_or_default();
+            let key = route.key(&event, &event_id);
+            let partition = partition_of(&key, route.stream.partitions);
+            let metadata = |name: &str| event.pointer(&format!("/metadata/{name}"));
+            let traceparent = metadata("traceparent")
+                .and_then(raw_str)
+                .map(|s| s.into_owned())
+                .or_else(|| {
+                    context
+                        .traceparent
+                        .clone()
+                        .filter(|t| trace::is_valid_traceparent(t))
+                })
+                .unwrap_or_else(trace::new_traceparent);
+            let envelope = Envelope {
+                event_id: event_id.to_string(),
+                topic: topic.to_string(),
+                event_type: event_type.as_deref().unwrap_or_default().to_string(),
+                key: key.to_string(),
+                sequence: metadata("sequence").and_then(raw_u64),
+                received_us,
+                service: metadata("service")
+                    .and_then(raw_str)
+                    .unwrap_or_default()
+                    .into_owned(),
+                correlation_id: metadata("correlation_id")
+                    .and_then(raw_str)
+                    .unwrap_or_default()
+                    .into_owned(),
+                traceparent,
+                tracestate: context.tracestate.clone(),
+                payload: event.raw.as_bytes().to_vec(),
+            };
+            let partition_key = route.stream.partition_keys[partition as usize].clone();
+            let dedup_key = route
+                .stream
+                .dedup_window
+                .map(|_| route.stream.dedup_key(partition, &event_id));
+            prepared.push(Prepared {
+                receipt_stream: route.stream.name.clone(),
+                partition,
+                event_id: event_id.into_owned(),
+                writer: self.writers.writer_of(&partition_key),
+                entry: Entry {
+                    stream: route.stream.clone(),
+                    partition_key,
+                    dedup_key,
+                    value: envelope.encode(),
+                },
+            });
+        }
+        if violations.is_empty() {
+            Ok(prepared)
+        } else {
+            Err(PublishError::Invalid(violations))
+        }
+    }
+
+    /// Hands each writer its share (in request order) and waits for every confirmation.
+    async fn store(&self, prepared: Vec<Prepared>) -> Result<Vec<Receipt>, PublishError> {
+        let writers = self.writers.len();
+        let mut shares: Vec<Vec<Entry>> = (0..writers).map(|_| Vec::new()).collect();
+        let mut placement = Vec::with_capacity(prepared.len());
+        let mut receipts = Vec::with_capacity(prepared.len());
+        for p in prepared {
+            let share = &mut shares[p.writer];
+            placement.push((p.writer, share.len()));
+            share.push(p.entry);
+            receipts.push(Receipt {
+                event_id: p.event_id,
+                stream: p.receipt_stream,
+                partition: p.partition,
+                id: String::new(),
+                duplicate: false,
+            });
+        }
+        let mut pending = Vec::new();
+        for (writer, entries) in shares.into_iter().enumerate() {
+            if entries.is_empty() {
+                continue;
+            }
+            let rx = self
+                .writers
+                .submit(writer, entries)
+                .map_err(PublishError::Unavailable)?;
+            pending.push((writer, rx));
+        }
+        let answers = tokio::time::timeout(self.limits.timeout, async {
+            let mut answers: Vec<Option<Vec<Appended>>> = (0..writers).map(|_| None).collect();
+            for (writer, rx) in pending {
+                let appended = rx.await.map_err(|_| StoreError::Closed)?.map_err(|e| e)?;
+                answers[writer] = Some(appended);
+            }
+            Ok::<_, StoreError>(answers)
+        })
+        .await
+        .map_err(|_| PublishError::Unavailable(StoreError::Timeout))?
+        .map_err(PublishError::Unavailable)?;
+        for (receipt, (writer, slot)) in receipts.iter_mut().zip(placement) {
+            let appended = answers[writer]
+                .as_ref()
+                .and_then(|a| a.get(slot))
+                .ok_or_else(|| {
+                    PublishError::Unavailable(StoreError::Refused("missing reply".into()))
+                })?;
+            receipt.id = appended.id().to_string();
+            receipt.duplicate = matches!(appended, Appended::Duplicate(_));
+        }
+        Ok(receipts)
+    }
+}

@@ -1,0 +1,288 @@
+//! The schema registry: the platform's base event schema and optional per-type schemas,
+//! compiled once at start-up and applied to every published event.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use jsonschema::error::ValidationErrorKind;
+use jsonschema::Validator;
+use serde_json::{json, Map, Value};
+
+use crate::config::ValidationConfig;
+use crate::event::{raw_str, RawEvent};
+
+/// One thing wrong with an event: where (a JSON pointer) and what.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Violation {
+    /// JSON pointer into the event.
+    pub path: String,
+    /// What is wrong there.
+    pub message: String,
+}
+
+/// Why the registry could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaError {
+    /// A schema file could not be read.
+    #[error("cannot read schema {path}: {source}")]
+    Read {
+        /// File path.
+        path: String,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// A schema file is not JSON or not a valid schema.
+    #[error("invalid schema {path}: {message}")]
+    Invalid {
+        /// File path or name of the schema.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Compiled validators: the base schema and per-type schemas.
+pub struct SchemaRegistry {
+    base: Validator,
+    /// Keyed by `event_type` or `event_type.v{major}`.
+    by_type: HashMap<String, Validator>,
+}
+
+impl std::fmt::Debug for SchemaRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SchemaRegistry")
+            .field("types", &self.by_type.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// The platform's base event schema, with the configured id and type patterns.
+pub fn base_schema(config: &ValidationConfig) -> Value {
+    json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "type": "object",
+        "required": ["event_id", "event_type", "timestamp", "version", "data", "metadata"],
+        "properties": {
+            "event_id": {"type": "string", "pattern": config.event_id_pattern},
+            "event_type": {"type": "string", "pattern": config.event_type_pattern},
+            "timestamp": {"type": "string", "format": "date-time"},
+            "version": {"type": "string", "pattern": "^[0-9]+\\.[0-9]+$"},
+            "data": {"type": "object"},
+            "metadata": {
+                "type": "object",
+                "required": ["correlation_id", "service", "version"],
+                "properties": {
+                    "correlation_id": {"type": "string", "minLength": 1},
+                    "service": {"type": "string", "minLength": 1},
+                    "version": {"type": "string"},
+                    "partition_key": {"type": "string", "minLength": 1},
+                    "sequence": {"type": "integer", "minimum": 0},
+                    "traceparent": {"type": "string", "pattern": "^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"}
+                }
+            }
+        }
+    })
+}
+
+fn compile(schema: &Value, name: &str) -> Result<Validator, SchemaError> {
+    jsonschema::options()
+        .should_validate_formats(true)
+        .build(schema)
+        .map_err(|e| SchemaError::Invalid {
+            path: name.to_string(),
+            message: e.to_string(),
+        })
+}
+
+impl SchemaRegistry {
+    /// Compiles the base schema and every `*.json` file of `config.schema_dir`.
+    pub fn load(config: &ValidationConfig) -> Result<Self, SchemaError> {
+        let base = compile(&base_schema(config), "base schema")?;
+        let mut by_type = HashMap::new();
+        if let Some(dir) = &config.schema_dir {
+            for (name, schema) in read_schema_dir(dir)? {
+                let validator = compile(&schema, &name)?;
+                by_type.insert(name, validator);
+            }
+        }
+        Ok(Self { base, by_type })
+    }
+
+    /// Number of per-type schemas loaded.
+    pub fn type_schemas(&self) -> usize {
+        self.by_type.len()
+    }
+
+    /// Validates one event; returns every violation found (empty when valid).
+    pub fn validate(&self, event: &RawEvent<'_>) -> Vec<Violation> {
+        let light = light_tree(event);
+        let mut violations: Vec<Violation> = self.base.iter_errors(&light).map(violation).collect();
+        if !violations.is_empty() {
+            return violations;
+        }
+        if let Some(validator) = self.type_validator(event) {
+            match serde_json::from_str::<Value>(event.raw) {
+                Ok(full) => violations.extend(validator.iter_errors(&full).map(violation)),
+                Err(e) => violations.push(Violation {
+                    path: String::new(),
+                    message: e.to_string(),
+                }),
+            }
+        }
+        violations
+    }
+
+    fn type_validator(&self, event: &RawEvent<'_>) -> Option<&Validator> {
+        if self.by_type.is_empty() {
+            return None;
+        }
+        let event_type = event.event_type.and_then(raw_str)?;
+        let major = event
+            .version
+            .and_then(raw_str)
+            .and_then(|v| v.split('.').next().map(str::to_string));
+        if let Some(major) = major {
+            if let Some(v) = self.by_type.get(&format!("{event_type}.v{major}")) {
+                return Some(v);
+            }
+        }
+        self.by_type.get(event_type.as_ref())
+    }
+}
+
+/// The event as a small tree for the base schema: every top-level field it checks, with
+/// `data` replaced by an empty object when it is one (its contents are not checked there).
+fn light_tree(event: &RawEvent<'_>) -> Value {
+    let mut map = Map::with_capacity(6);
+    let fields = [
+        ("event_id", event.event_id),
+        ("event_type", event.event_type),
+        ("timestamp", event.timestamp),
+        ("version", event.version),
+        ("metadata", event.metadata),
+    ];
+    for (name, raw) in fields {
+        if let Some(raw) = raw {
+            let value = serde_json::from_str(raw.get()).unwrap_or(Value::Null);
+            map.insert(name.to_string(), value);
+        }
+    }
+    if let Some(data) = event.data {
+        let value = if data.get().starts_with('{') {
+            Value::Object(Map::new())
+        } else {
+            serde_json::from_str(data.get()).unwrap_or(Value::Null)
+        };
+        map.insert("data".to_string(), value);
+    }
+    Value::Object(map)
+}
+
+fn violation(error: jsonschema::ValidationError<'_>) -> Violation {
+    let mut path = error.instance_path().as_str().to_string();
+    if let ValidationErrorKind::Required { property } = error.kind() {
+        if let Some(name) = property.as_str() {
+            path.push('/');
+            path.push_str(&name.replace('~', "~0").replace('/', "~1"));
+        }
+    }
+    Violation {
+        path,
+        message: error.to_string(),
+    }
+}
+
+fn read_schema_dir(dir: &Path) -> Result<Vec<(String, Value)>, SchemaError> {
+    let read_err = |source| SchemaError::Read {
+        path: dir.display().to_string(),
+        source,
+    };
+    let mut schemas = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(read_err)? {
+        let path = entry.map_err(read_err)?.path();
+        if path.extension().and_then(|e| e.to_str()) != Some("json") {
+            continue;
+        }
+        let Some(name) = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .map(str::to_string)
+        else {
+            continue;
+        };
+        let text = std::fs::read_to_string(&path).map_err(|source| SchemaError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let schema: Value = serde_json::from_str(&text).map_err(|e| SchemaError::Invalid {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        schemas.push((name, schema));
+    }
+    Ok(schemas)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::value::RawValue;
+
+    fn check(registry: &SchemaRegistry, text: &str) -> Vec<Violation> {
+        let raw: &RawValue = serde_json::from_str(text).expect("json");
+        registry.validate(&RawEvent::parse(raw).expect("object"))
+    }
+
+    const GOOD: &str = r#"{"event_id":"evt_order_1","event_type":"order.created","timestamp":"2026-01-30T10:00:00Z","version":"1.0","data":{"order_id":"o1","total":5},"metadata":{"correlation_id":"c","service":"order-service","version":"1.0.0"}}"#;
+
+    #[test]
+    fn base_schema_accepts_the_platform_examples() {
+        let registry = SchemaRegistry::load(&ValidationConfig::default()).expect("compiles");
+        assert!(check(&registry, GOOD).is_empty());
+    }
+
+    #[test]
+    fn base_schema_reports_paths() {
+        let registry = SchemaRegistry::load(&ValidationConfig::default()).expect("compiles");
+        let bad = r#"{"event_id":"order-1","event_type":"order.created","timestamp":"yesterday","version":"1","data":[],"metadata":{"service":"s","version":"1"}}"#;
+        let paths: Vec<String> = check(&registry, bad).into_iter().map(|v| v.path).collect();
+        for expected in [
+            "/event_id",
+            "/timestamp",
+            "/version",
+            "/data",
+            "/metadata/correlation_id",
+        ] {
+            assert!(
+                paths.iter().any(|p| p == expected),
+                "{expected} not in {paths:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn per_type_schema_by_major_version() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let schema = json!({"type":"object","properties":{"data":{"type":"object","required":["order_id"],"properties":{"total":{"type":"number","minimum":0}}}}});
+        std::fs::write(dir.path().join("order.created.v1.json"), schema.to_string())
+            .expect("write");
+        let config = ValidationConfig {
+            schema_dir: Some(dir.path().to_path_buf()),
+            ..ValidationConfig::default()
+        };
+        let registry = SchemaRegistry::load(&config).expect("compiles");
+        assert_eq!(registry.type_schemas(), 1);
+        assert!(check(&registry, GOOD).is_empty());
+        let negative = GOOD.replace("\"total\":5", "\"total\":-5");
+        let violations = check(&registry, &negative);
+        assert_eq!(violations.len(), 1);
+        assert_eq!(violations[0].path, "/data/total");
+        let v2 = GOOD
+            .replace("\"version\":\"1.0\"", "\"version\":\"2.0\"")
+            .replace("\"total\":5", "\"total\":-5");
+        assert!(
+            check(&registry, &v2).is_empty(),
+            "v2 has no schema of its own"
+        );
+    }
+}

@@ -1,0 +1,107 @@
+//! Redis: connections, the batched partition writers, retention trimming and the start-up
+//! durability check.
+
+pub mod durability;
+pub mod retention;
+pub mod writer;
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::io::tcp::TcpSettings;
+use redis::{Client, IntoConnectionInfo};
+
+pub use writer::{Appended, Entry, WriterPool};
+
+/// Why a store operation failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// Redis could not be reached or answered with an error.
+    #[error("redis unavailable: {0}")]
+    Unavailable(String),
+    /// A writer's queue is full.
+    #[error("writer queue full")]
+    Busy,
+    /// Redis did not answer in time.
+    #[error("redis did not answer within the timeout")]
+    Timeout,
+    /// evrouter is shutting down.
+    #[error("shutting down")]
+    Closed,
+    /// Redis refused a command (a bug or a key of the wrong type).
+    #[error("redis refused the write: {0}")]
+    Refused(String),
+}
+
+impl From<redis::RedisError> for StoreError {
+    fn from(err: redis::RedisError) -> Self {
+        if err.is_timeout() {
+            StoreError::Timeout
+        } else if err.is_io_error()
+            || err.is_connection_dropped()
+            || err.is_connection_refusal()
+            || err.is_unrecoverable_error()
+        {
+            StoreError::Unavailable(err.to_string())
+        } else if err.code().is_some() {
+            match err.code() {
+                Some("LOADING" | "BUSY" | "MASTERDOWN" | "TRYAGAIN" | "CLUSTERDOWN") => {
+                    StoreError::Unavailable(err.to_string())
+                }
+                _ => StoreError::Refused(err.to_string()),
+            }
+        } else {
+            StoreError::Unavailable(err.to_string())
+        }
+    }
+}
+
+/// How to connect to Redis.
+#[derive(Debug, Clone)]
+pub struct RedisTarget {
+    client: Client,
+    response_timeout: Duration,
+    connect_timeout: Duration,
+}
+
+impl RedisTarget {
+    /// Parses the URL and sets TCP_NODELAY (the client leaves it off by default).
+    pub fn new(
+        url: &str,
+        response_timeout: Duration,
+        connect_timeout: Duration,
+    ) -> Result<Self, StoreError> {
+        let info = url
+            .into_connection_info()
+            .map_err(|e| StoreError::Unavailable(format!("bad redis url: {e}")))?
+            .set_tcp_settings(TcpSettings::default().set_nodelay(true));
+        let client = Client::open(info).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        Ok(Self {
+            client,
+            response_timeout,
+            connect_timeout,
+        })
+    }
+
+    /// A reconnecting, multiplexed connection; it connects on first use.
+    pub fn manager(&self) -> Result<ConnectionManager, StoreError> {
+        self.manager_with_timeout(self.response_timeout)
+    }
+
+    /// Like [`RedisTarget::manager`], with its own response timeout (for blocking reads).
+    pub fn manager_with_timeout(&self, timeout: Duration) -> Result<ConnectionManager, StoreError> {
+        let config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(timeout))
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_number_of_retries(2)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_millis(500));
+        ConnectionManager::new_lazy_with_config(self.client.clone(), config)
+            .map_err(StoreError::from)
+    }
+
+    /// The response timeout every ordinary command runs under.
+    pub fn response_timeout(&self) -> Duration {
+        self.response_timeout
+    }
+}

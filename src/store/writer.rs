@@ -1,0 +1,334 @@
+//! Partition writers: each owns a share of the partitions and one Redis connection. Callers
+//! hand over entries and await the answer; a writer gathers what is queued into one batch,
+//! sends it as one pipeline (one in flight per writer, so each partition's appends keep their
+//! order), and answers every caller.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use redis::aio::ConnectionManager;
+use redis::Value;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use xxhash_rust::xxh3::xxh3_64;
+
+use super::retention::TrimFloors;
+use super::StoreError;
+use crate::event::ENTRY_FIELD;
+use crate::streams::StreamSpec;
+
+/// Appends an entry unless its dedup key exists; records the new id under the dedup key.
+/// KEYS: partition, dedup key. ARGV: window ms, MINID floor, entry bytes.
+/// Returns `{1, id}` when appended, `{0, original id}` for a duplicate.
+const DEDUP_APPEND: &str = r#"
+local prev = redis.call('GET', KEYS[2])
+if prev then return {0, prev} end
+local id = redis.call('XADD', KEYS[1], 'MINID', '~', ARGV[2], '*', 'e', ARGV[3])
+redis.call('SET', KEYS[2], id, 'PX', ARGV[1])
+return {1, id}
+"#;
+
+/// One entry to append to a partition.
+#[derive(Debug)]
+pub struct Entry {
+    /// The stream it belongs to (for retention and dedup settings).
+    pub stream: Arc<StreamSpec>,
+    /// The partition's Redis key.
+    pub partition_key: Arc<str>,
+    /// The dedup marker key, when the stream deduplicates.
+    pub dedup_key: Option<String>,
+    /// The encoded envelope.
+    pub value: Vec<u8>,
+}
+
+/// What Redis did with an entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Appended {
+    /// Appended under this stream id.
+    New(String),
+    /// Already appended within the dedup window, under this id; nothing was added.
+    Duplicate(String),
+}
+
+impl Appended {
+    /// The stream id, new or original.
+    pub fn id(&self) -> &str {
+        match self {
+            Appended::New(id) | Appended::Duplicate(id) => id,
+        }
+    }
+}
+
+type Reply = oneshot::Sender<Result<Vec<Appended>, StoreError>>;
+
+struct Job {
+    entries: Vec<Entry>,
+    reply: Reply,
+}
+
+/// Settings of every writer.
+#[derive(Debug, Clone)]
+pub struct WriterSettings {
+    /// Most entries per pipeline.
+    pub max_batch: usize,
+    /// Longest wait for more entries before sending a partial batch.
+    pub linger: Duration,
+    /// Most queued jobs per writer.
+    pub queue_capacity: usize,
+    /// Pipeline response timeout.
+    pub response_timeout: Duration,
+}
+
+/// The set of writers and the handles to reach them.
+pub struct WriterPool {
+    senders: Vec<mpsc::Sender<Job>>,
+    tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
+    stop: watch::Sender<bool>,
+}
+
+impl WriterPool {
+    /// Starts `count` writers, each on its own connection.
+    pub fn start(
+        connections: Vec<ConnectionManager>,
+        settings: WriterSettings,
+        floors: Arc<TrimFloors>,
+    ) -> Self {
+        let mut senders = Vec::with_capacity(connections.len());
+        let mut tasks = Vec::with_capacity(connections.len());
+        let (stop, _) = watch::channel(false);
+        for (index, conn) in connections.into_iter().enumerate() {
+            let (tx, rx) = mpsc::channel(settings.queue_capacity);
+            let writer = Writer {
+                index,
+                rx,
+                conn,
+                settings: settings.clone(),
+                floors: floors.clone(),
+                stop: stop.subscribe(),
+            };
+            senders.push(tx);
+            tasks.push(tokio::spawn(writer.run()));
+        }
+        Self {
+            senders,
+            tasks: std::sync::Mutex::new(tasks),
+            stop,
+        }
+    }
+
+    /// Number of writers.
+    pub fn len(&self) -> usize {
+        self.senders.len()
+    }
+
+    /// Whether there are no writers.
+    pub fn is_empty(&self) -> bool {
+        self.senders.is_empty()
+    }
+
+    /// Which writer owns a partition.
+    pub fn writer_of(&self, partition_key: &str) -> usize {
+        (xxh3_64(partition_key.as_bytes()) % self.senders.len().max(1) as u64) as usize
+    }
+
+    /// Queues entries (all owned by `writer`) without waiting; `Busy` when the queue is full.
+    pub fn submit(
+        &self,
+        writer: usize,
+        entries: Vec<Entry>,
+    ) -> Result<oneshot::Receiver<Result<Vec<Appended>, StoreError>>, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        let sender = self.senders.get(writer).ok_or(StoreError::Closed)?;
+        sender
+            .try_send(Job { entries, reply })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => StoreError::Busy,
+                mpsc::error::TrySendError::Closed(_) => StoreError::Closed,
+            })?;
+        Ok(rx)
+    }
+
+    /// Stops taking entries (new submits get `Closed`), lets every writer flush what is
+    /// already queued, and waits for them.
+    pub async fn shutdown(&self) {
+        let _ = self.stop.send(true);
+        let tasks = std::mem::take(
+            &mut *self
+                .tasks
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        for task in tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+struct Writer {
+    index: usize,
+    rx: mpsc::Receiver<Job>,
+    conn: ConnectionManager,
+    settings: WriterSettings,
+    floors: Arc<TrimFloors>,
+    stop: watch::Receiver<bool>,
+}
+
+impl Writer {
+    async fn run(mut self) {
+        let mut jobs: Vec<Job> = Vec::with_capacity(256);
+        let mut stopping = false;
+        loop {
+            let received = tokio::select! {
+                received = self.rx.recv_many(&mut jobs, 256) => received,
+                _ = self.stop.changed(), if !stopping => {
+                    // Close the queue: what is already in it is still received and flushed.
+                    stopping = true;
+                    self.rx.close();
+                    continue;
+                }
+            };
+            if received == 0 {
+                break;
+            }
+            let mut count: usize = jobs.iter().map(|j| j.entries.len()).sum();
+            self.linger(&mut jobs, &mut count).await;
+            self.flush(&mut jobs).await;
+        }
+        tracing::debug!(writer = self.index, "writer stopped");
+    }
+
+    /// Gives publishers up to `linger` to add to the batch. Tokio's timers tick in
+    /// milliseconds, so this yields to other tasks instead of sleeping.
+    async fn linger(&mut self, jobs: &mut Vec<Job>, count: &mut usize) {
+        if self.settings.linger.is_zero() {
+            return;
+        }
+        let deadline = Instant::now() + self.settings.linger;
+        while *count < self.settings.max_batch && Instant::now() < deadline {
+            tokio::task::yield_now().await;
+            while *count < self.settings.max_batch {
+                match self.rx.try_recv() {
+                    Ok(job) => {
+                        *count += job.entries.len();
+                        jobs.push(job);
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+    }
+
+    async fn flush(&mut self, jobs: &mut Vec<Job>) {
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let mut pipe = redis::pipe();
+        let mut floors: Vec<(u64, String)> = Vec::new();
+        for job in jobs.iter() {
+            for entry in &job.entries {
+                let floor = self.floor(&mut floors, entry, now_ms);
+                match &entry.dedup_key {
+                    Some(dedup_key) => {
+                        let window_ms = entry
+                            .stream
+                            .dedup_window
+                            .map(|w| w.as_millis().max(1) as u64)
+                            .unwrap_or(1);
+                        pipe.cmd("EVAL")
+                            .arg(DEDUP_APPEND)
+                            .arg(2)
+                            .arg(&*entry.partition_key)
+                            .arg(dedup_key)
+                            .arg(window_ms)
+                            .arg(floor)
+                            .arg(&entry.value);
+                    }
+                    None => {
+                        pipe.cmd("XADD")
+                            .arg(&*entry.partition_key)
+                            .arg("MINID")
+                            .arg("~")
+                            .arg(floor)
+                            .arg("*")
+                            .arg(ENTRY_FIELD)
+                            .arg(&entry.value);
+                    }
+                }
+            }
+        }
+        let result: Result<Vec<Value>, StoreError> = match tokio::time::timeout(
+            self.settings.response_timeout,
+            pipe.query_async(&mut self.conn),
+        )
+        .await
+        {
+            Ok(Ok(values)) => Ok(values),
+            Ok(Err(err)) => Err(StoreError::from(err)),
+            Err(_) => Err(StoreError::Timeout),
+        };
+        match result {
+            Ok(values) => {
+                let mut values = values.into_iter();
+                for job in jobs.drain(..) {
+                    let answers: Result<Vec<Appended>, StoreError> = job
+                        .entries
+                        .iter()
+                        .map(|entry| parse_reply(values.next(), entry.dedup_key.is_some()))
+                        .collect();
+                    let _ = job.reply.send(answers);
+                }
+            }
+            Err(err) => {
+                tracing::warn!(writer = self.index, error = %err, "pipeline failed");
+                for job in jobs.drain(..) {
+                    let _ = job.reply.send(Err(err.clone()));
+                }
+            }
+        }
+    }
+
+    /// The MINID for an entry's stream in this batch: its age cutoff, never above the
+    /// oldest entry a consumer group still needs in that partition. Formatted once per
+    /// distinct floor in a batch.
+    fn floor<'a>(&self, cache: &'a mut Vec<(u64, String)>, entry: &Entry, now_ms: u64) -> &'a str {
+        let age_ms = now_ms.saturating_sub(entry.stream.max_age.as_millis() as u64);
+        let floor_ms = match self.floors.get(&entry.partition_key) {
+            Some(group_floor) => age_ms.min(group_floor),
+            None => age_ms,
+        };
+        let position = match cache.iter().position(|(ms, _)| *ms == floor_ms) {
+            Some(position) => position,
+            None => {
+                cache.push((floor_ms, format!("{floor_ms}-0")));
+                cache.len() - 1
+            }
+        };
+        &cache[position].1
+    }
+}
+
+fn parse_reply(value: Option<Value>, dedup: bool) -> Result<Appended, StoreError> {
+    let value = value.ok_or_else(|| StoreError::Refused("missing pipeline reply".into()))?;
+    match (value, dedup) {
+        (Value::BulkString(id), false) => {
+            Ok(Appended::New(String::from_utf8_lossy(&id).into_owned()))
+        }
+        (Value::SimpleString(id), false) => Ok(Appended::New(id)),
+        (Value::Array(parts), true) => match parts.as_slice() {
+            [Value::Int(flag), Value::BulkString(id)] => {
+                let id = String::from_utf8_lossy(id).into_owned();
+                Ok(if *flag == 1 {
+                    Appended::New(id)
+                } else {
+                    Appended::Duplicate(id)
+                })
+            }
+            other => Err(StoreError::Refused(format!(
+                "unexpected dedup reply {other:?}"
+            ))),
+        },
+        (Value::ServerError(err), _) => Err(StoreError::Refused(format!("{err:?}"))),
+        (other, _) => Err(StoreError::Refused(format!("unexpected reply {other:?}"))),
+    }
+}
