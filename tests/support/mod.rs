@@ -1,0 +1,277 @@
+//! Test support: a private `redis-server` per test on a free port, and evrouter started
+//! in-process on port 0 with a config the test shapes.
+#![allow(dead_code)]
+
+use std::net::TcpListener as StdListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use evrouter::config::Config;
+use evrouter::event::Envelope;
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// A free loopback port (bound, then released).
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Sends test logs to the test harness, which prints them only when a test fails.
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("EVR_LOG")
+                .unwrap_or_else(|_| "evrouter=debug,info".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// A `redis-server` owned by one test, stopped on drop.
+pub struct RedisServer {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// Starts a throwaway server: no RDB, no AOF.
+    pub fn start() -> Self {
+        Self::start_with(&["--save", "", "--appendonly", "no"])
+    }
+
+    /// Starts a server that fsyncs every write to its AOF, for durability tests.
+    pub fn start_durable() -> Self {
+        Self::start_with(&[
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+        ])
+    }
+
+    /// Starts a server with extra arguments.
+    pub fn start_with(args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut server = Self {
+            port: free_port(),
+            dir,
+            args: args.iter().map(|s| s.to_string()).collect(),
+            child: None,
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .arg("--port")
+            .arg(self.port.to_string())
+            .arg("--bind")
+            .arg("127.0.0.1")
+            .arg("--dir")
+            .arg(self.dir.path())
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed");
+        self.child = Some(child);
+        for _ in 0..200 {
+            if redis::Client::open(self.url())
+                .and_then(|c| c.get_connection())
+                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+                .is_ok()
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("redis-server on port {} did not start", self.port);
+    }
+
+    /// `redis://127.0.0.1:{port}`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The server's data folder.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// kill -9.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port and folder.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// SIGSTOP or SIGCONT the server.
+    pub fn signal(&self, signal: &str) {
+        if let Some(child) = &self.child {
+            let status = Command::new("kill")
+                .arg(format!("-{signal}"))
+                .arg(child.id().to_string())
+                .status()
+                .expect("kill");
+            assert!(status.success());
+        }
+    }
+
+    /// A blocking connection for assertions.
+    pub fn conn(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .and_then(|c| c.get_connection())
+            .expect("redis connection")
+    }
+
+    /// Every envelope stored in every `evr:*` partition key, decoded.
+    pub fn all_envelopes(&self) -> Vec<(String, String, Envelope)> {
+        let mut conn = self.conn();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("evr:{*}")
+            .query(&mut conn)
+            .expect("keys");
+        let mut out = Vec::new();
+        for key in keys {
+            let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+                .arg(&key)
+                .arg("-")
+                .arg("+")
+                .query(&mut conn)
+                .expect("xrange");
+            for entry in entries.ids {
+                let bytes: Vec<u8> = entry.get("e").expect("field e");
+                out.push((
+                    key.clone(),
+                    entry.id.clone(),
+                    Envelope::decode(&bytes).expect("envelope"),
+                ));
+            }
+        }
+        out
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.signal("CONT");
+        self.kill();
+    }
+}
+
+/// evrouter running in-process, stopped on drop.
+pub struct TestRouter {
+    pub base: String,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), evrouter::RunError>>>,
+}
+
+/// A config pointing at `redis` with short timeouts for tests.
+pub fn test_config(redis: &RedisServer) -> Config {
+    let mut config = Config::default();
+    config.redis.url = redis.url();
+    config.redis.response_timeout = "1s".into();
+    config.server.publish_timeout = "3s".into();
+    config.server.shutdown_grace = "5s".into();
+    config
+}
+
+impl TestRouter {
+    /// Starts evrouter with `config` on a free port.
+    pub async fn start(config: Config) -> Self {
+        init_logs();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let (tx, rx) = oneshot::channel();
+        let task = tokio::spawn(evrouter::run(config, listener, async {
+            let _ = rx.await;
+        }));
+        Self {
+            base,
+            shutdown: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// Asks it to stop and waits for it to finish.
+    pub async fn stop(mut self) -> Result<(), evrouter::RunError> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        match self.task.take() {
+            Some(task) => task.await.expect("run task"),
+            None => Ok(()),
+        }
+    }
+
+    /// `{base}{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// POSTs JSON to `/v1/publish/{topic}`; returns status and body.
+    pub async fn publish(&self, topic: &str, body: &Value) -> (u16, Value) {
+        let response = client()
+            .post(self.url(&format!("/v1/publish/{topic}")))
+            .json(body)
+            .send()
+            .await
+            .expect("request");
+        let status = response.status().as_u16();
+        let body = response.json::<Value>().await.unwrap_or(Value::Null);
+        (status, body)
+    }
+}
+
+impl Drop for TestRouter {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// A shared HTTP client.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .expect("client")
+}
+
+/// A valid platform event about `order_id`.
+pub fn order_event(n: u64, order_id: &str) -> Value {
+    json!({
+        "event_id": format!("evt_order_{n}"),
+        "event_type": "order.created",
+        "timestamp": "2026-01-30T10:00:00Z",
+        "version": "1.0",
+        "data": {"order_id": order_id, "customer_id": "cust_1", "total_amount": 99.5,
+                 "items": [{"product_id": "prod_1", "quantity": 2}]},
+        "metadata": {"correlation_id": format!("corr_{n}"), "service": "order-service", "version": "1.0.0"}
+    })
+}
+
+/// A temporary folder path that outlives the call.
+pub fn temp_path(dir: &tempfile::TempDir, name: &str) -> PathBuf {
+    dir.path().join(name)
+}
