@@ -169,6 +169,24 @@ impl RedisServer {
     }
 }
 
+impl RedisServer {
+    /// Number of entries in `key` that decode as envelopes (others are skipped).
+    pub fn decodable_entries(&self, key: &str) -> usize {
+        let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(key)
+            .arg("-")
+            .arg("+")
+            .query(&mut self.conn())
+            .expect("xrange");
+        entries
+            .ids
+            .iter()
+            .filter_map(|entry| entry.get::<Vec<u8>>("e"))
+            .filter(|bytes| Envelope::decode(bytes).is_ok())
+            .count()
+    }
+}
+
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.signal("CONT");

@@ -1,0 +1,234 @@
+//! Hostile and malformed input: every refusal has the right status and code, nothing
+//! rejected reaches Redis, and the process keeps serving.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::{client, order_event, test_config, RedisServer, TestRouter};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+async fn post_raw(
+    router: &TestRouter,
+    path: &str,
+    content_type: Option<&str>,
+    body: Vec<u8>,
+) -> (u16, Value) {
+    let mut request = client().post(router.url(path)).body(body);
+    if let Some(content_type) = content_type {
+        request = request.header("content-type", content_type);
+    }
+    let response = request.send().await.expect("request");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_bodies_get_clear_errors_and_store_nothing() {
+    let redis = RedisServer::start();
+    let mut config = test_config(&redis);
+    config.server.max_body_bytes = 64 * 1024;
+    config.server.max_batch = 10;
+    let router = TestRouter::start(config).await;
+    let json_type = Some("application/json");
+    let deep = "[".repeat(100) + &"]".repeat(100);
+    let batch_of_11 = serde_json::to_vec(&(0..11).map(|n| order_event(n, "o")).collect::<Vec<_>>())
+        .expect("json");
+    let cases: Vec<(&str, Option<&str>, Vec<u8>, u16, &str)> = vec![
+        (
+            "/v1/publish/order.created",
+            json_type,
+            b"{\"event_id\":".to_vec(),
+            400,
+            "malformed_json",
+        ),
+        (
+            "/v1/publish/order.created",
+            json_type,
+            b"".to_vec(),
+            400,
+            "malformed_json",
+        ),
+        (
+            "/v1/publish/order.created",
+            json_type,
+            b"42".to_vec(),
+            400,
+            "invalid_event",
+        ),
+        (
+            "/v1/publish/order.created",
+            json_type,
+            vec![b'"', 0xff, 0xfe, b'"'],
+            400,
+            "invalid_encoding",
+        ),
+        (
+            "/v1/publish/order.created",
+            json_type,
+            deep.into_bytes(),
+            400,
+            "too_deep",
+        ),
+        (
+            "/v1/publish/order.created",
+            json_type,
+            b"[]".to_vec(),
+            400,
+            "empty_batch",
+        ),
+        (
+            "/v1/publish/order.created",
+            json_type,
+            batch_of_11,
+            413,
+            "batch_too_large",
+        ),
+        (
+            "/v1/publish/order.created",
+            Some("text/plain"),
+            b"{}".to_vec(),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "/v1/publish/Order.Created",
+            json_type,
+            b"{}".to_vec(),
+            400,
+            "invalid_topic",
+        ),
+        (
+            "/v1/publish/order..created",
+            json_type,
+            b"{}".to_vec(),
+            400,
+            "invalid_topic",
+        ),
+        (
+            "/v1/nothing/here",
+            json_type,
+            b"{}".to_vec(),
+            404,
+            "not_found",
+        ),
+    ];
+    for (path, content_type, body, status, code) in cases {
+        let (got, answer) = post_raw(&router, path, content_type, body).await;
+        assert_eq!(got, status, "{path} {code}: {answer}");
+        assert_eq!(answer["error"]["code"], code, "{answer}");
+        assert!(answer["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()));
+    }
+    let (status, answer) = post_raw(
+        &router,
+        "/v1/publish/order.created",
+        json_type,
+        b"{\"a\": tru}".to_vec(),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("line 1"),
+        "{answer}"
+    );
+    let response = client()
+        .get(router.url("/v1/publish/order.created"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(response.status(), 405);
+    assert!(redis.all_envelopes().is_empty());
+    // Still serving after all of that.
+    assert_eq!(
+        router
+            .publish("order.created", &order_event(1, "o"))
+            .await
+            .0,
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_bodies_are_refused_declared_or_chunked() {
+    let redis = RedisServer::start();
+    let mut config = test_config(&redis);
+    config.server.max_body_bytes = 4096;
+    let router = TestRouter::start(config).await;
+    let mut big = order_event(1, "o");
+    big["data"]["notes"] = json!("x".repeat(5000));
+    let (status, answer) = post_raw(
+        &router,
+        "/v1/publish/order.created",
+        Some("application/json"),
+        serde_json::to_vec(&big).expect("json"),
+    )
+    .await;
+    assert_eq!(status, 413);
+    assert_eq!(answer["error"]["code"], "body_too_large");
+
+    // A chunked body (no Content-Length) is cut off once it passes the limit.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        (0..10).map(|_| Ok(vec![b' '; 1000])).collect();
+    let stream = futures_stream(chunks);
+    let response = client()
+        .post(router.url("/v1/publish/order.created"))
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 413);
+    assert!(redis.all_envelopes().is_empty());
+    assert_eq!(
+        router
+            .publish("order.created", &order_event(2, "o"))
+            .await
+            .0,
+        200
+    );
+}
+
+fn futures_stream(
+    chunks: Vec<Result<Vec<u8>, std::io::Error>>,
+) -> impl futures_core::Stream<Item = Result<Vec<u8>, std::io::Error>> + Send + 'static {
+    tokio_stream::iter(chunks)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_connection_is_dropped_after_the_header_timeout() {
+    let redis = RedisServer::start();
+    let mut config = test_config(&redis);
+    config.server.header_read_timeout = "300ms".into();
+    let router = TestRouter::start(config).await;
+    let address = router.base.trim_start_matches("http://").to_string();
+    let mut silent = tokio::net::TcpStream::connect(&address)
+        .await
+        .expect("connect");
+    let mut partial = tokio::net::TcpStream::connect(&address)
+        .await
+        .expect("connect");
+    partial
+        .write_all(b"POST /v1/publish/order.created HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("write");
+    for stream in [&mut silent, &mut partial] {
+        let mut buffer = Vec::new();
+        // The server closes the connection; a generous bound keeps a broken build from hanging.
+        let read =
+            tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut buffer)).await;
+        assert!(read.is_ok(), "connection was not closed by the server");
+    }
+    assert_eq!(
+        router
+            .publish("order.created", &order_event(1, "o"))
+            .await
+            .0,
+        200
+    );
+}
