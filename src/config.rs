@@ -9,6 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::pattern::TopicPattern;
 
+/// The environment variable holding the log filter; not a config override.
+pub const LOG_ENV: &str = "EVR_LOG";
+
 /// Everything evrouter can be told, read once at start-up.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
@@ -322,13 +325,16 @@ impl Config {
             .map_err(|e: toml::de::Error| ConfigError::Syntax(e.to_string()))?;
         let mut problems = Vec::new();
         for (name, value) in env {
+            if name == LOG_ENV {
+                continue;
+            }
             if let Some(rest) = name.strip_prefix("EVR_") {
                 apply_env_override(&mut table, rest, &value, &mut problems);
             }
         }
         let mut unknown = Vec::new();
         let value = toml::Value::Table(table);
-        let mut on_unknown = |path: serde_ignored::Path<'_>| unknown.push(path.to_string());
+        let mut on_unknown = |path: serde_ignored::Path<'_>| unknown.push(key_path(&path));
         let parsed: Result<Config, _> = serde_path_to_error::deserialize(
             serde_ignored::Deserializer::new(value, &mut on_unknown),
         );
@@ -371,8 +377,12 @@ impl Config {
         }
         if self.default_streams.0 {
             for builtin in default_domain_streams() {
-                if !streams.iter().any(|s| s.name == builtin.name) {
-                    streams.push(builtin);
+                match streams.iter_mut().find(|s| s.name == builtin.name) {
+                    // A configured stream replaces the built-in one but keeps its key rule
+                    // unless it names its own.
+                    Some(stream) if stream.keys.is_empty() => stream.keys = builtin.keys,
+                    Some(_) => {}
+                    None => streams.push(builtin),
                 }
             }
         }
@@ -516,6 +526,26 @@ impl Config {
     }
 }
 
+/// Writes a key path as the rest of the messages do: `streams[0].colour`.
+fn key_path(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", key_path(parent)),
+        Path::Map { parent, key } => {
+            let parent = key_path(parent);
+            if parent.is_empty() {
+                key.clone()
+            } else {
+                format!("{parent}.{key}")
+            }
+        }
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => key_path(parent),
+    }
+}
+
 /// Parses `"200us"`, `"5s"`, `"30d"` and the like.
 pub fn parse_duration(value: &str) -> Result<Duration, String> {
     humantime::parse_duration(value.trim())
@@ -631,6 +661,7 @@ mod tests {
             ),
             ("EVR_SERVER__MAX_BATCH".to_string(), "50".to_string()),
             ("OTHER".to_string(), "ignored".to_string()),
+            ("EVR_LOG".to_string(), "debug".to_string()),
         ];
         let config = Config::from_toml_str("[server]\nmax_batch = 10\n", env).expect("valid");
         assert_eq!(config.redis.url, "redis://10.0.0.1:7000");
@@ -646,5 +677,9 @@ mod tests {
         assert_eq!(orders.len(), 1);
         assert_eq!(orders[0].partitions, 4);
         assert_eq!(orders[0].topics, vec!["order.>".to_string()]);
+        assert_eq!(
+            orders[0].keys[0].pointer, "/data/order_id",
+            "built-in key rule kept"
+        );
     }
 }

@@ -80,9 +80,17 @@ pub async fn run(
         },
         floors.clone(),
     ));
+    // Learn every group's floor before the first append can trim.
+    let mut trim_conn = target.manager()?;
+    let first_pass = retention::trim_once(&catalog, &mut trim_conn, &floors);
+    match tokio::time::timeout(target.response_timeout() * 2, first_pass).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => tracing::warn!(error = %err, "first retention check failed; will retry"),
+        Err(_) => tracing::warn!("first retention check timed out; will retry"),
+    }
     let trimmer = tokio::spawn(retention::run_trimmer(
         catalog.clone(),
-        target.manager()?,
+        trim_conn,
         floors,
         Config::duration(&config.retention.check_interval),
     ));

@@ -107,7 +107,7 @@ fn toml_string(value: &str) -> String {
 }
 
 fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("EVR_LOG")
+    let filter = tracing_subscriber::EnvFilter::try_from_env(evrouter::config::LOG_ENV)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt().with_env_filter(filter).init();
 }

@@ -327,7 +327,7 @@ impl Publisher {
         let answers = tokio::time::timeout(self.limits.timeout, async {
             let mut answers: Vec<Option<Vec<Appended>>> = (0..writers).map(|_| None).collect();
             for (writer, rx) in pending {
-                let appended = rx.await.map_err(|_| StoreError::Closed)?.map_err(|e| e)?;
+                let appended = rx.await.map_err(|_| StoreError::Closed)??;
                 answers[writer] = Some(appended);
             }
             Ok::<_, StoreError>(answers)

@@ -188,7 +188,13 @@ impl StreamCatalog {
         if let Some(route) = self.routes.read().ok().and_then(|r| r.get(topic).cloned()) {
             return Ok(route);
         }
-        let stream = match self.configured.iter().find(|s| s.holds(topic)) {
+        let domain = crate::topic::domain(topic);
+        let claimed = self
+            .configured
+            .iter()
+            .find(|s| s.holds(topic))
+            .or_else(|| self.configured.iter().find(|s| s.name == domain));
+        let stream = match claimed {
             Some(stream) => stream.clone(),
             None => self.dynamic_stream(topic)?,
         };
@@ -252,6 +258,21 @@ mod tests {
         assert_eq!(unknown.stream.name, "warehouse");
         assert_eq!(unknown.stream.partitions, 16);
         assert!(unknown.pointer.is_none());
+        // A bare domain topic goes to the configured stream of that name, never to a
+        // second stream sharing its Redis keys.
+        assert_eq!(
+            catalog
+                .route("order")
+                .expect("route")
+                .stream
+                .partition_keys
+                .len(),
+            16
+        );
+        assert!(Arc::ptr_eq(
+            &catalog.route("order").expect("route").stream,
+            &route.stream
+        ));
     }
 
     #[test]

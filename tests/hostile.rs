@@ -35,7 +35,9 @@ async fn malformed_bodies_get_clear_errors_and_store_nothing() {
     let deep = "[".repeat(100) + &"]".repeat(100);
     let batch_of_11 = serde_json::to_vec(&(0..11).map(|n| order_event(n, "o")).collect::<Vec<_>>())
         .expect("json");
-    let cases: Vec<(&str, Option<&str>, Vec<u8>, u16, &str)> = vec![
+    // (path, content type, body, expected status, expected code)
+    type Case<'a> = (&'a str, Option<&'a str>, Vec<u8>, u16, &'a str);
+    let cases: Vec<Case> = vec![
         (
             "/v1/publish/order.created",
             json_type,

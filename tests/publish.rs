@@ -107,8 +107,7 @@ async fn same_key_lands_in_one_partition_in_publish_order() {
                 } else {
                     format!("ord_{round}_{i}")
                 };
-                let e = order_event(n + i, &key);
-                e
+                order_event(n + i, &key)
             })
             .collect();
         n += 5;

@@ -109,6 +109,14 @@ impl From<PublishError> for ApiError {
                 ..Self::new(StatusCode::BAD_REQUEST, "invalid_event", message)
             },
             PublishError::NoStream(_) => Self::new(StatusCode::BAD_REQUEST, "no_stream", message),
+            PublishError::Unavailable(StoreError::Refused(why)) => {
+                tracing::error!(error = %why, "redis refused a write");
+                Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "store_error",
+                    "the event store refused the write",
+                )
+            }
             PublishError::Unavailable(store) => {
                 if !matches!(store, StoreError::Busy) {
                     tracing::warn!(error = %store, "publish not confirmed by redis");

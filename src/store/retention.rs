@@ -104,26 +104,40 @@ pub async fn trim_once(
     conn: &mut ConnectionManager,
     floors: &TrimFloors,
 ) -> redis::RedisResult<()> {
+    let mut first_error = None;
     for stream in catalog.streams() {
         for key in &stream.partition_keys {
-            let state = group_state(conn, key).await?;
+            let state = match group_state(conn, key).await {
+                Ok(state) => state,
+                Err(err) => {
+                    // Keep the last known floor and go on with the other partitions.
+                    first_error.get_or_insert(err);
+                    continue;
+                }
+            };
             floors.set(key, state.floor_ms);
             if let Some(max_len) = stream.max_len {
                 if state.all_caught_up {
-                    let _: i64 = redis::cmd("XTRIM")
+                    let trimmed: redis::RedisResult<i64> = redis::cmd("XTRIM")
                         .arg(&**key)
                         .arg("MAXLEN")
                         .arg("~")
                         .arg(max_len)
                         .query_async(conn)
-                        .await?;
+                        .await;
+                    if let Err(err) = trimmed {
+                        first_error.get_or_insert(err);
+                    }
                 } else {
                     tracing::debug!(partition = %key, "max_len not applied: a group has not acked");
                 }
             }
         }
     }
-    Ok(())
+    match first_error {
+        Some(err) => Err(err),
+        None => Ok(()),
+    }
 }
 
 /// Runs [`trim_once`] every `interval` until the task is dropped.

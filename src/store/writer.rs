@@ -179,7 +179,7 @@ impl Writer {
         let mut stopping = false;
         loop {
             let received = tokio::select! {
-                received = self.rx.recv_many(&mut jobs, 256) => received,
+                received = self.rx.recv_many(&mut jobs, 1) => received,
                 _ = self.stop.changed(), if !stopping => {
                     // Close the queue: what is already in it is still received and flushed.
                     stopping = true;
@@ -191,10 +191,25 @@ impl Writer {
                 break;
             }
             let mut count: usize = jobs.iter().map(|j| j.entries.len()).sum();
+            self.take_queued(&mut jobs, &mut count);
             self.linger(&mut jobs, &mut count).await;
             self.flush(&mut jobs).await;
         }
         tracing::debug!(writer = self.index, "writer stopped");
+    }
+
+    /// Adds what is already queued until the batch is full. A request's entries are never
+    /// split, so a batch exceeds `max_batch` by at most one request.
+    fn take_queued(&mut self, jobs: &mut Vec<Job>, count: &mut usize) {
+        while *count < self.settings.max_batch {
+            match self.rx.try_recv() {
+                Ok(job) => {
+                    *count += job.entries.len();
+                    jobs.push(job);
+                }
+                Err(_) => break,
+            }
+        }
     }
 
     /// Gives publishers up to `linger` to add to the batch. Tokio's timers tick in
@@ -206,15 +221,7 @@ impl Writer {
         let deadline = Instant::now() + self.settings.linger;
         while *count < self.settings.max_batch && Instant::now() < deadline {
             tokio::task::yield_now().await;
-            while *count < self.settings.max_batch {
-                match self.rx.try_recv() {
-                    Ok(job) => {
-                        *count += job.entries.len();
-                        jobs.push(job);
-                    }
-                    Err(_) => break,
-                }
-            }
+            self.take_queued(jobs, count);
         }
     }
 

@@ -1,0 +1,120 @@
+//! The ceiling beside evrouter: pipelined XADD of the same entries (encoded envelopes of the
+//! same events) straight into Redis, several pipelines in flight, as fast as Redis takes them.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use evrouter::event::Envelope;
+use evrouter::streams::partition_of;
+use hdrhistogram::Histogram;
+use redis::aio::MultiplexedConnection;
+
+use crate::report::{Percentiles, Report};
+use crate::{bodies, Args};
+
+const PIPELINES_IN_FLIGHT: usize = 4;
+const PARTITIONS: u32 = 16;
+
+/// Measures pipelined XADD throughput for `warmup + duration` and reports the measured part.
+pub async fn run(args: &Args, url: &str) -> anyhow::Result<Report> {
+    let entries: Vec<(String, Vec<u8>)> = (0..4096u64)
+        .map(|n| {
+            let event = bodies::order_event(n, args.keys);
+            let payload = serde_json::to_vec(&event).unwrap_or_default();
+            let key = event["data"]["order_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let partition = partition_of(&key, PARTITIONS);
+            let envelope = Envelope {
+                event_id: format!("evt_order_{n}"),
+                topic: "order.created".into(),
+                event_type: "order.created".into(),
+                key,
+                sequence: Some(1),
+                received_us: 0,
+                service: "order-service".into(),
+                correlation_id: format!("corr_{n}"),
+                traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
+                tracestate: None,
+                payload,
+            };
+            (format!("evr-raw:{{order.{partition}}}"), envelope.encode())
+        })
+        .collect();
+    let client = redis::Client::open(url)?;
+    let start = Instant::now();
+    let measure_from = start + args.warmup;
+    let end = measure_from + args.duration;
+    let mut tasks = Vec::new();
+    for t in 0..PIPELINES_IN_FLIGHT {
+        let mut conn: MultiplexedConnection = client.get_multiplexed_async_connection().await?;
+        let entries = entries.clone();
+        let depth = args.pipeline.max(1);
+        tasks.push(tokio::spawn(async move {
+            let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+            let mut written = 0u64;
+            let mut offset = t * 997;
+            loop {
+                let sent = Instant::now();
+                if sent >= end {
+                    break;
+                }
+                let mut pipe = redis::pipe();
+                for i in 0..depth {
+                    let (key, value) = &entries[(offset + i) % entries.len()];
+                    pipe.cmd("XADD")
+                        .arg(key)
+                        .arg("MINID")
+                        .arg("~")
+                        .arg("0-0")
+                        .arg("*")
+                        .arg("e")
+                        .arg(value);
+                }
+                offset += depth;
+                let _: Vec<String> = pipe.query_async(&mut conn).await?;
+                if sent >= measure_from {
+                    written += depth as u64;
+                    latency.saturating_record(sent.elapsed().as_micros().max(1) as u64);
+                }
+            }
+            anyhow::Ok((written, latency))
+        }));
+    }
+    let mut written = 0;
+    let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    for task in tasks {
+        let (w, h) = task.await??;
+        written += w;
+        latency.add(&h)?;
+    }
+    let elapsed = Instant::now()
+        .saturating_duration_since(measure_from)
+        .max(Duration::from_millis(1));
+    // Leave Redis as it was.
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    for p in 0..PARTITIONS {
+        let _: i64 = redis::cmd("DEL")
+            .arg(format!("evr-raw:{{order.{p}}}"))
+            .query_async(&mut conn)
+            .await?;
+    }
+    let secs = elapsed.as_secs_f64();
+    Ok(Report {
+        mode: format!(
+            "raw pipelined XADD to {url} (depth {}, {PIPELINES_IN_FLIGHT} in flight)",
+            args.pipeline
+        ),
+        offered_events_per_sec: 0,
+        achieved_events_per_sec: written as f64 / secs,
+        achieved_requests_per_sec: (written / args.pipeline.max(1) as u64) as f64 / secs,
+        batch: args.pipeline,
+        connections: PIPELINES_IN_FLIGHT,
+        duration_secs: secs,
+        events_ok: written,
+        requests_ok: written / args.pipeline.max(1) as u64,
+        errors_by_status: BTreeMap::new(),
+        latency_ms: Percentiles::from_micros(&latency),
+    })
+}
