@@ -1,1 +1,111 @@
-fn main() {}
+//! The per-event CPU work of a publish, without HTTP or Redis: parse, validate, route and
+//! encode. Throughput is reported in events per second.
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use evrouter::config::Config;
+use evrouter::event::{Body, Envelope, RawEvent};
+use evrouter::publish::{prepare_event, PublishContext};
+use evrouter::schema::SchemaRegistry;
+use evrouter::streams::StreamCatalog;
+use serde_json::{json, Value};
+
+fn event(n: u64) -> Value {
+    json!({
+        "event_id": format!("evt_order_{n}"),
+        "event_type": "order.created",
+        "timestamp": "2026-01-30T10:00:00Z",
+        "version": "1.0",
+        "data": {
+            "order_id": format!("ord_{}", n % 10_000),
+            "customer_id": format!("cust_{}", n % 5000),
+            "total_amount": 129.99, "currency": "USD",
+            "items": [
+                {"product_id": "prod_1001", "quantity": 2, "unit_price": 49.99},
+                {"product_id": "prod_2002", "quantity": 1, "unit_price": 30.01}
+            ],
+            "shipping_address": {"city": "Hanoi", "country": "VN", "postal_code": "100000"}
+        },
+        "metadata": {"correlation_id": format!("corr_{n}"), "service": "order-service",
+                     "version": "1.4.2", "sequence": 1}
+    })
+}
+
+fn batch_body(size: u64) -> String {
+    serde_json::to_string(&(0..size).map(event).collect::<Vec<_>>()).expect("json")
+}
+
+fn benches(c: &mut Criterion) {
+    let config = Config::default();
+    let schemas = SchemaRegistry::load(&config.validation).expect("schemas");
+    let catalog = StreamCatalog::new(&config);
+    let route = catalog.route("order.created").expect("route");
+    let context = PublishContext::default();
+    let body = batch_body(100);
+
+    let mut group = c.benchmark_group("publish");
+    group.throughput(Throughput::Elements(100));
+    group.bench_function("parse_batch_of_100", |b| {
+        b.iter(|| {
+            let Ok(Body::Many(events)) = Body::parse(&body) else {
+                panic!("batch")
+            };
+            events
+                .iter()
+                .map(|raw| RawEvent::parse(raw).map(|e| e.raw.len()).unwrap_or(0))
+                .sum::<usize>()
+        })
+    });
+    group.bench_function("validate_batch_of_100", |b| {
+        let Ok(Body::Many(events)) = Body::parse(&body) else {
+            panic!("batch")
+        };
+        let parsed: Vec<RawEvent> = events
+            .iter()
+            .map(|raw| RawEvent::parse(raw).expect("event"))
+            .collect();
+        b.iter(|| {
+            parsed
+                .iter()
+                .map(|e| schemas.validate(e).len())
+                .sum::<usize>()
+        })
+    });
+    group.bench_function("prepare_batch_of_100", |b| {
+        b.iter(|| {
+            let Ok(Body::Many(events)) = Body::parse(&body) else {
+                panic!("batch")
+            };
+            events
+                .iter()
+                .map(|raw| {
+                    prepare_event(&route, &schemas, "order.created", raw, &context, 1)
+                        .map(|p| p.value.len())
+                        .unwrap_or(0)
+                })
+                .sum::<usize>()
+        })
+    });
+    group.finish();
+
+    let mut group = c.benchmark_group("envelope");
+    group.throughput(Throughput::Elements(1));
+    let prepared = {
+        let Ok(Body::Many(events)) = Body::parse(&body) else {
+            panic!("batch")
+        };
+        prepare_event(&route, &schemas, "order.created", events[0], &context, 1).expect("valid")
+    };
+    let envelope = Envelope::decode(&prepared.value).expect("decode");
+    group.bench_function("encode", |b| b.iter(|| envelope.encode().len()));
+    group.bench_function("decode", |b| {
+        b.iter_batched(
+            || prepared.value.clone(),
+            |bytes| Envelope::decode(&bytes).map(|e| e.payload.len()),
+            BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+}
+
+criterion_group!(publish, benches);
+criterion_main!(publish);

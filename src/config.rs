@@ -127,7 +127,9 @@ pub struct WriterConfig {
     pub writers: usize,
     /// Most entries sent in one pipeline.
     pub max_batch: usize,
-    /// How long a writer waits for more entries before sending a partial batch.
+    /// How long a writer waits for more entries before sending a batch that is not full.
+    /// `0s` (default) sends at once: batches still form while the previous pipeline is in
+    /// flight. Non-zero values have millisecond resolution.
     pub linger: String,
     /// Most publish requests queued per writer; beyond it publishers get 503.
     pub queue_capacity: usize,
@@ -138,7 +140,7 @@ impl Default for WriterConfig {
         Self {
             writers: 4,
             max_batch: 512,
-            linger: "200us".into(),
+            linger: "0s".into(),
             queue_capacity: 4096,
         }
     }

@@ -151,6 +151,61 @@ impl<'de> Visitor<'de> for TopVisitor {
     }
 }
 
+/// The `metadata` fields routing and enrichment use, each as raw JSON, read in one pass.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RawMetadata<'a> {
+    /// `metadata.correlation_id`.
+    pub correlation_id: Option<&'a RawValue>,
+    /// `metadata.service`.
+    pub service: Option<&'a RawValue>,
+    /// `metadata.partition_key`.
+    pub partition_key: Option<&'a RawValue>,
+    /// `metadata.sequence`.
+    pub sequence: Option<&'a RawValue>,
+    /// `metadata.traceparent`.
+    pub traceparent: Option<&'a RawValue>,
+}
+
+impl<'a> RawMetadata<'a> {
+    /// Reads the fields of a raw `metadata` object; empty when it is not an object.
+    pub fn parse(raw: Option<&'a RawValue>) -> Self {
+        let Some(raw) = raw else {
+            return Self::default();
+        };
+        let mut de = serde_json::Deserializer::from_str(raw.get());
+        de.deserialize_map(MetadataVisitor).unwrap_or_default()
+    }
+}
+
+struct MetadataVisitor;
+
+impl<'de> Visitor<'de> for MetadataVisitor {
+    type Value = RawMetadata<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a metadata object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut meta = RawMetadata::default();
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            let slot = match key.as_ref() {
+                "correlation_id" => &mut meta.correlation_id,
+                "service" => &mut meta.service,
+                "partition_key" => &mut meta.partition_key,
+                "sequence" => &mut meta.sequence,
+                "traceparent" => &mut meta.traceparent,
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                    continue;
+                }
+            };
+            *slot = Some(map.next_value::<&'de RawValue>()?);
+        }
+        Ok(meta)
+    }
+}
+
 /// Reads a raw JSON string value without allocating when it has no escapes.
 pub fn raw_str(raw: &RawValue) -> Option<Cow<'_, str>> {
     let text = raw.get();

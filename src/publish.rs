@@ -6,10 +6,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use crate::event::{json_depth, raw_str, raw_u64, Body, Envelope, RawEvent};
+use serde_json::value::RawValue;
+
+use crate::event::{json_depth, raw_str, raw_u64, Body, Envelope, RawEvent, RawMetadata};
 use crate::schema::{SchemaRegistry, Violation};
 use crate::store::{Appended, Entry, StoreError, WriterPool};
-use crate::streams::{partition_of, StreamCatalog};
+use crate::streams::{partition_of, Route, StreamCatalog};
 use crate::trace;
 
 /// Limits applied to every publish.
@@ -111,6 +113,80 @@ pub enum PublishError {
     Unavailable(StoreError),
 }
 
+/// One event, validated, enriched and encoded for its partition.
+#[derive(Debug)]
+pub struct PreparedEvent {
+    /// Its `event_id`.
+    pub event_id: String,
+    /// Its partition in the route's stream.
+    pub partition: u32,
+    /// The encoded envelope.
+    pub value: Vec<u8>,
+}
+
+/// Validates one event and builds its envelope: the per-event CPU work of a publish.
+pub fn prepare_event(
+    route: &Route,
+    schemas: &SchemaRegistry,
+    topic: &str,
+    raw: &RawValue,
+    context: &PublishContext,
+    received_us: u64,
+) -> Result<PreparedEvent, Vec<Violation>> {
+    let event = RawEvent::parse(raw).map_err(|_| {
+        vec![Violation {
+            path: String::new(),
+            message: "an event must be a JSON object".into(),
+        }]
+    })?;
+    let mut found = schemas.validate(&event);
+    let event_type = event.event_type.and_then(raw_str);
+    if route.stream.require_type_match && found.is_empty() && event_type.as_deref() != Some(topic) {
+        found.push(Violation {
+            path: "/event_type".into(),
+            message: format!("must equal the topic `{topic}` on this stream"),
+        });
+    }
+    if !found.is_empty() {
+        return Err(found);
+    }
+    // The base schema has checked that these are strings.
+    let metadata = RawMetadata::parse(event.metadata);
+    let event_id = event.event_id.and_then(raw_str).unwrap_or_default();
+    let key = route.key(&event, &metadata, &event_id);
+    let partition = partition_of(&key, route.stream.partitions);
+    let text = |raw: Option<&RawValue>| raw.and_then(raw_str).unwrap_or_default().into_owned();
+    let traceparent = metadata
+        .traceparent
+        .and_then(raw_str)
+        .map(|s| s.into_owned())
+        .or_else(|| {
+            context
+                .traceparent
+                .clone()
+                .filter(|t| trace::is_valid_traceparent(t))
+        })
+        .unwrap_or_else(trace::new_traceparent);
+    let envelope = Envelope {
+        event_id: event_id.to_string(),
+        topic: topic.to_string(),
+        event_type: event_type.unwrap_or_default().into_owned(),
+        key: key.into_owned(),
+        sequence: metadata.sequence.and_then(raw_u64),
+        received_us,
+        service: text(metadata.service),
+        correlation_id: text(metadata.correlation_id),
+        traceparent,
+        tracestate: context.tracestate.clone(),
+        payload: event.raw.as_bytes().to_vec(),
+    };
+    Ok(PreparedEvent {
+        event_id: envelope.event_id.clone(),
+        partition,
+        value: envelope.encode(),
+    })
+}
+
 /// The publish pipeline, shared by every request.
 pub struct Publisher {
     catalog: Arc<StreamCatalog>,
@@ -187,7 +263,7 @@ impl Publisher {
     fn prepare(
         &self,
         topic: &str,
-        events: &[&serde_json::value::RawValue],
+        events: &[&RawValue],
         single: bool,
         context: &PublishContext,
     ) -> Result<Vec<Prepared>, PublishError> {
@@ -203,90 +279,34 @@ impl Publisher {
         let mut prepared = Vec::with_capacity(events.len());
         for (index, raw) in events.iter().enumerate() {
             let at = (!single).then_some(index);
-            let event = match RawEvent::parse(raw) {
-                Ok(event) => event,
-                Err(_) => {
-                    violations.push(EventViolation {
-                        index: at,
-                        path: String::new(),
-                        message: "an event must be a JSON object".into(),
+            match prepare_event(&route, &self.schemas, topic, raw, context, received_us) {
+                Ok(event) if violations.is_empty() => {
+                    let partition_key =
+                        route.stream.partition_keys[event.partition as usize].clone();
+                    let dedup_key = route
+                        .stream
+                        .dedup_window
+                        .map(|_| route.stream.dedup_key(event.partition, &event.event_id));
+                    prepared.push(Prepared {
+                        receipt_stream: route.stream.name.clone(),
+                        partition: event.partition,
+                        event_id: event.event_id,
+                        writer: self.writers.writer_of(&partition_key),
+                        entry: Entry {
+                            stream: route.stream.clone(),
+                            partition_key,
+                            dedup_key,
+                            value: event.value,
+                        },
                     });
-                    continue;
                 }
-            };
-            let mut found: Vec<Violation> = self.schemas.validate(&event);
-            let event_type = event.event_type.and_then(raw_str);
-            if route.stream.require_type_match
-                && found.is_empty()
-                && event_type.as_deref() != Some(topic)
-            {
-                found.push(Violation {
-                    path: "/event_type".into(),
-                    message: format!("must equal the topic `{topic}` on this stream"),
-                });
-            }
-            if !found.is_empty() {
-                violations.extend(found.into_iter().map(|v| EventViolation {
+                Ok(_) => {}
+                Err(found) => violations.extend(found.into_iter().map(|v| EventViolation {
                     index: at,
                     path: v.path,
                     message: v.message,
-                }));
-                continue;
+                })),
             }
-            if !violations.is_empty() {
-                continue;
-            }
-            // The base schema has checked these are strings.
-            let event_id = event.event_id.and_then(raw_str).unwrap_or_default();
-            let key = route.key(&event, &event_id);
-            let partition = partition_of(&key, route.stream.partitions);
-            let metadata = |name: &str| event.pointer(&format!("/metadata/{name}"));
-            let traceparent = metadata("traceparent")
-                .and_then(raw_str)
-                .map(|s| s.into_owned())
-                .or_else(|| {
-                    context
-                        .traceparent
-                        .clone()
-                        .filter(|t| trace::is_valid_traceparent(t))
-                })
-                .unwrap_or_else(trace::new_traceparent);
-            let envelope = Envelope {
-                event_id: event_id.to_string(),
-                topic: topic.to_string(),
-                event_type: event_type.as_deref().unwrap_or_default().to_string(),
-                key: key.to_string(),
-                sequence: metadata("sequence").and_then(raw_u64),
-                received_us,
-                service: metadata("service")
-                    .and_then(raw_str)
-                    .unwrap_or_default()
-                    .into_owned(),
-                correlation_id: metadata("correlation_id")
-                    .and_then(raw_str)
-                    .unwrap_or_default()
-                    .into_owned(),
-                traceparent,
-                tracestate: context.tracestate.clone(),
-                payload: event.raw.as_bytes().to_vec(),
-            };
-            let partition_key = route.stream.partition_keys[partition as usize].clone();
-            let dedup_key = route
-                .stream
-                .dedup_window
-                .map(|_| route.stream.dedup_key(partition, &event_id));
-            prepared.push(Prepared {
-                receipt_stream: route.stream.name.clone(),
-                partition,
-                event_id: event_id.into_owned(),
-                writer: self.writers.writer_of(&partition_key),
-                entry: Entry {
-                    stream: route.stream.clone(),
-                    partition_key,
-                    dedup_key,
-                    value: envelope.encode(),
-                },
-            });
         }
         if violations.is_empty() {
             Ok(prepared)

@@ -8,7 +8,7 @@ use std::time::Duration;
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::config::{Config, StreamConfig};
-use crate::event::{raw_str, RawEvent};
+use crate::event::{raw_str, RawEvent, RawMetadata};
 use crate::pattern::TopicPattern;
 
 /// Most streams created on the fly for topics that no configured stream claims.
@@ -114,7 +114,12 @@ pub struct Route {
 impl Route {
     /// The event's key: the rule's pointer (a string or number there), else
     /// `metadata.partition_key`, else `event_id`.
-    pub fn key<'a>(&self, event: &RawEvent<'a>, event_id: &'a str) -> std::borrow::Cow<'a, str> {
+    pub fn key<'a>(
+        &self,
+        event: &RawEvent<'a>,
+        metadata: &RawMetadata<'a>,
+        event_id: &'a str,
+    ) -> std::borrow::Cow<'a, str> {
         if let Some(pointer) = &self.pointer {
             if let Some(raw) = event.pointer(pointer) {
                 if let Some(s) = raw_str(raw) {
@@ -126,7 +131,7 @@ impl Route {
                 }
             }
         }
-        if let Some(raw) = event.pointer("/metadata/partition_key") {
+        if let Some(raw) = metadata.partition_key {
             if let Some(s) = raw_str(raw) {
                 if !s.is_empty() {
                     return s;
@@ -291,7 +296,8 @@ mod tests {
         ] {
             let raw: &RawValue = serde_json::from_str(text).expect("json");
             let event = RawEvent::parse(raw).expect("object");
-            assert_eq!(route.key(&event, "evt_x_1"), expected);
+            let metadata = RawMetadata::parse(event.metadata);
+            assert_eq!(route.key(&event, &metadata, "evt_x_1"), expected);
         }
     }
 

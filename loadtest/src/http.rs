@@ -46,27 +46,27 @@ pub async fn run(args: &Args) -> anyhow::Result<Report> {
     let capacity = ((requests_per_sec * 10.0) as usize).max(1024);
     let (tx, rx) = async_channel::bounded::<Job>(capacity);
 
-    let scheduler = tokio::spawn(async move {
-        tokio::time::sleep_until(start.into()).await;
+    // The schedule runs on its own thread with sub-millisecond sleeps (Tokio's timers tick
+    // in milliseconds), handing each request over at its intended time.
+    let scheduler = std::thread::spawn(move || {
         let mut sent: u64 = 0;
         loop {
-            let now = Instant::now();
-            if now >= end {
+            let intended = start + Duration::from_secs_f64(sent as f64 / requests_per_sec);
+            if intended >= end {
                 break;
             }
-            let due = ((now - start).as_secs_f64() * requests_per_sec) as u64;
-            while sent < due {
-                let intended = start + Duration::from_secs_f64(sent as f64 / requests_per_sec);
-                let job = Job {
-                    intended,
-                    body: (sent % 512) as usize,
-                };
-                if tx.send(job).await.is_err() {
-                    return;
-                }
-                sent += 1;
+            let now = Instant::now();
+            if intended > now {
+                std::thread::sleep(intended - now);
             }
-            tokio::time::sleep(Duration::from_millis(1)).await;
+            let job = Job {
+                intended,
+                body: (sent % 512) as usize,
+            };
+            if tx.send_blocking(job).is_err() {
+                return;
+            }
+            sent += 1;
         }
     });
 
@@ -78,7 +78,9 @@ pub async fn run(args: &Args) -> anyhow::Result<Report> {
         workers.push(tokio::spawn(worker(rx, uri, bodies, measure_from, end)));
     }
     drop(rx);
-    scheduler.await?;
+    tokio::task::spawn_blocking(move || scheduler.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("scheduler thread panicked"))?;
     let mut latency = Histogram::<u64>::new_with_bounds(1, 120_000_000, 3)?;
     let mut requests_ok = 0;
     let mut errors = BTreeMap::new();

@@ -4,7 +4,7 @@
 //! order), and answers every caller.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::aio::ConnectionManager;
 use redis::Value;
@@ -212,16 +212,22 @@ impl Writer {
         }
     }
 
-    /// Gives publishers up to `linger` to add to the batch. Tokio's timers tick in
-    /// milliseconds, so this yields to other tasks instead of sleeping.
+    /// Gives publishers up to `linger` to add to a batch that is not full. With the default
+    /// of zero, batches form on their own while the previous pipeline is in flight.
     async fn linger(&mut self, jobs: &mut Vec<Job>, count: &mut usize) {
         if self.settings.linger.is_zero() {
             return;
         }
-        let deadline = Instant::now() + self.settings.linger;
-        while *count < self.settings.max_batch && Instant::now() < deadline {
-            tokio::task::yield_now().await;
-            self.take_queued(jobs, count);
+        let deadline = tokio::time::Instant::now() + self.settings.linger;
+        while *count < self.settings.max_batch {
+            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Ok(Some(job)) => {
+                    *count += job.entries.len();
+                    jobs.push(job);
+                    self.take_queued(jobs, count);
+                }
+                Ok(None) | Err(_) => break,
+            }
         }
     }
 
