@@ -48,7 +48,11 @@ pub async fn run(args: &Args, url: &str) -> anyhow::Result<Report> {
     let end = measure_from + args.duration;
     let mut tasks = Vec::new();
     for t in 0..PIPELINES_IN_FLIGHT {
-        let mut conn: MultiplexedConnection = client.get_multiplexed_async_connection().await?;
+        let config =
+            redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(30)));
+        let mut conn: MultiplexedConnection = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
         let entries = entries.clone();
         let depth = args.pipeline.max(1);
         tasks.push(tokio::spawn(async move {
@@ -93,7 +97,11 @@ pub async fn run(args: &Args, url: &str) -> anyhow::Result<Report> {
         .saturating_duration_since(measure_from)
         .max(Duration::from_millis(1));
     // Leave Redis as it was.
-    let mut conn = client.get_multiplexed_async_connection().await?;
+    let config =
+        redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(60)));
+    let mut conn = client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await?;
     for p in 0..PARTITIONS {
         let _: i64 = redis::cmd("DEL")
             .arg(format!("evr-raw:{{order.{p}}}"))
