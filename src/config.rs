@@ -138,7 +138,7 @@ pub struct WriterConfig {
 impl Default for WriterConfig {
     fn default() -> Self {
         Self {
-            writers: 4,
+            writers: 2,
             max_batch: 512,
             linger: "0s".into(),
             queue_capacity: 4096,

@@ -116,12 +116,14 @@ impl SchemaRegistry {
     /// Validates one event; returns every violation found (empty when valid).
     pub fn validate(&self, event: &RawEvent<'_>) -> Vec<Violation> {
         let light = light_tree(event);
-        let mut violations: Vec<Violation> = self.base.iter_errors(&light).map(violation).collect();
-        if !violations.is_empty() {
-            return violations;
+        // The common case is valid: a yes/no check is cheaper than collecting errors.
+        if !self.base.is_valid(&light) {
+            return self.base.iter_errors(&light).map(violation).collect();
         }
+        let mut violations = Vec::new();
         if let Some(validator) = self.type_validator(event) {
             match serde_json::from_str::<Value>(event.raw) {
+                Ok(full) if validator.is_valid(&full) => {}
                 Ok(full) => violations.extend(validator.iter_errors(&full).map(violation)),
                 Err(e) => violations.push(Violation {
                     path: String::new(),

@@ -234,3 +234,59 @@ async fn a_silent_connection_is_dropped_after_the_header_timeout() {
         200
     );
 }
+
+/// Mutates a valid event at random (seeded, so a failure repeats): no input may crash the
+/// process, earn a 5xx, or be stored without passing validation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_mutations_never_crash_or_store_invalid_events() {
+    let redis = RedisServer::start();
+    let router = TestRouter::start(test_config(&redis)).await;
+    let valid = serde_json::to_vec(&order_event(1, "ord_1")).expect("json");
+    let mut rng = fastrand::Rng::with_seed(0x5eed);
+    let http = client();
+    let mut accepted = 0;
+    for _ in 0..400 {
+        let mut body = valid.clone();
+        const NOISE: &[u8] = b"{}[]\":,\\ 0e-";
+        for _ in 0..rng.usize(1..6) {
+            if body.is_empty() {
+                break;
+            }
+            let at = rng.usize(..body.len());
+            match rng.u8(..4) {
+                0 => body[at] = rng.u8(..),
+                1 => {
+                    body.remove(at);
+                }
+                2 => body.insert(at, NOISE[rng.usize(..NOISE.len())]),
+                _ => body.truncate(at),
+            }
+        }
+        let response = http
+            .post(router.url("/v1/publish/order.created"))
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+            .expect("evrouter answers");
+        let status = response.status().as_u16();
+        assert!(
+            matches!(status, 200 | 400),
+            "status {status} for {:?}",
+            String::from_utf8_lossy(&body)
+        );
+        if status == 200 {
+            accepted += 1;
+            let value: Value = serde_json::from_slice(&body).expect("accepted bodies are JSON");
+            assert!(value["metadata"]["correlation_id"].is_string());
+        }
+    }
+    assert_eq!(redis.all_envelopes().len(), accepted);
+    assert_eq!(
+        router
+            .publish("order.created", &order_event(2, "o"))
+            .await
+            .0,
+        200
+    );
+}
