@@ -60,9 +60,19 @@ fn check_config_lists_every_problem_with_its_path() {
 async fn serve_exits_zero_on_sigterm() {
     let redis = RedisServer::start();
     let port = free_port();
+    // The flags override what the file says.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("evrouter.toml");
+    std::fs::write(
+        &config,
+        "[server]\nlisten = \"127.0.0.1:1\"\n[redis]\nurl = \"redis://127.0.0.1:1\"\n",
+    )
+    .expect("write");
     let mut child = Command::new(BIN)
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
         .args([
-            "serve",
             "--listen",
             &format!("127.0.0.1:{port}"),
             "--redis",
