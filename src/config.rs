@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::pattern::TopicPattern;
 
-/// The environment variable holding the log filter; not a config override.
+/// The environment variable holding the log filter; not a config override (nor are
+/// `EVR_TEST_*` variables, which the test suite reads).
 pub const LOG_ENV: &str = "EVR_LOG";
 
 /// Everything evrouter can be told, read once at start-up.
@@ -58,6 +59,10 @@ pub struct ServerConfig {
     pub max_json_depth: usize,
     /// A connection that has not sent a full request head within this time is dropped.
     pub header_read_timeout: String,
+    /// A request whose body has not fully arrived within this time gets 408.
+    pub body_read_timeout: String,
+    /// Most open client connections; further ones wait to be accepted.
+    pub max_connections: usize,
     /// A publish that Redis has not confirmed within this time answers 503.
     pub publish_timeout: String,
     /// How long shutdown waits for in-flight requests before cutting them off.
@@ -72,6 +77,8 @@ impl Default for ServerConfig {
             max_batch: 1000,
             max_json_depth: 64,
             header_read_timeout: "10s".into(),
+            body_read_timeout: "30s".into(),
+            max_connections: 10_000,
             publish_timeout: "5s".into(),
             shutdown_grace: "30s".into(),
         }
@@ -327,45 +334,69 @@ impl Config {
             .map_err(|e: toml::de::Error| ConfigError::Syntax(e.to_string()))?;
         let mut problems = Vec::new();
         for (name, value) in env {
-            if name == LOG_ENV {
+            if name == LOG_ENV || name.starts_with("EVR_TEST_") {
                 continue;
             }
             if let Some(rest) = name.strip_prefix("EVR_") {
                 apply_env_override(&mut table, rest, &value, &mut problems);
             }
         }
-        let mut unknown = Vec::new();
-        let value = toml::Value::Table(table);
-        let mut on_unknown = |path: serde_ignored::Path<'_>| unknown.push(key_path(&path));
-        let parsed: Result<Config, _> = serde_path_to_error::deserialize(
-            serde_ignored::Deserializer::new(value, &mut on_unknown),
-        );
-        for path in unknown {
-            problems.push(ConfigProblem {
-                path,
-                message: "unknown key".into(),
-            });
-        }
-        let config = match parsed {
-            Ok(config) => Some(config),
-            Err(err) => {
-                problems.push(ConfigProblem {
-                    path: err.path().to_string(),
-                    message: err.inner().to_string(),
-                });
-                None
-            }
-        };
-        match config {
-            Some(config) => {
-                config.validate(&mut problems);
-                if problems.is_empty() {
-                    Ok(config)
-                } else {
-                    Err(ConfigError::Invalid(problems))
+        // Each section (and each stream) is read on its own, so that a wrong type in one
+        // does not hide the problems of the others.
+        let mut config = Config::default();
+        let mut streams_ok = true;
+        for (key, value) in table {
+            match key.as_str() {
+                "server" => {
+                    read_section(&key, value, &mut problems, &mut config.server);
                 }
+                "redis" => {
+                    read_section(&key, value, &mut problems, &mut config.redis);
+                }
+                "writer" => {
+                    read_section(&key, value, &mut problems, &mut config.writer);
+                }
+                "validation" => {
+                    read_section(&key, value, &mut problems, &mut config.validation);
+                }
+                "retention" => {
+                    read_section(&key, value, &mut problems, &mut config.retention);
+                }
+                "default_streams" => {
+                    read_section(&key, value, &mut problems, &mut config.default_streams);
+                }
+                "streams" => match value {
+                    toml::Value::Array(items) => {
+                        for (i, item) in items.into_iter().enumerate() {
+                            let mut stream = StreamConfig::default();
+                            streams_ok &= read_section(
+                                &format!("streams[{i}]"),
+                                item,
+                                &mut problems,
+                                &mut stream,
+                            );
+                            config.streams.push(stream);
+                        }
+                    }
+                    _ => {
+                        streams_ok = false;
+                        problems.push(ConfigProblem {
+                            path: key,
+                            message: "must be an array of tables ([[streams]])".into(),
+                        });
+                    }
+                },
+                _ => problems.push(ConfigProblem {
+                    path: key,
+                    message: "unknown key".into(),
+                }),
             }
-            None => Err(ConfigError::Invalid(problems)),
+        }
+        config.validate(&mut problems, streams_ok);
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid(problems))
         }
     }
 
@@ -391,7 +422,7 @@ impl Config {
         streams
     }
 
-    fn validate(&self, problems: &mut Vec<ConfigProblem>) {
+    fn validate(&self, problems: &mut Vec<ConfigProblem>, check_streams: bool) {
         let mut bad = |path: &str, message: String| {
             problems.push(ConfigProblem {
                 path: path.to_string(),
@@ -411,6 +442,7 @@ impl Config {
             ("server.max_body_bytes", self.server.max_body_bytes),
             ("server.max_batch", self.server.max_batch),
             ("server.max_json_depth", self.server.max_json_depth),
+            ("server.max_connections", self.server.max_connections),
             ("writer.writers", self.writer.writers),
             ("writer.max_batch", self.writer.max_batch),
             ("writer.queue_capacity", self.writer.queue_capacity),
@@ -431,8 +463,12 @@ impl Config {
             ("writer.linger", &self.writer.linger),
             ("retention.check_interval", &self.retention.check_interval),
         ] {
-            if let Err(message) = parse_duration(value) {
-                bad(path, message);
+            match parse_duration(value) {
+                Ok(d) if d.is_zero() && path != "writer.linger" => {
+                    bad(path, "must be greater than 0".into())
+                }
+                Ok(_) => {}
+                Err(message) => bad(path, message),
             }
         }
         if !self.redis.url.starts_with("redis://") && !self.redis.url.starts_with("rediss://") {
@@ -470,7 +506,12 @@ impl Config {
             }
         }
         let mut names = std::collections::HashSet::new();
-        for (i, stream) in self.streams.iter().enumerate() {
+        let streams = if check_streams {
+            &self.streams[..]
+        } else {
+            &[]
+        };
+        for (i, stream) in streams.iter().enumerate() {
             let at = |key: &str| format!("streams[{i}].{key}");
             if !crate::topic::is_valid_segment(&stream.name) {
                 bad(
@@ -506,8 +547,10 @@ impl Config {
                     );
                 }
             }
-            if let Err(message) = parse_duration(&stream.max_age) {
-                bad(&at("max_age"), message);
+            match parse_duration(&stream.max_age) {
+                Ok(d) if d.is_zero() => bad(&at("max_age"), "must be greater than 0".into()),
+                Ok(_) => {}
+                Err(message) => bad(&at("max_age"), message),
             }
             if stream.max_len == Some(0) {
                 bad(&at("max_len"), "must be greater than 0".into());
@@ -525,6 +568,49 @@ impl Config {
     /// Parses a duration key that validation has already accepted.
     pub fn duration(value: &str) -> Duration {
         parse_duration(value).unwrap_or_default()
+    }
+}
+
+/// Deserializes one section into `target`, recording unknown keys and a type error with
+/// their full paths; `target` keeps its defaults when the section has a type error.
+/// Returns whether the section's types were right.
+fn read_section<T: serde::de::DeserializeOwned>(
+    prefix: &str,
+    value: toml::Value,
+    problems: &mut Vec<ConfigProblem>,
+    target: &mut T,
+) -> bool {
+    let join = |inner: &str| {
+        if inner.is_empty() || inner == "." {
+            prefix.to_string()
+        } else if inner.starts_with('[') {
+            format!("{prefix}{inner}")
+        } else {
+            format!("{prefix}.{inner}")
+        }
+    };
+    let mut unknown = Vec::new();
+    let mut on_unknown = |path: serde_ignored::Path<'_>| unknown.push(key_path(&path));
+    let parsed: Result<T, _> =
+        serde_path_to_error::deserialize(serde_ignored::Deserializer::new(value, &mut on_unknown));
+    for path in unknown {
+        problems.push(ConfigProblem {
+            path: join(&path),
+            message: "unknown key".into(),
+        });
+    }
+    match parsed {
+        Ok(value) => {
+            *target = value;
+            true
+        }
+        Err(err) => {
+            problems.push(ConfigProblem {
+                path: join(&err.path().to_string()),
+                message: err.inner().to_string(),
+            });
+            false
+        }
     }
 }
 
@@ -652,6 +738,26 @@ mod tests {
             panic!("config should be refused");
         };
         assert_eq!(problems[0].path, "server.max_batch");
+    }
+
+    #[test]
+    fn type_errors_in_several_sections_are_all_reported() {
+        let text = "[server]\nmax_batch = \"many\"\n[writer]\nwriters = \"two\"\n[retention]\ncheck_interval = \"0s\"\n[[streams]]\nname = \"a\"\npartitions = \"x\"\n";
+        let Err(ConfigError::Invalid(problems)) = Config::from_toml_str(text, no_env()) else {
+            panic!("config should be refused");
+        };
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        for expected in [
+            "server.max_batch",
+            "writer.writers",
+            "retention.check_interval",
+            "streams[0].partitions",
+        ] {
+            assert!(
+                paths.contains(&expected),
+                "{expected} missing from {paths:?}"
+            );
+        }
     }
 
     #[test]

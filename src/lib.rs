@@ -109,11 +109,13 @@ pub async fn run(
         publisher,
         control,
         max_body_bytes: config.server.max_body_bytes,
+        body_read_timeout: Config::duration(&config.server.body_read_timeout),
         ready_timeout: target.response_timeout(),
     });
     let settings = ServeSettings {
         header_read_timeout: Config::duration(&config.server.header_read_timeout),
         grace: Config::duration(&config.server.shutdown_grace),
+        max_connections: config.server.max_connections,
     };
     tracing::info!(
         listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),

@@ -91,7 +91,10 @@ fn load(
     listen: Option<String>,
     redis: Option<String>,
 ) -> Result<Config, ConfigError> {
-    let mut env: Vec<(String, String)> = std::env::vars().collect();
+    // Variables that are not UTF-8 cannot be config overrides; they are skipped.
+    let mut env: Vec<(String, String)> = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect();
     // Flags override both the file and the environment.
     if let Some(listen) = listen {
         env.push(("EVR_SERVER__LISTEN".into(), toml_string(&listen)));

@@ -156,17 +156,18 @@ pub fn prepare_event(
     let key = route.key(&event, &metadata, &event_id);
     let partition = partition_of(&key, route.stream.partitions);
     let text = |raw: Option<&RawValue>| raw.and_then(raw_str).unwrap_or_default().into_owned();
-    let traceparent = metadata
-        .traceparent
-        .and_then(raw_str)
-        .map(|s| s.into_owned())
-        .or_else(|| {
-            context
-                .traceparent
-                .clone()
-                .filter(|t| trace::is_valid_traceparent(t))
-        })
-        .unwrap_or_else(trace::new_traceparent);
+    // `tracestate` belongs to the request's `traceparent`: kept only when that is used.
+    let (traceparent, tracestate) = match metadata.traceparent.and_then(raw_str) {
+        Some(own) => (own.into_owned(), None),
+        None => match context
+            .traceparent
+            .as_deref()
+            .filter(|t| trace::is_valid_traceparent(t))
+        {
+            Some(header) => (header.to_string(), context.tracestate.clone()),
+            None => (trace::new_traceparent(), None),
+        },
+    };
     let envelope = Envelope {
         event_id: event_id.to_string(),
         topic: topic.to_string(),
@@ -177,7 +178,7 @@ pub fn prepare_event(
         service: text(metadata.service),
         correlation_id: text(metadata.correlation_id),
         traceparent,
-        tracestate: context.tracestate.clone(),
+        tracestate,
         payload: event.raw.as_bytes().to_vec(),
     };
     Ok(PreparedEvent {

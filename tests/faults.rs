@@ -4,12 +4,16 @@
 mod support;
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use evrouter::config::Durability;
 use serde_json::Value;
 use support::{client, order_event, test_config, RedisServer, TestRouter};
 
+/// Eight publishers keep publishing while Redis is killed and restarted: writes in flight
+/// at the kill must not be acknowledged unless stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_killed_mid_run_gives_503s_then_recovers_and_loses_no_acknowledged_event() {
     let mut redis = RedisServer::start_durable();
@@ -18,70 +22,78 @@ async fn redis_killed_mid_run_gives_503s_then_recovers_and_loses_no_acknowledged
     config.redis.connect_timeout = "200ms".into();
     config.server.publish_timeout = "1s".into();
     let router = TestRouter::start(config).await;
-    let http = client();
-    let url = router.url("/v1/publish/order.created");
-
-    let mut acknowledged: HashSet<String> = HashSet::new();
-    let mut refused = 0;
-    let mut n = 0u64;
-    let publish = |n: u64| {
-        let request = http
-            .post(&url)
-            .json(&order_event(n, &format!("ord_{}", n % 13)));
-        async move {
-            let response = request.send().await.expect("evrouter answers");
-            let status = response.status().as_u16();
-            let retry_after = response.headers().get("retry-after").is_some();
-            let body: Value = response.json().await.unwrap_or(Value::Null);
-            (status, retry_after, body)
-        }
-    };
-    // Phase 1: Redis up.
-    for _ in 0..50 {
-        let (status, _, _) = publish(n).await;
-        assert_eq!(status, 200);
-        acknowledged.insert(format!("evt_order_{n}"));
-        n += 1;
+    let stop = Arc::new(AtomicBool::new(false));
+    let refused = Arc::new(AtomicUsize::new(0));
+    let mut publishers = Vec::new();
+    for p in 0..8u64 {
+        let url = router.url("/v1/publish/order.created");
+        let stop = stop.clone();
+        let refused = refused.clone();
+        publishers.push(tokio::spawn(async move {
+            let http = client();
+            let mut acknowledged = Vec::new();
+            let mut n = p * 1_000_000;
+            while !stop.load(Ordering::Relaxed) {
+                let batch: Vec<Value> = (0..5)
+                    .map(|k| order_event(n + k, &format!("ord_{}", (n + k) % 13)))
+                    .collect();
+                let response = http
+                    .post(&url)
+                    .json(&batch)
+                    .send()
+                    .await
+                    .expect("evrouter answers");
+                match response.status().as_u16() {
+                    200 => acknowledged.extend((0..5).map(|k| format!("evt_order_{}", n + k))),
+                    503 => {
+                        assert!(response.headers().get("retry-after").is_some());
+                        refused.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    other => panic!("unexpected status {other}"),
+                }
+                n += 5;
+            }
+            acknowledged
+        }));
     }
-    // Phase 2: Redis killed; every answer is 503 with Retry-After, never 2xx.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     redis.kill();
-    for _ in 0..20 {
-        let (status, retry_after, body) = publish(n).await;
-        assert_eq!(status, 503, "{body}");
-        assert!(retry_after);
-        assert_eq!(body["error"]["code"], "store_unavailable");
-        refused += 1;
-        n += 1;
-    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let http = client();
     let ready = http
         .get(router.url("/readyz"))
         .send()
         .await
         .expect("readyz");
     assert_eq!(ready.status(), 503);
-    // Phase 3: Redis back (same data folder, AOF replayed); publishes succeed again.
+    assert!(
+        refused.load(Ordering::Relaxed) > 0,
+        "no publish was refused while Redis was down"
+    );
     redis.restart();
+    // Wait until publishing works again, then stop.
     let mut recovered = false;
-    for _ in 0..200 {
-        let (status, _, _) = publish(n).await;
-        match status {
-            200 => {
-                acknowledged.insert(format!("evt_order_{n}"));
-                recovered = true;
-            }
-            503 => refused += 1,
-            other => panic!("unexpected status {other}"),
-        }
-        n += 1;
-        if recovered && acknowledged.len() >= 100 {
+    for n in 0..100u64 {
+        let response = http
+            .post(router.url("/v1/publish/order.created"))
+            .json(&order_event(9_000_000 + n, "ord_r"))
+            .send()
+            .await
+            .expect("answer");
+        if response.status() == 200 {
+            recovered = true;
             break;
         }
-        if !recovered {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(recovered, "publishing did not recover after Redis returned");
-    assert!(refused >= 20);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut acknowledged: HashSet<String> = HashSet::new();
+    for publisher in publishers {
+        acknowledged.extend(publisher.await.expect("publisher"));
+    }
     let ready = http
         .get(router.url("/readyz"))
         .send()
@@ -206,6 +218,48 @@ async fn shutdown_finishes_in_flight_publishes_and_flushes_writers() {
         acknowledged.is_subset(&stored),
         "an acknowledged event is missing after shutdown"
     );
+}
+
+/// Requests in flight when shutdown starts (held there by a paused Redis) are answered
+/// once Redis resumes within the grace period, and what they were told is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_answers_requests_that_are_in_flight() {
+    let redis = RedisServer::start();
+    let mut config = test_config(&redis);
+    config.redis.response_timeout = "5s".into();
+    config.server.publish_timeout = "5s".into();
+    let router = TestRouter::start(config).await;
+    assert_eq!(
+        router
+            .publish("order.created", &order_event(0, "o"))
+            .await
+            .0,
+        200
+    );
+    redis.signal("STOP");
+    let mut requests = Vec::new();
+    for n in 1..=10u64 {
+        let url = router.url("/v1/publish/order.created");
+        requests.push(tokio::spawn(async move {
+            let response = client().post(url).json(&order_event(n, "o")).send().await;
+            response.map(|r| r.status().as_u16())
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stopping = tokio::spawn(router.stop());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    redis.signal("CONT");
+    let mut acknowledged = 0;
+    for request in requests {
+        let status = request
+            .await
+            .expect("task")
+            .expect("an HTTP answer, not a cut connection");
+        assert_eq!(status, 200);
+        acknowledged += 1;
+    }
+    stopping.await.expect("join").expect("clean stop");
+    assert_eq!(redis.all_envelopes().len(), 1 + acknowledged);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

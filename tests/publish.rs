@@ -67,6 +67,24 @@ async fn missing_traceparent_gets_a_new_one_and_sequence_is_kept() {
         &stored[0].2.traceparent
     ));
     assert_eq!(stored[0].2.sequence, Some(7));
+    // An invalid header is replaced, and its tracestate is not kept with the new trace.
+    let response = client()
+        .post(router.url("/v1/publish/order.created"))
+        .header("traceparent", "00-not-a-trace-01")
+        .header("tracestate", "vendor=1")
+        .json(&order_event(3, "ord_2"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 200);
+    let stored = redis.all_envelopes();
+    let third = stored
+        .iter()
+        .find(|(_, _, e)| e.event_id == "evt_order_3")
+        .expect("stored");
+    assert!(evrouter::trace::is_valid_traceparent(&third.2.traceparent));
+    assert_ne!(third.2.traceparent, "00-not-a-trace-01");
+    assert_eq!(third.2.tracestate, None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -30,6 +30,8 @@ pub struct AppState {
     pub control: ConnectionManager,
     /// Largest body accepted.
     pub max_body_bytes: usize,
+    /// Longest wait for a request body.
+    pub body_read_timeout: Duration,
     /// Longest a readiness PING may take.
     pub ready_timeout: Duration,
 }
@@ -58,6 +60,8 @@ pub struct ServeSettings {
     pub header_read_timeout: Duration,
     /// How long in-flight requests may finish after shutdown begins.
     pub grace: Duration,
+    /// Most open connections.
+    pub max_connections: usize,
 }
 
 /// Serves `app` on `listener` until `shutdown` completes, then stops accepting, lets
@@ -74,8 +78,12 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .header_read_timeout(settings.header_read_timeout)
         .keep_alive(true);
+    let connections = Arc::new(tokio::sync::Semaphore::new(settings.max_connections));
     tokio::pin!(shutdown);
     loop {
+        let Ok(slot) = connections.clone().acquire_owned().await else {
+            break;
+        };
         tokio::select! {
             accepted = listener.accept() => {
                 let (stream, _) = match accepted {
@@ -94,6 +102,7 @@ pub async fn serve(
                     if let Err(err) = conn.await {
                         tracing::debug!(error = %err, "connection ended with an error");
                     }
+                    drop(slot);
                 });
             }
             _ = &mut shutdown => break,

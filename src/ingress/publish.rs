@@ -24,7 +24,7 @@ pub async fn publish(
     let Path(topic) = topic
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_topic", e.body_text()))?;
     check_content_type(&headers)?;
-    let bytes = read_body(&headers, body, app.max_body_bytes).await?;
+    let bytes = read_body(&headers, body, app.max_body_bytes, app.body_read_timeout).await?;
     let context = PublishContext {
         traceparent: header_str(&headers, "traceparent"),
         tracestate: header_str(&headers, "tracestate"),
@@ -65,11 +65,13 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
 }
 
 /// Reads the body, refusing it from Content-Length before reading when it is too large,
-/// and cutting a chunked body off as soon as it passes the limit.
+/// cutting a chunked body off as soon as it passes the limit, and giving up (408) on a
+/// body that trickles in slower than `timeout`.
 pub async fn read_body(
     headers: &HeaderMap,
     body: Body,
     limit: usize,
+    timeout: std::time::Duration,
 ) -> Result<bytes::Bytes, ApiError> {
     let too_large = || {
         ApiError::new(
@@ -85,7 +87,16 @@ pub async fn read_body(
     if declared.is_some_and(|len| len > limit as u64) {
         return Err(too_large());
     }
-    match Limited::new(body, limit).collect().await {
+    let collected = tokio::time::timeout(timeout, Limited::new(body, limit).collect())
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!("the request body did not arrive within {timeout:?}"),
+            )
+        })?;
+    match collected {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
         Err(err) => Err(ApiError::new(

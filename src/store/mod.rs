@@ -43,16 +43,34 @@ impl From<redis::RedisError> for StoreError {
             || err.is_unrecoverable_error()
         {
             StoreError::Unavailable(err.to_string())
-        } else if err.code().is_some() {
-            match err.code() {
-                Some("LOADING" | "BUSY" | "MASTERDOWN" | "TRYAGAIN" | "CLUSTERDOWN") => {
-                    StoreError::Unavailable(err.to_string())
-                }
-                _ => StoreError::Refused(err.to_string()),
-            }
+        } else if let Some(code) = err.code() {
+            classify_server_error(code, &err.to_string())
         } else {
             StoreError::Unavailable(err.to_string())
         }
+    }
+}
+
+/// Redis error codes that pass: the server is loading, busy, failing over, out of memory
+/// or cannot persist. Anything else is a refusal that retrying will not fix.
+const TRANSIENT_CODES: &[&str] = &[
+    "LOADING",
+    "BUSY",
+    "MASTERDOWN",
+    "TRYAGAIN",
+    "CLUSTERDOWN",
+    "READONLY",
+    "OOM",
+    "MISCONF",
+    "NOREPLICAS",
+];
+
+/// Classifies a Redis error reply by its code.
+pub fn classify_server_error(code: &str, text: &str) -> StoreError {
+    if TRANSIENT_CODES.contains(&code) {
+        StoreError::Unavailable(text.to_string())
+    } else {
+        StoreError::Refused(text.to_string())
     }
 }
 

@@ -232,11 +232,19 @@ impl Writer {
     }
 
     async fn flush(&mut self, jobs: &mut Vec<Job>) {
+        // A caller that has already given up (timed out, or refused as a whole because
+        // another writer was full) has been told 503: do not write its entries.
+        jobs.retain(|job| !job.reply.is_closed());
+        if jobs.is_empty() {
+            return;
+        }
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
         let mut pipe = redis::pipe();
+        // One entry's error (say, a key of the wrong type) must not fail the others.
+        pipe.ignore_errors();
         let mut floors: Vec<(u64, String)> = Vec::new();
         for job in jobs.iter() {
             for entry in &job.entries {
@@ -341,7 +349,10 @@ fn parse_reply(value: Option<Value>, dedup: bool) -> Result<Appended, StoreError
                 "unexpected dedup reply {other:?}"
             ))),
         },
-        (Value::ServerError(err), _) => Err(StoreError::Refused(format!("{err:?}"))),
+        (Value::ServerError(err), _) => Err(super::classify_server_error(
+            err.code(),
+            &format!("{err:?}"),
+        )),
         (other, _) => Err(StoreError::Refused(format!("unexpected reply {other:?}"))),
     }
 }
