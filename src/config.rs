@@ -32,6 +32,34 @@ pub struct Config {
     pub default_streams: DefaultStreams,
     /// Streams: which topics they hold, partitions, key rules, retention, dedup.
     pub streams: Vec<StreamConfig>,
+    /// Delivery: leases, reads and worker shards.
+    pub delivery: DeliveryConfig,
+    /// Subscriptions stored at start-up (`[[subscriptions]]`), as `POST /v1/subscriptions`
+    /// takes them.
+    pub subscriptions: Vec<crate::router::subscription::SubscriptionSpec>,
+}
+
+/// Delivery settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DeliveryConfig {
+    /// How long a partition lease lives without renewal; an instance that dies loses its
+    /// partitions to the others within this time.
+    pub lease_ttl: String,
+    /// How long one read waits for new entries (Redis BLOCK).
+    pub read_block: String,
+    /// Worker shards per subscription.
+    pub shards: usize,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            lease_ttl: "5s".into(),
+            read_block: "500ms".into(),
+            shards: 2,
+        }
+    }
 }
 
 /// Whether the built-in domain streams are added (a newtype so its default is `true`).
@@ -362,6 +390,28 @@ impl Config {
                 "retention" => {
                     read_section(&key, value, &mut problems, &mut config.retention);
                 }
+                "delivery" => {
+                    read_section(&key, value, &mut problems, &mut config.delivery);
+                }
+                "subscriptions" => match value {
+                    toml::Value::Array(items) => {
+                        for (i, item) in items.into_iter().enumerate() {
+                            let mut sub = Default::default();
+                            if read_section(
+                                &format!("subscriptions[{i}]"),
+                                item,
+                                &mut problems,
+                                &mut sub,
+                            ) {
+                                config.subscriptions.push(sub);
+                            }
+                        }
+                    }
+                    _ => problems.push(ConfigProblem {
+                        path: key,
+                        message: "must be an array of tables ([[subscriptions]])".into(),
+                    }),
+                },
                 "default_streams" => {
                     read_section(&key, value, &mut problems, &mut config.default_streams);
                 }
@@ -446,6 +496,7 @@ impl Config {
             ("writer.writers", self.writer.writers),
             ("writer.max_batch", self.writer.max_batch),
             ("writer.queue_capacity", self.writer.queue_capacity),
+            ("delivery.shards", self.delivery.shards),
         ] {
             if value == 0 {
                 bad(path, "must be greater than 0".into());
@@ -462,6 +513,8 @@ impl Config {
             ("redis.connect_timeout", &self.redis.connect_timeout),
             ("writer.linger", &self.writer.linger),
             ("retention.check_interval", &self.retention.check_interval),
+            ("delivery.lease_ttl", &self.delivery.lease_ttl),
+            ("delivery.read_block", &self.delivery.read_block),
         ] {
             match parse_duration(value) {
                 Ok(d) if d.is_zero() && path != "writer.linger" => {
@@ -503,6 +556,21 @@ impl Config {
                     "validation.schema_dir",
                     format!("{} is not a directory", dir.display()),
                 );
+            }
+        }
+        let mut subscription_names = std::collections::HashSet::new();
+        for (i, spec) in self.subscriptions.iter().enumerate() {
+            if !subscription_names.insert(spec.name.as_str()) {
+                bad(
+                    &format!("subscriptions[{i}].name"),
+                    format!("duplicate subscription `{}`", spec.name),
+                );
+            }
+            if let Err(violations) = crate::router::subscription::Subscription::new(spec.clone()) {
+                for v in violations {
+                    let key = v.path.trim_start_matches('/').replace('/', ".");
+                    bad(&format!("subscriptions[{i}].{key}"), v.message);
+                }
             }
         }
         let mut names = std::collections::HashSet::new();

@@ -7,13 +7,17 @@
 //! - [`publish`]: the publish pipeline below HTTP (limits, validation, enrichment).
 //! - [`event`], [`schema`], [`trace`], [`topic`]: the event model, its schemas and names.
 //! - [`streams`], [`pattern`]: which stream and partition a topic and key go to.
-//! - [`store`]: Redis writers, retention and the durability check.
+//! - [`store`]: Redis writers, readers, acks, leases, retention and the durability check.
+//! - [`router`]: subscriptions, partition ownership, worker shards with per-key lanes.
+//! - [`deliver`]: the webhook client, circuit breakers and Dapr's answer rules.
 
 pub mod config;
+pub mod deliver;
 pub mod event;
 pub mod ingress;
 pub mod pattern;
 pub mod publish;
+pub mod router;
 pub mod schema;
 pub mod store;
 pub mod streams;
@@ -95,6 +99,26 @@ pub async fn run(
         Config::duration(&config.retention.check_interval),
     ));
 
+    let configured = config
+        .subscriptions
+        .iter()
+        .filter_map(|spec| router::subscription::Subscription::new(spec.clone()).ok())
+        .collect();
+    let delivery = router::Router::start(
+        catalog.clone(),
+        target.clone(),
+        router::RouterSettings {
+            instance: store::lease::new_instance_id(),
+            prefix: config.redis.key_prefix.clone(),
+            lease_ttl: Config::duration(&config.delivery.lease_ttl),
+            read_block: Config::duration(&config.delivery.read_block),
+            shards: config.delivery.shards,
+            grace: Config::duration(&config.server.shutdown_grace),
+        },
+        configured,
+    )
+    .await?;
+
     let publisher = Publisher::new(
         catalog,
         schemas.clone(),
@@ -107,6 +131,7 @@ pub async fn run(
     );
     let state = Arc::new(AppState {
         publisher,
+        router: delivery.clone(),
         control,
         max_body_bytes: config.server.max_body_bytes,
         body_read_timeout: Config::duration(&config.server.body_read_timeout),
@@ -125,6 +150,7 @@ pub async fn run(
     ingress::serve(listener, ingress::router(state.clone()), settings, shutdown).await;
 
     drop(state);
+    delivery.shutdown().await;
     trimmer.abort();
     writers.shutdown().await;
     tracing::info!("evrouter stopped");

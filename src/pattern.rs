@@ -77,6 +77,30 @@ impl TopicPattern {
         }
     }
 
+    /// Whether some topic whose first segment is `domain` could match.
+    pub fn may_match_domain(&self, domain: &str) -> bool {
+        match self {
+            TopicPattern::Exact(exact) => crate::topic::domain(exact) == domain,
+            TopicPattern::Regex(_) => true,
+            TopicPattern::Wildcard(segments) => match segments.first() {
+                Some(Segment::Literal(lit)) => lit == domain,
+                _ => true,
+            },
+        }
+    }
+
+    /// The first segment when it is a literal.
+    pub fn literal_domain(&self) -> Option<String> {
+        match self {
+            TopicPattern::Exact(exact) => Some(crate::topic::domain(exact).to_string()),
+            TopicPattern::Wildcard(segments) => match segments.first() {
+                Some(Segment::Literal(lit)) => Some(lit.clone()),
+                _ => None,
+            },
+            TopicPattern::Regex(_) => None,
+        }
+    }
+
     /// Whether `topic` matches.
     pub fn matches(&self, topic: &str) -> bool {
         match self {

@@ -73,6 +73,15 @@ impl StreamSpec {
         }
     }
 
+    /// Whether some topic of this stream could match `may_match_domain` (a subscription's
+    /// test on a topic's first segment).
+    pub fn may_serve(&self, may_match_domain: impl Fn(&str) -> bool) -> bool {
+        self.patterns.iter().any(|p| match p.literal_domain() {
+            Some(domain) => may_match_domain(&domain),
+            None => true,
+        })
+    }
+
     /// Whether this stream holds `topic`.
     pub fn holds(&self, topic: &str) -> bool {
         self.patterns.iter().any(|p| p.matches(topic))

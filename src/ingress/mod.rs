@@ -4,6 +4,8 @@
 pub mod error;
 pub mod health;
 pub mod publish;
+pub mod stats;
+pub mod subscriptions;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -12,6 +14,8 @@ use std::time::Duration;
 use axum::extract::OriginalUri;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
+
+use crate::router::Router as DeliveryRouter;
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -26,6 +30,8 @@ use error::ApiError;
 pub struct AppState {
     /// The publish pipeline.
     pub publisher: Publisher,
+    /// The delivery runtime (subscriptions, stats).
+    pub router: Arc<DeliveryRouter>,
     /// A connection for control commands (readiness).
     pub control: ConnectionManager,
     /// Largest body accepted.
@@ -40,6 +46,17 @@ pub struct AppState {
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/publish/{topic}", post(publish::publish))
+        .route(
+            "/v1/subscriptions",
+            get(subscriptions::list).post(subscriptions::create),
+        )
+        .route(
+            "/v1/subscriptions/{name}",
+            get(subscriptions::get)
+                .put(subscriptions::put)
+                .delete(subscriptions::delete),
+        )
+        .route("/v1/stats", get(stats::stats))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .fallback(|OriginalUri(uri): OriginalUri| async move { ApiError::not_found(uri.path()) })

@@ -1,7 +1,10 @@
 //! Redis: connections, the batched partition writers, retention trimming and the start-up
 //! durability check.
 
+pub mod acks;
 pub mod durability;
+pub mod lease;
+pub mod reader;
 pub mod retention;
 pub mod writer;
 

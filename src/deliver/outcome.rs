@@ -1,0 +1,74 @@
+//! What a subscriber's answer means, by Dapr's rules: decided in one place.
+
+/// The outcome of one delivery attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Delivered; ack it.
+    Delivered,
+    /// Try again later.
+    Retry(String),
+    /// The subscriber does not want it; ack it without retrying.
+    Drop(String),
+}
+
+/// Classifies an HTTP answer: 2xx is success unless the body says `{"status":"RETRY"}` or
+/// `"DROP"`; 404 drops; anything else retries.
+pub fn classify(status: u16, body: &[u8]) -> Outcome {
+    match status {
+        200..=299 => match body_status(body).as_deref() {
+            Some("RETRY") => Outcome::Retry("subscriber answered RETRY".into()),
+            Some("DROP") => Outcome::Drop("subscriber answered DROP".into()),
+            _ => Outcome::Delivered,
+        },
+        404 => Outcome::Drop("subscriber answered 404".into()),
+        other => Outcome::Retry(format!("subscriber answered {other}")),
+    }
+}
+
+/// The `status` field of a JSON object body, upper-cased, if there is one.
+fn body_status(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Status {
+        status: Option<String>,
+    }
+    let trimmed = body.iter().position(|b| !b.is_ascii_whitespace())?;
+    if body[trimmed] != b'{' {
+        return None;
+    }
+    serde_json::from_slice::<Status>(body)
+        .ok()?
+        .status
+        .map(|s| s.to_ascii_uppercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dapr_rules() {
+        assert_eq!(classify(200, b""), Outcome::Delivered);
+        assert_eq!(classify(204, b""), Outcome::Delivered);
+        assert_eq!(classify(200, b"ok"), Outcome::Delivered);
+        assert_eq!(classify(200, br#"{"other":1}"#), Outcome::Delivered);
+        assert_eq!(
+            classify(200, br#"{"status":"SUCCESS"}"#),
+            Outcome::Delivered
+        );
+        assert!(matches!(
+            classify(200, br#"{"status":"RETRY"}"#),
+            Outcome::Retry(_)
+        ));
+        assert!(matches!(
+            classify(200, br#"{"status":"drop"}"#),
+            Outcome::Drop(_)
+        ));
+        assert!(matches!(classify(404, b""), Outcome::Drop(_)));
+        assert!(matches!(classify(500, b""), Outcome::Retry(_)));
+        assert!(matches!(classify(429, b""), Outcome::Retry(_)));
+        assert!(matches!(
+            classify(400, br#"{"status":"SUCCESS"}"#),
+            Outcome::Retry(_)
+        ));
+    }
+}

@@ -1,0 +1,95 @@
+//! From a read entry to a shard: decode the envelope, ack at once what the subscription
+//! does not want, and send the rest to the shard of its lane.
+
+use std::sync::atomic::Ordering as AtomicOrdering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, Semaphore};
+use xxhash_rust::xxh3::xxh3_64;
+
+use super::shard::Delivery;
+use super::stats::SubscriptionStats;
+use super::subscription::{Ordering, Subscription};
+use crate::event::Envelope;
+use crate::store::acks::AckOp;
+use crate::store::reader::{Dispatch, ReadEntry};
+
+/// Routes a subscription's entries to its shards.
+pub struct RouterDispatch {
+    sub: Arc<Subscription>,
+    shards: Vec<mpsc::Sender<Delivery>>,
+    acks: mpsc::Sender<AckOp>,
+    permits: Arc<Semaphore>,
+    stats: Arc<SubscriptionStats>,
+}
+
+impl RouterDispatch {
+    /// A dispatcher over `shards`.
+    pub fn new(
+        sub: Arc<Subscription>,
+        shards: Vec<mpsc::Sender<Delivery>>,
+        acks: mpsc::Sender<AckOp>,
+        permits: Arc<Semaphore>,
+        stats: Arc<SubscriptionStats>,
+    ) -> Self {
+        Self {
+            sub,
+            shards,
+            acks,
+            permits,
+            stats,
+        }
+    }
+
+    /// Acks an entry that is not delivered (its permit is freed by the acker).
+    fn skip(&self, partition: Arc<str>, id: String) {
+        if self.acks.try_send(AckOp::Ack { partition, id }).is_err() {
+            self.permits.add_permits(1);
+        }
+    }
+}
+
+impl Dispatch for RouterDispatch {
+    async fn dispatch(&mut self, entry: ReadEntry) {
+        let envelope = match Envelope::decode(&entry.raw) {
+            Ok(envelope) => envelope,
+            Err(err) => {
+                tracing::warn!(partition = %entry.partition, id = %entry.id, error = %err, "unreadable entry acked and skipped");
+                self.skip(entry.partition, entry.id);
+                return;
+            }
+        };
+        if !self.sub.matches(&envelope.topic) {
+            SubscriptionStats::bump(&self.stats.unmatched);
+            self.skip(entry.partition, entry.id);
+            return;
+        }
+        let lane: Arc<str> = match self.sub.spec.ordering {
+            Ordering::Key => Arc::from(envelope.key.as_str()),
+            Ordering::None => Arc::from(format!("{}/{}", entry.partition, entry.id)),
+        };
+        let shard = (xxh3_64(lane.as_bytes()) % self.shards.len().max(1) as u64) as usize;
+        let delivery = Delivery {
+            partition: entry.partition,
+            id: entry.id,
+            lane,
+            event_id: envelope.event_id,
+            topic: envelope.topic,
+            traceparent: envelope.traceparent,
+            received_us: envelope.received_us,
+            payload: Bytes::from(envelope.payload),
+            raw: entry.raw,
+            attempts: entry.delivered_before,
+            first_attempt_ms: 0,
+            last_status: None,
+            last_error: None,
+        };
+        self.stats.in_flight.fetch_add(1, AtomicOrdering::Relaxed);
+        if self.shards[shard].send(delivery).await.is_err() {
+            // The shard has stopped (shutdown): the entry stays pending in Redis.
+            self.stats.in_flight.fetch_sub(1, AtomicOrdering::Relaxed);
+            self.permits.add_permits(1);
+        }
+    }
+}

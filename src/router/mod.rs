@@ -1,0 +1,408 @@
+//! The delivery side: subscriptions, partition ownership, and one worker per subscription
+//! (a partition reader, worker shards with per-key lanes, and a batched acker).
+//!
+//! A control task keeps it all in step: it refreshes the subscriptions from Redis, starts
+//! and stops workers, tells each worker which partitions its subscription reads, and keeps
+//! this instance's leases.
+
+mod dispatch;
+pub mod registry;
+pub mod shard;
+pub mod stats;
+pub mod subscription;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch, Notify, Semaphore};
+use tokio::task::JoinHandle;
+
+use crate::deliver::{Deliverer, Endpoints};
+use crate::store::acks::Acker;
+use crate::store::lease::{LeaseKeeper, LeaseSettings, Owned};
+use crate::store::reader::{ensure_group, Reader};
+use crate::store::{RedisTarget, StoreError};
+use crate::streams::StreamCatalog;
+use dispatch::RouterDispatch;
+use registry::Registry;
+use shard::{Shard, ShardContext};
+use stats::SubscriptionStats;
+use subscription::{Start, Subscription};
+
+/// Room in a worker's queues beyond its read-ahead budget (a read may return one entry
+/// per partition beyond it).
+const QUEUE_SLACK: usize = 8192;
+
+/// Delivery settings.
+#[derive(Debug, Clone)]
+pub struct RouterSettings {
+    /// This instance's id and consumer name.
+    pub instance: String,
+    /// Key prefix.
+    pub prefix: String,
+    /// Lease TTL.
+    pub lease_ttl: Duration,
+    /// BLOCK of each read.
+    pub read_block: Duration,
+    /// Worker shards per subscription.
+    pub shards: usize,
+    /// How long shutdown waits for deliveries in flight.
+    pub grace: Duration,
+}
+
+struct Worker {
+    spec: subscription::SubscriptionSpec,
+    stop: watch::Sender<bool>,
+    partitions: watch::Sender<Arc<Vec<Arc<str>>>>,
+    tasks: Vec<JoinHandle<()>>,
+    acker: JoinHandle<()>,
+}
+
+/// The delivery runtime.
+pub struct Router {
+    registry: Arc<Registry>,
+    catalog: Arc<StreamCatalog>,
+    target: RedisTarget,
+    settings: RouterSettings,
+    owned: watch::Receiver<Arc<Owned>>,
+    deliverer: Deliverer,
+    stats: Mutex<HashMap<String, Arc<SubscriptionStats>>>,
+    changed: Notify,
+    shutdown: watch::Sender<bool>,
+    control: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Router {
+    /// Starts the control task; subscriptions from config are stored first.
+    pub async fn start(
+        catalog: Arc<StreamCatalog>,
+        target: RedisTarget,
+        settings: RouterSettings,
+        configured: Vec<Subscription>,
+    ) -> Result<Arc<Self>, StoreError> {
+        let registry = Arc::new(Registry::new(target.manager()?, &settings.prefix));
+        let (keeper, owned) = LeaseKeeper::new(
+            target.manager()?,
+            settings.instance.clone(),
+            LeaseSettings {
+                ttl: settings.lease_ttl,
+                prefix: settings.prefix.clone(),
+            },
+        );
+        let (shutdown, _) = watch::channel(false);
+        let router = Arc::new(Self {
+            registry,
+            catalog,
+            target,
+            settings,
+            owned,
+            deliverer: Deliverer::new(),
+            stats: Mutex::new(HashMap::new()),
+            changed: Notify::new(),
+            shutdown,
+            control: Mutex::new(None),
+        });
+        for sub in configured {
+            if let Err(err) = router.create(&sub).await {
+                tracing::warn!(subscription = %sub.name(), error = %err, "could not store a configured subscription; will retry");
+            }
+        }
+        let control = tokio::spawn(router.clone().control(keeper));
+        *router
+            .control
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(control);
+        Ok(router)
+    }
+
+    /// The subscription registry.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Stores a new subscription and creates its consumer groups where it starts.
+    pub async fn create(&self, sub: &Subscription) -> redis::RedisResult<registry::Created> {
+        let created = self.registry.create(sub).await?;
+        if created == registry::Created::New {
+            self.ensure_groups(sub, sub.spec.start).await?;
+        }
+        self.changed.notify_one();
+        Ok(created)
+    }
+
+    /// Stores a subscription, replacing one of the same name.
+    pub async fn put(&self, sub: &Subscription) -> redis::RedisResult<bool> {
+        let existed = self.registry.put(sub).await?;
+        self.ensure_groups(
+            sub,
+            if existed {
+                Start::Earliest
+            } else {
+                sub.spec.start
+            },
+        )
+        .await?;
+        self.changed.notify_one();
+        Ok(existed)
+    }
+
+    /// Removes a subscription and its consumer groups.
+    pub async fn delete(&self, name: &str) -> redis::RedisResult<bool> {
+        let sub = self.registry.get(name);
+        let existed = self.registry.delete(name).await?;
+        if let Some(sub) = sub {
+            let mut conn = self.target.manager().map_err(store_to_redis)?;
+            for key in self.candidates(&sub) {
+                let _: redis::RedisResult<i64> = redis::cmd("XGROUP")
+                    .arg("DESTROY")
+                    .arg(&*key)
+                    .arg(name)
+                    .query_async(&mut conn)
+                    .await;
+            }
+        }
+        self.changed.notify_one();
+        Ok(existed)
+    }
+
+    /// Counters of every subscription running here.
+    pub fn stats(&self) -> Vec<(String, Arc<SubscriptionStats>)> {
+        let stats = self
+            .stats
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut all: Vec<_> = stats.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    /// Entries not yet read by a subscription's group, summed over its partitions.
+    pub async fn lag(&self, name: &str) -> Option<u64> {
+        let sub = self.registry.get(name)?;
+        let mut conn = self.target.manager().ok()?;
+        let mut total = 0u64;
+        for key in self.candidates(&sub) {
+            let groups: redis::RedisResult<redis::streams::StreamInfoGroupsReply> =
+                redis::cmd("XINFO")
+                    .arg("GROUPS")
+                    .arg(&*key)
+                    .query_async(&mut conn)
+                    .await;
+            let Ok(groups) = groups else { continue };
+            if let Some(group) = groups.groups.iter().find(|g| g.name == name) {
+                total += group.lag? as u64;
+            }
+        }
+        Some(total)
+    }
+
+    /// The partitions a subscription reads: every partition of every stream whose topics
+    /// it could match (streams for the domains it names are created if missing).
+    pub fn candidates(&self, sub: &Subscription) -> Vec<Arc<str>> {
+        for domain in sub.literal_domains() {
+            let _ = self.catalog.route(&domain);
+        }
+        self.catalog
+            .streams()
+            .iter()
+            .filter(|s| s.may_serve(|d| sub.may_match_domain(d)))
+            .flat_map(|s| s.partition_keys.iter().cloned())
+            .collect()
+    }
+
+    async fn ensure_groups(&self, sub: &Subscription, start: Start) -> redis::RedisResult<()> {
+        let mut conn = self.target.manager().map_err(store_to_redis)?;
+        let start = match start {
+            Start::Latest => "$",
+            Start::Earliest => "0",
+        };
+        for key in self.candidates(sub) {
+            ensure_group(&mut conn, &key, sub.name(), start).await?;
+        }
+        Ok(())
+    }
+
+    /// Stops reading, lets deliveries in flight finish within the grace period, writes
+    /// their acks, and releases the leases. Nothing is dead-lettered by a shutdown.
+    pub async fn shutdown(&self) {
+        let _ = self.shutdown.send(true);
+        let control = self
+            .control
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(control) = control {
+            let _ = control.await;
+        }
+    }
+
+    async fn control(self: Arc<Self>, mut keeper: LeaseKeeper) {
+        let mut workers: HashMap<String, Worker> = HashMap::new();
+        let mut stop = self.shutdown.subscribe();
+        let tick = self.settings.lease_ttl / 4;
+        let mut first = true;
+        loop {
+            match self.registry.refresh(first).await {
+                Ok(_) => first = false,
+                Err(err) => tracing::warn!(error = %err, "could not refresh subscriptions"),
+            }
+            self.reconcile(&mut workers).await;
+            let mut universe: Vec<Arc<str>> = Vec::new();
+            for worker in workers.values() {
+                universe.extend(worker.partitions.borrow().iter().cloned());
+            }
+            universe.sort();
+            universe.dedup();
+            if let Err(err) = keeper.tick(&universe).await {
+                tracing::warn!(error = %err, "lease round failed; will retry");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(tick) => {}
+                _ = self.changed.notified() => {}
+                _ = stop.changed() => break,
+            }
+        }
+        let grace = self.settings.grace;
+        let stopping: Vec<Worker> = workers.into_values().collect();
+        for worker in &stopping {
+            let _ = worker.stop.send(true);
+        }
+        for worker in stopping {
+            Self::stop_worker(worker, grace).await;
+        }
+        keeper.release_all().await;
+        tracing::info!("delivery stopped; leases released");
+    }
+
+    async fn stop_worker(worker: Worker, grace: Duration) {
+        let _ = worker.stop.send(true);
+        let deadline = tokio::time::Instant::now() + grace;
+        for task in worker.tasks {
+            let abort = task.abort_handle();
+            if tokio::time::timeout_at(deadline, task).await.is_err() {
+                tracing::warn!(subscription = %worker.spec.name, "grace period ended with deliveries in flight; they stay pending");
+                abort.abort();
+            }
+        }
+        let _ = worker.acker.await;
+    }
+
+    async fn reconcile(&self, workers: &mut HashMap<String, Worker>) {
+        let subs = self.registry.all();
+        let gone: Vec<String> = workers
+            .iter()
+            .filter(|(name, worker)| {
+                !subs
+                    .iter()
+                    .any(|s| s.name() == name.as_str() && s.spec == worker.spec)
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in gone {
+            if let Some(worker) = workers.remove(&name) {
+                Self::stop_worker(worker, self.settings.grace).await;
+            }
+        }
+        for sub in subs {
+            let partitions = Arc::new(self.candidates(&sub));
+            match workers.get(sub.name()) {
+                Some(worker) => {
+                    if **worker.partitions.borrow() != *partitions {
+                        worker.partitions.send_replace(partitions);
+                    }
+                }
+                None => match self.start_worker(sub.clone(), partitions).await {
+                    Ok(worker) => {
+                        workers.insert(sub.name().to_string(), worker);
+                    }
+                    Err(err) => {
+                        tracing::warn!(subscription = %sub.name(), error = %err, "could not start delivery; will retry")
+                    }
+                },
+            }
+        }
+    }
+
+    async fn start_worker(
+        &self,
+        sub: Arc<Subscription>,
+        partitions: Arc<Vec<Arc<str>>>,
+    ) -> Result<Worker, StoreError> {
+        let name = sub.name().to_string();
+        // Groups missing on partitions created after the subscription start at the
+        // beginning of those partitions.
+        {
+            let mut conn = self.target.manager()?;
+            for key in partitions.iter() {
+                ensure_group(&mut conn, key, &name, "0").await?;
+            }
+        }
+        let stats = {
+            let mut all = self
+                .stats
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            all.entry(name.clone()).or_default().clone()
+        };
+        let budget = sub.spec.max_in_flight;
+        let permits = Arc::new(Semaphore::new(budget));
+        let (ack_tx, ack_rx) = mpsc::channel(budget + QUEUE_SLACK);
+        let acker = tokio::spawn(
+            Acker::new(
+                self.target.manager()?,
+                name.clone(),
+                self.settings.instance.clone(),
+                ack_rx,
+                permits.clone(),
+            )
+            .run(),
+        );
+        let (stop, stop_rx) = watch::channel(false);
+        let (partitions_tx, partitions_rx) = watch::channel(partitions);
+        let context = ShardContext {
+            sub: sub.clone(),
+            endpoints: Arc::new(Endpoints::new(&sub.spec.endpoints)),
+            deliverer: self.deliverer.clone(),
+            acks: ack_tx.clone(),
+            permits: permits.clone(),
+            owned: self.owned.clone(),
+            stats: stats.clone(),
+        };
+        let mut tasks = Vec::new();
+        let mut shard_senders = Vec::new();
+        for _ in 0..self.settings.shards.max(1) {
+            let (tx, rx) = mpsc::channel(1024);
+            shard_senders.push(tx);
+            tasks.push(tokio::spawn(
+                Shard::new(context.clone(), rx, stop_rx.clone()).run(),
+            ));
+        }
+        let reader = Reader {
+            conn: self
+                .target
+                .manager_with_timeout(self.settings.read_block + Duration::from_secs(5))?,
+            group: name.clone(),
+            consumer: self.settings.instance.clone(),
+            partitions: partitions_rx,
+            owned: self.owned.clone(),
+            dispatch: RouterDispatch::new(sub, shard_senders, ack_tx, permits.clone(), stats),
+            permits,
+            block: self.settings.read_block,
+            stop: stop_rx,
+        };
+        tasks.insert(0, tokio::spawn(reader.run()));
+        tracing::info!(subscription = %name, "delivery started");
+        Ok(Worker {
+            spec: context.sub.spec.clone(),
+            stop,
+            partitions: partitions_tx,
+            tasks,
+            acker,
+        })
+    }
+}
+
+fn store_to_redis(err: StoreError) -> redis::RedisError {
+    redis::RedisError::from((redis::ErrorKind::Io, "redis unavailable", err.to_string()))
+}

@@ -1,0 +1,458 @@
+//! A worker shard of one subscription: per-key FIFO lanes (one event of a key in flight at
+//! a time under `ordering = "key"`), a deadline index for retries served by this one task,
+//! delivery over HTTP, and the ack, retry or dead-letter decision for every answer.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::Ordering as AtomicOrdering;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, watch, Semaphore};
+
+use super::stats::SubscriptionStats;
+use super::subscription::{DeliveryMode, Subscription};
+use crate::deliver::{Answer, Deliverer, Endpoints, Outcome, Outgoing};
+use crate::store::acks::{AckOp, Failure};
+use crate::store::lease::Owned;
+
+/// One event on its way to a subscriber.
+#[derive(Debug)]
+pub struct Delivery {
+    /// Partition key it was read from.
+    pub partition: Arc<str>,
+    /// Stream entry id.
+    pub id: String,
+    /// Its lane: the entity key, or a key of its own when order does not matter.
+    pub lane: Arc<str>,
+    /// `event_id`.
+    pub event_id: String,
+    /// Topic.
+    pub topic: String,
+    /// W3C trace context.
+    pub traceparent: String,
+    /// When evrouter received it (µs since the epoch).
+    pub received_us: u64,
+    /// The event's JSON.
+    pub payload: Bytes,
+    /// The stored entry (for the DLQ).
+    pub raw: Bytes,
+    /// Attempts made so far (including ones before a takeover).
+    pub attempts: u32,
+    /// First attempt on this instance, ms since the epoch.
+    pub first_attempt_ms: u64,
+    /// Last HTTP status.
+    pub last_status: Option<u16>,
+    /// Last error.
+    pub last_error: Option<String>,
+}
+
+/// What every shard of a subscription shares.
+#[derive(Clone)]
+pub struct ShardContext {
+    /// The subscription.
+    pub sub: Arc<Subscription>,
+    /// Its endpoints and breakers.
+    pub endpoints: Arc<Endpoints>,
+    /// The HTTP client.
+    pub deliverer: Deliverer,
+    /// Where acks and dead letters go.
+    pub acks: mpsc::Sender<AckOp>,
+    /// Read-ahead budget: one permit per event held.
+    pub permits: Arc<Semaphore>,
+    /// The partitions this instance holds.
+    pub owned: watch::Receiver<Arc<Owned>>,
+    /// Counters.
+    pub stats: Arc<SubscriptionStats>,
+}
+
+struct Finished {
+    lanes: Vec<Arc<str>>,
+    answer: Answer,
+}
+
+/// The shard task's state.
+pub struct Shard {
+    ctx: ShardContext,
+    rx: mpsc::Receiver<Delivery>,
+    stop: watch::Receiver<bool>,
+    lanes: HashMap<Arc<str>, VecDeque<Delivery>>,
+    ready: VecDeque<Arc<str>>,
+    timers: BTreeMap<(Instant, u64), Arc<str>>,
+    timer_seq: u64,
+    finished_tx: mpsc::UnboundedSender<Finished>,
+    finished_rx: mpsc::UnboundedReceiver<Finished>,
+    in_flight: usize,
+    bulk_deadline: Option<Instant>,
+    paused_until: Option<Instant>,
+    stopping: bool,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+impl Shard {
+    /// A shard reading deliveries from `rx` until `stop` turns true.
+    pub fn new(
+        ctx: ShardContext,
+        rx: mpsc::Receiver<Delivery>,
+        stop: watch::Receiver<bool>,
+    ) -> Self {
+        let (finished_tx, finished_rx) = mpsc::unbounded_channel();
+        Self {
+            ctx,
+            rx,
+            stop,
+            lanes: HashMap::new(),
+            ready: VecDeque::new(),
+            timers: BTreeMap::new(),
+            timer_seq: 0,
+            finished_tx,
+            finished_rx,
+            in_flight: 0,
+            bulk_deadline: None,
+            paused_until: None,
+            stopping: false,
+        }
+    }
+
+    /// Runs until stopped and every request in flight has been answered. Events not yet
+    /// delivered stay pending in Redis for whoever reads the partition next.
+    pub async fn run(mut self) {
+        loop {
+            self.dispatch();
+            if self.stopping && self.in_flight == 0 {
+                break;
+            }
+            let wake = [
+                self.timers.keys().next().map(|(at, _)| *at),
+                self.bulk_deadline,
+                self.paused_until,
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            tokio::select! {
+                biased;
+                Some(finished) = self.finished_rx.recv() => self.on_finished(finished),
+                delivery = self.rx.recv(), if !self.stopping => match delivery {
+                    Some(delivery) => self.on_delivery(delivery),
+                    None => self.stopping = true,
+                },
+                _ = self.stop.changed(), if !self.stopping => self.stopping = true,
+                _ = sleep_until(wake), if wake.is_some() => self.on_wake(),
+            }
+        }
+    }
+
+    fn on_delivery(&mut self, delivery: Delivery) {
+        let lane = delivery.lane.clone();
+        let queue = self.lanes.entry(lane.clone()).or_default();
+        queue.push_back(delivery);
+        if queue.len() == 1 {
+            self.ready.push_back(lane);
+        }
+    }
+
+    fn on_wake(&mut self) {
+        let now = Instant::now();
+        while let Some(entry) = self.timers.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let lane = entry.remove();
+            if self.lanes.contains_key(&lane) {
+                self.ready.push_back(lane);
+            }
+        }
+        if self.paused_until.is_some_and(|at| at <= now) {
+            self.paused_until = None;
+        }
+    }
+
+    /// Sends what is ready, within the in-flight limit and while an endpoint is usable.
+    fn dispatch(&mut self) {
+        let sub = self.ctx.sub.clone();
+        let spec = &sub.spec;
+        let bulk = spec.mode == DeliveryMode::Bulk;
+        let per_request = if bulk { spec.bulk.max_events } else { 1 };
+        while !self.stopping && !self.ready.is_empty() && self.paused_until.is_none() {
+            if self.in_flight >= spec.max_in_flight {
+                return;
+            }
+            if bulk && self.ready.len() < per_request {
+                let now = Instant::now();
+                match self.bulk_deadline {
+                    None => {
+                        self.bulk_deadline =
+                            Some(now + std::time::Duration::from_millis(spec.bulk.max_wait_ms));
+                        return;
+                    }
+                    Some(deadline) if now < deadline => return,
+                    Some(_) => {}
+                }
+            }
+            let lanes = self.take_ready(per_request);
+            if lanes.is_empty() {
+                continue;
+            }
+            let (endpoint, url) = match self.ctx.endpoints.pick() {
+                Ok((index, url)) => (index, url.clone()),
+                Err(retry_at) => {
+                    // Every endpoint is open: hold everything; the lag stays in Redis.
+                    for lane in lanes.into_iter().rev() {
+                        self.ready.push_front(lane);
+                    }
+                    self.paused_until = Some(
+                        retry_at
+                            .unwrap_or_else(|| Instant::now() + crate::deliver::BREAKER_COOLDOWN),
+                    );
+                    return;
+                }
+            };
+            self.bulk_deadline = None;
+            self.send(lanes, endpoint, url, bulk);
+        }
+    }
+
+    /// Pops up to `n` ready lanes whose partition this instance still holds.
+    fn take_ready(&mut self, n: usize) -> Vec<Arc<str>> {
+        let owned = self.ctx.owned.borrow().clone();
+        let mut lanes = Vec::with_capacity(n);
+        while lanes.len() < n {
+            let Some(lane) = self.ready.pop_front() else {
+                break;
+            };
+            let Some(head) = self.lanes.get(&lane).and_then(VecDeque::front) else {
+                continue;
+            };
+            if !owned.holds(&head.partition) {
+                self.abandon(&lane);
+                continue;
+            }
+            lanes.push(lane);
+        }
+        lanes
+    }
+
+    /// Forgets a lane whose partition moved to another instance: its events stay pending
+    /// in Redis and the new owner delivers them.
+    fn abandon(&mut self, lane: &Arc<str>) {
+        if let Some(queue) = self.lanes.remove(lane) {
+            let n = queue.len();
+            self.ctx.permits.add_permits(n);
+            self.ctx
+                .stats
+                .in_flight
+                .fetch_sub(n as u64, AtomicOrdering::Relaxed);
+        }
+    }
+
+    fn send(&mut self, lanes: Vec<Arc<str>>, endpoint: usize, url: hyper::Uri, bulk: bool) {
+        let first_ms = now_ms();
+        let mut bodies: Vec<Bytes> = Vec::with_capacity(lanes.len());
+        let mut event_id = None;
+        let mut topic = None;
+        let mut traceparent = None;
+        let mut attempt = 0;
+        for lane in &lanes {
+            if let Some(head) = self.lanes.get_mut(lane).and_then(VecDeque::front_mut) {
+                head.attempts += 1;
+                if head.first_attempt_ms == 0 {
+                    head.first_attempt_ms = first_ms;
+                }
+                attempt = attempt.max(head.attempts);
+                if !bulk {
+                    event_id = Some(head.event_id.clone());
+                    topic = Some(head.topic.clone());
+                    traceparent = Some(head.traceparent.clone());
+                }
+                bodies.push(head.payload.clone());
+            }
+        }
+        let body = if bulk {
+            json_array(&bodies)
+        } else {
+            bodies.pop().unwrap_or_default()
+        };
+        let deliverer = self.ctx.deliverer.clone();
+        let endpoints = self.ctx.endpoints.clone();
+        let done = self.finished_tx.clone();
+        let timeout = std::time::Duration::from_millis(self.ctx.sub.spec.timeout_ms);
+        self.in_flight += 1;
+        tokio::spawn(async move {
+            let answer = deliverer
+                .send(Outgoing {
+                    url: &url,
+                    body,
+                    event_id: event_id.as_deref(),
+                    topic: topic.as_deref(),
+                    attempt,
+                    traceparent: traceparent.as_deref(),
+                    timeout,
+                })
+                .await;
+            endpoints.report(endpoint, answer.healthy());
+            let _ = done.send(Finished { lanes, answer });
+        });
+    }
+
+    fn on_finished(&mut self, finished: Finished) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        let spec = self.ctx.sub.spec.clone();
+        for lane in finished.lanes {
+            let Some(head) = self.lanes.get_mut(&lane).and_then(VecDeque::front_mut) else {
+                continue;
+            };
+            let (status, retry_reason) = match &finished.answer {
+                Answer::Http {
+                    outcome: Outcome::Delivered,
+                    ..
+                } => {
+                    SubscriptionStats::bump(&self.ctx.stats.delivered);
+                    self.ctx
+                        .stats
+                        .record_latency(now_us().saturating_sub(head.received_us));
+                    self.finish(&lane, true);
+                    continue;
+                }
+                Answer::Http {
+                    outcome: Outcome::Drop(reason),
+                    ..
+                } => {
+                    tracing::info!(subscription = %spec.name, event_id = %head.event_id, %reason, "event dropped");
+                    SubscriptionStats::bump(&self.ctx.stats.dropped);
+                    self.finish(&lane, true);
+                    continue;
+                }
+                Answer::Http {
+                    status,
+                    outcome: Outcome::Retry(reason),
+                } => (Some(*status), reason.clone()),
+                Answer::Failed(reason) => (None, reason.clone()),
+            };
+            head.last_status = status.or(head.last_status);
+            head.last_error = Some(retry_reason);
+            if head.attempts >= spec.max_attempts {
+                self.exhausted(&lane);
+            } else {
+                SubscriptionStats::bump(&self.ctx.stats.retried);
+                let delay = spec.backoff.delay_ms(head.attempts, fastrand::f64());
+                let at = Instant::now() + std::time::Duration::from_millis(delay);
+                self.timer_seq += 1;
+                self.timers.insert((at, self.timer_seq), lane);
+            }
+        }
+    }
+
+    /// The head of `lane` used its last attempt: to the DLQ (ack and DLQ in one step), or
+    /// dropped when the subscription keeps no DLQ.
+    fn exhausted(&mut self, lane: &Arc<str>) {
+        let Some(head) = self.lanes.get(lane).and_then(VecDeque::front) else {
+            return;
+        };
+        if self.ctx.sub.spec.dead_letter {
+            let op = AckOp::DeadLetter {
+                partition: head.partition.clone(),
+                id: head.id.clone(),
+                raw: head.raw.clone(),
+                failure: Failure {
+                    reason: "max_attempts_exceeded".into(),
+                    last_status: head.last_status,
+                    last_error: head.last_error.clone(),
+                    attempts: head.attempts,
+                    first_attempt_ms: head.first_attempt_ms,
+                    last_attempt_ms: now_ms(),
+                },
+            };
+            SubscriptionStats::bump(&self.ctx.stats.dead_lettered);
+            self.queue_ack(op);
+            self.finish(lane, false);
+        } else {
+            SubscriptionStats::bump(&self.ctx.stats.dropped);
+            self.finish(lane, true);
+        }
+    }
+
+    fn queue_ack(&self, op: AckOp) {
+        // The queue has room for every permit, so it is never full; it is closed only when
+        // the acker has stopped, and then the entry stays pending and is delivered again.
+        if let Err(err) = self.ctx.acks.try_send(op) {
+            tracing::warn!(error = %err, "ack not queued; the event will be delivered again");
+        }
+    }
+
+    /// Removes the head of `lane` (acking it when `ack`; a dead letter is queued by the
+    /// caller) and readies the next event of the lane.
+    fn finish(&mut self, lane: &Arc<str>, ack: bool) {
+        let Some(head) = self.lanes.get_mut(lane).and_then(VecDeque::pop_front) else {
+            return;
+        };
+        // The acker frees the event's permit once its ack (or dead letter) is written.
+        if ack {
+            self.queue_ack(AckOp::Ack {
+                partition: head.partition,
+                id: head.id,
+            });
+        }
+        self.ctx
+            .stats
+            .in_flight
+            .fetch_sub(1, AtomicOrdering::Relaxed);
+        if self.lanes.get(lane).is_none_or(VecDeque::is_empty) {
+            self.lanes.remove(lane);
+        } else {
+            self.ready.push_back(lane.clone());
+        }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Joins JSON documents into one JSON array.
+fn json_array(items: &[Bytes]) -> Bytes {
+    let len = items.iter().map(Bytes::len).sum::<usize>() + items.len() + 2;
+    let mut out = Vec::with_capacity(len);
+    out.push(b'[');
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(item);
+    }
+    out.push(b']');
+    Bytes::from(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_array_joins_documents() {
+        let items = [
+            Bytes::from_static(b"{\"a\":1}"),
+            Bytes::from_static(b"{\"b\":2}"),
+        ];
+        let joined = json_array(&items);
+        let parsed: serde_json::Value = serde_json::from_slice(&joined).expect("json");
+        assert_eq!(parsed, serde_json::json!([{"a":1},{"b":2}]));
+        assert_eq!(&json_array(&[])[..], b"[]");
+    }
+}

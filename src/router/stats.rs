@@ -1,0 +1,115 @@
+//! Delivery counters and the end-to-end latency histogram of one subscription.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+/// Counters updated by the shards of one subscription.
+#[derive(Debug)]
+pub struct SubscriptionStats {
+    /// Events delivered (2xx).
+    pub delivered: AtomicU64,
+    /// Attempts that will be retried.
+    pub retried: AtomicU64,
+    /// Events moved to the DLQ.
+    pub dead_lettered: AtomicU64,
+    /// Events dropped (404 or DROP, or exhausted without a DLQ).
+    pub dropped: AtomicU64,
+    /// Events read but not for this subscription (acked at once).
+    pub unmatched: AtomicU64,
+    /// Events read and not yet finished.
+    pub in_flight: AtomicU64,
+    /// Received by evrouter → subscriber's 2xx, in microseconds.
+    latency: Mutex<Histogram<u64>>,
+}
+
+impl Default for SubscriptionStats {
+    fn default() -> Self {
+        Self {
+            delivered: AtomicU64::new(0),
+            retried: AtomicU64::new(0),
+            dead_lettered: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            unmatched: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            // Constant, valid bounds: one microsecond to one hour, 3 significant digits.
+            latency: Mutex::new(
+                Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds"),
+            ),
+        }
+    }
+}
+
+/// A snapshot for `/v1/stats`.
+#[derive(Debug, Serialize)]
+pub struct StatsSnapshot {
+    /// Delivered.
+    pub delivered: u64,
+    /// Retried attempts.
+    pub retried: u64,
+    /// Dead-lettered.
+    pub dead_lettered: u64,
+    /// Dropped.
+    pub dropped: u64,
+    /// Not for this subscription.
+    pub unmatched: u64,
+    /// In flight on this instance.
+    pub in_flight: u64,
+    /// Entries not yet read by the subscription's group, over all partitions.
+    pub lag: Option<u64>,
+    /// End-to-end latency percentiles in milliseconds.
+    pub latency_ms: Percentiles,
+}
+
+/// Latency percentiles in milliseconds.
+#[derive(Debug, Serialize, Default)]
+pub struct Percentiles {
+    /// Median.
+    pub p50: f64,
+    /// 95th percentile.
+    pub p95: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Samples.
+    pub count: u64,
+}
+
+impl SubscriptionStats {
+    /// Records one delivery's end-to-end latency.
+    pub fn record_latency(&self, micros: u64) {
+        if let Ok(mut h) = self.latency.lock() {
+            h.saturating_record(micros.max(1));
+        }
+    }
+
+    /// Adds one to a counter.
+    pub fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A snapshot; `lag` is filled by the caller from Redis.
+    pub fn snapshot(&self, lag: Option<u64>) -> StatsSnapshot {
+        let latency = self
+            .latency
+            .lock()
+            .map(|h| Percentiles {
+                p50: h.value_at_quantile(0.50) as f64 / 1000.0,
+                p95: h.value_at_quantile(0.95) as f64 / 1000.0,
+                p99: h.value_at_quantile(0.99) as f64 / 1000.0,
+                count: h.len(),
+            })
+            .unwrap_or_default();
+        StatsSnapshot {
+            delivered: self.delivered.load(Ordering::Relaxed),
+            retried: self.retried.load(Ordering::Relaxed),
+            dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
+            dropped: self.dropped.load(Ordering::Relaxed),
+            unmatched: self.unmatched.load(Ordering::Relaxed),
+            in_flight: self.in_flight.load(Ordering::Relaxed),
+            lag,
+            latency_ms: latency,
+        }
+    }
+}

@@ -1,0 +1,312 @@
+//! Subscriptions: who receives which topics, how, and with what retry policy. Validated
+//! here, kept in Redis so that restarts and other instances see them.
+
+use serde::{Deserialize, Serialize};
+
+use crate::pattern::TopicPattern;
+use crate::schema::Violation;
+
+/// A subscription as clients and config write it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SubscriptionSpec {
+    /// Unique name; also the consumer group name.
+    pub name: String,
+    /// Topic patterns (exact, `*`, `>`, `re:`).
+    pub topics: Vec<String>,
+    /// Webhook URLs; deliveries go round robin over the healthy ones.
+    pub endpoints: Vec<String>,
+    /// `single` (one event a request) or `bulk` (a JSON array of events).
+    pub mode: DeliveryMode,
+    /// Bulk batching.
+    pub bulk: BulkSpec,
+    /// `key` (one in-flight event per key) or `none`.
+    pub ordering: Ordering,
+    /// Most events in flight (and read ahead) for this subscription on one instance.
+    pub max_in_flight: usize,
+    /// Request timeout.
+    pub timeout_ms: u64,
+    /// Attempts before an event is dead-lettered.
+    pub max_attempts: u32,
+    /// Retry backoff.
+    pub backoff: BackoffSpec,
+    /// Where a new subscription starts: `latest` or `earliest`.
+    pub start: Start,
+    /// Whether exhausted events go to the dead-letter stream (else they are dropped and
+    /// counted).
+    pub dead_letter: bool,
+}
+
+impl Default for SubscriptionSpec {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            topics: Vec::new(),
+            endpoints: Vec::new(),
+            mode: DeliveryMode::Single,
+            bulk: BulkSpec::default(),
+            ordering: Ordering::Key,
+            max_in_flight: 1000,
+            timeout_ms: 5000,
+            max_attempts: 10,
+            backoff: BackoffSpec::default(),
+            start: Start::Latest,
+            dead_letter: true,
+        }
+    }
+}
+
+/// How events are sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryMode {
+    /// One event per request, the event's JSON as the body.
+    Single,
+    /// Up to `bulk.max_events` events of different keys per request, as a JSON array.
+    Bulk,
+}
+
+/// Bulk batching settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BulkSpec {
+    /// Most events per request.
+    pub max_events: usize,
+    /// Longest wait to fill a request.
+    pub max_wait_ms: u64,
+}
+
+impl Default for BulkSpec {
+    fn default() -> Self {
+        Self {
+            max_events: 100,
+            max_wait_ms: 5,
+        }
+    }
+}
+
+/// Ordering guarantee.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ordering {
+    /// Per key: at most one event of a key in flight.
+    Key,
+    /// No ordering: events in parallel.
+    None,
+}
+
+/// Where a new subscription starts reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Start {
+    /// Only events published after it was created.
+    Latest,
+    /// Everything still retained.
+    Earliest,
+}
+
+/// Exponential backoff with jitter.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BackoffSpec {
+    /// First retry delay.
+    pub initial_ms: u64,
+    /// Largest delay.
+    pub max_ms: u64,
+    /// Growth per attempt.
+    pub multiplier: f64,
+    /// Random spread, as a fraction of the delay (0.2 = ±20 %).
+    pub jitter: f64,
+}
+
+impl Default for BackoffSpec {
+    fn default() -> Self {
+        Self {
+            initial_ms: 100,
+            max_ms: 60_000,
+            multiplier: 2.0,
+            jitter: 0.2,
+        }
+    }
+}
+
+impl BackoffSpec {
+    /// The delay before retry number `attempt` (1 = after the first failure), with
+    /// `unit` in [0, 1) drawn by the caller for the jitter.
+    pub fn delay_ms(&self, attempt: u32, unit: f64) -> u64 {
+        let exponent = attempt.saturating_sub(1).min(63) as i32;
+        let base =
+            (self.initial_ms as f64 * self.multiplier.powi(exponent)).min(self.max_ms as f64);
+        let spread = base * self.jitter * (2.0 * unit - 1.0);
+        (base + spread).clamp(0.0, self.max_ms as f64).round() as u64
+    }
+}
+
+/// A subscription with its patterns compiled.
+#[derive(Debug, Clone)]
+pub struct Subscription {
+    /// What it was created from.
+    pub spec: SubscriptionSpec,
+    patterns: Vec<TopicPattern>,
+}
+
+impl Subscription {
+    /// Validates a spec; every problem is listed with its path.
+    pub fn new(spec: SubscriptionSpec) -> Result<Self, Vec<Violation>> {
+        let mut problems = Vec::new();
+        let mut bad = |path: &str, message: String| {
+            problems.push(Violation {
+                path: path.to_string(),
+                message,
+            })
+        };
+        if !crate::topic::is_valid_segment(&spec.name) || spec.name.len() > 100 {
+            bad(
+                "/name",
+                "must be 1 to 100 lowercase letters, digits, `_` or `-`".into(),
+            );
+        }
+        if spec.topics.is_empty() {
+            bad("/topics", "at least one topic pattern is required".into());
+        }
+        let mut patterns = Vec::with_capacity(spec.topics.len());
+        for (i, topic) in spec.topics.iter().enumerate() {
+            match TopicPattern::parse(topic) {
+                Ok(p) => patterns.push(p),
+                Err(e) => bad(&format!("/topics/{i}"), e.to_string()),
+            }
+        }
+        if spec.endpoints.is_empty() {
+            bad("/endpoints", "at least one endpoint URL is required".into());
+        }
+        for (i, endpoint) in spec.endpoints.iter().enumerate() {
+            let ok = endpoint
+                .parse::<hyper::Uri>()
+                .ok()
+                .is_some_and(|u| u.scheme_str() == Some("http") && u.authority().is_some());
+            if !ok {
+                bad(
+                    &format!("/endpoints/{i}"),
+                    format!("`{endpoint}` is not an http:// URL"),
+                );
+            }
+        }
+        if spec.bulk.max_events == 0 || spec.bulk.max_events > 10_000 {
+            bad("/bulk/max_events", "must be between 1 and 10000".into());
+        }
+        if spec.max_in_flight == 0 || spec.max_in_flight > 1_000_000 {
+            bad("/max_in_flight", "must be between 1 and 1000000".into());
+        }
+        if spec.timeout_ms == 0 {
+            bad("/timeout_ms", "must be greater than 0".into());
+        }
+        if spec.max_attempts == 0 {
+            bad("/max_attempts", "must be at least 1".into());
+        }
+        let b = &spec.backoff;
+        if b.initial_ms == 0 || b.initial_ms > b.max_ms {
+            bad(
+                "/backoff/initial_ms",
+                "must be > 0 and at most max_ms".into(),
+            );
+        }
+        if !(b.multiplier >= 1.0 && b.multiplier.is_finite()) {
+            bad("/backoff/multiplier", "must be a number >= 1".into());
+        }
+        if !(0.0..=1.0).contains(&b.jitter) {
+            bad("/backoff/jitter", "must be between 0 and 1".into());
+        }
+        if problems.is_empty() {
+            Ok(Self { spec, patterns })
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// The name.
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    /// Whether an event of `topic` is for this subscription.
+    pub fn matches(&self, topic: &str) -> bool {
+        self.patterns.iter().any(|p| p.matches(topic))
+    }
+
+    /// Whether any topic of domain `domain` could match (for picking streams to read).
+    pub fn may_match_domain(&self, domain: &str) -> bool {
+        self.patterns.iter().any(|p| p.may_match_domain(domain))
+    }
+
+    /// Literal domains its patterns name (streams to create if missing).
+    pub fn literal_domains(&self) -> Vec<String> {
+        self.patterns
+            .iter()
+            .filter_map(|p| p.literal_domain())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> SubscriptionSpec {
+        SubscriptionSpec {
+            name: "shipping".into(),
+            topics: vec![
+                "order.*".into(),
+                r"re:^payment\.(captured|refunded)$".into(),
+            ],
+            endpoints: vec!["http://127.0.0.1:8080/events".into()],
+            ..SubscriptionSpec::default()
+        }
+    }
+
+    #[test]
+    fn a_good_spec_compiles_and_matches() {
+        let sub = Subscription::new(spec()).expect("valid");
+        assert!(sub.matches("order.created"));
+        assert!(sub.matches("payment.captured"));
+        assert!(!sub.matches("payment.failed"));
+        assert!(sub.may_match_domain("order"));
+        assert!(sub.may_match_domain("payment"));
+        assert_eq!(sub.literal_domains(), vec!["order".to_string()]);
+    }
+
+    #[test]
+    fn every_bad_field_is_reported_with_its_path() {
+        let mut bad = spec();
+        bad.name = "Ship ping".into();
+        bad.topics = vec!["order..x".into()];
+        bad.endpoints = vec!["ftp://x".into()];
+        bad.max_attempts = 0;
+        bad.backoff.jitter = 2.0;
+        let problems = Subscription::new(bad).expect_err("invalid");
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        for expected in [
+            "/name",
+            "/topics/0",
+            "/endpoints/0",
+            "/max_attempts",
+            "/backoff/jitter",
+        ] {
+            assert!(paths.contains(&expected), "{expected} not in {paths:?}");
+        }
+    }
+
+    #[test]
+    fn backoff_grows_caps_and_jitters_within_bounds() {
+        let b = BackoffSpec::default();
+        assert_eq!(b.delay_ms(1, 0.5), 100);
+        assert_eq!(b.delay_ms(2, 0.5), 200);
+        assert_eq!(b.delay_ms(30, 0.5), 60_000);
+        for attempt in 1..20 {
+            for unit in [0.0, 0.25, 0.99] {
+                let d = b.delay_ms(attempt, unit) as f64;
+                let base = (100.0 * 2f64.powi(attempt as i32 - 1)).min(60_000.0);
+                assert!(d >= base * 0.8 - 1.0 && d <= (base * 1.2).min(60_000.0) + 1.0);
+            }
+        }
+    }
+}

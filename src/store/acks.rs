@@ -1,0 +1,216 @@
+//! Acks and dead letters, fenced by the partition lease: an instance that no longer holds a
+//! partition's lease cannot ack or dead-letter its entries. Acks are batched per partition
+//! (one XACK with many ids); a dead letter is appended and acked in one script, so an event
+//! is always in exactly one of the two places.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use redis::aio::ConnectionManager;
+use tokio::sync::{mpsc, Semaphore};
+
+use super::lease::lease_key;
+
+/// XACK ids of KEYS[1] for group ARGV[2] if KEYS[2] (the lease) holds ARGV[1].
+const FENCED_ACK: &str = r"
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return -1 end
+return redis.call('XACK', KEYS[1], ARGV[2], unpack(ARGV, 3))
+";
+
+/// Appends ARGV[4..] as a DLQ entry to KEYS[3] and acks ARGV[3], if the lease is held.
+const FENCED_DEAD_LETTER: &str = r"
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return -1 end
+redis.call('XADD', KEYS[3], '*', unpack(ARGV, 4))
+return redis.call('XACK', KEYS[1], ARGV[2], ARGV[3])
+";
+
+/// Most ids acked by one script call.
+const MAX_IDS_PER_ACK: usize = 1000;
+
+/// The DLQ stream of a subscription for one partition: same hash tag as the partition so
+/// the append and the ack are atomic on a cluster too.
+pub fn dlq_key(partition_key: &str, subscription: &str) -> String {
+    format!("{partition_key}:dlq:{subscription}")
+}
+
+/// What to do with a finished entry.
+#[derive(Debug)]
+pub enum AckOp {
+    /// Ack it.
+    Ack {
+        /// Partition key.
+        partition: Arc<str>,
+        /// Entry id.
+        id: String,
+    },
+    /// Move it to the DLQ and ack it, in one step.
+    DeadLetter {
+        /// Partition key.
+        partition: Arc<str>,
+        /// Entry id.
+        id: String,
+        /// The stored entry.
+        raw: bytes::Bytes,
+        /// Why.
+        failure: Failure,
+    },
+}
+
+/// Writes batched, fenced acks and dead letters for one subscription, then frees the read
+/// permit of each entry.
+pub struct Acker {
+    conn: ConnectionManager,
+    group: String,
+    instance: String,
+    rx: mpsc::Receiver<AckOp>,
+    permits: Arc<Semaphore>,
+}
+
+impl Acker {
+    /// An acker reading from `rx`.
+    pub fn new(
+        conn: ConnectionManager,
+        group: String,
+        instance: String,
+        rx: mpsc::Receiver<AckOp>,
+        permits: Arc<Semaphore>,
+    ) -> Self {
+        Self {
+            conn,
+            group,
+            instance,
+            rx,
+            permits,
+        }
+    }
+
+    /// Runs until every sender is gone, flushing whatever has queued after each wake-up.
+    pub async fn run(mut self) {
+        let mut batch = Vec::with_capacity(1024);
+        while self.rx.recv_many(&mut batch, 4096).await > 0 {
+            let done = batch.len();
+            let mut attempt = 0;
+            loop {
+                match self.flush(&batch).await {
+                    Ok(()) => break,
+                    Err(err) if attempt < 3 => {
+                        attempt += 1;
+                        tracing::warn!(error = %err, "ack failed; retrying");
+                        tokio::time::sleep(std::time::Duration::from_millis(100 * attempt)).await;
+                    }
+                    Err(err) => {
+                        // The entries stay pending and are delivered again: at least once.
+                        tracing::warn!(error = %err, "ack failed; entries stay pending");
+                        break;
+                    }
+                }
+            }
+            batch.clear();
+            self.permits.add_permits(done);
+        }
+    }
+
+    async fn flush(&mut self, batch: &[AckOp]) -> redis::RedisResult<()> {
+        let mut by_partition: HashMap<&Arc<str>, Vec<&str>> = HashMap::new();
+        let mut pipe = redis::pipe();
+        for op in batch {
+            match op {
+                AckOp::Ack { partition, id } => {
+                    by_partition.entry(partition).or_default().push(id);
+                }
+                AckOp::DeadLetter {
+                    partition,
+                    id,
+                    raw,
+                    failure,
+                } => {
+                    dead_letter_cmd(
+                        &mut pipe,
+                        &self.instance,
+                        &self.group,
+                        partition,
+                        id,
+                        raw,
+                        failure,
+                    );
+                }
+            }
+        }
+        for (partition, ids) in &by_partition {
+            for chunk in ids.chunks(MAX_IDS_PER_ACK) {
+                pipe.cmd("EVAL")
+                    .arg(FENCED_ACK)
+                    .arg(2)
+                    .arg(&***partition)
+                    .arg(lease_key(partition))
+                    .arg(&self.instance)
+                    .arg(&self.group)
+                    .arg(chunk);
+            }
+        }
+        let results: Vec<i64> = pipe.query_async(&mut self.conn).await?;
+        if results.iter().any(|r| *r < 0) {
+            tracing::info!(group = %self.group, "acks refused: a partition's lease moved to another instance");
+        }
+        Ok(())
+    }
+}
+
+/// Why and how an event failed, stored with it in the DLQ.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    /// `max_attempts_exceeded`, `dropped`, …
+    pub reason: String,
+    /// The last HTTP status, if any.
+    pub last_status: Option<u16>,
+    /// The last error text, if any.
+    pub last_error: Option<String>,
+    /// Attempts made.
+    pub attempts: u32,
+    /// First attempt, ms since the epoch.
+    pub first_attempt_ms: u64,
+    /// Last attempt, ms since the epoch.
+    pub last_attempt_ms: u64,
+}
+
+/// Adds the fenced "append to the DLQ and ack" script for one entry to a pipeline.
+fn dead_letter_cmd(
+    pipe: &mut redis::Pipeline,
+    instance: &str,
+    subscription: &str,
+    partition: &str,
+    id: &str,
+    envelope: &[u8],
+    failure: &Failure,
+) {
+    let cmd = pipe
+        .cmd("EVAL")
+        .arg(FENCED_DEAD_LETTER)
+        .arg(3)
+        .arg(partition)
+        .arg(lease_key(partition))
+        .arg(dlq_key(partition, subscription))
+        .arg(instance)
+        .arg(subscription)
+        .arg(id)
+        .arg("e")
+        .arg(envelope)
+        .arg("source_id")
+        .arg(id)
+        .arg("partition")
+        .arg(partition)
+        .arg("reason")
+        .arg(&failure.reason)
+        .arg("attempts")
+        .arg(failure.attempts)
+        .arg("first_attempt_ms")
+        .arg(failure.first_attempt_ms)
+        .arg("last_attempt_ms")
+        .arg(failure.last_attempt_ms);
+    if let Some(status) = failure.last_status {
+        cmd.arg("last_status").arg(status);
+    }
+    if let Some(error) = &failure.last_error {
+        cmd.arg("last_error").arg(error);
+    }
+}

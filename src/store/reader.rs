@@ -1,0 +1,289 @@
+//! The partition reader of one subscription: on its own connection (a blocking read must
+//! not stall other commands, and needs a response timeout longer than its BLOCK), it first
+//! reclaims the pending entries of every partition it has just taken over, then reads new
+//! entries in batches from all the partitions it holds, within the subscription's
+//! read-ahead budget. Lost consumer groups (NOGROUP) are created again.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use redis::aio::ConnectionManager;
+use redis::streams::{StreamAutoClaimReply, StreamId, StreamPendingCountReply, StreamReadReply};
+use redis::Value;
+use tokio::sync::{watch, Semaphore};
+
+use super::lease::Owned;
+use crate::event::ENTRY_FIELD;
+
+/// Most entries asked for in one read.
+const READ_COUNT: usize = 512;
+
+/// Creates the consumer group `group` on `key` starting at `start` (`$` or `0`), creating
+/// the stream if needed; an existing group is left as it is.
+pub async fn ensure_group(
+    conn: &mut ConnectionManager,
+    key: &str,
+    group: &str,
+    start: &str,
+) -> redis::RedisResult<()> {
+    let created: redis::RedisResult<()> = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(key)
+        .arg(group)
+        .arg(start)
+        .arg("MKSTREAM")
+        .query_async(conn)
+        .await;
+    match created {
+        Err(err) if err.code() == Some("BUSYGROUP") => Ok(()),
+        other => other,
+    }
+}
+
+/// One entry read from a partition, holding one permit of the read-ahead budget.
+#[derive(Debug)]
+pub struct ReadEntry {
+    /// Partition key.
+    pub partition: Arc<str>,
+    /// Stream entry id.
+    pub id: String,
+    /// The stored entry (an encoded envelope).
+    pub raw: Bytes,
+    /// How many times Redis had handed it to a consumer before (0 for a new entry).
+    pub delivered_before: u32,
+}
+
+/// Where a reader hands its entries.
+pub trait Dispatch: Send {
+    /// Takes one entry (and its permit).
+    fn dispatch(&mut self, entry: ReadEntry) -> impl Future<Output = ()> + Send;
+}
+
+/// Everything a reader needs.
+pub struct Reader<D> {
+    /// Its own connection (response timeout longer than `block`).
+    pub conn: ConnectionManager,
+    /// The consumer group (the subscription's name).
+    pub group: String,
+    /// This instance's consumer name.
+    pub consumer: String,
+    /// Partitions the subscription reads (those this instance holds are read).
+    pub partitions: watch::Receiver<Arc<Vec<Arc<str>>>>,
+    /// Partitions this instance holds.
+    pub owned: watch::Receiver<Arc<Owned>>,
+    /// Where entries go.
+    pub dispatch: D,
+    /// Read-ahead budget.
+    pub permits: Arc<Semaphore>,
+    /// BLOCK of each read.
+    pub block: Duration,
+    /// Turns true on shutdown.
+    pub stop: watch::Receiver<bool>,
+}
+
+impl<D: Dispatch> Reader<D> {
+    /// Reads until stopped.
+    pub async fn run(mut self) {
+        let mut claimed: HashSet<Arc<str>> = HashSet::new();
+        let mut backoff = Duration::from_millis(50);
+        while !*self.stop.borrow() {
+            let owned = self.owned.borrow().clone();
+            let keys: Vec<Arc<str>> = self
+                .partitions
+                .borrow()
+                .iter()
+                .filter(|k| owned.holds(k))
+                .cloned()
+                .collect();
+            claimed.retain(|k| keys.contains(k));
+            if keys.is_empty() {
+                tokio::select! {
+                    _ = self.owned.changed() => {}
+                    _ = self.partitions.changed() => {}
+                    _ = self.stop.changed() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                }
+                continue;
+            }
+            let result = async {
+                for key in &keys {
+                    if !claimed.contains(key) {
+                        self.reclaim(key).await?;
+                        claimed.insert(key.clone());
+                    }
+                }
+                self.read(&keys).await
+            }
+            .await;
+            match result {
+                Ok(()) => backoff = Duration::from_millis(50),
+                Err(err) if err.code() == Some("NOGROUP") => {
+                    tracing::warn!(group = %self.group, "consumer group lost; creating it again");
+                    for key in &keys {
+                        if let Err(err) = ensure_group(&mut self.conn, key, &self.group, "0").await
+                        {
+                            tracing::warn!(error = %err, "could not create the consumer group");
+                        }
+                    }
+                    claimed.clear();
+                }
+                Err(err) => {
+                    tracing::warn!(group = %self.group, error = %err, "read failed; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = self.stop.changed() => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+
+    /// Takes `count` permits (at least one, waiting for it); returns how many were taken.
+    async fn take_permits(&mut self, want: usize) -> usize {
+        let first = tokio::select! {
+            permit = self.permits.acquire() => permit,
+            _ = self.stop.changed() => return 0,
+        };
+        match first {
+            Ok(permit) => permit.forget(),
+            Err(_) => return 0,
+        }
+        let mut taken = 1;
+        while taken < want {
+            match self.permits.try_acquire() {
+                Ok(permit) => {
+                    permit.forget();
+                    taken += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        taken
+    }
+
+    /// Reads new entries from every held partition in one call.
+    async fn read(&mut self, keys: &[Arc<str>]) -> redis::RedisResult<()> {
+        let taken = self.take_permits(READ_COUNT).await;
+        if taken == 0 {
+            return Ok(());
+        }
+        // COUNT applies to each partition: spread the budget so the total stays within it
+        // (but at least one per partition).
+        let per_partition = (taken / keys.len()).max(1);
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(&self.group)
+            .arg(&self.consumer)
+            .arg("COUNT")
+            .arg(per_partition)
+            .arg("BLOCK")
+            .arg(self.block.as_millis() as u64)
+            .arg("STREAMS");
+        for key in keys {
+            cmd.arg(&**key);
+        }
+        for _ in keys {
+            cmd.arg(">");
+        }
+        let reply: redis::RedisResult<Option<StreamReadReply>> =
+            cmd.query_async(&mut self.conn).await;
+        let reply = match reply {
+            Ok(reply) => reply,
+            Err(err) => {
+                self.permits.add_permits(taken);
+                return Err(err);
+            }
+        };
+        let mut used = 0;
+        for stream in reply.map(|r| r.keys).unwrap_or_default() {
+            let Some(partition) = keys.iter().find(|k| ***k == *stream.key).cloned() else {
+                continue;
+            };
+            for entry in stream.ids {
+                used += 1;
+                self.hand_over(&partition, entry, 0).await;
+            }
+        }
+        // With more partitions than permits a read can return up to one entry per partition
+        // beyond the budget; those are taken from the budget as it frees up.
+        if used < taken {
+            self.permits.add_permits(taken - used);
+        } else if used > taken {
+            if let Ok(permits) = self
+                .permits
+                .clone()
+                .try_acquire_many_owned((used - taken) as u32)
+            {
+                permits.forget();
+            }
+        }
+        Ok(())
+    }
+
+    /// Claims every pending entry of a partition just taken over (from a dead or paused
+    /// owner, or from this instance before a restart) and dispatches it first.
+    async fn reclaim(&mut self, key: &Arc<str>) -> redis::RedisResult<()> {
+        let pending: StreamPendingCountReply = redis::cmd("XPENDING")
+            .arg(&**key)
+            .arg(&self.group)
+            .arg("-")
+            .arg("+")
+            .arg(10_000)
+            .query_async(&mut self.conn)
+            .await?;
+        if pending.ids.is_empty() {
+            return Ok(());
+        }
+        let delivered: HashMap<String, usize> = pending
+            .ids
+            .into_iter()
+            .map(|p| (p.id, p.times_delivered))
+            .collect();
+        let mut cursor = "0-0".to_string();
+        loop {
+            let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+                .arg(&**key)
+                .arg(&self.group)
+                .arg(&self.consumer)
+                .arg(0)
+                .arg(&cursor)
+                .arg("COUNT")
+                .arg(READ_COUNT)
+                .query_async(&mut self.conn)
+                .await?;
+            for entry in reply.claimed {
+                let before = delivered.get(&entry.id).copied().unwrap_or(0) as u32;
+                let taken = self.take_permits(1).await;
+                if taken == 0 {
+                    return Ok(());
+                }
+                self.hand_over(key, entry, before).await;
+            }
+            if reply.next_stream_id == "0-0" {
+                break;
+            }
+            cursor = reply.next_stream_id;
+        }
+        tracing::info!(group = %self.group, partition = %key, "pending entries reclaimed");
+        Ok(())
+    }
+
+    async fn hand_over(&mut self, partition: &Arc<str>, entry: StreamId, delivered_before: u32) {
+        let raw = match entry.map.get(ENTRY_FIELD) {
+            Some(Value::BulkString(bytes)) => Bytes::from(bytes.clone()),
+            _ => Bytes::new(),
+        };
+        self.dispatch
+            .dispatch(ReadEntry {
+                partition: partition.clone(),
+                id: entry.id,
+                raw,
+                delivered_before,
+            })
+            .await;
+    }
+}
