@@ -2,6 +2,8 @@
 //! in-process on port 0 with a config the test shapes.
 #![allow(dead_code)]
 
+pub mod subscriber;
+
 use std::net::TcpListener as StdListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -287,6 +289,29 @@ pub fn order_event(n: u64, order_id: &str) -> Value {
                  "items": [{"product_id": "prod_1", "quantity": 2}]},
         "metadata": {"correlation_id": format!("corr_{n}"), "service": "order-service", "version": "1.0.0"}
     })
+}
+
+/// An order event with a per-key sequence number in `data.seq`.
+pub fn keyed_event(n: u64, order_id: &str, seq: u64) -> Value {
+    let mut event = order_event(n, order_id);
+    event["data"]["seq"] = json!(seq);
+    event
+}
+
+/// Creates a subscription through the API and checks it was accepted.
+pub async fn subscribe(router: &TestRouter, spec: Value) {
+    let response = client()
+        .post(router.url("/v1/subscriptions"))
+        .json(&spec)
+        .send()
+        .await
+        .expect("request");
+    let status = response.status().as_u16();
+    let body = response.text().await.unwrap_or_default();
+    assert!(
+        status == 201 || status == 200,
+        "subscription refused: {status} {body}"
+    );
 }
 
 /// A temporary folder path that outlives the call.

@@ -1,0 +1,187 @@
+//! A real HTTP subscriber for delivery tests: records every request it gets and answers
+//! as the test's rule says.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::post;
+use serde_json::Value;
+
+/// One event as the subscriber saw it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// `event_id`.
+    pub event_id: String,
+    /// `data.order_id`.
+    pub key: String,
+    /// `data.seq`, when the test set one.
+    pub seq: Option<u64>,
+    /// `evr-attempt` header.
+    pub attempt: u32,
+    /// `evr-topic` header.
+    pub topic: Option<String>,
+    /// `traceparent` header.
+    pub traceparent: Option<String>,
+    /// Events in the request (1 in single mode).
+    pub batch: usize,
+}
+
+/// How to answer: status and body, given the request's first event and its attempt.
+pub type Rule = Arc<dyn Fn(&Received) -> (u16, String) + Send + Sync>;
+
+#[derive(Clone)]
+struct Shared {
+    log: Arc<Mutex<Vec<Received>>>,
+    rule: Rule,
+    delay: Option<Duration>,
+}
+
+/// A subscriber listening on a free port.
+pub struct Subscriber {
+    pub addr: SocketAddr,
+    log: Arc<Mutex<Vec<Received>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Subscriber {
+    /// Answers 200 to everything.
+    pub async fn ok() -> Self {
+        Self::with_rule(Arc::new(|_| (200, String::new()))).await
+    }
+
+    /// Answers by `rule`.
+    pub async fn with_rule(rule: Rule) -> Self {
+        Self::start(rule, None).await
+    }
+
+    /// Answers by `rule` after `delay`.
+    pub async fn start(rule: Rule, delay: Option<Duration>) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let shared = Shared {
+            log: log.clone(),
+            rule,
+            delay,
+        };
+        let app = axum::Router::new()
+            .route("/events", post(receive))
+            .with_state(shared);
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self { addr, log, task }
+    }
+
+    /// The endpoint URL.
+    pub fn url(&self) -> String {
+        format!("http://{}/events", self.addr)
+    }
+
+    /// Everything received so far, in arrival order.
+    pub fn received(&self) -> Vec<Received> {
+        self.log.lock().expect("log").clone()
+    }
+
+    /// Events delivered with a 2xx... as decided by the rule; the test filters by attempt.
+    pub fn count(&self) -> usize {
+        self.log.lock().expect("log").len()
+    }
+
+    /// Waits until `done` holds for the log, or panics after `within`.
+    pub async fn wait_for(&self, within: Duration, done: impl Fn(&[Received]) -> bool) {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if done(&self.log.lock().expect("log")) {
+                return;
+            }
+            if tokio::time::Instant::now() > deadline {
+                let n = self.count();
+                panic!("subscriber condition not met within {within:?} ({n} requests received)");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops listening (connections are refused afterwards).
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn read_event(value: &Value, headers: &HeaderMap, batch: usize) -> Received {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    Received {
+        event_id: value["event_id"].as_str().unwrap_or_default().to_string(),
+        key: value["data"]["order_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        seq: value["data"]["seq"].as_u64(),
+        attempt: header("evr-attempt")
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(0),
+        topic: header("evr-topic"),
+        traceparent: header("traceparent"),
+        batch,
+    }
+}
+
+async fn receive(
+    State(shared): State<Shared>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> impl IntoResponse {
+    let value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let events: Vec<Received> = match &value {
+        Value::Array(items) => items
+            .iter()
+            .map(|v| read_event(v, &headers, items.len()))
+            .collect(),
+        other => vec![read_event(other, &headers, 1)],
+    };
+    if let Some(delay) = shared.delay {
+        tokio::time::sleep(delay).await;
+    }
+    let (status, answer) = events
+        .first()
+        .map(|first| (shared.rule)(first))
+        .unwrap_or((200, String::new()));
+    shared.log.lock().expect("log").extend(events);
+    (
+        StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
+        answer,
+    )
+}
+
+/// Events of `log` answered with success by a rule that fails `fails` first attempts:
+/// keeps, per event id, the first record whose attempt is greater than `fails`.
+pub fn successes(log: &[Received], fails: u32) -> Vec<Received> {
+    let mut seen = HashMap::new();
+    let mut out = Vec::new();
+    for r in log {
+        if r.attempt > fails && seen.insert(r.event_id.clone(), ()).is_none() {
+            out.push(r.clone());
+        }
+    }
+    out
+}
