@@ -38,6 +38,32 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Dead letters of a subscription, through a running evrouter's API.
+    Dlq {
+        /// What to do.
+        #[arg(value_enum)]
+        action: DlqAction,
+        /// The subscription.
+        #[arg(long)]
+        subscription: String,
+        /// evrouter's base URL.
+        #[arg(long, default_value = "http://127.0.0.1:3500")]
+        router: String,
+        /// Most entries to list.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+}
+
+/// Dead-letter actions.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum DlqAction {
+    /// List dead letters (JSON).
+    List,
+    /// Send them through the subscription again.
+    Replay,
+    /// Delete them.
+    Purge,
 }
 
 /// Exit code for a configuration that cannot be used.
@@ -59,6 +85,18 @@ fn main() -> ExitCode {
             Err(err) => {
                 eprintln!("{err}");
                 ExitCode::from(EXIT_CONFIG)
+            }
+        },
+        Command::Dlq {
+            action,
+            subscription,
+            router,
+            limit,
+        } => match dlq(action, &subscription, &router, limit) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("evrouter dlq: {err:#}");
+                ExitCode::FAILURE
             }
         },
         Command::Serve {
@@ -147,4 +185,44 @@ async fn shutdown_signal() {
         _ = term => {},
     }
     tracing::info!("shutdown signal received");
+}
+
+/// Calls the DLQ API of a running evrouter and prints its answer.
+fn dlq(action: DlqAction, subscription: &str, router: &str, limit: usize) -> anyhow::Result<()> {
+    use http_body_util::{BodyExt, Full};
+    let base = router.trim_end_matches('/');
+    let (method, url) = match action {
+        DlqAction::List => ("GET", format!("{base}/v1/dlq/{subscription}?limit={limit}")),
+        DlqAction::Replay => ("POST", format!("{base}/v1/dlq/{subscription}/replay")),
+        DlqAction::Purge => ("DELETE", format!("{base}/v1/dlq/{subscription}")),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(async move {
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<Full<bytes::Bytes>>();
+        let request = hyper::Request::builder()
+            .method(method)
+            .uri(&url)
+            .header("content-type", "application/json")
+            .body(Full::new(bytes::Bytes::new()))
+            .context("building the request")?;
+        let response = client
+            .request(request)
+            .await
+            .with_context(|| format!("calling {url}"))?;
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .context("reading the answer")?
+            .to_bytes();
+        println!("{}", String::from_utf8_lossy(&body));
+        anyhow::ensure!(status.is_success(), "{url} answered {status}");
+        Ok(())
+    })
 }

@@ -4,6 +4,7 @@
 mod support;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -154,8 +155,17 @@ async fn an_always_failing_subscriber_gets_everything_into_the_dlq() {
     let redis = RedisServer::start();
     let router = TestRouter::start(test_config(&redis)).await;
     // 400: retried, but the endpoint stays healthy (a 5xx would open its breaker and
-    // slow the retries down to one probe per cooldown).
-    let subscriber = Subscriber::with_rule(Arc::new(|_| (400, String::new()))).await;
+    // slow the retries down to one probe per cooldown). Recovers when told to.
+    let recovered = Arc::new(AtomicBool::new(false));
+    let flag = recovered.clone();
+    let subscriber = Subscriber::with_rule(Arc::new(move |_| {
+        if flag.load(AtomicOrdering::Relaxed) {
+            (200, String::new())
+        } else {
+            (400, String::new())
+        }
+    }))
+    .await;
     subscribe(
         &router,
         json!({"name": "audit", "topics": ["order.created"], "endpoints": [subscriber.url()],
@@ -198,6 +208,100 @@ async fn an_always_failing_subscriber_gets_everything_into_the_dlq() {
         stats["subscriptions"]["audit"]["dead_lettered"],
         total as u64
     );
+
+    // The API lists them in pages with their failure info.
+    let http = client();
+    let mut listed = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut url = router.url("/v1/dlq/audit?limit=7");
+        if let Some(cursor) = &after {
+            url.push_str(&format!("&after={cursor}"));
+        }
+        let page: Value = http
+            .get(url)
+            .send()
+            .await
+            .expect("list")
+            .json()
+            .await
+            .expect("json");
+        let entries = page["entries"].as_array().expect("entries").clone();
+        assert!(entries.len() <= 7);
+        listed.extend(entries);
+        match page["next"].as_str() {
+            Some(next) => after = Some(next.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(listed.len(), total);
+    assert!(listed.iter().all(|e| e["reason"] == "max_attempts_exceeded"
+        && e["attempts"] == 3
+        && e["event"]["data"]["order_id"].is_string()));
+    let unknown = http
+        .get(router.url("/v1/dlq/nobody"))
+        .send()
+        .await
+        .expect("list");
+    assert_eq!(unknown.status(), 404);
+
+    // The subscriber recovers; one chosen entry is replayed, then the rest.
+    recovered.store(true, AtomicOrdering::Relaxed);
+    let before = subscriber.count();
+    let first = listed[0]["id"].as_str().expect("id").to_string();
+    let report: Value = http
+        .post(router.url("/v1/dlq/audit/replay"))
+        .json(&json!({"ids": [first]}))
+        .send()
+        .await
+        .expect("replay")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(report["replayed"], 1);
+    assert_eq!(subscriber.count(), before + 1);
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_evrouter"))
+        .args([
+            "dlq",
+            "replay",
+            "--subscription",
+            "audit",
+            "--router",
+            &router.base,
+        ])
+        .output()
+        .expect("cli");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_slice(&output.stdout).expect("json report");
+    assert_eq!(report["replayed"], total as u64 - 1);
+    assert_eq!(subscriber.count(), before + total);
+    assert!(dlq_entries(&redis, "audit").is_empty());
+
+    // Purge: fail again, dead-letter, purge.
+    recovered.store(false, AtomicOrdering::Relaxed);
+    let mut extra = keyed_event(5000, "ord_x", 0);
+    extra["event_id"] = json!("evt_order_5000");
+    assert_eq!(router.publish("order.created", &extra).await.0, 200);
+    for _ in 0..200 {
+        if dlq_entries(&redis, "audit").len() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let purged: Value = http
+        .delete(router.url("/v1/dlq/audit"))
+        .send()
+        .await
+        .expect("purge")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(purged["purged"], 1);
+    assert!(dlq_entries(&redis, "audit").is_empty());
 }
 
 /// Every DLQ entry of a subscription (over all partitions), as field maps.
@@ -491,4 +595,57 @@ async fn start_latest_skips_earlier_events_and_earliest_takes_them() {
     assert_eq!(latest.count(), 1);
     assert_eq!(latest.received()[0].event_id, "evt_order_999");
     assert_eq!(earliest.count(), 11);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_resumes_by_itself_after_redis_loses_everything() {
+    let mut redis = RedisServer::start();
+    let mut config = test_config(&redis);
+    config.delivery.lease_ttl = "1s".into();
+    let router = TestRouter::start(config).await;
+    let subscriber = Subscriber::ok().await;
+    subscribe(
+        &router,
+        json!({"name": "resilient", "topics": ["order.created"], "endpoints": [subscriber.url()]}),
+    )
+    .await;
+    let first = publish_keyed(&router, "order.created", 10, 10).await;
+    subscriber
+        .wait_for(Duration::from_secs(30), |log| log.len() >= first)
+        .await;
+    // Redis restarts without persistence: streams, groups, leases and the subscription
+    // registry are gone.
+    redis.restart();
+    let mut published = 0;
+    for attempt in 0..100u64 {
+        let mut event = keyed_event(10_000 + attempt, "ord_after", attempt);
+        event["event_id"] = json!(format!("evt_order_{}", 10_000 + attempt));
+        if router.publish("order.created", &event).await.0 == 200 {
+            published += 1;
+            if published == 20 {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(published, 20);
+    subscriber
+        .wait_for(Duration::from_secs(30), |log| {
+            log.iter().filter(|r| r.key == "ord_after").count() >= 20
+        })
+        .await;
+    let registry: Value = client()
+        .get(router.url("/v1/subscriptions"))
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(registry.as_array().map(Vec::len), Some(1));
+    let stored: i64 = redis::cmd("HLEN")
+        .arg("evr:subscriptions")
+        .query(&mut redis.conn())
+        .expect("hlen");
+    assert_eq!(stored, 1, "the subscription was stored again");
 }

@@ -1,6 +1,7 @@
 //! The HTTP API: routes, the shared state they use, and the server loop with header-read
 //! timeouts and graceful shutdown.
 
+pub mod dlq;
 pub mod error;
 pub mod health;
 pub mod publish;
@@ -56,6 +57,8 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .put(subscriptions::put)
                 .delete(subscriptions::delete),
         )
+        .route("/v1/dlq/{name}", get(dlq::list).delete(dlq::purge))
+        .route("/v1/dlq/{name}/replay", post(dlq::replay))
         .route("/v1/stats", get(stats::stats))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))

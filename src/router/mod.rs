@@ -6,6 +6,7 @@
 //! this instance's leases.
 
 mod dispatch;
+pub mod dlq;
 pub mod registry;
 pub mod shard;
 pub mod stats;
@@ -164,6 +165,51 @@ impl Router {
         }
         self.changed.notify_one();
         Ok(existed)
+    }
+
+    fn dlq_keys(&self, name: &str) -> Option<(Arc<Subscription>, Vec<String>)> {
+        let sub = self.registry.get(name)?;
+        let keys = dlq::keys(&self.candidates(&sub), name);
+        Some((sub, keys))
+    }
+
+    /// A page of a subscription's dead letters; `None` for an unknown subscription.
+    pub async fn dlq_list(
+        &self,
+        name: &str,
+        limit: usize,
+        after: Option<&str>,
+    ) -> Option<redis::RedisResult<dlq::Page>> {
+        let (_, keys) = self.dlq_keys(name)?;
+        let mut conn = match self.target.manager() {
+            Ok(conn) => conn,
+            Err(err) => return Some(Err(store_to_redis(err))),
+        };
+        Some(dlq::list(&mut conn, &keys, limit, after).await)
+    }
+
+    /// Replays dead letters (all, or the given cursors); `None` for an unknown subscription.
+    pub async fn dlq_replay(
+        &self,
+        name: &str,
+        only: Option<&[String]>,
+    ) -> Option<redis::RedisResult<dlq::ReplayReport>> {
+        let (sub, keys) = self.dlq_keys(name)?;
+        let mut conn = match self.target.manager() {
+            Ok(conn) => conn,
+            Err(err) => return Some(Err(store_to_redis(err))),
+        };
+        Some(dlq::replay(&mut conn, &keys, &sub, &self.deliverer, only).await)
+    }
+
+    /// Purges a subscription's dead letters; `None` for an unknown subscription.
+    pub async fn dlq_purge(&self, name: &str) -> Option<redis::RedisResult<u64>> {
+        let (_, keys) = self.dlq_keys(name)?;
+        let mut conn = match self.target.manager() {
+            Ok(conn) => conn,
+            Err(err) => return Some(Err(store_to_redis(err))),
+        };
+        Some(dlq::purge(&mut conn, &keys).await)
     }
 
     /// Counters of every subscription running here.

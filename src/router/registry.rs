@@ -117,6 +117,23 @@ impl Registry {
         if !force && known.is_some() && known == version {
             return Ok(false);
         }
+        if version.is_none() && known.is_some() {
+            // The version counter only disappears when Redis lost its data (a restart
+            // without persistence): store what this instance knows again.
+            let subs = self.all();
+            tracing::warn!(
+                count = subs.len(),
+                "subscriptions missing from Redis; storing them again"
+            );
+            let mut pipe = redis::pipe();
+            for sub in &subs {
+                pipe.hset(&self.hash_key, sub.name(), Self::canonical(&sub.spec))
+                    .ignore();
+            }
+            pipe.incr(&self.version_key, 1).ignore();
+            pipe.query_async::<()>(&mut conn).await?;
+            return Ok(false);
+        }
         let stored: BTreeMap<String, String> = redis::cmd("HGETALL")
             .arg(&self.hash_key)
             .query_async(&mut conn)

@@ -1,0 +1,111 @@
+//! `GET /v1/dlq/{subscription}`, `POST /v1/dlq/{subscription}/replay`,
+//! `DELETE /v1/dlq/{subscription}`.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::publish::read_body;
+use super::AppState;
+use crate::ingress::error::ApiError;
+
+/// Paging of `GET /v1/dlq/{subscription}`.
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    /// Most entries (default 100, at most 1000).
+    pub limit: Option<usize>,
+    /// Cursor from a previous page's `next`.
+    pub after: Option<String>,
+}
+
+/// Body of a replay: the cursors to replay, or nothing for all.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayBody {
+    /// Cursors (`id` of listed entries).
+    pub ids: Option<Vec<String>>,
+}
+
+fn unknown(name: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "unknown_subscription",
+        format!("no subscription named `{name}`"),
+    )
+}
+
+fn store_error(err: redis::RedisError) -> ApiError {
+    tracing::warn!(error = %err, "dead-letter operation failed");
+    ApiError {
+        retry_after: Some(1),
+        ..ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            "redis is unavailable",
+        )
+    }
+}
+
+/// Lists dead letters, paged.
+pub async fn list(
+    State(app): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    Query(query): Query<ListQuery>,
+) -> Result<Response, ApiError> {
+    let limit = query.limit.unwrap_or(100).clamp(1, 1000);
+    let page = app
+        .router
+        .dlq_list(&name, limit, query.after.as_deref())
+        .await
+        .ok_or_else(|| unknown(&name))?
+        .map_err(store_error)?;
+    Ok(Json(page).into_response())
+}
+
+/// Replays dead letters through the subscription's endpoints.
+pub async fn replay(
+    State(app): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let bytes = read_body(&headers, body, app.max_body_bytes, app.body_read_timeout).await?;
+    let request: ReplayBody = if bytes.iter().all(u8::is_ascii_whitespace) {
+        ReplayBody::default()
+    } else {
+        serde_json::from_slice(&bytes).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                format!("replay body: {e}"),
+            )
+        })?
+    };
+    let report = app
+        .router
+        .dlq_replay(&name, request.ids.as_deref())
+        .await
+        .ok_or_else(|| unknown(&name))?
+        .map_err(store_error)?;
+    Ok(Json(report).into_response())
+}
+
+/// Purges dead letters.
+pub async fn purge(
+    State(app): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let purged = app
+        .router
+        .dlq_purge(&name)
+        .await
+        .ok_or_else(|| unknown(&name))?
+        .map_err(store_error)?;
+    Ok(Json(json!({ "purged": purged })).into_response())
+}
