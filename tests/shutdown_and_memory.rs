@@ -1,0 +1,178 @@
+//! A shutdown never dead-letters: unfinished events stay pending and the next run delivers
+//! them. Read-ahead is bounded: a subscriber that never answers does not make evrouter's
+//! memory grow with the backlog.
+
+mod support;
+
+use std::collections::HashSet;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::subscriber::Subscriber;
+use support::{client, free_port, keyed_event, subscribe, test_config, RedisServer, TestRouter};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_leaves_unfinished_events_pending_and_the_next_run_delivers_them() {
+    let redis = RedisServer::start();
+    let subscriber = Subscriber::start(
+        Arc::new(|_| (200, String::new())),
+        Some(Duration::from_millis(100)),
+    )
+    .await;
+    let mut config = test_config(&redis);
+    config.delivery.lease_ttl = "1s".into();
+    let router = TestRouter::start(config.clone()).await;
+    subscribe(
+        &router,
+        json!({"name": "slow", "topics": ["order.created"], "endpoints": [subscriber.url()]}),
+    )
+    .await;
+    let mut batch = Vec::new();
+    for seq in 0..20u64 {
+        for k in 0..5u64 {
+            batch.push(keyed_event(seq * 10 + k, &format!("ord_{k}"), seq));
+        }
+    }
+    assert_eq!(
+        router
+            .publish("order.created", &Value::Array(batch))
+            .await
+            .0,
+        200
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    router.stop().await.expect("clean stop");
+    let delivered_first = subscriber.count();
+    assert!(
+        delivered_first > 0 && delivered_first < 100,
+        "{delivered_first} delivered before the stop"
+    );
+    let dead: i64 = {
+        let mut conn = redis.conn();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("evr:*:dlq:*")
+            .query(&mut conn)
+            .expect("keys");
+        keys.len() as i64
+    };
+    assert_eq!(dead, 0, "a shutdown dead-lettered events");
+    // The next run picks up what was left.
+    let router = TestRouter::start(config).await;
+    subscriber
+        .wait_for(Duration::from_secs(60), |log| {
+            log.iter()
+                .map(|r| r.event_id.as_str())
+                .collect::<HashSet<_>>()
+                .len()
+                >= 100
+        })
+        .await;
+    router.stop().await.expect("clean stop");
+}
+
+fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_never_answers_leaves_memory_flat() {
+    let redis = RedisServer::start();
+    let silent = Subscriber::start(
+        Arc::new(|_| (200, String::new())),
+        Some(Duration::from_secs(3600)),
+    )
+    .await;
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_evrouter"))
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--redis",
+            &redis.url(),
+        ])
+        .env("EVR_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let base = format!("http://127.0.0.1:{port}");
+    let http = client();
+    for _ in 0..200 {
+        if http.get(format!("{base}/healthz")).send().await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let spec = json!({"name": "silent", "topics": ["order.created"], "endpoints": [silent.url()],
+        "max_in_flight": 200, "timeout_ms": 600000});
+    let response = http
+        .post(format!("{base}/v1/subscriptions"))
+        .json(&spec)
+        .send()
+        .await
+        .expect("subscribe");
+    assert_eq!(response.status(), 201);
+    let publish = |from: u64, count: u64| {
+        let http = http.clone();
+        let url = format!("{base}/v1/publish/order.created");
+        async move {
+            for chunk in (from..from + count).collect::<Vec<_>>().chunks(1000) {
+                let batch: Vec<Value> = chunk
+                    .iter()
+                    .map(|n| keyed_event(*n, &format!("ord_{}", n % 1000), *n))
+                    .collect();
+                let response = http.post(&url).json(&batch).send().await.expect("publish");
+                assert_eq!(response.status(), 200);
+            }
+        }
+    };
+    publish(0, 10_000).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = rss_kb(child.id());
+    publish(10_000, 100_000).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = rss_kb(child.id());
+    let stats: Value = http
+        .get(format!("{base}/v1/stats"))
+        .send()
+        .await
+        .expect("stats")
+        .json()
+        .await
+        .expect("json");
+    let _ = child.kill();
+    let _ = child.wait();
+    let in_flight = stats["subscriptions"]["silent"]["in_flight"]
+        .as_u64()
+        .expect("in_flight");
+    assert!(
+        in_flight <= 200 + 16 * 2,
+        "read ahead beyond the budget: {in_flight}"
+    );
+    assert!(
+        stats["subscriptions"]["silent"]["lag"]
+            .as_u64()
+            .expect("lag")
+            > 100_000
+    );
+    // 100,000 events of ~500 bytes held in memory would add well over 50 MB.
+    assert!(
+        after < before + 30_000,
+        "RSS grew from {before} kB to {after} kB"
+    );
+    assert!(
+        silent.count() <= 232,
+        "more requests than the in-flight budget: {}",
+        silent.count()
+    );
+}
