@@ -37,10 +37,18 @@ impl Instance {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn evrouter");
-        let base = format!("http://127.0.0.1:{port}");
+        let instance = Self {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+        };
         for _ in 0..200 {
-            if client().get(format!("{base}/healthz")).send().await.is_ok() {
-                return Self { child, base };
+            if client()
+                .get(format!("{}/healthz", instance.base))
+                .send()
+                .await
+                .is_ok()
+            {
+                return instance;
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
