@@ -13,7 +13,9 @@ use http_body_util::{BodyExt, Full};
 use hyper::{Request, Uri};
 use hyper_util::rt::TokioIo;
 
-use crate::report::{Percentiles, Report};
+use crate::bodies::LiveBodies;
+use crate::report::{EndToEnd, Percentiles, Report};
+use crate::sink::Sink;
 use crate::{bodies, Args};
 
 struct Job {
@@ -24,6 +26,8 @@ struct Job {
 struct WorkerStats {
     latency: Histogram<u64>,
     requests_ok: u64,
+    /// Events in requests answered 200, warm-up included (for the loss check).
+    events_published: u64,
     errors: BTreeMap<String, u64>,
     last_done: Option<Instant>,
 }
@@ -70,12 +74,31 @@ pub async fn run(args: &Args) -> anyhow::Result<Report> {
         }
     });
 
-    let mut workers = Vec::with_capacity(args.connections);
-    for _ in 0..args.connections.max(1) {
+    let sink = match &args.subscribe {
+        Some(mode) => {
+            let unix_now = unix_us();
+            let from = unix_now + (measure_from - Instant::now()).as_micros() as u64;
+            let to = from + args.duration.as_micros() as u64;
+            let sink = Sink::start(from, to).await?;
+            register(args, &sink.url(), mode).await?;
+            Some(sink)
+        }
+        None => None,
+    };
+    let connections = args.connections.max(1);
+    let mut workers = Vec::with_capacity(connections);
+    for index in 0..connections {
         let rx = rx.clone();
         let uri = uri.clone();
-        let bodies = bodies.clone();
-        workers.push(tokio::spawn(worker(rx, uri, bodies, measure_from, end)));
+        let source = if sink.is_some() {
+            Source::Live(
+                LiveBodies::new(index, (args.keys / connections).max(1)),
+                batch,
+            )
+        } else {
+            Source::Fixed(bodies.clone())
+        };
+        workers.push(tokio::spawn(worker(rx, uri, source, measure_from, end)));
     }
     drop(rx);
     tokio::task::spawn_blocking(move || scheduler.join())
@@ -83,12 +106,14 @@ pub async fn run(args: &Args) -> anyhow::Result<Report> {
         .map_err(|_| anyhow::anyhow!("scheduler thread panicked"))?;
     let mut latency = Histogram::<u64>::new_with_bounds(1, 120_000_000, 3)?;
     let mut requests_ok = 0;
+    let mut events_published = 0;
     let mut errors = BTreeMap::new();
     let mut last_done = measure_from;
     for worker in workers {
         let stats = worker.await??;
         latency.add(&stats.latency)?;
         requests_ok += stats.requests_ok;
+        events_published += stats.events_published;
         for (status, count) in stats.errors {
             *errors.entry(status).or_insert(0) += count;
         }
@@ -98,7 +123,12 @@ pub async fn run(args: &Args) -> anyhow::Result<Report> {
     }
     let elapsed = (last_done - measure_from).max(args.duration).as_secs_f64();
     let events_ok = requests_ok * batch as u64;
+    let end_to_end = match sink {
+        Some(sink) => Some(drain(args, sink, events_published).await?),
+        None => None,
+    };
     Ok(Report {
+        end_to_end,
         mode: format!("http publish to {}", args.router),
         offered_events_per_sec: args.rate,
         achieved_events_per_sec: events_ok as f64 / elapsed,
@@ -113,16 +143,32 @@ pub async fn run(args: &Args) -> anyhow::Result<Report> {
     })
 }
 
+/// Where a worker's request bodies come from.
+enum Source {
+    /// Made before the run, cycled.
+    Fixed(Arc<Vec<Bytes>>),
+    /// Made at send time with unique ids (end-to-end runs), with the batch size.
+    Live(LiveBodies, usize),
+}
+
+fn unix_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
 async fn worker(
     rx: async_channel::Receiver<Job>,
     uri: Uri,
-    bodies: Arc<Vec<Bytes>>,
+    mut source: Source,
     measure_from: Instant,
     end: Instant,
 ) -> anyhow::Result<WorkerStats> {
     let mut stats = WorkerStats {
         latency: Histogram::new_with_bounds(1, 120_000_000, 3)?,
         requests_ok: 0,
+        events_published: 0,
         errors: BTreeMap::new(),
         last_done: None,
     };
@@ -132,13 +178,25 @@ async fn worker(
         if sender.is_none() {
             sender = connect(authority.as_str()).await.ok();
         }
+        let (body, events) = match &mut source {
+            Source::Fixed(bodies) => (bodies[job.body].clone(), 0),
+            Source::Live(live, batch) => {
+                // The intended send time, as wall-clock microseconds.
+                let lag = Instant::now().saturating_duration_since(job.intended);
+                let sent_us = unix_us().saturating_sub(lag.as_micros() as u64);
+                (live.next(*batch, sent_us), *batch as u64)
+            }
+        };
         let outcome = match sender.as_mut() {
-            Some(s) => send(s, &uri, authority.as_str(), bodies[job.body].clone()).await,
+            Some(s) => send(s, &uri, authority.as_str(), body).await,
             None => Err("connect".to_string()),
         };
         let done = Instant::now();
         if outcome.is_err() {
             sender = None;
+        }
+        if outcome == Ok(200) {
+            stats.events_published += events;
         }
         if job.intended < measure_from || job.intended >= end {
             continue;
@@ -185,4 +243,73 @@ async fn send(sender: &mut Sender, uri: &Uri, host: &str, body: Bytes) -> Result
         .await
         .map_err(|_| "connection".to_string())?;
     Ok(status)
+}
+
+/// Registers (or replaces) the `loadtest` subscription pointing at the sink.
+async fn register(args: &Args, sink_url: &str, mode: &str) -> anyhow::Result<()> {
+    let spec = serde_json::json!({
+        "name": "loadtest",
+        "topics": [args.topic],
+        "endpoints": [sink_url],
+        "mode": mode,
+        "bulk": {"max_events": 100, "max_wait_ms": 5},
+        "ordering": "key",
+        "max_in_flight": 10000,
+        "start": "latest",
+    });
+    let status = admin(
+        args,
+        "PUT",
+        "/v1/subscriptions/loadtest",
+        Some(spec.to_string()),
+    )
+    .await?;
+    anyhow::ensure!(
+        status == 200 || status == 201,
+        "registering the subscription answered {status}"
+    );
+    // Let every instance start reading before the load begins.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    Ok(())
+}
+
+async fn admin(args: &Args, method: &str, path: &str, body: Option<String>) -> anyhow::Result<u16> {
+    let uri: Uri = format!("{}{path}", args.router.trim_end_matches('/')).parse()?;
+    let authority = uri
+        .authority()
+        .context("URL has no host")?
+        .as_str()
+        .to_string();
+    let mut sender = connect(&authority).await?;
+    let request = Request::builder()
+        .method(method)
+        .uri(uri.path())
+        .header("host", authority)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.unwrap_or_default())))?;
+    let response = sender.send_request(request).await?;
+    Ok(response.status().as_u16())
+}
+
+/// Waits until every published event has arrived (or the drain period ends), then reports.
+async fn drain(args: &Args, sink: Sink, published: u64) -> anyhow::Result<EndToEnd> {
+    let deadline = Instant::now() + args.drain;
+    while sink.unique() < published && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = admin(args, "DELETE", "/v1/subscriptions/loadtest", None).await;
+    let state = sink
+        .state
+        .lock()
+        .map_err(|_| anyhow::anyhow!("sink state poisoned"))?;
+    Ok(EndToEnd {
+        subscription_mode: args.subscribe.clone().unwrap_or_default(),
+        published,
+        delivered_unique: state.unique,
+        lost: published.saturating_sub(state.unique),
+        duplicates: state.duplicates,
+        order_violations: state.order_violations,
+        delivered_events_per_sec: state.measured as f64 / args.duration.as_secs_f64(),
+        latency_ms: Percentiles::from_micros(&state.latency),
+    })
 }

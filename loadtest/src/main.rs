@@ -6,6 +6,7 @@ mod bodies;
 mod http;
 mod raw;
 mod report;
+mod sink;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -49,6 +50,13 @@ pub struct Args {
     /// Entries per pipeline in --raw-redis mode.
     #[arg(long, default_value_t = 256)]
     pub pipeline: usize,
+    /// Also subscribe (`single` or `bulk`) with a built-in webhook sink and measure
+    /// delivery: rate, end-to-end latency, loss, duplicates and per-key order.
+    #[arg(long, value_parser = ["single", "bulk"])]
+    pub subscribe: Option<String>,
+    /// How long to wait after the load for the last deliveries.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub drain: Duration,
     /// Write the JSON report here.
     #[arg(long)]
     pub report: Option<PathBuf>,

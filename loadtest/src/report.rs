@@ -29,9 +29,24 @@ impl Percentiles {
     }
 }
 
+/// What the built-in subscriber saw.
+#[derive(Debug, Serialize)]
+pub struct EndToEnd {
+    pub subscription_mode: String,
+    pub published: u64,
+    pub delivered_unique: u64,
+    pub lost: u64,
+    pub duplicates: u64,
+    pub order_violations: u64,
+    pub delivered_events_per_sec: f64,
+    pub latency_ms: Percentiles,
+}
+
 /// Everything a run measured.
 #[derive(Debug, Serialize)]
 pub struct Report {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub end_to_end: Option<EndToEnd>,
     pub mode: String,
     pub offered_events_per_sec: u64,
     pub achieved_events_per_sec: f64,
@@ -67,6 +82,26 @@ impl Report {
         );
         if !self.errors_by_status.is_empty() {
             println!("errors             {:?}", self.errors_by_status);
+        }
+        if let Some(e2e) = &self.end_to_end {
+            println!(
+                "delivered          {:.0} events/s ({} mode); published {}, delivered {}, lost {}, duplicates {}, order violations {}",
+                e2e.delivered_events_per_sec,
+                e2e.subscription_mode,
+                e2e.published,
+                e2e.delivered_unique,
+                e2e.lost,
+                e2e.duplicates,
+                e2e.order_violations
+            );
+            println!(
+                "end-to-end (ms)    p50 {:.2}  p95 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
+                e2e.latency_ms.p50,
+                e2e.latency_ms.p95,
+                e2e.latency_ms.p99,
+                e2e.latency_ms.p999,
+                e2e.latency_ms.max
+            );
         }
     }
 }

@@ -1,0 +1,172 @@
+//! The built-in subscriber: a webhook server that checks every delivery (duplicates, per-key
+//! order, loss at the end) and measures end-to-end latency from each event's intended send
+//! time to its arrival.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use serde::Deserialize;
+
+/// What the sink has seen.
+pub struct SinkState {
+    seen: HashSet<u64>,
+    next_seq: HashMap<String, u64>,
+    /// Distinct events received.
+    pub unique: u64,
+    /// Events received again.
+    pub duplicates: u64,
+    /// Events that arrived before an earlier one of their key.
+    pub order_violations: u64,
+    /// End-to-end latency (µs) of events sent in the measured window.
+    pub latency: Histogram<u64>,
+    /// Events sent in the measured window and received.
+    pub measured: u64,
+    measure_from_us: u64,
+    measure_to_us: u64,
+}
+
+#[derive(Deserialize)]
+struct Event<'a> {
+    #[serde(borrow)]
+    event_id: &'a str,
+    data: Data<'a>,
+}
+
+#[derive(Deserialize)]
+struct Data<'a> {
+    #[serde(borrow)]
+    order_id: &'a str,
+    seq: u64,
+    sent_us: u64,
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+impl SinkState {
+    fn record(&mut self, event: &Event<'_>, arrived_us: u64) {
+        let id: u64 = event
+            .event_id
+            .trim_start_matches("evt_order_")
+            .parse()
+            .unwrap_or(u64::MAX);
+        if !self.seen.insert(id) {
+            self.duplicates += 1;
+            return;
+        }
+        self.unique += 1;
+        let next = self
+            .next_seq
+            .entry(event.data.order_id.to_string())
+            .or_insert(0);
+        if event.data.seq != *next {
+            self.order_violations += 1;
+        }
+        *next = (*next).max(event.data.seq + 1);
+        if event.data.sent_us >= self.measure_from_us && event.data.sent_us < self.measure_to_us {
+            self.measured += 1;
+            self.latency
+                .saturating_record(arrived_us.saturating_sub(event.data.sent_us).max(1));
+        }
+    }
+}
+
+/// A running sink.
+pub struct Sink {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// What it has seen.
+    pub state: Arc<Mutex<SinkState>>,
+}
+
+impl Sink {
+    /// Starts listening on a free loopback port; latency is kept for events sent within
+    /// [`measure_from_us`, `measure_to_us`).
+    pub async fn start(measure_from_us: u64, measure_to_us: u64) -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(Mutex::new(SinkState {
+            seen: HashSet::new(),
+            next_seq: HashMap::new(),
+            unique: 0,
+            duplicates: 0,
+            order_violations: 0,
+            latency: Histogram::new_with_bounds(1, 600_000_000, 3)?,
+            measured: 0,
+            measure_from_us,
+            measure_to_us,
+        }));
+        let shared = state.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                let state = shared.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                        let state = state.clone();
+                        async move {
+                            let body = request
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|c| c.to_bytes())
+                                .unwrap_or_default();
+                            receive(&state, &body);
+                            Ok::<_, hyper::Error>(Response::new(Full::new(Bytes::new())))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Ok(Self { addr, state })
+    }
+
+    /// The webhook URL.
+    pub fn url(&self) -> String {
+        format!("http://{}/events", self.addr)
+    }
+
+    /// Distinct events received so far.
+    pub fn unique(&self) -> u64 {
+        self.state.lock().map(|s| s.unique).unwrap_or(0)
+    }
+}
+
+fn receive(state: &Mutex<SinkState>, body: &[u8]) {
+    let arrived = now_us();
+    let trimmed = body
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(0);
+    let mut state = match state.lock() {
+        Ok(state) => state,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    if body.get(trimmed) == Some(&b'[') {
+        if let Ok(events) = serde_json::from_slice::<Vec<Event>>(body) {
+            for event in &events {
+                state.record(event, arrived);
+            }
+        }
+    } else if let Ok(event) = serde_json::from_slice::<Event>(body) {
+        state.record(&event, arrived);
+    }
+}
