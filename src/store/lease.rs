@@ -12,10 +12,22 @@ use redis::aio::ConnectionManager;
 use tokio::sync::watch;
 use xxhash_rust::xxh3::xxh3_64;
 
-/// Renews a lease only if this instance still holds it.
-const RENEW: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+/// One partition's lease round. ARGV: instance, TTL ms, `take` or `release`. `take`
+/// renews a lease this instance holds or acquires a free one; returns 1 when the instance
+/// holds the lease afterwards. `release` deletes it if held.
+const LEASE: &str = r"
+local current = redis.call('GET', KEYS[1])
+if ARGV[3] == 'release' then
+  if current == ARGV[1] then redis.call('DEL', KEYS[1]) end
+  return 0
+end
+if current == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if not current then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
 end
 return 0
 ";
@@ -144,40 +156,46 @@ impl LeaseKeeper {
             .arg(-1)
             .query_async(&mut self.conn)
             .await?;
+        // One round trip for every partition: take or keep what this instance should own,
+        // give back what it should not.
         let started = Instant::now();
         let valid_until = started + self.settings.ttl.mul_f64(0.8);
-        let mut next = HashMap::with_capacity(partitions.len());
+        let mut pipe = redis::pipe();
+        let mut asked = Vec::with_capacity(partitions.len());
         for partition in partitions {
             let desired = owner_of(partition, &live) == Some(self.instance.as_str());
-            let key = lease_key(partition);
             let held = self.owned.contains_key(partition);
-            if held && desired {
-                let renewed: i64 = redis::Script::new(RENEW)
-                    .key(&key)
-                    .arg(&self.instance)
-                    .arg(ttl_ms)
-                    .invoke_async(&mut self.conn)
-                    .await?;
-                if renewed == 1 {
-                    next.insert(partition.clone(), valid_until);
-                } else {
-                    tracing::warn!(partition = %partition, "lease lost");
+            let mode = match (desired, held) {
+                (true, _) => "take",
+                (false, true) => "release",
+                (false, false) => continue,
+            };
+            pipe.cmd("EVAL")
+                .arg(LEASE)
+                .arg(1)
+                .arg(lease_key(partition))
+                .arg(&self.instance)
+                .arg(ttl_ms)
+                .arg(mode);
+            asked.push((partition.clone(), desired, held));
+        }
+        let results: Vec<i64> = if asked.is_empty() {
+            Vec::new()
+        } else {
+            pipe.query_async(&mut self.conn).await?
+        };
+        let mut next = HashMap::with_capacity(asked.len());
+        for ((partition, desired, held), holds) in asked.into_iter().zip(results) {
+            match (desired, holds == 1) {
+                (true, true) => {
+                    if !held {
+                        tracing::debug!(partition = %partition, "lease acquired");
+                    }
+                    next.insert(partition, valid_until);
                 }
-            } else if desired {
-                let taken: Option<String> = redis::cmd("SET")
-                    .arg(&key)
-                    .arg(&self.instance)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(ttl_ms)
-                    .query_async(&mut self.conn)
-                    .await?;
-                if taken.is_some() {
-                    tracing::debug!(partition = %partition, "lease acquired");
-                    next.insert(partition.clone(), valid_until);
-                }
-            } else if held {
-                self.release_one(partition).await?;
+                (true, false) if held => tracing::warn!(partition = %partition, "lease lost"),
+                (false, _) => tracing::debug!(partition = %partition, "lease released"),
+                _ => {}
             }
         }
         self.owned = next;
