@@ -829,6 +829,26 @@ mod tests {
     }
 
     #[test]
+    fn bad_subscriptions_in_config_are_reported_with_their_paths() {
+        let text = "[[subscriptions]]\nname = \"ok\"\ntopics = [\"order.*\"]\nendpoints = [\"http://127.0.0.1:1/e\"]\n\n[[subscriptions]]\nname = \"ok\"\ntopics = [\"a..b\"]\nendpoints = [\"ftp://x\"]\n\n[[subscriptions]]\nname = \"x\"\ncolour = 1\n";
+        let Err(ConfigError::Invalid(problems)) = Config::from_toml_str(text, no_env()) else {
+            panic!("config should be refused");
+        };
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        for expected in [
+            "subscriptions[1].name",
+            "subscriptions[1].topics.0",
+            "subscriptions[1].endpoints.0",
+            "subscriptions[2]",
+        ] {
+            assert!(
+                paths.iter().any(|p| p.starts_with(expected)),
+                "{expected} missing from {paths:?}"
+            );
+        }
+    }
+
+    #[test]
     fn environment_overrides_keys() {
         let env = vec![
             (

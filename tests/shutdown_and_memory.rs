@@ -176,3 +176,39 @@ async fn a_subscriber_that_never_answers_leaves_memory_flat() {
         silent.count()
     );
 }
+
+/// A restart does not reset an event to its first attempt: the count carries over from
+/// Redis's delivery counter, so a poison event still reaches the DLQ.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempts_carry_over_a_restart() {
+    let redis = RedisServer::start();
+    let failing = Subscriber::with_rule(Arc::new(|_| (400, String::new()))).await;
+    let mut config = test_config(&redis);
+    config.delivery.lease_ttl = "1s".into();
+    let spec = json!({"name": "poison", "topics": ["order.created"], "endpoints": [failing.url()],
+        "max_attempts": 4, "backoff": {"initial_ms": 2000, "max_ms": 2000, "multiplier": 1.0, "jitter": 0.0}});
+    for run in 0..2 {
+        let router = TestRouter::start(config.clone()).await;
+        if run == 0 {
+            subscribe(&router, spec.clone()).await;
+            assert_eq!(
+                router
+                    .publish("order.created", &keyed_event(1, "ord_p", 0))
+                    .await
+                    .0,
+                200
+            );
+        }
+        // One attempt per run (the retry waits 2 s, longer than the run).
+        failing
+            .wait_for(Duration::from_secs(10), |log| log.len() > run)
+            .await;
+        router.stop().await.expect("clean stop");
+    }
+    let attempts: Vec<u32> = failing.received().iter().map(|r| r.attempt).collect();
+    assert_eq!(attempts.len(), 2);
+    assert!(
+        attempts[1] > attempts[0],
+        "the restart started over: {attempts:?}"
+    );
+}
