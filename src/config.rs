@@ -558,6 +558,22 @@ impl Config {
                 );
             }
         }
+        for (path, value, floor) in [
+            (
+                "delivery.lease_ttl",
+                &self.delivery.lease_ttl,
+                Duration::from_millis(100),
+            ),
+            (
+                "delivery.read_block",
+                &self.delivery.read_block,
+                Duration::from_millis(1),
+            ),
+        ] {
+            if parse_duration(value).is_ok_and(|d| !d.is_zero() && d < floor) {
+                bad(path, format!("must be at least {floor:?}"));
+            }
+        }
         let mut subscription_names = std::collections::HashSet::new();
         for (i, spec) in self.subscriptions.iter().enumerate() {
             if !subscription_names.insert(spec.name.as_str()) {

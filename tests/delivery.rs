@@ -124,7 +124,14 @@ async fn a_failed_first_attempt_is_retried_and_order_is_kept() {
         }
     }))
     .await;
-    subscribe(&router, json!({"name": "billing", "topics": ["order.>"], "endpoints": [subscriber.url()], "backoff": fast_retries()})).await;
+    // Half the requests fail: a breaker that opens after 5 failures in a row would
+    // slow this down to one probe per cooldown.
+    subscribe(
+        &router,
+        json!({"name": "billing", "topics": ["order.>"], "endpoints": [subscriber.url()],
+        "backoff": fast_retries(), "breaker": {"failures": 1000, "cooldown_ms": 100}}),
+    )
+    .await;
     let total = publish_keyed(&router, "order.paid", 20, 25).await;
     subscriber
         .wait_for(Duration::from_secs(60), |log| {

@@ -43,10 +43,26 @@ pub async fn run(args: &Args) -> anyhow::Result<Report> {
     )
     .parse()
     .context("router URL")?;
+    // The subscriber is set up before the schedule starts, so no request is held back.
+    let sink = match &args.subscribe {
+        Some(mode) => {
+            let sink = Sink::start().await?;
+            register(args, &sink.url(), mode).await?;
+            Some(sink)
+        }
+        None => None,
+    };
     let requests_per_sec = args.rate as f64 / batch as f64;
     let start = Instant::now() + Duration::from_millis(200);
     let measure_from = start + args.warmup;
     let end = measure_from + args.duration;
+    if let Some(sink) = &sink {
+        let from = unix_us()
+            + measure_from
+                .saturating_duration_since(Instant::now())
+                .as_micros() as u64;
+        sink.set_window(from, from + args.duration.as_micros() as u64);
+    }
     let capacity = ((requests_per_sec * 10.0) as usize).max(1024);
     let (tx, rx) = async_channel::bounded::<Job>(capacity);
 
@@ -74,17 +90,6 @@ pub async fn run(args: &Args) -> anyhow::Result<Report> {
         }
     });
 
-    let sink = match &args.subscribe {
-        Some(mode) => {
-            let unix_now = unix_us();
-            let from = unix_now + (measure_from - Instant::now()).as_micros() as u64;
-            let to = from + args.duration.as_micros() as u64;
-            let sink = Sink::start(from, to).await?;
-            register(args, &sink.url(), mode).await?;
-            Some(sink)
-        }
-        None => None,
-    };
     let connections = args.connections.max(1);
     let mut workers = Vec::with_capacity(connections);
     for index in 0..connections {

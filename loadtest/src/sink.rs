@@ -92,9 +92,8 @@ pub struct Sink {
 }
 
 impl Sink {
-    /// Starts listening on a free loopback port; latency is kept for events sent within
-    /// [`measure_from_us`, `measure_to_us`).
-    pub async fn start(measure_from_us: u64, measure_to_us: u64) -> anyhow::Result<Self> {
+    /// Starts listening on a free loopback port.
+    pub async fn start() -> anyhow::Result<Self> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let state = Arc::new(Mutex::new(SinkState {
@@ -105,8 +104,8 @@ impl Sink {
             order_violations: 0,
             latency: Histogram::new_with_bounds(1, 600_000_000, 3)?,
             measured: 0,
-            measure_from_us,
-            measure_to_us,
+            measure_from_us: u64::MAX,
+            measure_to_us: u64::MAX,
         }));
         let shared = state.clone();
         tokio::spawn(async move {
@@ -137,6 +136,14 @@ impl Sink {
             }
         });
         Ok(Self { addr, state })
+    }
+
+    /// Keeps latency for events sent within [`from_us`, `to_us`) (wall clock, µs).
+    pub fn set_window(&self, from_us: u64, to_us: u64) {
+        if let Ok(mut state) = self.state.lock() {
+            state.measure_from_us = from_us;
+            state.measure_to_us = to_us;
+        }
     }
 
     /// The webhook URL.

@@ -18,10 +18,6 @@ use hyper_util::rt::TokioExecutor;
 use breaker::Breaker;
 pub use outcome::{classify, Outcome};
 
-/// Failures in a row that open an endpoint's breaker.
-pub const BREAKER_THRESHOLD: u32 = 5;
-/// How long an open breaker waits before a probe.
-pub const BREAKER_COOLDOWN: Duration = Duration::from_secs(2);
 /// Most bytes of a subscriber's answer that are read.
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
@@ -34,12 +30,13 @@ pub struct Endpoints {
 }
 
 impl Endpoints {
-    /// Endpoints from validated URLs.
-    pub fn new(urls: &[String]) -> Self {
+    /// Endpoints from validated URLs, each with a breaker that opens after `failures`
+    /// failures in a row and probes again after `cooldown`.
+    pub fn new(urls: &[String], failures: u32, cooldown: Duration) -> Self {
         let urls: Vec<Uri> = urls.iter().filter_map(|u| u.parse().ok()).collect();
         let breakers = urls
             .iter()
-            .map(|_| Breaker::new(BREAKER_THRESHOLD, BREAKER_COOLDOWN))
+            .map(|_| Breaker::new(failures, cooldown))
             .collect();
         Self {
             urls,

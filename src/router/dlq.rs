@@ -108,37 +108,25 @@ pub async fn list(
     };
     let mut entries = Vec::new();
     while index < keys.len() && entries.len() < limit {
+        let want = limit - entries.len();
         let range: StreamRangeReply = redis::cmd("XRANGE")
             .arg(&keys[index])
             .arg(&from)
             .arg("+")
             .arg("COUNT")
-            .arg(limit - entries.len())
+            .arg(want)
             .query_async(conn)
             .await?;
-        for entry in range.ids {
-            let envelope = field(&entry.map, "e").and_then(|b| Envelope::decode(b).ok());
-            let Some(envelope) = envelope else { continue };
-            let event = String::from_utf8(envelope.payload)
-                .ok()
-                .and_then(|s| serde_json::value::RawValue::from_string(s).ok());
-            let Some(event) = event else { continue };
-            entries.push(DeadLetter {
-                id: format!("{index}-{}", entry.id),
-                partition: text(&entry.map, "partition").unwrap_or_default(),
-                source_id: text(&entry.map, "source_id").unwrap_or_default(),
-                event_id: envelope.event_id,
-                topic: envelope.topic,
-                reason: text(&entry.map, "reason").unwrap_or_default(),
-                attempts: number(&entry.map, "attempts").unwrap_or(0),
-                last_status: number(&entry.map, "last_status"),
-                last_error: text(&entry.map, "last_error"),
-                first_attempt_ms: number(&entry.map, "first_attempt_ms").unwrap_or(0),
-                last_attempt_ms: number(&entry.map, "last_attempt_ms").unwrap_or(0),
-                event,
-            });
+        let exhausted = range.ids.len() < want;
+        if let Some(last) = range.ids.last() {
+            from = format!("({}", last.id);
         }
-        if entries.len() < limit {
+        for entry in range.ids {
+            if let Some(letter) = to_dead_letter(index, entry) {
+                entries.push(letter);
+            }
+        }
+        if exhausted {
             index += 1;
             from = "-".to_string();
         }
@@ -148,6 +136,28 @@ pub async fn list(
         .filter(|_| entries.len() >= limit)
         .map(|e| e.id.clone());
     Ok(Page { entries, next })
+}
+
+/// Reads one DLQ entry; `None` when it cannot be decoded (it is skipped).
+fn to_dead_letter(index: usize, entry: redis::streams::StreamId) -> Option<DeadLetter> {
+    let envelope = field(&entry.map, "e").and_then(|b| Envelope::decode(b).ok())?;
+    let event = String::from_utf8(envelope.payload)
+        .ok()
+        .and_then(|s| serde_json::value::RawValue::from_string(s).ok())?;
+    Some(DeadLetter {
+        id: format!("{index}-{}", entry.id),
+        partition: text(&entry.map, "partition").unwrap_or_default(),
+        source_id: text(&entry.map, "source_id").unwrap_or_default(),
+        event_id: envelope.event_id,
+        topic: envelope.topic,
+        reason: text(&entry.map, "reason").unwrap_or_default(),
+        attempts: number(&entry.map, "attempts").unwrap_or(0),
+        last_status: number(&entry.map, "last_status"),
+        last_error: text(&entry.map, "last_error"),
+        first_attempt_ms: number(&entry.map, "first_attempt_ms").unwrap_or(0),
+        last_attempt_ms: number(&entry.map, "last_attempt_ms").unwrap_or(0),
+        event,
+    })
 }
 
 /// Sends dead letters through the subscription's endpoints again, in DLQ order, and
@@ -160,7 +170,11 @@ pub async fn replay(
     deliverer: &Deliverer,
     only: Option<&[String]>,
 ) -> redis::RedisResult<ReplayReport> {
-    let endpoints = Endpoints::new(&sub.spec.endpoints);
+    let endpoints = Endpoints::new(
+        &sub.spec.endpoints,
+        sub.spec.breaker.failures,
+        std::time::Duration::from_millis(sub.spec.breaker.cooldown_ms),
+    );
     let timeout = std::time::Duration::from_millis(sub.spec.timeout_ms);
     let mut report = ReplayReport::default();
     for (index, key) in keys.iter().enumerate() {

@@ -72,6 +72,10 @@ pub struct Router {
     changed: Notify,
     shutdown: watch::Sender<bool>,
     control: Mutex<Option<JoinHandle<()>>>,
+    /// Subscriptions whose worker runs (or is stopping) on this instance.
+    running: Mutex<std::collections::HashSet<String>>,
+    /// Configured subscriptions not yet stored (Redis was unreachable at start-up).
+    unstored: Mutex<Vec<Subscription>>,
 }
 
 impl Router {
@@ -103,12 +107,10 @@ impl Router {
             changed: Notify::new(),
             shutdown,
             control: Mutex::new(None),
+            running: Mutex::new(std::collections::HashSet::new()),
+            unstored: Mutex::new(configured),
         });
-        for sub in configured {
-            if let Err(err) = router.create(&sub).await {
-                tracing::warn!(subscription = %sub.name(), error = %err, "could not store a configured subscription; will retry");
-            }
-        }
+        router.store_configured().await;
         let control = tokio::spawn(router.clone().control(keeper));
         *router
             .control
@@ -122,12 +124,34 @@ impl Router {
         &self.registry
     }
 
-    /// Stores a new subscription and creates its consumer groups where it starts.
+    /// Stores the configured subscriptions not stored yet; keeps those Redis refused for
+    /// the next round. One of the same name already in Redis is kept as it is.
+    async fn store_configured(&self) {
+        let pending = std::mem::take(&mut *lock(&self.unstored));
+        let mut failed = Vec::new();
+        for sub in pending {
+            match self.create(&sub).await {
+                Ok(registry::Created::Conflict) => tracing::warn!(
+                    subscription = %sub.name(),
+                    "a different subscription of this name is stored; keeping the stored one"
+                ),
+                Ok(_) => {}
+                Err(err) => {
+                    tracing::warn!(subscription = %sub.name(), error = %err, "could not store a configured subscription; will retry");
+                    failed.push(sub);
+                }
+            }
+        }
+        lock(&self.unstored).extend(failed);
+    }
+
+    /// Stores a new subscription. Its consumer groups are created first, where it starts,
+    /// so that no worker can create them earlier from the beginning of the partitions.
     pub async fn create(&self, sub: &Subscription) -> redis::RedisResult<registry::Created> {
-        let created = self.registry.create(sub).await?;
-        if created == registry::Created::New {
+        if self.registry.get(sub.name()).is_none() {
             self.ensure_groups(sub, sub.spec.start).await?;
         }
+        let created = self.registry.create(sub).await?;
         self.changed.notify_one();
         Ok(created)
     }
@@ -148,10 +172,16 @@ impl Router {
         Ok(existed)
     }
 
-    /// Removes a subscription and its consumer groups.
+    /// Removes a subscription, waits for its worker here to stop (so that no reader
+    /// creates its groups again), then removes its consumer groups.
     pub async fn delete(&self, name: &str) -> redis::RedisResult<bool> {
         let sub = self.registry.get(name);
         let existed = self.registry.delete(name).await?;
+        self.changed.notify_one();
+        let deadline = tokio::time::Instant::now() + self.settings.grace;
+        while lock(&self.running).contains(name) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         if let Some(sub) = sub {
             let mut conn = self.target.manager().map_err(store_to_redis)?;
             for key in self.candidates(&sub) {
@@ -289,6 +319,9 @@ impl Router {
         let tick = self.settings.lease_ttl / 4;
         let mut first = true;
         loop {
+            if !lock(&self.unstored).is_empty() {
+                self.store_configured().await;
+            }
             match self.registry.refresh(first).await {
                 Ok(_) => first = false,
                 Err(err) => tracing::warn!(error = %err, "could not refresh subscriptions"),
@@ -309,21 +342,21 @@ impl Router {
                 _ = stop.changed() => break,
             }
         }
-        let grace = self.settings.grace;
-        let stopping: Vec<Worker> = workers.into_values().collect();
-        for worker in &stopping {
-            let _ = worker.stop.send(true);
-        }
-        for worker in stopping {
-            Self::stop_worker(worker, grace).await;
+        // Every worker stops at once, against one deadline.
+        let deadline = tokio::time::Instant::now() + self.settings.grace;
+        let stopping: Vec<_> = workers
+            .into_values()
+            .map(|worker| tokio::spawn(Self::stop_worker(worker, deadline)))
+            .collect();
+        for task in stopping {
+            let _ = task.await;
         }
         keeper.release_all().await;
         tracing::info!("delivery stopped; leases released");
     }
 
-    async fn stop_worker(worker: Worker, grace: Duration) {
+    async fn stop_worker(worker: Worker, deadline: tokio::time::Instant) {
         let _ = worker.stop.send(true);
-        let deadline = tokio::time::Instant::now() + grace;
         for task in worker.tasks {
             let abort = task.abort_handle();
             if tokio::time::timeout_at(deadline, task).await.is_err() {
@@ -334,7 +367,7 @@ impl Router {
         let _ = worker.acker.await;
     }
 
-    async fn reconcile(&self, workers: &mut HashMap<String, Worker>) {
+    async fn reconcile(self: &Arc<Self>, workers: &mut HashMap<String, Worker>) {
         let subs = self.registry.all();
         let gone: Vec<String> = workers
             .iter()
@@ -347,7 +380,17 @@ impl Router {
             .collect();
         for name in gone {
             if let Some(worker) = workers.remove(&name) {
-                Self::stop_worker(worker, self.settings.grace).await;
+                // Stopped aside, so that leases keep being renewed meanwhile.
+                let deadline = tokio::time::Instant::now() + self.settings.grace;
+                let router = self.clone();
+                tokio::spawn(async move {
+                    Self::stop_worker(worker, deadline).await;
+                    lock(&router.running).remove(&name);
+                    if router.registry.get(&name).is_none() {
+                        lock(&router.stats).remove(&name);
+                    }
+                    router.changed.notify_one();
+                });
             }
         }
         for sub in subs {
@@ -358,8 +401,11 @@ impl Router {
                         worker.partitions.send_replace(partitions);
                     }
                 }
+                // A replaced subscription starts once its old worker has stopped.
+                None if lock(&self.running).contains(sub.name()) => {}
                 None => match self.start_worker(sub.clone(), partitions).await {
                     Ok(worker) => {
+                        lock(&self.running).insert(sub.name().to_string());
                         workers.insert(sub.name().to_string(), worker);
                     }
                     Err(err) => {
@@ -408,7 +454,11 @@ impl Router {
         let (partitions_tx, partitions_rx) = watch::channel(partitions);
         let context = ShardContext {
             sub: sub.clone(),
-            endpoints: Arc::new(Endpoints::new(&sub.spec.endpoints)),
+            endpoints: Arc::new(Endpoints::new(
+                &sub.spec.endpoints,
+                sub.spec.breaker.failures,
+                Duration::from_millis(sub.spec.breaker.cooldown_ms),
+            )),
             deliverer: self.deliverer.clone(),
             acks: ack_tx.clone(),
             permits: permits.clone(),
@@ -436,6 +486,7 @@ impl Router {
             permits,
             block: self.settings.read_block,
             stop: stop_rx,
+            debt: 0,
         };
         tasks.insert(0, tokio::spawn(reader.run()));
         tracing::info!(subscription = %name, "delivery started");
@@ -447,6 +498,12 @@ impl Router {
             acker,
         })
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn store_to_redis(err: StoreError) -> redis::RedisError {

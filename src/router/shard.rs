@@ -214,9 +214,18 @@ impl Shard {
                     for lane in lanes.into_iter().rev() {
                         self.ready.push_front(lane);
                     }
+                    // A probe may be in flight (its time already passed): look again
+                    // shortly rather than spinning.
+                    let soon = Instant::now() + std::time::Duration::from_millis(20);
                     self.paused_until = Some(
                         retry_at
-                            .unwrap_or_else(|| Instant::now() + crate::deliver::BREAKER_COOLDOWN),
+                            .unwrap_or_else(|| {
+                                Instant::now()
+                                    + std::time::Duration::from_millis(
+                                        self.ctx.sub.spec.breaker.cooldown_ms,
+                                    )
+                            })
+                            .max(soon),
                     );
                     return;
                 }

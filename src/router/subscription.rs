@@ -30,6 +30,8 @@ pub struct SubscriptionSpec {
     pub max_attempts: u32,
     /// Retry backoff.
     pub backoff: BackoffSpec,
+    /// Circuit breaker of each endpoint.
+    pub breaker: BreakerSpec,
     /// Where a new subscription starts: `latest` or `earliest`.
     pub start: Start,
     /// Whether exhausted events go to the dead-letter stream (else they are dropped and
@@ -50,6 +52,7 @@ impl Default for SubscriptionSpec {
             timeout_ms: 5000,
             max_attempts: 10,
             backoff: BackoffSpec::default(),
+            breaker: BreakerSpec::default(),
             start: Start::Latest,
             dead_letter: true,
         }
@@ -103,6 +106,26 @@ pub enum Start {
     Latest,
     /// Everything still retained.
     Earliest,
+}
+
+/// When an endpoint is skipped: after `failures` failed requests in a row (5xx, 408, 429,
+/// no answer) it rests for `cooldown_ms`, then one probe request decides.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BreakerSpec {
+    /// Failures in a row that open the breaker.
+    pub failures: u32,
+    /// How long an open breaker waits before a probe.
+    pub cooldown_ms: u64,
+}
+
+impl Default for BreakerSpec {
+    fn default() -> Self {
+        Self {
+            failures: 5,
+            cooldown_ms: 2000,
+        }
+    }
 }
 
 /// Exponential backoff with jitter.
@@ -215,6 +238,9 @@ impl Subscription {
         }
         if !(0.0..=1.0).contains(&b.jitter) {
             bad("/backoff/jitter", "must be between 0 and 1".into());
+        }
+        if spec.breaker.failures == 0 {
+            bad("/breaker/failures", "must be at least 1".into());
         }
         if problems.is_empty() {
             Ok(Self { spec, patterns })

@@ -82,6 +82,8 @@ pub struct Reader<D> {
     pub block: Duration,
     /// Turns true on shutdown.
     pub stop: watch::Receiver<bool>,
+    /// Permits owed for entries read beyond the budget (start at 0).
+    pub debt: usize,
 }
 
 impl<D: Dispatch> Reader<D> {
@@ -143,7 +145,21 @@ impl<D: Dispatch> Reader<D> {
     }
 
     /// Takes `count` permits (at least one, waiting for it); returns how many were taken.
+    /// Entries read beyond an earlier budget are paid for first.
     async fn take_permits(&mut self, want: usize) -> usize {
+        while self.debt > 0 {
+            let owed = self.debt.min(u32::MAX as usize) as u32;
+            tokio::select! {
+                paid = self.permits.acquire_many(owed) => match paid {
+                    Ok(permits) => {
+                        permits.forget();
+                        self.debt -= owed as usize;
+                    }
+                    Err(_) => return 0,
+                },
+                _ = self.stop.changed() => return 0,
+            }
+        }
         let first = tokio::select! {
             permit = self.permits.acquire() => permit,
             _ = self.stop.changed() => return 0,
@@ -209,17 +225,11 @@ impl<D: Dispatch> Reader<D> {
             }
         }
         // With more partitions than permits a read can return up to one entry per partition
-        // beyond the budget; those are taken from the budget as it frees up.
+        // beyond the budget; that debt is paid from the budget before the next read.
         if used < taken {
             self.permits.add_permits(taken - used);
         } else if used > taken {
-            if let Ok(permits) = self
-                .permits
-                .clone()
-                .try_acquire_many_owned((used - taken) as u32)
-            {
-                permits.forget();
-            }
+            self.debt += used - taken;
         }
         Ok(())
     }
