@@ -70,6 +70,21 @@ async fn shutdown_leaves_unfinished_events_pending_and_the_next_run_delivers_the
         })
         .await;
     router.stop().await.expect("clean stop");
+    // The first run's consumer was removed once its entries were taken over.
+    let mut conn = redis.conn();
+    for p in 0..16 {
+        let consumers: redis::streams::StreamInfoConsumersReply = redis::cmd("XINFO")
+            .arg("CONSUMERS")
+            .arg(format!("evr:{{order.{p}}}"))
+            .arg("slow")
+            .query(&mut conn)
+            .expect("consumers");
+        assert!(
+            consumers.consumers.len() <= 1,
+            "consumers pile up: {}",
+            consumers.consumers.len()
+        );
+    }
 }
 
 fn rss_kb(pid: u32) -> u64 {

@@ -11,7 +11,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use redis::aio::ConnectionManager;
-use redis::streams::{StreamAutoClaimReply, StreamId, StreamPendingCountReply, StreamReadReply};
+use redis::streams::{
+    StreamAutoClaimReply, StreamId, StreamInfoConsumersReply, StreamPendingCountReply,
+    StreamReadReply,
+};
 use redis::Value;
 use tokio::sync::{watch, Semaphore};
 
@@ -246,6 +249,7 @@ impl<D: Dispatch> Reader<D> {
             .query_async(&mut self.conn)
             .await?;
         if pending.ids.is_empty() {
+            self.forget_idle_consumers(key).await?;
             return Ok(());
         }
         let delivered: HashMap<String, usize> = pending
@@ -279,6 +283,29 @@ impl<D: Dispatch> Reader<D> {
             cursor = reply.next_stream_id;
         }
         tracing::info!(group = %self.group, partition = %key, "pending entries reclaimed");
+        self.forget_idle_consumers(key).await
+    }
+
+    /// Removes the group's other consumers that hold nothing pending (earlier instances),
+    /// so that consumer names do not pile up with every start.
+    async fn forget_idle_consumers(&mut self, key: &Arc<str>) -> redis::RedisResult<()> {
+        let consumers: StreamInfoConsumersReply = redis::cmd("XINFO")
+            .arg("CONSUMERS")
+            .arg(&**key)
+            .arg(&self.group)
+            .query_async(&mut self.conn)
+            .await?;
+        for consumer in consumers.consumers {
+            if consumer.pending == 0 && consumer.name != self.consumer {
+                let _: i64 = redis::cmd("XGROUP")
+                    .arg("DELCONSUMER")
+                    .arg(&**key)
+                    .arg(&self.group)
+                    .arg(&consumer.name)
+                    .query_async(&mut self.conn)
+                    .await?;
+            }
+        }
         Ok(())
     }
 
