@@ -49,35 +49,123 @@ pub fn request_bodies(count: usize, batch: usize, keys: usize) -> Vec<Bytes> {
         .collect()
 }
 
-/// Bodies made at send time for end-to-end runs: every event has a unique id, a key owned
-/// by one connection (so that per-key publish order is that connection's send order), a
-/// per-key sequence number and its intended send time, which the sink reads back.
+/// The platform's topics and their documented rates per hour.
+pub const SEED_MIX: &[(&str, u32)] = &[
+    ("order.created", 5000),
+    ("order.confirmed", 4800),
+    ("order.paid", 4500),
+    ("order.shipped", 4200),
+    ("order.delivered", 4000),
+    ("inventory.reserved", 8000),
+    ("inventory.allocated", 4500),
+    ("inventory.picked", 4200),
+    ("inventory.restocked", 1000),
+    ("payment.authorized", 5000),
+    ("payment.captured", 4500),
+    ("payment.refunded", 200),
+    ("payment.failed", 100),
+    ("customer.registered", 500),
+    ("customer.verified", 450),
+    ("customer.profile.updated", 200),
+    ("catalog.product.created", 50),
+    ("catalog.product.updated", 200),
+    ("catalog.price.changed", 1000),
+    ("search.index.updated", 1500),
+    ("search.query.performed", 10000),
+    ("service.health.check", 1140),
+    ("service.deployment", 10),
+    ("service.error", 50),
+    ("analytics.report.generated", 24),
+    ("analytics.alert.triggered", 10),
+];
+
+/// The field that names a domain's entity (evrouter's default key rules use the same).
+fn key_field(domain: &str) -> (&'static str, &'static str) {
+    match domain {
+        "order" => ("order_id", "ord"),
+        "inventory" => ("product_id", "prod"),
+        "payment" => ("order_id", "ord"),
+        "customer" => ("customer_id", "cust"),
+        "catalog" => ("product_id", "prod"),
+        "search" => ("query_id", "qry"),
+        "service" => ("service", "svc"),
+        "analytics" => ("report_id", "rpt"),
+        _ => ("entity_id", "ent"),
+    }
+}
+
+/// Which topic each request goes to.
+pub struct Mix {
+    topics: Vec<String>,
+    cumulative: Vec<u64>,
+}
+
+impl Mix {
+    /// The seed platform's mix, scaled: each topic's share of requests is its share of
+    /// the documented hourly volume.
+    pub fn seed() -> Self {
+        let mut total = 0;
+        let mut cumulative = Vec::with_capacity(SEED_MIX.len());
+        for (_, rate) in SEED_MIX {
+            total += u64::from(*rate);
+            cumulative.push(total);
+        }
+        Self {
+            topics: SEED_MIX.iter().map(|(t, _)| (*t).to_string()).collect(),
+            cumulative,
+        }
+    }
+
+    /// Every request to one topic.
+    pub fn single(topic: &str) -> Self {
+        Self {
+            topics: vec![topic.to_string()],
+            cumulative: vec![1],
+        }
+    }
+
+    /// Every topic, for the subscription.
+    pub fn topics(&self) -> &[String] {
+        &self.topics
+    }
+
+    /// Draws a topic.
+    pub fn pick(&self, rng: &mut fastrand::Rng) -> &str {
+        let total = self.cumulative.last().copied().unwrap_or(1);
+        let draw = rng.u64(0..total);
+        let index = self.cumulative.partition_point(|c| *c <= draw);
+        &self.topics[index.min(self.topics.len() - 1)]
+    }
+}
+
+/// Bodies made at send time: every event has a unique id, a key owned by one connection
+/// (so that per-key publish order is that connection's send order), a per-key sequence
+/// number (also as `metadata.sequence`, so an entity's life is numbered) and its intended
+/// send time, which the sink reads back.
 pub struct LiveBodies {
     connection: u64,
     keys: u64,
     next_event: u64,
-    seqs: Vec<u64>,
-    /// Events handed out so far.
-    pub events: u64,
+    seqs: std::collections::HashMap<(&'static str, u64), u64>,
 }
 
 impl LiveBodies {
     /// Bodies for connection `connection`, spreading events over `keys` keys of its own.
     pub fn new(connection: usize, keys: usize) -> Self {
-        let keys = keys.max(1);
         Self {
             connection: connection as u64,
-            keys: keys as u64,
+            keys: keys.max(1) as u64,
             next_event: 0,
-            seqs: vec![0; keys],
-            events: 0,
+            seqs: std::collections::HashMap::new(),
         }
     }
 
-    /// A request body of `batch` events (an object when `batch` is 1).
-    pub fn next(&mut self, batch: usize, sent_us: u64) -> Bytes {
+    /// A request body of `batch` events of `topic` (an object when `batch` is 1).
+    pub fn next(&mut self, topic: &str, batch: usize, sent_us: u64) -> Bytes {
         use std::io::Write;
-        let mut out = Vec::with_capacity(batch * 560 + 2);
+        let domain = topic.split('.').next().unwrap_or(topic);
+        let (field, prefix) = key_field(domain);
+        let mut out = Vec::with_capacity(batch * 600 + 2);
         if batch > 1 {
             out.push(b'[');
         }
@@ -87,20 +175,80 @@ impl LiveBodies {
             }
             let n = self.next_event;
             self.next_event += 1;
-            let k = (n % self.keys) as usize;
-            let seq = self.seqs[k];
-            self.seqs[k] += 1;
+            let k = n % self.keys;
+            let seq_slot = self.seqs.entry((prefix, k)).or_insert(0);
+            let seq = *seq_slot;
+            *seq_slot += 1;
             let id = self.connection * 1_000_000_000_000 + n;
+            let c = self.connection;
             let _ = write!(
                 out,
-                r#"{{"event_id":"evt_order_{id}","event_type":"order.created","timestamp":"2026-01-30T10:00:00Z","version":"1.0","data":{{"order_id":"ord_{c}_{k}","seq":{seq},"sent_us":{sent_us},"customer_id":"cust_{k}","total_amount":129.99,"currency":"USD","items":[{{"product_id":"prod_1001","quantity":2,"unit_price":49.99}},{{"product_id":"prod_2002","quantity":1,"unit_price":30.01}}]}},"metadata":{{"correlation_id":"corr_{id}","service":"order-service","version":"1.4.2"}}}}"#,
-                c = self.connection
+                r#"{{"event_id":"evt_{domain}_{id}","event_type":"{topic}","timestamp":"2026-01-30T10:00:00Z","version":"1.0","data":{{"{field}":"{prefix}_{c}_{k}","lt_key":"{prefix}/{c}/{k}","seq":{seq},"sent_us":{sent_us},"#
+            );
+            let _ = match domain {
+                "order" => write!(
+                    out,
+                    r#""customer_id":"cust_{k}","total_amount":129.99,"currency":"USD","items":[{{"product_id":"prod_1001","quantity":2,"unit_price":49.99}},{{"product_id":"prod_2002","quantity":1,"unit_price":30.01}}]"#
+                ),
+                "inventory" => write!(
+                    out,
+                    r#""warehouse_id":"wh_hn_01","quantity":3,"reserved_for":"ord_{c}_{k}","available_after":117"#
+                ),
+                "payment" => write!(
+                    out,
+                    r#""payment_id":"pay_{id}","amount":129.99,"currency":"USD","method":"card","gateway":"stripe""#
+                ),
+                _ => write!(
+                    out,
+                    r#""source":"loadtest","detail":"{topic} for {prefix}_{c}_{k}""#
+                ),
+            };
+            let _ = write!(
+                out,
+                r#"}},"metadata":{{"correlation_id":"corr_{id}","service":"{domain}-service","version":"1.4.2","sequence":{}}}}}"#,
+                seq + 1
             );
         }
         if batch > 1 {
             out.push(b']');
         }
-        self.events += batch as u64;
         Bytes::from(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seed_mix_follows_the_documented_shares() {
+        let mix = Mix::seed();
+        let mut rng = fastrand::Rng::with_seed(7);
+        let mut counts = std::collections::HashMap::new();
+        for _ in 0..200_000 {
+            *counts.entry(mix.pick(&mut rng).to_string()).or_insert(0u32) += 1;
+        }
+        let total: u32 = SEED_MIX.iter().map(|(_, r)| r).sum();
+        let share = |topic: &str| f64::from(counts.get(topic).copied().unwrap_or(0)) / 200_000.0;
+        let expected = |rate: u32| f64::from(rate) / f64::from(total);
+        assert!((share("search.query.performed") - expected(10000)).abs() < 0.01);
+        assert!((share("order.created") - expected(5000)).abs() < 0.01);
+        assert!(share("analytics.alert.triggered") < 0.002);
+    }
+
+    #[test]
+    fn live_bodies_are_valid_events_with_increasing_sequences() {
+        let mut bodies = LiveBodies::new(3, 2);
+        let body = bodies.next("inventory.reserved", 4, 42);
+        let events: Vec<serde_json::Value> = serde_json::from_slice(&body).expect("json");
+        assert_eq!(events.len(), 4);
+        assert_eq!(events[0]["data"]["product_id"], "prod_3_0");
+        assert_eq!(events[2]["data"]["seq"], 1);
+        assert_eq!(events[2]["metadata"]["sequence"], 2);
+        assert_eq!(events[3]["data"]["sent_us"], 42);
+        let single = bodies.next("order.created", 1, 1);
+        let event: serde_json::Value = serde_json::from_slice(&single).expect("json");
+        assert_eq!(event["data"]["order_id"], "ord_3_0");
+        assert_eq!(event["event_type"], "order.created");
     }
 }

@@ -13,7 +13,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::{Request, Uri};
 use hyper_util::rt::TokioIo;
 
-use crate::bodies::LiveBodies;
+use crate::bodies::{LiveBodies, Mix};
+use crate::progress::{self, Live};
 use crate::report::{EndToEnd, Percentiles, Report};
 use crate::sink::Sink;
 use crate::{bodies, Args};
@@ -36,18 +37,18 @@ struct WorkerStats {
 pub async fn run(args: &Args) -> anyhow::Result<Report> {
     let batch = args.batch.max(1);
     let bodies = Arc::new(bodies::request_bodies(512, batch, args.keys));
-    let uri: Uri = format!(
-        "{}/v1/publish/{}",
-        args.router.trim_end_matches('/'),
-        args.topic
-    )
-    .parse()
-    .context("router URL")?;
+    let mix = Arc::new(match args.scenario.as_str() {
+        "seed-mix" => Mix::seed(),
+        _ => Mix::single(&args.topic),
+    });
+    let uri: Uri = format!("{}/", args.router.trim_end_matches('/'))
+        .parse()
+        .context("router URL")?;
     // The subscriber is set up before the schedule starts, so no request is held back.
-    let sink = match &args.subscribe {
+    let sink = match &args.subscription_mode {
         Some(mode) => {
             let sink = Sink::start().await?;
-            register(args, &sink.url(), mode).await?;
+            register(args, &sink.url(), mode, mix.topics()).await?;
             Some(sink)
         }
         None => None,
@@ -90,12 +91,21 @@ pub async fn run(args: &Args) -> anyhow::Result<Report> {
         }
     });
 
+    let live = Live::new()?;
+    let progress = tokio::spawn(progress::run(
+        live.clone(),
+        start,
+        end,
+        requests_per_sec,
+        batch,
+        args.quiet,
+    ));
     let connections = args.connections.max(1);
     let mut workers = Vec::with_capacity(connections);
     for index in 0..connections {
         let rx = rx.clone();
-        let uri = uri.clone();
-        let source = if sink.is_some() {
+        // Bodies are made at send time when they must be unique or vary by topic.
+        let source = if sink.is_some() || args.scenario == "seed-mix" {
             Source::Live(
                 LiveBodies::new(index, (args.keys / connections).max(1)),
                 batch,
@@ -103,7 +113,19 @@ pub async fn run(args: &Args) -> anyhow::Result<Report> {
         } else {
             Source::Fixed(bodies.clone())
         };
-        workers.push(tokio::spawn(worker(rx, uri, source, measure_from, end)));
+        let target = Target {
+            uri: uri.clone(),
+            mix: mix.clone(),
+            rng: fastrand::Rng::with_seed(index as u64 + 1),
+        };
+        workers.push(tokio::spawn(worker(
+            rx,
+            target,
+            source,
+            live.clone(),
+            measure_from,
+            end,
+        )));
     }
     drop(rx);
     tokio::task::spawn_blocking(move || scheduler.join())
@@ -128,12 +150,17 @@ pub async fn run(args: &Args) -> anyhow::Result<Report> {
     }
     let elapsed = (last_done - measure_from).max(args.duration).as_secs_f64();
     let events_ok = requests_ok * batch as u64;
+    let timeline = progress.await.unwrap_or_default();
     let end_to_end = match sink {
         Some(sink) => Some(drain(args, sink, events_published).await?),
         None => None,
     };
     Ok(Report {
         end_to_end,
+        scenario: args.scenario.clone(),
+        raw_read_events_per_sec: None,
+        cpu_seconds: None,
+        timeline,
         mode: format!("http publish to {}", args.router),
         offered_events_per_sec: args.rate,
         achieved_events_per_sec: events_ok as f64 / elapsed,
@@ -163,10 +190,18 @@ fn unix_us() -> u64 {
         .unwrap_or(0)
 }
 
+/// Where a worker's requests go.
+struct Target {
+    uri: Uri,
+    mix: Arc<Mix>,
+    rng: fastrand::Rng,
+}
+
 async fn worker(
     rx: async_channel::Receiver<Job>,
-    uri: Uri,
+    mut target: Target,
     mut source: Source,
+    live: Arc<Live>,
     measure_from: Instant,
     end: Instant,
 ) -> anyhow::Result<WorkerStats> {
@@ -177,23 +212,25 @@ async fn worker(
         errors: BTreeMap::new(),
         last_done: None,
     };
-    let authority = uri.authority().context("URL has no host")?.clone();
+    let authority = target.uri.authority().context("URL has no host")?.clone();
     let mut sender = None;
     while let Ok(job) = rx.recv().await {
         if sender.is_none() {
             sender = connect(authority.as_str()).await.ok();
         }
+        let topic = target.mix.pick(&mut target.rng).to_string();
         let (body, events) = match &mut source {
             Source::Fixed(bodies) => (bodies[job.body].clone(), 0),
-            Source::Live(live, batch) => {
+            Source::Live(bodies, batch) => {
                 // The intended send time, as wall-clock microseconds.
                 let lag = Instant::now().saturating_duration_since(job.intended);
                 let sent_us = unix_us().saturating_sub(lag.as_micros() as u64);
-                (live.next(*batch, sent_us), *batch as u64)
+                (bodies.next(&topic, *batch, sent_us), *batch as u64)
             }
         };
+        let path = format!("/v1/publish/{topic}");
         let outcome = match sender.as_mut() {
-            Some(s) => send(s, &uri, authority.as_str(), body).await,
+            Some(s) => send(s, &path, authority.as_str(), body).await,
             None => Err("connect".to_string()),
         };
         let done = Instant::now();
@@ -207,6 +244,7 @@ async fn worker(
             continue;
         }
         let micros = done.saturating_duration_since(job.intended).as_micros() as u64;
+        live.record(outcome == Ok(200), micros);
         stats.latency.saturating_record(micros.max(1));
         stats.last_done = Some(done);
         match outcome {
@@ -230,9 +268,9 @@ async fn connect(authority: &str) -> anyhow::Result<Sender> {
     Ok(sender)
 }
 
-async fn send(sender: &mut Sender, uri: &Uri, host: &str, body: Bytes) -> Result<u16, String> {
+async fn send(sender: &mut Sender, path: &str, host: &str, body: Bytes) -> Result<u16, String> {
     sender.ready().await.map_err(|_| "connection".to_string())?;
-    let request = Request::post(uri.path())
+    let request = Request::post(path)
         .header("host", host)
         .header("content-type", "application/json")
         .body(Full::new(body))
@@ -251,14 +289,19 @@ async fn send(sender: &mut Sender, uri: &Uri, host: &str, body: Bytes) -> Result
 }
 
 /// Registers (or replaces) the `loadtest` subscription pointing at the sink.
-async fn register(args: &Args, sink_url: &str, mode: &str) -> anyhow::Result<()> {
+async fn register(
+    args: &Args,
+    sink_url: &str,
+    mode: &str,
+    topics: &[String],
+) -> anyhow::Result<()> {
     let spec = serde_json::json!({
         "name": "loadtest",
-        "topics": [args.topic],
+        "topics": topics,
         "endpoints": [sink_url],
         "mode": mode,
         "bulk": {"max_events": 100, "max_wait_ms": 5},
-        "ordering": "key",
+        "ordering": args.ordering,
         "max_in_flight": 10000,
         "start": "latest",
     });
@@ -308,12 +351,17 @@ async fn drain(args: &Args, sink: Sink, published: u64) -> anyhow::Result<EndToE
         .lock()
         .map_err(|_| anyhow::anyhow!("sink state poisoned"))?;
     Ok(EndToEnd {
-        subscription_mode: args.subscribe.clone().unwrap_or_default(),
+        subscription_mode: args.subscription_mode.clone().unwrap_or_default(),
         published,
         delivered_unique: state.unique,
         lost: published.saturating_sub(state.unique),
         duplicates: state.duplicates,
-        order_violations: state.order_violations,
+        order_violations: if args.ordering == "key" {
+            state.order_violations
+        } else {
+            0
+        },
+        unexpected: state.unexpected,
         delivered_events_per_sec: state.measured as f64 / args.duration.as_secs_f64(),
         latency_ms: Percentiles::from_micros(&state.latency),
     })

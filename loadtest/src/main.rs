@@ -3,10 +3,13 @@
 //! entries, and prints a summary and a JSON report.
 
 mod bodies;
+mod chart;
 mod http;
+mod progress;
 mod raw;
 mod report;
 mod sink;
+mod spawn;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -47,13 +50,39 @@ pub struct Args {
     /// Instead of evrouter, measure pipelined XADD of the same entries against this Redis.
     #[arg(long)]
     pub raw_redis: Option<String>,
+    /// In --raw-redis mode, only append (no XREADGROUP + XACK beside it).
+    #[arg(long)]
+    pub raw_write_only: bool,
     /// Entries per pipeline in --raw-redis mode.
     #[arg(long, default_value_t = 256)]
     pub pipeline: usize,
     /// Also subscribe (`single` or `bulk`) with a built-in webhook sink and measure
     /// delivery: rate, end-to-end latency, loss, duplicates and per-key order.
-    #[arg(long, value_parser = ["single", "bulk"])]
-    pub subscribe: Option<String>,
+    #[arg(long, alias = "subscribe", value_parser = ["single", "bulk"])]
+    pub subscription_mode: Option<String>,
+    /// Ordering of the subscription (`key` or `none`; order is only checked under `key`).
+    #[arg(long, default_value = "key", value_parser = ["key", "none"])]
+    pub ordering: String,
+    /// `single-topic` (every event to `--topic`) or `seed-mix` (the platform's topics in
+    /// their documented proportions).
+    #[arg(long, default_value = "single-topic", value_parser = ["single-topic", "seed-mix"])]
+    pub scenario: String,
+    /// Start a private redis-server and evrouter on free ports for the run (and stop them
+    /// after); `--router` is then ignored.
+    #[arg(long)]
+    pub spawn: bool,
+    /// The evrouter binary for `--spawn` (default: beside this one).
+    #[arg(long)]
+    pub evrouter_bin: Option<PathBuf>,
+    /// Fail (exit 1) when any event is lost or out of order (for CI smoke runs).
+    #[arg(long)]
+    pub check: bool,
+    /// Write an SVG chart of latency percentiles over time here.
+    #[arg(long)]
+    pub chart: Option<PathBuf>,
+    /// No progress display.
+    #[arg(long)]
+    pub quiet: bool,
     /// How long to wait after the load for the last deliveries.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub drain: Duration,
@@ -64,15 +93,48 @@ pub struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    let report = match &args.raw_redis {
-        Some(url) => raw::run(&args, url).await?,
-        None => http::run(&args).await?,
+    let mut args = Args::parse();
+    let spawned = if args.spawn && args.raw_redis.is_none() {
+        let system = spawn::System::start(args.evrouter_bin.clone()).await?;
+        args.router = system.router.clone();
+        Some(system)
+    } else {
+        None
     };
+    let result = match &args.raw_redis {
+        Some(url) => raw::run(&args, url).await,
+        None => http::run(&args).await,
+    };
+    let mut report = match result {
+        Ok(report) => report,
+        Err(err) => {
+            drop(spawned);
+            return Err(err);
+        }
+    };
+    if let Some(system) = &spawned {
+        report.cpu_seconds = Some(system.cpu_seconds());
+    }
+    drop(spawned);
     report.print();
     if let Some(path) = &args.report {
         std::fs::write(path, serde_json::to_vec_pretty(&report)?)?;
         println!("report written to {}", path.display());
+    }
+    if let Some(path) = &args.chart {
+        chart::write(path, &report)?;
+        println!("chart written to {}", path.display());
+    }
+    if args.check {
+        if let Some(e2e) = &report.end_to_end {
+            anyhow::ensure!(
+                e2e.lost == 0 && e2e.order_violations == 0,
+                "check failed: {} lost, {} order violations",
+                e2e.lost,
+                e2e.order_violations
+            );
+        }
+        anyhow::ensure!(report.events_ok > 0, "check failed: nothing was published");
     }
     Ok(())
 }

@@ -14,6 +14,8 @@ use crate::{bodies, Args};
 
 const PIPELINES_IN_FLIGHT: usize = 4;
 const PARTITIONS: u32 = 16;
+/// Consumers reading and acking at once.
+const READERS: usize = 2;
 
 /// Measures pipelined XADD throughput for `warmup + duration` and reports the measured part.
 pub async fn run(args: &Args, url: &str) -> anyhow::Result<Report> {
@@ -46,6 +48,37 @@ pub async fn run(args: &Args, url: &str) -> anyhow::Result<Report> {
     let start = Instant::now();
     let measure_from = start + args.warmup;
     let end = measure_from + args.duration;
+    let config =
+        redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(30)));
+    let readers = if args.raw_write_only {
+        Vec::new()
+    } else {
+        let mut setup = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        for p in 0..PARTITIONS {
+            let _: redis::RedisResult<()> = redis::cmd("XGROUP")
+                .arg("CREATE")
+                .arg(format!("evr-raw:{{order.{p}}}"))
+                .arg("raw")
+                .arg("$")
+                .arg("MKSTREAM")
+                .query_async(&mut setup)
+                .await;
+        }
+        let mut readers = Vec::new();
+        for r in 0..READERS {
+            let conn = client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await?;
+            let keys: Vec<String> = (0..PARTITIONS)
+                .filter(|p| *p as usize % READERS == r)
+                .map(|p| format!("evr-raw:{{order.{p}}}"))
+                .collect();
+            readers.push(tokio::spawn(read_and_ack(conn, keys, r, measure_from, end)));
+        }
+        readers
+    };
     let mut tasks = Vec::new();
     for t in 0..PIPELINES_IN_FLIGHT {
         let config =
@@ -96,6 +129,10 @@ pub async fn run(args: &Args, url: &str) -> anyhow::Result<Report> {
     let elapsed = Instant::now()
         .saturating_duration_since(measure_from)
         .max(Duration::from_millis(1));
+    let mut read = None;
+    for reader in readers {
+        *read.get_or_insert(0u64) += reader.await??;
+    }
     // Leave Redis as it was.
     let config =
         redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(60)));
@@ -125,5 +162,60 @@ pub async fn run(args: &Args, url: &str) -> anyhow::Result<Report> {
         requests_ok: written / args.pipeline.max(1) as u64,
         errors_by_status: BTreeMap::new(),
         latency_ms: Percentiles::from_micros(&latency),
+        scenario: "raw".into(),
+        raw_read_events_per_sec: read.map(|r| r as f64 / args.duration.as_secs_f64()),
+        cpu_seconds: None,
+        timeline: Vec::new(),
     })
+}
+
+/// Reads new entries of `keys` with XREADGROUP and acks them with pipelined XACKs until
+/// `end`; returns how many were read and acked in the measured window.
+async fn read_and_ack(
+    mut conn: MultiplexedConnection,
+    keys: Vec<String>,
+    reader: usize,
+    measure_from: Instant,
+    end: Instant,
+) -> anyhow::Result<u64> {
+    let consumer = format!("raw-{reader}");
+    let mut read = 0u64;
+    while Instant::now() < end {
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg("raw")
+            .arg(&consumer)
+            .arg("COUNT")
+            .arg(512)
+            .arg("BLOCK")
+            .arg(100)
+            .arg("STREAMS");
+        for key in &keys {
+            cmd.arg(key);
+        }
+        for _ in &keys {
+            cmd.arg(">");
+        }
+        let reply: Option<redis::streams::StreamReadReply> = cmd.query_async(&mut conn).await?;
+        let Some(reply) = reply else { continue };
+        let mut pipe = redis::pipe();
+        let mut n = 0;
+        for stream in &reply.keys {
+            if stream.ids.is_empty() {
+                continue;
+            }
+            let ids: Vec<&str> = stream.ids.iter().map(|e| e.id.as_str()).collect();
+            n += ids.len() as u64;
+            pipe.cmd("XACK")
+                .arg(&stream.key)
+                .arg("raw")
+                .arg(ids)
+                .ignore();
+        }
+        let _: () = pipe.query_async(&mut conn).await?;
+        if Instant::now() >= measure_from {
+            read += n;
+        }
+    }
+    Ok(read)
 }

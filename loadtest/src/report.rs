@@ -38,6 +38,8 @@ pub struct EndToEnd {
     pub lost: u64,
     pub duplicates: u64,
     pub order_violations: u64,
+    /// Deliveries the sink could not read as one of its events.
+    pub unexpected: u64,
     pub delivered_events_per_sec: f64,
     pub latency_ms: Percentiles,
 }
@@ -58,6 +60,32 @@ pub struct Report {
     pub requests_ok: u64,
     pub errors_by_status: BTreeMap<String, u64>,
     pub latency_ms: Percentiles,
+    /// Scenario (`single-topic` or `seed-mix`).
+    pub scenario: String,
+    /// In `--raw-redis` mode: entries read (XREADGROUP) and acked (XACK) per second while
+    /// they were written.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub raw_read_events_per_sec: Option<f64>,
+    /// CPU seconds used by evrouter and Redis (when started with `--spawn`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_seconds: Option<crate::spawn::CpuSeconds>,
+    /// Publish latency percentiles, one point per second of the run.
+    pub timeline: Vec<TimelinePoint>,
+}
+
+/// One second of the run.
+#[derive(Debug, Clone, Serialize)]
+pub struct TimelinePoint {
+    /// Seconds since the load started.
+    pub second: f64,
+    /// Requests answered in that second.
+    pub requests: u64,
+    /// Errors in that second.
+    pub errors: u64,
+    /// Publish latency P50, P95, P99 in ms.
+    pub p50: f64,
+    pub p95: f64,
+    pub p99: f64,
 }
 
 impl Report {
@@ -83,16 +111,26 @@ impl Report {
         if !self.errors_by_status.is_empty() {
             println!("errors             {:?}", self.errors_by_status);
         }
+        if let Some(read) = self.raw_read_events_per_sec {
+            println!("read and acked     {read:.0} events/s (XREADGROUP + XACK, at the same time)");
+        }
+        if let Some(cpu) = &self.cpu_seconds {
+            println!(
+                "cpu seconds        evrouter {:.2}, redis {:.2}",
+                cpu.evrouter, cpu.redis
+            );
+        }
         if let Some(e2e) = &self.end_to_end {
             println!(
-                "delivered          {:.0} events/s ({} mode); published {}, delivered {}, lost {}, duplicates {}, order violations {}",
+                "delivered          {:.0} events/s ({} mode); published {}, delivered {}, lost {}, duplicates {}, order violations {}, unexpected {}",
                 e2e.delivered_events_per_sec,
                 e2e.subscription_mode,
                 e2e.published,
                 e2e.delivered_unique,
                 e2e.lost,
                 e2e.duplicates,
-                e2e.order_violations
+                e2e.order_violations,
+                e2e.unexpected
             );
             println!(
                 "end-to-end (ms)    p50 {:.2}  p95 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",

@@ -25,6 +25,8 @@ pub struct SinkState {
     pub duplicates: u64,
     /// Events that arrived before an earlier one of their key.
     pub order_violations: u64,
+    /// Deliveries that could not be read as the load generator's events.
+    pub unexpected: u64,
     /// End-to-end latency (µs) of events sent in the measured window.
     pub latency: Histogram<u64>,
     /// Events sent in the measured window and received.
@@ -42,8 +44,9 @@ struct Event<'a> {
 
 #[derive(Deserialize)]
 struct Data<'a> {
+    /// The entity key, `{prefix}/{connection}/{n}`: unique per stream and entity.
     #[serde(borrow)]
-    order_id: &'a str,
+    lt_key: &'a str,
     seq: u64,
     sent_us: u64,
 }
@@ -59,8 +62,9 @@ impl SinkState {
     fn record(&mut self, event: &Event<'_>, arrived_us: u64) {
         let id: u64 = event
             .event_id
-            .trim_start_matches("evt_order_")
-            .parse()
+            .rsplit('_')
+            .next()
+            .and_then(|n| n.parse().ok())
             .unwrap_or(u64::MAX);
         if !self.seen.insert(id) {
             self.duplicates += 1;
@@ -69,7 +73,7 @@ impl SinkState {
         self.unique += 1;
         let next = self
             .next_seq
-            .entry(event.data.order_id.to_string())
+            .entry(event.data.lt_key.to_string())
             .or_insert(0);
         if event.data.seq != *next {
             self.order_violations += 1;
@@ -102,6 +106,7 @@ impl Sink {
             unique: 0,
             duplicates: 0,
             order_violations: 0,
+            unexpected: 0,
             latency: Histogram::new_with_bounds(1, 600_000_000, 3)?,
             measured: 0,
             measure_from_us: u64::MAX,
@@ -168,12 +173,18 @@ fn receive(state: &Mutex<SinkState>, body: &[u8]) {
         Err(poisoned) => poisoned.into_inner(),
     };
     if body.get(trimmed) == Some(&b'[') {
-        if let Ok(events) = serde_json::from_slice::<Vec<Event>>(body) {
-            for event in &events {
-                state.record(event, arrived);
+        match serde_json::from_slice::<Vec<Event>>(body) {
+            Ok(events) => {
+                for event in &events {
+                    state.record(event, arrived);
+                }
             }
+            Err(_) => state.unexpected += 1,
         }
-    } else if let Ok(event) = serde_json::from_slice::<Event>(body) {
-        state.record(&event, arrived);
+    } else {
+        match serde_json::from_slice::<Event>(body) {
+            Ok(event) => state.record(&event, arrived),
+            Err(_) => state.unexpected += 1,
+        }
     }
 }
