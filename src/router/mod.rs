@@ -7,6 +7,7 @@
 
 mod dispatch;
 pub mod dlq;
+pub mod lanes;
 pub mod registry;
 pub mod shard;
 pub mod stats;

@@ -2,7 +2,7 @@
 //! a time under `ordering = "key"`), a deadline index for retries served by this one task,
 //! delivery over HTTP, and the ack, retry or dead-letter decision for every answer.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::Ordering as AtomicOrdering;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -10,6 +10,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch, Semaphore};
 
+use super::lanes::Lanes;
 use super::stats::SubscriptionStats;
 use super::subscription::{DeliveryMode, Subscription};
 use crate::deliver::{Answer, Deliverer, Endpoints, Outcome, Outgoing};
@@ -76,7 +77,7 @@ pub struct Shard {
     ctx: ShardContext,
     rx: mpsc::Receiver<Delivery>,
     stop: watch::Receiver<bool>,
-    lanes: HashMap<Arc<str>, VecDeque<Delivery>>,
+    lanes: Lanes<Delivery>,
     ready: VecDeque<Arc<str>>,
     timers: BTreeMap<(Instant, u64), Arc<str>>,
     timer_seq: u64,
@@ -114,7 +115,7 @@ impl Shard {
             ctx,
             rx,
             stop,
-            lanes: HashMap::new(),
+            lanes: Lanes::default(),
             ready: VecDeque::new(),
             timers: BTreeMap::new(),
             timer_seq: 0,
@@ -158,9 +159,7 @@ impl Shard {
 
     fn on_delivery(&mut self, delivery: Delivery) {
         let lane = delivery.lane.clone();
-        let queue = self.lanes.entry(lane.clone()).or_default();
-        queue.push_back(delivery);
-        if queue.len() == 1 {
+        if self.lanes.push(lane.clone(), delivery) {
             self.ready.push_back(lane);
         }
     }
@@ -172,7 +171,7 @@ impl Shard {
                 break;
             }
             let lane = entry.remove();
-            if self.lanes.contains_key(&lane) {
+            if self.lanes.contains(&lane) {
                 self.ready.push_back(lane);
             }
         }
@@ -243,7 +242,7 @@ impl Shard {
             let Some(lane) = self.ready.pop_front() else {
                 break;
             };
-            let Some(head) = self.lanes.get(&lane).and_then(VecDeque::front) else {
+            let Some(head) = self.lanes.head(&lane) else {
                 continue;
             };
             if !owned.holds(&head.partition) {
@@ -258,8 +257,8 @@ impl Shard {
     /// Forgets a lane whose partition moved to another instance: its events stay pending
     /// in Redis and the new owner delivers them.
     fn abandon(&mut self, lane: &Arc<str>) {
-        if let Some(queue) = self.lanes.remove(lane) {
-            let n = queue.len();
+        let n = self.lanes.remove(lane);
+        if n > 0 {
             self.ctx.permits.add_permits(n);
             self.ctx
                 .stats
@@ -276,7 +275,7 @@ impl Shard {
         let mut traceparent = None;
         let mut attempt = 0;
         for lane in &lanes {
-            if let Some(head) = self.lanes.get_mut(lane).and_then(VecDeque::front_mut) {
+            if let Some(head) = self.lanes.head_mut(lane) {
                 head.attempts += 1;
                 if head.first_attempt_ms == 0 {
                     head.first_attempt_ms = first_ms;
@@ -321,7 +320,7 @@ impl Shard {
         self.in_flight = self.in_flight.saturating_sub(1);
         let spec = self.ctx.sub.spec.clone();
         for lane in finished.lanes {
-            let Some(head) = self.lanes.get_mut(&lane).and_then(VecDeque::front_mut) else {
+            let Some(head) = self.lanes.head_mut(&lane) else {
                 continue;
             };
             let (status, retry_reason) = match &finished.answer {
@@ -368,7 +367,7 @@ impl Shard {
     /// The head of `lane` used its last attempt: to the DLQ (ack and DLQ in one step), or
     /// dropped when the subscription keeps no DLQ.
     fn exhausted(&mut self, lane: &Arc<str>) {
-        let Some(head) = self.lanes.get(lane).and_then(VecDeque::front) else {
+        let Some(head) = self.lanes.head(lane) else {
             return;
         };
         if self.ctx.sub.spec.dead_letter {
@@ -405,7 +404,7 @@ impl Shard {
     /// Removes the head of `lane` (acking it when `ack`; a dead letter is queued by the
     /// caller) and readies the next event of the lane.
     fn finish(&mut self, lane: &Arc<str>, ack: bool) {
-        let Some(head) = self.lanes.get_mut(lane).and_then(VecDeque::pop_front) else {
+        let Some((head, more)) = self.lanes.pop(lane) else {
             return;
         };
         // The acker frees the event's permit once its ack (or dead letter) is written.
@@ -419,9 +418,7 @@ impl Shard {
             .stats
             .in_flight
             .fetch_sub(1, AtomicOrdering::Relaxed);
-        if self.lanes.get(lane).is_none_or(VecDeque::is_empty) {
-            self.lanes.remove(lane);
-        } else {
+        if more {
             self.ready.push_back(lane.clone());
         }
     }

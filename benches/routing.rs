@@ -1,0 +1,116 @@
+//! The per-event CPU work of routing and delivery, without Redis or HTTP: topic pattern
+//! matching, key extraction and partitioning, and per-key lane dispatch. Throughput is
+//! reported in elements (events or matches) per second.
+
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use evrouter::config::Config;
+use evrouter::event::{Body, RawEvent, RawMetadata};
+use evrouter::pattern::TopicPattern;
+use evrouter::router::lanes::Lanes;
+use evrouter::streams::{partition_of, StreamCatalog};
+use serde_json::json;
+
+const TOPICS: &[&str] = &[
+    "order.created",
+    "order.paid",
+    "inventory.reserved",
+    "payment.captured",
+    "customer.profile.updated",
+    "search.query.performed",
+    "catalog.price.changed",
+    "service.health.check",
+];
+
+fn patterns(c: &mut Criterion) {
+    let mut group = c.benchmark_group("pattern");
+    group.throughput(Throughput::Elements(TOPICS.len() as u64));
+    for (name, pattern) in [
+        ("exact", "order.created"),
+        ("star", "order.*"),
+        ("rest", "order.>"),
+        ("regex", r"re:^payment\.(captured|refunded)$"),
+    ] {
+        let compiled = TopicPattern::parse(pattern).expect("pattern");
+        group.bench_function(name, |b| {
+            b.iter(|| TOPICS.iter().filter(|t| compiled.matches(t)).count())
+        });
+    }
+    group.finish();
+}
+
+fn keys_and_partitions(c: &mut Criterion) {
+    let config = Config::default();
+    let catalog = StreamCatalog::new(&config);
+    let route = catalog.route("order.created").expect("route");
+    let events: Vec<_> = (0..100)
+        .map(|n| {
+            json!({"event_id": format!("evt_order_{n}"), "event_type": "order.created",
+                   "data": {"order_id": format!("ord_{n}"), "items": [{"sku": "a"}, {"sku": "b"}], "total": 5},
+                   "metadata": {"correlation_id": "c", "service": "s", "version": "1", "sequence": n}})
+        })
+        .collect();
+    let body = serde_json::to_string(&events).expect("json");
+    let Ok(Body::Many(raws)) = Body::parse(&body) else {
+        panic!("batch")
+    };
+    let parsed: Vec<RawEvent> = raws
+        .iter()
+        .map(|r| RawEvent::parse(r).expect("event"))
+        .collect();
+    let mut group = c.benchmark_group("routing");
+    group.throughput(Throughput::Elements(100));
+    group.bench_function("route_lookup", |b| {
+        b.iter(|| {
+            (0..100)
+                .filter(|_| catalog.route("order.created").is_ok())
+                .count()
+        })
+    });
+    group.bench_function("key_and_partition", |b| {
+        b.iter(|| {
+            parsed
+                .iter()
+                .map(|event| {
+                    let metadata = RawMetadata::parse(event.metadata);
+                    let key = route.key(event, &metadata, "evt_x_1");
+                    partition_of(&key, 16)
+                })
+                .sum::<u32>()
+        })
+    });
+    group.finish();
+}
+
+fn lanes(c: &mut Criterion) {
+    let keys: Vec<Arc<str>> = (0..10_000).map(|k| Arc::from(format!("ord_{k}"))).collect();
+    let mut group = c.benchmark_group("lanes");
+    group.throughput(Throughput::Elements(100_000));
+    group.bench_function("push_then_drain_100k_over_10k_keys", |b| {
+        b.iter(|| {
+            let mut lanes: Lanes<u64> = Lanes::default();
+            let mut ready = Vec::with_capacity(10_000);
+            for n in 0..100_000u64 {
+                let key = &keys[(n % 10_000) as usize];
+                if lanes.push(key.clone(), n) {
+                    ready.push(key.clone());
+                }
+            }
+            let mut done = 0;
+            while let Some(key) = ready.pop() {
+                if let Some((_, more)) = lanes.pop(&key) {
+                    done += 1;
+                    if more {
+                        ready.push(key);
+                    }
+                }
+            }
+            done
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(routing, patterns, keys_and_partitions, lanes);
+criterion_main!(routing);
