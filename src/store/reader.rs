@@ -309,9 +309,15 @@ impl<D: Dispatch> Reader<D> {
         Ok(())
     }
 
-    async fn hand_over(&mut self, partition: &Arc<str>, entry: StreamId, delivered_before: u32) {
-        let raw = match entry.map.get(ENTRY_FIELD) {
-            Some(Value::BulkString(bytes)) => Bytes::from(bytes.clone()),
+    async fn hand_over(
+        &mut self,
+        partition: &Arc<str>,
+        mut entry: StreamId,
+        delivered_before: u32,
+    ) {
+        // Taken out of the reply, not copied: the entry's bytes move into the delivery.
+        let raw = match entry.map.remove(ENTRY_FIELD) {
+            Some(Value::BulkString(bytes)) => Bytes::from(bytes),
             _ => Bytes::new(),
         };
         self.dispatch

@@ -15,16 +15,22 @@ use redis::AsyncCommands;
 use crate::streams::StreamCatalog;
 
 /// Per partition, the millisecond part of the oldest entry some group still needs.
-/// A partition with no groups has no floor.
+/// A partition with no groups has no floor. Writers take a snapshot once per batch
+/// (copy-on-write: the trimmer's updates never block them for long).
 #[derive(Debug, Default)]
 pub struct TrimFloors {
-    floors: RwLock<HashMap<Arc<str>, u64>>,
+    floors: RwLock<Arc<HashMap<Arc<str>, u64>>>,
 }
 
 impl TrimFloors {
     /// The floor of a partition, if a group constrains it.
     pub fn get(&self, partition_key: &str) -> Option<u64> {
-        self.floors.read().ok()?.get(partition_key).copied()
+        self.snapshot().get(partition_key).copied()
+    }
+
+    /// Every floor as it is now.
+    pub fn snapshot(&self) -> Arc<HashMap<Arc<str>, u64>> {
+        self.floors.read().map(|f| f.clone()).unwrap_or_default()
     }
 
     fn set(&self, partition_key: &Arc<str>, floor: Option<u64>) {
@@ -32,6 +38,11 @@ impl TrimFloors {
             .floors
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let unchanged = floors.get(partition_key).copied() == floor;
+        if unchanged {
+            return;
+        }
+        let floors = Arc::make_mut(&mut floors);
         match floor {
             Some(ms) => {
                 floors.insert(partition_key.clone(), ms);

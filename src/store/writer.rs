@@ -3,6 +3,7 @@
 //! sends it as one pipeline (one in flight per writer, so each partition's appends keep their
 //! order), and answers every caller.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -246,9 +247,10 @@ impl Writer {
         // One entry's error (say, a key of the wrong type) must not fail the others.
         pipe.ignore_errors();
         let mut floors: Vec<(u64, String)> = Vec::new();
+        let group_floors = self.floors.snapshot();
         for job in jobs.iter() {
             for entry in &job.entries {
-                let floor = self.floor(&mut floors, entry, now_ms);
+                let floor = floor(&group_floors, &mut floors, entry, now_ms);
                 match &entry.dedup_key {
                     Some(dedup_key) => {
                         let window_ms = entry
@@ -308,25 +310,30 @@ impl Writer {
             }
         }
     }
+}
 
-    /// The MINID for an entry's stream in this batch: its age cutoff, never above the
-    /// oldest entry a consumer group still needs in that partition. Formatted once per
-    /// distinct floor in a batch.
-    fn floor<'a>(&self, cache: &'a mut Vec<(u64, String)>, entry: &Entry, now_ms: u64) -> &'a str {
-        let age_ms = now_ms.saturating_sub(entry.stream.max_age.as_millis() as u64);
-        let floor_ms = match self.floors.get(&entry.partition_key) {
-            Some(group_floor) => age_ms.min(group_floor),
-            None => age_ms,
-        };
-        let position = match cache.iter().position(|(ms, _)| *ms == floor_ms) {
-            Some(position) => position,
-            None => {
-                cache.push((floor_ms, format!("{floor_ms}-0")));
-                cache.len() - 1
-            }
-        };
-        &cache[position].1
-    }
+/// The MINID for an entry's stream in a batch: its age cutoff, never above the oldest
+/// entry a consumer group still needs in that partition. Formatted once per distinct
+/// floor in a batch.
+fn floor<'a>(
+    group_floors: &HashMap<Arc<str>, u64>,
+    cache: &'a mut Vec<(u64, String)>,
+    entry: &Entry,
+    now_ms: u64,
+) -> &'a str {
+    let age_ms = now_ms.saturating_sub(entry.stream.max_age.as_millis() as u64);
+    let floor_ms = match group_floors.get(&entry.partition_key) {
+        Some(group_floor) => age_ms.min(*group_floor),
+        None => age_ms,
+    };
+    let position = match cache.iter().position(|(ms, _)| *ms == floor_ms) {
+        Some(position) => position,
+        None => {
+            cache.push((floor_ms, format!("{floor_ms}-0")));
+            cache.len() - 1
+        }
+    };
+    &cache[position].1
 }
 
 fn parse_reply(value: Option<Value>, dedup: bool) -> Result<Appended, StoreError> {
