@@ -146,7 +146,9 @@ pub struct LiveBodies {
     connection: u64,
     keys: u64,
     next_event: u64,
-    seqs: std::collections::HashMap<(&'static str, u64), u64>,
+    /// Next sequence number per (domain, key): order is per stream, and payment events
+    /// share their order's key but live in the payment stream.
+    seqs: std::collections::HashMap<(String, u64), u64>,
 }
 
 impl LiveBodies {
@@ -176,14 +178,14 @@ impl LiveBodies {
             let n = self.next_event;
             self.next_event += 1;
             let k = n % self.keys;
-            let seq_slot = self.seqs.entry((prefix, k)).or_insert(0);
+            let seq_slot = self.seqs.entry((domain.to_string(), k)).or_insert(0);
             let seq = *seq_slot;
             *seq_slot += 1;
             let id = self.connection * 1_000_000_000_000 + n;
             let c = self.connection;
             let _ = write!(
                 out,
-                r#"{{"event_id":"evt_{domain}_{id}","event_type":"{topic}","timestamp":"2026-01-30T10:00:00Z","version":"1.0","data":{{"{field}":"{prefix}_{c}_{k}","lt_key":"{prefix}/{c}/{k}","seq":{seq},"sent_us":{sent_us},"#
+                r#"{{"event_id":"evt_{domain}_{id}","event_type":"{topic}","timestamp":"2026-01-30T10:00:00Z","version":"1.0","data":{{"{field}":"{prefix}_{c}_{k}","lt_key":"{domain}/{c}/{k}","seq":{seq},"sent_us":{sent_us},"#
             );
             let _ = match domain {
                 "order" => write!(

@@ -27,6 +27,12 @@ return redis.call('XACK', KEYS[1], ARGV[2], ARGV[3])
 /// Most ids acked by one script call.
 const MAX_IDS_PER_ACK: usize = 1000;
 
+/// Most acks and dead letters written in one pipeline.
+const MAX_BATCH: usize = 8192;
+
+/// How long acks gather before they are written (delivery does not wait for it).
+const ACK_LINGER: std::time::Duration = std::time::Duration::from_millis(5);
+
 /// The DLQ stream of a subscription for one partition: same hash tag as the partition so
 /// the append and the ack are atomic on a cluster too.
 pub fn dlq_key(partition_key: &str, subscription: &str) -> String {
@@ -86,8 +92,20 @@ impl Acker {
 
     /// Runs until every sender is gone, flushing whatever has queued after each wake-up.
     pub async fn run(mut self) {
-        let mut batch = Vec::with_capacity(1024);
-        while self.rx.recv_many(&mut batch, 4096).await > 0 {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        while self.rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+            // Gather a little longer, so that each partition's acks go in one call: with
+            // many partitions, acking every wake-up would cost a script call per partition
+            // each time.
+            let deadline = tokio::time::Instant::now() + ACK_LINGER;
+            while batch.len() < MAX_BATCH {
+                let room = MAX_BATCH - batch.len();
+                let more = self.rx.recv_many(&mut batch, room);
+                match tokio::time::timeout_at(deadline, more).await {
+                    Ok(n) if n > 0 => {}
+                    _ => break,
+                }
+            }
             let done = batch.len();
             let mut attempt = 0;
             loop {
