@@ -5,71 +5,13 @@
 mod support;
 
 use std::collections::{HashMap, HashSet};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
+use support::process::RouterProcess;
 use support::subscriber::{Received, Subscriber};
-use support::{client, free_port, keyed_event, RedisServer};
-
-const BIN: &str = env!("CARGO_BIN_EXE_evrouter");
-
-struct Instance {
-    child: Child,
-    base: String,
-}
-
-impl Instance {
-    async fn start(redis: &RedisServer, config: &std::path::Path) -> Self {
-        let port = free_port();
-        let child = Command::new(BIN)
-            .args(["serve", "--config"])
-            .arg(config)
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--redis",
-                &redis.url(),
-            ])
-            .env("EVR_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn evrouter");
-        let instance = Self {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-        };
-        for _ in 0..200 {
-            if client()
-                .get(format!("{}/healthz", instance.base))
-                .send()
-                .await
-                .is_ok()
-            {
-                return instance;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!("evrouter did not start");
-    }
-
-    fn signal(&self, signal: &str) {
-        Command::new("kill")
-            .args([&format!("-{signal}"), &self.child.id().to_string()])
-            .status()
-            .expect("kill");
-    }
-}
-
-impl Drop for Instance {
-    fn drop(&mut self) {
-        self.signal("CONT");
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use support::{client, keyed_event, RedisServer};
 
 fn write_config(dir: &tempfile::TempDir, subscriber: &Subscriber) -> std::path::PathBuf {
     let path = dir.path().join("evrouter.toml");
@@ -156,8 +98,8 @@ async fn two_instances_split_partitions_and_kill_9_loses_nothing() {
     .await;
     let dir = tempfile::tempdir().expect("tempdir");
     let config = write_config(&dir, &subscriber);
-    let a = Instance::start(&redis, &config).await;
-    let b = Instance::start(&redis, &config).await;
+    let a = RouterProcess::start(&redis, Some(&config)).await;
+    let b = RouterProcess::start(&redis, Some(&config)).await;
     let mut published = HashMap::new();
     publish_rounds(&a.base, 0..20, 50, &mut published).await;
     // Both hold leases once the rebalance settles.
@@ -206,8 +148,8 @@ async fn a_paused_instance_loses_its_partitions_and_nothing_is_lost() {
     .await;
     let dir = tempfile::tempdir().expect("tempdir");
     let config = write_config(&dir, &subscriber);
-    let a = Instance::start(&redis, &config).await;
-    let b = Instance::start(&redis, &config).await;
+    let a = RouterProcess::start(&redis, Some(&config)).await;
+    let b = RouterProcess::start(&redis, Some(&config)).await;
     let mut published = HashMap::new();
     publish_rounds(&a.base, 0..20, 40, &mut published).await;
     b.signal("STOP");

@@ -5,13 +5,13 @@
 mod support;
 
 use std::collections::HashSet;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use support::process::RouterProcess;
 use support::subscriber::Subscriber;
-use support::{client, free_port, keyed_event, subscribe, test_config, RedisServer, TestRouter};
+use support::{client, keyed_event, subscribe, test_config, RedisServer, TestRouter};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_leaves_unfinished_events_pending_and_the_next_run_delivers_them() {
@@ -106,28 +106,9 @@ async fn a_subscriber_that_never_answers_leaves_memory_flat() {
         Some(Duration::from_secs(3600)),
     )
     .await;
-    let port = free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_evrouter"))
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--redis",
-            &redis.url(),
-        ])
-        .env("EVR_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn");
-    let base = format!("http://127.0.0.1:{port}");
+    let process = RouterProcess::start(&redis, None).await;
+    let base = process.base.clone();
     let http = client();
-    for _ in 0..200 {
-        if http.get(format!("{base}/healthz")).send().await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
     let spec = json!({"name": "silent", "topics": ["order.created"], "endpoints": [silent.url()],
         "max_in_flight": 200, "timeout_ms": 600000});
     let response = http
@@ -153,10 +134,10 @@ async fn a_subscriber_that_never_answers_leaves_memory_flat() {
     };
     publish(0, 10_000).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let before = rss_kb(child.id());
+    let before = rss_kb(process.pid());
     publish(10_000, 100_000).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let after = rss_kb(child.id());
+    let after = rss_kb(process.pid());
     let stats: Value = http
         .get(format!("{base}/v1/stats"))
         .send()
@@ -165,8 +146,7 @@ async fn a_subscriber_that_never_answers_leaves_memory_flat() {
         .json()
         .await
         .expect("json");
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(process);
     let in_flight = stats["subscriptions"]["silent"]["in_flight"]
         .as_u64()
         .expect("in_flight");

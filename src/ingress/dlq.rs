@@ -33,24 +33,8 @@ pub struct ReplayBody {
     pub ids: Option<Vec<String>>,
 }
 
-fn unknown(name: &str) -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        "unknown_subscription",
-        format!("no subscription named `{name}`"),
-    )
-}
-
 fn store_error(err: redis::RedisError) -> ApiError {
-    tracing::warn!(error = %err, "dead-letter operation failed");
-    ApiError {
-        retry_after: Some(1),
-        ..ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "store_unavailable",
-            "redis is unavailable",
-        )
-    }
+    ApiError::store_unavailable("dead-letter operation", err)
 }
 
 /// Lists dead letters, paged.
@@ -66,7 +50,7 @@ pub async fn list(
         .router
         .dlq_list(&name, limit, query.after.as_deref())
         .await
-        .ok_or_else(|| unknown(&name))?
+        .ok_or_else(|| ApiError::unknown_subscription(&name))?
         .map_err(store_error)?;
     Ok(Json(page).into_response())
 }
@@ -94,7 +78,7 @@ pub async fn replay(
         .router
         .dlq_replay(&name, request.ids.as_deref())
         .await
-        .ok_or_else(|| unknown(&name))?
+        .ok_or_else(|| ApiError::unknown_subscription(&name))?
         .map_err(store_error)?;
     Ok(Json(report).into_response())
 }
@@ -108,7 +92,7 @@ pub async fn purge(
         .router
         .dlq_purge(&name)
         .await
-        .ok_or_else(|| unknown(&name))?
+        .ok_or_else(|| ApiError::unknown_subscription(&name))?
         .map_err(store_error)?;
     Ok(Json(json!({ "purged": purged })).into_response())
 }

@@ -48,6 +48,28 @@ impl ApiError {
         }
     }
 
+    /// 404 for a subscription name that does not exist.
+    pub fn unknown_subscription(name: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "unknown_subscription",
+            format!("no subscription named `{name}`"),
+        )
+    }
+
+    /// 503 when Redis failed an admin operation (`what` goes to the log).
+    pub fn store_unavailable(what: &str, err: redis::RedisError) -> Self {
+        tracing::warn!(error = %err, "{what} failed");
+        Self {
+            retry_after: Some(1),
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                "redis is unavailable",
+            )
+        }
+    }
+
     /// 404 for a path no route serves.
     pub fn not_found(path: &str) -> Self {
         Self::new(

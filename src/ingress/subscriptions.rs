@@ -16,23 +16,7 @@ use crate::router::registry::Created;
 use crate::router::subscription::{Subscription, SubscriptionSpec};
 
 fn store_error(err: redis::RedisError) -> ApiError {
-    tracing::warn!(error = %err, "subscription store failed");
-    ApiError {
-        retry_after: Some(1),
-        ..ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "store_unavailable",
-            "the subscription store is unavailable",
-        )
-    }
-}
-
-fn not_found(name: &str) -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        "unknown_subscription",
-        format!("no subscription named `{name}`"),
-    )
+    ApiError::store_unavailable("subscription store", err)
 }
 
 /// Parses and validates a subscription body, listing every problem with its path.
@@ -105,7 +89,7 @@ pub async fn get(
         .registry()
         .get(&name)
         .map(|s| Json(s.spec.clone()))
-        .ok_or_else(|| not_found(&name))
+        .ok_or_else(|| ApiError::unknown_subscription(&name))
 }
 
 /// `POST /v1/subscriptions`: 201 created, 200 when the same one exists, 409 when a
@@ -158,6 +142,6 @@ pub async fn delete(
     if app.router.delete(&name).await.map_err(store_error)? {
         Ok(StatusCode::NO_CONTENT)
     } else {
-        Err(not_found(&name))
+        Err(ApiError::unknown_subscription(&name))
     }
 }

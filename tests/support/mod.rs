@@ -2,6 +2,7 @@
 //! in-process on port 0 with a config the test shapes.
 #![allow(dead_code)]
 
+pub mod process;
 pub mod subscriber;
 
 use std::net::TcpListener as StdListener;
