@@ -148,7 +148,7 @@ pub struct LiveBodies {
     next_event: u64,
     /// Next sequence number per (domain, key): order is per stream, and payment events
     /// share their order's key but live in the payment stream.
-    seqs: std::collections::HashMap<(String, u64), u64>,
+    seqs: std::collections::HashMap<(u64, u64), u64>,
 }
 
 impl LiveBodies {
@@ -178,7 +178,8 @@ impl LiveBodies {
             let n = self.next_event;
             self.next_event += 1;
             let k = n % self.keys;
-            let seq_slot = self.seqs.entry((domain.to_string(), k)).or_insert(0);
+            let domain_id = xxhash_rust::xxh3::xxh3_64(domain.as_bytes());
+            let seq_slot = self.seqs.entry((domain_id, k)).or_insert(0);
             let seq = *seq_slot;
             *seq_slot += 1;
             let id = self.connection * 1_000_000_000_000 + n;

@@ -71,10 +71,14 @@ impl SinkState {
             return;
         }
         self.unique += 1;
-        let next = self
-            .next_seq
-            .entry(event.data.lt_key.to_string())
-            .or_insert(0);
+        // Looked up by borrowed key; the key is copied only the first time it is seen.
+        let next = match self.next_seq.get_mut(event.data.lt_key) {
+            Some(next) => next,
+            None => self
+                .next_seq
+                .entry(event.data.lt_key.to_string())
+                .or_insert(0),
+        };
         if event.data.seq != *next {
             self.order_violations += 1;
         }
