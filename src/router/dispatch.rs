@@ -66,7 +66,9 @@ impl Dispatch for RouterDispatch {
             return;
         }
         let lane: Arc<str> = match self.sub.spec.ordering {
-            Ordering::Key => Arc::from(envelope.key.as_str()),
+            // A key's order is kept within its partition (a key seen in two streams is two
+            // lanes), so losing one partition never holds back another's events.
+            Ordering::Key => Arc::from(format!("{}\u{1f}{}", entry.partition, envelope.key)),
             Ordering::None => Arc::from(format!("{}/{}", entry.partition, entry.id)),
         };
         let shard = (xxh3_64(lane.as_bytes()) % self.shards.len().max(1) as u64) as usize;

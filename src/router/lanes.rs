@@ -65,6 +65,11 @@ impl<T> Lanes<T> {
         self.lanes.remove(lane).map_or(0, |q| q.len())
     }
 
+    /// Removes a whole lane and returns its events.
+    pub fn remove_all(&mut self, lane: &str) -> Vec<T> {
+        self.lanes.remove(lane).map(Vec::from).unwrap_or_default()
+    }
+
     /// Number of lanes with events.
     pub fn len(&self) -> usize {
         self.lanes.len()

@@ -2,7 +2,7 @@
 //! a time under `ordering = "key"`), a deadline index for retries served by this one task,
 //! delivery over HTTP, and the ack, retry or dead-letter decision for every answer.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering as AtomicOrdering;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -78,6 +78,8 @@ pub struct Shard {
     rx: mpsc::Receiver<Delivery>,
     stop: watch::Receiver<bool>,
     lanes: Lanes<Delivery>,
+    /// (partition, entry id) of every event in the lanes.
+    held: HashSet<(Arc<str>, String)>,
     ready: VecDeque<Arc<str>>,
     timers: BTreeMap<(Instant, u64), Arc<str>>,
     timer_seq: u64,
@@ -116,6 +118,7 @@ impl Shard {
             rx,
             stop,
             lanes: Lanes::default(),
+            held: HashSet::new(),
             ready: VecDeque::new(),
             timers: BTreeMap::new(),
             timer_seq: 0,
@@ -158,6 +161,19 @@ impl Shard {
     }
 
     fn on_delivery(&mut self, delivery: Delivery) {
+        // A partition dropped and regained is reclaimed whole, including entries this
+        // shard still holds: those must not be queued a second time.
+        if !self
+            .held
+            .insert((delivery.partition.clone(), delivery.id.clone()))
+        {
+            self.ctx.permits.add_permits(1);
+            self.ctx
+                .stats
+                .in_flight
+                .fetch_sub(1, AtomicOrdering::Relaxed);
+            return;
+        }
         let lane = delivery.lane.clone();
         if self.lanes.push(lane.clone(), delivery) {
             self.ready.push_back(lane);
@@ -257,7 +273,7 @@ impl Shard {
     /// Forgets a lane whose partition moved to another instance: its events stay pending
     /// in Redis and the new owner delivers them.
     fn abandon(&mut self, lane: &Arc<str>) {
-        let n = self.lanes.remove(lane);
+        let n = self.forget_lane(lane);
         if n > 0 {
             self.ctx.permits.add_permits(n);
             self.ctx
@@ -265,6 +281,16 @@ impl Shard {
                 .in_flight
                 .fetch_sub(n as u64, AtomicOrdering::Relaxed);
         }
+    }
+
+    /// Removes a lane and forgets its entries; returns how many there were.
+    fn forget_lane(&mut self, lane: &Arc<str>) -> usize {
+        let removed = self.lanes.remove_all(lane);
+        for delivery in &removed {
+            self.held
+                .remove(&(delivery.partition.clone(), delivery.id.clone()));
+        }
+        removed.len()
     }
 
     fn send(&mut self, lanes: Vec<Arc<str>>, endpoint: usize, url: hyper::Uri, bulk: bool) {
@@ -398,6 +424,7 @@ impl Shard {
         // the acker has stopped, and then the entry stays pending and is delivered again.
         if let Err(err) = self.ctx.acks.try_send(op) {
             tracing::warn!(error = %err, "ack not queued; the event will be delivered again");
+            self.ctx.permits.add_permits(1);
         }
     }
 
@@ -407,6 +434,7 @@ impl Shard {
         let Some((head, more)) = self.lanes.pop(lane) else {
             return;
         };
+        self.held.remove(&(head.partition.clone(), head.id.clone()));
         // The acker frees the event's permit once its ack (or dead letter) is written.
         if ack {
             self.queue_ack(AckOp::Ack {

@@ -165,6 +165,10 @@ impl BackoffSpec {
     }
 }
 
+/// Longest durations a subscription may set (larger ones could overflow a deadline).
+const HOUR_MS: u64 = 3_600_000;
+const DAY_MS: u64 = 86_400_000;
+
 /// A subscription with its patterns compiled.
 #[derive(Debug, Clone)]
 pub struct Subscription {
@@ -220,8 +224,26 @@ impl Subscription {
         if spec.max_in_flight == 0 || spec.max_in_flight > 1_000_000 {
             bad("/max_in_flight", "must be between 1 and 1000000".into());
         }
-        if spec.timeout_ms == 0 {
-            bad("/timeout_ms", "must be greater than 0".into());
+        if spec.timeout_ms == 0 || spec.timeout_ms > HOUR_MS {
+            bad(
+                "/timeout_ms",
+                "must be between 1 and 3600000 (one hour)".into(),
+            );
+        }
+        if spec.bulk.max_wait_ms > 60_000 {
+            bad("/bulk/max_wait_ms", "must be at most 60000".into());
+        }
+        if spec.breaker.cooldown_ms > DAY_MS {
+            bad(
+                "/breaker/cooldown_ms",
+                "must be at most 86400000 (one day)".into(),
+            );
+        }
+        if spec.backoff.max_ms > DAY_MS {
+            bad(
+                "/backoff/max_ms",
+                "must be at most 86400000 (one day)".into(),
+            );
         }
         if spec.max_attempts == 0 {
             bad("/max_attempts", "must be at least 1".into());
@@ -308,6 +330,8 @@ mod tests {
         bad.endpoints = vec!["ftp://x".into()];
         bad.max_attempts = 0;
         bad.backoff.jitter = 2.0;
+        bad.breaker.cooldown_ms = u64::MAX;
+        bad.backoff.max_ms = u64::MAX;
         let problems = Subscription::new(bad).expect_err("invalid");
         let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
         for expected in [
@@ -316,6 +340,8 @@ mod tests {
             "/endpoints/0",
             "/max_attempts",
             "/backoff/jitter",
+            "/breaker/cooldown_ms",
+            "/backoff/max_ms",
         ] {
             assert!(paths.contains(&expected), "{expected} not in {paths:?}");
         }

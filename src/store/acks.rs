@@ -111,10 +111,14 @@ impl Acker {
             loop {
                 match self.flush(&batch).await {
                     Ok(()) => break,
-                    Err(err) if attempt < 3 => {
+                    // Entries whose ack is lost stay pending to this consumer and are not
+                    // read again until the partition changes hands: keep trying while
+                    // running; at shutdown give up after a few tries.
+                    Err(err) if attempt < 3 || !self.rx.is_closed() => {
                         attempt += 1;
                         tracing::warn!(error = %err, "ack failed; retrying");
-                        tokio::time::sleep(std::time::Duration::from_millis(100 * attempt)).await;
+                        let backoff = (100 * attempt).min(2000);
+                        tokio::time::sleep(std::time::Duration::from_millis(backoff)).await;
                     }
                     Err(err) => {
                         // The entries stay pending and are delivered again: at least once.
