@@ -11,10 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use redis::aio::ConnectionManager;
-use redis::streams::{
-    StreamAutoClaimReply, StreamId, StreamInfoConsumersReply, StreamPendingCountReply,
-    StreamReadReply,
-};
+use redis::streams::{StreamAutoClaimReply, StreamInfoConsumersReply, StreamPendingCountReply};
 use redis::Value;
 use tokio::sync::{watch, Semaphore};
 
@@ -208,8 +205,7 @@ impl<D: Dispatch> Reader<D> {
         for _ in keys {
             cmd.arg(">");
         }
-        let reply: redis::RedisResult<Option<StreamReadReply>> =
-            cmd.query_async(&mut self.conn).await;
+        let reply: redis::RedisResult<Value> = cmd.query_async(&mut self.conn).await;
         let reply = match reply {
             Ok(reply) => reply,
             Err(err) => {
@@ -218,13 +214,13 @@ impl<D: Dispatch> Reader<D> {
             }
         };
         let mut used = 0;
-        for stream in reply.map(|r| r.keys).unwrap_or_default() {
-            let Some(partition) = keys.iter().find(|k| ***k == *stream.key).cloned() else {
+        for (key, entries) in stream_entries(reply) {
+            let Some(partition) = keys.iter().find(|k| ***k == *key).cloned() else {
                 continue;
             };
-            for entry in stream.ids {
+            for (id, raw) in entries {
                 used += 1;
-                self.hand_over(&partition, entry, 0).await;
+                self.hand_over(&partition, id, raw, 0).await;
             }
         }
         // With more partitions than permits a read can return up to one entry per partition
@@ -275,7 +271,12 @@ impl<D: Dispatch> Reader<D> {
                 if taken == 0 {
                     return Ok(());
                 }
-                self.hand_over(key, entry, before).await;
+                let mut entry = entry;
+                let raw = match entry.map.remove(ENTRY_FIELD) {
+                    Some(Value::BulkString(bytes)) => Bytes::from(bytes),
+                    _ => Bytes::new(),
+                };
+                self.hand_over(key, entry.id, raw, before).await;
             }
             if reply.next_stream_id == "0-0" {
                 break;
@@ -312,21 +313,130 @@ impl<D: Dispatch> Reader<D> {
     async fn hand_over(
         &mut self,
         partition: &Arc<str>,
-        mut entry: StreamId,
+        id: String,
+        raw: Bytes,
         delivered_before: u32,
     ) {
-        // Taken out of the reply, not copied: the entry's bytes move into the delivery.
-        let raw = match entry.map.remove(ENTRY_FIELD) {
-            Some(Value::BulkString(bytes)) => Bytes::from(bytes),
-            _ => Bytes::new(),
-        };
         self.dispatch
             .dispatch(ReadEntry {
                 partition: partition.clone(),
-                id: entry.id,
+                id,
                 raw,
                 delivered_before,
             })
             .await;
+    }
+}
+
+/// The entries of an XREADGROUP reply, taken out of it without copies: per stream key, each
+/// entry's id and the bytes of its one field. (redis-rs's typed reply builds a map per
+/// entry and copies every value.)
+fn stream_entries(reply: Value) -> Vec<(String, Vec<(String, Bytes)>)> {
+    let streams: Vec<(Value, Value)> = match reply {
+        Value::Array(items) => items
+            .into_iter()
+            .filter_map(|item| match item {
+                Value::Array(pair) => {
+                    let mut pair = pair.into_iter();
+                    Some((pair.next()?, pair.next()?))
+                }
+                _ => None,
+            })
+            .collect(),
+        Value::Map(pairs) => pairs,
+        _ => Vec::new(),
+    };
+    streams
+        .into_iter()
+        .filter_map(|(key, entries)| {
+            let key = text(key)?;
+            let Value::Array(entries) = entries else {
+                return None;
+            };
+            let entries = entries
+                .into_iter()
+                .filter_map(|entry| {
+                    let Value::Array(parts) = entry else {
+                        return None;
+                    };
+                    let mut parts = parts.into_iter();
+                    let id = text(parts.next()?)?;
+                    let raw = match parts.next() {
+                        Some(Value::Array(fields)) => field_value(fields),
+                        Some(Value::Map(pairs)) => pairs.into_iter().find_map(|(name, value)| {
+                            (text(name).as_deref() == Some(ENTRY_FIELD)).then(|| bytes(value))
+                        }),
+                        _ => None,
+                    }
+                    .unwrap_or_default();
+                    Some((id, raw))
+                })
+                .collect();
+            Some((key, entries))
+        })
+        .collect()
+}
+
+/// The value of the entry field in a flat `[name, value, …]` list.
+fn field_value(fields: Vec<Value>) -> Option<Bytes> {
+    let mut fields = fields.into_iter();
+    while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
+        if text(name).as_deref() == Some(ENTRY_FIELD) {
+            return Some(bytes(value));
+        }
+    }
+    None
+}
+
+fn text(value: Value) -> Option<String> {
+    match value {
+        Value::BulkString(bytes) => String::from_utf8(bytes).ok(),
+        Value::SimpleString(s) => Some(s),
+        _ => None,
+    }
+}
+
+fn bytes(value: Value) -> Bytes {
+    match value {
+        Value::BulkString(bytes) => Bytes::from(bytes),
+        _ => Bytes::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn reads_entries_out_of_a_reply() {
+        let reply = Value::Array(vec![Value::Array(vec![
+            bulk("evr:{order.1}"),
+            Value::Array(vec![
+                Value::Array(vec![
+                    bulk("1-0"),
+                    Value::Array(vec![bulk("e"), bulk("abc")]),
+                ]),
+                Value::Array(vec![
+                    bulk("1-1"),
+                    Value::Array(vec![bulk("x"), bulk("y"), bulk("e"), bulk("d")]),
+                ]),
+            ]),
+        ])]);
+        let streams = stream_entries(reply);
+        assert_eq!(streams.len(), 1);
+        assert_eq!(streams[0].0, "evr:{order.1}");
+        assert_eq!(
+            streams[0].1[0],
+            ("1-0".to_string(), Bytes::from_static(b"abc"))
+        );
+        assert_eq!(
+            streams[0].1[1],
+            ("1-1".to_string(), Bytes::from_static(b"d"))
+        );
+        assert!(stream_entries(Value::Nil).is_empty());
     }
 }
