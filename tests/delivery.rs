@@ -656,3 +656,35 @@ async fn delivery_resumes_by_itself_after_redis_loses_everything() {
         .expect("hlen");
     assert_eq!(stored, 1, "the subscription was stored again");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ordering_none_delivers_everything_in_parallel() {
+    let redis = RedisServer::start();
+    let router = TestRouter::start(test_config(&redis)).await;
+    // Slow answers: with one key, only parallel delivery finishes in reasonable time.
+    let subscriber = Subscriber::start(
+        Arc::new(|_| (200, String::new())),
+        Some(Duration::from_millis(50)),
+    )
+    .await;
+    subscribe(
+        &router,
+        json!({"name": "parallel", "topics": ["order.created"], "endpoints": [subscriber.url()],
+               "ordering": "none", "max_in_flight": 200}),
+    )
+    .await;
+    let total = publish_keyed(&router, "order.created", 1, 200).await;
+    subscriber
+        .wait_for(Duration::from_secs(20), |log| log.len() >= total)
+        .await;
+    let log = subscriber.received();
+    let unique: std::collections::HashSet<&str> = log.iter().map(|r| r.event_id.as_str()).collect();
+    assert_eq!(unique.len(), total);
+    // One key, 200 events of 50 ms each: in order they would need 10 s; in parallel
+    // they overlap, so some arrive out of publish order.
+    let seqs: Vec<u64> = log.iter().filter_map(|r| r.seq).collect();
+    assert!(
+        seqs.windows(2).any(|w| w[0] > w[1]),
+        "events were not delivered in parallel"
+    );
+}
