@@ -143,10 +143,21 @@ impl From<PublishError> for ApiError {
                 if !matches!(store, StoreError::Busy) {
                     tracing::warn!(error = %store, "publish not confirmed by redis");
                 }
-                let code = match store {
-                    StoreError::Busy => "overloaded",
-                    StoreError::Closed => "shutting_down",
-                    _ => "store_unavailable",
+                // The cause goes to the log; the client learns what to do.
+                let (code, message) = match store {
+                    StoreError::Busy => ("overloaded", "evrouter is at capacity; retry later"),
+                    StoreError::Closed => (
+                        "shutting_down",
+                        "evrouter is shutting down; retry on another instance",
+                    ),
+                    StoreError::Timeout => (
+                        "store_unavailable",
+                        "the event store did not confirm in time; retry later",
+                    ),
+                    _ => (
+                        "store_unavailable",
+                        "the event store is unavailable; retry later",
+                    ),
                 };
                 Self {
                     retry_after: Some(1),

@@ -22,11 +22,14 @@ pub async fn readyz(State(app): State<Arc<AppState>>) -> Result<Json<Value>, Api
     let ping = command.query_async::<String>(&mut conn);
     match tokio::time::timeout(app.ready_timeout, ping).await {
         Ok(Ok(_)) => Ok(Json(json!({"status": "ready", "redis": "ok"}))),
-        Ok(Err(err)) => Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "store_unavailable",
-            format!("redis unreachable: {err}"),
-        )),
+        Ok(Err(err)) => {
+            tracing::debug!(error = %err, "readiness PING failed");
+            Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                "redis is unreachable",
+            ))
+        }
         Err(_) => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "store_unavailable",
