@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use support::subscriber::{successes, Received, Subscriber};
-use support::{client, keyed_event, subscribe, test_config, RedisServer, TestRouter};
+use support::{
+    client, get_json, keyed_event, status_of, subscribe, test_config, RedisServer, TestRouter,
+};
 
 /// Publishes `per_key` events for each of `keys` keys in batches, `data.seq` counting up
 /// per key; returns how many were published.
@@ -82,14 +84,7 @@ async fn ten_thousand_events_over_100_keys_arrive_complete_and_in_key_order() {
         .as_deref()
         .is_some_and(evrouter::trace::is_valid_traceparent)));
     // Everything is acked: nothing pending for the group.
-    let stats: Value = client()
-        .get(router.url("/v1/stats"))
-        .send()
-        .await
-        .expect("stats")
-        .json()
-        .await
-        .expect("json");
+    let stats: Value = get_json(router.url("/v1/stats")).await;
     let shipping = &stats["subscriptions"]["shipping"];
     assert_eq!(shipping["delivered"], total as u64);
     assert_eq!(shipping["lag"], 0);
@@ -203,14 +198,7 @@ async fn an_always_failing_subscriber_gets_everything_into_the_dlq() {
         subscriber.received().iter().all(|r| r.attempt <= 3),
         "attempted beyond max_attempts"
     );
-    let stats: Value = client()
-        .get(router.url("/v1/stats"))
-        .send()
-        .await
-        .expect("stats")
-        .json()
-        .await
-        .expect("json");
+    let stats: Value = get_json(router.url("/v1/stats")).await;
     assert_eq!(
         stats["subscriptions"]["audit"]["dead_lettered"],
         total as u64
@@ -366,14 +354,7 @@ async fn retry_drop_and_404_follow_daprs_rules() {
     assert_eq!(attempts(1), 1, "DROP is not retried");
     assert_eq!(attempts(2), 1, "404 is not retried");
     assert_eq!(attempts(3), 1);
-    let stats: Value = client()
-        .get(router.url("/v1/stats"))
-        .send()
-        .await
-        .expect("stats")
-        .json()
-        .await
-        .expect("json");
+    let stats: Value = get_json(router.url("/v1/stats")).await;
     let rules = &stats["subscriptions"]["rules"];
     assert_eq!(rules["delivered"], 2);
     assert_eq!(rules["dropped"], 2);
@@ -551,27 +532,27 @@ async fn subscriptions_api_validates_and_detects_conflicts() {
         .expect("json");
     assert_eq!(list.as_array().map(Vec::len), Some(1));
     assert_eq!(
-        http.delete(router.url("/v1/subscriptions/shipping"))
-            .send()
-            .await
-            .expect("delete")
-            .status(),
+        status_of(
+            reqwest::Method::DELETE,
+            router.url("/v1/subscriptions/shipping")
+        )
+        .await,
         204
     );
     assert_eq!(
-        http.delete(router.url("/v1/subscriptions/shipping"))
-            .send()
-            .await
-            .expect("delete")
-            .status(),
+        status_of(
+            reqwest::Method::DELETE,
+            router.url("/v1/subscriptions/shipping")
+        )
+        .await,
         404
     );
     assert_eq!(
-        http.get(router.url("/v1/subscriptions/shipping"))
-            .send()
-            .await
-            .expect("get")
-            .status(),
+        status_of(
+            reqwest::Method::GET,
+            router.url("/v1/subscriptions/shipping")
+        )
+        .await,
         404
     );
 }

@@ -13,6 +13,23 @@ use support::process::RouterProcess;
 use support::subscriber::{Received, Subscriber};
 use support::{client, keyed_event, RedisServer};
 
+/// A subscriber answering 200 after 2 ms, and two evrouter processes subscribed to it
+/// (the folder holds their config and must outlive them).
+async fn two_instances(
+    redis: &RedisServer,
+) -> (Subscriber, tempfile::TempDir, RouterProcess, RouterProcess) {
+    let subscriber = Subscriber::start(
+        Arc::new(|_| (200, String::new())),
+        Some(Duration::from_millis(2)),
+    )
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(&dir, &subscriber);
+    let a = RouterProcess::start(redis, Some(&config)).await;
+    let b = RouterProcess::start(redis, Some(&config)).await;
+    (subscriber, dir, a, b)
+}
+
 fn write_config(dir: &tempfile::TempDir, subscriber: &Subscriber) -> std::path::PathBuf {
     let path = dir.path().join("evrouter.toml");
     std::fs::write(
@@ -91,15 +108,7 @@ async fn publish_rounds(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_split_partitions_and_kill_9_loses_nothing() {
     let redis = RedisServer::start();
-    let subscriber = Subscriber::start(
-        Arc::new(|_| (200, String::new())),
-        Some(Duration::from_millis(2)),
-    )
-    .await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = write_config(&dir, &subscriber);
-    let a = RouterProcess::start(&redis, Some(&config)).await;
-    let b = RouterProcess::start(&redis, Some(&config)).await;
+    let (subscriber, _dir, a, b) = two_instances(&redis).await;
     let mut published = HashMap::new();
     publish_rounds(&a.base, 0..20, 50, &mut published).await;
     // Both hold leases once the rebalance settles.
@@ -141,15 +150,7 @@ async fn two_instances_split_partitions_and_kill_9_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_instance_loses_its_partitions_and_nothing_is_lost() {
     let redis = RedisServer::start();
-    let subscriber = Subscriber::start(
-        Arc::new(|_| (200, String::new())),
-        Some(Duration::from_millis(2)),
-    )
-    .await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = write_config(&dir, &subscriber);
-    let a = RouterProcess::start(&redis, Some(&config)).await;
-    let b = RouterProcess::start(&redis, Some(&config)).await;
+    let (subscriber, _dir, a, b) = two_instances(&redis).await;
     let mut published = HashMap::new();
     publish_rounds(&a.base, 0..20, 40, &mut published).await;
     b.signal("STOP");

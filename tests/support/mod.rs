@@ -271,6 +271,29 @@ impl Drop for TestRouter {
     }
 }
 
+/// GETs `url` and reads the answer as JSON.
+pub async fn get_json(url: String) -> Value {
+    client()
+        .get(url)
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("json answer")
+}
+
+/// The status of a `method` request to `url` with no body.
+pub async fn status_of(method: reqwest::Method, url: String) -> u16 {
+    client()
+        .request(method, url)
+        .send()
+        .await
+        .expect("request")
+        .status()
+        .as_u16()
+}
+
 /// A shared HTTP client.
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
