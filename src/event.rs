@@ -162,6 +162,8 @@ pub struct RawMetadata<'a> {
     pub partition_key: Option<&'a RawValue>,
     /// `metadata.sequence`.
     pub sequence: Option<&'a RawValue>,
+    /// `metadata.version`.
+    pub version: Option<&'a RawValue>,
     /// `metadata.traceparent`.
     pub traceparent: Option<&'a RawValue>,
 }
@@ -194,6 +196,7 @@ impl<'de> Visitor<'de> for MetadataVisitor {
                 "service" => &mut meta.service,
                 "partition_key" => &mut meta.partition_key,
                 "sequence" => &mut meta.sequence,
+                "version" => &mut meta.version,
                 "traceparent" => &mut meta.traceparent,
                 _ => {
                     map.next_value::<IgnoredAny>()?;
@@ -249,21 +252,26 @@ impl<'a> Body<'a> {
 pub fn json_depth(bytes: &[u8], limit: usize) -> usize {
     let mut depth = 0usize;
     let mut max = 0usize;
-    let mut in_string = false;
-    let mut escaped = false;
-    for &b in bytes {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
-            }
-            continue;
-        }
+    let mut at = 0;
+    while let Some(&b) = bytes.get(at) {
         match b {
-            b'"' => in_string = true,
+            b'"' => {
+                // Jump over the string: to its closing quote, past any escape.
+                at += 1;
+                loop {
+                    let Some(rest) = bytes.get(at..) else {
+                        return max;
+                    };
+                    match memchr::memchr2(b'"', b'\\', rest) {
+                        Some(off) if rest[off] == b'\\' => at += off + 2,
+                        Some(off) => {
+                            at += off;
+                            break;
+                        }
+                        None => return max,
+                    }
+                }
+            }
             b'{' | b'[' => {
                 depth += 1;
                 if depth > max {
@@ -276,6 +284,7 @@ pub fn json_depth(bytes: &[u8], limit: usize) -> usize {
             b'}' | b']' => depth = depth.saturating_sub(1),
             _ => {}
         }
+        at += 1;
     }
     max
 }
@@ -326,7 +335,22 @@ impl Envelope {
     /// Encodes as the version byte followed by the rkyv archive.
     pub fn encode(&self) -> Vec<u8> {
         // Serializing plain strings and bytes into memory cannot fail.
-        let archived = rkyv::to_bytes::<rancor::Error>(self).unwrap_or_default();
+        // Sized up front: growing the buffer while serializing copied the payload again.
+        let estimate = 128
+            + self.payload.len()
+            + self.event_id.len()
+            + self.topic.len()
+            + self.event_type.len()
+            + self.key.len()
+            + self.service.len()
+            + self.correlation_id.len()
+            + self.traceparent.len()
+            + self.tracestate.as_ref().map_or(0, String::len);
+        let archived = rkyv::api::high::to_bytes_in::<_, rancor::Error>(
+            self,
+            rkyv::util::AlignedVec::<16>::with_capacity(estimate),
+        )
+        .unwrap_or_default();
         let mut out = Vec::with_capacity(archived.len() + 1);
         out.push(ENVELOPE_VERSION);
         out.extend_from_slice(&archived);
@@ -376,6 +400,8 @@ mod tests {
     #[test]
     fn depth_counts_nesting_outside_strings() {
         assert_eq!(json_depth(br#"{"a":[1,{"b":"[[[["}]}"#, 64), 3);
+        assert_eq!(json_depth(br#"{"a":"\\\"[[","b":["\\\\"]}"#, 64), 2);
+        assert_eq!(json_depth(br#"["unterminated \\"#, 64), 1);
         let deep = "[".repeat(100) + &"]".repeat(100);
         assert_eq!(json_depth(deep.as_bytes(), 64), 65);
     }

@@ -139,7 +139,8 @@ pub fn prepare_event(
             message: "an event must be a JSON object".into(),
         }]
     })?;
-    let mut found = schemas.validate(&event);
+    let metadata = RawMetadata::parse(event.metadata);
+    let mut found = schemas.validate(&event, &metadata);
     let event_type = event.event_type.and_then(raw_str);
     if route.stream.require_type_match && found.is_empty() && event_type.as_deref() != Some(topic) {
         found.push(Violation {
@@ -151,7 +152,6 @@ pub fn prepare_event(
         return Err(found);
     }
     // The base schema has checked that these are strings.
-    let metadata = RawMetadata::parse(event.metadata);
     let event_id = event.event_id.and_then(raw_str).unwrap_or_default();
     let key = route.key(&event, &metadata, &event_id);
     let partition = partition_of(&key, route.stream.partitions);

@@ -1,15 +1,17 @@
 //! The schema registry: the platform's base event schema and optional per-type schemas,
 //! compiled once at start-up and applied to every published event.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::Path;
 
 use jsonschema::error::ValidationErrorKind;
 use jsonschema::Validator;
+use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
 use crate::config::ValidationConfig;
-use crate::event::{raw_str, RawEvent};
+use crate::event::{raw_str, RawEvent, RawMetadata};
 
 /// One thing wrong with an event: where (a JSON pointer) and what.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -44,6 +46,7 @@ pub enum SchemaError {
 /// Compiled validators: the base schema and per-type schemas.
 pub struct SchemaRegistry {
     base: Validator,
+    fast: BaseFastPath,
     /// Keyed by `event_type` or `event_type.v{major}`.
     by_type: HashMap<String, Validator>,
 }
@@ -98,6 +101,7 @@ impl SchemaRegistry {
     /// Compiles the base schema and every `*.json` file of `config.schema_dir`.
     pub fn load(config: &ValidationConfig) -> Result<Self, SchemaError> {
         let base = compile(&base_schema(config), "base schema")?;
+        let fast = BaseFastPath::new(config)?;
         let mut by_type = HashMap::new();
         if let Some(dir) = &config.schema_dir {
             for (name, schema) in read_schema_dir(dir)? {
@@ -105,7 +109,11 @@ impl SchemaRegistry {
                 by_type.insert(name, validator);
             }
         }
-        Ok(Self { base, by_type })
+        Ok(Self {
+            base,
+            fast,
+            by_type,
+        })
     }
 
     /// Number of per-type schemas loaded.
@@ -113,12 +121,16 @@ impl SchemaRegistry {
         self.by_type.len()
     }
 
-    /// Validates one event; returns every violation found (empty when valid).
-    pub fn validate(&self, event: &RawEvent<'_>) -> Vec<Violation> {
-        let light = light_tree(event);
-        // The common case is valid: a yes/no check is cheaper than collecting errors.
-        if !self.base.is_valid(&light) {
-            return self.base.iter_errors(&light).map(violation).collect();
+    /// Validates one event (with its `metadata` already read); returns every violation
+    /// found (empty when valid).
+    pub fn validate(&self, event: &RawEvent<'_>, metadata: &RawMetadata<'_>) -> Vec<Violation> {
+        // The common case is valid: checks read straight off the raw fields settle it
+        // without a tree; anything they cannot vouch for goes to the schema itself.
+        if !self.fast.surely_valid(event, metadata) {
+            let light = light_tree(event);
+            if !self.base.is_valid(&light) {
+                return self.base.iter_errors(&light).map(violation).collect();
+            }
         }
         let mut violations = Vec::new();
         if let Some(validator) = self.type_validator(event) {
@@ -150,6 +162,122 @@ impl SchemaRegistry {
         }
         self.by_type.get(event_type.as_ref())
     }
+}
+
+/// Stands in for the base schema on the hot path. It answers "surely valid" only when
+/// every constraint of the schema holds: the string patterns and the `date-time` format
+/// are checked by small validators compiled from the same schema text (so by the same
+/// engine), the rest straight on the raw JSON. Anything it cannot vouch for (escapes where
+/// none are expected, numbers written as `1.0`, a missing field) is left to the schema,
+/// which then decides and explains.
+struct BaseFastPath {
+    event_id: Validator,
+    event_type: Validator,
+    timestamp: Validator,
+}
+
+thread_local! {
+    /// A string value reused for the small validators, so that checking allocates nothing.
+    static SCRATCH: RefCell<Value> = const { RefCell::new(Value::String(String::new())) };
+}
+
+impl BaseFastPath {
+    fn new(config: &ValidationConfig) -> Result<Self, SchemaError> {
+        let base = base_schema(config);
+        let part = |name: &str| compile(&base["properties"][name], "base schema");
+        Ok(Self {
+            event_id: part("event_id")?,
+            event_type: part("event_type")?,
+            timestamp: part("timestamp")?,
+        })
+    }
+
+    fn surely_valid(&self, event: &RawEvent<'_>, metadata: &RawMetadata<'_>) -> bool {
+        let (Some(id), Some(ty), Some(ts), Some(version), Some(data), Some(meta)) = (
+            event.event_id,
+            event.event_type,
+            event.timestamp,
+            event.version,
+            event.data,
+            event.metadata,
+        ) else {
+            return false;
+        };
+        data.get().starts_with('{')
+            && meta.get().starts_with('{')
+            && is_major_minor(version.get())
+            && metadata
+                .correlation_id
+                .is_some_and(|v| is_non_empty_string(v.get()))
+            && metadata
+                .service
+                .is_some_and(|v| is_non_empty_string(v.get()))
+            && metadata.version.is_some_and(|v| v.get().starts_with('"'))
+            && metadata
+                .partition_key
+                .is_none_or(|v| is_non_empty_string(v.get()))
+            && metadata.sequence.is_none_or(|v| is_digits(v.get()))
+            && metadata.traceparent.is_none_or(|v| is_traceparent(v.get()))
+            && matches_string(&self.event_id, id)
+            && matches_string(&self.event_type, ty)
+            && matches_string(&self.timestamp, ts)
+    }
+}
+
+/// Whether a raw JSON string value satisfies `validator` (false for any other value).
+fn matches_string(validator: &Validator, raw: &RawValue) -> bool {
+    let Some(text) = raw_str(raw) else {
+        return false;
+    };
+    SCRATCH.with(|scratch| {
+        let Ok(mut value) = scratch.try_borrow_mut() else {
+            return false;
+        };
+        if let Value::String(s) = &mut *value {
+            s.clear();
+            s.push_str(&text);
+        } else {
+            *value = Value::String(text.into_owned());
+        }
+        validator.is_valid(&value)
+    })
+}
+
+/// A JSON string without escapes holding the bytes of `inner`.
+fn plain_string(raw: &str) -> Option<&str> {
+    let inner = raw.strip_prefix('"')?.strip_suffix('"')?;
+    (!inner.contains('\\')).then_some(inner)
+}
+
+/// A JSON string of at least one character (any escape is one or more).
+fn is_non_empty_string(raw: &str) -> bool {
+    raw.len() > 2 && raw.starts_with('"')
+}
+
+/// `^[0-9]+\.[0-9]+$` on a string without escapes.
+fn is_major_minor(raw: &str) -> bool {
+    plain_string(raw)
+        .and_then(|s| s.split_once('.'))
+        .is_some_and(|(major, minor)| is_digits(major) && is_digits(minor))
+}
+
+/// One or more ASCII digits: a non-negative JSON integer written plainly.
+fn is_digits(text: &str) -> bool {
+    !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// `^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$` on a string without escapes.
+fn is_traceparent(raw: &str) -> bool {
+    let Some(s) = plain_string(raw) else {
+        return false;
+    };
+    let mut parts = s.split('-');
+    let lower_hex = |p: &str| p.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    [2, 32, 16, 2].iter().all(|len| {
+        parts
+            .next()
+            .is_some_and(|p| p.len() == *len && lower_hex(p))
+    }) && parts.next().is_none()
 }
 
 /// The event as a small tree for the base schema: every top-level field it checks, with
@@ -232,7 +360,94 @@ mod tests {
 
     fn check(registry: &SchemaRegistry, text: &str) -> Vec<Violation> {
         let raw: &RawValue = serde_json::from_str(text).expect("json");
-        registry.validate(&RawEvent::parse(raw).expect("object"))
+        let event = RawEvent::parse(raw).expect("object");
+        registry.validate(&event, &RawMetadata::parse(event.metadata))
+    }
+
+    /// What the fast path and the schema itself say of one event.
+    fn both(registry: &SchemaRegistry, text: &str) -> (bool, bool) {
+        let raw: &RawValue = serde_json::from_str(text).expect("json");
+        let event = RawEvent::parse(raw).expect("object");
+        let fast = registry
+            .fast
+            .surely_valid(&event, &RawMetadata::parse(event.metadata));
+        (fast, registry.base.is_valid(&light_tree(&event)))
+    }
+
+    #[test]
+    fn fast_path_vouches_only_for_what_the_schema_accepts() {
+        let registry = SchemaRegistry::load(&ValidationConfig::default()).expect("compiles");
+        let with_trace = GOOD.replace(
+            r#""version":"1.0.0"}"#,
+            r#""version":"1.0.0","sequence":7,"partition_key":"k","traceparent":"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}"#,
+        );
+        // The everyday events must take the fast path, or it saves nothing.
+        assert_eq!(both(&registry, GOOD), (true, true));
+        assert_eq!(both(&registry, &with_trace), (true, true));
+        let variants = [
+            (r#""evt_order_1""#, r#""order-1""#),
+            (r#""evt_order_1""#, r#""evt_order_\u0031""#),
+            (r#""evt_order_1""#, "17"),
+            (r#""order.created""#, r#""Order""#),
+            (r#""order.created""#, "null"),
+            (r#""2026-01-30T10:00:00Z""#, r#""2026-01-30""#),
+            (r#""2026-01-30T10:00:00Z""#, r#""2026-02-30T10:00:00Z""#),
+            (r#""2026-01-30T10:00:00Z""#, r#""2026-01-30t10:00:00z""#),
+            (
+                r#""2026-01-30T10:00:00Z""#,
+                r#""2026-01-30T10:00:00.123+02:00""#,
+            ),
+            (r#""version":"1.0""#, r#""version":"1""#),
+            (r#""version":"1.0""#, r#""version":"1.0.1""#),
+            (r#""version":"1.0""#, r#""version":"1.0\n""#),
+            (r#""version":"1.0""#, r#""version":1.0"#),
+            (r#"{"order_id":"o1","total":5}"#, "[]"),
+            (r#"{"order_id":"o1","total":5}"#, r#""x""#),
+            (r#""correlation_id":"c""#, r#""correlation_id":"""#),
+            (r#""correlation_id":"c""#, r#""correlation_id":"\u0000""#),
+            (r#""correlation_id":"c""#, r#""correlation_id":3"#),
+            (r#""correlation_id":"c","#, ""),
+            (r#""service":"order-service""#, r#""service":[]"#),
+            (r#""version":"1.0.0""#, r#""version":1"#),
+            (r#""version":"1.0.0""#, r#""version":"1.0.0","sequence":-1"#),
+            (
+                r#""version":"1.0.0""#,
+                r#""version":"1.0.0","sequence":2.0"#,
+            ),
+            (
+                r#""version":"1.0.0""#,
+                r#""version":"1.0.0","sequence":1e3"#,
+            ),
+            (
+                r#""version":"1.0.0""#,
+                r#""version":"1.0.0","sequence":"3""#,
+            ),
+            (
+                r#""version":"1.0.0""#,
+                r#""version":"1.0.0","partition_key":"""#,
+            ),
+            (
+                r#""version":"1.0.0""#,
+                r#""version":"1.0.0","traceparent":"00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01""#,
+            ),
+            (
+                r#""version":"1.0.0""#,
+                r#""version":"1.0.0","traceparent":"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-2""#,
+            ),
+            (r#""metadata":{"#, r#""metadata":null,"m":{"#),
+            (r#""data":"#, r#""datum":"#),
+        ];
+        for (from, to) in variants {
+            let text = GOOD.replacen(from, to, 1);
+            assert_ne!(text, GOOD, "{from} not found");
+            let (fast, schema) = both(&registry, &text);
+            assert!(
+                !fast || schema,
+                "fast path vouched for an invalid event: {text}"
+            );
+            // The answer the client gets is the schema's, whichever path checked it.
+            assert_eq!(check(&registry, &text).is_empty(), schema, "{text}");
+        }
     }
 
     const GOOD: &str = r#"{"event_id":"evt_order_1","event_type":"order.created","timestamp":"2026-01-30T10:00:00Z","version":"1.0","data":{"order_id":"o1","total":5},"metadata":{"correlation_id":"c","service":"order-service","version":"1.0.0"}}"#;

@@ -475,10 +475,10 @@ impl Router {
                 Shard::new(context.clone(), rx, stop_rx.clone()).run(),
             ));
         }
+        let read_timeout = self.settings.read_block + Duration::from_secs(5);
         let reader = Reader {
-            conn: self
-                .target
-                .manager_with_timeout(self.settings.read_block + Duration::from_secs(5))?,
+            conn: self.target.manager_with_timeout(read_timeout)?,
+            streams: self.target.stream_conn(read_timeout),
             group: name.clone(),
             consumer: self.settings.instance.clone(),
             partitions: partitions_rx,

@@ -1,7 +1,9 @@
-//! Acks and dead letters, fenced by the partition lease: an instance that no longer holds a
-//! partition's lease cannot ack or dead-letter its entries. Acks are batched per partition
-//! (one XACK with many ids); a dead letter is appended and acked in one script, so an event
-//! is always in exactly one of the two places.
+//! Acks and dead letters. Acks are batched per partition (one plain XACK with many ids): an
+//! ack only ever records a delivery that happened, so it stays right even from an instance
+//! that has just lost the partition (the new owner may deliver the entry again, which
+//! at-least-once allows). A dead letter is appended and acked in one script fenced by the
+//! partition lease, so an event is always in exactly one of the two places and only the
+//! owner moves it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,12 +13,6 @@ use tokio::sync::{mpsc, Semaphore};
 
 use super::lease::lease_key;
 
-/// XACK ids of KEYS[1] for group ARGV[2] if KEYS[2] (the lease) holds ARGV[1].
-const FENCED_ACK: &str = r"
-if redis.call('GET', KEYS[2]) ~= ARGV[1] then return -1 end
-return redis.call('XACK', KEYS[1], ARGV[2], unpack(ARGV, 3))
-";
-
 /// Appends ARGV[4..] as a DLQ entry to KEYS[3] and acks ARGV[3], if the lease is held.
 const FENCED_DEAD_LETTER: &str = r"
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return -1 end
@@ -24,7 +20,7 @@ redis.call('XADD', KEYS[3], '*', unpack(ARGV, 4))
 return redis.call('XACK', KEYS[1], ARGV[2], ARGV[3])
 ";
 
-/// Most ids acked by one script call.
+/// Most ids in one XACK.
 const MAX_IDS_PER_ACK: usize = 1000;
 
 /// Most acks and dead letters written in one pipeline.
@@ -62,7 +58,7 @@ pub enum AckOp {
     },
 }
 
-/// Writes batched, fenced acks and dead letters for one subscription, then frees the read
+/// Writes batched acks and fenced dead letters for one subscription, then frees the read
 /// permit of each entry.
 pub struct Acker {
     conn: ConnectionManager,
@@ -95,8 +91,8 @@ impl Acker {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         while self.rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
             // Gather a little longer, so that each partition's acks go in one call: with
-            // many partitions, acking every wake-up would cost a script call per partition
-            // each time.
+            // many partitions, acking every wake-up would cost a call per partition each
+            // time.
             let deadline = tokio::time::Instant::now() + ACK_LINGER;
             while batch.len() < MAX_BATCH {
                 let room = MAX_BATCH - batch.len();
@@ -160,19 +156,15 @@ impl Acker {
         }
         for (partition, ids) in &by_partition {
             for chunk in ids.chunks(MAX_IDS_PER_ACK) {
-                pipe.cmd("EVAL")
-                    .arg(FENCED_ACK)
-                    .arg(2)
+                pipe.cmd("XACK")
                     .arg(&***partition)
-                    .arg(lease_key(partition))
-                    .arg(&self.instance)
                     .arg(&self.group)
                     .arg(chunk);
             }
         }
         let results: Vec<i64> = pipe.query_async(&mut self.conn).await?;
         if results.iter().any(|r| *r < 0) {
-            tracing::info!(group = %self.group, "acks refused: a partition's lease moved to another instance");
+            tracing::info!(group = %self.group, "dead letters refused: a partition's lease moved to another instance");
         }
         Ok(())
     }

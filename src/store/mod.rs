@@ -6,6 +6,7 @@ pub mod durability;
 pub mod lease;
 pub mod reader;
 pub mod retention;
+pub mod stream_conn;
 pub mod writer;
 
 use std::time::Duration;
@@ -119,6 +120,15 @@ impl RedisTarget {
             .set_max_delay(Duration::from_millis(500));
         ConnectionManager::new_lazy_with_config(self.client.clone(), config)
             .map_err(StoreError::from)
+    }
+
+    /// A plain connection for a reader's `XREADGROUP`s, with its own response timeout.
+    pub fn stream_conn(&self, timeout: Duration) -> stream_conn::StreamConn {
+        stream_conn::StreamConn::new(
+            self.client.get_connection_info().clone(),
+            self.connect_timeout,
+            timeout,
+        )
     }
 
     /// The response timeout every ordinary command runs under.

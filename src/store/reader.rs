@@ -2,7 +2,8 @@
 //! not stall other commands, and needs a response timeout longer than its BLOCK), it first
 //! reclaims the pending entries of every partition it has just taken over, then reads new
 //! entries in batches from all the partitions it holds, within the subscription's
-//! read-ahead budget. Lost consumer groups (NOGROUP) are created again.
+//! read-ahead budget. Lost consumer groups (NOGROUP) are created again. New entries are
+//! read over a plain connection of the reader's own ([`StreamConn`]), parsed in place.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -16,6 +17,7 @@ use redis::Value;
 use tokio::sync::{watch, Semaphore};
 
 use super::lease::Owned;
+use super::stream_conn::StreamConn;
 use crate::event::ENTRY_FIELD;
 
 /// Most entries asked for in one read.
@@ -64,8 +66,10 @@ pub trait Dispatch: Send {
 
 /// Everything a reader needs.
 pub struct Reader<D> {
-    /// Its own connection (response timeout longer than `block`).
+    /// Its own connection for takeovers and groups (response timeout longer than `block`).
     pub conn: ConnectionManager,
+    /// Its own connection for reading new entries (same timeout).
+    pub streams: StreamConn,
     /// The consumer group (the subscription's name).
     pub group: String,
     /// This instance's consumer name.
@@ -205,8 +209,7 @@ impl<D: Dispatch> Reader<D> {
         for _ in keys {
             cmd.arg(">");
         }
-        let reply: redis::RedisResult<Value> = cmd.query_async(&mut self.conn).await;
-        let reply = match reply {
+        let reply = match self.streams.read_streams(&cmd).await {
             Ok(reply) => reply,
             Err(err) => {
                 self.permits.add_permits(taken);
@@ -214,12 +217,13 @@ impl<D: Dispatch> Reader<D> {
             }
         };
         let mut used = 0;
-        for (key, entries) in stream_entries(reply) {
-            let Some(partition) = keys.iter().find(|k| ***k == *key).cloned() else {
+        for (key, entries) in reply {
+            let Some(partition) = keys.iter().find(|k| k.as_bytes() == &key[..]).cloned() else {
                 continue;
             };
             for (id, raw) in entries {
                 used += 1;
+                let id = String::from_utf8_lossy(&id).into_owned();
                 self.hand_over(&partition, id, raw, 0).await;
             }
         }
@@ -325,118 +329,5 @@ impl<D: Dispatch> Reader<D> {
                 delivered_before,
             })
             .await;
-    }
-}
-
-/// The entries of an XREADGROUP reply, taken out of it without copies: per stream key, each
-/// entry's id and the bytes of its one field. (redis-rs's typed reply builds a map per
-/// entry and copies every value.)
-fn stream_entries(reply: Value) -> Vec<(String, Vec<(String, Bytes)>)> {
-    let streams: Vec<(Value, Value)> = match reply {
-        Value::Array(items) => items
-            .into_iter()
-            .filter_map(|item| match item {
-                Value::Array(pair) => {
-                    let mut pair = pair.into_iter();
-                    Some((pair.next()?, pair.next()?))
-                }
-                _ => None,
-            })
-            .collect(),
-        Value::Map(pairs) => pairs,
-        _ => Vec::new(),
-    };
-    streams
-        .into_iter()
-        .filter_map(|(key, entries)| {
-            let key = text(key)?;
-            let Value::Array(entries) = entries else {
-                return None;
-            };
-            let entries = entries
-                .into_iter()
-                .filter_map(|entry| {
-                    let Value::Array(parts) = entry else {
-                        return None;
-                    };
-                    let mut parts = parts.into_iter();
-                    let id = text(parts.next()?)?;
-                    let raw = match parts.next() {
-                        Some(Value::Array(fields)) => field_value(fields),
-                        Some(Value::Map(pairs)) => pairs.into_iter().find_map(|(name, value)| {
-                            (text(name).as_deref() == Some(ENTRY_FIELD)).then(|| bytes(value))
-                        }),
-                        _ => None,
-                    }
-                    .unwrap_or_default();
-                    Some((id, raw))
-                })
-                .collect();
-            Some((key, entries))
-        })
-        .collect()
-}
-
-/// The value of the entry field in a flat `[name, value, …]` list.
-fn field_value(fields: Vec<Value>) -> Option<Bytes> {
-    let mut fields = fields.into_iter();
-    while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
-        if text(name).as_deref() == Some(ENTRY_FIELD) {
-            return Some(bytes(value));
-        }
-    }
-    None
-}
-
-fn text(value: Value) -> Option<String> {
-    match value {
-        Value::BulkString(bytes) => String::from_utf8(bytes).ok(),
-        Value::SimpleString(s) => Some(s),
-        _ => None,
-    }
-}
-
-fn bytes(value: Value) -> Bytes {
-    match value {
-        Value::BulkString(bytes) => Bytes::from(bytes),
-        _ => Bytes::new(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn bulk(s: &str) -> Value {
-        Value::BulkString(s.as_bytes().to_vec())
-    }
-
-    #[test]
-    fn reads_entries_out_of_a_reply() {
-        let reply = Value::Array(vec![Value::Array(vec![
-            bulk("evr:{order.1}"),
-            Value::Array(vec![
-                Value::Array(vec![
-                    bulk("1-0"),
-                    Value::Array(vec![bulk("e"), bulk("abc")]),
-                ]),
-                Value::Array(vec![
-                    bulk("1-1"),
-                    Value::Array(vec![bulk("x"), bulk("y"), bulk("e"), bulk("d")]),
-                ]),
-            ]),
-        ])]);
-        let streams = stream_entries(reply);
-        assert_eq!(streams.len(), 1);
-        assert_eq!(streams[0].0, "evr:{order.1}");
-        assert_eq!(
-            streams[0].1[0],
-            ("1-0".to_string(), Bytes::from_static(b"abc"))
-        );
-        assert_eq!(
-            streams[0].1[1],
-            ("1-1".to_string(), Bytes::from_static(b"d"))
-        );
-        assert!(stream_entries(Value::Nil).is_empty());
     }
 }
