@@ -50,6 +50,9 @@ pub struct DeliveryConfig {
     pub read_block: String,
     /// Worker shards per subscription.
     pub shards: usize,
+    /// Partition readers per subscription (each reads its share of the partitions over
+    /// its own connection).
+    pub readers: usize,
 }
 
 impl Default for DeliveryConfig {
@@ -58,6 +61,7 @@ impl Default for DeliveryConfig {
             lease_ttl: "5s".into(),
             read_block: "500ms".into(),
             shards: 2,
+            readers: 2,
         }
     }
 }
@@ -497,6 +501,7 @@ impl Config {
             ("writer.max_batch", self.writer.max_batch),
             ("writer.queue_capacity", self.writer.queue_capacity),
             ("delivery.shards", self.delivery.shards),
+            ("delivery.readers", self.delivery.readers),
         ] {
             if value == 0 {
                 bad(path, "must be greater than 0".into());

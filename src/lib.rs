@@ -113,6 +113,7 @@ pub async fn run(
             lease_ttl: Config::duration(&config.delivery.lease_ttl),
             read_block: Config::duration(&config.delivery.read_block),
             shards: config.delivery.shards,
+            readers: config.delivery.readers,
             grace: Config::duration(&config.server.shutdown_grace),
         },
         configured,

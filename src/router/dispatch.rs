@@ -16,6 +16,7 @@ use crate::store::acks::AckOp;
 use crate::store::reader::{Dispatch, ReadEntry};
 
 /// Routes a subscription's entries to its shards.
+#[derive(Clone)]
 pub struct RouterDispatch {
     sub: Arc<Subscription>,
     shards: Vec<mpsc::Sender<Delivery>>,

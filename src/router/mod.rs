@@ -49,6 +49,8 @@ pub struct RouterSettings {
     pub read_block: Duration,
     /// Worker shards per subscription.
     pub shards: usize,
+    /// Partition readers per subscription.
+    pub readers: usize,
     /// How long shutdown waits for deliveries in flight.
     pub grace: Duration,
 }
@@ -476,20 +478,25 @@ impl Router {
             ));
         }
         let read_timeout = self.settings.read_block + Duration::from_secs(5);
-        let reader = Reader {
-            conn: self.target.manager_with_timeout(read_timeout)?,
-            streams: self.target.stream_conn(read_timeout),
-            group: name.clone(),
-            consumer: self.settings.instance.clone(),
-            partitions: partitions_rx,
-            owned: self.owned.clone(),
-            dispatch: RouterDispatch::new(sub, shard_senders, ack_tx, permits.clone(), stats),
-            permits,
-            block: self.settings.read_block,
-            stop: stop_rx,
-            debt: 0,
-        };
-        tasks.insert(0, tokio::spawn(reader.run()));
+        let dispatch = RouterDispatch::new(sub, shard_senders, ack_tx, permits.clone(), stats);
+        let readers = self.settings.readers.max(1);
+        for index in 0..readers {
+            let reader = Reader {
+                conn: self.target.manager_with_timeout(read_timeout)?,
+                streams: self.target.stream_conn(read_timeout),
+                share: (index, readers),
+                group: name.clone(),
+                consumer: self.settings.instance.clone(),
+                partitions: partitions_rx.clone(),
+                owned: self.owned.clone(),
+                dispatch: dispatch.clone(),
+                permits: permits.clone(),
+                block: self.settings.read_block,
+                stop: stop_rx.clone(),
+                debt: 0,
+            };
+            tasks.insert(0, tokio::spawn(reader.run()));
+        }
         tracing::info!(subscription = %name, "delivery started");
         Ok(Worker {
             spec: context.sub.spec.clone(),

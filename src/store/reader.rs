@@ -70,6 +70,9 @@ pub struct Reader<D> {
     pub conn: ConnectionManager,
     /// Its own connection for reading new entries (same timeout).
     pub streams: StreamConn,
+    /// `(index, count)`: this reader takes the partitions whose key hashes to `index`
+    /// among `count` readers, so each partition has one reader.
+    pub share: (usize, usize),
     /// The consumer group (the subscription's name).
     pub group: String,
     /// This instance's consumer name.
@@ -101,7 +104,7 @@ impl<D: Dispatch> Reader<D> {
                 .partitions
                 .borrow()
                 .iter()
-                .filter(|k| owned.holds(k))
+                .filter(|k| owned.holds(k) && self.takes(k))
                 .cloned()
                 .collect();
             claimed.retain(|k| keys.contains(k));
@@ -146,6 +149,12 @@ impl<D: Dispatch> Reader<D> {
                 }
             }
         }
+    }
+
+    /// Whether this reader reads the partition `key`.
+    fn takes(&self, key: &str) -> bool {
+        let (index, count) = self.share;
+        count <= 1 || xxhash_rust::xxh3::xxh3_64(key.as_bytes()) % count as u64 == index as u64
     }
 
     /// Takes `count` permits (at least one, waiting for it); returns how many were taken.
