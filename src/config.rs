@@ -48,6 +48,9 @@ pub struct DeliveryConfig {
     pub lease_ttl: String,
     /// How long one read waits for new entries (Redis BLOCK).
     pub read_block: String,
+    /// After a read that brought few entries, how long the reader waits before the next,
+    /// so that under load each read carries more (0 reads again at once).
+    pub read_linger: String,
     /// Worker shards per subscription.
     pub shards: usize,
     /// Partition readers per subscription (each reads its share of the partitions over
@@ -60,6 +63,7 @@ impl Default for DeliveryConfig {
         Self {
             lease_ttl: "5s".into(),
             read_block: "500ms".into(),
+            read_linger: "2ms".into(),
             shards: 2,
             readers: 2,
         }
@@ -520,9 +524,12 @@ impl Config {
             ("retention.check_interval", &self.retention.check_interval),
             ("delivery.lease_ttl", &self.delivery.lease_ttl),
             ("delivery.read_block", &self.delivery.read_block),
+            ("delivery.read_linger", &self.delivery.read_linger),
         ] {
             match parse_duration(value) {
-                Ok(d) if d.is_zero() && path != "writer.linger" => {
+                Ok(d)
+                    if d.is_zero() && path != "writer.linger" && path != "delivery.read_linger" =>
+                {
                     bad(path, "must be greater than 0".into())
                 }
                 Ok(_) => {}

@@ -91,33 +91,41 @@ fn lookup<'a>(raw: &'a str, segment: &str) -> Option<&'a RawValue> {
     }
 }
 
-/// Finds one key of a raw JSON object, skipping every other value unparsed.
+/// Finds one key of a raw JSON object, skipping every other value unparsed and stopping at
+/// the key (the rest of the object is not read, so it is not checked either).
 pub fn lookup_key<'a>(raw: &'a str, key: &str) -> Result<Option<&'a RawValue>, serde_json::Error> {
+    let found = std::cell::Cell::new(None);
     let mut de = serde_json::Deserializer::from_str(raw);
-    de.deserialize_map(KeyFinder { key })
+    match de.deserialize_map(KeyFinder { key, found: &found }) {
+        Ok(()) => Ok(None),
+        // Stopping at the key is signalled as an error, the only way a visitor can stop
+        // early; the value is in `found`.
+        Err(_) if found.get().is_some() => Ok(found.get()),
+        Err(err) => Err(err),
+    }
 }
 
-struct KeyFinder<'k> {
+struct KeyFinder<'k, 'de> {
     key: &'k str,
+    found: &'k std::cell::Cell<Option<&'de RawValue>>,
 }
 
-impl<'de> Visitor<'de> for KeyFinder<'_> {
-    type Value = Option<&'de RawValue>;
+impl<'de> Visitor<'de> for KeyFinder<'_, 'de> {
+    type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a JSON object")
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut found = None;
         while let Some(key) = map.next_key::<Cow<'de, str>>()? {
             if key == self.key {
-                found = Some(map.next_value::<&'de RawValue>()?);
-            } else {
-                map.next_value::<IgnoredAny>()?;
+                self.found.set(Some(map.next_value::<&'de RawValue>()?));
+                return Err(serde::de::Error::custom("found"));
             }
+            map.next_value::<IgnoredAny>()?;
         }
-        Ok(found)
+        Ok(())
     }
 }
 

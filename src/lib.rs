@@ -112,6 +112,7 @@ pub async fn run(
             prefix: config.redis.key_prefix.clone(),
             lease_ttl: Config::duration(&config.delivery.lease_ttl),
             read_block: Config::duration(&config.delivery.read_block),
+            read_linger: Config::duration(&config.delivery.read_linger),
             shards: config.delivery.shards,
             readers: config.delivery.readers,
             grace: Config::duration(&config.server.shutdown_grace),

@@ -230,16 +230,35 @@ impl Publisher {
     ) -> Result<PublishOutcome, PublishError> {
         crate::topic::check_topic(topic).map_err(PublishError::InvalidTopic)?;
         let text = std::str::from_utf8(body).map_err(|e| PublishError::NotUtf8(e.valid_up_to()))?;
-        if json_depth(text.as_bytes(), self.limits.max_depth) > self.limits.max_depth {
-            return Err(PublishError::TooDeep(self.limits.max_depth));
-        }
-        let parsed = Body::parse(text).map_err(|e| PublishError::MalformedJson {
-            message: e.to_string(),
+        let max_depth = self.limits.max_depth;
+        let too_deep = |bytes: &[u8], limit: usize| json_depth(bytes, limit) > limit;
+        let parsed = Body::parse(text).map_err(|e| {
+            // serde_json stops at its own recursion limit: say so when depth is the cause.
+            if too_deep(text.as_bytes(), max_depth) {
+                PublishError::TooDeep(max_depth)
+            } else {
+                PublishError::MalformedJson {
+                    message: e.to_string(),
+                }
+            }
         })?;
         let (events, single) = match parsed {
             Body::One(raw) => (vec![raw], true),
             Body::Many(events) => (events, false),
         };
+        // An event cannot nest deeper than it has brackets: only the rare event with
+        // more brackets than the limit allows is scanned.
+        let limit = if single {
+            max_depth
+        } else {
+            max_depth.saturating_sub(1)
+        };
+        if events.iter().any(|raw| {
+            let bytes = raw.get().as_bytes();
+            memchr::memchr2_iter(b'{', b'[', bytes).count() > limit && too_deep(bytes, limit)
+        }) {
+            return Err(PublishError::TooDeep(max_depth));
+        }
         if events.is_empty() {
             return Err(PublishError::EmptyBatch);
         }

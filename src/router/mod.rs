@@ -47,6 +47,8 @@ pub struct RouterSettings {
     pub lease_ttl: Duration,
     /// BLOCK of each read.
     pub read_block: Duration,
+    /// Pause after a read that brought few entries.
+    pub read_linger: Duration,
     /// Worker shards per subscription.
     pub shards: usize,
     /// Partition readers per subscription.
@@ -492,6 +494,7 @@ impl Router {
                 dispatch: dispatch.clone(),
                 permits: permits.clone(),
                 block: self.settings.read_block,
+                linger: self.settings.read_linger,
                 stop: stop_rx.clone(),
                 debt: 0,
             };

@@ -23,6 +23,12 @@ use crate::event::ENTRY_FIELD;
 /// Most entries asked for in one read.
 const READ_COUNT: usize = 512;
 
+/// A read bringing at least this many entries is followed by the next at once; a smaller
+/// one by a pause of `linger`. Each read costs Redis a fixed price per partition it names,
+/// so under load, reads that come back with a handful of entries each cost more than the
+/// entries themselves (the idea of Kafka's `fetch.min.bytes` and `fetch.max.wait.ms`).
+const FULL_READ: usize = 64;
+
 /// Creates the consumer group `group` on `key` starting at `start` (`$` or `0`), creating
 /// the stream if needed; an existing group is left as it is.
 pub async fn ensure_group(
@@ -87,6 +93,8 @@ pub struct Reader<D> {
     pub permits: Arc<Semaphore>,
     /// BLOCK of each read.
     pub block: Duration,
+    /// Pause after a read that brought fewer than [`FULL_READ`] entries.
+    pub linger: Duration,
     /// Turns true on shutdown.
     pub stop: watch::Receiver<bool>,
     /// Permits owed for entries read beyond the budget (start at 0).
@@ -128,7 +136,15 @@ impl<D: Dispatch> Reader<D> {
             }
             .await;
             match result {
-                Ok(()) => backoff = Duration::from_millis(50),
+                Ok(read) => {
+                    backoff = Duration::from_millis(50);
+                    if read < FULL_READ && !self.linger.is_zero() {
+                        tokio::select! {
+                            _ = tokio::time::sleep(self.linger) => {}
+                            _ = self.stop.changed() => {}
+                        }
+                    }
+                }
                 Err(err) if err.code() == Some("NOGROUP") => {
                     tracing::warn!(group = %self.group, "consumer group lost; creating it again");
                     for key in &keys {
@@ -194,11 +210,11 @@ impl<D: Dispatch> Reader<D> {
         taken
     }
 
-    /// Reads new entries from every held partition in one call.
-    async fn read(&mut self, keys: &[Arc<str>]) -> redis::RedisResult<()> {
+    /// Reads new entries from every held partition in one call; returns how many came.
+    async fn read(&mut self, keys: &[Arc<str>]) -> redis::RedisResult<usize> {
         let taken = self.take_permits(READ_COUNT).await;
         if taken == 0 {
-            return Ok(());
+            return Ok(0);
         }
         // COUNT applies to each partition: spread the budget so the total stays within it
         // (but at least one per partition).
@@ -243,7 +259,7 @@ impl<D: Dispatch> Reader<D> {
         } else if used > taken {
             self.debt += used - taken;
         }
-        Ok(())
+        Ok(used)
     }
 
     /// Claims every pending entry of a partition just taken over (from a dead or paused

@@ -243,7 +243,8 @@ impl Writer {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
-        let mut pipe = redis::pipe();
+        let count: usize = jobs.iter().map(|job| job.entries.len()).sum();
+        let mut pipe = redis::Pipeline::with_capacity(count);
         // One entry's error (say, a key of the wrong type) must not fail the others.
         pipe.ignore_errors();
         let mut floors: Vec<(u64, String)> = Vec::new();
@@ -268,7 +269,11 @@ impl Writer {
                             .arg(&entry.value);
                     }
                     None => {
-                        pipe.cmd("XADD")
+                        // Sized once: growing each command while adding the envelope
+                        // copied it again and again.
+                        let size = entry.value.len() + entry.partition_key.len() + 64;
+                        let mut cmd = redis::Cmd::with_capacity(8, size);
+                        cmd.arg("XADD")
                             .arg(&*entry.partition_key)
                             .arg("MINID")
                             .arg("~")
@@ -276,6 +281,7 @@ impl Writer {
                             .arg("*")
                             .arg(ENTRY_FIELD)
                             .arg(&entry.value);
+                        pipe.add_command(cmd);
                     }
                 }
             }
