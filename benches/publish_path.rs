@@ -3,7 +3,7 @@
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use evrouter::config::Config;
-use evrouter::event::{Body, Envelope, RawEvent};
+use evrouter::event::{Body, Envelope, RawEvent, RawMetadata};
 use evrouter::publish::{prepare_event, PublishContext};
 use evrouter::schema::SchemaRegistry;
 use evrouter::streams::StreamCatalog;

@@ -9,6 +9,7 @@ mod dispatch;
 pub mod dlq;
 pub mod lanes;
 pub mod registry;
+pub mod reorder;
 pub mod shard;
 pub mod stats;
 pub mod subscription;

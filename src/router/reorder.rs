@@ -1,0 +1,511 @@
+//! The reorder buffer of `ordering = "sequence"`: per key, events are released in ascending
+//! `metadata.sequence` without gaps. An event ahead of the next expected number is held
+//! until the missing ones arrive; a gap left open past the timeout (or a buffer over its
+//! limits) is closed by the subscription's policy: its held events are dead-lettered, or
+//! released in order with the missing numbers skipped. Numbers below the next expected are
+//! duplicates, or stragglers when they fall in a range skipped by a release.
+//!
+//! Pure logic with an injected clock: the caller feeds events and the time, and acts on
+//! what comes back (deliver, dead-letter, ack). Deadlines are one ordered index, so one
+//! task serves every key's timer.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::RangeInclusive;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What happens to a gap that stays open past the timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnTimeout {
+    /// The held events go to the dead-letter queue.
+    DeadLetter,
+    /// The held events are delivered in order, the missing numbers skipped.
+    Release,
+}
+
+/// Why a gap was closed before it filled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The gap stayed open for the whole timeout (`sequence_gap_timeout`).
+    Timeout,
+    /// A limit of held events was reached (`reorder_buffer_full`).
+    BufferFull,
+}
+
+impl CloseReason {
+    /// The reason recorded with dead letters.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Timeout => "sequence_gap_timeout",
+            Self::BufferFull => "reorder_buffer_full",
+        }
+    }
+}
+
+/// The limits and policy of one subscription's buffer.
+#[derive(Debug, Clone)]
+pub struct ReorderLimits {
+    /// How long a gap may stay open.
+    pub timeout: Duration,
+    /// What closes an expired gap.
+    pub on_timeout: OnTimeout,
+    /// Most events held for one key.
+    pub max_held_per_key: usize,
+    /// Most events held in all.
+    pub max_held: usize,
+    /// The first number expected of a key never seen: `None` takes the first that arrives.
+    pub start: Option<u64>,
+}
+
+/// A gap closed without being filled, and what to do with its events.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ClosedGap<T> {
+    /// The key.
+    pub key: Arc<str>,
+    /// Timeout or full buffer.
+    pub reason: CloseReason,
+    /// The numbers that never came, as ranges.
+    pub missing: Vec<RangeInclusive<u64>>,
+    /// With `release`: the held events to deliver, in order; else empty.
+    pub release: Vec<T>,
+    /// With `dead_letter`: the held events to dead-letter, in order; else empty.
+    pub dead_letter: Vec<T>,
+}
+
+/// What becomes of an offered event.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Offered<T> {
+    /// Deliver these now, in this order (the event, then any held run it completed).
+    Deliver(Vec<T>),
+    /// Held until the gap before it fills.
+    Held,
+    /// Its number is below the next expected and was not skipped: already seen.
+    Duplicate(T),
+    /// Its number was skipped by an earlier release: it came too late.
+    LateAfterGap(T),
+    /// Its number is already held: a duplicate of a held event.
+    AlreadyHeld(T),
+}
+
+#[derive(Debug)]
+struct KeyState<T> {
+    /// The next number to deliver.
+    next: u64,
+    /// Events ahead of `next`, by number.
+    held: BTreeMap<u64, T>,
+    /// When the current gap times out (set while anything is held).
+    deadline: Option<Instant>,
+    /// Ranges skipped by releases, newest last (a few are kept, to tell stragglers).
+    skipped: Vec<RangeInclusive<u64>>,
+}
+
+/// Skipped ranges remembered per key.
+const SKIPPED_KEPT: usize = 8;
+
+/// The buffer of one subscription (or one shard of it).
+#[derive(Debug)]
+pub struct ReorderBuffer<T> {
+    limits: ReorderLimits,
+    keys: HashMap<Arc<str>, KeyState<T>>,
+    /// Every open gap's deadline: one index for all keys.
+    deadlines: BTreeMap<(Instant, Arc<str>), ()>,
+    held: usize,
+}
+
+impl<T> ReorderBuffer<T> {
+    /// An empty buffer.
+    pub fn new(limits: ReorderLimits) -> Self {
+        Self {
+            limits,
+            keys: HashMap::new(),
+            deadlines: BTreeMap::new(),
+            held: 0,
+        }
+    }
+
+    /// Events held now.
+    pub fn held(&self) -> usize {
+        self.held
+    }
+
+    /// The next number expected of `key`, if it has been seen or restored.
+    pub fn next_expected(&self, key: &str) -> Option<u64> {
+        self.keys.get(key).map(|state| state.next)
+    }
+
+    /// Sets the next expected number of a key not yet seen (restored from the store).
+    pub fn restore(&mut self, key: Arc<str>, next: u64) {
+        self.keys.entry(key).or_insert_with(|| KeyState {
+            next,
+            held: BTreeMap::new(),
+            deadline: None,
+            skipped: Vec::new(),
+        });
+    }
+
+    /// The earliest open gap's deadline, for the one timer that serves them all.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.deadlines.keys().next().map(|(at, _)| *at)
+    }
+
+    /// Offers the event numbered `seq` of `key`. When it makes a limit overflow, the
+    /// oldest gap of that scope is closed early, and comes back in `closed`.
+    pub fn offer(
+        &mut self,
+        key: &Arc<str>,
+        seq: u64,
+        item: T,
+        now: Instant,
+        closed: &mut Vec<ClosedGap<T>>,
+    ) -> Offered<T> {
+        let start = self.limits.start.unwrap_or(seq);
+        let state = self.keys.entry(key.clone()).or_insert_with(|| KeyState {
+            next: start,
+            held: BTreeMap::new(),
+            deadline: None,
+            skipped: Vec::new(),
+        });
+        if seq < state.next {
+            return if state.skipped.iter().any(|r| r.contains(&seq)) {
+                Offered::LateAfterGap(item)
+            } else {
+                Offered::Duplicate(item)
+            };
+        }
+        if seq > state.next {
+            if state.held.contains_key(&seq) {
+                return Offered::AlreadyHeld(item);
+            }
+            state.held.insert(seq, item);
+            self.held += 1;
+            if state.deadline.is_none() {
+                let at = now + self.limits.timeout;
+                state.deadline = Some(at);
+                self.deadlines.insert((at, key.clone()), ());
+            }
+            let over_key = state.held.len() > self.limits.max_held_per_key;
+            if over_key {
+                closed.push(self.close(key, CloseReason::BufferFull));
+            }
+            while self.held > self.limits.max_held {
+                let Some((_, oldest)) = self.deadlines.keys().next().cloned() else {
+                    break;
+                };
+                closed.push(self.close(&oldest, CloseReason::BufferFull));
+            }
+            return Offered::Held;
+        }
+        // The expected one: it and the run of held events after it go now.
+        let mut run = vec![item];
+        state.next = seq + 1;
+        while let Some(entry) = state.held.first_entry() {
+            if *entry.key() != state.next {
+                break;
+            }
+            run.push(entry.remove());
+            state.next += 1;
+        }
+        self.held -= run.len() - 1;
+        if run.len() > 1 {
+            // The gap filled: a gap still open further on gets a fresh timeout.
+            if let Some(at) = state.deadline.take() {
+                self.deadlines.remove(&(at, key.clone()));
+            }
+            if !state.held.is_empty() {
+                let at = now + self.limits.timeout;
+                state.deadline = Some(at);
+                self.deadlines.insert((at, key.clone()), ());
+            }
+        }
+        Offered::Deliver(run)
+    }
+
+    /// Closes every gap whose deadline has passed.
+    pub fn expire(&mut self, now: Instant) -> Vec<ClosedGap<T>> {
+        let mut closed = Vec::new();
+        while let Some((at, key)) = self.deadlines.keys().next().cloned() {
+            if at > now {
+                break;
+            }
+            closed.push(self.close(&key, CloseReason::Timeout));
+        }
+        closed
+    }
+
+    /// Closes the open gap of `key`: every held event goes by the policy, and the next
+    /// expected number moves past the last of them.
+    fn close(&mut self, key: &Arc<str>, reason: CloseReason) -> ClosedGap<T> {
+        let mut gap = ClosedGap {
+            key: key.clone(),
+            reason,
+            missing: Vec::new(),
+            release: Vec::new(),
+            dead_letter: Vec::new(),
+        };
+        let Some(state) = self.keys.get_mut(key) else {
+            return gap;
+        };
+        if let Some(at) = state.deadline.take() {
+            self.deadlines.remove(&(at, key.clone()));
+        }
+        let held = std::mem::take(&mut state.held);
+        self.held -= held.len();
+        let mut expected = state.next;
+        let mut events = Vec::with_capacity(held.len());
+        for (seq, item) in held {
+            if seq > expected {
+                gap.missing.push(expected..=seq - 1);
+            }
+            expected = seq + 1;
+            events.push(item);
+        }
+        state.next = expected;
+        match self.limits.on_timeout {
+            OnTimeout::Release => {
+                for range in &gap.missing {
+                    state.skipped.push(range.clone());
+                }
+                let excess = state.skipped.len().saturating_sub(SKIPPED_KEPT);
+                state.skipped.drain(..excess);
+                gap.release = events;
+            }
+            OnTimeout::DeadLetter => gap.dead_letter = events,
+        }
+        gap
+    }
+}
+
+/// How many numbers a list of missing ranges covers.
+pub fn missing_count(missing: &[RangeInclusive<u64>]) -> u64 {
+    missing.iter().map(|r| r.end() - r.start() + 1).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn limits(on_timeout: OnTimeout) -> ReorderLimits {
+        ReorderLimits {
+            timeout: Duration::from_secs(1),
+            on_timeout,
+            max_held_per_key: 100,
+            max_held: 1000,
+            start: None,
+        }
+    }
+
+    fn offer(
+        buffer: &mut ReorderBuffer<u64>,
+        key: &Arc<str>,
+        seq: u64,
+        now: Instant,
+    ) -> (Offered<u64>, Vec<ClosedGap<u64>>) {
+        let mut closed = Vec::new();
+        let offered = buffer.offer(key, seq, seq, now, &mut closed);
+        (offered, closed)
+    }
+
+    #[test]
+    fn holds_until_the_gap_fills_then_releases_the_run() {
+        let mut buffer = ReorderBuffer::new(limits(OnTimeout::DeadLetter));
+        let key: Arc<str> = "k".into();
+        let now = Instant::now();
+        assert_eq!(
+            offer(&mut buffer, &key, 1, now).0,
+            Offered::Deliver(vec![1])
+        );
+        assert_eq!(offer(&mut buffer, &key, 3, now).0, Offered::Held);
+        assert_eq!(offer(&mut buffer, &key, 4, now).0, Offered::Held);
+        assert_eq!(buffer.held(), 2);
+        assert_eq!(
+            offer(&mut buffer, &key, 2, now).0,
+            Offered::Deliver(vec![2, 3, 4])
+        );
+        assert_eq!(buffer.held(), 0);
+        assert_eq!(buffer.next_deadline(), None);
+        assert_eq!(offer(&mut buffer, &key, 3, now).0, Offered::Duplicate(3));
+    }
+
+    #[test]
+    fn a_timed_out_gap_is_dead_lettered_with_its_missing_numbers() {
+        let mut buffer = ReorderBuffer::new(limits(OnTimeout::DeadLetter));
+        let key: Arc<str> = "k".into();
+        let now = Instant::now();
+        offer(&mut buffer, &key, 1, now);
+        offer(&mut buffer, &key, 4, now);
+        offer(&mut buffer, &key, 6, now);
+        assert!(buffer.expire(now + Duration::from_millis(999)).is_empty());
+        let closed = buffer.expire(now + Duration::from_secs(1));
+        assert_eq!(closed.len(), 1);
+        assert_eq!(closed[0].reason, CloseReason::Timeout);
+        assert_eq!(closed[0].missing, vec![2..=3, 5..=5]);
+        assert_eq!(missing_count(&closed[0].missing), 3);
+        assert_eq!(closed[0].dead_letter, vec![4, 6]);
+        assert_eq!(buffer.next_expected("k"), Some(7));
+        // A straggler of a dead-lettered gap is an old number: not delivered.
+        assert_eq!(offer(&mut buffer, &key, 2, now).0, Offered::Duplicate(2));
+    }
+
+    #[test]
+    fn a_released_gap_delivers_in_order_and_reports_stragglers() {
+        let mut buffer = ReorderBuffer::new(limits(OnTimeout::Release));
+        let key: Arc<str> = "k".into();
+        let now = Instant::now();
+        offer(&mut buffer, &key, 10, now);
+        offer(&mut buffer, &key, 13, now);
+        offer(&mut buffer, &key, 12, now);
+        let closed = buffer.expire(now + Duration::from_secs(2));
+        assert_eq!(closed[0].release, vec![12, 13]);
+        assert_eq!(closed[0].missing, vec![11..=11]);
+        assert_eq!(
+            offer(&mut buffer, &key, 11, now).0,
+            Offered::LateAfterGap(11)
+        );
+        assert_eq!(offer(&mut buffer, &key, 13, now).0, Offered::Duplicate(13));
+        assert_eq!(
+            offer(&mut buffer, &key, 14, now).0,
+            Offered::Deliver(vec![14])
+        );
+    }
+
+    #[test]
+    fn limits_close_the_oldest_gap_early() {
+        let mut buffer = ReorderBuffer::new(ReorderLimits {
+            max_held_per_key: 2,
+            max_held: 3,
+            ..limits(OnTimeout::DeadLetter)
+        });
+        let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
+        let now = Instant::now();
+        offer(&mut buffer, &a, 1, now);
+        offer(&mut buffer, &a, 3, now);
+        offer(&mut buffer, &a, 4, now);
+        let (_, closed) = offer(&mut buffer, &a, 5, now);
+        assert_eq!(closed.len(), 1, "a holds 3 > 2");
+        assert_eq!(closed[0].reason, CloseReason::BufferFull);
+        assert_eq!(closed[0].dead_letter, vec![3, 4, 5]);
+        offer(&mut buffer, &b, 1, now);
+        offer(&mut buffer, &b, 3, now + Duration::from_millis(1));
+        offer(&mut buffer, &a, 7, now + Duration::from_millis(2));
+        offer(&mut buffer, &a, 8, now + Duration::from_millis(3));
+        let (_, closed) = offer(&mut buffer, &b, 5, now + Duration::from_millis(4));
+        assert_eq!(
+            closed.len(),
+            1,
+            "4 held in all > 3: the oldest gap (b's) closes"
+        );
+        assert_eq!(closed[0].key, b);
+        assert_eq!(buffer.held(), 2);
+    }
+
+    #[test]
+    fn a_fixed_start_holds_the_first_event_until_its_predecessors_come() {
+        let mut buffer = ReorderBuffer::new(ReorderLimits {
+            start: Some(1),
+            ..limits(OnTimeout::DeadLetter)
+        });
+        let key: Arc<str> = "k".into();
+        let now = Instant::now();
+        assert_eq!(offer(&mut buffer, &key, 2, now).0, Offered::Held);
+        assert_eq!(
+            offer(&mut buffer, &key, 1, now).0,
+            Offered::Deliver(vec![1, 2])
+        );
+    }
+
+    proptest! {
+        /// Sequences 1..=n per key, shuffled within windows, come out complete and in order
+        /// when no gap times out.
+        #[test]
+        fn shuffled_windows_come_out_in_order(
+            n in 1u64..200,
+            keys in 1usize..5,
+            window in 1usize..50,
+            seed in any::<u64>(),
+        ) {
+            let mut buffer = ReorderBuffer::new(ReorderLimits {
+                start: Some(1),
+                max_held_per_key: 10_000,
+                max_held: 100_000,
+                ..limits(OnTimeout::DeadLetter)
+            });
+            let names: Vec<Arc<str>> = (0..keys).map(|k| Arc::from(format!("k{k}"))).collect();
+            let mut arrivals: Vec<(usize, u64)> = Vec::new();
+            for (k, _) in names.iter().enumerate() {
+                let mut seqs: Vec<u64> = (1..=n).collect();
+                let mut state = seed ^ k as u64;
+                for chunk in seqs.chunks_mut(window) {
+                    for i in (1..chunk.len()).rev() {
+                        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                        chunk.swap(i, (state >> 33) as usize % (i + 1));
+                    }
+                }
+                arrivals.extend(seqs.into_iter().map(|s| (k, s)));
+            }
+            let now = Instant::now();
+            let mut out: Vec<Vec<u64>> = vec![Vec::new(); keys];
+            for (k, seq) in arrivals {
+                let mut closed = Vec::new();
+                if let Offered::Deliver(run) = buffer.offer(&names[k], seq, seq, now, &mut closed) {
+                    out[k].extend(run);
+                }
+                prop_assert!(closed.is_empty());
+            }
+            for got in out {
+                prop_assert_eq!(got, (1..=n).collect::<Vec<_>>());
+            }
+            prop_assert_eq!(buffer.held(), 0);
+        }
+
+        /// Whatever arrives, in whatever order, and whenever gaps expire: what is delivered
+        /// per key is strictly increasing, nothing is both delivered and dead-lettered, and
+        /// the count of held events matches.
+        #[test]
+        fn never_out_of_order_whatever_arrives(
+            ops in proptest::collection::vec((0usize..3, 1u64..40, 0u64..3), 1..300),
+            release in any::<bool>(),
+        ) {
+            let policy = if release { OnTimeout::Release } else { OnTimeout::DeadLetter };
+            let mut buffer = ReorderBuffer::new(ReorderLimits {
+                max_held_per_key: 5,
+                max_held: 8,
+                ..limits(policy)
+            });
+            let names: Vec<Arc<str>> = (0..3).map(|k| Arc::from(format!("k{k}"))).collect();
+            let start = Instant::now();
+            let mut now = start;
+            let mut last: Vec<Option<u64>> = vec![None; 3];
+            let mut seen_out: Vec<std::collections::HashSet<u64>> = vec![Default::default(); 3];
+            let mut check = |k: usize, seqs: &[u64], last: &mut Vec<Option<u64>>| -> Result<(), TestCaseError> {
+                for &s in seqs {
+                    prop_assert!(last[k].is_none_or(|l| s > l), "key {k}: {s} after {:?}", last[k]);
+                    prop_assert!(seen_out[k].insert(s));
+                    last[k] = Some(s);
+                }
+                Ok(())
+            };
+            for (k, seq, advance) in ops {
+                now += Duration::from_millis(400 * advance);
+                for gap in buffer.expire(now) {
+                    let k = names.iter().position(|n| *n == gap.key).unwrap_or(0);
+                    check(k, &gap.release, &mut last)?;
+                    check(k, &gap.dead_letter, &mut last)?;
+                }
+                let mut closed = Vec::new();
+                let offered = buffer.offer(&names[k], seq, seq, now, &mut closed);
+                for gap in closed {
+                    let gk = names.iter().position(|n| *n == gap.key).unwrap_or(0);
+                    check(gk, &gap.release, &mut last)?;
+                    check(gk, &gap.dead_letter, &mut last)?;
+                }
+                if let Offered::Deliver(run) = offered {
+                    check(k, &run, &mut last)?;
+                }
+                prop_assert!(buffer.held() <= 8);
+                let counted: usize = buffer.keys.values().map(|s| s.held.len()).sum();
+                prop_assert_eq!(counted, buffer.held());
+            }
+        }
+    }
+}
