@@ -14,7 +14,8 @@ pub async fn stats(State(app): State<Arc<AppState>>) -> Json<Value> {
     let mut subscriptions = BTreeMap::new();
     for (name, stats) in app.router.stats() {
         let lag = app.router.lag(&name).await;
-        subscriptions.insert(name, stats.snapshot(lag));
+        let sequence = app.router.orders_by_sequence(&name);
+        subscriptions.insert(name, stats.snapshot(lag, sequence));
     }
     Json(json!({ "subscriptions": subscriptions }))
 }

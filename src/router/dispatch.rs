@@ -69,7 +69,9 @@ impl Dispatch for RouterDispatch {
         let lane: Arc<str> = match self.sub.spec.ordering {
             // A key's order is kept within its partition (a key seen in two streams is two
             // lanes), so losing one partition never holds back another's events.
-            Ordering::Key => Arc::from(format!("{}\u{1f}{}", entry.partition, envelope.key)),
+            Ordering::Key | Ordering::Sequence => {
+                Arc::from(format!("{}\u{1f}{}", entry.partition, envelope.key))
+            }
             Ordering::None => Arc::from(format!("{}/{}", entry.partition, entry.id)),
         };
         let shard = (xxh3_64(lane.as_bytes()) % self.shards.len().max(1) as u64) as usize;
@@ -81,6 +83,7 @@ impl Dispatch for RouterDispatch {
             topic: envelope.topic,
             traceparent: envelope.traceparent,
             received_us: envelope.received_us,
+            sequence: envelope.sequence,
             payload: Bytes::from(envelope.payload),
             raw: entry.raw,
             attempts: entry.delivered_before,

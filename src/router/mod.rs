@@ -259,6 +259,13 @@ impl Router {
         all
     }
 
+    /// Whether a subscription uses `ordering = "sequence"`.
+    pub fn orders_by_sequence(&self, name: &str) -> bool {
+        self.registry
+            .get(name)
+            .is_some_and(|sub| sub.spec.ordering == subscription::Ordering::Sequence)
+    }
+
     /// Entries not yet read by a subscription's group, summed over its partitions.
     pub async fn lag(&self, name: &str) -> Option<u64> {
         let sub = self.registry.get(name)?;
@@ -470,6 +477,7 @@ impl Router {
             permits: permits.clone(),
             owned: self.owned.clone(),
             stats: stats.clone(),
+            shards: self.settings.shards.max(1),
         };
         let mut tasks = Vec::new();
         let mut shard_senders = Vec::new();

@@ -77,8 +77,11 @@ pub struct ClosedGap<T> {
 pub enum Offered<T> {
     /// Deliver these now, in this order (the event, then any held run it completed).
     Deliver(Vec<T>),
-    /// Held until the gap before it fills.
-    Held,
+    /// Held until the gap before it fills; `opened` when it opened the key's gap.
+    Held {
+        /// Whether nothing was held for the key before.
+        opened: bool,
+    },
     /// Its number is below the next expected and was not skipped: already seen.
     Duplicate(T),
     /// Its number was skipped by an earlier release: it came too late.
@@ -126,6 +129,11 @@ impl<T> ReorderBuffer<T> {
     /// Events held now.
     pub fn held(&self) -> usize {
         self.held
+    }
+
+    /// Events held for `key`.
+    pub fn held_for(&self, key: &str) -> usize {
+        self.keys.get(key).map_or(0, |state| state.held.len())
     }
 
     /// The next number expected of `key`, if it has been seen or restored.
@@ -183,6 +191,7 @@ impl<T> ReorderBuffer<T> {
                 state.deadline = Some(at);
                 self.deadlines.insert((at, key.clone()), ());
             }
+            let opened = state.held.len() == 1;
             let over_key = state.held.len() > self.limits.max_held_per_key;
             if over_key {
                 closed.push(self.close(key, CloseReason::BufferFull));
@@ -193,7 +202,7 @@ impl<T> ReorderBuffer<T> {
                 };
                 closed.push(self.close(&oldest, CloseReason::BufferFull));
             }
-            return Offered::Held;
+            return Offered::Held { opened };
         }
         // The expected one: it and the run of held events after it go now.
         let mut run = vec![item];
@@ -315,8 +324,14 @@ mod tests {
             offer(&mut buffer, &key, 1, now).0,
             Offered::Deliver(vec![1])
         );
-        assert_eq!(offer(&mut buffer, &key, 3, now).0, Offered::Held);
-        assert_eq!(offer(&mut buffer, &key, 4, now).0, Offered::Held);
+        assert_eq!(
+            offer(&mut buffer, &key, 3, now).0,
+            Offered::Held { opened: true }
+        );
+        assert_eq!(
+            offer(&mut buffer, &key, 4, now).0,
+            Offered::Held { opened: false }
+        );
         assert_eq!(buffer.held(), 2);
         assert_eq!(
             offer(&mut buffer, &key, 2, now).0,
@@ -407,7 +422,10 @@ mod tests {
         });
         let key: Arc<str> = "k".into();
         let now = Instant::now();
-        assert_eq!(offer(&mut buffer, &key, 2, now).0, Offered::Held);
+        assert_eq!(
+            offer(&mut buffer, &key, 2, now).0,
+            Offered::Held { opened: true }
+        );
         assert_eq!(
             offer(&mut buffer, &key, 1, now).0,
             Offered::Deliver(vec![1, 2])

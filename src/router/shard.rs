@@ -1,6 +1,7 @@
 //! A worker shard of one subscription: per-key FIFO lanes (one event of a key in flight at
-//! a time under `ordering = "key"`), a deadline index for retries served by this one task,
-//! delivery over HTTP, and the ack, retry or dead-letter decision for every answer.
+//! a time under `ordering = "key"`), under `ordering = "sequence"` a reorder buffer in front
+//! of the lanes, a deadline index for retries served by this one task, delivery over HTTP,
+//! and the ack, retry or dead-letter decision for every answer.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering as AtomicOrdering;
@@ -11,8 +12,13 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, watch, Semaphore};
 
 use super::lanes::Lanes;
+use super::reorder::{
+    missing_count, CloseReason, ClosedGap, Offered, OnTimeout, ReorderBuffer, ReorderLimits,
+};
 use super::stats::SubscriptionStats;
-use super::subscription::{DeliveryMode, Subscription};
+use super::subscription::{
+    DeliveryMode, GapPolicy, NamedStart, Ordering, ReorderStart, Subscription,
+};
 use crate::deliver::{Answer, Deliverer, Endpoints, Outcome, Outgoing};
 use crate::store::acks::{AckOp, Failure};
 use crate::store::lease::Owned;
@@ -34,6 +40,8 @@ pub struct Delivery {
     pub traceparent: String,
     /// When evrouter received it (µs since the epoch).
     pub received_us: u64,
+    /// `metadata.sequence`, when the event has one.
+    pub sequence: Option<u64>,
     /// The event's JSON.
     pub payload: Bytes,
     /// The stored entry (for the DLQ).
@@ -65,6 +73,8 @@ pub struct ShardContext {
     pub owned: watch::Receiver<Arc<Owned>>,
     /// Counters.
     pub stats: Arc<SubscriptionStats>,
+    /// How many shards the subscription runs (they share its reorder limits).
+    pub shards: usize,
 }
 
 struct Finished {
@@ -89,6 +99,10 @@ pub struct Shard {
     bulk_deadline: Option<Instant>,
     paused_until: Option<Instant>,
     stopping: bool,
+    /// `ordering = "sequence"`: events wait here until their turn, then go to the lanes.
+    reorder: Option<ReorderBuffer<Delivery>>,
+    /// This shard's part of the shared "held now" gauge.
+    held_reported: u64,
 }
 
 fn now_ms() -> u64 {
@@ -113,7 +127,11 @@ impl Shard {
         stop: watch::Receiver<bool>,
     ) -> Self {
         let (finished_tx, finished_rx) = mpsc::unbounded_channel();
+        let reorder = (ctx.sub.spec.ordering == Ordering::Sequence)
+            .then(|| ReorderBuffer::new(reorder_limits(&ctx)));
         Self {
+            reorder,
+            held_reported: 0,
             ctx,
             rx,
             stop,
@@ -143,6 +161,7 @@ impl Shard {
                 self.timers.keys().next().map(|(at, _)| *at),
                 self.bulk_deadline,
                 self.paused_until,
+                self.reorder.as_ref().and_then(ReorderBuffer::next_deadline),
             ]
             .into_iter()
             .flatten()
@@ -174,10 +193,157 @@ impl Shard {
                 .fetch_sub(1, AtomicOrdering::Relaxed);
             return;
         }
+        if self.reorder.is_some() {
+            self.offer(delivery);
+        } else {
+            self.enqueue(delivery);
+        }
+    }
+
+    /// Puts an event at the back of its lane.
+    fn enqueue(&mut self, delivery: Delivery) {
         let lane = delivery.lane.clone();
         if self.lanes.push(lane.clone(), delivery) {
             self.ready.push_back(lane);
         }
+    }
+
+    /// Sequence ordering: hands an event to the reorder buffer and acts on its answer.
+    fn offer(&mut self, delivery: Delivery) {
+        let stats = &self.ctx.stats.sequence;
+        let Some(seq) = delivery.sequence else {
+            SubscriptionStats::bump(&stats.unsequenced);
+            self.enqueue(delivery);
+            return;
+        };
+        let Some(buffer) = self.reorder.as_mut() else {
+            self.enqueue(delivery);
+            return;
+        };
+        let lane = delivery.lane.clone();
+        let mut closed = Vec::new();
+        let offered = buffer.offer(&lane, seq, delivery, Instant::now(), &mut closed);
+        match offered {
+            Offered::Deliver(run) => {
+                // The gap is filled once nothing of the key is held any more.
+                if run.len() > 1 && buffer.held_for(&lane) == 0 {
+                    SubscriptionStats::bump(&stats.gaps_filled);
+                }
+                for delivery in run {
+                    self.enqueue(delivery);
+                }
+            }
+            Offered::Held { opened } => {
+                if opened {
+                    SubscriptionStats::bump(&stats.gaps_opened);
+                }
+            }
+            Offered::Duplicate(delivery) | Offered::AlreadyHeld(delivery) => {
+                SubscriptionStats::bump(&stats.duplicates);
+                self.settle(delivery, None);
+            }
+            Offered::LateAfterGap(delivery) => {
+                SubscriptionStats::bump(&stats.late_after_gap);
+                let reason = "late_after_gap";
+                let note = format!("sequence {seq} arrived after its gap was skipped");
+                if self.ctx.sub.spec.dead_letter {
+                    self.settle(delivery, Some((reason, note)));
+                } else {
+                    self.settle(delivery, None);
+                }
+            }
+        }
+        self.close_gaps(closed);
+        self.count_held();
+    }
+
+    /// Acts on gaps the reorder buffer closed without their missing events.
+    fn close_gaps(&mut self, closed: Vec<ClosedGap<Delivery>>) {
+        for gap in closed {
+            let stats = &self.ctx.stats.sequence;
+            match gap.reason {
+                CloseReason::Timeout => SubscriptionStats::bump(&stats.gaps_timed_out),
+                CloseReason::BufferFull => SubscriptionStats::bump(&stats.gaps_closed_full),
+            }
+            let missing = gap
+                .missing
+                .iter()
+                .map(|r| {
+                    if r.start() == r.end() {
+                        r.start().to_string()
+                    } else {
+                        format!("{}-{}", r.start(), r.end())
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(",");
+            if !gap.release.is_empty() {
+                stats
+                    .skipped
+                    .fetch_add(missing_count(&gap.missing), AtomicOrdering::Relaxed);
+                tracing::info!(subscription = %self.ctx.sub.spec.name, key = %gap.key, %missing, reason = gap.reason.as_str(), "sequence gap skipped");
+            }
+            for delivery in gap.release {
+                self.enqueue(delivery);
+            }
+            for delivery in gap.dead_letter {
+                let note = format!("missing sequence numbers {missing}");
+                if self.ctx.sub.spec.dead_letter {
+                    self.settle(delivery, Some((gap.reason.as_str(), note)));
+                } else {
+                    SubscriptionStats::bump(&self.ctx.stats.dropped);
+                    self.settle(delivery, None);
+                }
+            }
+        }
+    }
+
+    /// Brings the shared "held now" gauge up to date with this shard's buffer.
+    fn count_held(&mut self) {
+        let Some(buffer) = &self.reorder else {
+            return;
+        };
+        let now = buffer.held() as u64;
+        let gauge = &self.ctx.stats.sequence.held;
+        if now > self.held_reported {
+            gauge.fetch_add(now - self.held_reported, AtomicOrdering::Relaxed);
+        } else {
+            gauge.fetch_sub(self.held_reported - now, AtomicOrdering::Relaxed);
+        }
+        self.held_reported = now;
+    }
+
+    /// Finishes an event that never reached a lane: acked, or dead-lettered with `reason`.
+    fn settle(&mut self, delivery: Delivery, dead_letter: Option<(&str, String)>) {
+        self.held
+            .remove(&(delivery.partition.clone(), delivery.id.clone()));
+        self.ctx
+            .stats
+            .in_flight
+            .fetch_sub(1, AtomicOrdering::Relaxed);
+        let op = match dead_letter {
+            Some((reason, note)) => {
+                SubscriptionStats::bump(&self.ctx.stats.dead_lettered);
+                AckOp::DeadLetter {
+                    partition: delivery.partition,
+                    id: delivery.id,
+                    raw: delivery.raw,
+                    failure: Failure {
+                        reason: reason.to_string(),
+                        last_status: None,
+                        last_error: Some(note),
+                        attempts: delivery.attempts,
+                        first_attempt_ms: now_ms(),
+                        last_attempt_ms: now_ms(),
+                    },
+                }
+            }
+            None => AckOp::Ack {
+                partition: delivery.partition,
+                id: delivery.id,
+            },
+        };
+        self.queue_ack(op);
     }
 
     fn on_wake(&mut self) {
@@ -193,6 +359,11 @@ impl Shard {
         }
         if self.paused_until.is_some_and(|at| at <= now) {
             self.paused_until = None;
+        }
+        if let Some(buffer) = self.reorder.as_mut() {
+            let closed = buffer.expire(now);
+            self.close_gaps(closed);
+            self.count_held();
         }
     }
 
@@ -449,6 +620,27 @@ impl Shard {
         if more {
             self.ready.push_back(lane.clone());
         }
+    }
+}
+
+/// The reorder limits of one shard: its share of the subscription's `max_held`, never more
+/// than half of the read-ahead budget (held events keep their read permits, and reading
+/// must go on so that the missing events can arrive).
+fn reorder_limits(ctx: &ShardContext) -> ReorderLimits {
+    let spec = &ctx.sub.spec.reorder;
+    let budget = spec.max_held.min(ctx.sub.spec.max_in_flight / 2).max(1);
+    ReorderLimits {
+        timeout: std::time::Duration::from_millis(spec.timeout_ms),
+        on_timeout: match spec.on_timeout {
+            GapPolicy::DeadLetter => OnTimeout::DeadLetter,
+            GapPolicy::Release => OnTimeout::Release,
+        },
+        max_held_per_key: spec.max_held_per_key,
+        max_held: (budget / ctx.shards.max(1)).max(1),
+        start: match spec.start {
+            ReorderStart::At(n) => Some(n),
+            ReorderStart::Named(NamedStart::FirstSeen) => None,
+        },
     }
 }
 

@@ -21,6 +21,8 @@ pub struct SubscriptionStats {
     pub unmatched: AtomicU64,
     /// Events read and not yet finished.
     pub in_flight: AtomicU64,
+    /// Sequence ordering: what the reorder buffer saw.
+    pub sequence: SequenceStats,
     /// Received by evrouter → subscriber's 2xx, in microseconds.
     latency: Mutex<Histogram<u64>>,
 }
@@ -34,12 +36,36 @@ impl Default for SubscriptionStats {
             dropped: AtomicU64::new(0),
             unmatched: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
+            sequence: SequenceStats::default(),
             // Constant, valid bounds: one microsecond to one hour, 3 significant digits.
             latency: Mutex::new(
                 Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds"),
             ),
         }
     }
+}
+
+/// Counters of the reorder buffer (`ordering = "sequence"`).
+#[derive(Debug, Default, Serialize)]
+pub struct SequenceStats {
+    /// Events held now, waiting for a gap to fill.
+    pub held: AtomicU64,
+    /// Gaps opened (an event arrived ahead of the next expected number).
+    pub gaps_opened: AtomicU64,
+    /// Gaps filled by the missing events (nothing of the key held any more).
+    pub gaps_filled: AtomicU64,
+    /// Gaps closed by the timeout.
+    pub gaps_timed_out: AtomicU64,
+    /// Gaps closed early because a limit of held events was reached.
+    pub gaps_closed_full: AtomicU64,
+    /// Numbers skipped by `release`.
+    pub skipped: AtomicU64,
+    /// Events whose number was already delivered or held: acked, not delivered.
+    pub duplicates: AtomicU64,
+    /// Events whose number a `release` had skipped: recorded in the DLQ, not delivered.
+    pub late_after_gap: AtomicU64,
+    /// Events without `metadata.sequence`: delivered in key order.
+    pub unsequenced: AtomicU64,
 }
 
 /// A snapshot for `/v1/stats`.
@@ -61,6 +87,9 @@ pub struct StatsSnapshot {
     pub lag: Option<u64>,
     /// End-to-end latency percentiles in milliseconds.
     pub latency_ms: Percentiles,
+    /// The reorder buffer's counters (subscriptions with `ordering = "sequence"`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sequence: Option<serde_json::Value>,
 }
 
 /// Latency percentiles in milliseconds.
@@ -89,8 +118,9 @@ impl SubscriptionStats {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// A snapshot; `lag` is filled by the caller from Redis.
-    pub fn snapshot(&self, lag: Option<u64>) -> StatsSnapshot {
+    /// A snapshot; `lag` is filled by the caller from Redis; `sequence` adds the reorder
+    /// buffer's counters.
+    pub fn snapshot(&self, lag: Option<u64>, sequence: bool) -> StatsSnapshot {
         let latency = self
             .latency
             .lock()
@@ -110,6 +140,7 @@ impl SubscriptionStats {
             in_flight: self.in_flight.load(Ordering::Relaxed),
             lag,
             latency_ms: latency,
+            sequence: sequence.then(|| serde_json::to_value(&self.sequence).unwrap_or_default()),
         }
     }
 }

@@ -20,8 +20,11 @@ pub struct SubscriptionSpec {
     pub mode: DeliveryMode,
     /// Bulk batching.
     pub bulk: BulkSpec,
-    /// `key` (one in-flight event per key) or `none`.
+    /// `key` (one in-flight event per key), `sequence` (per key, in `metadata.sequence`
+    /// order without gaps) or `none`.
     pub ordering: Ordering,
+    /// The reorder buffer of `ordering = "sequence"`.
+    pub reorder: ReorderSpec,
     /// Most events in flight (and read ahead) for this subscription on one instance.
     pub max_in_flight: usize,
     /// Request timeout.
@@ -48,6 +51,7 @@ impl Default for SubscriptionSpec {
             mode: DeliveryMode::Single,
             bulk: BulkSpec::default(),
             ordering: Ordering::Key,
+            reorder: ReorderSpec::default(),
             max_in_flight: 1000,
             timeout_ms: 5000,
             max_attempts: 10,
@@ -94,8 +98,67 @@ impl Default for BulkSpec {
 pub enum Ordering {
     /// Per key: at most one event of a key in flight.
     Key,
+    /// Per key, in ascending `metadata.sequence` without gaps (held until gaps fill).
+    Sequence,
     /// No ordering: events in parallel.
     None,
+}
+
+/// The reorder buffer of `ordering = "sequence"`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReorderSpec {
+    /// How long a gap may stay open before `on_timeout` closes it.
+    pub timeout_ms: u64,
+    /// `dead_letter` or `release`.
+    pub on_timeout: GapPolicy,
+    /// Most events held for one key.
+    pub max_held_per_key: usize,
+    /// Most events held in all (on one instance; at most half of `max_in_flight` is used,
+    /// so that reading goes on while events are held).
+    pub max_held: usize,
+    /// The first number expected of a key never seen: `"first_seen"` or a number.
+    pub start: ReorderStart,
+}
+
+impl Default for ReorderSpec {
+    fn default() -> Self {
+        Self {
+            timeout_ms: 300_000,
+            on_timeout: GapPolicy::DeadLetter,
+            max_held_per_key: 1000,
+            max_held: 100_000,
+            start: ReorderStart::Named(NamedStart::FirstSeen),
+        }
+    }
+}
+
+/// What closes a gap that stays open too long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GapPolicy {
+    /// The held events go to the DLQ (reason `sequence_gap_timeout`).
+    DeadLetter,
+    /// The held events are delivered in order, the missing numbers skipped.
+    Release,
+}
+
+/// Where a key's sequence starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ReorderStart {
+    /// A fixed first number (events before it are held until it comes).
+    At(u64),
+    /// A named start.
+    Named(NamedStart),
+}
+
+/// The named starts of a key's sequence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NamedStart {
+    /// The first number that arrives.
+    FirstSeen,
 }
 
 /// Where a new subscription starts reading.
@@ -244,6 +307,19 @@ impl Subscription {
                 "/backoff/max_ms",
                 "must be at most 86400000 (one day)".into(),
             );
+        }
+        let r = &spec.reorder;
+        if r.timeout_ms == 0 || r.timeout_ms > DAY_MS {
+            bad(
+                "/reorder/timeout_ms",
+                "must be between 1 and 86400000 (one day)".into(),
+            );
+        }
+        if r.max_held_per_key == 0 {
+            bad("/reorder/max_held_per_key", "must be at least 1".into());
+        }
+        if r.max_held == 0 {
+            bad("/reorder/max_held", "must be at least 1".into());
         }
         if spec.max_attempts == 0 {
             bad("/max_attempts", "must be at least 1".into());

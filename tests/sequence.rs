@@ -1,0 +1,290 @@
+//! `ordering = "sequence"` against a real Redis and a real HTTP subscriber: shuffled
+//! sequences arrive in order, gaps time out to the DLQ or are skipped, duplicates and
+//! stragglers are not delivered.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use support::subscriber::{Received, Subscriber};
+use support::{get_json, keyed_event, subscribe, test_config, RedisServer, TestRouter};
+
+/// An order event of `key` numbered `seq` (in `metadata.sequence`, and in `data.seq` for
+/// the subscriber to read back).
+fn sequenced(n: u64, key: &str, seq: u64) -> Value {
+    let mut event = keyed_event(n, key, seq);
+    event["metadata"]["sequence"] = json!(seq);
+    event
+}
+
+async fn publish_all(router: &TestRouter, events: Vec<Value>) {
+    for chunk in events.chunks(250) {
+        let (status, body) = router
+            .publish("order.created", &Value::Array(chunk.to_vec()))
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+}
+
+fn seqs_by_key(log: &[Received]) -> HashMap<String, Vec<u64>> {
+    let mut by_key: HashMap<String, Vec<u64>> = HashMap::new();
+    for r in log {
+        by_key
+            .entry(r.key.clone())
+            .or_default()
+            .push(r.seq.expect("seq"));
+    }
+    by_key
+}
+
+async fn sequence_stats(router: &TestRouter, name: &str) -> Value {
+    let stats = get_json(router.url("/v1/stats")).await;
+    stats["subscriptions"][name]["sequence"].clone()
+}
+
+fn dlq(redis: &RedisServer, subscription: &str) -> Vec<HashMap<String, String>> {
+    let mut conn = redis.conn();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("evr:{{*}}:dlq:{subscription}"))
+        .query(&mut conn)
+        .expect("keys");
+    let mut out = Vec::new();
+    for key in keys {
+        let range: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(&key)
+            .arg("-")
+            .arg("+")
+            .query(&mut conn)
+            .expect("xrange");
+        for entry in range.ids {
+            let mut fields = HashMap::new();
+            for (name, value) in &entry.map {
+                if let redis::Value::BulkString(bytes) = value {
+                    fields.insert(name.clone(), String::from_utf8_lossy(bytes).into_owned());
+                }
+            }
+            out.push(fields);
+        }
+    }
+    out
+}
+
+/// A small deterministic shuffle (xorshift), so a failure can be replayed.
+fn shuffle<T>(items: &mut [T], seed: &mut u64) {
+    for i in (1..items.len()).rev() {
+        *seed ^= *seed << 13;
+        *seed ^= *seed >> 7;
+        *seed ^= *seed << 17;
+        items.swap(i, (*seed % (i as u64 + 1)) as usize);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shuffled_sequences_arrive_in_strict_order() {
+    let redis = RedisServer::start();
+    let router = TestRouter::start(test_config(&redis)).await;
+    let subscriber = Subscriber::ok().await;
+    subscribe(
+        &router,
+        json!({"name": "ledger", "topics": ["order.created"], "endpoints": [subscriber.url()],
+               "ordering": "sequence", "max_in_flight": 20000,
+               "reorder": {"start": 1, "timeout_ms": 60000}}),
+    )
+    .await;
+    // 1..=200 for each of 50 keys, each key's numbers shuffled within windows of 50, the
+    // keys interleaved.
+    let (keys, per_key) = (50usize, 200u64);
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut per_key_order: Vec<Vec<u64>> = (0..keys)
+        .map(|_| {
+            let mut seqs: Vec<u64> = (1..=per_key).collect();
+            for window in seqs.chunks_mut(50) {
+                shuffle(window, &mut seed);
+            }
+            seqs
+        })
+        .collect();
+    let mut events = Vec::new();
+    let mut n = 0;
+    for i in 0..per_key as usize {
+        for (k, seqs) in per_key_order.iter_mut().enumerate() {
+            events.push(sequenced(n, &format!("ord_{k}"), seqs[i]));
+            n += 1;
+        }
+    }
+    let total = events.len();
+    publish_all(&router, events).await;
+    subscriber
+        .wait_for(Duration::from_secs(90), |log| log.len() >= total)
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let log = subscriber.received();
+    assert_eq!(log.len(), total, "lost or duplicated");
+    let by_key = seqs_by_key(&log);
+    assert_eq!(by_key.len(), keys);
+    for (key, seqs) in by_key {
+        assert_eq!(
+            seqs,
+            (1..=per_key).collect::<Vec<_>>(),
+            "{key} out of sequence"
+        );
+    }
+    let stats = sequence_stats(&router, "ledger").await;
+    assert!(stats["gaps_opened"].as_u64().unwrap_or(0) > 0, "{stats}");
+    assert_eq!(stats["gaps_opened"], stats["gaps_filled"], "{stats}");
+    assert_eq!(stats["held"], 0, "{stats}");
+    assert_eq!(stats["gaps_timed_out"], 0, "{stats}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_that_stays_open_goes_to_the_dlq_on_time() {
+    let redis = RedisServer::start();
+    let router = TestRouter::start(test_config(&redis)).await;
+    let subscriber = Subscriber::ok().await;
+    subscribe(
+        &router,
+        json!({"name": "ledger", "topics": ["order.created"], "endpoints": [subscriber.url()],
+               "ordering": "sequence",
+               "reorder": {"timeout_ms": 2000, "on_timeout": "dead_letter"}}),
+    )
+    .await;
+    publish_all(
+        &router,
+        vec![sequenced(0, "ord_a", 1), sequenced(1, "ord_a", 2)],
+    )
+    .await;
+    subscriber
+        .wait_for(Duration::from_secs(10), |log| log.len() >= 2)
+        .await;
+    let published = Instant::now();
+    publish_all(
+        &router,
+        vec![sequenced(2, "ord_a", 4), sequenced(3, "ord_a", 5)],
+    )
+    .await;
+    let mut dead = Vec::new();
+    while published.elapsed() < Duration::from_secs(10) {
+        dead = dlq(&redis, "ledger");
+        if dead.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let took = published.elapsed();
+    assert_eq!(dead.len(), 2, "the held events are dead-lettered");
+    // The gap's timer starts when evrouter reads the event, just after the publish.
+    assert!(
+        took >= Duration::from_millis(2000) && took <= Duration::from_millis(2200),
+        "timeout of 2 s honoured within 10%: {took:?}"
+    );
+    for fields in &dead {
+        assert_eq!(fields["reason"], "sequence_gap_timeout");
+        assert_eq!(fields["last_error"], "missing sequence numbers 3");
+    }
+    // The straggler is an old number now; the next one is delivered.
+    publish_all(
+        &router,
+        vec![sequenced(4, "ord_a", 3), sequenced(5, "ord_a", 6)],
+    )
+    .await;
+    subscriber
+        .wait_for(Duration::from_secs(10), |log| log.len() >= 3)
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let seqs = seqs_by_key(&subscriber.received());
+    assert_eq!(seqs["ord_a"], vec![1, 2, 6]);
+    let stats = sequence_stats(&router, "ledger").await;
+    assert_eq!(stats["gaps_timed_out"], 1, "{stats}");
+    assert_eq!(stats["duplicates"], 1, "{stats}");
+    assert_eq!(stats["held"], 0, "{stats}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_skips_the_gap_and_reports_stragglers_and_duplicates() {
+    let redis = RedisServer::start();
+    let router = TestRouter::start(test_config(&redis)).await;
+    let subscriber = Subscriber::ok().await;
+    subscribe(
+        &router,
+        json!({"name": "ledger", "topics": ["order.created"], "endpoints": [subscriber.url()],
+               "ordering": "sequence",
+               "reorder": {"timeout_ms": 500, "on_timeout": "release", "start": 1}}),
+    )
+    .await;
+    // 2 is missing; 1 comes twice; one event has no sequence at all.
+    let mut unsequenced = keyed_event(9, "ord_b", 100);
+    unsequenced["metadata"]
+        .as_object_mut()
+        .expect("metadata")
+        .remove("sequence");
+    publish_all(
+        &router,
+        vec![
+            sequenced(0, "ord_b", 1),
+            sequenced(1, "ord_b", 4),
+            sequenced(2, "ord_b", 3),
+            sequenced(3, "ord_b", 1),
+            unsequenced,
+        ],
+    )
+    .await;
+    subscriber
+        .wait_for(Duration::from_secs(10), |log| log.len() >= 4)
+        .await;
+    // 2 arrives after its gap was skipped: recorded in the DLQ, not delivered.
+    publish_all(
+        &router,
+        vec![sequenced(4, "ord_b", 2), sequenced(5, "ord_b", 5)],
+    )
+    .await;
+    subscriber
+        .wait_for(Duration::from_secs(10), |log| log.len() >= 5)
+        .await;
+    let mut dead = Vec::new();
+    for _ in 0..200 {
+        dead = dlq(&redis, "ledger");
+        if !dead.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let seqs = seqs_by_key(&subscriber.received());
+    let sequenced_only: Vec<u64> = seqs["ord_b"]
+        .iter()
+        .copied()
+        .filter(|s| *s != 100)
+        .collect();
+    assert_eq!(sequenced_only, vec![1, 3, 4, 5]);
+    assert!(
+        seqs["ord_b"].contains(&100),
+        "the unsequenced event is delivered"
+    );
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0]["reason"], "late_after_gap");
+    let stats = sequence_stats(&router, "ledger").await;
+    assert_eq!(stats["skipped"], 1, "{stats}");
+    assert_eq!(stats["late_after_gap"], 1, "{stats}");
+    assert_eq!(stats["duplicates"], 1, "{stats}");
+    assert_eq!(stats["unsequenced"], 1, "{stats}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_reorder_spec_is_refused_with_its_path() {
+    let redis = RedisServer::start();
+    let router = TestRouter::start(test_config(&redis)).await;
+    let response = support::client()
+        .post(router.url("/v1/subscriptions"))
+        .json(
+            &json!({"name": "x", "topics": ["order.*"], "endpoints": ["http://127.0.0.1:9/"],
+                      "ordering": "sequence", "reorder": {"timeout_ms": 0, "on_timeout": "later"}}),
+        )
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status().as_u16(), 400);
+    let body: Value = response.json().await.expect("json");
+    assert!(body.to_string().contains("/reorder"), "{body}");
+}
