@@ -295,7 +295,7 @@ async fn register(
     mode: &str,
     topics: &[String],
 ) -> anyhow::Result<()> {
-    let spec = serde_json::json!({
+    let mut spec = serde_json::json!({
         "name": "loadtest",
         "topics": topics,
         "endpoints": [sink_url],
@@ -305,6 +305,10 @@ async fn register(
         "max_in_flight": 10000,
         "start": "latest",
     });
+    if args.ordering == "sequence" {
+        // Every key's life is numbered from 1 (`metadata.sequence`).
+        spec["reorder"] = serde_json::json!({"start": 1});
+    }
     let status = admin(
         args,
         "PUT",
@@ -356,7 +360,7 @@ async fn drain(args: &Args, sink: Sink, published: u64) -> anyhow::Result<EndToE
         delivered_unique: state.unique,
         lost: published.saturating_sub(state.unique),
         duplicates: state.duplicates,
-        order_violations: if args.ordering == "key" {
+        order_violations: if args.ordering != "none" {
             state.order_violations
         } else {
             0

@@ -60,8 +60,10 @@ pub struct Args {
     /// delivery: rate, end-to-end latency, loss, duplicates and per-key order.
     #[arg(long, alias = "subscribe", value_parser = ["single", "bulk"])]
     pub subscription_mode: Option<String>,
-    /// Ordering of the subscription (`key` or `none`; order is only checked under `key`).
-    #[arg(long, default_value = "key", value_parser = ["key", "none"])]
+    /// Ordering of the subscription: `key`, `sequence` (per key in `metadata.sequence`
+    /// order, through evrouter's reorder buffer) or `none`; order is checked under `key`
+    /// and `sequence`.
+    #[arg(long, default_value = "key", value_parser = ["key", "sequence", "none"])]
     pub ordering: String,
     /// `single-topic` (every event to `--topic`) or `seed-mix` (the platform's topics in
     /// their documented proportions).
