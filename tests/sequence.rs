@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use support::process::RouterProcess;
 use support::subscriber::{Received, Subscriber};
 use support::{get_json, keyed_event, subscribe, test_config, RedisServer, TestRouter};
 
@@ -287,4 +288,72 @@ async fn a_bad_reorder_spec_is_refused_with_its_path() {
     assert_eq!(response.status().as_u16(), 400);
     let body: Value = response.json().await.expect("json");
     assert!(body.to_string().contains("/reorder"), "{body}");
+}
+
+async fn publish_to(base: &str, events: Vec<Value>) {
+    let response = support::client()
+        .post(format!("{base}/v1/publish/order.created"))
+        .json(&Value::Array(events))
+        .send()
+        .await
+        .expect("publish");
+    assert_eq!(response.status().as_u16(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_events_survive_kill_9_and_the_count_goes_on() {
+    let redis = RedisServer::start();
+    let subscriber = Subscriber::ok().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("evrouter.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[delivery]\nlease_ttl = \"1s\"\n\n[[subscriptions]]\nname = \"ledger\"\ntopics = [\"order.>\"]\nendpoints = [\"{}\"]\nordering = \"sequence\"\nreorder = {{ timeout_ms = 60000 }}\n",
+            subscriber.url()
+        ),
+    )
+    .expect("config");
+    let first = RouterProcess::start(&redis, Some(&config)).await;
+    publish_to(
+        &first.base,
+        vec![sequenced(0, "ord_k", 1), sequenced(1, "ord_k", 2)],
+    )
+    .await;
+    subscriber
+        .wait_for(Duration::from_secs(10), |log| log.len() >= 2)
+        .await;
+    publish_to(
+        &first.base,
+        vec![sequenced(2, "ord_k", 4), sequenced(3, "ord_k", 5)],
+    )
+    .await;
+    let mut held = Value::Null;
+    for _ in 0..100 {
+        let stats = get_json(format!("{}/v1/stats", first.base)).await;
+        held = stats["subscriptions"]["ledger"]["sequence"]["held"].clone();
+        if held == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(held, 2, "4 and 5 wait for 3");
+    // Give the acks of 1 and 2 (and their recorded next number) time to be written.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    first.signal("KILL");
+    drop(first);
+
+    // A new instance takes the partitions over once the dead one's leases expire: it reads
+    // 4 and 5 again from the pending entries and, knowing 3 comes next, holds them.
+    let second = RouterProcess::start(&redis, Some(&config)).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(subscriber.count(), 2, "4 and 5 are still held");
+    publish_to(&second.base, vec![sequenced(4, "ord_k", 3)]).await;
+    subscriber
+        .wait_for(Duration::from_secs(15), |log| log.len() >= 5)
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let seqs = seqs_by_key(&subscriber.received());
+    assert_eq!(seqs["ord_k"], vec![1, 2, 3, 4, 5]);
+    assert!(dlq(&redis, "ledger").is_empty());
 }

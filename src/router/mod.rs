@@ -452,7 +452,13 @@ impl Router {
         };
         let budget = sub.spec.max_in_flight;
         let permits = Arc::new(Semaphore::new(budget));
-        let (ack_tx, ack_rx) = mpsc::channel(budget + QUEUE_SLACK);
+        // Under sequence ordering each finished event also records its key's next number.
+        let per_event = if sub.spec.ordering == subscription::Ordering::Sequence {
+            2
+        } else {
+            1
+        };
+        let (ack_tx, ack_rx) = mpsc::channel(per_event * budget + QUEUE_SLACK);
         let acker = tokio::spawn(
             Acker::new(
                 self.target.manager()?,
@@ -478,6 +484,7 @@ impl Router {
             owned: self.owned.clone(),
             stats: stats.clone(),
             shards: self.settings.shards.max(1),
+            store: self.target.manager()?,
         };
         let mut tasks = Vec::new();
         let mut shard_senders = Vec::new();

@@ -20,7 +20,7 @@ use super::subscription::{
     DeliveryMode, GapPolicy, NamedStart, Ordering, ReorderStart, Subscription,
 };
 use crate::deliver::{Answer, Deliverer, Endpoints, Outcome, Outgoing};
-use crate::store::acks::{AckOp, Failure};
+use crate::store::acks::{sequence_state_key, AckOp, Failure};
 use crate::store::lease::Owned;
 
 /// One event on its way to a subscriber.
@@ -75,7 +75,12 @@ pub struct ShardContext {
     pub stats: Arc<SubscriptionStats>,
     /// How many shards the subscription runs (they share its reorder limits).
     pub shards: usize,
+    /// For reading back the next expected sequence numbers kept in Redis.
+    pub store: redis::aio::ConnectionManager,
 }
+
+/// Most keys whose stored sequence state is read in one round trip.
+const RESTORE_BATCH: usize = 512;
 
 struct Finished {
     lanes: Vec<Arc<str>>,
@@ -103,6 +108,13 @@ pub struct Shard {
     reorder: Option<ReorderBuffer<Delivery>>,
     /// This shard's part of the shared "held now" gauge.
     held_reported: u64,
+    /// Sequence ordering: events of keys whose stored next number is being read, in
+    /// arrival order, and the keys still to ask for.
+    restoring: std::collections::HashMap<Arc<str>, Vec<Delivery>>,
+    to_restore: Vec<Arc<str>>,
+    restore_in_flight: bool,
+    restored_tx: mpsc::UnboundedSender<Vec<(Arc<str>, Option<u64>)>>,
+    restored_rx: mpsc::UnboundedReceiver<Vec<(Arc<str>, Option<u64>)>>,
 }
 
 fn now_ms() -> u64 {
@@ -129,9 +141,15 @@ impl Shard {
         let (finished_tx, finished_rx) = mpsc::unbounded_channel();
         let reorder = (ctx.sub.spec.ordering == Ordering::Sequence)
             .then(|| ReorderBuffer::new(reorder_limits(&ctx)));
+        let (restored_tx, restored_rx) = mpsc::unbounded_channel();
         Self {
             reorder,
             held_reported: 0,
+            restoring: std::collections::HashMap::new(),
+            to_restore: Vec::new(),
+            restore_in_flight: false,
+            restored_tx,
+            restored_rx,
             ctx,
             rx,
             stop,
@@ -154,6 +172,7 @@ impl Shard {
     pub async fn run(mut self) {
         loop {
             self.dispatch();
+            self.restore_next_batch();
             if self.stopping && self.in_flight == 0 {
                 break;
             }
@@ -169,6 +188,7 @@ impl Shard {
             tokio::select! {
                 biased;
                 Some(finished) = self.finished_rx.recv() => self.on_finished(finished),
+                Some(restored) = self.restored_rx.recv() => self.on_restored(restored),
                 delivery = self.rx.recv(), if !self.stopping => match delivery {
                     Some(delivery) => self.on_delivery(delivery),
                     None => self.stopping = true,
@@ -221,6 +241,22 @@ impl Shard {
             return;
         };
         let lane = delivery.lane.clone();
+        // A key not seen since this shard started: its next number may be kept in Redis
+        // (from before a restart or a takeover); read it before deciding anything.
+        if buffer.next_expected(&lane).is_none() {
+            match self.restoring.get_mut(&lane) {
+                Some(waiting) => waiting.push(delivery),
+                None => {
+                    self.restoring.insert(lane.clone(), vec![delivery]);
+                    self.to_restore.push(lane);
+                }
+            }
+            return;
+        }
+        let Some(buffer) = self.reorder.as_mut() else {
+            self.enqueue(delivery);
+            return;
+        };
         let mut closed = Vec::new();
         let offered = buffer.offer(&lane, seq, delivery, Instant::now(), &mut closed);
         match offered {
@@ -257,6 +293,90 @@ impl Shard {
         self.count_held();
     }
 
+    /// Starts reading the stored next numbers of keys seen for the first time, one batch
+    /// at a time.
+    fn restore_next_batch(&mut self) {
+        if self.restore_in_flight || self.to_restore.is_empty() {
+            return;
+        }
+        let take = self.to_restore.len().min(RESTORE_BATCH);
+        let lanes: Vec<Arc<str>> = self.to_restore.drain(..take).collect();
+        let subscription = self.ctx.sub.spec.name.clone();
+        let keys: Vec<String> = lanes
+            .iter()
+            .map(|lane| state_key(lane, &subscription))
+            .collect();
+        let mut conn = self.ctx.store.clone();
+        let done = self.restored_tx.clone();
+        let mut stop = self.stop.clone();
+        self.restore_in_flight = true;
+        tokio::spawn(async move {
+            let mut backoff = std::time::Duration::from_millis(50);
+            let values = loop {
+                let read: redis::RedisResult<Vec<Option<u64>>> =
+                    redis::cmd("MGET").arg(&keys).query_async(&mut conn).await;
+                match read {
+                    Ok(values) => break values,
+                    Err(err) => {
+                        // Deciding without the stored number could break the order: wait.
+                        tracing::warn!(error = %err, "could not read sequence state; retrying");
+                        tokio::select! {
+                            _ = tokio::time::sleep(backoff) => {}
+                            _ = stop.changed() => return,
+                        }
+                        backoff = (backoff * 2).min(std::time::Duration::from_secs(2));
+                    }
+                }
+            };
+            let _ = done.send(lanes.into_iter().zip(values).collect());
+        });
+    }
+
+    /// Applies stored next numbers, then offers the events that waited for them.
+    fn on_restored(&mut self, restored: Vec<(Arc<str>, Option<u64>)>) {
+        self.restore_in_flight = false;
+        for (lane, next) in restored {
+            if let (Some(next), Some(buffer)) = (next, self.reorder.as_mut()) {
+                buffer.restore(lane.clone(), next);
+            }
+            for delivery in self.restoring.remove(&lane).unwrap_or_default() {
+                self.offer_known(delivery);
+            }
+        }
+    }
+
+    /// Offers an event whose key's state is settled (known or restored).
+    fn offer_known(&mut self, delivery: Delivery) {
+        if let Some(buffer) = self.reorder.as_mut() {
+            if buffer.next_expected(&delivery.lane).is_none() {
+                // Nothing was stored: the key starts now, by `start`. Mark it known so
+                // that its next events are not read back again.
+                if let Some(seq) = delivery.sequence {
+                    let first = match self.ctx.sub.spec.reorder.start {
+                        ReorderStart::At(n) => n,
+                        ReorderStart::Named(NamedStart::FirstSeen) => seq,
+                    };
+                    buffer.restore(delivery.lane.clone(), first);
+                }
+            }
+        }
+        self.offer(delivery);
+    }
+
+    /// Records, after its ack, the number that follows an event that is done with.
+    fn advance(&self, lane: &str, sequence: Option<u64>) {
+        let (Some(_), Some(seq)) = (&self.reorder, sequence) else {
+            return;
+        };
+        let op = AckOp::Advance {
+            key: state_key(lane, &self.ctx.sub.spec.name),
+            next: seq + 1,
+        };
+        if let Err(err) = self.ctx.acks.try_send(op) {
+            tracing::warn!(error = %err, "sequence state not recorded");
+        }
+    }
+
     /// Acts on gaps the reorder buffer closed without their missing events.
     fn close_gaps(&mut self, closed: Vec<ClosedGap<Delivery>>) {
         for gap in closed {
@@ -287,6 +407,7 @@ impl Shard {
                 self.enqueue(delivery);
             }
             for delivery in gap.dead_letter {
+                let (lane, sequence) = (delivery.lane.clone(), delivery.sequence);
                 let note = format!("missing sequence numbers {missing}");
                 if self.ctx.sub.spec.dead_letter {
                     self.settle(delivery, Some((gap.reason.as_str(), note)));
@@ -294,6 +415,7 @@ impl Shard {
                     SubscriptionStats::bump(&self.ctx.stats.dropped);
                     self.settle(delivery, None);
                 }
+                self.advance(&lane, sequence);
             }
         }
     }
@@ -606,6 +728,7 @@ impl Shard {
             return;
         };
         self.held.remove(&(head.partition.clone(), head.id.clone()));
+        let sequence = head.sequence;
         // The acker frees the event's permit once its ack (or dead letter) is written.
         if ack {
             self.queue_ack(AckOp::Ack {
@@ -613,6 +736,7 @@ impl Shard {
                 id: head.id,
             });
         }
+        self.advance(lane, sequence);
         self.ctx
             .stats
             .in_flight
@@ -621,6 +745,12 @@ impl Shard {
             self.ready.push_back(lane.clone());
         }
     }
+}
+
+/// The Redis key of a lane's next expected number (a lane is `partition \u{1f} key`).
+fn state_key(lane: &str, subscription: &str) -> String {
+    let (partition, key) = lane.split_once('\u{1f}').unwrap_or((lane, ""));
+    sequence_state_key(partition, subscription, key)
 }
 
 /// The reorder limits of one shard: its share of the subscription's `max_held`, never more

@@ -29,6 +29,15 @@ const MAX_BATCH: usize = 8192;
 /// How long acks gather before they are written (delivery does not wait for it).
 const ACK_LINGER: std::time::Duration = std::time::Duration::from_millis(5);
 
+/// How long the next expected sequence number of a key is kept after its last event.
+pub const SEQUENCE_STATE_TTL: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
+/// Where the next expected sequence number of `key` in a partition is kept for a
+/// subscription (same hash tag as the partition).
+pub fn sequence_state_key(partition_key: &str, subscription: &str, key: &str) -> String {
+    format!("{partition_key}:seq:{subscription}:{key}")
+}
+
 /// The DLQ stream of a subscription for one partition: same hash tag as the partition so
 /// the append and the ack are atomic on a cluster too.
 pub fn dlq_key(partition_key: &str, subscription: &str) -> String {
@@ -44,6 +53,14 @@ pub enum AckOp {
         partition: Arc<str>,
         /// Entry id.
         id: String,
+    },
+    /// Records the next expected sequence number of a key under sequence ordering (holds no
+    /// read permit).
+    Advance {
+        /// The state key (`sequence_state_key`).
+        key: String,
+        /// The next number expected.
+        next: u64,
     },
     /// Move it to the DLQ and ack it, in one step.
     DeadLetter {
@@ -102,7 +119,11 @@ impl Acker {
                     _ => break,
                 }
             }
-            let done = batch.len();
+            // Every op but `Advance` holds a read permit, freed once it is written.
+            let done = batch
+                .iter()
+                .filter(|op| !matches!(op, AckOp::Advance { .. }))
+                .count();
             let mut attempt = 0;
             loop {
                 match self.flush(&batch).await {
@@ -130,9 +151,14 @@ impl Acker {
 
     async fn flush(&mut self, batch: &[AckOp]) -> redis::RedisResult<()> {
         let mut by_partition: HashMap<&Arc<str>, Vec<&str>> = HashMap::new();
+        let mut advances: HashMap<&str, u64> = HashMap::new();
         let mut pipe = redis::pipe();
         for op in batch {
             match op {
+                AckOp::Advance { key, next } => {
+                    let slot = advances.entry(key).or_insert(*next);
+                    *slot = (*slot).max(*next);
+                }
                 AckOp::Ack { partition, id } => {
                     by_partition.entry(partition).or_default().push(id);
                 }
@@ -161,6 +187,15 @@ impl Acker {
                     .arg(&self.group)
                     .arg(chunk);
             }
+        }
+        // After the acks in the same pipeline: a number is recorded once its events are done.
+        for (key, next) in &advances {
+            pipe.cmd("SET")
+                .arg(*key)
+                .arg(*next)
+                .arg("PX")
+                .arg(SEQUENCE_STATE_TTL.as_millis() as u64)
+                .ignore();
         }
         let results: Vec<i64> = pipe.query_async(&mut self.conn).await?;
         if results.iter().any(|r| *r < 0) {
