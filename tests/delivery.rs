@@ -11,7 +11,8 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use support::subscriber::{successes, Received, Subscriber};
 use support::{
-    client, get_json, keyed_event, status_of, subscribe, test_config, RedisServer, TestRouter,
+    client, dlq_entries, get_json, keyed_event, status_of, subscribe, test_config, RedisServer,
+    TestRouter,
 };
 
 /// Publishes `per_key` events for each of `keys` keys in batches, `data.seq` counting up
@@ -300,32 +301,6 @@ async fn an_always_failing_subscriber_gets_everything_into_the_dlq() {
 }
 
 /// Every DLQ entry of a subscription (over all partitions), as field maps.
-fn dlq_entries(redis: &RedisServer, subscription: &str) -> Vec<HashMap<String, String>> {
-    let mut conn = redis.conn();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("evr:{{*}}:dlq:{subscription}"))
-        .query(&mut conn)
-        .expect("keys");
-    let mut out = Vec::new();
-    for key in keys {
-        let range: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-            .arg(&key)
-            .arg("-")
-            .arg("+")
-            .query(&mut conn)
-            .expect("xrange");
-        for entry in range.ids {
-            let mut fields = HashMap::new();
-            for (name, value) in &entry.map {
-                if let redis::Value::BulkString(bytes) = value {
-                    fields.insert(name.clone(), String::from_utf8_lossy(bytes).into_owned());
-                }
-            }
-            out.push(fields);
-        }
-    }
-    out
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_drop_and_404_follow_daprs_rules() {

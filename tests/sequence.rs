@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use support::process::RouterProcess;
 use support::subscriber::{Received, Subscriber};
-use support::{get_json, keyed_event, subscribe, test_config, RedisServer, TestRouter};
+use support::{
+    dlq_entries, get_json, keyed_event, subscribe, test_config, RedisServer, TestRouter,
+};
 
 /// An order event of `key` numbered `seq` (in `metadata.sequence`, and in `data.seq` for
 /// the subscriber to read back).
@@ -45,31 +47,19 @@ async fn sequence_stats(router: &TestRouter, name: &str) -> Value {
     stats["subscriptions"][name]["sequence"].clone()
 }
 
-fn dlq(redis: &RedisServer, subscription: &str) -> Vec<HashMap<String, String>> {
-    let mut conn = redis.conn();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("evr:{{*}}:dlq:{subscription}"))
-        .query(&mut conn)
-        .expect("keys");
-    let mut out = Vec::new();
-    for key in keys {
-        let range: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-            .arg(&key)
-            .arg("-")
-            .arg("+")
-            .query(&mut conn)
-            .expect("xrange");
-        for entry in range.ids {
-            let mut fields = HashMap::new();
-            for (name, value) in &entry.map {
-                if let redis::Value::BulkString(bytes) = value {
-                    fields.insert(name.clone(), String::from_utf8_lossy(bytes).into_owned());
-                }
-            }
-            out.push(fields);
-        }
+/// A router with the subscription `ledger` to `order.created` under sequence ordering,
+/// with `extra` fields (`reorder`, `max_in_flight` …) added to its spec.
+async fn ledger(extra: Value) -> (RedisServer, TestRouter, Subscriber) {
+    let redis = RedisServer::start();
+    let router = TestRouter::start(test_config(&redis)).await;
+    let subscriber = Subscriber::ok().await;
+    let mut spec = json!({"name": "ledger", "topics": ["order.created"],
+                          "endpoints": [subscriber.url()], "ordering": "sequence"});
+    for (field, value) in extra.as_object().into_iter().flatten() {
+        spec[field] = value.clone();
     }
-    out
+    subscribe(&router, spec).await;
+    (redis, router, subscriber)
 }
 
 /// A small deterministic shuffle (xorshift), so a failure can be replayed.
@@ -84,15 +74,8 @@ fn shuffle<T>(items: &mut [T], seed: &mut u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shuffled_sequences_arrive_in_strict_order() {
-    let redis = RedisServer::start();
-    let router = TestRouter::start(test_config(&redis)).await;
-    let subscriber = Subscriber::ok().await;
-    subscribe(
-        &router,
-        json!({"name": "ledger", "topics": ["order.created"], "endpoints": [subscriber.url()],
-               "ordering": "sequence", "max_in_flight": 20000,
-               "reorder": {"start": 1, "timeout_ms": 60000}}),
-    )
+    let (_redis, router, subscriber) = ledger(json!({"max_in_flight": 20000,
+               "reorder": {"start": 1, "timeout_ms": 60000}}))
     .await;
     // 1..=200 for each of 50 keys, each key's numbers shuffled within windows of 50, the
     // keys interleaved.
@@ -141,16 +124,8 @@ async fn shuffled_sequences_arrive_in_strict_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gap_that_stays_open_goes_to_the_dlq_on_time() {
-    let redis = RedisServer::start();
-    let router = TestRouter::start(test_config(&redis)).await;
-    let subscriber = Subscriber::ok().await;
-    subscribe(
-        &router,
-        json!({"name": "ledger", "topics": ["order.created"], "endpoints": [subscriber.url()],
-               "ordering": "sequence",
-               "reorder": {"timeout_ms": 2000, "on_timeout": "dead_letter"}}),
-    )
-    .await;
+    let (redis, router, subscriber) =
+        ledger(json!({"reorder": {"timeout_ms": 2000, "on_timeout": "dead_letter"}})).await;
     publish_all(
         &router,
         vec![sequenced(0, "ord_a", 1), sequenced(1, "ord_a", 2)],
@@ -167,7 +142,7 @@ async fn a_gap_that_stays_open_goes_to_the_dlq_on_time() {
     .await;
     let mut dead = Vec::new();
     while published.elapsed() < Duration::from_secs(10) {
-        dead = dlq(&redis, "ledger");
+        dead = dlq_entries(&redis, "ledger");
         if dead.len() >= 2 {
             break;
         }
@@ -204,16 +179,8 @@ async fn a_gap_that_stays_open_goes_to_the_dlq_on_time() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn release_skips_the_gap_and_reports_stragglers_and_duplicates() {
-    let redis = RedisServer::start();
-    let router = TestRouter::start(test_config(&redis)).await;
-    let subscriber = Subscriber::ok().await;
-    subscribe(
-        &router,
-        json!({"name": "ledger", "topics": ["order.created"], "endpoints": [subscriber.url()],
-               "ordering": "sequence",
-               "reorder": {"timeout_ms": 500, "on_timeout": "release", "start": 1}}),
-    )
-    .await;
+    let (redis, router, subscriber) =
+        ledger(json!({"reorder": {"timeout_ms": 500, "on_timeout": "release", "start": 1}})).await;
     // 2 is missing; 1 comes twice; one event has no sequence at all.
     let mut unsequenced = keyed_event(9, "ord_b", 100);
     unsequenced["metadata"]
@@ -245,7 +212,7 @@ async fn release_skips_the_gap_and_reports_stragglers_and_duplicates() {
         .await;
     let mut dead = Vec::new();
     for _ in 0..200 {
-        dead = dlq(&redis, "ledger");
+        dead = dlq_entries(&redis, "ledger");
         if !dead.is_empty() {
             break;
         }
@@ -355,5 +322,5 @@ async fn held_events_survive_kill_9_and_the_count_goes_on() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let seqs = seqs_by_key(&subscriber.received());
     assert_eq!(seqs["ord_k"], vec![1, 2, 3, 4, 5]);
-    assert!(dlq(&redis, "ledger").is_empty());
+    assert!(dlq_entries(&redis, "ledger").is_empty());
 }

@@ -5,6 +5,7 @@
 pub mod process;
 pub mod subscriber;
 
+use std::collections::HashMap;
 use std::net::TcpListener as StdListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -341,4 +342,32 @@ pub async fn subscribe(router: &TestRouter, spec: Value) {
 /// A temporary folder path that outlives the call.
 pub fn temp_path(dir: &tempfile::TempDir, name: &str) -> PathBuf {
     dir.path().join(name)
+}
+
+/// Every dead letter of a subscription, over all its partitions: each entry's fields.
+pub fn dlq_entries(redis: &RedisServer, subscription: &str) -> Vec<HashMap<String, String>> {
+    let mut conn = redis.conn();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("evr:{{*}}:dlq:{subscription}"))
+        .query(&mut conn)
+        .expect("keys");
+    let mut out = Vec::new();
+    for key in keys {
+        let range: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(&key)
+            .arg("-")
+            .arg("+")
+            .query(&mut conn)
+            .expect("xrange");
+        for entry in range.ids {
+            let mut fields = HashMap::new();
+            for (name, value) in &entry.map {
+                if let redis::Value::BulkString(bytes) = value {
+                    fields.insert(name.clone(), String::from_utf8_lossy(bytes).into_owned());
+                }
+            }
+            out.push(fields);
+        }
+    }
+    out
 }
