@@ -644,3 +644,39 @@ async fn ordering_none_delivers_everything_in_parallel() {
         "events were not delivered in parallel"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_works_with_a_redis_password_and_database_number() {
+    let redis = RedisServer::start();
+    let mut conn = redis.conn();
+    redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("requirepass")
+        .arg("s3cret")
+        .query::<()>(&mut conn)
+        .expect("set a password");
+    // Both the general client and the readers' own connection must log in and select
+    // database 2.
+    let mut config = test_config(&redis);
+    config.redis.url = format!("redis://:s3cret@127.0.0.1:{}/2", redis.port);
+    let router = TestRouter::start(config).await;
+    let subscriber = Subscriber::ok().await;
+    subscribe(
+        &router,
+        json!({"name": "shipping", "topics": ["order.created"], "endpoints": [subscriber.url()]}),
+    )
+    .await;
+    let total = publish_keyed(&router, "order.created", 3, 3).await;
+    subscriber
+        .wait_for(Duration::from_secs(20), |log| log.len() >= total)
+        .await;
+    assert_eq!(subscriber.count(), total);
+    let mut db2 = redis::Client::open(format!("redis://:s3cret@127.0.0.1:{}/2", redis.port))
+        .and_then(|c| c.get_connection())
+        .expect("connect to db 2");
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("evr:{order.*}")
+        .query(&mut db2)
+        .expect("keys");
+    assert!(!keys.is_empty(), "the streams are in database 2");
+}
