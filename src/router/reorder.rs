@@ -100,6 +100,8 @@ struct KeyState<T> {
     deadline: Option<Instant>,
     /// Ranges skipped by releases, newest last (a few are kept, to tell stragglers).
     skipped: Vec<RangeInclusive<u64>>,
+    /// When the key was last offered an event (or restored).
+    last_seen: Instant,
 }
 
 /// Skipped ranges remembered per key.
@@ -142,13 +144,31 @@ impl<T> ReorderBuffer<T> {
     }
 
     /// Sets the next expected number of a key not yet seen (restored from the store).
-    pub fn restore(&mut self, key: Arc<str>, next: u64) {
+    pub fn restore(&mut self, key: Arc<str>, next: u64, now: Instant) {
         self.keys.entry(key).or_insert_with(|| KeyState {
             next,
             held: BTreeMap::new(),
             deadline: None,
             skipped: Vec::new(),
+            last_seen: now,
         });
+    }
+
+    /// Keys known now (held or not).
+    pub fn keys(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Forgets the keys that hold nothing, were last offered an event before `before`, and
+    /// that `busy` does not claim (say, with events still in flight); returns how many.
+    /// Their next numbers are kept in the store and read back if they come again (the
+    /// ranges a release skipped are not: a straggler of a forgotten key counts as a
+    /// duplicate).
+    pub fn evict_idle(&mut self, before: Instant, mut busy: impl FnMut(&str) -> bool) -> usize {
+        let known = self.keys.len();
+        self.keys
+            .retain(|key, state| !state.held.is_empty() || state.last_seen >= before || busy(key));
+        known - self.keys.len()
     }
 
     /// The earliest open gap's deadline, for the one timer that serves them all.
@@ -172,7 +192,9 @@ impl<T> ReorderBuffer<T> {
             held: BTreeMap::new(),
             deadline: None,
             skipped: Vec::new(),
+            last_seen: now,
         });
+        state.last_seen = now;
         if seq < state.next {
             return if state.skipped.iter().any(|r| r.contains(&seq)) {
                 Offered::LateAfterGap(item)
@@ -412,6 +434,32 @@ mod tests {
         );
         assert_eq!(closed[0].key, b);
         assert_eq!(buffer.held(), 2);
+    }
+
+    #[test]
+    fn idle_keys_are_forgotten_unless_they_hold_or_are_busy() {
+        let mut buffer = ReorderBuffer::new(limits(OnTimeout::DeadLetter));
+        let (a, b, c): (Arc<str>, Arc<str>, Arc<str>) = ("a".into(), "b".into(), "c".into());
+        let start = Instant::now();
+        offer(&mut buffer, &a, 1, start);
+        offer(&mut buffer, &b, 1, start);
+        offer(&mut buffer, &b, 3, start);
+        offer(&mut buffer, &c, 1, start);
+        let later = start + Duration::from_secs(60);
+        offer(&mut buffer, &c, 2, later);
+        // a is idle; b holds 3; c was seen at `later`.
+        assert_eq!(buffer.evict_idle(later, |_| false), 1);
+        assert_eq!(buffer.next_expected("a"), None);
+        assert_eq!(buffer.next_expected("b"), Some(2));
+        assert_eq!(buffer.next_expected("c"), Some(3));
+        // A busy key stays whatever its age.
+        assert_eq!(
+            buffer.evict_idle(later + Duration::from_secs(60), |k| k == "c"),
+            0
+        );
+        assert_eq!(buffer.keys(), 2);
+        buffer.restore(a.clone(), 7, later);
+        assert_eq!(buffer.next_expected("a"), Some(7));
     }
 
     #[test]

@@ -82,6 +82,13 @@ pub struct ShardContext {
 /// Most keys whose stored sequence state is read in one round trip.
 const RESTORE_BATCH: usize = 512;
 
+/// Sequence ordering: a key idle this long, with nothing held or in flight, is forgotten
+/// (its next number is in Redis), so that memory follows the active keys, not all keys ever.
+const IDLE_KEY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Offers between two sweeps for idle keys.
+const SWEEP_EVERY: u32 = 4096;
+
 struct Finished {
     lanes: Vec<Arc<str>>,
     answer: Answer,
@@ -115,6 +122,7 @@ pub struct Shard {
     restore_in_flight: bool,
     restored_tx: mpsc::UnboundedSender<Vec<(Arc<str>, Option<u64>)>>,
     restored_rx: mpsc::UnboundedReceiver<Vec<(Arc<str>, Option<u64>)>>,
+    offers_since_sweep: u32,
 }
 
 fn now_ms() -> u64 {
@@ -150,6 +158,7 @@ impl Shard {
             restore_in_flight: false,
             restored_tx,
             restored_rx,
+            offers_since_sweep: 0,
             ctx,
             rx,
             stop,
@@ -291,6 +300,25 @@ impl Shard {
         }
         self.close_gaps(closed);
         self.count_held();
+        self.offers_since_sweep += 1;
+        if self.offers_since_sweep >= SWEEP_EVERY {
+            self.offers_since_sweep = 0;
+            self.sweep_idle_keys();
+        }
+    }
+
+    /// Forgets the keys that hold nothing, have nothing in a lane or being read back, and
+    /// have seen no event for [`IDLE_KEY`].
+    fn sweep_idle_keys(&mut self) {
+        let Some(before) = Instant::now().checked_sub(IDLE_KEY) else {
+            return;
+        };
+        let (lanes, restoring) = (&self.lanes, &self.restoring);
+        if let Some(buffer) = self.reorder.as_mut() {
+            buffer.evict_idle(before, |key| {
+                lanes.contains(key) || restoring.contains_key(key)
+            });
+        }
     }
 
     /// Starts reading the stored next numbers of keys seen for the first time, one batch
@@ -337,7 +365,7 @@ impl Shard {
         self.restore_in_flight = false;
         for (lane, next) in restored {
             if let (Some(next), Some(buffer)) = (next, self.reorder.as_mut()) {
-                buffer.restore(lane.clone(), next);
+                buffer.restore(lane.clone(), next, Instant::now());
             }
             for delivery in self.restoring.remove(&lane).unwrap_or_default() {
                 self.offer_known(delivery);
@@ -356,7 +384,7 @@ impl Shard {
                         ReorderStart::At(n) => n,
                         ReorderStart::Named(NamedStart::FirstSeen) => seq,
                     };
-                    buffer.restore(delivery.lane.clone(), first);
+                    buffer.restore(delivery.lane.clone(), first, Instant::now());
                 }
             }
         }
