@@ -205,6 +205,7 @@ impl BaseFastPath {
         };
         data.get().starts_with('{')
             && meta.get().starts_with('{')
+            && reads_back_plainly(meta.get())
             && is_major_minor(version.get())
             && metadata
                 .correlation_id
@@ -241,6 +242,38 @@ fn matches_string(validator: &Validator, raw: &RawValue) -> bool {
         }
         validator.is_valid(&value)
     })
+}
+
+/// Whether a metadata object surely parses into a tree the same way the schema would see
+/// it: no escapes at all (a lone surrogate fails to parse), and no number with an
+/// exponent or more than 19 digits (out of range for the tree). Anything else is left to
+/// the schema.
+fn reads_back_plainly(raw: &str) -> bool {
+    if raw.contains('\\') {
+        return false;
+    }
+    let mut in_string = false;
+    let mut digits = 0;
+    let mut previous = b' ';
+    for &b in raw.as_bytes() {
+        if b == b'"' {
+            in_string = !in_string;
+        } else if !in_string {
+            if b.is_ascii_digit() {
+                digits += 1;
+                if digits > 19 {
+                    return false;
+                }
+            } else {
+                if matches!(b, b'e' | b'E') && (previous.is_ascii_digit() || previous == b'.') {
+                    return false;
+                }
+                digits = 0;
+            }
+        }
+        previous = b;
+    }
+    true
 }
 
 /// A JSON string without escapes holding the bytes of `inner`.
@@ -435,6 +468,12 @@ mod tests {
                 r#""version":"1.0.0","traceparent":"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-2""#,
             ),
             (r#""metadata":{"#, r#""metadata":null,"m":{"#),
+            (r#""correlation_id":"c""#, r#""correlation_id":"\ud800""#),
+            (r#""version":"1.0.0""#, r#""version":"1.0.0","x":1e999"#),
+            (
+                r#""version":"1.0.0""#,
+                r#""version":"1.0.0","sequence":12345678901234567890123"#,
+            ),
             (r#""data":"#, r#""datum":"#),
         ];
         for (from, to) in variants {

@@ -85,7 +85,9 @@ impl Dispatch for RouterDispatch {
             received_us: envelope.received_us,
             sequence: envelope.sequence,
             payload: Bytes::from(envelope.payload),
-            raw: entry.raw,
+            // A copy of its own: a slice would keep the whole read buffer alive while the
+            // event waits (retries, reorder buffer).
+            raw: Bytes::copy_from_slice(&entry.raw),
             attempts: entry.delivered_before,
             first_attempt_ms: 0,
             last_status: None,

@@ -154,6 +154,31 @@ impl<T> ReorderBuffer<T> {
         });
     }
 
+    /// Marks `key` as active now (so that it is not forgotten as idle).
+    pub fn touch(&mut self, key: &str, now: Instant) {
+        if let Some(state) = self.keys.get_mut(key) {
+            state.last_seen = now;
+        }
+    }
+
+    /// Forgets every key `gone` names (its partition moved away), returning the events it
+    /// held: they stay pending in Redis for the new owner, and the key's next number is
+    /// read back from Redis if the partition returns.
+    pub fn forget(&mut self, mut gone: impl FnMut(&str) -> bool) -> Vec<T> {
+        let keys: Vec<Arc<str>> = self.keys.keys().filter(|k| gone(k)).cloned().collect();
+        let mut events = Vec::new();
+        for key in keys {
+            if let Some(state) = self.keys.remove(&key) {
+                if let Some(at) = state.deadline {
+                    self.deadlines.remove(&(at, key.clone()));
+                }
+                self.held -= state.held.len();
+                events.extend(state.held.into_values());
+            }
+        }
+        events
+    }
+
     /// Keys known now (held or not).
     pub fn keys(&self) -> usize {
         self.keys.len()
@@ -228,13 +253,13 @@ impl<T> ReorderBuffer<T> {
         }
         // The expected one: it and the run of held events after it go now.
         let mut run = vec![item];
-        state.next = seq + 1;
+        state.next = seq.saturating_add(1);
         while let Some(entry) = state.held.first_entry() {
             if *entry.key() != state.next {
                 break;
             }
             run.push(entry.remove());
-            state.next += 1;
+            state.next = state.next.saturating_add(1);
         }
         self.held -= run.len() - 1;
         if run.len() > 1 {
@@ -287,19 +312,17 @@ impl<T> ReorderBuffer<T> {
             if seq > expected {
                 gap.missing.push(expected..=seq - 1);
             }
-            expected = seq + 1;
+            expected = seq.saturating_add(1);
             events.push(item);
         }
         state.next = expected;
+        // Remembered under both policies: a missing number that turns up later is a
+        // straggler to report, not a duplicate to drop quietly.
+        state.skipped.extend(gap.missing.iter().cloned());
+        let excess = state.skipped.len().saturating_sub(SKIPPED_KEPT);
+        state.skipped.drain(..excess);
         match self.limits.on_timeout {
-            OnTimeout::Release => {
-                for range in &gap.missing {
-                    state.skipped.push(range.clone());
-                }
-                let excess = state.skipped.len().saturating_sub(SKIPPED_KEPT);
-                state.skipped.drain(..excess);
-                gap.release = events;
-            }
+            OnTimeout::Release => gap.release = events,
             OnTimeout::DeadLetter => gap.dead_letter = events,
         }
         gap
@@ -380,8 +403,10 @@ mod tests {
         assert_eq!(missing_count(&closed[0].missing), 3);
         assert_eq!(closed[0].dead_letter, vec![4, 6]);
         assert_eq!(buffer.next_expected("k"), Some(7));
-        // A straggler of a dead-lettered gap is an old number: not delivered.
-        assert_eq!(offer(&mut buffer, &key, 2, now).0, Offered::Duplicate(2));
+        // A straggler of a dead-lettered gap is reported, not delivered; an old number
+        // that was delivered is a duplicate.
+        assert_eq!(offer(&mut buffer, &key, 2, now).0, Offered::LateAfterGap(2));
+        assert_eq!(offer(&mut buffer, &key, 1, now).0, Offered::Duplicate(1));
     }
 
     #[test]
@@ -460,6 +485,12 @@ mod tests {
         assert_eq!(buffer.keys(), 2);
         buffer.restore(a.clone(), 7, later);
         assert_eq!(buffer.next_expected("a"), Some(7));
+        // A partition moving away takes its keys and their held events with it.
+        let gone = buffer.forget(|k| k == "b");
+        assert_eq!(gone, vec![3]);
+        assert_eq!(buffer.held(), 0);
+        assert_eq!(buffer.next_deadline(), None);
+        assert_eq!(buffer.next_expected("b"), None);
     }
 
     #[test]

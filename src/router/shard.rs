@@ -183,6 +183,7 @@ impl Shard {
             self.dispatch();
             self.restore_next_batch();
             if self.stopping && self.in_flight == 0 {
+                self.leave_gauges();
                 break;
             }
             let wake = [
@@ -203,6 +204,10 @@ impl Shard {
                     None => self.stopping = true,
                 },
                 _ = self.stop.changed(), if !self.stopping => self.stopping = true,
+                changed = self.ctx.owned.changed(), if self.reorder.is_some() => match changed {
+                    Ok(()) => self.on_ownership_change(),
+                    Err(_) => self.stopping = true,
+                },
                 _ = sleep_until(wake), if wake.is_some() => self.on_wake(),
             }
         }
@@ -364,10 +369,14 @@ impl Shard {
     fn on_restored(&mut self, restored: Vec<(Arc<str>, Option<u64>)>) {
         self.restore_in_flight = false;
         for (lane, next) in restored {
+            // A key whose partition went away meanwhile has nothing waiting: skip it.
+            let Some(waiting) = self.restoring.remove(&lane) else {
+                continue;
+            };
             if let (Some(next), Some(buffer)) = (next, self.reorder.as_mut()) {
                 buffer.restore(lane.clone(), next, Instant::now());
             }
-            for delivery in self.restoring.remove(&lane).unwrap_or_default() {
+            for delivery in waiting {
                 self.offer_known(delivery);
             }
         }
@@ -391,18 +400,64 @@ impl Shard {
         self.offer(delivery);
     }
 
-    /// Records, after its ack, the number that follows an event that is done with.
-    fn advance(&self, lane: &str, sequence: Option<u64>) {
-        let (Some(_), Some(seq)) = (&self.reorder, sequence) else {
+    /// Records a key's next number once nothing of it is left in a lane: every event below
+    /// that number is then done with (delivered, dropped or dead-lettered, and its ack or
+    /// dead letter queued before this). Held events are above it and stay pending.
+    fn advance_if_idle(&mut self, lane: &Arc<str>) {
+        if self.lanes.contains(lane) {
+            return;
+        }
+        let Some(buffer) = self.reorder.as_mut() else {
             return;
         };
+        let Some(next) = buffer.next_expected(lane) else {
+            return;
+        };
+        // Not forgotten as idle before this is written.
+        buffer.touch(lane, Instant::now());
         let op = AckOp::Advance {
+            partition: Arc::from(partition_of_lane(lane)),
             key: state_key(lane, &self.ctx.sub.spec.name),
-            next: seq + 1,
+            next,
         };
         if let Err(err) = self.ctx.acks.try_send(op) {
             tracing::warn!(error = %err, "sequence state not recorded");
         }
+    }
+
+    /// The partitions held changed: forget the sequence state of keys whose partition is
+    /// gone (their held events stay pending in Redis for the new owner, and the key's next
+    /// number is read back from Redis if the partition returns).
+    fn on_ownership_change(&mut self) {
+        let owned = self.ctx.owned.borrow_and_update().clone();
+        let lost = |lane: &str| !owned.holds(partition_of_lane(lane));
+        let mut dropped = match self.reorder.as_mut() {
+            Some(buffer) => buffer.forget(lost),
+            None => return,
+        };
+        let gone: Vec<Arc<str>> = self.restoring.keys().filter(|l| lost(l)).cloned().collect();
+        for lane in gone {
+            dropped.extend(self.restoring.remove(&lane).unwrap_or_default());
+        }
+        self.release_dropped(dropped);
+    }
+
+    /// Lets go of events that never reached a lane and will be read again: their read
+    /// permits are freed; they stay pending in Redis.
+    fn release_dropped(&mut self, dropped: Vec<Delivery>) {
+        if dropped.is_empty() {
+            return;
+        }
+        for delivery in &dropped {
+            self.held
+                .remove(&(delivery.partition.clone(), delivery.id.clone()));
+        }
+        self.ctx.permits.add_permits(dropped.len());
+        self.ctx
+            .stats
+            .in_flight
+            .fetch_sub(dropped.len() as u64, AtomicOrdering::Relaxed);
+        self.count_held();
     }
 
     /// Acts on gaps the reorder buffer closed without their missing events.
@@ -435,7 +490,6 @@ impl Shard {
                 self.enqueue(delivery);
             }
             for delivery in gap.dead_letter {
-                let (lane, sequence) = (delivery.lane.clone(), delivery.sequence);
                 let note = format!("missing sequence numbers {missing}");
                 if self.ctx.sub.spec.dead_letter {
                     self.settle(delivery, Some((gap.reason.as_str(), note)));
@@ -443,9 +497,27 @@ impl Shard {
                     SubscriptionStats::bump(&self.ctx.stats.dropped);
                     self.settle(delivery, None);
                 }
-                self.advance(&lane, sequence);
             }
+            self.advance_if_idle(&gap.key);
         }
+    }
+
+    /// Takes this shard's share out of the shared gauges as it stops (the stats outlive a
+    /// worker restarted with a new spec); events still held or being read back stay
+    /// pending in Redis.
+    fn leave_gauges(&mut self) {
+        let waiting = self.reorder.as_ref().map_or(0, ReorderBuffer::held)
+            + self.restoring.values().map(Vec::len).sum::<usize>();
+        self.ctx
+            .stats
+            .in_flight
+            .fetch_sub(waiting as u64, AtomicOrdering::Relaxed);
+        self.ctx
+            .stats
+            .sequence
+            .held
+            .fetch_sub(self.held_reported, AtomicOrdering::Relaxed);
+        self.held_reported = 0;
     }
 
     /// Brings the shared "held now" gauge up to date with this shard's buffer.
@@ -594,6 +666,12 @@ impl Shard {
     /// Forgets a lane whose partition moved to another instance: its events stay pending
     /// in Redis and the new owner delivers them.
     fn abandon(&mut self, lane: &Arc<str>) {
+        // The key's sequence state goes too: its next number moved past the events
+        // dropped here, which will be read again.
+        if let Some(buffer) = self.reorder.as_mut() {
+            let dropped = buffer.forget(|key| key == &**lane);
+            self.release_dropped(dropped);
+        }
         let n = self.forget_lane(lane);
         if n > 0 {
             self.ctx.permits.add_permits(n);
@@ -756,7 +834,6 @@ impl Shard {
             return;
         };
         self.held.remove(&(head.partition.clone(), head.id.clone()));
-        let sequence = head.sequence;
         // The acker frees the event's permit once its ack (or dead letter) is written.
         if ack {
             self.queue_ack(AckOp::Ack {
@@ -764,7 +841,9 @@ impl Shard {
                 id: head.id,
             });
         }
-        self.advance(lane, sequence);
+        if !more {
+            self.advance_if_idle(lane);
+        }
         self.ctx
             .stats
             .in_flight
@@ -779,6 +858,12 @@ impl Shard {
 fn state_key(lane: &str, subscription: &str) -> String {
     let (partition, key) = lane.split_once('\u{1f}').unwrap_or((lane, ""));
     sequence_state_key(partition, subscription, key)
+}
+
+/// The partition of a lane.
+fn partition_of_lane(lane: &str) -> &str {
+    lane.split_once('\u{1f}')
+        .map_or(lane, |(partition, _)| partition)
 }
 
 /// The reorder limits of one shard: its share of the subscription's `max_held`, never more

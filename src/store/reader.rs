@@ -157,6 +157,9 @@ impl<D: Dispatch> Reader<D> {
                 }
                 Err(err) => {
                     tracing::warn!(group = %self.group, error = %err, "read failed; retrying");
+                    // A read that failed after Redis handed entries over leaves them pending
+                    // to this consumer: claim them again (entries already held are skipped).
+                    claimed.clear();
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = self.stop.changed() => {}
