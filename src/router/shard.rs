@@ -123,6 +123,8 @@ pub struct Shard {
     restored_tx: mpsc::UnboundedSender<Vec<(Arc<str>, Option<u64>)>>,
     restored_rx: mpsc::UnboundedReceiver<Vec<(Arc<str>, Option<u64>)>>,
     offers_since_sweep: u32,
+    /// The partitions held at the last ownership change.
+    owned_before: Arc<Owned>,
 }
 
 fn now_ms() -> u64 {
@@ -159,6 +161,7 @@ impl Shard {
             restored_tx,
             restored_rx,
             offers_since_sweep: 0,
+            owned_before: Arc::new(Owned::default()),
             ctx,
             rx,
             stop,
@@ -413,10 +416,15 @@ impl Shard {
         let Some(next) = buffer.next_expected(lane) else {
             return;
         };
+        // Only while the partition is held (the check made before each send): after the
+        // lease moved, a dead letter of ours may have been refused and its entry left to
+        // the new owner, which must not find it counted as done.
+        if !self.ctx.owned.borrow().holds(partition_of_lane(lane)) {
+            return;
+        }
         // Not forgotten as idle before this is written.
         buffer.touch(lane, Instant::now());
         let op = AckOp::Advance {
-            partition: Arc::from(partition_of_lane(lane)),
             key: state_key(lane, &self.ctx.sub.spec.name),
             next,
         };
@@ -430,6 +438,12 @@ impl Shard {
     /// number is read back from Redis if the partition returns).
     fn on_ownership_change(&mut self) {
         let owned = self.ctx.owned.borrow_and_update().clone();
+        let before = std::mem::replace(&mut self.owned_before, owned.clone());
+        // Renewals publish a new set every round: look at the keys only when a partition
+        // held before is not held now.
+        if before.partitions().all(|p| owned.holds(p)) {
+            return;
+        }
         let lost = |lane: &str| !owned.holds(partition_of_lane(lane));
         let mut dropped = match self.reorder.as_mut() {
             Some(buffer) => buffer.forget(lost),

@@ -20,14 +20,6 @@ redis.call('XADD', KEYS[3], '*', unpack(ARGV, 4))
 return redis.call('XACK', KEYS[1], ARGV[2], ARGV[3])
 ";
 
-/// Sets KEYS[1] to ARGV[2] for ARGV[3] ms if KEYS[2] (the lease) holds ARGV[1]: only the
-/// owner of the partition records how far a key has got.
-const FENCED_ADVANCE: &str = r"
-if redis.call('GET', KEYS[2]) ~= ARGV[1] then return -1 end
-redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-return 1
-";
-
 /// Most ids in one XACK.
 const MAX_IDS_PER_ACK: usize = 1000;
 
@@ -65,8 +57,6 @@ pub enum AckOp {
     /// Records the next expected sequence number of a key under sequence ordering (holds no
     /// read permit).
     Advance {
-        /// Partition key (its lease fences the write).
-        partition: Arc<str>,
         /// The state key (`sequence_state_key`).
         key: String,
         /// The next number expected.
@@ -161,17 +151,13 @@ impl Acker {
 
     async fn flush(&mut self, batch: &[AckOp]) -> redis::RedisResult<()> {
         let mut by_partition: HashMap<&Arc<str>, Vec<&str>> = HashMap::new();
-        let mut advances: HashMap<&str, (&Arc<str>, u64)> = HashMap::new();
+        let mut advances: HashMap<&str, u64> = HashMap::new();
         let mut pipe = redis::pipe();
         for op in batch {
             match op {
-                AckOp::Advance {
-                    partition,
-                    key,
-                    next,
-                } => {
+                AckOp::Advance { key, next } => {
                     // The latest of a key wins (a shard sends them in order).
-                    advances.insert(key, (partition, *next));
+                    advances.insert(key, *next);
                 }
                 AckOp::Ack { partition, id } => {
                     by_partition.entry(partition).or_default().push(id);
@@ -203,14 +189,11 @@ impl Acker {
             }
         }
         // After the acks in the same pipeline: a number is recorded once its events are done.
-        for (key, (partition, next)) in &advances {
-            pipe.cmd("EVAL")
-                .arg(FENCED_ADVANCE)
-                .arg(2)
+        for (key, next) in &advances {
+            pipe.cmd("SET")
                 .arg(*key)
-                .arg(lease_key(partition))
-                .arg(&self.instance)
                 .arg(*next)
+                .arg("PX")
                 .arg(SEQUENCE_STATE_TTL.as_millis() as u64)
                 .ignore();
         }
