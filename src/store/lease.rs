@@ -49,7 +49,8 @@ pub fn lease_key(partition_key: &str) -> String {
 /// renewal plus the TTL, less a margin for clock drift).
 #[derive(Debug, Clone, Default)]
 pub struct Owned {
-    leases: HashMap<Arc<str>, Instant>,
+    /// Per partition: valid until, and the tenure it belongs to.
+    leases: HashMap<Arc<str>, (Instant, u64)>,
 }
 
 impl Owned {
@@ -57,7 +58,14 @@ impl Owned {
     pub fn holds(&self, partition_key: &str) -> bool {
         self.leases
             .get(partition_key)
-            .is_some_and(|until| *until > Instant::now())
+            .is_some_and(|(until, _)| *until > Instant::now())
+    }
+
+    /// The tenure of a held partition: a number that changes whenever the partition is
+    /// taken anew, including after a lapse of its local validity (a late renewal). What
+    /// was dropped from memory in a lapse is read again under the new tenure.
+    pub fn tenure(&self, partition_key: &str) -> Option<u64> {
+        self.leases.get(partition_key).map(|(_, tenure)| *tenure)
     }
 
     /// Every partition held.
@@ -105,7 +113,9 @@ pub struct LeaseKeeper {
     conn: ConnectionManager,
     instance: String,
     settings: LeaseSettings,
-    owned: HashMap<Arc<str>, Instant>,
+    owned: HashMap<Arc<str>, (Instant, u64)>,
+    /// The last tenure number given.
+    tenures: u64,
     tx: watch::Sender<Arc<Owned>>,
 }
 
@@ -123,6 +133,7 @@ impl LeaseKeeper {
                 instance,
                 settings,
                 owned: HashMap::new(),
+                tenures: 0,
                 tx,
             },
             rx,
@@ -191,7 +202,16 @@ impl LeaseKeeper {
                     if !held {
                         tracing::debug!(partition = %partition, "lease acquired");
                     }
-                    next.insert(partition, valid_until);
+                    // Still within its validity: the same tenure; new, or lapsed (the
+                    // shards may have let its events go meanwhile): a new one.
+                    let tenure = match self.owned.get(&partition) {
+                        Some((until, tenure)) if *until > started => *tenure,
+                        _ => {
+                            self.tenures += 1;
+                            self.tenures
+                        }
+                    };
+                    next.insert(partition, (valid_until, tenure));
                 }
                 (true, false) if held => tracing::warn!(partition = %partition, "lease lost"),
                 (false, _) => tracing::debug!(partition = %partition, "lease released"),

@@ -5,7 +5,7 @@
 //! read-ahead budget. Lost consumer groups (NOGROUP) are created again. New entries are
 //! read over a plain connection of the reader's own ([`StreamConn`]), parsed in place.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -104,7 +104,9 @@ pub struct Reader<D> {
 impl<D: Dispatch> Reader<D> {
     /// Reads until stopped.
     pub async fn run(mut self) {
-        let mut claimed: HashSet<Arc<str>> = HashSet::new();
+        // Partitions whose pending entries were claimed, with the tenure they were claimed
+        // in: a partition taken anew (or after a lapse) is claimed again.
+        let mut claimed: HashMap<Arc<str>, u64> = HashMap::new();
         let mut backoff = Duration::from_millis(50);
         while !*self.stop.borrow() {
             let owned = self.owned.borrow().clone();
@@ -115,7 +117,7 @@ impl<D: Dispatch> Reader<D> {
                 .filter(|k| owned.holds(k) && self.takes(k))
                 .cloned()
                 .collect();
-            claimed.retain(|k| keys.contains(k));
+            claimed.retain(|k, tenure| owned.tenure(k) == Some(*tenure));
             if keys.is_empty() {
                 tokio::select! {
                     _ = self.owned.changed() => {}
@@ -127,9 +129,9 @@ impl<D: Dispatch> Reader<D> {
             }
             let result = async {
                 for key in &keys {
-                    if !claimed.contains(key) {
+                    if !claimed.contains_key(key) {
                         self.reclaim(key).await?;
-                        claimed.insert(key.clone());
+                        claimed.insert(key.clone(), owned.tenure(key).unwrap_or(0));
                     }
                 }
                 self.read(&keys).await
