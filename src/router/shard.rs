@@ -270,10 +270,6 @@ impl Shard {
             }
             return;
         }
-        let Some(buffer) = self.reorder.as_mut() else {
-            self.enqueue(delivery);
-            return;
-        };
         let mut closed = Vec::new();
         let offered = buffer.offer(&lane, seq, delivery, Instant::now(), &mut closed);
         match offered {
