@@ -857,6 +857,31 @@ mod tests {
     }
 
     #[test]
+    fn bad_delivery_settings_are_reported_with_their_paths() {
+        let text = "[delivery]\nreaders = 0\nread_linger = \"soon\"\n\n[[subscriptions]]\nname = \"s\"\ntopics = [\"order.*\"]\nendpoints = [\"http://127.0.0.1:1/e\"]\nordering = \"sequence\"\nreorder = { timeout_ms = 0, max_held = 0 }\n";
+        let Err(ConfigError::Invalid(problems)) = Config::from_toml_str(text, no_env()) else {
+            panic!("config should be refused");
+        };
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        for expected in [
+            "delivery.readers",
+            "delivery.read_linger",
+            "subscriptions[0].reorder.timeout_ms",
+            "subscriptions[0].reorder.max_held",
+        ] {
+            assert!(
+                paths.iter().any(|p| p.starts_with(expected)),
+                "{expected} missing from {paths:?}"
+            );
+        }
+        let fine = "[delivery]\nread_linger = \"0s\"\n";
+        assert!(
+            Config::from_toml_str(fine, no_env()).is_ok(),
+            "0s disables the pause"
+        );
+    }
+
+    #[test]
     fn bad_subscriptions_in_config_are_reported_with_their_paths() {
         let text = "[[subscriptions]]\nname = \"ok\"\ntopics = [\"order.*\"]\nendpoints = [\"http://127.0.0.1:1/e\"]\n\n[[subscriptions]]\nname = \"ok\"\ntopics = [\"a..b\"]\nendpoints = [\"ftp://x\"]\n\n[[subscriptions]]\nname = \"x\"\ncolour = 1\n";
         let Err(ConfigError::Invalid(problems)) = Config::from_toml_str(text, no_env()) else {
