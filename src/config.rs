@@ -37,6 +37,76 @@ pub struct Config {
     /// Subscriptions stored at start-up (`[[subscriptions]]`), as `POST /v1/subscriptions`
     /// takes them.
     pub subscriptions: Vec<crate::router::subscription::SubscriptionSpec>,
+    /// The Dapr-compatible API: pubsub names, apps whose subscriptions are read.
+    pub dapr: DaprConfig,
+}
+
+/// The Dapr sidecar API evrouter also serves (`/v1.0/publish/...`, `/dapr/subscribe`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DaprConfig {
+    /// Pubsub component names the Dapr API accepts (`[[dapr.pubsubs]]`); `pubsub` when
+    /// the section is not given.
+    pub pubsubs: Vec<DaprPubsubConfig>,
+    /// Apps whose `GET /dapr/subscribe` is read into subscriptions (`[[dapr.apps]]`).
+    pub apps: Vec<DaprAppConfig>,
+    /// A folder of declarative `dapr.io/v2alpha1` `Subscription` YAML files.
+    pub subscriptions_dir: Option<PathBuf>,
+    /// How often apps' subscriptions are read again.
+    pub refresh_interval: String,
+}
+
+impl Default for DaprConfig {
+    fn default() -> Self {
+        Self {
+            pubsubs: vec![DaprPubsubConfig {
+                name: "pubsub".into(),
+                topic_prefix: String::new(),
+                allowed_topics: Vec::new(),
+            }],
+            apps: Vec::new(),
+            subscriptions_dir: None,
+            refresh_interval: "30s".into(),
+        }
+    }
+}
+
+/// One Dapr pubsub name and how its topics map to evrouter's.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DaprPubsubConfig {
+    /// The name apps publish to (`/v1.0/publish/{name}/{topic}`).
+    pub name: String,
+    /// Put in front of every topic of this pubsub (e.g. `billing.`), so that two pubsubs
+    /// can keep topics of the same name apart; empty shares evrouter's topics.
+    pub topic_prefix: String,
+    /// When not empty, the only topics apps may publish to (others get 403).
+    pub allowed_topics: Vec<String>,
+}
+
+/// An app whose subscriptions evrouter reads, as the Dapr sidecar does.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DaprAppConfig {
+    /// The app id (Dapr's `--app-id`); used in subscription names and scopes.
+    pub id: String,
+    /// Base URL of the app, e.g. `http://127.0.0.1:8081`.
+    pub url: String,
+    /// Attempts per event before it is dead-lettered (and sent to `deadLetterTopic`).
+    pub max_attempts: u32,
+    /// First retry delay; it doubles with each attempt.
+    pub retry_initial_ms: u64,
+}
+
+impl Default for DaprAppConfig {
+    fn default() -> Self {
+        Self {
+            id: String::new(),
+            url: String::new(),
+            max_attempts: 5,
+            retry_initial_ms: 100,
+        }
+    }
 }
 
 /// Delivery settings.
@@ -420,6 +490,9 @@ impl Config {
                         message: "must be an array of tables ([[subscriptions]])".into(),
                     }),
                 },
+                "dapr" => {
+                    read_section(&key, value, &mut problems, &mut config.dapr);
+                }
                 "default_streams" => {
                     read_section(&key, value, &mut problems, &mut config.default_streams);
                 }
@@ -586,6 +659,7 @@ impl Config {
                 bad(path, format!("must be at least {floor:?}"));
             }
         }
+        self.validate_dapr(&mut bad);
         let mut subscription_names = std::collections::HashSet::new();
         for (i, spec) in self.subscriptions.iter().enumerate() {
             if !subscription_names.insert(spec.name.as_str()) {
@@ -658,6 +732,78 @@ impl Config {
                     Err(message) => bad(&at("dedup_window"), message),
                 }
             }
+        }
+    }
+
+    fn validate_dapr(&self, bad: &mut impl FnMut(&str, String)) {
+        let dapr = &self.dapr;
+        let mut names = std::collections::HashSet::new();
+        for (i, pubsub) in dapr.pubsubs.iter().enumerate() {
+            let at = |key: &str| format!("dapr.pubsubs[{i}].{key}");
+            if pubsub.name.is_empty() || pubsub.name.contains('/') {
+                bad(&at("name"), "must be a non-empty name without `/`".into());
+            }
+            if !names.insert(pubsub.name.as_str()) {
+                bad(&at("name"), format!("duplicate pubsub `{}`", pubsub.name));
+            }
+            let prefix = &pubsub.topic_prefix;
+            let prefix_ok = prefix.is_empty()
+                || (prefix.ends_with('.')
+                    && prefix
+                        .trim_end_matches('.')
+                        .split('.')
+                        .all(crate::topic::is_valid_segment));
+            if !prefix_ok {
+                bad(
+                    &at("topic_prefix"),
+                    format!("`{prefix}` must be topic segments ending in `.`, like `billing.`"),
+                );
+            }
+        }
+        let mut ids = std::collections::HashSet::new();
+        for (i, app) in dapr.apps.iter().enumerate() {
+            let at = |key: &str| format!("dapr.apps[{i}].{key}");
+            if !crate::topic::is_valid_segment(&app.id) {
+                bad(
+                    &at("id"),
+                    format!("`{}` must be lowercase letters, digits, `_` or `-`", app.id),
+                );
+            }
+            if !ids.insert(app.id.as_str()) {
+                bad(&at("id"), format!("duplicate app `{}`", app.id));
+            }
+            let ok = app
+                .url
+                .parse::<hyper::Uri>()
+                .ok()
+                .is_some_and(|u| u.scheme_str() == Some("http") && u.authority().is_some());
+            if !ok {
+                bad(&at("url"), format!("`{}` is not an http:// URL", app.url));
+            }
+            if app.max_attempts == 0 {
+                bad(&at("max_attempts"), "must be at least 1".into());
+            }
+            if app.retry_initial_ms == 0 || app.retry_initial_ms > 60_000 {
+                bad(
+                    &at("retry_initial_ms"),
+                    "must be between 1 and 60000".into(),
+                );
+            }
+        }
+        if let Some(dir) = &dapr.subscriptions_dir {
+            if !dir.is_dir() {
+                bad(
+                    "dapr.subscriptions_dir",
+                    format!("{} is not a directory", dir.display()),
+                );
+            }
+        }
+        match parse_duration(&dapr.refresh_interval) {
+            Ok(d) if d < Duration::from_millis(100) => {
+                bad("dapr.refresh_interval", "must be at least 100ms".into())
+            }
+            Ok(_) => {}
+            Err(message) => bad("dapr.refresh_interval", message),
         }
     }
 

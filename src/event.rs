@@ -10,7 +10,7 @@ use serde::Deserializer;
 use serde_json::value::RawValue;
 
 /// Version byte in front of every stored envelope, so readers can tell formats apart.
-pub const ENVELOPE_VERSION: u8 = 1;
+pub const ENVELOPE_VERSION: u8 = 2;
 
 /// Name of the one field of every stream entry.
 pub const ENTRY_FIELD: &str = "e";
@@ -321,8 +321,67 @@ pub struct Envelope {
     pub traceparent: String,
     /// W3C `tracestate`, when given.
     pub tracestate: Option<String>,
-    /// The event's JSON, exactly as the client sent it.
+    /// The event's JSON, exactly as the client sent it (or a CloudEvent, or raw bytes:
+    /// see `format`).
     pub payload: Vec<u8>,
+    /// What `payload` holds.
+    pub format: PayloadFormat,
+    /// The content type of a raw payload.
+    pub content_type: Option<String>,
+    /// When the event expires and is no longer delivered (µs since the Unix epoch).
+    pub expires_us: Option<u64>,
+}
+
+/// What an envelope's payload holds, so that delivery can present it as each subscriber
+/// expects (a platform event, a CloudEvent, or bytes as published).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
+)]
+pub enum PayloadFormat {
+    /// An event of the platform's schema, published to `/v1/publish`.
+    #[default]
+    Event,
+    /// A CloudEvent (JSON, structured mode), published through the Dapr API.
+    CloudEvent,
+    /// Bytes published with Dapr's `rawPayload`, kept as they came.
+    Raw,
+}
+
+/// The envelope as version 1 wrote it (before formats and expiry), still read.
+#[derive(rkyv::Archive, rkyv::Deserialize, rkyv::Serialize)]
+struct EnvelopeV1 {
+    event_id: String,
+    topic: String,
+    event_type: String,
+    key: String,
+    sequence: Option<u64>,
+    received_us: u64,
+    service: String,
+    correlation_id: String,
+    traceparent: String,
+    tracestate: Option<String>,
+    payload: Vec<u8>,
+}
+
+impl From<EnvelopeV1> for Envelope {
+    fn from(v1: EnvelopeV1) -> Self {
+        Envelope {
+            event_id: v1.event_id,
+            topic: v1.topic,
+            event_type: v1.event_type,
+            key: v1.key,
+            sequence: v1.sequence,
+            received_us: v1.received_us,
+            service: v1.service,
+            correlation_id: v1.correlation_id,
+            traceparent: v1.traceparent,
+            tracestate: v1.tracestate,
+            payload: v1.payload,
+            format: PayloadFormat::Event,
+            content_type: None,
+            expires_us: None,
+        }
+    }
 }
 
 /// Why an entry could not be decoded.
@@ -353,7 +412,8 @@ impl Envelope {
             + self.service.len()
             + self.correlation_id.len()
             + self.traceparent.len()
-            + self.tracestate.as_ref().map_or(0, String::len);
+            + self.tracestate.as_ref().map_or(0, String::len)
+            + self.content_type.as_ref().map_or(0, String::len);
         let archived = rkyv::api::high::to_bytes_in::<_, rancor::Error>(
             self,
             rkyv::util::AlignedVec::<16>::with_capacity(estimate),
@@ -368,13 +428,18 @@ impl Envelope {
     /// Decodes what [`Envelope::encode`] wrote (copying into aligned memory first).
     pub fn decode(bytes: &[u8]) -> Result<Envelope, EnvelopeError> {
         let (&version, body) = bytes.split_first().ok_or(EnvelopeError::Empty)?;
-        if version != ENVELOPE_VERSION {
+        if version != ENVELOPE_VERSION && version != 1 {
             return Err(EnvelopeError::Version(version));
         }
         let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(body.len());
         aligned.extend_from_slice(body);
-        rkyv::from_bytes::<Envelope, rancor::Error>(&aligned)
-            .map_err(|e| EnvelopeError::Corrupt(e.to_string()))
+        let corrupt = |e: rancor::Error| EnvelopeError::Corrupt(e.to_string());
+        if version == 1 {
+            return rkyv::from_bytes::<EnvelopeV1, rancor::Error>(&aligned)
+                .map(Envelope::from)
+                .map_err(corrupt);
+        }
+        rkyv::from_bytes::<Envelope, rancor::Error>(&aligned).map_err(corrupt)
     }
 }
 
@@ -428,6 +493,9 @@ mod tests {
             traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
             tracestate: None,
             payload: EVENT.as_bytes().to_vec(),
+            format: PayloadFormat::Event,
+            content_type: None,
+            expires_us: None,
         };
         let bytes = envelope.encode();
         assert_eq!(bytes[0], ENVELOPE_VERSION);
@@ -439,5 +507,37 @@ mod tests {
             Err(EnvelopeError::Version(9))
         ));
         assert!(Envelope::decode(&bytes[..bytes.len() / 2]).is_err());
+        let raw = Envelope {
+            format: PayloadFormat::Raw,
+            content_type: Some("application/octet-stream".into()),
+            expires_us: Some(1_700_000_060_000_000),
+            payload: vec![0, 159, 146, 150],
+            ..envelope.clone()
+        };
+        assert_eq!(Envelope::decode(&raw.encode()).expect("decode"), raw);
+    }
+
+    #[test]
+    fn version_one_envelopes_are_still_read() {
+        let v1 = EnvelopeV1 {
+            event_id: "evt_1".into(),
+            topic: "order.created".into(),
+            event_type: "order.created".into(),
+            key: "ord_1".into(),
+            sequence: None,
+            received_us: 5,
+            service: "order-service".into(),
+            correlation_id: String::new(),
+            traceparent: "tp".into(),
+            tracestate: None,
+            payload: EVENT.as_bytes().to_vec(),
+        };
+        let archived = rkyv::to_bytes::<rancor::Error>(&v1).expect("archive");
+        let mut bytes = vec![1u8];
+        bytes.extend_from_slice(&archived);
+        let decoded = Envelope::decode(&bytes).expect("decode v1");
+        assert_eq!(decoded.event_id, "evt_1");
+        assert_eq!(decoded.format, PayloadFormat::Event);
+        assert_eq!(decoded.payload, EVENT.as_bytes());
     }
 }

@@ -10,8 +10,10 @@
 //! - [`store`]: Redis writers, readers, acks, leases, retention and the durability check.
 //! - [`router`]: subscriptions, partition ownership, worker shards with per-key lanes.
 //! - [`deliver`]: the webhook client, circuit breakers and Dapr's answer rules.
+//! - [`dapr`]: the Dapr sidecar's pub/sub API, CloudEvents, apps' subscriptions, routing.
 
 pub mod config;
+pub mod dapr;
 pub mod deliver;
 pub mod event;
 pub mod ingress;
@@ -121,7 +123,7 @@ pub async fn run(
     )
     .await?;
 
-    let publisher = Publisher::new(
+    let publisher = Arc::new(Publisher::new(
         catalog,
         schemas.clone(),
         writers.clone(),
@@ -130,9 +132,24 @@ pub async fn run(
             max_depth: config.server.max_json_depth,
             timeout: Config::duration(&config.server.publish_timeout),
         },
-    );
+    ));
+    let dapr_api = Arc::new(dapr::DaprApi::new(&config.dapr));
+    let (letters_tx, letters_rx) = tokio::sync::mpsc::channel(1024);
+    delivery.set_dead_letter_topics(letters_tx);
+    let dead_letters =
+        dapr::publish::spawn_dead_letter_publisher(dapr_api.clone(), publisher.clone(), letters_rx);
+    let dapr_apps = Arc::new(dapr::apps::AppSubscriptions::new(
+        config.dapr.apps.clone(),
+        dapr_api.clone(),
+        delivery.clone(),
+    ));
+    let app_watcher = dapr_apps
+        .clone()
+        .spawn(Config::duration(&config.dapr.refresh_interval));
     let state = Arc::new(AppState {
         publisher,
+        dapr: dapr_api,
+        dapr_apps,
         router: delivery.clone(),
         control,
         max_body_bytes: config.server.max_body_bytes,
@@ -152,7 +169,9 @@ pub async fn run(
     ingress::serve(listener, ingress::router(state.clone()), settings, shutdown).await;
 
     drop(state);
+    app_watcher.abort();
     delivery.shutdown().await;
+    dead_letters.abort();
     trimmer.abort();
     writers.shutdown().await;
     tracing::info!("evrouter stopped");

@@ -8,7 +8,9 @@ use serde::Serialize;
 
 use serde_json::value::RawValue;
 
-use crate::event::{json_depth, raw_str, raw_u64, Body, Envelope, RawEvent, RawMetadata};
+use crate::event::{
+    json_depth, raw_str, raw_u64, Body, Envelope, PayloadFormat, RawEvent, RawMetadata,
+};
 use crate::schema::{SchemaRegistry, Violation};
 use crate::store::{Appended, Entry, StoreError, WriterPool};
 use crate::streams::{partition_of, Route, StreamCatalog};
@@ -180,6 +182,9 @@ pub fn prepare_event(
         traceparent,
         tracestate,
         payload: event.raw.as_bytes().to_vec(),
+        format: PayloadFormat::Event,
+        content_type: None,
+        expires_us: None,
     };
     Ok(PreparedEvent {
         event_id: envelope.event_id.clone(),
@@ -218,6 +223,11 @@ impl Publisher {
             writers,
             limits,
         }
+    }
+
+    /// The limits every publish is held to.
+    pub fn limits(&self) -> &PublishLimits {
+        &self.limits
     }
 
     /// Publishes a body (one event or an array) to `topic`; answers once Redis has
@@ -301,24 +311,7 @@ impl Publisher {
             let at = (!single).then_some(index);
             match prepare_event(&route, &self.schemas, topic, raw, context, received_us) {
                 Ok(event) if violations.is_empty() => {
-                    let partition_key =
-                        route.stream.partition_keys[event.partition as usize].clone();
-                    let dedup_key = route
-                        .stream
-                        .dedup_window
-                        .map(|_| route.stream.dedup_key(event.partition, &event.event_id));
-                    prepared.push(Prepared {
-                        receipt_stream: route.stream.name.clone(),
-                        partition: event.partition,
-                        event_id: event.event_id,
-                        writer: self.writers.writer_of(&partition_key),
-                        entry: Entry {
-                            stream: route.stream.clone(),
-                            partition_key,
-                            dedup_key,
-                            value: event.value,
-                        },
-                    });
+                    prepared.push(self.place(&route, event));
                 }
                 Ok(_) => {}
                 Err(found) => violations.extend(found.into_iter().map(|v| EventViolation {
@@ -333,6 +326,57 @@ impl Publisher {
         } else {
             Err(PublishError::Invalid(violations))
         }
+    }
+
+    /// Puts an encoded event on its partition's writer.
+    fn place(&self, route: &Route, event: PreparedEvent) -> Prepared {
+        let partition_key = route.stream.partition_keys[event.partition as usize].clone();
+        let dedup_key = route
+            .stream
+            .dedup_window
+            .map(|_| route.stream.dedup_key(event.partition, &event.event_id));
+        Prepared {
+            receipt_stream: route.stream.name.clone(),
+            partition: event.partition,
+            event_id: event.event_id,
+            writer: self.writers.writer_of(&partition_key),
+            entry: Entry {
+                stream: route.stream.clone(),
+                partition_key,
+                dedup_key,
+                value: event.value,
+            },
+        }
+    }
+
+    /// Stores events that arrive already enveloped (the Dapr API's CloudEvents and raw
+    /// payloads, which the platform's schema does not describe) on `topic`'s stream, each
+    /// in the partition of its key; answers once Redis has confirmed every one.
+    pub async fn publish_envelopes(
+        &self,
+        topic: &str,
+        envelopes: Vec<Envelope>,
+    ) -> Result<Vec<Receipt>, PublishError> {
+        crate::topic::check_topic(topic).map_err(PublishError::InvalidTopic)?;
+        if envelopes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let route = self
+            .catalog
+            .route(topic)
+            .map_err(|e| PublishError::NoStream(e.to_string()))?;
+        let prepared = envelopes
+            .into_iter()
+            .map(|envelope| {
+                let event = PreparedEvent {
+                    partition: partition_of(&envelope.key, route.stream.partitions),
+                    value: envelope.encode(),
+                    event_id: envelope.event_id,
+                };
+                self.place(&route, event)
+            })
+            .collect();
+        self.store(prepared).await
     }
 
     /// Hands each writer its share (in request order) and waits for every confirmation.

@@ -40,6 +40,9 @@ pub async fn run(args: &Args, url: &str) -> anyhow::Result<Report> {
                 traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
                 tracestate: None,
                 payload,
+                format: Default::default(),
+                content_type: None,
+                expires_us: None,
             };
             (format!("evr-raw:{{order.{partition}}}"), envelope.encode())
         })

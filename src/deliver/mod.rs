@@ -94,6 +94,8 @@ pub struct Outgoing<'a> {
     pub attempt: u32,
     /// `traceparent`.
     pub traceparent: Option<&'a str>,
+    /// The body's content type.
+    pub content_type: &'a str,
     /// Request timeout.
     pub timeout: Duration,
 }
@@ -107,6 +109,8 @@ pub enum Answer {
         status: u16,
         /// Outcome by Dapr's rules.
         outcome: Outcome,
+        /// The answer's body (at most a few kilobytes are read).
+        body: Bytes,
     },
     /// No answer: connection error or timeout.
     Failed(String),
@@ -150,7 +154,7 @@ impl Deliverer {
     /// Sends one request and classifies the answer.
     pub async fn send(&self, request: Outgoing<'_>) -> Answer {
         let mut builder = Request::post(request.url.clone())
-            .header("content-type", "application/json")
+            .header("content-type", request.content_type)
             .header("evr-attempt", request.attempt.to_string());
         if let Some(id) = request.event_id {
             builder = builder.header("evr-event-id", id);
@@ -183,6 +187,7 @@ impl Deliverer {
             Ok(Ok((status, body))) => Answer::Http {
                 status,
                 outcome: classify(status, &body),
+                body,
             },
             Ok(Err(err)) => Answer::Failed(format!("connection error: {err}")),
             Err(_) => Answer::Failed(format!("no answer within {:?}", request.timeout)),

@@ -30,7 +30,11 @@ use error::ApiError;
 /// What every handler can reach.
 pub struct AppState {
     /// The publish pipeline.
-    pub publisher: Publisher,
+    pub publisher: Arc<Publisher>,
+    /// The Dapr API's pubsub names and topic mapping.
+    pub dapr: Arc<crate::dapr::DaprApi>,
+    /// The Dapr apps whose subscriptions are read.
+    pub dapr_apps: Arc<crate::dapr::apps::AppSubscriptions>,
     /// The delivery runtime (subscriptions, stats).
     pub router: Arc<DeliveryRouter>,
     /// A connection for control commands (readiness).
@@ -62,6 +66,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/stats", get(stats::stats))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .merge(crate::dapr::routes())
         .fallback(|OriginalUri(uri): OriginalUri| async move { ApiError::not_found(uri.path()) })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

@@ -74,6 +74,27 @@ impl Dispatch for RouterDispatch {
             }
             Ordering::None => Arc::from(format!("{}/{}", entry.partition, entry.id)),
         };
+        if envelope
+            .expires_us
+            .is_some_and(|at| at <= crate::dapr::cloudevent::now_us())
+        {
+            SubscriptionStats::bump(&self.stats.expired);
+            self.skip(entry.partition, entry.id);
+            return;
+        }
+        let (payload, path, content_type) = match &self.sub.spec.dapr {
+            Some(target) => {
+                match crate::dapr::deliver::for_app(target, self.sub.routes.as_deref(), &envelope) {
+                    Some(app) => (app.body, Some(app.path), Some(app.content_type)),
+                    None => {
+                        SubscriptionStats::bump(&self.stats.unrouted);
+                        self.skip(entry.partition, entry.id);
+                        return;
+                    }
+                }
+            }
+            None => (Bytes::from(envelope.payload), None, None),
+        };
         let shard = (xxh3_64(lane.as_bytes()) % self.shards.len().max(1) as u64) as usize;
         let delivery = Delivery {
             partition: entry.partition,
@@ -84,7 +105,10 @@ impl Dispatch for RouterDispatch {
             traceparent: envelope.traceparent,
             received_us: envelope.received_us,
             sequence: envelope.sequence,
-            payload: Bytes::from(envelope.payload),
+            payload,
+            path,
+            content_type,
+            expires_us: envelope.expires_us,
             // A copy of its own: a slice would keep the whole read buffer alive while the
             // event waits (retries, reorder buffer).
             raw: Bytes::copy_from_slice(&entry.raw),

@@ -209,6 +209,7 @@ pub async fn replay(
                                 topic: Some(&envelope.topic),
                                 attempt: 1,
                                 traceparent: Some(&envelope.traceparent),
+                                content_type: "application/json",
                                 timeout,
                             })
                             .await;

@@ -82,6 +82,8 @@ pub struct Router {
     running: Mutex<std::collections::HashSet<String>>,
     /// Configured subscriptions not yet stored (Redis was unreachable at start-up).
     unstored: Mutex<Vec<Subscription>>,
+    /// Where Dapr subscriptions send events for their `deadLetterTopic`.
+    dead_letter_topics: std::sync::OnceLock<mpsc::Sender<crate::dapr::deliver::DeadLetter>>,
 }
 
 impl Router {
@@ -115,6 +117,7 @@ impl Router {
             control: Mutex::new(None),
             running: Mutex::new(std::collections::HashSet::new()),
             unstored: Mutex::new(configured),
+            dead_letter_topics: std::sync::OnceLock::new(),
         });
         router.store_configured().await;
         let control = tokio::spawn(router.clone().control(keeper));
@@ -123,6 +126,12 @@ impl Router {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(control);
         Ok(router)
+    }
+
+    /// Sets where events for Dapr dead-letter topics go; workers started after this
+    /// use it.
+    pub fn set_dead_letter_topics(&self, tx: mpsc::Sender<crate::dapr::deliver::DeadLetter>) {
+        let _ = self.dead_letter_topics.set(tx);
     }
 
     /// The subscription registry.
@@ -485,6 +494,7 @@ impl Router {
             stats: stats.clone(),
             shards: self.settings.shards.max(1),
             store: self.target.manager()?,
+            dead_letter_topics: self.dead_letter_topics.get().cloned(),
         };
         let mut tasks = Vec::new();
         let mut shard_senders = Vec::new();

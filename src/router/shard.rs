@@ -42,8 +42,14 @@ pub struct Delivery {
     pub received_us: u64,
     /// `metadata.sequence`, when the event has one.
     pub sequence: Option<u64>,
-    /// The event's JSON.
+    /// The body to send: the event's JSON (a CloudEvent or raw bytes for a Dapr app).
     pub payload: Bytes,
+    /// A Dapr app's path for this event, from its routing rules.
+    pub path: Option<Arc<str>>,
+    /// The body's content type when not `application/json`.
+    pub content_type: Option<Arc<str>>,
+    /// When the event expires (µs since the epoch): not sent after that.
+    pub expires_us: Option<u64>,
     /// The stored entry (for the DLQ).
     pub raw: Bytes,
     /// Attempts made so far (including ones before a takeover).
@@ -77,6 +83,8 @@ pub struct ShardContext {
     pub shards: usize,
     /// For reading back the next expected sequence numbers kept in Redis.
     pub store: redis::aio::ConnectionManager,
+    /// Where events for a Dapr `deadLetterTopic` go (to be published).
+    pub dead_letter_topics: Option<mpsc::Sender<crate::dapr::deliver::DeadLetter>>,
 }
 
 /// Most keys whose stored sequence state is read in one round trip.
@@ -622,6 +630,7 @@ impl Shard {
                 }
             }
             let lanes = self.take_ready(per_request);
+            let lanes = self.drop_expired(lanes);
             if lanes.is_empty() {
                 continue;
             }
@@ -651,6 +660,27 @@ impl Shard {
             self.bulk_deadline = None;
             self.send(lanes, endpoint, url, bulk);
         }
+    }
+
+    /// Acks the lanes' heads whose time to live passed while they waited (retries, order)
+    /// and returns the others.
+    fn drop_expired(&mut self, lanes: Vec<Arc<str>>) -> Vec<Arc<str>> {
+        let now = now_us();
+        let mut live = Vec::with_capacity(lanes.len());
+        for lane in lanes {
+            let expired = self
+                .lanes
+                .head(&lane)
+                .and_then(|h| h.expires_us)
+                .is_some_and(|at| at <= now);
+            if expired {
+                SubscriptionStats::bump(&self.ctx.stats.expired);
+                self.finish(&lane, true);
+            } else {
+                live.push(lane);
+            }
+        }
+        live
     }
 
     /// Pops up to `n` ready lanes whose partition this instance still holds.
@@ -702,9 +732,43 @@ impl Shard {
         removed.len()
     }
 
-    fn send(&mut self, lanes: Vec<Arc<str>>, endpoint: usize, url: hyper::Uri, bulk: bool) {
+    fn send(&mut self, mut lanes: Vec<Arc<str>>, endpoint: usize, url: hyper::Uri, bulk: bool) {
         let first_ms = now_ms();
+        let sub = self.ctx.sub.clone();
+        // A Dapr app: every event of one request goes to the same route; the others wait
+        // for the next request, in their order.
+        let mut url = url;
+        let mut content_type: Arc<str> = Arc::from("application/json");
+        if let Some(path) = lanes
+            .first()
+            .and_then(|l| self.lanes.head(l))
+            .and_then(|h| h.path.clone())
+        {
+            let (same, other): (Vec<_>, Vec<_>) = lanes.into_iter().partition(|l| {
+                self.lanes
+                    .head(l)
+                    .is_some_and(|h| h.path.as_deref() == Some(&*path))
+            });
+            for lane in other.into_iter().rev() {
+                self.ready.push_front(lane);
+            }
+            lanes = same;
+            let base = url.to_string();
+            let joined = format!("{}{}", base.trim_end_matches('/'), path);
+            match joined.parse() {
+                Ok(u) => url = u,
+                Err(err) => tracing::warn!(%joined, error = %err, "app route is not a valid URL"),
+            }
+        }
+        if let Some(ct) = lanes
+            .first()
+            .and_then(|l| self.lanes.head(l))
+            .and_then(|h| h.content_type.clone())
+        {
+            content_type = ct;
+        }
         let mut bodies: Vec<Bytes> = Vec::with_capacity(lanes.len());
+        let mut entry_ids: Vec<(String, Arc<str>)> = Vec::new();
         let mut event_id = None;
         let mut topic = None;
         let mut traceparent = None;
@@ -722,12 +786,28 @@ impl Shard {
                     traceparent = Some(head.traceparent.clone());
                 }
                 bodies.push(head.payload.clone());
+                if sub.spec.dapr.is_some() && bulk {
+                    entry_ids.push((
+                        head.id.clone(),
+                        head.content_type
+                            .clone()
+                            .unwrap_or_else(|| Arc::from("application/json")),
+                    ));
+                }
             }
         }
-        let body = if bulk {
-            json_array(&bodies)
-        } else {
-            bodies.pop().unwrap_or_default()
+        let body = match (&sub.spec.dapr, bulk) {
+            (Some(target), true) => {
+                content_type = Arc::from("application/json");
+                let entries: Vec<(&str, &Bytes, &str)> = entry_ids
+                    .iter()
+                    .zip(&bodies)
+                    .map(|((id, ct), body)| (id.as_str(), body, &**ct))
+                    .collect();
+                crate::dapr::deliver::bulk_body(target, &entries)
+            }
+            (None, true) => json_array(&bodies),
+            (_, false) => bodies.pop().unwrap_or_default(),
         };
         let deliverer = self.ctx.deliverer.clone();
         let endpoints = self.ctx.endpoints.clone();
@@ -743,6 +823,7 @@ impl Shard {
                     topic: topic.as_deref(),
                     attempt,
                     traceparent: traceparent.as_deref(),
+                    content_type: &content_type,
                     timeout,
                 })
                 .await;
@@ -754,11 +835,40 @@ impl Shard {
     fn on_finished(&mut self, finished: Finished) {
         self.in_flight = self.in_flight.saturating_sub(1);
         let spec = self.ctx.sub.spec.clone();
+        // A Dapr app's bulk answer settles each entry on its own; an entry it leaves out
+        // is retried.
+        let statuses = match (&spec.dapr, spec.mode, &finished.answer) {
+            (
+                Some(_),
+                DeliveryMode::Bulk,
+                Answer::Http {
+                    status,
+                    outcome: Outcome::Delivered,
+                    body,
+                },
+            ) => crate::dapr::deliver::bulk_statuses(body).map(|map| (*status, map)),
+            _ => None,
+        };
         for lane in finished.lanes {
             let Some(head) = self.lanes.head_mut(&lane) else {
                 continue;
             };
-            let (status, retry_reason) = match &finished.answer {
+            let per_entry = statuses.as_ref().map(|(status, map)| {
+                let outcome = match map.get(&head.id).map(String::as_str) {
+                    Some("SUCCESS") => Outcome::Delivered,
+                    Some("DROP") => Outcome::Drop("the app answered DROP".into()),
+                    Some("RETRY") => Outcome::Retry("the app answered RETRY".into()),
+                    Some(other) => Outcome::Retry(format!("unknown status `{other}`")),
+                    None => Outcome::Retry("the entry is missing from the app's statuses".into()),
+                };
+                Answer::Http {
+                    status: *status,
+                    outcome,
+                    body: Bytes::new(),
+                }
+            });
+            let answer = per_entry.as_ref().unwrap_or(&finished.answer);
+            let (status, retry_reason) = match answer {
                 Answer::Http {
                     outcome: Outcome::Delivered,
                     ..
@@ -782,6 +892,7 @@ impl Shard {
                 Answer::Http {
                     status,
                     outcome: Outcome::Retry(reason),
+                    ..
                 } => (Some(*status), reason.clone()),
                 Answer::Failed(reason) => (None, reason.clone()),
             };
@@ -805,6 +916,31 @@ impl Shard {
         let Some(head) = self.lanes.head(lane) else {
             return;
         };
+        let dead_letter_topic = self
+            .ctx
+            .sub
+            .spec
+            .dapr
+            .as_ref()
+            .and_then(|d| Some((d.pubsubname.clone(), d.dead_letter_topic.clone()?)));
+        if let (Some((pubsub, topic)), Some(tx)) = (dead_letter_topic, &self.ctx.dead_letter_topics)
+        {
+            let letter = crate::dapr::deliver::DeadLetter {
+                pubsub,
+                topic,
+                body: head.payload.clone(),
+                content_type: head
+                    .content_type
+                    .clone()
+                    .unwrap_or_else(|| Arc::from("application/json")),
+            };
+            match tx.try_send(letter) {
+                Ok(()) => SubscriptionStats::bump(&self.ctx.stats.dead_letter_topic),
+                Err(err) => {
+                    tracing::warn!(error = %err, event_id = %head.event_id, "dead-letter topic queue full; the event is in the DLQ only")
+                }
+            }
+        }
         if self.ctx.sub.spec.dead_letter {
             let op = AckOp::DeadLetter {
                 partition: head.partition.clone(),

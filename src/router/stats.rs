@@ -19,6 +19,12 @@ pub struct SubscriptionStats {
     pub dropped: AtomicU64,
     /// Events read but not for this subscription (acked at once).
     pub unmatched: AtomicU64,
+    /// Events past their time to live (Dapr's `ttlInSeconds`), acked undelivered.
+    pub expired: AtomicU64,
+    /// Events no routing rule of a Dapr subscription took and no default path (acked).
+    pub unrouted: AtomicU64,
+    /// Events published to a Dapr subscription's `deadLetterTopic`.
+    pub dead_letter_topic: AtomicU64,
     /// Events read and not yet finished.
     pub in_flight: AtomicU64,
     /// Sequence ordering: what the reorder buffer saw.
@@ -35,6 +41,9 @@ impl Default for SubscriptionStats {
             dead_lettered: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             unmatched: AtomicU64::new(0),
+            expired: AtomicU64::new(0),
+            unrouted: AtomicU64::new(0),
+            dead_letter_topic: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             sequence: SequenceStats::default(),
             // Constant, valid bounds: one microsecond to one hour, 3 significant digits.
@@ -81,6 +90,12 @@ pub struct StatsSnapshot {
     pub dropped: u64,
     /// Not for this subscription.
     pub unmatched: u64,
+    /// Past their time to live.
+    pub expired: u64,
+    /// Taken by no routing rule (Dapr subscriptions).
+    pub unrouted: u64,
+    /// Published to a Dapr `deadLetterTopic`.
+    pub dead_letter_topic: u64,
     /// In flight on this instance.
     pub in_flight: u64,
     /// Entries not yet read by the subscription's group, over all partitions.
@@ -137,6 +152,9 @@ impl SubscriptionStats {
             dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
             dropped: self.dropped.load(Ordering::Relaxed),
             unmatched: self.unmatched.load(Ordering::Relaxed),
+            expired: self.expired.load(Ordering::Relaxed),
+            unrouted: self.unrouted.load(Ordering::Relaxed),
+            dead_letter_topic: self.dead_letter_topic.load(Ordering::Relaxed),
             in_flight: self.in_flight.load(Ordering::Relaxed),
             lag,
             latency_ms: latency,

@@ -40,6 +40,41 @@ pub struct SubscriptionSpec {
     /// Whether exhausted events go to the dead-letter stream (else they are dropped and
     /// counted).
     pub dead_letter: bool,
+    /// Set for a subscription of a Dapr app: deliveries are CloudEvents to the app's
+    /// routes, answered by Dapr's rules.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dapr: Option<DaprTarget>,
+}
+
+/// How a Dapr app receives a subscription's events (from its `/dapr/subscribe`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DaprTarget {
+    /// The app's id.
+    pub app_id: String,
+    /// The pubsub name the app subscribed with.
+    pub pubsubname: String,
+    /// The topic as the app named it.
+    pub topic: String,
+    /// Routing rules: the first whose CEL `match` holds gives the path.
+    pub rules: Vec<RouteRule>,
+    /// The path when no rule matches (none: such events are acked and counted).
+    pub default_path: Option<String>,
+    /// Deliver the payload as published, without a CloudEvent around it.
+    pub raw_payload: bool,
+    /// Where events that exhaust their attempts are published, besides the DLQ.
+    pub dead_letter_topic: Option<String>,
+}
+
+/// One routing rule of a Dapr subscription.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RouteRule {
+    /// A CEL expression over `event` (the CloudEvent).
+    #[serde(rename = "match")]
+    pub matches: String,
+    /// The app's path for events that match.
+    pub path: String,
 }
 
 impl Default for SubscriptionSpec {
@@ -59,6 +94,7 @@ impl Default for SubscriptionSpec {
             breaker: BreakerSpec::default(),
             start: Start::Latest,
             dead_letter: true,
+            dapr: None,
         }
     }
 }
@@ -232,12 +268,14 @@ impl BackoffSpec {
 const HOUR_MS: u64 = 3_600_000;
 const DAY_MS: u64 = 86_400_000;
 
-/// A subscription with its patterns compiled.
+/// A subscription with its patterns (and a Dapr app's routing rules) compiled.
 #[derive(Debug, Clone)]
 pub struct Subscription {
     /// What it was created from.
     pub spec: SubscriptionSpec,
     patterns: Vec<TopicPattern>,
+    /// The routing rules of a Dapr app's subscription.
+    pub routes: Option<std::sync::Arc<crate::dapr::routing::Routes>>,
 }
 
 impl Subscription {
@@ -340,8 +378,41 @@ impl Subscription {
         if spec.breaker.failures == 0 {
             bad("/breaker/failures", "must be at least 1".into());
         }
+        let mut routes = None;
+        if let Some(target) = &spec.dapr {
+            for (i, rule) in target.rules.iter().enumerate() {
+                if !rule.path.starts_with('/') {
+                    bad(
+                        &format!("/dapr/rules/{i}/path"),
+                        format!("`{}` must start with `/`", rule.path),
+                    );
+                }
+            }
+            if target
+                .default_path
+                .as_deref()
+                .is_some_and(|p| !p.starts_with('/'))
+            {
+                bad("/dapr/default_path", "must start with `/`".into());
+            }
+            match crate::dapr::routing::Routes::compile(
+                &target.rules,
+                target.default_path.as_deref(),
+            ) {
+                Ok(compiled) => routes = Some(std::sync::Arc::new(compiled)),
+                Err(errors) => {
+                    for (i, message) in errors {
+                        bad(&format!("/dapr/rules/{i}/match"), message);
+                    }
+                }
+            }
+        }
         if problems.is_empty() {
-            Ok(Self { spec, patterns })
+            Ok(Self {
+                spec,
+                patterns,
+                routes,
+            })
         } else {
             Err(problems)
         }

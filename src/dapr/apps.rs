@@ -1,0 +1,381 @@
+//! Dapr apps' subscriptions: each configured app's `GET /dapr/subscribe` is read at start,
+//! again on an interval and on request, and every entry becomes an evrouter subscription
+//! that delivers CloudEvents to the app's routes. An app that is down is tried again,
+//! never fatal; entries an app no longer lists are removed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde::Deserialize;
+use serde_json::Value;
+use xxhash_rust::xxh3::xxh3_64;
+
+use super::DaprApi;
+use crate::config::DaprAppConfig;
+use crate::ingress::AppState;
+use crate::router::subscription::{
+    BackoffSpec, BulkSpec, DaprTarget, DeliveryMode, RouteRule, Subscription, SubscriptionSpec,
+};
+use crate::router::Router;
+
+/// Largest `/dapr/subscribe` answer read.
+const MAX_SUBSCRIBE_BYTES: usize = 1 << 20;
+
+/// One entry of an app's `GET /dapr/subscribe`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SubscribeEntry {
+    pubsubname: String,
+    topic: String,
+    #[serde(default)]
+    route: Option<String>,
+    #[serde(default)]
+    routes: Option<Routes>,
+    #[serde(default)]
+    metadata: std::collections::HashMap<String, Value>,
+    #[serde(default)]
+    dead_letter_topic: Option<String>,
+    #[serde(default)]
+    bulk_subscribe: Option<BulkSubscribe>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Routes {
+    #[serde(default)]
+    rules: Vec<Rule>,
+    #[serde(default)]
+    default: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Rule {
+    #[serde(rename = "match")]
+    matches: String,
+    path: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct BulkSubscribe {
+    #[serde(default)]
+    enabled: bool,
+    #[serde(default)]
+    max_messages_count: Option<usize>,
+    #[serde(default)]
+    max_await_duration_ms: Option<u64>,
+}
+
+/// Why an app's subscriptions could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// The app did not answer.
+    #[error("app {app} did not answer GET /dapr/subscribe: {why}")]
+    Unreachable {
+        /// The app id.
+        app: String,
+        /// What failed.
+        why: String,
+    },
+    /// The app answered something else than a subscription list.
+    #[error("app {app} answered GET /dapr/subscribe with {why}")]
+    BadAnswer {
+        /// The app id.
+        app: String,
+        /// What was wrong.
+        why: String,
+    },
+    /// Redis did not store the subscriptions.
+    #[error("storing the subscriptions of app {app} failed: {why}")]
+    Store {
+        /// The app id.
+        app: String,
+        /// The Redis error.
+        why: String,
+    },
+}
+
+/// Keeps the subscriptions of every configured app in step with what the app lists.
+pub struct AppSubscriptions {
+    apps: Vec<DaprAppConfig>,
+    api: Arc<DaprApi>,
+    router: Arc<Router>,
+    client: Client<HttpConnector, Empty<Bytes>>,
+}
+
+impl AppSubscriptions {
+    /// The app watcher over `apps`.
+    pub fn new(apps: Vec<DaprAppConfig>, api: Arc<DaprApi>, router: Arc<Router>) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_secs(2)));
+        Self {
+            apps,
+            api,
+            router,
+            client: Client::builder(TokioExecutor::new()).build(connector),
+        }
+    }
+
+    /// Reads every app now, then again every `interval`; an app not read yet is tried
+    /// every second until it answers.
+    pub fn spawn(self: Arc<Self>, interval: Duration) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            if self.apps.is_empty() {
+                return;
+            }
+            let mut read_once = vec![false; self.apps.len()];
+            let mut last_full = tokio::time::Instant::now();
+            loop {
+                let full = last_full.elapsed() >= interval;
+                if full {
+                    last_full = tokio::time::Instant::now();
+                }
+                for (i, app) in self.apps.iter().enumerate() {
+                    if read_once[i] && !full {
+                        continue;
+                    }
+                    match self.sync(app).await {
+                        Ok(names) => {
+                            if !read_once[i] {
+                                tracing::info!(app = %app.id, subscriptions = names.len(), "dapr app subscriptions read");
+                            }
+                            read_once[i] = true;
+                        }
+                        Err(err) => {
+                            tracing::warn!(error = %err, "dapr app not read; will try again")
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(1).min(interval)).await;
+            }
+        })
+    }
+
+    /// The app of this id, if configured.
+    pub fn app(&self, id: &str) -> Option<&DaprAppConfig> {
+        self.apps.iter().find(|a| a.id == id)
+    }
+
+    /// Reads one app's subscriptions and stores them; removes the ones it no longer lists.
+    /// Returns the names of its subscriptions.
+    pub async fn sync(&self, app: &DaprAppConfig) -> Result<Vec<String>, AppError> {
+        let entries = self.fetch(app).await?;
+        let mut wanted = Vec::new();
+        for entry in entries {
+            match self.spec_of(app, entry) {
+                Ok(spec) => wanted.push(spec),
+                Err(why) => tracing::warn!(app = %app.id, %why, "dapr subscription skipped"),
+            }
+        }
+        let store_error = |e: redis::RedisError| AppError::Store {
+            app: app.id.clone(),
+            why: e.to_string(),
+        };
+        let current: Vec<Arc<Subscription>> = self
+            .router
+            .registry()
+            .all()
+            .into_iter()
+            .filter(|s| s.spec.dapr.as_ref().is_some_and(|d| d.app_id == app.id))
+            .collect();
+        let mut names = Vec::new();
+        for spec in wanted {
+            names.push(spec.name.clone());
+            let existing = current.iter().find(|s| s.spec.name == spec.name);
+            if existing.is_some_and(|s| s.spec == spec) {
+                continue;
+            }
+            let sub = match Subscription::new(spec) {
+                Ok(sub) => sub,
+                Err(problems) => {
+                    let why: Vec<String> = problems
+                        .iter()
+                        .map(|p| format!("{}: {}", p.path, p.message))
+                        .collect();
+                    tracing::warn!(app = %app.id, problems = ?why, "dapr subscription refused");
+                    names.pop();
+                    continue;
+                }
+            };
+            if existing.is_some() {
+                self.router.put(&sub).await.map_err(store_error)?;
+            } else {
+                self.router.create(&sub).await.map_err(store_error)?;
+            }
+        }
+        for gone in current.iter().filter(|s| !names.contains(&s.spec.name)) {
+            self.router
+                .delete(&gone.spec.name)
+                .await
+                .map_err(store_error)?;
+        }
+        Ok(names)
+    }
+
+    async fn fetch(&self, app: &DaprAppConfig) -> Result<Vec<SubscribeEntry>, AppError> {
+        let unreachable = |why: String| AppError::Unreachable {
+            app: app.id.clone(),
+            why,
+        };
+        let uri: hyper::Uri = format!("{}/dapr/subscribe", app.url.trim_end_matches('/'))
+            .parse()
+            .map_err(|e: hyper::http::uri::InvalidUri| unreachable(e.to_string()))?;
+        let request = hyper::Request::get(uri)
+            .header("accept", "application/json")
+            .body(Empty::new())
+            .map_err(|e| unreachable(e.to_string()))?;
+        let exchange = async {
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|e| e.to_string())?;
+            let status = response.status();
+            let body = Limited::new(response.into_body(), MAX_SUBSCRIBE_BYTES)
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?
+                .to_bytes();
+            Ok::<_, String>((status, body))
+        };
+        let (status, body) = tokio::time::timeout(Duration::from_secs(5), exchange)
+            .await
+            .map_err(|_| unreachable("no answer within 5s".into()))?
+            .map_err(unreachable)?;
+        // An app without subscriptions may not serve the path at all.
+        if status == StatusCode::NOT_FOUND {
+            return Ok(Vec::new());
+        }
+        if !status.is_success() {
+            return Err(AppError::BadAnswer {
+                app: app.id.clone(),
+                why: format!("status {status}"),
+            });
+        }
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Vec::new());
+        }
+        serde_json::from_slice(&body).map_err(|e| AppError::BadAnswer {
+            app: app.id.clone(),
+            why: format!("a body that is not a subscription list: {e}"),
+        })
+    }
+
+    fn spec_of(
+        &self,
+        app: &DaprAppConfig,
+        entry: SubscribeEntry,
+    ) -> Result<SubscriptionSpec, String> {
+        let topic = self
+            .api
+            .target(&entry.pubsubname, &entry.topic)
+            .map_err(|e| e.message)?;
+        let (rules, mut default_path) = match entry.routes {
+            Some(routes) => (
+                routes
+                    .rules
+                    .into_iter()
+                    .map(|r| RouteRule {
+                        matches: r.matches,
+                        path: leading_slash(&r.path),
+                    })
+                    .collect(),
+                routes
+                    .default
+                    .filter(|d| !d.is_empty())
+                    .map(|d| leading_slash(&d)),
+            ),
+            None => (Vec::new(), None),
+        };
+        if default_path.is_none() {
+            default_path = entry
+                .route
+                .filter(|r| !r.is_empty())
+                .map(|r| leading_slash(&r));
+        }
+        let raw_payload = entry.metadata.get("rawPayload").is_some_and(|v| match v {
+            Value::Bool(b) => *b,
+            Value::String(s) => s.trim_matches('"').eq_ignore_ascii_case("true"),
+            _ => false,
+        });
+        let (mode, bulk) = match entry.bulk_subscribe {
+            Some(b) if b.enabled => (
+                DeliveryMode::Bulk,
+                BulkSpec {
+                    max_events: b.max_messages_count.unwrap_or(100).clamp(1, 10_000),
+                    max_wait_ms: b.max_await_duration_ms.unwrap_or(1000).min(60_000),
+                },
+            ),
+            _ => (DeliveryMode::Single, BulkSpec::default()),
+        };
+        let id = xxh3_64(format!("{}\u{0}{}", entry.pubsubname, entry.topic).as_bytes());
+        Ok(SubscriptionSpec {
+            name: format!("dapr-{}-{:012x}", app.id, id & 0xffff_ffff_ffff),
+            topics: vec![topic],
+            endpoints: vec![app.url.trim_end_matches('/').to_string()],
+            mode,
+            bulk,
+            max_attempts: app.max_attempts,
+            backoff: BackoffSpec {
+                initial_ms: app.retry_initial_ms,
+                ..BackoffSpec::default()
+            },
+            dapr: Some(DaprTarget {
+                app_id: app.id.clone(),
+                pubsubname: entry.pubsubname,
+                topic: entry.topic,
+                rules,
+                default_path,
+                raw_payload,
+                dead_letter_topic: entry.dead_letter_topic.filter(|t| !t.is_empty()),
+            }),
+            ..SubscriptionSpec::default()
+        })
+    }
+}
+
+fn leading_slash(path: &str) -> String {
+    if path.starts_with('/') {
+        path.to_string()
+    } else {
+        format!("/{path}")
+    }
+}
+
+/// `POST /v1/dapr/apps/{id}/refresh`: reads the app's subscriptions now.
+pub async fn refresh(State(app): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
+    let Some(config) = app.dapr_apps.app(&id).cloned() else {
+        return (
+            StatusCode::NOT_FOUND,
+            axum::Json(serde_json::json!({
+                "error": {"code": "unknown_app", "message": format!("no Dapr app `{id}` is configured")}
+            })),
+        )
+            .into_response();
+    };
+    match app.dapr_apps.sync(&config).await {
+        Ok(names) => {
+            axum::Json(serde_json::json!({ "app": id, "subscriptions": names })).into_response()
+        }
+        Err(err) => {
+            let status = match err {
+                AppError::Store { .. } => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::BAD_GATEWAY,
+            };
+            (
+                status,
+                axum::Json(serde_json::json!({
+                    "error": {"code": "app_not_read", "message": err.to_string()}
+                })),
+            )
+                .into_response()
+        }
+    }
+}
