@@ -115,6 +115,30 @@ fn percent_decode(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// What every publish request starts with: the evrouter topic, the query's
+/// `metadata.*` and the body.
+async fn read_request(
+    app: &AppState,
+    pubsub: &str,
+    topic: &str,
+    query: Option<String>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(String, Metadata, bytes::Bytes), DaprError> {
+    let target = app.dapr.target(pubsub, topic)?;
+    let mut metadata = Metadata::default();
+    let pairs = query_pairs(query.as_deref());
+    Metadata::read(
+        pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        "metadata.",
+        &mut metadata,
+    )?;
+    let bytes = read_body(headers, body, app.max_body_bytes, app.body_read_timeout)
+        .await
+        .map_err(DaprError::from_api)?;
+    Ok((target, metadata, bytes))
+}
+
 /// Publishes one event through the Dapr API.
 pub async fn publish(
     State(app): State<Arc<AppState>>,
@@ -124,17 +148,8 @@ pub async fn publish(
     body: Body,
 ) -> Result<Response, DaprError> {
     let api = &app.dapr;
-    let target = api.target(&pubsub, &topic)?;
-    let mut metadata = Metadata::default();
-    let pairs = query_pairs(query.as_deref());
-    Metadata::read(
-        pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-        "metadata.",
-        &mut metadata,
-    )?;
-    let bytes = read_body(&headers, body, app.max_body_bytes, app.body_read_timeout)
-        .await
-        .map_err(DaprError::from_api)?;
+    let (target, metadata, bytes) =
+        read_request(&app, &pubsub, &topic, query, &headers, body).await?;
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -179,17 +194,8 @@ pub async fn publish_bulk(
     body: Body,
 ) -> Result<Response, DaprError> {
     let api = &app.dapr;
-    let target = api.target(&pubsub, &topic)?;
-    let mut shared = Metadata::default();
-    let pairs = query_pairs(query.as_deref());
-    Metadata::read(
-        pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-        "metadata.",
-        &mut shared,
-    )?;
-    let bytes = read_body(&headers, body, app.max_body_bytes, app.body_read_timeout)
-        .await
-        .map_err(DaprError::from_api)?;
+    let (target, shared, bytes) =
+        read_request(&app, &pubsub, &topic, query, &headers, body).await?;
     let max_depth = app.publisher.limits().max_depth;
     if json_depth(&bytes, max_depth + 2) > max_depth + 2 {
         return Err(DaprError::bad_bulk(format!(

@@ -788,7 +788,7 @@ impl Shard {
                 bodies.push(head.payload.clone());
                 if sub.spec.dapr.is_some() && bulk {
                     entry_ids.push((
-                        head.id.clone(),
+                        bulk_entry_id(&head.partition, &head.id),
                         head.content_type
                             .clone()
                             .unwrap_or_else(|| Arc::from("application/json")),
@@ -854,7 +854,8 @@ impl Shard {
                 continue;
             };
             let per_entry = statuses.as_ref().map(|(status, map)| {
-                let outcome = match map.get(&head.id).map(String::as_str) {
+                let entry_id = bulk_entry_id(&head.partition, &head.id);
+                let outcome = match map.get(&entry_id).map(String::as_str) {
                     Some("SUCCESS") => Outcome::Delivered,
                     Some("DROP") => Outcome::Drop("the app answered DROP".into()),
                     Some("RETRY") => Outcome::Retry("the app answered RETRY".into()),
@@ -998,6 +999,12 @@ impl Shard {
             self.ready.push_back(lane.clone());
         }
     }
+}
+
+/// A bulk entry's id for a Dapr app: stream ids repeat across partitions, so the
+/// partition is part of it.
+fn bulk_entry_id(partition: &str, id: &str) -> String {
+    format!("{partition}/{id}")
 }
 
 /// The Redis key of a lane's next expected number (a lane is `partition \u{1f} key`).
