@@ -140,6 +140,7 @@ pub async fn run(
         dapr::publish::spawn_dead_letter_publisher(dapr_api.clone(), publisher.clone(), letters_rx);
     let dapr_apps = Arc::new(dapr::apps::AppSubscriptions::new(
         config.dapr.apps.clone(),
+        config.dapr.subscriptions_dir.clone(),
         dapr_api.clone(),
         delivery.clone(),
     ));

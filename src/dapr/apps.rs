@@ -73,6 +73,60 @@ struct BulkSubscribe {
     max_await_duration_ms: Option<u64>,
 }
 
+/// A declarative subscription file (`dapr.io/v1alpha1` or `v2alpha1`, kind
+/// `Subscription`): its `spec` has the same fields as a `/dapr/subscribe` entry.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Declarative {
+    #[serde(default)]
+    api_version: String,
+    #[serde(default)]
+    kind: String,
+    spec: SubscribeEntry,
+    /// App ids the subscription is for; none means every app.
+    #[serde(default)]
+    scopes: Vec<String>,
+}
+
+/// Reads every `*.yaml` / `*.yml` file of `dir` (several documents per file allowed);
+/// a file or document that cannot be read is logged and skipped.
+fn read_declarative(dir: &std::path::Path) -> Vec<Declarative> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        tracing::warn!(dir = %dir.display(), "dapr subscriptions folder not readable");
+        return found;
+    };
+    let mut paths: Vec<_> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+        .collect();
+    paths.sort();
+    for path in paths {
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            tracing::warn!(file = %path.display(), "dapr subscription file not readable");
+            continue;
+        };
+        for document in yaml_serde::Deserializer::from_str(&text) {
+            match Declarative::deserialize(document) {
+                Ok(d) if d.kind == "Subscription" && d.api_version.starts_with("dapr.io/") => {
+                    found.push(d)
+                }
+                Ok(d) => {
+                    tracing::warn!(file = %path.display(), kind = %d.kind, api_version = %d.api_version, "not a dapr.io Subscription; skipped")
+                }
+                Err(err) => {
+                    // The rest of the file cannot be trusted (and the parser would repeat
+                    // the error for every document left).
+                    tracing::warn!(file = %path.display(), error = %err, "dapr subscription file not understood; the rest of it skipped");
+                    break;
+                }
+            }
+        }
+    }
+    found
+}
+
 /// Why an app's subscriptions could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -105,18 +159,25 @@ pub enum AppError {
 /// Keeps the subscriptions of every configured app in step with what the app lists.
 pub struct AppSubscriptions {
     apps: Vec<DaprAppConfig>,
+    declarative_dir: Option<std::path::PathBuf>,
     api: Arc<DaprApi>,
     router: Arc<Router>,
     client: Client<HttpConnector, Empty<Bytes>>,
 }
 
 impl AppSubscriptions {
-    /// The app watcher over `apps`.
-    pub fn new(apps: Vec<DaprAppConfig>, api: Arc<DaprApi>, router: Arc<Router>) -> Self {
+    /// The app watcher over `apps`, with declarative subscriptions from `declarative_dir`.
+    pub fn new(
+        apps: Vec<DaprAppConfig>,
+        declarative_dir: Option<std::path::PathBuf>,
+        api: Arc<DaprApi>,
+        router: Arc<Router>,
+    ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(Duration::from_secs(2)));
         Self {
             apps,
+            declarative_dir,
             api,
             router,
             client: Client::builder(TokioExecutor::new()).build(connector),
@@ -163,13 +224,26 @@ impl AppSubscriptions {
         self.apps.iter().find(|a| a.id == id)
     }
 
-    /// Reads one app's subscriptions and stores them; removes the ones it no longer lists.
-    /// Returns the names of its subscriptions.
+    /// Reads one app's subscriptions (its `/dapr/subscribe`, then the declarative ones
+    /// scoped to it) and stores them; removes the ones no longer listed. Returns the
+    /// names of its subscriptions.
     pub async fn sync(&self, app: &DaprAppConfig) -> Result<Vec<String>, AppError> {
-        let entries = self.fetch(app).await?;
-        let mut wanted = Vec::new();
+        let mut entries = self.fetch(app).await?;
+        if let Some(dir) = &self.declarative_dir {
+            entries.extend(
+                read_declarative(dir)
+                    .into_iter()
+                    .filter(|d| d.scopes.is_empty() || d.scopes.iter().any(|s| s == &app.id))
+                    .map(|d| d.spec),
+            );
+        }
+        let mut wanted: Vec<SubscriptionSpec> = Vec::new();
         for entry in entries {
             match self.spec_of(app, entry) {
+                // One subscription per pubsub and topic: the first listed wins.
+                Ok(spec) if wanted.iter().any(|w| w.name == spec.name) => {
+                    tracing::warn!(app = %app.id, subscription = %spec.name, "a second subscription to the same topic; ignored")
+                }
                 Ok(spec) => wanted.push(spec),
                 Err(why) => tracing::warn!(app = %app.id, %why, "dapr subscription skipped"),
             }
@@ -249,7 +323,7 @@ impl AppSubscriptions {
             .await
             .map_err(|_| unreachable("no answer within 5s".into()))?
             .map_err(unreachable)?;
-        // An app without subscriptions may not serve the path at all.
+        // An app without programmatic subscriptions may not serve the path at all.
         if status == StatusCode::NOT_FOUND {
             return Ok(Vec::new());
         }
