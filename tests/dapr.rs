@@ -619,6 +619,27 @@ async fn app_subscriptions_route_retry_drop_and_dead_letter() {
     assert_eq!(total("dead_letter_topic"), 1);
     assert_eq!(total("dead_lettered"), 1);
 
+    // A replayed dead letter goes to the app's route as a CloudEvent again.
+    let subs = get_json(router.url("/v1/subscriptions")).await;
+    let doomed = subs
+        .as_array()
+        .expect("subs")
+        .iter()
+        .find(|s| s["dapr"]["topic"] == "doomed")
+        .and_then(|s| s["name"].as_str())
+        .expect("doomed subscription")
+        .to_string();
+    let replay = client()
+        .post(router.url(&format!("/v1/dlq/{doomed}/replay")))
+        .send()
+        .await
+        .expect("replay");
+    assert_eq!(replay.status().as_u16(), 200);
+    let retried = app.on("/always-retry");
+    assert_eq!(retried.len(), 4);
+    assert_eq!(retried[3].content_type, "application/cloudevents+json");
+    assert_eq!(retried[3].json()["data"]["n"], 1);
+
     // An app that stops listing a subscription loses it on refresh.
     app.subscriptions
         .lock()

@@ -199,17 +199,35 @@ pub async fn replay(
                 else {
                     continue;
                 };
+                // A Dapr app gets its CloudEvent on its route, as on first delivery.
+                let for_app = sub.spec.dapr.as_ref().and_then(|target| {
+                    crate::dapr::deliver::for_app(target, sub.routes.as_deref(), &envelope)
+                });
                 let answer = match endpoints.pick() {
                     Ok((endpoint, url)) => {
+                        let (body, content_type, routed) = match &for_app {
+                            Some(app) => (
+                                app.body.clone(),
+                                &*app.content_type,
+                                format!("{}{}", url.to_string().trim_end_matches('/'), app.path)
+                                    .parse::<hyper::Uri>()
+                                    .ok(),
+                            ),
+                            None => (
+                                bytes::Bytes::from(envelope.payload.clone()),
+                                "application/json",
+                                None,
+                            ),
+                        };
                         let answer = deliverer
                             .send(Outgoing {
-                                url,
-                                body: bytes::Bytes::from(envelope.payload),
+                                url: routed.as_ref().unwrap_or(url),
+                                body,
                                 event_id: Some(&envelope.event_id),
                                 topic: Some(&envelope.topic),
                                 attempt: 1,
                                 traceparent: Some(&envelope.traceparent),
-                                content_type: "application/json",
+                                content_type,
                                 timeout,
                             })
                             .await;
