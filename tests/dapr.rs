@@ -87,8 +87,13 @@ impl App {
     }
 }
 
-async fn subscribe_list(State(app): State<App>) -> axum::Json<Value> {
-    axum::Json(app.subscriptions.lock().expect("subs").clone())
+/// The app's list; `null` stands for an app that does not serve the path (404).
+async fn subscribe_list(State(app): State<App>) -> Response {
+    let list = app.subscriptions.lock().expect("subs").clone();
+    if list.is_null() {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    axum::Json(list).into_response()
 }
 
 async fn deliver(State(app): State<App>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
@@ -639,6 +644,18 @@ async fn app_subscriptions_route_retry_drop_and_dead_letter() {
     assert_eq!(retried.len(), 4);
     assert_eq!(retried[3].content_type, "application/cloudevents+json");
     assert_eq!(retried[3].json()["data"]["n"], 1);
+
+    // An app that answers 404 has not said what it no longer wants: nothing is removed.
+    let listed = std::mem::replace(&mut *app.subscriptions.lock().expect("subs"), Value::Null);
+    let refreshed = client()
+        .post(router.url("/v1/dapr/apps/shop/refresh"))
+        .send()
+        .await
+        .expect("refresh");
+    assert_eq!(refreshed.status().as_u16(), 200);
+    let subs = get_json(router.url("/v1/subscriptions")).await;
+    assert_eq!(subs.as_array().map(Vec::len), Some(8), "{subs}");
+    *app.subscriptions.lock().expect("subs") = listed;
 
     // An app that stops listing a subscription loses it on refresh.
     app.subscriptions

@@ -228,7 +228,7 @@ impl AppSubscriptions {
     /// scoped to it) and stores them; removes the ones no longer listed. Returns the
     /// names of its subscriptions.
     pub async fn sync(&self, app: &DaprAppConfig) -> Result<Vec<String>, AppError> {
-        let mut entries = self.fetch(app).await?;
+        let (mut entries, listed) = self.fetch(app).await?;
         if let Some(dir) = &self.declarative_dir {
             entries.extend(
                 read_declarative(dir)
@@ -284,7 +284,12 @@ impl AppSubscriptions {
                 self.router.create(&sub).await.map_err(store_error)?;
             }
         }
-        for gone in current.iter().filter(|s| !names.contains(&s.spec.name)) {
+        // An app that answers 404 (restarting behind another server, say) has not said
+        // what it no longer wants: nothing is removed then, as consumer groups would go.
+        for gone in current
+            .iter()
+            .filter(|s| listed && !names.contains(&s.spec.name))
+        {
             self.router
                 .delete(&gone.spec.name)
                 .await
@@ -293,7 +298,8 @@ impl AppSubscriptions {
         Ok(names)
     }
 
-    async fn fetch(&self, app: &DaprAppConfig) -> Result<Vec<SubscribeEntry>, AppError> {
+    /// The app's entries, and whether it answered with a list (`false` for a 404).
+    async fn fetch(&self, app: &DaprAppConfig) -> Result<(Vec<SubscribeEntry>, bool), AppError> {
         let unreachable = |why: String| AppError::Unreachable {
             app: app.id.clone(),
             why,
@@ -325,7 +331,7 @@ impl AppSubscriptions {
             .map_err(unreachable)?;
         // An app without programmatic subscriptions may not serve the path at all.
         if status == StatusCode::NOT_FOUND {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), false));
         }
         if !status.is_success() {
             return Err(AppError::BadAnswer {
@@ -334,12 +340,14 @@ impl AppSubscriptions {
             });
         }
         if body.iter().all(u8::is_ascii_whitespace) {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), true));
         }
-        serde_json::from_slice(&body).map_err(|e| AppError::BadAnswer {
-            app: app.id.clone(),
-            why: format!("a body that is not a subscription list: {e}"),
-        })
+        serde_json::from_slice(&body)
+            .map(|entries| (entries, true))
+            .map_err(|e| AppError::BadAnswer {
+                app: app.id.clone(),
+                why: format!("a body that is not a subscription list: {e}"),
+            })
     }
 
     fn spec_of(
