@@ -57,7 +57,8 @@ struct Routes {
 
 #[derive(Debug, Deserialize)]
 struct Rule {
-    #[serde(rename = "match")]
+    /// Empty or missing: always matches.
+    #[serde(rename = "match", default)]
     matches: String,
     path: String,
 }
@@ -159,6 +160,8 @@ pub enum AppError {
 /// Keeps the subscriptions of every configured app in step with what the app lists.
 pub struct AppSubscriptions {
     apps: Vec<DaprAppConfig>,
+    /// Subscriptions left out of their app's last answers, with how many in a row.
+    missing: std::sync::Mutex<std::collections::HashMap<String, u32>>,
     declarative_dir: Option<std::path::PathBuf>,
     api: Arc<DaprApi>,
     router: Arc<Router>,
@@ -177,6 +180,7 @@ impl AppSubscriptions {
         connector.set_connect_timeout(Some(Duration::from_secs(2)));
         Self {
             apps,
+            missing: std::sync::Mutex::new(std::collections::HashMap::new()),
             declarative_dir,
             api,
             router,
@@ -274,7 +278,11 @@ impl AppSubscriptions {
                         .map(|p| format!("{}: {}", p.path, p.message))
                         .collect();
                     tracing::warn!(app = %app.id, problems = ?why, "dapr subscription refused");
-                    names.pop();
+                    // A refused change keeps the subscription as it was (its groups hold
+                    // what was not delivered yet); a refused new one is not listed.
+                    if existing.is_none() {
+                        names.pop();
+                    }
                     continue;
                 }
             };
@@ -284,16 +292,32 @@ impl AppSubscriptions {
                 self.router.create(&sub).await.map_err(store_error)?;
             }
         }
+        // Removing a subscription destroys its consumer groups, so it takes two answers in
+        // a row that leave it out (an app that is still starting may list nothing yet).
         // An app that answers 404 (restarting behind another server, say) has not said
-        // what it no longer wants: nothing is removed then, as consumer groups would go.
-        for gone in current
-            .iter()
-            .filter(|s| listed && !names.contains(&s.spec.name))
+        // what it no longer wants: nothing counts then.
+        let mut gone = Vec::new();
         {
-            self.router
-                .delete(&gone.spec.name)
-                .await
-                .map_err(store_error)?;
+            let mut missing = self
+                .missing
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for sub in &current {
+                let name = &sub.spec.name;
+                if names.contains(name) {
+                    missing.remove(name);
+                } else if listed {
+                    let count = missing.entry(name.clone()).or_insert(0);
+                    *count += 1;
+                    if *count >= 2 {
+                        missing.remove(name);
+                        gone.push(name.clone());
+                    }
+                }
+            }
+        }
+        for name in gone {
+            self.router.delete(&name).await.map_err(store_error)?;
         }
         Ok(names)
     }
@@ -384,7 +408,8 @@ impl AppSubscriptions {
         }
         let raw_payload = entry.metadata.get("rawPayload").is_some_and(|v| match v {
             Value::Bool(b) => *b,
-            Value::String(s) => s.trim_matches('"').eq_ignore_ascii_case("true"),
+            Value::String(s) => super::truthy(s.trim_matches('"')).unwrap_or(false),
+            Value::Number(n) => n.as_u64() == Some(1),
             _ => false,
         });
         let (mode, bulk) = match entry.bulk_subscribe {
@@ -397,6 +422,12 @@ impl AppSubscriptions {
             ),
             _ => (DeliveryMode::Single, BulkSpec::default()),
         };
+        let dead_letter_topic = entry.dead_letter_topic.filter(|t| !t.is_empty());
+        if let Some(topic) = &dead_letter_topic {
+            self.api
+                .target(&entry.pubsubname, topic)
+                .map_err(|e| format!("deadLetterTopic `{topic}`: {}", e.message))?;
+        }
         let id = xxh3_64(format!("{}\u{0}{}", entry.pubsubname, entry.topic).as_bytes());
         Ok(SubscriptionSpec {
             name: format!("dapr-{}-{:012x}", app.id, id & 0xffff_ffff_ffff),
@@ -416,7 +447,7 @@ impl AppSubscriptions {
                 rules,
                 default_path,
                 raw_payload,
-                dead_letter_topic: entry.dead_letter_topic.filter(|t| !t.is_empty()),
+                dead_letter_topic,
             }),
             ..SubscriptionSpec::default()
         })

@@ -172,8 +172,9 @@ pub fn build(body: &[u8], meta: &PublishMeta) -> Result<Map<String, Value>, Clou
     }
 }
 
-/// Wraps a body that is not a CloudEvent: JSON stays JSON under `data`, text becomes a
-/// string, anything else goes to `data_base64`.
+/// Wraps a body that is not a CloudEvent: JSON stays JSON under `data`,
+/// `application/octet-stream` (or anything not UTF-8) goes to `data_base64`, other content
+/// is a string under `data`.
 fn wrap_data(body: &[u8], content_type: &str) -> Map<String, Value> {
     let mut event = Map::new();
     let content_type = if content_type.is_empty() {
@@ -205,7 +206,8 @@ fn wrap_data(body: &[u8], content_type: &str) -> Map<String, Value> {
                 );
             }
         }
-    } else if let (true, Some(text)) = (content_type.starts_with("text/"), text) {
+    } else if let (false, Some(text)) = (content_type == "application/octet-stream", text) {
+        // As Dapr: only binary content goes to base64; text, XML and the like stay text.
         event.insert("data".into(), Value::String(text.to_string()));
     } else {
         event.insert(
@@ -214,14 +216,6 @@ fn wrap_data(body: &[u8], content_type: &str) -> Map<String, Value> {
         );
     }
     event
-}
-
-/// What a stored event looks like to a Dapr app: the CloudEvent stored as is; a platform
-/// event wrapped with its id, type, service and trace context; raw bytes wrapped like a
-/// data publish. `topic` and `pubsubname` are the subscription's.
-pub struct Presented {
-    /// The CloudEvent, as JSON.
-    pub json: Value,
 }
 
 /// The fields of a stored event a CloudEvent is built from.
@@ -244,7 +238,9 @@ pub struct Stored<'a> {
     pub received_us: u64,
 }
 
-/// The CloudEvent a Dapr app receives for `stored`, subscribed as `pubsubname`/`topic`.
+/// The CloudEvent a Dapr app receives for `stored`, subscribed as `pubsubname`/`topic`:
+/// a stored CloudEvent as is; a platform event wrapped with its id, type, service and
+/// trace context; raw bytes wrapped like a data publish.
 pub fn present(stored: &Stored<'_>, pubsubname: &str, topic: &str) -> Value {
     let mut event = match stored.format {
         PayloadFormat::CloudEvent => match serde_json::from_slice::<Value>(stored.payload) {
@@ -325,6 +321,10 @@ mod tests {
         let bytes = build(&[0, 1, 2, 255], &meta("application/octet-stream")).expect("ce");
         assert_eq!(bytes["data_base64"], "AAEC/w==");
         assert!(!bytes.contains_key("data"));
+        let xml = build(b"<a/>", &meta("application/xml")).expect("ce");
+        assert_eq!(xml["data"], "<a/>");
+        let binary = build(&[0xff, 0xfe], &meta("application/x-thing")).expect("ce");
+        assert_eq!(binary["data_base64"], "//4=");
     }
 
     #[test]

@@ -29,16 +29,7 @@ pub fn for_app(
     routes: Option<&Routes>,
     envelope: &Envelope,
 ) -> Option<ForApp> {
-    let stored = Stored {
-        format: envelope.format,
-        payload: &envelope.payload,
-        content_type: envelope.content_type.as_deref(),
-        event_id: &envelope.event_id,
-        event_type: &envelope.event_type,
-        service: &envelope.service,
-        traceparent: &envelope.traceparent,
-        received_us: envelope.received_us,
-    };
+    let stored = stored_of(envelope);
     let needs_event = !target.raw_payload || routes.is_some_and(Routes::has_rules);
     let event =
         needs_event.then(|| cloudevent::present(&stored, &target.pubsubname, &target.topic));
@@ -69,6 +60,28 @@ pub fn for_app(
         path: Arc::from(path),
         content_type: Arc::from(content_type),
     })
+}
+
+/// The fields of `envelope` a CloudEvent is made from.
+fn stored_of(envelope: &Envelope) -> Stored<'_> {
+    Stored {
+        format: envelope.format,
+        payload: &envelope.payload,
+        content_type: envelope.content_type.as_deref(),
+        event_id: &envelope.event_id,
+        event_type: &envelope.event_type,
+        service: &envelope.service,
+        traceparent: &envelope.traceparent,
+        received_us: envelope.received_us,
+    }
+}
+
+/// A raw Dapr payload as a webhook subscription receives it: wrapped in a CloudEvent (as a
+/// data publish is), so that every webhook body is JSON.
+pub fn for_webhook(envelope: &Envelope) -> Bytes {
+    let stored = stored_of(envelope);
+    let event = cloudevent::present(&stored, "", &envelope.topic);
+    Bytes::from(serde_json::to_vec(&event).unwrap_or_default())
 }
 
 /// The body of a bulk delivery (`com.dapr.event.sent.bulk`): one entry per event, each

@@ -85,6 +85,17 @@ impl DaprApi {
     }
 }
 
+/// Reads a Dapr boolean as Dapr's `IsTruthy` does: `true`, `1`, `yes`, `on`, `y` (any case)
+/// are true; `false`, `0`, `no`, `off`, `n` and empty are false; anything else is not a
+/// boolean.
+pub fn truthy(value: &str) -> Option<bool> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" | "y" => Some(true),
+        "false" | "0" | "no" | "off" | "n" | "" => Some(false),
+        _ => None,
+    }
+}
+
 /// The evrouter topic of a Dapr topic: the pubsub's prefix, then the topic lower-cased
 /// with `/` read as `.` (so `orders/Created` is `orders.created`).
 pub fn map_topic(prefix: &str, topic: &str) -> Option<String> {

@@ -18,6 +18,9 @@ use crate::event::{json_depth, Envelope, PayloadFormat};
 use crate::ingress::publish::read_body;
 use crate::ingress::AppState;
 
+/// Longest time to live accepted: ten years.
+const MAX_TTL_SECONDS: u64 = 10 * 365 * 24 * 3600;
+
 /// The `metadata.*` query parameters (and bulk entries' metadata) evrouter reads.
 #[derive(Debug, Default, Clone)]
 struct Metadata {
@@ -47,18 +50,23 @@ impl Metadata {
             let text = || Some(value.to_string());
             match name {
                 "rawPayload" => {
-                    into.raw_payload = value.parse::<bool>().map_err(|_| {
+                    into.raw_payload = super::truthy(value).ok_or_else(|| {
                         DaprError::bad_metadata(format!(
                             "metadata.rawPayload must be true or false, not `{value}`"
                         ))
                     })?;
                 }
                 "ttlInSeconds" => {
-                    let ttl = value.parse::<u64>().map_err(|_| {
-                        DaprError::bad_metadata(format!(
-                            "metadata.ttlInSeconds must be a whole number of seconds, not `{value}`"
-                        ))
-                    })?;
+                    let ttl = value
+                        .parse::<u64>()
+                        .ok()
+                        .filter(|ttl| (1..=MAX_TTL_SECONDS).contains(ttl))
+                        .ok_or_else(|| {
+                            DaprError::bad_metadata(format!(
+                                "metadata.ttlInSeconds must be a whole number of seconds from 1 \
+                                 to {MAX_TTL_SECONDS}, not `{value}`"
+                            ))
+                        })?;
                     into.ttl_seconds = Some(ttl);
                 }
                 "partitionKey" => into.partition_key = text(),
@@ -225,11 +233,14 @@ pub async fn publish_bulk(
             )));
         }
         let mut metadata = shared.clone();
-        Metadata::read(
+        if let Err(err) = Metadata::read(
             entry.metadata.iter().map(|(k, v)| (k.as_str(), v.as_str())),
             "",
             &mut metadata,
-        )?;
+        ) {
+            failed.push((entry_id, err.message));
+            continue;
+        }
         let content_type = entry
             .content_type
             .as_deref()
@@ -237,6 +248,13 @@ pub async fn publish_bulk(
             .unwrap_or_else(|| "application/json".into());
         let event = entry.event.unwrap_or(Value::Null);
         let body = match (&event, cloudevent::is_json(&content_type)) {
+            // Bytes travel base64-encoded in a bulk body, as Dapr's SDKs send them.
+            (Value::String(text), false) if content_type == "application/octet-stream" => {
+                use base64::Engine;
+                base64::engine::general_purpose::STANDARD
+                    .decode(text)
+                    .unwrap_or_else(|_| text.clone().into_bytes())
+            }
             (Value::String(text), false) => text.clone().into_bytes(),
             _ => serde_json::to_vec(&event).unwrap_or_default(),
         };
@@ -434,8 +452,13 @@ pub fn spawn_dead_letter_publisher(
                     .await
                 {
                     Ok(_) => break,
-                    Err(err) if attempt == 5 => {
+                    // Only a store that is unavailable can change its mind.
+                    Err(err)
+                        if attempt == 5
+                            || !matches!(err, crate::publish::PublishError::Unavailable(_)) =>
+                    {
                         tracing::warn!(topic = %letter.topic, error = %err, "event not published to its dead-letter topic; it stays in the DLQ");
+                        break;
                     }
                     Err(_) => {
                         tokio::time::sleep(std::time::Duration::from_millis(

@@ -30,8 +30,14 @@ impl Routes {
         let mut compiled = Vec::with_capacity(rules.len());
         let mut errors = Vec::new();
         for (i, rule) in rules.iter().enumerate() {
+            // An empty `match` always matches, as in Dapr.
+            let source = if rule.matches.trim().is_empty() {
+                "true"
+            } else {
+                rule.matches.as_str()
+            };
             // CEL's parser is not guarded against every input; a panic is a refused rule.
-            let parsed = std::panic::catch_unwind(|| Program::compile(&rule.matches));
+            let parsed = std::panic::catch_unwind(|| Program::compile(source));
             match parsed {
                 Ok(Ok(program)) => compiled.push((program, rule.path.clone())),
                 Ok(Err(err)) => errors.push((i, format!("not a CEL expression: {err}"))),
@@ -65,8 +71,12 @@ impl Routes {
         }
         for (program, path) in &self.rules {
             // A rule that fails on this event (a missing field, a type mismatch) does not
-            // match, as in Dapr.
-            if matches!(program.execute(&context), Ok(Value::Bool(true))) {
+            // match, as in Dapr; so does one the interpreter panics on (some macros over
+            // values of the wrong type are not implemented by it).
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                program.execute(&context)
+            }));
+            if matches!(outcome, Ok(Ok(Value::Bool(true)))) {
                 return Some(path);
             }
         }
@@ -140,6 +150,27 @@ mod tests {
         assert_eq!(
             routes.path_for(&event(json!({"type":"b.test","source":"y","data":{}}))),
             Some("/default")
+        );
+    }
+
+    #[test]
+    fn an_empty_match_always_matches_and_a_failing_rule_does_not() {
+        let routes = Routes::compile(
+            &[
+                rule("event.data.tags.exists(t, t == \"x\")", "/tagged"),
+                rule("", "/catch-all"),
+            ],
+            None,
+        )
+        .expect("compile");
+        assert_eq!(
+            routes.path_for(&json!({"data": {"tags": ["x"]}})),
+            Some("/tagged")
+        );
+        // `tags` is not a list: the interpreter fails (or panics) on the first rule.
+        assert_eq!(
+            routes.path_for(&json!({"data": {"tags": "x"}})),
+            Some("/catch-all")
         );
     }
 

@@ -19,7 +19,7 @@ use breaker::Breaker;
 pub use outcome::{classify, Outcome};
 
 /// Most bytes of a subscriber's answer that are read.
-const MAX_ANSWER_BYTES: usize = 64 * 1024;
+const MAX_ANSWER_BYTES: usize = 4 * 1024 * 1024;
 
 /// A subscription's endpoints and their breakers.
 #[derive(Debug)]
@@ -156,13 +156,16 @@ impl Deliverer {
         let mut builder = Request::post(request.url.clone())
             .header("content-type", request.content_type)
             .header("evr-attempt", request.attempt.to_string());
-        if let Some(id) = request.event_id {
+        // A value that cannot be a header (a publisher's control characters) is left out
+        // rather than failing every attempt.
+        let valid = |v: &str| hyper::header::HeaderValue::from_str(v).ok();
+        if let Some(id) = request.event_id.and_then(valid) {
             builder = builder.header("evr-event-id", id);
         }
-        if let Some(topic) = request.topic {
+        if let Some(topic) = request.topic.and_then(valid) {
             builder = builder.header("evr-topic", topic);
         }
-        if let Some(traceparent) = request.traceparent {
+        if let Some(traceparent) = request.traceparent.and_then(valid) {
             builder = builder.header("traceparent", traceparent);
         }
         let http_request = match builder.body(Full::new(request.body)) {
@@ -176,11 +179,13 @@ impl Deliverer {
                 .await
                 .map_err(|e| e.to_string())?;
             let status = response.status().as_u16();
+            // An answer that cannot be read whole is no answer: the attempt is retried
+            // (a bulk answer's statuses must all be read).
             let body = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
                 .collect()
                 .await
                 .map(|c| c.to_bytes())
-                .unwrap_or_default();
+                .map_err(|e| format!("the answer's body could not be read: {e}"))?;
             Ok::<_, String>((status, body))
         };
         match tokio::time::timeout(request.timeout, exchange).await {

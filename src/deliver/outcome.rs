@@ -11,14 +11,16 @@ pub enum Outcome {
     Drop(String),
 }
 
-/// Classifies an HTTP answer: 2xx is success unless the body says `{"status":"RETRY"}` or
-/// `"DROP"`; 404 drops; anything else retries.
+/// Classifies an HTTP answer: 2xx is success unless the body says `{"status":"RETRY"}`,
+/// `"DROP"` or a status it does not know (retried); 404 drops; anything else retries.
 pub fn classify(status: u16, body: &[u8]) -> Outcome {
     match status {
         200..=299 => match body_status(body).as_deref() {
             Some("RETRY") => Outcome::Retry("subscriber answered RETRY".into()),
             Some("DROP") => Outcome::Drop("subscriber answered DROP".into()),
-            _ => Outcome::Delivered,
+            Some("SUCCESS") | None => Outcome::Delivered,
+            // Dapr retries a status it does not know.
+            Some(other) => Outcome::Retry(format!("subscriber answered unknown status `{other}`")),
         },
         404 => Outcome::Drop("subscriber answered 404".into()),
         other => Outcome::Retry(format!("subscriber answered {other}")),
@@ -62,6 +64,10 @@ mod tests {
         assert!(matches!(
             classify(200, br#"{"status":"drop"}"#),
             Outcome::Drop(_)
+        ));
+        assert!(matches!(
+            classify(200, br#"{"status":"MAYBE"}"#),
+            Outcome::Retry(_)
         ));
         assert!(matches!(classify(404, b""), Outcome::Drop(_)));
         assert!(matches!(classify(500, b""), Outcome::Retry(_)));

@@ -199,40 +199,28 @@ pub async fn replay(
                 else {
                     continue;
                 };
-                // A Dapr app gets its CloudEvent on its route, as on first delivery.
-                let for_app = sub.spec.dapr.as_ref().and_then(|target| {
-                    crate::dapr::deliver::for_app(target, sub.routes.as_deref(), &envelope)
-                });
                 let answer = match endpoints.pick() {
                     Ok((endpoint, url)) => {
-                        let (body, content_type, routed) = match &for_app {
-                            Some(app) => (
-                                app.body.clone(),
-                                &*app.content_type,
-                                format!("{}{}", url.to_string().trim_end_matches('/'), app.path)
-                                    .parse::<hyper::Uri>()
-                                    .ok(),
-                            ),
-                            None => (
-                                bytes::Bytes::from(envelope.payload.clone()),
-                                "application/json",
-                                None,
-                            ),
+                        let answer = match outgoing(sub, &envelope, url) {
+                            Some((body, content_type, routed)) => {
+                                deliverer
+                                    .send(Outgoing {
+                                        url: routed.as_ref().unwrap_or(url),
+                                        body,
+                                        event_id: Some(&envelope.event_id),
+                                        topic: Some(&envelope.topic),
+                                        attempt: 1,
+                                        traceparent: Some(&envelope.traceparent),
+                                        content_type: &content_type,
+                                        timeout,
+                                    })
+                                    .await
+                            }
+                            // Never sent elsewhere than its route (a 404 would drop it).
+                            None => Answer::Failed("no route of the app takes it".into()),
                         };
-                        let answer = deliverer
-                            .send(Outgoing {
-                                url: routed.as_ref().unwrap_or(url),
-                                body,
-                                event_id: Some(&envelope.event_id),
-                                topic: Some(&envelope.topic),
-                                attempt: 1,
-                                traceparent: Some(&envelope.traceparent),
-                                content_type,
-                                timeout,
-                            })
-                            .await;
                         endpoints.report(endpoint, answer.healthy());
-                        answer
+                        settle_bulk(sub, answer)
                     }
                     Err(_) => Answer::Failed("every endpoint is unhealthy".into()),
                 };
@@ -254,6 +242,63 @@ pub async fn replay(
         }
     }
     Ok(report)
+}
+
+/// What a replay sends: the body, its content type and, for a Dapr app, the route's URL
+/// (a bulk app gets a bulk body of one entry). `None` when a Dapr app has no route for it.
+fn outgoing(
+    sub: &Subscription,
+    envelope: &Envelope,
+    url: &hyper::Uri,
+) -> Option<(bytes::Bytes, String, Option<hyper::Uri>)> {
+    let Some(target) = &sub.spec.dapr else {
+        return Some((
+            bytes::Bytes::from(envelope.payload.clone()),
+            "application/json".into(),
+            None,
+        ));
+    };
+    let app = crate::dapr::deliver::for_app(target, sub.routes.as_deref(), envelope)?;
+    let routed = format!("{}{}", url.to_string().trim_end_matches('/'), app.path)
+        .parse::<hyper::Uri>()
+        .ok()?;
+    if sub.spec.mode == crate::router::subscription::DeliveryMode::Bulk {
+        let body = crate::dapr::deliver::bulk_body(
+            target,
+            &[(REPLAY_ENTRY, &app.body, &*app.content_type)],
+        );
+        return Some((body, "application/json".into(), Some(routed)));
+    }
+    Some((app.body, app.content_type.to_string(), Some(routed)))
+}
+
+/// The entry id of a replayed event in a bulk body.
+const REPLAY_ENTRY: &str = "replay";
+
+/// A bulk app's answer to a replay: its entry's status decides (none is a retry).
+fn settle_bulk(sub: &Subscription, answer: Answer) -> Answer {
+    let bulk_app =
+        sub.spec.dapr.is_some() && sub.spec.mode == crate::router::subscription::DeliveryMode::Bulk;
+    match answer {
+        Answer::Http {
+            status,
+            outcome: Outcome::Delivered,
+            body,
+        } if bulk_app => {
+            let statuses = crate::dapr::deliver::bulk_statuses(&body).unwrap_or_default();
+            let outcome = match statuses.get(REPLAY_ENTRY).map(String::as_str) {
+                Some("SUCCESS") => Outcome::Delivered,
+                Some("DROP") => Outcome::Drop("the app answered DROP".into()),
+                _ => Outcome::Retry("the app did not answer SUCCESS for the entry".into()),
+            };
+            Answer::Http {
+                status,
+                outcome,
+                body,
+            }
+        }
+        other => other,
+    }
 }
 
 /// Deletes every dead letter of the subscription; returns how many there were.

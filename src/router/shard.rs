@@ -757,7 +757,20 @@ impl Shard {
             let joined = format!("{}{}", base.trim_end_matches('/'), path);
             match joined.parse() {
                 Ok(u) => url = u,
-                Err(err) => tracing::warn!(%joined, error = %err, "app route is not a valid URL"),
+                Err(err) => {
+                    // Never sent to the app's root instead (its 404 would drop them).
+                    for lane in &lanes {
+                        if let Some(head) = self.lanes.head_mut(lane) {
+                            head.attempts += 1;
+                        }
+                    }
+                    self.in_flight += 1;
+                    let _ = self.finished_tx.send(Finished {
+                        lanes,
+                        answer: Answer::Failed(format!("app route `{joined}` is not a URL: {err}")),
+                    });
+                    return;
+                }
             }
         }
         if let Some(ct) = lanes
@@ -846,7 +859,11 @@ impl Shard {
                     outcome: Outcome::Delivered,
                     body,
                 },
-            ) => crate::dapr::deliver::bulk_statuses(body).map(|map| (*status, map)),
+                // An answer without readable statuses settles nothing: every entry is retried.
+            ) => Some((
+                *status,
+                crate::dapr::deliver::bulk_statuses(body).unwrap_or_default(),
+            )),
             _ => None,
         };
         for lane in finished.lanes {

@@ -380,20 +380,29 @@ impl Subscription {
         }
         let mut routes = None;
         if let Some(target) = &spec.dapr {
+            // A route must join the app's URL into a URL.
+            let route_ok = |path: &str| {
+                path.starts_with('/') && format!("http://app{path}").parse::<hyper::Uri>().is_ok()
+            };
             for (i, rule) in target.rules.iter().enumerate() {
-                if !rule.path.starts_with('/') {
+                if !route_ok(&rule.path) {
                     bad(
                         &format!("/dapr/rules/{i}/path"),
-                        format!("`{}` must start with `/`", rule.path),
+                        format!("`{}` must be a URL path starting with `/`", rule.path),
                     );
                 }
             }
-            if target
-                .default_path
-                .as_deref()
-                .is_some_and(|p| !p.starts_with('/'))
-            {
-                bad("/dapr/default_path", "must start with `/`".into());
+            if target.default_path.as_deref().is_some_and(|p| !route_ok(p)) {
+                bad(
+                    "/dapr/default_path",
+                    "must be a URL path starting with `/`".into(),
+                );
+            }
+            if target.rules.is_empty() && target.default_path.is_none() {
+                bad(
+                    "/dapr",
+                    "a Dapr subscription needs a route, routing rules or a default path".into(),
+                );
             }
             match crate::dapr::routing::Routes::compile(
                 &target.rules,
