@@ -35,7 +35,7 @@ impl Hit {
 /// A Dapr app: serves `/dapr/subscribe` and records every delivery; `/retry-once` answers
 /// RETRY the first time for each event id, `/drop` DROP, `/always-retry` RETRY, `/bulk`
 /// answers SUCCESS per entry except entries whose event's `data.n` is odd (RETRY the first
-/// time).
+/// time) or 4 (left out of the statuses the first time).
 #[derive(Clone, Default)]
 struct App {
     subscriptions: Arc<Mutex<Value>>,
@@ -121,15 +121,16 @@ async fn deliver(State(app): State<App>, uri: Uri, headers: HeaderMap, body: Byt
                 .cloned()
                 .unwrap_or_default()
                 .iter()
-                .map(|entry| {
+                .filter_map(|entry| {
                     let entry_id = entry["entryId"].as_str().unwrap_or_default();
-                    let odd = entry["event"]["data"]["n"].as_u64().unwrap_or(0) % 2 == 1;
-                    let s = if odd && app.first_time(entry_id) {
-                        "RETRY"
-                    } else {
-                        "SUCCESS"
+                    let n = entry["event"]["data"]["n"].as_u64().unwrap_or(0);
+                    let first = (n % 2 == 1 || n == 4) && app.first_time(entry_id);
+                    let s = match (first, n) {
+                        (true, 4) => return None,
+                        (true, _) => "RETRY",
+                        (false, _) => "SUCCESS",
                     };
-                    json!({ "entryId": entry_id, "status": s })
+                    Some(json!({ "entryId": entry_id, "status": s }))
                 })
                 .collect();
             axum::Json(json!({ "statuses": statuses })).into_response()
@@ -611,7 +612,7 @@ async fn app_subscriptions_route_retry_drop_and_dead_letter() {
                 .filter(|h| h.path == "/bulk")
                 .flat_map(|h| h.json()["entries"].as_array().cloned().unwrap_or_default())
                 .count()
-                == 9
+                == 10
     })
     .await;
     // Deliveries are CloudEvents with the subscription's pubsub and topic.
@@ -631,7 +632,7 @@ async fn app_subscriptions_route_retry_drop_and_dead_letter() {
     assert_eq!(dead["data"]["n"], 1);
     assert_eq!(dead["topic"], "doomed-dead");
     // Bulk: one request shape, every event delivered once with SUCCESS, odd ones after a
-    // RETRY.
+    // RETRY, 4 again after the app left it out of its statuses.
     let bulk = app.on("/bulk");
     let first = bulk[0].json();
     assert_eq!(first["type"], "com.dapr.event.sent.bulk");
@@ -642,7 +643,7 @@ async fn app_subscriptions_route_retry_drop_and_dead_letter() {
         .map(|e| e["event"]["data"]["n"].as_u64().expect("n"))
         .collect();
     ns.sort_unstable();
-    assert_eq!(ns, vec![0, 1, 1, 2, 3, 3, 4, 5, 5]);
+    assert_eq!(ns, vec![0, 1, 1, 2, 3, 3, 4, 4, 5, 5]);
 
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(app.on("/drop").len(), 1, "DROP is not retried");
