@@ -420,6 +420,28 @@ async fn errors_use_dapr_codes_and_store_nothing() {
         .await
         .expect("healthz");
     assert_eq!(health.status().as_u16(), 204);
+
+    // Redis gone: the store failure is Dapr's 500.
+    let mut redis = redis;
+    redis.kill();
+    let (status, answer) = dapr_publish(
+        &router,
+        "/v1.0/publish/pubsub/orders",
+        "application/json",
+        "{}",
+    )
+    .await;
+    assert_eq!(status, 500, "{answer}");
+    assert_eq!(answer["errorCode"], "ERR_PUBSUB_PUBLISH_MESSAGE");
+    let (status, answer) = dapr_publish(
+        &router,
+        "/v1.0-alpha1/publish/bulk/pubsub/orders",
+        "application/json",
+        json!([{"entryId": "a", "event": {"n": 1}, "contentType": "application/json"}]).to_string(),
+    )
+    .await;
+    assert_eq!(status, 500, "{answer}");
+    assert_eq!(answer["failedEntries"][0]["entryId"], "a");
     router.stop().await.expect("stop");
 }
 
