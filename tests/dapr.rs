@@ -145,16 +145,7 @@ async fn dapr_publish(
     content_type: &str,
     body: impl Into<reqwest::Body>,
 ) -> (u16, Value) {
-    let response = client()
-        .post(router.url(path))
-        .header("content-type", content_type)
-        .body(body)
-        .send()
-        .await
-        .expect("request");
-    let status = response.status().as_u16();
-    let body = response.json::<Value>().await.unwrap_or(Value::Null);
-    (status, body)
+    router.post(path, content_type, body).await
 }
 
 fn stored_on(redis: &RedisServer, topic: &str) -> Vec<evrouter::event::Envelope> {

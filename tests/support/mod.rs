@@ -252,9 +252,26 @@ impl TestRouter {
 
     /// POSTs JSON to `/v1/publish/{topic}`; returns status and body.
     pub async fn publish(&self, topic: &str, body: &Value) -> (u16, Value) {
+        self.post(
+            &format!("/v1/publish/{topic}"),
+            "application/json",
+            body.to_string(),
+        )
+        .await
+    }
+
+    /// POSTs `body` with `content_type` to `path`; returns status and the answer as JSON
+    /// (null when it is not JSON).
+    pub async fn post(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> (u16, Value) {
         let response = client()
-            .post(self.url(&format!("/v1/publish/{topic}")))
-            .json(body)
+            .post(self.url(path))
+            .header("content-type", content_type)
+            .body(body)
             .send()
             .await
             .expect("request");
