@@ -192,35 +192,40 @@ impl AppSubscriptions {
     /// every second until it answers.
     pub fn spawn(self: Arc<Self>, interval: Duration) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
-            if self.apps.is_empty() {
-                return;
+            // One loop per app, so that an app that hangs delays no other; aborting this
+            // task drops the set and stops them all.
+            let mut loops = tokio::task::JoinSet::new();
+            for index in 0..self.apps.len() {
+                let watcher = self.clone();
+                loops.spawn(async move { watcher.watch(index, interval).await });
             }
-            let mut read_once = vec![false; self.apps.len()];
-            let mut last_full = tokio::time::Instant::now();
-            loop {
-                let full = last_full.elapsed() >= interval;
-                if full {
-                    last_full = tokio::time::Instant::now();
-                }
-                for (i, app) in self.apps.iter().enumerate() {
-                    if read_once[i] && !full {
-                        continue;
-                    }
-                    match self.sync(app).await {
-                        Ok(names) => {
-                            if !read_once[i] {
-                                tracing::info!(app = %app.id, subscriptions = names.len(), "dapr app subscriptions read");
-                            }
-                            read_once[i] = true;
-                        }
-                        Err(err) => {
-                            tracing::warn!(error = %err, "dapr app not read; will try again")
-                        }
-                    }
-                }
-                tokio::time::sleep(Duration::from_secs(1).min(interval)).await;
-            }
+            while loops.join_next().await.is_some() {}
         })
+    }
+
+    /// Reads app `index` until it answers (every second), then every `interval`.
+    async fn watch(&self, index: usize, interval: Duration) {
+        let Some(app) = self.apps.get(index) else {
+            return;
+        };
+        let mut read_once = false;
+        loop {
+            match self.sync(app).await {
+                Ok(names) => {
+                    if !read_once {
+                        tracing::info!(app = %app.id, subscriptions = names.len(), "dapr app subscriptions read");
+                    }
+                    read_once = true;
+                }
+                Err(err) => tracing::warn!(error = %err, "dapr app not read; will try again"),
+            }
+            let pause = if read_once {
+                interval
+            } else {
+                Duration::from_secs(1).min(interval)
+            };
+            tokio::time::sleep(pause).await;
+        }
     }
 
     /// The app of this id, if configured.
