@@ -104,6 +104,14 @@ fn benches(c: &mut Criterion) {
             BatchSize::SmallInput,
         )
     });
+    // What delivery does per read entry: the short fields, the payload found in place.
+    group.bench_function("view", |b| {
+        b.iter_batched(
+            || prepared.value.clone(),
+            |bytes| Envelope::view(&bytes).map(|v| v.payload.len()),
+            BatchSize::SmallInput,
+        )
+    });
     group.finish();
 }
 

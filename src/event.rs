@@ -384,6 +384,30 @@ impl From<EnvelopeV1> for Envelope {
     }
 }
 
+/// What delivery reads of a stored entry, without copying the payload out of it: the
+/// short fields routing and sending need, and where the payload lies in the entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryView {
+    /// `event_id`.
+    pub event_id: String,
+    /// The topic it was published to.
+    pub topic: String,
+    /// The entity key it is ordered by.
+    pub key: String,
+    /// W3C `traceparent`.
+    pub traceparent: String,
+    /// When evrouter received it (µs since the epoch).
+    pub received_us: u64,
+    /// `metadata.sequence`, when given.
+    pub sequence: Option<u64>,
+    /// When it expires (µs since the epoch).
+    pub expires_us: Option<u64>,
+    /// What the payload holds.
+    pub format: PayloadFormat,
+    /// Where the payload lies in the entry's bytes (version byte included).
+    pub payload: std::ops::Range<usize>,
+}
+
 /// Why an entry could not be decoded.
 #[derive(Debug, thiserror::Error)]
 pub enum EnvelopeError {
@@ -423,6 +447,58 @@ impl Envelope {
         out.push(ENVELOPE_VERSION);
         out.extend_from_slice(&archived);
         out
+    }
+
+    /// Reads an entry for delivery: it is copied once into aligned memory and validated,
+    /// the short fields are copied out, and the payload is located in `bytes` so that a
+    /// slice of them can be handed on instead of a copy.
+    pub fn view(bytes: &[u8]) -> Result<EntryView, EnvelopeError> {
+        let (&version, body) = bytes.split_first().ok_or(EnvelopeError::Empty)?;
+        if version != ENVELOPE_VERSION && version != 1 {
+            return Err(EnvelopeError::Version(version));
+        }
+        let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(body.len());
+        aligned.extend_from_slice(body);
+        let corrupt = |e: rancor::Error| EnvelopeError::Corrupt(e.to_string());
+        // The payload's place in `bytes`: its offset in the aligned copy, plus the version
+        // byte.
+        let locate = |payload: &[u8]| {
+            let start = (payload.as_ptr() as usize).checked_sub(aligned.as_ptr() as usize)? + 1;
+            let end = start.checked_add(payload.len())?;
+            (end <= bytes.len()).then_some(start..end)
+        };
+        let outside = || EnvelopeError::Corrupt("payload outside the entry".into());
+        if version == 1 {
+            let v1 =
+                rkyv::access::<ArchivedEnvelopeV1, rancor::Error>(&aligned).map_err(corrupt)?;
+            return Ok(EntryView {
+                event_id: v1.event_id.as_str().to_string(),
+                topic: v1.topic.as_str().to_string(),
+                key: v1.key.as_str().to_string(),
+                traceparent: v1.traceparent.as_str().to_string(),
+                received_us: v1.received_us.to_native(),
+                sequence: v1.sequence.as_ref().map(|s| s.to_native()),
+                expires_us: None,
+                format: PayloadFormat::Event,
+                payload: locate(v1.payload.as_slice()).ok_or_else(outside)?,
+            });
+        }
+        let v2 = rkyv::access::<ArchivedEnvelope, rancor::Error>(&aligned).map_err(corrupt)?;
+        Ok(EntryView {
+            event_id: v2.event_id.as_str().to_string(),
+            topic: v2.topic.as_str().to_string(),
+            key: v2.key.as_str().to_string(),
+            traceparent: v2.traceparent.as_str().to_string(),
+            received_us: v2.received_us.to_native(),
+            sequence: v2.sequence.as_ref().map(|s| s.to_native()),
+            expires_us: v2.expires_us.as_ref().map(|s| s.to_native()),
+            format: match v2.format {
+                ArchivedPayloadFormat::Event => PayloadFormat::Event,
+                ArchivedPayloadFormat::CloudEvent => PayloadFormat::CloudEvent,
+                ArchivedPayloadFormat::Raw => PayloadFormat::Raw,
+            },
+            payload: locate(v2.payload.as_slice()).ok_or_else(outside)?,
+        })
     }
 
     /// Decodes what [`Envelope::encode`] wrote (copying into aligned memory first).
@@ -518,6 +594,44 @@ mod tests {
     }
 
     #[test]
+    fn a_view_reads_the_fields_and_finds_the_payload_in_place() {
+        let envelope = Envelope {
+            event_id: "evt_order_1".into(),
+            topic: "order.created".into(),
+            event_type: "order.created".into(),
+            key: "ord_9".into(),
+            sequence: Some(3),
+            received_us: 42,
+            service: "order-service".into(),
+            correlation_id: "c1".into(),
+            traceparent: "tp".into(),
+            tracestate: None,
+            payload: EVENT.as_bytes().to_vec(),
+            format: PayloadFormat::CloudEvent,
+            content_type: None,
+            expires_us: Some(99),
+        };
+        let bytes = envelope.encode();
+        let view = Envelope::view(&bytes).expect("view");
+        assert_eq!(&bytes[view.payload.clone()], EVENT.as_bytes());
+        assert_eq!(view.event_id, "evt_order_1");
+        assert_eq!(view.topic, "order.created");
+        assert_eq!(view.key, "ord_9");
+        assert_eq!(view.traceparent, "tp");
+        assert_eq!(view.received_us, 42);
+        assert_eq!(view.sequence, Some(3));
+        assert_eq!(view.expires_us, Some(99));
+        assert_eq!(view.format, PayloadFormat::CloudEvent);
+        assert!(Envelope::view(&bytes[..bytes.len() / 2]).is_err());
+        let mut newer = bytes.clone();
+        newer[0] = ENVELOPE_VERSION + 1;
+        assert!(matches!(
+            Envelope::view(&newer),
+            Err(EnvelopeError::Version(v)) if v == ENVELOPE_VERSION + 1
+        ));
+    }
+
+    #[test]
     fn version_one_envelopes_are_still_read() {
         let v1 = EnvelopeV1 {
             event_id: "evt_1".into(),
@@ -539,5 +653,9 @@ mod tests {
         assert_eq!(decoded.event_id, "evt_1");
         assert_eq!(decoded.format, PayloadFormat::Event);
         assert_eq!(decoded.payload, EVENT.as_bytes());
+        let view = Envelope::view(&bytes).expect("view v1");
+        assert_eq!(&bytes[view.payload], EVENT.as_bytes());
+        assert_eq!(view.key, "ord_1");
+        assert_eq!(view.expires_us, None);
     }
 }

@@ -53,8 +53,11 @@ impl RouterDispatch {
 
 impl Dispatch for RouterDispatch {
     async fn dispatch(&mut self, entry: ReadEntry) {
-        let envelope = match Envelope::decode(&entry.raw) {
-            Ok(envelope) => envelope,
+        // A copy of its own: a slice of the read buffer would keep all of it alive while
+        // the event waits (retries, reorder buffer). The payload is a slice of this copy.
+        let raw = Bytes::copy_from_slice(&entry.raw);
+        let view = match Envelope::view(&raw) {
+            Ok(view) => view,
             // Written by a newer evrouter: left pending for an instance that reads it,
             // never acked unread.
             Err(EnvelopeError::Version(version)) if version > ENVELOPE_VERSION => {
@@ -68,7 +71,7 @@ impl Dispatch for RouterDispatch {
                 return;
             }
         };
-        if !self.sub.matches(&envelope.topic) {
+        if !self.sub.matches(&view.topic) {
             SubscriptionStats::bump(&self.stats.unmatched);
             self.skip(entry.partition, entry.id);
             return;
@@ -77,11 +80,11 @@ impl Dispatch for RouterDispatch {
             // A key's order is kept within its partition (a key seen in two streams is two
             // lanes), so losing one partition never holds back another's events.
             Ordering::Key | Ordering::Sequence => {
-                Arc::from(format!("{}\u{1f}{}", entry.partition, envelope.key))
+                Arc::from(format!("{}\u{1f}{}", entry.partition, view.key))
             }
             Ordering::None => Arc::from(format!("{}/{}", entry.partition, entry.id)),
         };
-        if envelope
+        if view
             .expires_us
             .is_some_and(|at| at <= crate::dapr::cloudevent::now_us())
         {
@@ -89,40 +92,54 @@ impl Dispatch for RouterDispatch {
             self.skip(entry.partition, entry.id);
             return;
         }
-        let (payload, path, content_type) = match &self.sub.spec.dapr {
-            Some(target) => {
-                match crate::dapr::deliver::for_app(target, self.sub.routes.as_deref(), &envelope) {
-                    Some(app) => (app.body, Some(app.path), Some(app.content_type)),
-                    None => {
-                        SubscriptionStats::bump(&self.stats.unrouted);
+        let (payload, path, content_type) = match (&self.sub.spec.dapr, view.format) {
+            // The common case: a webhook gets the payload as stored, without another copy.
+            (None, PayloadFormat::Event | PayloadFormat::CloudEvent) => {
+                (raw.slice(view.payload.clone()), None, None)
+            }
+            // A Dapr app, or a raw Dapr payload for a webhook (as a CloudEvent, so that its
+            // body is JSON): made from the whole envelope.
+            (target, _) => {
+                let envelope = match Envelope::decode(&raw) {
+                    Ok(envelope) => envelope,
+                    Err(err) => {
+                        tracing::warn!(partition = %entry.partition, id = %entry.id, error = %err, "unreadable entry acked and skipped");
                         self.skip(entry.partition, entry.id);
                         return;
                     }
+                };
+                match target {
+                    None => (crate::dapr::deliver::for_webhook(&envelope), None, None),
+                    Some(target) => match crate::dapr::deliver::for_app(
+                        target,
+                        self.sub.routes.as_deref(),
+                        &envelope,
+                    ) {
+                        Some(app) => (app.body, Some(app.path), Some(app.content_type)),
+                        None => {
+                            SubscriptionStats::bump(&self.stats.unrouted);
+                            self.skip(entry.partition, entry.id);
+                            return;
+                        }
+                    },
                 }
             }
-            // A raw Dapr payload reaches a webhook as a CloudEvent, so its body is JSON.
-            None if envelope.format == PayloadFormat::Raw => {
-                (crate::dapr::deliver::for_webhook(&envelope), None, None)
-            }
-            None => (Bytes::from(envelope.payload), None, None),
         };
         let shard = (xxh3_64(lane.as_bytes()) % self.shards.len().max(1) as u64) as usize;
         let delivery = Delivery {
             partition: entry.partition,
             id: entry.id,
             lane,
-            event_id: envelope.event_id,
-            topic: envelope.topic,
-            traceparent: envelope.traceparent,
-            received_us: envelope.received_us,
-            sequence: envelope.sequence,
+            event_id: view.event_id,
+            topic: view.topic,
+            traceparent: view.traceparent,
+            received_us: view.received_us,
+            sequence: view.sequence,
             payload,
             path,
             content_type,
-            expires_us: envelope.expires_us,
-            // A copy of its own: a slice would keep the whole read buffer alive while the
-            // event waits (retries, reorder buffer).
-            raw: Bytes::copy_from_slice(&entry.raw),
+            expires_us: view.expires_us,
+            raw,
             attempts: entry.delivered_before,
             first_attempt_ms: 0,
             last_status: None,
