@@ -1,5 +1,6 @@
-//! evrouter: validated, enriched events published over HTTP, written to Redis Streams in
-//! batched pipelines, and (in later parts) delivered to webhooks in order per key.
+//! evrouter: validated, enriched events published over HTTP (its own API or the Dapr
+//! sidecar's), written to Redis Streams in batched pipelines, and delivered to webhooks
+//! and Dapr apps at least once, in order per key.
 //!
 //! Map of the modules, in the direction data flows:
 //! - [`config`]: the one TOML file, its defaults, `EVR_*` overrides and validation.
