@@ -162,12 +162,15 @@ impl LiveBodies {
         }
     }
 
-    /// A request body of `batch` events of `topic` (an object when `batch` is 1).
-    pub fn next(&mut self, topic: &str, batch: usize, sent_us: u64) -> Bytes {
+    /// A request body of `batch` events of `topic` (an object when `batch` is 1), and the
+    /// last event's entity key. With `dapr`, a batch is a Dapr bulk publish body whose
+    /// entries carry their key as `partitionKey`.
+    pub fn next(&mut self, topic: &str, batch: usize, sent_us: u64, dapr: bool) -> (Bytes, String) {
         use std::io::Write;
         let domain = topic.split('.').next().unwrap_or(topic);
         let (field, prefix) = key_field(domain);
-        let mut out = Vec::with_capacity(batch * 600 + 2);
+        let mut out = Vec::with_capacity(batch * 700 + 2);
+        let mut last_key = String::new();
         if batch > 1 {
             out.push(b'[');
         }
@@ -175,6 +178,7 @@ impl LiveBodies {
             if i > 0 {
                 out.push(b',');
             }
+            let bulk_entry = dapr && batch > 1;
             let n = self.next_event;
             self.next_event += 1;
             let k = n % self.keys;
@@ -184,6 +188,13 @@ impl LiveBodies {
             *seq_slot += 1;
             let id = self.connection * 1_000_000_000_000 + n;
             let c = self.connection;
+            last_key = format!("{prefix}_{c}_{k}");
+            if bulk_entry {
+                let _ = write!(
+                    out,
+                    r#"{{"entryId":"{i}","contentType":"application/json","metadata":{{"partitionKey":"{last_key}"}},"event":"#
+                );
+            }
             let _ = write!(
                 out,
                 r#"{{"event_id":"evt_{domain}_{id}","event_type":"{topic}","timestamp":"2026-01-30T10:00:00Z","version":"1.0","data":{{"{field}":"{prefix}_{c}_{k}","lt_key":"{domain}/{c}/{k}","seq":{seq},"sent_us":{sent_us},"#
@@ -211,11 +222,14 @@ impl LiveBodies {
                 r#"}},"metadata":{{"correlation_id":"corr_{id}","service":"{domain}-service","version":"1.4.2","sequence":{}}}}}"#,
                 seq + 1
             );
+            if bulk_entry {
+                out.push(b'}');
+            }
         }
         if batch > 1 {
             out.push(b']');
         }
-        Bytes::from(out)
+        (Bytes::from(out), last_key)
     }
 }
 
@@ -242,16 +256,29 @@ mod tests {
     #[test]
     fn live_bodies_are_valid_events_with_increasing_sequences() {
         let mut bodies = LiveBodies::new(3, 2);
-        let body = bodies.next("inventory.reserved", 4, 42);
+        let (body, _) = bodies.next("inventory.reserved", 4, 42, false);
         let events: Vec<serde_json::Value> = serde_json::from_slice(&body).expect("json");
         assert_eq!(events.len(), 4);
         assert_eq!(events[0]["data"]["product_id"], "prod_3_0");
         assert_eq!(events[2]["data"]["seq"], 1);
         assert_eq!(events[2]["metadata"]["sequence"], 2);
         assert_eq!(events[3]["data"]["sent_us"], 42);
-        let single = bodies.next("order.created", 1, 1);
+        let (single, _) = bodies.next("order.created", 1, 1, false);
         let event: serde_json::Value = serde_json::from_slice(&single).expect("json");
         assert_eq!(event["data"]["order_id"], "ord_3_0");
         assert_eq!(event["event_type"], "order.created");
+    }
+
+    #[test]
+    fn dapr_bulk_bodies_carry_each_key_as_partition_key() {
+        let mut bodies = LiveBodies::new(1, 2);
+        let (body, last) = bodies.next("order.paid", 3, 5, true);
+        let entries: Vec<serde_json::Value> = serde_json::from_slice(&body).expect("json");
+        assert_eq!(entries.len(), 3);
+        assert_eq!(entries[0]["entryId"], "0");
+        assert_eq!(entries[0]["contentType"], "application/json");
+        assert_eq!(entries[1]["metadata"]["partitionKey"], "ord_1_1");
+        assert_eq!(entries[1]["event"]["data"]["order_id"], "ord_1_1");
+        assert_eq!(last, "ord_1_0");
     }
 }

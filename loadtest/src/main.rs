@@ -65,6 +65,11 @@ pub struct Args {
     /// and `sequence`.
     #[arg(long, default_value = "key", value_parser = ["key", "sequence", "none"])]
     pub ordering: String,
+    /// Which publish API: `evrouter` (`/v1/publish/{topic}`, a batch as a JSON array) or
+    /// `dapr` (the Dapr sidecar API: `/v1.0/publish/pubsub/{topic}` for single events,
+    /// bulk publish for batches, each event's key as its `partitionKey`).
+    #[arg(long, default_value = "evrouter", value_parser = ["evrouter", "dapr"])]
+    pub api: String,
     /// `single-topic` (every event to `--topic`) or `seed-mix` (the platform's topics in
     /// their documented proportions).
     #[arg(long, default_value = "single-topic", value_parser = ["single-topic", "seed-mix"])]

@@ -42,6 +42,13 @@ struct Event<'a> {
     data: Data<'a>,
 }
 
+/// A CloudEvent whose `data` is one of the load generator's events.
+#[derive(Deserialize)]
+struct Cloud<'a> {
+    #[serde(borrow)]
+    data: Event<'a>,
+}
+
 #[derive(Deserialize)]
 struct Data<'a> {
     /// The entity key, `{prefix}/{connection}/{n}`: unique per stream and entity.
@@ -176,8 +183,14 @@ fn receive(state: &Mutex<SinkState>, body: &[u8]) {
         Ok(state) => state,
         Err(poisoned) => poisoned.into_inner(),
     };
+    // Events published through the Dapr API arrive as CloudEvents around the event: read
+    // as such when the plain reading fails.
     if body.get(trimmed) == Some(&b'[') {
-        match serde_json::from_slice::<Vec<Event>>(body) {
+        let events = serde_json::from_slice::<Vec<Event>>(body).or_else(|_| {
+            serde_json::from_slice::<Vec<Cloud>>(body)
+                .map(|cloud| cloud.into_iter().map(|c| c.data).collect())
+        });
+        match events {
             Ok(events) => {
                 for event in &events {
                     state.record(event, arrived);
@@ -186,7 +199,9 @@ fn receive(state: &Mutex<SinkState>, body: &[u8]) {
             Err(_) => state.unexpected += 1,
         }
     } else {
-        match serde_json::from_slice::<Event>(body) {
+        let event = serde_json::from_slice::<Event>(body)
+            .or_else(|_| serde_json::from_slice::<Cloud>(body).map(|c| c.data));
+        match event {
             Ok(event) => state.record(&event, arrived),
             Err(_) => state.unexpected += 1,
         }
