@@ -100,6 +100,48 @@ pub fn now_us() -> u64 {
 /// says `application/cloudevents+json` (missing attributes are filled), otherwise it is
 /// the event's data and is wrapped as Dapr wraps it.
 pub fn build(body: &[u8], meta: &PublishMeta) -> Result<Map<String, Value>, CloudEventError> {
+    build_parts(body, meta).map(Built::into_map)
+}
+
+/// A CloudEvent made by [`build_parts`]: its attributes, and JSON `data` kept as the raw
+/// text that was published (not parsed into a tree and written out again).
+#[derive(Debug)]
+pub struct Built {
+    /// Every attribute, and `data` / `data_base64` when they are not raw JSON.
+    pub attrs: Map<String, Value>,
+    /// JSON `data`, as published.
+    pub raw_data: Option<Box<serde_json::value::RawValue>>,
+}
+
+impl Built {
+    /// The CloudEvent as JSON text.
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut out = serde_json::to_vec(&self.attrs).unwrap_or_default();
+        if let Some(data) = &self.raw_data {
+            // `attrs` is never empty (it has at least `id`): `{…}` becomes `{…,"data":…}`.
+            out.pop();
+            out.extend_from_slice(b",\"data\":");
+            out.extend_from_slice(data.get().as_bytes());
+            out.push(b'}');
+        }
+        out
+    }
+
+    /// The CloudEvent as one tree.
+    pub fn into_map(self) -> Map<String, Value> {
+        let mut attrs = self.attrs;
+        if let Some(data) = self.raw_data {
+            if let Ok(value) = serde_json::from_str::<Value>(data.get()) {
+                attrs.insert("data".into(), value);
+            }
+        }
+        attrs
+    }
+}
+
+/// Builds the CloudEvent of a publish, as [`build`] does, keeping JSON data raw.
+pub fn build_parts(body: &[u8], meta: &PublishMeta) -> Result<Built, CloudEventError> {
+    let mut raw_data = None;
     let mut event = if meta.content_type == CLOUDEVENTS_JSON {
         match serde_json::from_slice::<Value>(body) {
             Ok(Value::Object(map)) => map,
@@ -107,7 +149,25 @@ pub fn build(body: &[u8], meta: &PublishMeta) -> Result<Map<String, Value>, Clou
             Err(err) => return Err(CloudEventError::NotAnObject(err.to_string())),
         }
     } else {
-        wrap_data(body, &meta.content_type)
+        let raw = serde_json::from_slice::<Box<serde_json::value::RawValue>>(body).ok();
+        let content_type = match (meta.content_type.as_str(), &raw) {
+            ("", Some(_)) => "application/json",
+            ("", None) => "text/plain",
+            (given, _) => given,
+        };
+        match raw {
+            Some(raw) if is_json(content_type) => {
+                raw_data = Some(raw);
+                let mut map = Map::new();
+                map.insert(
+                    "datacontenttype".into(),
+                    Value::String(content_type.to_string()),
+                );
+                map.insert("type".into(), Value::String(DEFAULT_TYPE.into()));
+                map
+            }
+            _ => wrap_data(body, content_type),
+        }
     };
     for name in ["id", "source", "type", "specversion", "datacontenttype"] {
         if event.get(name).is_some_and(|v| !v.is_string()) {
@@ -166,9 +226,11 @@ pub fn build(body: &[u8], meta: &PublishMeta) -> Result<Map<String, Value>, Clou
         );
     }
     match event.get("specversion").and_then(Value::as_str) {
-        Some("1.0") => Ok(event),
+        Some("1.0") | None => Ok(Built {
+            attrs: event,
+            raw_data,
+        }),
         Some(other) => Err(CloudEventError::SpecVersion(other.to_string())),
-        None => Ok(event),
     }
 }
 
@@ -312,6 +374,20 @@ mod tests {
         assert!(event["id"].as_str().is_some_and(|id| id.len() == 36));
         assert_eq!(event["traceid"], event["traceparent"]);
         assert!(event.contains_key("time"));
+    }
+
+    #[test]
+    fn json_data_is_kept_as_published_text() {
+        let body = br#"{"b": [1, 2.50, "x"], "a": {}}"#;
+        let built = build_parts(body, &meta("application/json")).expect("ce");
+        let text = built.to_vec();
+        let written = std::str::from_utf8(&text).expect("utf-8");
+        assert!(
+            written.ends_with(r#","data":{"b": [1, 2.50, "x"], "a": {}}}"#),
+            "{written}"
+        );
+        let parsed: Value = serde_json::from_slice(&text).expect("valid JSON");
+        assert_eq!(parsed, Value::Object(built.into_map()));
     }
 
     #[test]

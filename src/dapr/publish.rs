@@ -186,7 +186,7 @@ struct BulkEntry {
     /// `entryId` (Dapr's docs) or `entryID` (the JavaScript SDK).
     #[serde(alias = "entryID")]
     entry_id: Option<String>,
-    event: Option<Value>,
+    event: Option<Box<serde_json::value::RawValue>>,
     content_type: Option<String>,
     #[serde(default)]
     metadata: HashMap<String, String>,
@@ -246,17 +246,22 @@ pub async fn publish_bulk(
             .as_deref()
             .map(cloudevent::essence)
             .unwrap_or_else(|| "application/json".into());
-        let event = entry.event.unwrap_or(Value::Null);
-        let body = match (&event, cloudevent::is_json(&content_type)) {
+        // The event stays the JSON text it was sent as; a string of a non-JSON type is
+        // its content.
+        let raw = entry.event.as_deref().map_or("null", |e| e.get());
+        let text = (!cloudevent::is_json(&content_type))
+            .then(|| serde_json::from_str::<String>(raw).ok())
+            .flatten();
+        let body = match text {
             // Bytes travel base64-encoded in a bulk body, as Dapr's SDKs send them.
-            (Value::String(text), false) if content_type == "application/octet-stream" => {
+            Some(text) if content_type == "application/octet-stream" => {
                 use base64::Engine;
                 base64::engine::general_purpose::STANDARD
-                    .decode(text)
-                    .unwrap_or_else(|_| text.clone().into_bytes())
+                    .decode(&text)
+                    .unwrap_or_else(|_| text.into_bytes())
             }
-            (Value::String(text), false) => text.clone().into_bytes(),
-            _ => serde_json::to_vec(&event).unwrap_or_default(),
+            Some(text) => text.into_bytes(),
+            None => raw.as_bytes().to_vec(),
         };
         match api.envelope(
             &pubsub,
@@ -374,13 +379,14 @@ impl DaprApi {
             tracestate: header("tracestate"),
             expires_us,
         };
-        let event = cloudevent::build(body, &meta).map_err(|e| match e {
+        let event = cloudevent::build_parts(body, &meta).map_err(|e| match e {
             CloudEventError::NotAnObject(_)
             | CloudEventError::NotAString(_)
             | CloudEventError::SpecVersion(_) => DaprError::bad_cloudevent(e.to_string()),
         })?;
         let text = |name: &str| {
             event
+                .attrs
                 .get(name)
                 .and_then(Value::as_str)
                 .unwrap_or_default()
@@ -400,7 +406,7 @@ impl DaprApi {
             correlation_id: String::new(),
             traceparent: text("traceparent"),
             tracestate: Some(text("tracestate")).filter(|t| !t.is_empty()),
-            payload: serde_json::to_vec(&event).unwrap_or_default(),
+            payload: event.to_vec(),
             format: PayloadFormat::CloudEvent,
             content_type: None,
             expires_us,
