@@ -43,7 +43,8 @@ pub struct Config {
 
 /// The Dapr sidecar API evrouter also serves (`/v1.0/publish/...`, `/dapr/subscribe`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+// Unknown keys are reported by the section reader, with the others.
+#[serde(default)]
 pub struct DaprConfig {
     /// Pubsub component names the Dapr API accepts (`[[dapr.pubsubs]]`); `pubsub` when
     /// the section is not given.
@@ -73,7 +74,8 @@ impl Default for DaprConfig {
 
 /// One Dapr pubsub name and how its topics map to evrouter's.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+// Unknown keys are reported by the section reader, with the others.
+#[serde(default)]
 pub struct DaprPubsubConfig {
     /// The name apps publish to (`/v1.0/publish/{name}/{topic}`).
     pub name: String,
@@ -86,7 +88,8 @@ pub struct DaprPubsubConfig {
 
 /// An app whose subscriptions evrouter reads, as the Dapr sidecar does.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+// Unknown keys are reported by the section reader, with the others.
+#[serde(default)]
 pub struct DaprAppConfig {
     /// The app id (Dapr's `--app-id`); used in subscription names and scopes.
     pub id: String,
@@ -1045,6 +1048,40 @@ mod tests {
                 "{expected} missing from {paths:?}"
             );
         }
+    }
+
+    #[test]
+    fn bad_dapr_settings_are_reported_with_their_paths() {
+        let text = "[dapr]\nrefresh_interval = \"1ms\"\nsubscriptions_dir = \"/no/such/dir\"\ncolour = 1\n\n[[dapr.pubsubs]]\nname = \"pubsub\"\ntopic_prefix = \"Bad\"\n\n[[dapr.pubsubs]]\nname = \"pubsub\"\n\n[[dapr.apps]]\nid = \"Shop App\"\nurl = \"ftp://x\"\nmax_attempts = 0\nretry_initial_ms = 0\ncolour = 2\n";
+        let Err(ConfigError::Invalid(problems)) = Config::from_toml_str(text, no_env()) else {
+            panic!("config should be refused");
+        };
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        for expected in [
+            "dapr.colour",
+            "dapr.refresh_interval",
+            "dapr.subscriptions_dir",
+            "dapr.pubsubs[0].topic_prefix",
+            "dapr.pubsubs[1].name",
+            "dapr.apps[0].id",
+            "dapr.apps[0].url",
+            "dapr.apps[0].max_attempts",
+            "dapr.apps[0].retry_initial_ms",
+            "dapr.apps[0].colour",
+        ] {
+            assert!(
+                paths.contains(&expected),
+                "{expected} missing from {paths:?}"
+            );
+        }
+        let good = "[[dapr.pubsubs]]\nname = \"billing\"\ntopic_prefix = \"billing.\"\n\n[[dapr.apps]]\nid = \"shop\"\nurl = \"http://127.0.0.1:8081\"\n";
+        let config = Config::from_toml_str(good, no_env()).expect("valid");
+        assert_eq!(
+            config.dapr.pubsubs.len(),
+            1,
+            "blocks replace the default pubsub"
+        );
+        assert_eq!(config.dapr.apps[0].max_attempts, 5);
     }
 
     #[test]
