@@ -468,37 +468,35 @@ impl Envelope {
             (end <= bytes.len()).then_some(start..end)
         };
         let outside = || EnvelopeError::Corrupt("payload outside the entry".into());
+        // The same fields of either version's archive; version 1 has no expiry or format.
+        macro_rules! view_of {
+            ($archived:expr, $expires_us:expr, $format:expr) => {{
+                let archived = $archived;
+                Ok(EntryView {
+                    event_id: archived.event_id.as_str().to_string(),
+                    topic: archived.topic.as_str().to_string(),
+                    key: archived.key.as_str().to_string(),
+                    traceparent: archived.traceparent.as_str().to_string(),
+                    received_us: archived.received_us.to_native(),
+                    sequence: archived.sequence.as_ref().map(|s| s.to_native()),
+                    expires_us: $expires_us,
+                    format: $format,
+                    payload: locate(archived.payload.as_slice()).ok_or_else(outside)?,
+                })
+            }};
+        }
         if version == 1 {
             let v1 =
                 rkyv::access::<ArchivedEnvelopeV1, rancor::Error>(&aligned).map_err(corrupt)?;
-            return Ok(EntryView {
-                event_id: v1.event_id.as_str().to_string(),
-                topic: v1.topic.as_str().to_string(),
-                key: v1.key.as_str().to_string(),
-                traceparent: v1.traceparent.as_str().to_string(),
-                received_us: v1.received_us.to_native(),
-                sequence: v1.sequence.as_ref().map(|s| s.to_native()),
-                expires_us: None,
-                format: PayloadFormat::Event,
-                payload: locate(v1.payload.as_slice()).ok_or_else(outside)?,
-            });
+            return view_of!(v1, None, PayloadFormat::Event);
         }
         let v2 = rkyv::access::<ArchivedEnvelope, rancor::Error>(&aligned).map_err(corrupt)?;
-        Ok(EntryView {
-            event_id: v2.event_id.as_str().to_string(),
-            topic: v2.topic.as_str().to_string(),
-            key: v2.key.as_str().to_string(),
-            traceparent: v2.traceparent.as_str().to_string(),
-            received_us: v2.received_us.to_native(),
-            sequence: v2.sequence.as_ref().map(|s| s.to_native()),
-            expires_us: v2.expires_us.as_ref().map(|s| s.to_native()),
-            format: match v2.format {
-                ArchivedPayloadFormat::Event => PayloadFormat::Event,
-                ArchivedPayloadFormat::CloudEvent => PayloadFormat::CloudEvent,
-                ArchivedPayloadFormat::Raw => PayloadFormat::Raw,
-            },
-            payload: locate(v2.payload.as_slice()).ok_or_else(outside)?,
-        })
+        let format = match v2.format {
+            ArchivedPayloadFormat::Event => PayloadFormat::Event,
+            ArchivedPayloadFormat::CloudEvent => PayloadFormat::CloudEvent,
+            ArchivedPayloadFormat::Raw => PayloadFormat::Raw,
+        };
+        view_of!(v2, v2.expires_us.as_ref().map(|s| s.to_native()), format)
     }
 
     /// Decodes what [`Envelope::encode`] wrote (copying into aligned memory first).

@@ -16,7 +16,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use breaker::Breaker;
-pub use outcome::{classify, Outcome};
+pub use outcome::{classify, status_outcome, Outcome};
 
 /// Most bytes of a subscriber's answer that are read.
 const MAX_ANSWER_BYTES: usize = 4 * 1024 * 1024;

@@ -15,15 +15,23 @@ pub enum Outcome {
 /// `"DROP"` or a status it does not know (retried); 404 drops; anything else retries.
 pub fn classify(status: u16, body: &[u8]) -> Outcome {
     match status {
-        200..=299 => match body_status(body).as_deref() {
-            Some("RETRY") => Outcome::Retry("subscriber answered RETRY".into()),
-            Some("DROP") => Outcome::Drop("subscriber answered DROP".into()),
-            Some("SUCCESS") | None => Outcome::Delivered,
-            // Dapr retries a status it does not know.
-            Some(other) => Outcome::Retry(format!("subscriber answered unknown status `{other}`")),
+        200..=299 => match body_status(body) {
+            None => Outcome::Delivered,
+            Some(said) => status_outcome(&said),
         },
         404 => Outcome::Drop("subscriber answered 404".into()),
         other => Outcome::Retry(format!("subscriber answered {other}")),
+    }
+}
+
+/// What a Dapr status word means (`SUCCESS`, `RETRY`, `DROP`, upper-cased): of a whole
+/// answer, or of one entry of a bulk answer. Dapr retries a status it does not know.
+pub fn status_outcome(status: &str) -> Outcome {
+    match status {
+        "SUCCESS" => Outcome::Delivered,
+        "RETRY" => Outcome::Retry("subscriber answered RETRY".into()),
+        "DROP" => Outcome::Drop("subscriber answered DROP".into()),
+        other => Outcome::Retry(format!("subscriber answered unknown status `{other}`")),
     }
 }
 

@@ -49,6 +49,12 @@ impl RouterDispatch {
             self.permits.add_permits(1);
         }
     }
+
+    /// Acks an entry that cannot be read (corrupt), with a warning.
+    fn skip_unreadable(&self, entry: ReadEntry, err: EnvelopeError) {
+        tracing::warn!(partition = %entry.partition, id = %entry.id, error = %err, "unreadable entry acked and skipped");
+        self.skip(entry.partition, entry.id);
+    }
 }
 
 impl Dispatch for RouterDispatch {
@@ -65,11 +71,7 @@ impl Dispatch for RouterDispatch {
                 self.permits.add_permits(1);
                 return;
             }
-            Err(err) => {
-                tracing::warn!(partition = %entry.partition, id = %entry.id, error = %err, "unreadable entry acked and skipped");
-                self.skip(entry.partition, entry.id);
-                return;
-            }
+            Err(err) => return self.skip_unreadable(entry, err),
         };
         if !self.sub.matches(&view.topic) {
             SubscriptionStats::bump(&self.stats.unmatched);
@@ -102,11 +104,7 @@ impl Dispatch for RouterDispatch {
             (target, _) => {
                 let envelope = match Envelope::decode(&raw) {
                     Ok(envelope) => envelope,
-                    Err(err) => {
-                        tracing::warn!(partition = %entry.partition, id = %entry.id, error = %err, "unreadable entry acked and skipped");
-                        self.skip(entry.partition, entry.id);
-                        return;
-                    }
+                    Err(err) => return self.skip_unreadable(entry, err),
                 };
                 match target {
                     None => (crate::dapr::deliver::for_webhook(&envelope), None, None),

@@ -286,10 +286,9 @@ fn settle_bulk(sub: &Subscription, answer: Answer) -> Answer {
             body,
         } if bulk_app => {
             let statuses = crate::dapr::deliver::bulk_statuses(&body).unwrap_or_default();
-            let outcome = match statuses.get(REPLAY_ENTRY).map(String::as_str) {
-                Some("SUCCESS") => Outcome::Delivered,
-                Some("DROP") => Outcome::Drop("the app answered DROP".into()),
-                _ => Outcome::Retry("the app did not answer SUCCESS for the entry".into()),
+            let outcome = match statuses.get(REPLAY_ENTRY) {
+                Some(said) => crate::deliver::status_outcome(said),
+                None => Outcome::Retry("the entry is missing from the app's statuses".into()),
             };
             Answer::Http {
                 status,

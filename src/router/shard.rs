@@ -872,11 +872,8 @@ impl Shard {
             };
             let per_entry = statuses.as_ref().map(|(status, map)| {
                 let entry_id = bulk_entry_id(&head.partition, &head.id);
-                let outcome = match map.get(&entry_id).map(String::as_str) {
-                    Some("SUCCESS") => Outcome::Delivered,
-                    Some("DROP") => Outcome::Drop("the app answered DROP".into()),
-                    Some("RETRY") => Outcome::Retry("the app answered RETRY".into()),
-                    Some(other) => Outcome::Retry(format!("unknown status `{other}`")),
+                let outcome = match map.get(&entry_id) {
+                    Some(said) => crate::deliver::status_outcome(said),
                     None => Outcome::Retry("the entry is missing from the app's statuses".into()),
                 };
                 Answer::Http {
