@@ -148,6 +148,17 @@ async fn dapr_publish(
     router.post(path, content_type, body).await
 }
 
+/// Publishes through the Dapr API and asserts it was stored (204).
+async fn publish_ok(
+    router: &TestRouter,
+    path: &str,
+    content_type: &str,
+    body: impl Into<reqwest::Body>,
+) {
+    let (status, answer) = dapr_publish(router, path, content_type, body).await;
+    assert_eq!(status, 204, "{path}: {answer}");
+}
+
 fn stored_on(redis: &RedisServer, topic: &str) -> Vec<evrouter::event::Envelope> {
     let mut envelopes: Vec<_> = redis
         .all_envelopes()
@@ -165,40 +176,36 @@ async fn publish_stores_cloudevents_as_dapr_makes_them() {
     let router = TestRouter::start(test_config(&redis)).await;
 
     // JSON data is wrapped, with the charset parameter accepted.
-    let (status, _) = dapr_publish(
+    publish_ok(
         &router,
         "/v1.0/publish/pubsub/orders?metadata.partitionKey=ord-7",
         "application/json; charset=utf-8",
         r#"{"order_id":"ord-7","total":12.5}"#,
     )
     .await;
-    assert_eq!(status, 204);
     // A CloudEvent keeps its attributes and gets the missing ones.
-    let (status, _) = dapr_publish(
+    publish_ok(
         &router,
         "/v1.0/publish/pubsub/orders",
         "application/cloudevents+json",
         r#"{"specversion":"1.0","id":"ce-1","source":"shop","type":"order.placed","data":{"n":1}}"#,
     )
     .await;
-    assert_eq!(status, 204);
     // Text and bytes.
-    let (status, _) = dapr_publish(
+    publish_ok(
         &router,
         "/v1.0/publish/pubsub/orders",
         "text/plain",
         "hello",
     )
     .await;
-    assert_eq!(status, 204);
-    let (status, _) = dapr_publish(
+    publish_ok(
         &router,
         "/v1.0/publish/pubsub/orders",
         "application/octet-stream",
         vec![0u8, 1, 2, 255],
     )
     .await;
-    assert_eq!(status, 204);
     // Overrides from the query; a topic with a `/`; a chunked body.
     let chunks: Vec<Result<&'static [u8], std::io::Error>> = vec![Ok(b"{\"a\":"), Ok(b"1}")];
     let stream = tokio_stream::iter(chunks);
@@ -251,14 +258,13 @@ async fn publish_stores_cloudevents_as_dapr_makes_them() {
     assert_eq!(event["data"]["a"], 1);
 
     // Raw payloads are stored as sent; a TTL becomes an expiry.
-    let (status, _) = dapr_publish(
+    publish_ok(
         &router,
         "/v1.0/publish/pubsub/raw?metadata.rawPayload=true&metadata.ttlInSeconds=60",
         "application/octet-stream",
         vec![9u8, 8, 7],
     )
     .await;
-    assert_eq!(status, 204);
     let raw = stored_on(&redis, "raw");
     assert_eq!(raw.len(), 1);
     assert_eq!(raw[0].format, PayloadFormat::Raw);
@@ -386,14 +392,13 @@ async fn errors_use_dapr_codes_and_store_nothing() {
     assert!(redis.all_envelopes().is_empty(), "nothing stored");
 
     // The prefix of a pubsub keeps its topics apart.
-    let (status, _) = dapr_publish(
+    publish_ok(
         &router,
         "/v1.0/publish/billing/invoices",
         "application/json",
         "{}",
     )
     .await;
-    assert_eq!(status, 204);
     assert_eq!(stored_on(&redis, "billing.invoices").len(), 1);
 
     // What the SDKs ask before anything else.
@@ -576,14 +581,13 @@ async fn app_subscriptions_route_retry_drop_and_dead_letter() {
     };
     // Routing rules: first match wins, else the default.
     let express = r#"{"specversion":"1.0","id":"x1","source":"s","type":"order.express","data":{"amount":500}}"#;
-    let (status, _) = dapr_publish(
+    publish_ok(
         &router,
         "/v1.0/publish/pubsub/orders",
         "application/cloudevents+json",
         express,
     )
     .await;
-    assert_eq!(status, 204);
     publish("orders", json!({"amount": 250})).await;
     publish("orders", json!({"amount": 5})).await;
     // No rule and no default: acked, counted, not sent.
@@ -592,22 +596,19 @@ async fn app_subscriptions_route_retry_drop_and_dead_letter() {
     publish("flaky", json!({"n": 1})).await;
     publish("junk", json!({"n": 1})).await;
     publish("doomed", json!({"n": 1})).await;
-    let (status, _) = dapr_publish(
+    publish_ok(
         &router,
         "/v1.0/publish/pubsub/raw?metadata.rawPayload=true",
         "application/octet-stream",
         vec![1u8, 2, 3],
     )
     .await;
-    assert_eq!(status, 204);
-    let (status, _) = dapr_publish(
+    publish_ok(
         &router,
         "/v1.0-alpha1/publish/bulk/pubsub/many",
         "application/json",
         json!((0..6).map(|n| json!({"entryId": n.to_string(), "event": {"n": n}, "contentType": "application/json"})).collect::<Vec<_>>()).to_string(),
-    )
-    .await;
-    assert_eq!(status, 204);
+    ).await;
 
     app.wait(Duration::from_secs(20), |hits| {
         let on = |p: &str| hits.iter().filter(|h| h.path == p).count();
@@ -756,14 +757,13 @@ async fn expired_events_are_not_delivered() {
         assert!(tokio::time::Instant::now() < deadline, "no subscription");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let (status, _) = dapr_publish(
+    publish_ok(
         &router,
         "/v1.0/publish/pubsub/fleeting?metadata.ttlInSeconds=1",
         "application/json",
         r#"{"n":1}"#,
     )
     .await;
-    assert_eq!(status, 204);
     let stored = stored_on(&redis, "fleeting");
     assert!(stored[0].expires_us.is_some(), "{:?}", stored[0]);
     // Attempts at about 0, 0.4, 1.2 and 2.8 s (±20%): those after the first second are
@@ -868,14 +868,13 @@ scopes:
         ("legacy", r#"{"n":1}"#),
         ("elsewhere", r#"{"n":1}"#),
     ] {
-        let (status, _) = dapr_publish(
+        publish_ok(
             &router,
             &format!("/v1.0/publish/pubsub/{topic}"),
             "application/json",
             body,
         )
         .await;
-        assert_eq!(status, 204);
     }
     app.wait(Duration::from_secs(10), |hits| hits.len() >= 3)
         .await;
@@ -904,22 +903,20 @@ async fn webhook_subscribers_get_json_for_every_dapr_publish() {
                "endpoints": [format!("http://127.0.0.1:{port}/hook")], "mode": "bulk"}),
     )
     .await;
-    let (status, _) = dapr_publish(
+    publish_ok(
         &router,
         "/v1.0/publish/pubsub/mixed/raw?metadata.rawPayload=true",
         "application/octet-stream",
         vec![0u8, 159, 146, 150],
     )
     .await;
-    assert_eq!(status, 204);
-    let (status, _) = dapr_publish(
+    publish_ok(
         &router,
         "/v1.0/publish/pubsub/mixed/json",
         "application/json",
         r#"{"n":2}"#,
     )
     .await;
-    assert_eq!(status, 204);
     let events = || -> Vec<Value> {
         hook.on("/hook")
             .iter()
