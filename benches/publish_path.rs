@@ -2,11 +2,12 @@
 //! encode. Throughput is reported in events per second.
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use evrouter::catalog::StreamCatalog;
 use evrouter::config::Config;
-use evrouter::event::{Body, Envelope, RawEvent, RawMetadata};
+use evrouter::model::envelope::Envelope;
+use evrouter::model::event::{Body, RawEvent, RawMetadata};
 use evrouter::publish::{prepare_event, PublishContext};
 use evrouter::schema::SchemaRegistry;
-use evrouter::streams::StreamCatalog;
 use serde_json::{json, Value};
 
 fn event(n: u64) -> Value {

@@ -6,12 +6,12 @@
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use evrouter::catalog::{partition_of, StreamCatalog};
 use evrouter::config::Config;
-use evrouter::event::{Body, RawEvent, RawMetadata};
-use evrouter::pattern::TopicPattern;
-use evrouter::router::lanes::Lanes;
-use evrouter::router::reorder::{Offered, OnTimeout, ReorderBuffer, ReorderLimits};
-use evrouter::streams::{partition_of, StreamCatalog};
+use evrouter::delivery::lanes::Lanes;
+use evrouter::delivery::reorder::{Offered, OnTimeout, ReorderBuffer, ReorderLimits};
+use evrouter::model::event::{Body, RawEvent, RawMetadata};
+use evrouter::model::pattern::TopicPattern;
 use serde_json::json;
 
 const TOPICS: &[&str] = &[

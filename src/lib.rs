@@ -13,34 +13,34 @@
 //! - [`deliver`]: the webhook client, circuit breakers and Dapr's answer rules.
 //! - [`dapr`]: the Dapr sidecar's pub/sub API, CloudEvents, apps' subscriptions, routing.
 
+pub mod catalog;
 pub mod config;
-pub mod dapr;
-pub mod deliver;
-pub mod event;
+pub mod delivery;
 pub mod ingress;
-pub mod pattern;
+pub mod model;
 pub mod publish;
-pub mod router;
 pub mod schema;
 pub mod store;
-pub mod streams;
-pub mod topic;
-pub mod trace;
+pub mod webhook;
 
 use std::future::Future;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
+use catalog::StreamCatalog;
 use config::{Config, Durability};
+use delivery::subscription::Subscription;
 use ingress::{AppState, ServeSettings};
+use publish::dapr::DaprPubsubs;
 use publish::{PublishLimits, Publisher};
 use schema::SchemaRegistry;
 use store::durability::{self, Persistence};
 use store::retention::{self, TrimFloors};
 use store::writer::WriterSettings;
 use store::{RedisTarget, WriterPool};
-use streams::StreamCatalog;
+use webhook::apps::AppSubscriptions;
+use webhook::Webhooks;
 
 /// Why evrouter could not start.
 #[derive(Debug, thiserror::Error)]
@@ -102,15 +102,26 @@ pub async fn run(
         Config::duration(&config.retention.check_interval),
     ));
 
+    // Validation checked every spec; compiling one can still fail only on what it could
+    // not check, and such a subscription is left out with a warning.
     let configured = config
         .subscriptions
         .iter()
-        .filter_map(|spec| router::subscription::Subscription::new(spec.clone()).ok())
+        .filter_map(|spec| match Subscription::new(spec.clone()) {
+            Ok(sub) => Some(sub),
+            Err(problems) => {
+                tracing::warn!(subscription = %spec.name, ?problems, "configured subscription left out");
+                None
+            }
+        })
         .collect();
-    let delivery = router::Router::start(
+    let dapr = Arc::new(DaprPubsubs::new(&config.dapr));
+    let (forwards_tx, forwards_rx) = tokio::sync::mpsc::channel(1024);
+    let connector = Arc::new(Webhooks::new(Some(forwards_tx)));
+    let delivery = delivery::Runtime::start(
         catalog.clone(),
         target.clone(),
-        router::RouterSettings {
+        delivery::Settings {
             instance: store::lease::new_instance_id(),
             prefix: config.redis.key_prefix.clone(),
             lease_ttl: Config::duration(&config.delivery.lease_ttl),
@@ -121,6 +132,7 @@ pub async fn run(
             grace: Config::duration(&config.server.shutdown_grace),
         },
         configured,
+        connector,
     )
     .await?;
 
@@ -134,15 +146,11 @@ pub async fn run(
             timeout: Config::duration(&config.server.publish_timeout),
         },
     ));
-    let dapr_api = Arc::new(dapr::DaprApi::new(&config.dapr));
-    let (letters_tx, letters_rx) = tokio::sync::mpsc::channel(1024);
-    delivery.set_dead_letter_topics(letters_tx);
-    let dead_letters =
-        dapr::publish::spawn_dead_letter_publisher(dapr_api.clone(), publisher.clone(), letters_rx);
-    let dapr_apps = Arc::new(dapr::apps::AppSubscriptions::new(
+    let dead_letters = publish::dapr::spawn_forwarder(dapr.clone(), publisher.clone(), forwards_rx);
+    let dapr_apps = Arc::new(AppSubscriptions::new(
         config.dapr.apps.clone(),
         config.dapr.subscriptions_dir.clone(),
-        dapr_api.clone(),
+        dapr.clone(),
         delivery.clone(),
     ));
     let app_watcher = dapr_apps
@@ -150,9 +158,9 @@ pub async fn run(
         .spawn(Config::duration(&config.dapr.refresh_interval));
     let state = Arc::new(AppState {
         publisher,
-        dapr: dapr_api,
+        dapr,
         dapr_apps,
-        router: delivery.clone(),
+        delivery: delivery.clone(),
         control,
         max_body_bytes: config.server.max_body_bytes,
         body_read_timeout: Config::duration(&config.server.body_read_timeout),

@@ -11,16 +11,9 @@ use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
 use crate::config::ValidationConfig;
-use crate::event::{raw_str, RawEvent, RawMetadata};
+use crate::model::event::{raw_str, RawEvent, RawMetadata};
 
-/// One thing wrong with an event: where (a JSON pointer) and what.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Violation {
-    /// JSON pointer into the event.
-    pub path: String,
-    /// What is wrong there.
-    pub message: String,
-}
+pub use crate::model::violation::Violation;
 
 /// Why the registry could not be built.
 #[derive(Debug, thiserror::Error)]

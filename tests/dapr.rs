@@ -14,7 +14,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use evrouter::config::{DaprAppConfig, DaprPubsubConfig};
-use evrouter::event::PayloadFormat;
+use evrouter::model::envelope::PayloadFormat;
 use serde_json::{json, Value};
 use support::{client, free_port, get_json, test_config, RedisServer, TestRouter};
 
@@ -159,7 +159,7 @@ async fn publish_ok(
     assert_eq!(status, 204, "{path}: {answer}");
 }
 
-fn stored_on(redis: &RedisServer, topic: &str) -> Vec<evrouter::event::Envelope> {
+fn stored_on(redis: &RedisServer, topic: &str) -> Vec<evrouter::model::envelope::Envelope> {
     let mut envelopes: Vec<_> = redis
         .all_envelopes()
         .into_iter()

@@ -83,7 +83,7 @@ async fn ten_thousand_events_over_100_keys_arrive_complete_and_in_key_order() {
     assert!(log.iter().all(|r| r
         .traceparent
         .as_deref()
-        .is_some_and(evrouter::trace::is_valid_traceparent)));
+        .is_some_and(evrouter::model::trace::is_valid_traceparent)));
     // Everything is acked: nothing pending for the group.
     let stats: Value = get_json(router.url("/v1/stats")).await;
     let shipping = &stats["subscriptions"]["shipping"];

@@ -31,7 +31,7 @@ async fn single_event_is_stored_as_sent_with_enrichment() {
     let partition = receipt["partition"].as_u64().expect("partition");
     assert_eq!(
         partition,
-        u64::from(evrouter::streams::partition_of("ord_42", 16))
+        u64::from(evrouter::catalog::partition_of("ord_42", 16))
     );
     assert!(receipt.get("duplicate").is_none());
 
@@ -63,7 +63,7 @@ async fn missing_traceparent_gets_a_new_one_and_sequence_is_kept() {
     let (status, _) = router.publish("order.created", &event).await;
     assert_eq!(status, 200);
     let stored = redis.all_envelopes();
-    assert!(evrouter::trace::is_valid_traceparent(
+    assert!(evrouter::model::trace::is_valid_traceparent(
         &stored[0].2.traceparent
     ));
     assert_eq!(stored[0].2.sequence, Some(7));
@@ -82,7 +82,9 @@ async fn missing_traceparent_gets_a_new_one_and_sequence_is_kept() {
         .iter()
         .find(|(_, _, e)| e.event_id == "evt_order_3")
         .expect("stored");
-    assert!(evrouter::trace::is_valid_traceparent(&third.2.traceparent));
+    assert!(evrouter::model::trace::is_valid_traceparent(
+        &third.2.traceparent
+    ));
     assert_ne!(third.2.traceparent, "00-not-a-trace-01");
     assert_eq!(third.2.tracestate, None);
 }
@@ -100,7 +102,7 @@ async fn batch_is_answered_per_event_in_order() {
     assert_eq!(receipts.len(), 100);
     for (n, receipt) in receipts.iter().enumerate() {
         assert_eq!(receipt["event_id"], format!("evt_order_{n}"));
-        let expected = evrouter::streams::partition_of(&format!("ord_{}", n % 7), 16);
+        let expected = evrouter::catalog::partition_of(&format!("ord_{}", n % 7), 16);
         assert_eq!(receipt["partition"], expected);
     }
     assert_eq!(redis.all_envelopes().len(), 100);

@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use evrouter::event::Envelope;
-use evrouter::streams::partition_of;
+use evrouter::catalog::partition_of;
+use evrouter::model::envelope::Envelope;
 use hdrhistogram::Histogram;
 use redis::aio::MultiplexedConnection;
 

@@ -47,7 +47,7 @@ pub async fn list(
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", e.body_text()))?;
     let limit = query.limit.unwrap_or(100).clamp(1, 1000);
     let page = app
-        .router
+        .delivery
         .dlq_list(&name, limit, query.after.as_deref())
         .await
         .ok_or_else(|| ApiError::unknown_subscription(&name))?
@@ -75,7 +75,7 @@ pub async fn replay(
         })?
     };
     let report = app
-        .router
+        .delivery
         .dlq_replay(&name, request.ids.as_deref())
         .await
         .ok_or_else(|| ApiError::unknown_subscription(&name))?
@@ -89,7 +89,7 @@ pub async fn purge(
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     let purged = app
-        .router
+        .delivery
         .dlq_purge(&name)
         .await
         .ok_or_else(|| ApiError::unknown_subscription(&name))?

@@ -1,6 +1,8 @@
-//! The HTTP API: routes, the shared state they use, and the server loop with header-read
-//! timeouts and graceful shutdown.
+//! The HTTP layer: the native API's routes and the Dapr adapter's ([`dapr`]), the shared
+//! state they use, and the server loop with header-read timeouts and graceful shutdown.
+//! Nothing below this floor knows an HTTP request.
 
+pub mod dapr;
 pub mod dlq;
 pub mod error;
 pub mod health;
@@ -16,7 +18,6 @@ use axum::extract::OriginalUri;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 
-use crate::router::Router as DeliveryRouter;
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -24,7 +25,10 @@ use hyper_util::service::TowerToHyperService;
 use redis::aio::ConnectionManager;
 use tokio::net::TcpListener;
 
+use crate::delivery::Runtime;
+use crate::publish::dapr::DaprPubsubs;
 use crate::publish::Publisher;
+use crate::webhook::apps::AppSubscriptions;
 use error::ApiError;
 
 /// What every handler can reach.
@@ -32,11 +36,11 @@ pub struct AppState {
     /// The publish pipeline.
     pub publisher: Arc<Publisher>,
     /// The Dapr API's pubsub names and topic mapping.
-    pub dapr: Arc<crate::dapr::DaprApi>,
+    pub dapr: Arc<DaprPubsubs>,
     /// The Dapr apps whose subscriptions are read.
-    pub dapr_apps: Arc<crate::dapr::apps::AppSubscriptions>,
+    pub dapr_apps: Arc<AppSubscriptions>,
     /// The delivery runtime (subscriptions, stats).
-    pub router: Arc<DeliveryRouter>,
+    pub delivery: Arc<Runtime>,
     /// A connection for control commands (readiness).
     pub control: ConnectionManager,
     /// Largest body accepted.
@@ -66,7 +70,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/stats", get(stats::stats))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
-        .merge(crate::dapr::routes())
+        .merge(dapr::routes())
         .fallback(|OriginalUri(uri): OriginalUri| async move { ApiError::not_found(uri.path()) })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

@@ -12,9 +12,9 @@ use super::AppState;
 /// Counters of every subscription running on this instance.
 pub async fn stats(State(app): State<Arc<AppState>>) -> Json<Value> {
     let mut subscriptions = BTreeMap::new();
-    for (name, stats) in app.router.stats() {
-        let lag = app.router.lag(&name).await;
-        let sequence = app.router.orders_by_sequence(&name);
+    for (name, stats) in app.delivery.stats() {
+        let lag = app.delivery.lag(&name).await;
+        let sequence = app.delivery.orders_by_sequence(&name);
         subscriptions.insert(name, stats.snapshot(lag, sequence));
     }
     Json(json!({ "subscriptions": subscriptions }))

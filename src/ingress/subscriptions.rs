@@ -10,10 +10,11 @@ use axum::Json;
 
 use super::publish::read_body;
 use super::AppState;
+use crate::delivery::registry::Created;
+use crate::delivery::subscription::Subscription;
 use crate::ingress::error::ApiError;
+use crate::model::subscription::SubscriptionSpec;
 use crate::publish::EventViolation;
-use crate::router::registry::Created;
-use crate::router::subscription::{Subscription, SubscriptionSpec};
 
 fn store_error(err: redis::RedisError) -> ApiError {
     ApiError::store_unavailable("subscription store", err)
@@ -71,7 +72,7 @@ fn parse(bytes: &[u8], name_from_path: Option<&str>) -> Result<Subscription, Api
 /// `GET /v1/subscriptions`.
 pub async fn list(State(app): State<Arc<AppState>>) -> Json<Vec<SubscriptionSpec>> {
     Json(
-        app.router
+        app.delivery
             .registry()
             .all()
             .iter()
@@ -85,7 +86,7 @@ pub async fn get(
     State(app): State<Arc<AppState>>,
     Path(name): Path<String>,
 ) -> Result<Json<SubscriptionSpec>, ApiError> {
-    app.router
+    app.delivery
         .registry()
         .get(&name)
         .map(|s| Json(s.spec.clone()))
@@ -101,7 +102,7 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     let bytes = read_body(&headers, body, app.max_body_bytes, app.body_read_timeout).await?;
     let sub = parse(&bytes, None)?;
-    match app.router.create(&sub).await.map_err(store_error)? {
+    match app.delivery.create(&sub).await.map_err(store_error)? {
         Created::New => Ok((StatusCode::CREATED, Json(sub.spec)).into_response()),
         Created::Unchanged => Ok((StatusCode::OK, Json(sub.spec)).into_response()),
         Created::Conflict => Err(ApiError::new(
@@ -125,7 +126,7 @@ pub async fn put(
 ) -> Result<Response, ApiError> {
     let bytes = read_body(&headers, body, app.max_body_bytes, app.body_read_timeout).await?;
     let sub = parse(&bytes, Some(&name))?;
-    let existed = app.router.put(&sub).await.map_err(store_error)?;
+    let existed = app.delivery.put(&sub).await.map_err(store_error)?;
     let status = if existed {
         StatusCode::OK
     } else {
@@ -139,7 +140,7 @@ pub async fn delete(
     State(app): State<Arc<AppState>>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    if app.router.delete(&name).await.map_err(store_error)? {
+    if app.delivery.delete(&name).await.map_err(store_error)? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::unknown_subscription(&name))

@@ -11,7 +11,11 @@ use std::sync::Arc;
 use redis::aio::ConnectionManager;
 use tokio::sync::{mpsc, Semaphore};
 
+use super::dlq::dlq_key;
 use super::lease::lease_key;
+use super::sequence::SEQUENCE_STATE_TTL;
+use crate::model::dead_letter::Failure;
+use crate::model::envelope::ENTRY_FIELD;
 
 /// Appends ARGV[4..] as a DLQ entry to KEYS[3] and acks ARGV[3], if the lease is held.
 const FENCED_DEAD_LETTER: &str = r"
@@ -28,21 +32,6 @@ const MAX_BATCH: usize = 8192;
 
 /// How long acks gather before they are written (delivery does not wait for it).
 const ACK_LINGER: std::time::Duration = std::time::Duration::from_millis(5);
-
-/// How long the next expected sequence number of a key is kept after its last event.
-pub const SEQUENCE_STATE_TTL: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
-
-/// Where the next expected sequence number of `key` in a partition is kept for a
-/// subscription (same hash tag as the partition).
-pub fn sequence_state_key(partition_key: &str, subscription: &str, key: &str) -> String {
-    format!("{partition_key}:seq:{subscription}:{key}")
-}
-
-/// The DLQ stream of a subscription for one partition: same hash tag as the partition so
-/// the append and the ack are atomic on a cluster too.
-pub fn dlq_key(partition_key: &str, subscription: &str) -> String {
-    format!("{partition_key}:dlq:{subscription}")
-}
 
 /// What to do with a finished entry.
 #[derive(Debug)]
@@ -205,23 +194,6 @@ impl Acker {
     }
 }
 
-/// Why and how an event failed, stored with it in the DLQ.
-#[derive(Debug, Clone)]
-pub struct Failure {
-    /// `max_attempts_exceeded`, `dropped`, …
-    pub reason: String,
-    /// The last HTTP status, if any.
-    pub last_status: Option<u16>,
-    /// The last error text, if any.
-    pub last_error: Option<String>,
-    /// Attempts made.
-    pub attempts: u32,
-    /// First attempt, ms since the epoch.
-    pub first_attempt_ms: u64,
-    /// Last attempt, ms since the epoch.
-    pub last_attempt_ms: u64,
-}
-
 /// Adds the fenced "append to the DLQ and ack" script for one entry to a pipeline.
 fn dead_letter_cmd(
     pipe: &mut redis::Pipeline,
@@ -242,7 +214,7 @@ fn dead_letter_cmd(
         .arg(instance)
         .arg(subscription)
         .arg(id)
-        .arg("e")
+        .arg(ENTRY_FIELD)
         .arg(envelope)
         .arg("source_id")
         .arg(id)

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use redis::aio::ConnectionManager;
 use tokio::sync::watch;
@@ -146,10 +146,7 @@ impl LeaseKeeper {
 
     /// One round: heartbeat, read live instances, renew, acquire and release leases.
     pub async fn tick(&mut self, partitions: &[Arc<str>]) -> redis::RedisResult<()> {
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
+        let now_ms = crate::model::clock::now_ms();
         let ttl_ms = self.settings.ttl.as_millis() as u64;
         let registry = self.registry_key();
         let (_, _, live): ((), (), Vec<String>) = redis::pipe()

@@ -1,11 +1,15 @@
-//! Redis: connections, the batched partition writers, retention trimming and the start-up
-//! durability check.
+//! Redis, and every command evrouter sends it: connections, the batched partition writers,
+//! readers, acks and dead letters, leases, consumer groups, sequence state, DLQ pages,
+//! retention trimming and the start-up durability check.
 
 pub mod acks;
+pub mod dlq;
 pub mod durability;
+pub mod groups;
 pub mod lease;
 pub mod reader;
 pub mod retention;
+pub mod sequence;
 pub mod stream_conn;
 pub mod writer;
 

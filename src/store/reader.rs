@@ -16,9 +16,10 @@ use redis::streams::{StreamAutoClaimReply, StreamInfoConsumersReply, StreamPendi
 use redis::Value;
 use tokio::sync::{watch, Semaphore};
 
+use super::groups::ensure_group;
 use super::lease::Owned;
 use super::stream_conn::StreamConn;
-use crate::event::ENTRY_FIELD;
+use crate::model::envelope::ENTRY_FIELD;
 
 /// Most entries asked for in one read.
 const READ_COUNT: usize = 512;
@@ -28,28 +29,6 @@ const READ_COUNT: usize = 512;
 /// so under load, reads that come back with a handful of entries each cost more than the
 /// entries themselves (the idea of Kafka's `fetch.min.bytes` and `fetch.max.wait.ms`).
 const FULL_READ: usize = 64;
-
-/// Creates the consumer group `group` on `key` starting at `start` (`$` or `0`), creating
-/// the stream if needed; an existing group is left as it is.
-pub async fn ensure_group(
-    conn: &mut ConnectionManager,
-    key: &str,
-    group: &str,
-    start: &str,
-) -> redis::RedisResult<()> {
-    let created: redis::RedisResult<()> = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(key)
-        .arg(group)
-        .arg(start)
-        .arg("MKSTREAM")
-        .query_async(conn)
-        .await;
-    match created {
-        Err(err) if err.code() == Some("BUSYGROUP") => Ok(()),
-        other => other,
-    }
-}
 
 /// One entry read from a partition, holding one permit of the read-ahead budget.
 #[derive(Debug)]

@@ -12,7 +12,7 @@ use redis::aio::ConnectionManager;
 use redis::streams::{StreamInfoGroupsReply, StreamPendingReply};
 use redis::AsyncCommands;
 
-use crate::streams::StreamCatalog;
+use crate::catalog::StreamCatalog;
 
 /// Per partition, the millisecond part of the oldest entry some group still needs.
 /// A partition with no groups has no floor. Writers take a snapshot once per batch
@@ -34,10 +34,7 @@ impl TrimFloors {
     }
 
     fn set(&self, partition_key: &Arc<str>, floor: Option<u64>) {
-        let mut floors = self
-            .floors
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut floors = crate::model::sync::write(&self.floors);
         let unchanged = floors.get(partition_key).copied() == floor;
         if unchanged {
             return;

@@ -12,7 +12,7 @@ use redis_protocol::resp2::decode::decode_range;
 use redis_protocol::resp2::types::RangeFrame;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::event::ENTRY_FIELD;
+use crate::model::envelope::ENTRY_FIELD;
 
 /// Room made in the read buffer before each read.
 const READ_CHUNK: usize = 256 * 1024;

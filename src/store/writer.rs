@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 use redis::Value;
@@ -15,8 +15,8 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use super::retention::TrimFloors;
 use super::StoreError;
-use crate::event::ENTRY_FIELD;
-use crate::streams::StreamSpec;
+use crate::catalog::StreamSpec;
+use crate::model::envelope::ENTRY_FIELD;
 
 /// Appends an entry unless its dedup key exists; records the new id under the dedup key.
 /// KEYS: partition, dedup key. ARGV: window ms, MINID floor, entry bytes.
@@ -153,12 +153,7 @@ impl WriterPool {
     /// already queued, and waits for them.
     pub async fn shutdown(&self) {
         let _ = self.stop.send(true);
-        let tasks = std::mem::take(
-            &mut *self
-                .tasks
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        );
+        let tasks = std::mem::take(&mut *crate::model::sync::lock(&self.tasks));
         for task in tasks {
             let _ = task.await;
         }
@@ -239,10 +234,7 @@ impl Writer {
         if jobs.is_empty() {
             return;
         }
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
+        let now_ms = crate::model::clock::now_ms();
         let count: usize = jobs.iter().map(|job| job.entries.len()).sum();
         let mut pipe = redis::Pipeline::with_capacity(count);
         // One entry's error (say, a key of the wrong type) must not fail the others.

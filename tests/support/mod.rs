@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use evrouter::config::Config;
-use evrouter::event::Envelope;
+use evrouter::model::envelope::Envelope;
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;

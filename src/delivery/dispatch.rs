@@ -1,0 +1,136 @@
+//! From a read entry to a shard: decode the envelope, ack at once what the subscription
+//! does not want, and send the rest to the shard of its lane.
+
+use std::sync::atomic::Ordering as AtomicOrdering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, Semaphore};
+use xxhash_rust::xxh3::xxh3_64;
+
+use super::shard::Delivery;
+use super::stats::SubscriptionStats;
+use super::subscription::Subscription;
+use super::transport::Subscriber;
+use crate::model::clock::now_us;
+use crate::model::envelope::{Envelope, EnvelopeError, ENVELOPE_VERSION};
+use crate::model::subscription::Ordering;
+use crate::store::acks::AckOp;
+use crate::store::reader::{Dispatch, ReadEntry};
+
+/// Routes a subscription's entries to its shards.
+#[derive(Clone)]
+pub struct ShardDispatch {
+    sub: Arc<Subscription>,
+    subscriber: Arc<dyn Subscriber>,
+    shards: Vec<mpsc::Sender<Delivery>>,
+    acks: mpsc::Sender<AckOp>,
+    permits: Arc<Semaphore>,
+    stats: Arc<SubscriptionStats>,
+}
+
+impl ShardDispatch {
+    /// A dispatcher over `shards`.
+    pub fn new(
+        sub: Arc<Subscription>,
+        subscriber: Arc<dyn Subscriber>,
+        shards: Vec<mpsc::Sender<Delivery>>,
+        acks: mpsc::Sender<AckOp>,
+        permits: Arc<Semaphore>,
+        stats: Arc<SubscriptionStats>,
+    ) -> Self {
+        Self {
+            sub,
+            subscriber,
+            shards,
+            acks,
+            permits,
+            stats,
+        }
+    }
+
+    /// Acks an entry that is not delivered (its permit is freed by the acker).
+    fn skip(&self, partition: Arc<str>, id: String) {
+        if self.acks.try_send(AckOp::Ack { partition, id }).is_err() {
+            self.permits.add_permits(1);
+        }
+    }
+
+    /// Acks an entry that cannot be read (corrupt), with a warning.
+    fn skip_unreadable(&self, entry: ReadEntry, err: EnvelopeError) {
+        tracing::warn!(partition = %entry.partition, id = %entry.id, error = %err, "unreadable entry acked and skipped");
+        self.skip(entry.partition, entry.id);
+    }
+}
+
+impl Dispatch for ShardDispatch {
+    async fn dispatch(&mut self, entry: ReadEntry) {
+        // A copy of its own: a slice of the read buffer would keep all of it alive while
+        // the event waits (retries, reorder buffer). The payload is a slice of this copy.
+        let raw = Bytes::copy_from_slice(&entry.raw);
+        let view = match Envelope::view(&raw) {
+            Ok(view) => view,
+            // Written by a newer evrouter: left pending for an instance that reads it,
+            // never acked unread.
+            Err(EnvelopeError::Version(version)) if version > ENVELOPE_VERSION => {
+                tracing::warn!(partition = %entry.partition, id = %entry.id, version, "entry written by a newer evrouter left pending");
+                self.permits.add_permits(1);
+                return;
+            }
+            Err(err) => return self.skip_unreadable(entry, err),
+        };
+        if !self.sub.matches(&view.topic) {
+            SubscriptionStats::bump(&self.stats.unmatched);
+            self.skip(entry.partition, entry.id);
+            return;
+        }
+        let lane: Arc<str> = match self.sub.spec.ordering {
+            // A key's order is kept within its partition (a key seen in two streams is two
+            // lanes), so losing one partition never holds back another's events.
+            Ordering::Key | Ordering::Sequence => {
+                Arc::from(format!("{}\u{1f}{}", entry.partition, view.key))
+            }
+            Ordering::None => Arc::from(format!("{}/{}", entry.partition, entry.id)),
+        };
+        if view.expires_us.is_some_and(|at| at <= now_us()) {
+            SubscriptionStats::bump(&self.stats.expired);
+            self.skip(entry.partition, entry.id);
+            return;
+        }
+        let presented = match self.subscriber.present(&raw, &view) {
+            Ok(Some(presented)) => presented,
+            Ok(None) => {
+                SubscriptionStats::bump(&self.stats.unrouted);
+                self.skip(entry.partition, entry.id);
+                return;
+            }
+            Err(err) => return self.skip_unreadable(entry, err),
+        };
+        let shard = (xxh3_64(lane.as_bytes()) % self.shards.len().max(1) as u64) as usize;
+        let delivery = Delivery {
+            partition: entry.partition,
+            id: entry.id,
+            lane,
+            event_id: view.event_id,
+            topic: view.topic,
+            traceparent: view.traceparent,
+            received_us: view.received_us,
+            sequence: view.sequence,
+            payload: presented.body,
+            route: presented.route,
+            content_type: presented.content_type,
+            expires_us: view.expires_us,
+            raw,
+            attempts: entry.delivered_before,
+            first_attempt_ms: 0,
+            last_status: None,
+            last_error: None,
+        };
+        self.stats.in_flight.fetch_add(1, AtomicOrdering::Relaxed);
+        if self.shards[shard].send(delivery).await.is_err() {
+            // The shard has stopped (shutdown): the entry stays pending in Redis.
+            self.stats.in_flight.fetch_sub(1, AtomicOrdering::Relaxed);
+            self.permits.add_permits(1);
+        }
+    }
+}

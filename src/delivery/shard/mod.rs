@@ -1,0 +1,337 @@
+//! A worker shard of one subscription: per-key FIFO lanes (one event of a key in flight at
+//! a time under `ordering = "key"`), a deadline index for retries served by this one task,
+//! and the task loop that drives them. Sending and answers are in [`send`] (the decision
+//! for each answer in [`answer`]), the reorder buffer of `ordering = "sequence"` and the
+//! sequence state kept in Redis in [`sequence`].
+
+mod answer;
+mod send;
+mod sequence;
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::sync::atomic::Ordering as AtomicOrdering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, watch, Semaphore};
+
+use super::lanes::Lanes;
+use super::reorder::ReorderBuffer;
+use super::stats::SubscriptionStats;
+use super::subscription::Subscription;
+use super::transport::{Reply, Subscriber};
+use crate::model::clock::now_ms;
+use crate::model::dead_letter::Failure;
+use crate::model::subscription::Ordering;
+use crate::store::acks::AckOp;
+use crate::store::lease::Owned;
+
+/// One event on its way to a subscriber.
+#[derive(Debug)]
+pub struct Delivery {
+    /// Partition key it was read from.
+    pub partition: Arc<str>,
+    /// Stream entry id.
+    pub id: String,
+    /// Its lane: the entity key, or a key of its own when order does not matter.
+    pub lane: Arc<str>,
+    /// `event_id`.
+    pub event_id: String,
+    /// Topic.
+    pub topic: String,
+    /// W3C trace context.
+    pub traceparent: String,
+    /// When evrouter received it (µs since the epoch).
+    pub received_us: u64,
+    /// `metadata.sequence`, when the event has one.
+    pub sequence: Option<u64>,
+    /// The body to send: the event's JSON (a CloudEvent or raw bytes for a Dapr app).
+    pub payload: Bytes,
+    /// The subscriber's route for this event (a Dapr app's path, from its rules).
+    pub route: Option<Arc<str>>,
+    /// The body's content type when not `application/json`.
+    pub content_type: Option<Arc<str>>,
+    /// When the event expires (µs since the epoch): not sent after that.
+    pub expires_us: Option<u64>,
+    /// The stored entry (for the DLQ).
+    pub raw: Bytes,
+    /// Attempts made so far (including ones before a takeover).
+    pub attempts: u32,
+    /// First attempt on this instance, ms since the epoch.
+    pub first_attempt_ms: u64,
+    /// Last HTTP status.
+    pub last_status: Option<u16>,
+    /// Last error.
+    pub last_error: Option<String>,
+}
+
+/// What every shard of a subscription shares.
+#[derive(Clone)]
+pub struct ShardContext {
+    /// The subscription.
+    pub sub: Arc<Subscription>,
+    /// How its subscriber is called.
+    pub subscriber: Arc<dyn Subscriber>,
+    /// Where acks and dead letters go.
+    pub acks: mpsc::Sender<AckOp>,
+    /// Read-ahead budget: one permit per event held.
+    pub permits: Arc<Semaphore>,
+    /// The partitions this instance holds.
+    pub owned: watch::Receiver<Arc<Owned>>,
+    /// Counters.
+    pub stats: Arc<SubscriptionStats>,
+    /// How many shards the subscription runs (they share its reorder limits).
+    pub shards: usize,
+    /// For reading back the next expected sequence numbers kept in Redis.
+    pub store: redis::aio::ConnectionManager,
+}
+
+/// Most keys whose stored sequence state is read in one round trip.
+const RESTORE_BATCH: usize = 512;
+
+/// Sequence ordering: a key idle this long, with nothing held or in flight, is forgotten
+/// (its next number is in Redis), so that memory follows the active keys, not all keys ever.
+const IDLE_KEY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Offers between two sweeps for idle keys.
+const SWEEP_EVERY: u32 = 4096;
+
+struct Finished {
+    lanes: Vec<Arc<str>>,
+    reply: Reply,
+}
+
+/// The shard task's state.
+pub struct Shard {
+    ctx: ShardContext,
+    rx: mpsc::Receiver<Delivery>,
+    stop: watch::Receiver<bool>,
+    lanes: Lanes<Delivery>,
+    /// (partition, entry id) of every event in the lanes.
+    held: HashSet<(Arc<str>, String)>,
+    ready: VecDeque<Arc<str>>,
+    timers: BTreeMap<(Instant, u64), Arc<str>>,
+    timer_seq: u64,
+    finished_tx: mpsc::UnboundedSender<Finished>,
+    finished_rx: mpsc::UnboundedReceiver<Finished>,
+    in_flight: usize,
+    bulk_deadline: Option<Instant>,
+    paused_until: Option<Instant>,
+    stopping: bool,
+    /// `ordering = "sequence"`: events wait here until their turn, then go to the lanes.
+    reorder: Option<ReorderBuffer<Delivery>>,
+    /// This shard's part of the shared "held now" gauge.
+    held_reported: u64,
+    /// Sequence ordering: events of keys whose stored next number is being read, in
+    /// arrival order, and the keys still to ask for.
+    restoring: std::collections::HashMap<Arc<str>, Vec<Delivery>>,
+    to_restore: Vec<Arc<str>>,
+    restore_in_flight: bool,
+    restored_tx: mpsc::UnboundedSender<Vec<(Arc<str>, Option<u64>)>>,
+    restored_rx: mpsc::UnboundedReceiver<Vec<(Arc<str>, Option<u64>)>>,
+    offers_since_sweep: u32,
+    /// The partitions held at the last ownership change.
+    owned_before: Arc<Owned>,
+}
+
+impl Shard {
+    /// A shard reading deliveries from `rx` until `stop` turns true.
+    pub fn new(
+        ctx: ShardContext,
+        rx: mpsc::Receiver<Delivery>,
+        stop: watch::Receiver<bool>,
+    ) -> Self {
+        let (finished_tx, finished_rx) = mpsc::unbounded_channel();
+        let reorder = (ctx.sub.spec.ordering == Ordering::Sequence)
+            .then(|| ReorderBuffer::new(sequence::reorder_limits(&ctx)));
+        let (restored_tx, restored_rx) = mpsc::unbounded_channel();
+        Self {
+            reorder,
+            held_reported: 0,
+            restoring: std::collections::HashMap::new(),
+            to_restore: Vec::new(),
+            restore_in_flight: false,
+            restored_tx,
+            restored_rx,
+            offers_since_sweep: 0,
+            owned_before: Arc::new(Owned::default()),
+            ctx,
+            rx,
+            stop,
+            lanes: Lanes::default(),
+            held: HashSet::new(),
+            ready: VecDeque::new(),
+            timers: BTreeMap::new(),
+            timer_seq: 0,
+            finished_tx,
+            finished_rx,
+            in_flight: 0,
+            bulk_deadline: None,
+            paused_until: None,
+            stopping: false,
+        }
+    }
+
+    /// Runs until stopped and every request in flight has been answered. Events not yet
+    /// delivered stay pending in Redis for whoever reads the partition next.
+    pub async fn run(mut self) {
+        loop {
+            self.dispatch();
+            self.restore_next_batch();
+            if self.stopping && self.in_flight == 0 {
+                self.leave_gauges();
+                break;
+            }
+            let wake = [
+                self.timers.keys().next().map(|(at, _)| *at),
+                self.bulk_deadline,
+                self.paused_until,
+                self.reorder.as_ref().and_then(ReorderBuffer::next_deadline),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            tokio::select! {
+                biased;
+                Some(finished) = self.finished_rx.recv() => self.on_finished(finished),
+                Some(restored) = self.restored_rx.recv() => self.on_restored(restored),
+                delivery = self.rx.recv(), if !self.stopping => match delivery {
+                    Some(delivery) => self.on_delivery(delivery),
+                    None => self.stopping = true,
+                },
+                _ = self.stop.changed(), if !self.stopping => self.stopping = true,
+                changed = self.ctx.owned.changed(), if self.reorder.is_some() => match changed {
+                    Ok(()) => self.on_ownership_change(),
+                    Err(_) => self.stopping = true,
+                },
+                _ = sleep_until(wake), if wake.is_some() => self.on_wake(),
+            }
+        }
+    }
+
+    fn on_delivery(&mut self, delivery: Delivery) {
+        // A partition dropped and regained is reclaimed whole, including entries this
+        // shard still holds: those must not be queued a second time.
+        if !self
+            .held
+            .insert((delivery.partition.clone(), delivery.id.clone()))
+        {
+            self.ctx.permits.add_permits(1);
+            self.ctx
+                .stats
+                .in_flight
+                .fetch_sub(1, AtomicOrdering::Relaxed);
+            return;
+        }
+        if self.reorder.is_some() {
+            self.offer(delivery);
+        } else {
+            self.enqueue(delivery);
+        }
+    }
+
+    /// Puts an event at the back of its lane.
+    fn enqueue(&mut self, delivery: Delivery) {
+        let lane = delivery.lane.clone();
+        if self.lanes.push(lane.clone(), delivery) {
+            self.ready.push_back(lane);
+        }
+    }
+
+    /// Finishes an event that never reached a lane: acked, or dead-lettered with `reason`.
+    fn settle(&mut self, delivery: Delivery, dead_letter: Option<(&str, String)>) {
+        self.held
+            .remove(&(delivery.partition.clone(), delivery.id.clone()));
+        self.ctx
+            .stats
+            .in_flight
+            .fetch_sub(1, AtomicOrdering::Relaxed);
+        let op = match dead_letter {
+            Some((reason, note)) => {
+                SubscriptionStats::bump(&self.ctx.stats.dead_lettered);
+                AckOp::DeadLetter {
+                    partition: delivery.partition,
+                    id: delivery.id,
+                    raw: delivery.raw,
+                    failure: Failure {
+                        reason: reason.to_string(),
+                        last_status: None,
+                        last_error: Some(note),
+                        attempts: delivery.attempts,
+                        first_attempt_ms: now_ms(),
+                        last_attempt_ms: now_ms(),
+                    },
+                }
+            }
+            None => AckOp::Ack {
+                partition: delivery.partition,
+                id: delivery.id,
+            },
+        };
+        self.queue_ack(op);
+    }
+
+    fn on_wake(&mut self) {
+        let now = Instant::now();
+        while let Some(entry) = self.timers.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let lane = entry.remove();
+            if self.lanes.contains(&lane) {
+                self.ready.push_back(lane);
+            }
+        }
+        if self.paused_until.is_some_and(|at| at <= now) {
+            self.paused_until = None;
+        }
+        if let Some(buffer) = self.reorder.as_mut() {
+            let closed = buffer.expire(now);
+            self.close_gaps(closed);
+            self.count_held();
+        }
+    }
+
+    fn queue_ack(&self, op: AckOp) {
+        // The queue has room for every permit, so it is never full; it is closed only when
+        // the acker has stopped, and then the entry stays pending and is delivered again.
+        if let Err(err) = self.ctx.acks.try_send(op) {
+            tracing::warn!(error = %err, "ack not queued; the event will be delivered again");
+            self.ctx.permits.add_permits(1);
+        }
+    }
+
+    /// Removes the head of `lane` (acking it when `ack`; a dead letter is queued by the
+    /// caller) and readies the next event of the lane.
+    fn finish(&mut self, lane: &Arc<str>, ack: bool) {
+        let Some((head, more)) = self.lanes.pop(lane) else {
+            return;
+        };
+        self.held.remove(&(head.partition.clone(), head.id.clone()));
+        // The acker frees the event's permit once its ack (or dead letter) is written.
+        if ack {
+            self.queue_ack(AckOp::Ack {
+                partition: head.partition,
+                id: head.id,
+            });
+        }
+        if !more {
+            self.advance_if_idle(lane);
+        }
+        self.ctx
+            .stats
+            .in_flight
+            .fetch_sub(1, AtomicOrdering::Relaxed);
+        if more {
+            self.ready.push_back(lane.clone());
+        }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}

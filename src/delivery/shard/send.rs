@@ -1,0 +1,282 @@
+//! Sending in a shard: which ready lanes go out together (within the in-flight limit, the
+//! bulk size and wait, one route a request, skipping lanes whose partition moved or whose
+//! head expired), and what each answer does to its events.
+
+use std::sync::atomic::Ordering as AtomicOrdering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::answer::{decide, Decision};
+use super::{Finished, Shard};
+use crate::delivery::stats::SubscriptionStats;
+use crate::delivery::transport::{Forwarded, Headers, Item, Request};
+use crate::model::clock::{now_ms, now_us};
+use crate::model::dead_letter::Failure;
+use crate::model::subscription::DeliveryMode;
+use crate::store::acks::AckOp;
+
+impl Shard {
+    /// Sends what is ready, within the in-flight limit and while an endpoint is usable.
+    pub(super) fn dispatch(&mut self) {
+        let sub = self.ctx.sub.clone();
+        let spec = &sub.spec;
+        let bulk = spec.mode == DeliveryMode::Bulk;
+        let per_request = if bulk { spec.bulk.max_events } else { 1 };
+        while !self.stopping && !self.ready.is_empty() && self.paused_until.is_none() {
+            if self.in_flight >= spec.max_in_flight {
+                return;
+            }
+            if bulk && self.ready.len() < per_request {
+                let now = Instant::now();
+                match self.bulk_deadline {
+                    None => {
+                        self.bulk_deadline =
+                            Some(now + std::time::Duration::from_millis(spec.bulk.max_wait_ms));
+                        return;
+                    }
+                    Some(deadline) if now < deadline => return,
+                    Some(_) => {}
+                }
+            }
+            let lanes = self.take_ready(per_request);
+            let lanes = self.drop_expired(lanes);
+            if lanes.is_empty() {
+                continue;
+            }
+            let endpoint = match self.ctx.subscriber.pick() {
+                Ok(endpoint) => endpoint,
+                Err(retry_at) => {
+                    // Every endpoint is open: hold everything; the lag stays in Redis.
+                    for lane in lanes.into_iter().rev() {
+                        self.ready.push_front(lane);
+                    }
+                    // A probe may be in flight (its time already passed): look again
+                    // shortly rather than spinning.
+                    let soon = Instant::now() + std::time::Duration::from_millis(20);
+                    self.paused_until = Some(
+                        retry_at
+                            .unwrap_or_else(|| {
+                                Instant::now()
+                                    + std::time::Duration::from_millis(
+                                        self.ctx.sub.spec.breaker.cooldown_ms,
+                                    )
+                            })
+                            .max(soon),
+                    );
+                    return;
+                }
+            };
+            self.bulk_deadline = None;
+            self.send(lanes, endpoint, bulk);
+        }
+    }
+
+    /// Acks the lanes' heads whose time to live passed while they waited (retries, order)
+    /// and returns the others.
+    pub(super) fn drop_expired(&mut self, lanes: Vec<Arc<str>>) -> Vec<Arc<str>> {
+        let now = now_us();
+        let mut live = Vec::with_capacity(lanes.len());
+        for lane in lanes {
+            let expired = self
+                .lanes
+                .head(&lane)
+                .and_then(|h| h.expires_us)
+                .is_some_and(|at| at <= now);
+            if expired {
+                SubscriptionStats::bump(&self.ctx.stats.expired);
+                self.finish(&lane, true);
+            } else {
+                live.push(lane);
+            }
+        }
+        live
+    }
+
+    /// Pops up to `n` ready lanes whose partition this instance still holds.
+    pub(super) fn take_ready(&mut self, n: usize) -> Vec<Arc<str>> {
+        let owned = self.ctx.owned.borrow().clone();
+        let mut lanes = Vec::with_capacity(n);
+        while lanes.len() < n {
+            let Some(lane) = self.ready.pop_front() else {
+                break;
+            };
+            let Some(head) = self.lanes.head(&lane) else {
+                continue;
+            };
+            if !owned.holds(&head.partition) {
+                self.abandon(&lane);
+                continue;
+            }
+            lanes.push(lane);
+        }
+        lanes
+    }
+
+    /// Forgets a lane whose partition moved to another instance: its events stay pending
+    /// in Redis and the new owner delivers them.
+    pub(super) fn abandon(&mut self, lane: &Arc<str>) {
+        // The key's sequence state goes too: its next number moved past the events
+        // dropped here, which will be read again.
+        if let Some(buffer) = self.reorder.as_mut() {
+            let dropped = buffer.forget(|key| key == &**lane);
+            self.release_dropped(dropped);
+        }
+        let n = self.forget_lane(lane);
+        if n > 0 {
+            self.ctx.permits.add_permits(n);
+            self.ctx
+                .stats
+                .in_flight
+                .fetch_sub(n as u64, AtomicOrdering::Relaxed);
+        }
+    }
+
+    /// Removes a lane and forgets its entries; returns how many there were.
+    pub(super) fn forget_lane(&mut self, lane: &Arc<str>) -> usize {
+        let removed = self.lanes.remove_all(lane);
+        for delivery in &removed {
+            self.held
+                .remove(&(delivery.partition.clone(), delivery.id.clone()));
+        }
+        removed.len()
+    }
+
+    fn send(&mut self, mut lanes: Vec<Arc<str>>, endpoint: usize, bulk: bool) {
+        let first_ms = now_ms();
+        // Every event of one request takes the same route; the others wait for the next
+        // request, in their order.
+        let route = lanes
+            .first()
+            .and_then(|l| self.lanes.head(l))
+            .and_then(|h| h.route.clone());
+        if let Some(route) = &route {
+            let (same, other): (Vec<_>, Vec<_>) = lanes.into_iter().partition(|l| {
+                self.lanes
+                    .head(l)
+                    .is_some_and(|h| h.route.as_deref() == Some(&**route))
+            });
+            for lane in other.into_iter().rev() {
+                self.ready.push_front(lane);
+            }
+            lanes = same;
+        }
+        let mut items = Vec::with_capacity(lanes.len());
+        let mut headers = None;
+        let mut attempt = 0;
+        for lane in &lanes {
+            if let Some(head) = self.lanes.head_mut(lane) {
+                head.attempts += 1;
+                if head.first_attempt_ms == 0 {
+                    head.first_attempt_ms = first_ms;
+                }
+                attempt = attempt.max(head.attempts);
+                if !bulk {
+                    headers = Some(Headers {
+                        event_id: head.event_id.clone(),
+                        topic: head.topic.clone(),
+                        traceparent: head.traceparent.clone(),
+                    });
+                }
+                items.push(Item {
+                    partition: head.partition.clone(),
+                    id: head.id.clone(),
+                    body: head.payload.clone(),
+                    content_type: head.content_type.clone(),
+                });
+            }
+        }
+        let sending = self.ctx.subscriber.send(
+            endpoint,
+            Request {
+                items,
+                route,
+                headers,
+                attempt,
+            },
+        );
+        let done = self.finished_tx.clone();
+        self.in_flight += 1;
+        tokio::spawn(async move {
+            let reply = sending.await;
+            let _ = done.send(Finished { lanes, reply });
+        });
+    }
+
+    pub(super) fn on_finished(&mut self, finished: Finished) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        let spec = self.ctx.sub.spec.clone();
+        let Finished { lanes, reply } = finished;
+        for (lane, outcome) in lanes.into_iter().zip(reply.outcomes) {
+            let Some(head) = self.lanes.head_mut(&lane) else {
+                continue;
+            };
+            match decide(&outcome, head.attempts, &spec, fastrand::f64()) {
+                Decision::Delivered => {
+                    SubscriptionStats::bump(&self.ctx.stats.delivered);
+                    self.ctx
+                        .stats
+                        .record_latency(now_us().saturating_sub(head.received_us));
+                    self.finish(&lane, true);
+                }
+                Decision::Dropped(reason) => {
+                    tracing::info!(subscription = %spec.name, event_id = %head.event_id, %reason, "event dropped");
+                    SubscriptionStats::bump(&self.ctx.stats.dropped);
+                    self.finish(&lane, true);
+                }
+                Decision::Retry { after, reason } => {
+                    head.last_status = reply.status.or(head.last_status);
+                    head.last_error = Some(reason);
+                    SubscriptionStats::bump(&self.ctx.stats.retried);
+                    self.timer_seq += 1;
+                    self.timers
+                        .insert((Instant::now() + after, self.timer_seq), lane);
+                }
+                Decision::Exhausted { reason } => {
+                    head.last_status = reply.status.or(head.last_status);
+                    head.last_error = Some(reason);
+                    self.exhausted(&lane);
+                }
+            }
+        }
+    }
+
+    /// The head of `lane` used its last attempt: to the DLQ (ack and DLQ in one step), or
+    /// dropped when the subscription keeps no DLQ; offered to a dead-letter topic too.
+    fn exhausted(&mut self, lane: &Arc<str>) {
+        let Some(head) = self.lanes.head(lane) else {
+            return;
+        };
+        match self
+            .ctx
+            .subscriber
+            .forward(&head.payload, head.content_type.as_ref())
+        {
+            Forwarded::Queued => SubscriptionStats::bump(&self.ctx.stats.dead_letter_topic),
+            Forwarded::QueueFull => {
+                tracing::warn!(event_id = %head.event_id, "dead-letter topic queue full; the event is in the DLQ only")
+            }
+            Forwarded::NotAsked => {}
+        }
+        if self.ctx.sub.spec.dead_letter {
+            let op = AckOp::DeadLetter {
+                partition: head.partition.clone(),
+                id: head.id.clone(),
+                raw: head.raw.clone(),
+                failure: Failure {
+                    reason: "max_attempts_exceeded".into(),
+                    last_status: head.last_status,
+                    last_error: head.last_error.clone(),
+                    attempts: head.attempts,
+                    first_attempt_ms: head.first_attempt_ms,
+                    last_attempt_ms: now_ms(),
+                },
+            };
+            SubscriptionStats::bump(&self.ctx.stats.dead_lettered);
+            self.queue_ack(op);
+            self.finish(lane, false);
+        } else {
+            SubscriptionStats::bump(&self.ctx.stats.dropped);
+            self.finish(lane, true);
+        }
+    }
+}

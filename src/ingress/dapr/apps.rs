@@ -1,0 +1,41 @@
+//! `POST /v1/dapr/apps/{id}/refresh`: an app's subscriptions read now.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+use crate::ingress::AppState;
+use crate::webhook::apps::AppError;
+
+/// `POST /v1/dapr/apps/{id}/refresh`: reads the app's subscriptions now.
+pub async fn refresh(State(app): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
+    let Some(config) = app.dapr_apps.app(&id).cloned() else {
+        return (
+            StatusCode::NOT_FOUND,
+            axum::Json(serde_json::json!({
+                "error": {"code": "unknown_app", "message": format!("no Dapr app `{id}` is configured")}
+            })),
+        )
+            .into_response();
+    };
+    match app.dapr_apps.sync(&config).await {
+        Ok(names) => {
+            axum::Json(serde_json::json!({ "app": id, "subscriptions": names })).into_response()
+        }
+        Err(err) => {
+            let status = match err {
+                AppError::Store { .. } => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::BAD_GATEWAY,
+            };
+            (
+                status,
+                axum::Json(serde_json::json!({
+                    "error": {"code": "app_not_read", "message": err.to_string()}
+                })),
+            )
+                .into_response()
+        }
+    }
+}

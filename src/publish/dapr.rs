@@ -1,0 +1,417 @@
+//! The Dapr publish API below HTTP: which pubsubs exist and how their topics map to
+//! evrouter topics, the `metadata.*` a publish may carry, the envelope a Dapr body becomes
+//! (a CloudEvent, or the raw payload), and the publisher of events that Dapr subscriptions
+//! forward to their `deadLetterTopic`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use super::{PublishError, Publisher};
+use crate::config::{DaprConfig, DaprPubsubConfig};
+use crate::model::clock::now_us;
+use crate::model::cloudevent::{self, CloudEventError, Overrides, PublishMeta};
+use crate::model::dead_letter::Forward;
+use crate::model::envelope::{Envelope, PayloadFormat};
+use crate::model::event::json_depth;
+
+/// Why a Dapr publish (or one bulk entry) was refused before it reached the store.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DaprRefusal {
+    /// No pubsub of this name is configured.
+    #[error("pubsub {0} is not found")]
+    PubsubNotFound(String),
+    /// The path names no topic.
+    #[error("topic is empty in pubsub {0}")]
+    TopicEmpty(String),
+    /// The pubsub's `allowed_topics` leaves it out.
+    #[error("topic {topic} is not allowed for pubsub {pubsub}")]
+    TopicForbidden {
+        /// The topic.
+        topic: String,
+        /// The pubsub.
+        pubsub: String,
+    },
+    /// The topic cannot be an evrouter topic.
+    #[error(
+        "topic `{0}` cannot be mapped to an evrouter topic: use letters, digits, `_`, `-`, `.` \
+         and `/` (read as `.`), without empty segments"
+    )]
+    TopicInvalid(String),
+    /// The body cannot be made a CloudEvent.
+    #[error("{0}")]
+    BadCloudEvent(String),
+    /// A `metadata.*` value is wrong.
+    #[error("{0}")]
+    BadMetadata(String),
+}
+
+/// Who published, from the request's headers.
+#[derive(Debug, Default, Clone)]
+pub struct Caller {
+    /// `dapr-app-id`.
+    pub app_id: Option<String>,
+    /// `traceparent`.
+    pub traceparent: Option<String>,
+    /// `tracestate`.
+    pub tracestate: Option<String>,
+}
+
+/// The Dapr API's pubsubs: which pubsub names exist and how their topics map.
+#[derive(Debug, Default)]
+pub struct DaprPubsubs {
+    pubsubs: HashMap<String, DaprPubsubConfig>,
+}
+
+impl DaprPubsubs {
+    /// The API of a validated config.
+    pub fn new(config: &DaprConfig) -> Self {
+        Self {
+            pubsubs: config
+                .pubsubs
+                .iter()
+                .map(|p| (p.name.clone(), p.clone()))
+                .collect(),
+        }
+    }
+
+    /// Names of the configured pubsubs.
+    pub fn pubsub_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.pubsubs.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// The evrouter topic a Dapr topic of `pubsub` is stored under, or Dapr's refusal.
+    pub fn target(&self, pubsub: &str, topic: &str) -> Result<String, DaprRefusal> {
+        let config = self
+            .pubsubs
+            .get(pubsub)
+            .ok_or_else(|| DaprRefusal::PubsubNotFound(pubsub.to_string()))?;
+        if topic.is_empty() {
+            return Err(DaprRefusal::TopicEmpty(pubsub.to_string()));
+        }
+        if !config.allowed_topics.is_empty() && !config.allowed_topics.iter().any(|t| t == topic) {
+            return Err(DaprRefusal::TopicForbidden {
+                topic: topic.to_string(),
+                pubsub: pubsub.to_string(),
+            });
+        }
+        map_topic(&config.topic_prefix, topic)
+            .ok_or_else(|| DaprRefusal::TopicInvalid(topic.to_string()))
+    }
+}
+
+/// Reads a Dapr boolean as Dapr's `IsTruthy` does: `true`, `1`, `yes`, `on`, `y` (any case)
+/// are true; `false`, `0`, `no`, `off`, `n` and empty are false; anything else is not a
+/// boolean.
+pub fn truthy(value: &str) -> Option<bool> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" | "y" => Some(true),
+        "false" | "0" | "no" | "off" | "n" | "" => Some(false),
+        _ => None,
+    }
+}
+
+/// The evrouter topic of a Dapr topic: the pubsub's prefix, then the topic lower-cased
+/// with `/` read as `.` (so `orders/Created` is `orders.created`).
+pub fn map_topic(prefix: &str, topic: &str) -> Option<String> {
+    let mapped = format!("{prefix}{}", topic.to_ascii_lowercase().replace('/', "."));
+    crate::model::topic::check_topic(&mapped)
+        .ok()
+        .map(|()| mapped)
+}
+
+/// Longest time to live accepted: ten years.
+const MAX_TTL_SECONDS: u64 = 10 * 365 * 24 * 3600;
+
+/// The `metadata.*` query parameters (and bulk entries' metadata) evrouter reads.
+#[derive(Debug, Default, Clone)]
+pub struct Metadata {
+    /// `rawPayload`: store the body as published, without a CloudEvent around it.
+    pub raw_payload: bool,
+    /// `ttlInSeconds`.
+    pub ttl_seconds: Option<u64>,
+    /// `partitionKey`: the event's key.
+    pub partition_key: Option<String>,
+    /// `cloudevent.*` attributes that replace the built ones.
+    pub overrides: Overrides,
+}
+
+impl Metadata {
+    /// Reads `metadata.name=value` pairs; `strip` is the prefix to remove (`metadata.`
+    /// in a query, nothing in a bulk entry's metadata object).
+    pub fn read<'a>(
+        pairs: impl Iterator<Item = (&'a str, &'a str)>,
+        strip: &str,
+        into: &mut Metadata,
+    ) -> Result<(), DaprRefusal> {
+        for (name, value) in pairs {
+            let Some(name) = name.strip_prefix(strip) else {
+                continue;
+            };
+            // Some SDKs send values JSON-encoded (`"true"` with its quotes).
+            let value = value
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .unwrap_or(value);
+            let text = || Some(value.to_string());
+            match name {
+                "rawPayload" => {
+                    into.raw_payload = truthy(value).ok_or_else(|| {
+                        DaprRefusal::BadMetadata(format!(
+                            "metadata.rawPayload must be true or false, not `{value}`"
+                        ))
+                    })?;
+                }
+                "ttlInSeconds" => {
+                    let ttl = value
+                        .parse::<u64>()
+                        .ok()
+                        .filter(|ttl| (1..=MAX_TTL_SECONDS).contains(ttl))
+                        .ok_or_else(|| {
+                            DaprRefusal::BadMetadata(format!(
+                                "metadata.ttlInSeconds must be a whole number of seconds from 1 \
+                                 to {MAX_TTL_SECONDS}, not `{value}`"
+                            ))
+                        })?;
+                    into.ttl_seconds = Some(ttl);
+                }
+                "partitionKey" => into.partition_key = text(),
+                "cloudevent.id" => into.overrides.id = text(),
+                "cloudevent.source" => into.overrides.source = text(),
+                "cloudevent.type" => into.overrides.event_type = text(),
+                "cloudevent.traceid" => into.overrides.traceid = text(),
+                "cloudevent.traceparent" => into.overrides.traceparent = text(),
+                "cloudevent.tracestate" => into.overrides.tracestate = text(),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+impl DaprPubsubs {
+    /// Builds the stored envelope of one published body.
+    pub fn envelope(
+        &self,
+        to: (&str, &str),
+        body: &[u8],
+        content_type: &str,
+        metadata: &Metadata,
+        caller: &Caller,
+        max_depth: usize,
+    ) -> Result<Envelope, DaprRefusal> {
+        let (pubsub, topic) = to;
+        let received_us = now_us();
+        let expires_us = metadata
+            .ttl_seconds
+            .map(|ttl| received_us.saturating_add(ttl.saturating_mul(1_000_000)));
+        if (cloudevent::is_json(content_type) || content_type == cloudevent::CLOUDEVENTS_JSON)
+            && json_depth(body, max_depth) > max_depth
+        {
+            return Err(DaprRefusal::BadCloudEvent(format!(
+                "the body nests deeper than {max_depth} levels"
+            )));
+        }
+        let traceparent = caller
+            .traceparent
+            .clone()
+            .filter(|t| crate::model::trace::is_valid_traceparent(t))
+            .unwrap_or_else(crate::model::trace::new_traceparent);
+        if metadata.raw_payload {
+            let event_id = metadata
+                .overrides
+                .id
+                .clone()
+                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+            return Ok(Envelope {
+                key: metadata
+                    .partition_key
+                    .clone()
+                    .unwrap_or_else(|| event_id.clone()),
+                event_id,
+                topic: self.target(pubsub, topic)?,
+                event_type: String::new(),
+                sequence: None,
+                received_us,
+                service: caller.app_id.clone().unwrap_or_default(),
+                correlation_id: String::new(),
+                traceparent,
+                tracestate: caller.tracestate.clone(),
+                payload: body.to_vec(),
+                format: PayloadFormat::Raw,
+                content_type: (!content_type.is_empty()).then(|| content_type.to_string()),
+                expires_us,
+            });
+        }
+        let meta = PublishMeta {
+            content_type: content_type.to_string(),
+            pubsubname: pubsub.to_string(),
+            topic: topic.to_string(),
+            source: caller.app_id.clone().unwrap_or_else(|| "evrouter".into()),
+            overrides: metadata.overrides.clone(),
+            traceparent: Some(traceparent),
+            tracestate: caller.tracestate.clone(),
+            expires_us,
+        };
+        let event = cloudevent::build_parts(body, &meta).map_err(|e| match e {
+            CloudEventError::NotAnObject(_)
+            | CloudEventError::NotAString(_)
+            | CloudEventError::SpecVersion(_) => DaprRefusal::BadCloudEvent(e.to_string()),
+        })?;
+        let text = |name: &str| {
+            event
+                .attrs
+                .get(name)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string()
+        };
+        let event_id = text("id");
+        Ok(Envelope {
+            key: metadata
+                .partition_key
+                .clone()
+                .unwrap_or_else(|| event_id.clone()),
+            topic: self.target(pubsub, topic)?,
+            event_type: text("type"),
+            sequence: None,
+            received_us,
+            service: text("source"),
+            correlation_id: String::new(),
+            traceparent: text("traceparent"),
+            tracestate: Some(text("tracestate")).filter(|t| !t.is_empty()),
+            payload: event.to_vec(),
+            format: PayloadFormat::CloudEvent,
+            content_type: None,
+            expires_us,
+            event_id,
+        })
+    }
+}
+
+/// The bytes of one bulk entry's `event` (JSON text as sent): a JSON string of a non-JSON
+/// content type is its content, base64-decoded for `application/octet-stream` (as Dapr's
+/// SDKs send bytes); anything else stays the JSON text.
+pub fn bulk_entry_body(raw: &str, content_type: &str) -> Vec<u8> {
+    let text = (!cloudevent::is_json(content_type))
+        .then(|| serde_json::from_str::<String>(raw).ok())
+        .flatten();
+    match text {
+        Some(text) if content_type == "application/octet-stream" => {
+            use base64::Engine;
+            base64::engine::general_purpose::STANDARD
+                .decode(&text)
+                .unwrap_or_else(|_| text.into_bytes())
+        }
+        Some(text) => text.into_bytes(),
+        None => raw.as_bytes().to_vec(),
+    }
+}
+
+/// Publishes the events Dapr subscriptions hand over for their `deadLetterTopic`, so that
+/// the topic's subscribers get them; a failed publish is tried again a few times (the
+/// event is in the subscription's DLQ in any case).
+pub fn spawn_forwarder(
+    api: Arc<DaprPubsubs>,
+    publisher: Arc<Publisher>,
+    mut letters: mpsc::Receiver<Forward>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Some(letter) = letters.recv().await {
+            let structured = &*letter.content_type == cloudevent::CLOUDEVENTS_JSON;
+            let metadata = Metadata {
+                raw_payload: !structured,
+                ..Metadata::default()
+            };
+            let content_type = letter.content_type.to_string();
+            let built = api
+                .target(&letter.pubsub, &letter.topic)
+                .and_then(|target| {
+                    let envelope = api.envelope(
+                        (&letter.pubsub, &letter.topic),
+                        &letter.body,
+                        &content_type,
+                        &metadata,
+                        &Caller::default(),
+                        publisher.limits().max_depth,
+                    )?;
+                    Ok((target, envelope))
+                });
+            let (target, envelope) = match built {
+                Ok(built) => built,
+                Err(err) => {
+                    tracing::warn!(topic = %letter.topic, error = %err, "dead-letter topic refused the event");
+                    continue;
+                }
+            };
+            for attempt in 1..=5u32 {
+                match publisher
+                    .publish_envelopes(&target, vec![envelope.clone()])
+                    .await
+                {
+                    Ok(_) => break,
+                    // Only a store that is unavailable can change its mind.
+                    Err(err) if attempt == 5 || !matches!(err, PublishError::Unavailable(_)) => {
+                        tracing::warn!(topic = %letter.topic, error = %err, "event not published to its dead-letter topic; it stays in the DLQ");
+                        break;
+                    }
+                    Err(_) => {
+                        tokio::time::sleep(std::time::Duration::from_millis(
+                            200 * u64::from(attempt),
+                        ))
+                        .await
+                    }
+                }
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dapr_topics_map_to_evrouter_topics() {
+        assert_eq!(map_topic("", "orders").as_deref(), Some("orders"));
+        assert_eq!(
+            map_topic("", "order/Created").as_deref(),
+            Some("order.created")
+        );
+        assert_eq!(
+            map_topic("billing.", "invoices").as_deref(),
+            Some("billing.invoices")
+        );
+        assert_eq!(map_topic("", "a//b"), None);
+        assert_eq!(map_topic("", "has space"), None);
+    }
+
+    #[test]
+    fn unknown_pubsubs_and_forbidden_topics_are_refused() {
+        let api = DaprPubsubs::new(&DaprConfig {
+            pubsubs: vec![DaprPubsubConfig {
+                name: "pubsub".into(),
+                topic_prefix: String::new(),
+                allowed_topics: vec!["orders".into()],
+            }],
+            ..DaprConfig::default()
+        });
+        assert_eq!(api.target("pubsub", "orders").expect("ok"), "orders");
+        assert!(matches!(
+            api.target("other", "orders"),
+            Err(DaprRefusal::PubsubNotFound(_))
+        ));
+        assert!(matches!(
+            api.target("pubsub", ""),
+            Err(DaprRefusal::TopicEmpty(_))
+        ));
+        assert!(matches!(
+            api.target("pubsub", "payments"),
+            Err(DaprRefusal::TopicForbidden { .. })
+        ));
+    }
+}

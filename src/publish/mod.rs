@@ -1,0 +1,433 @@
+//! The publish pipeline below HTTP: check the body, validate each event, enrich it, pick
+//! its partition, hand it to that partition's writer, and wait for Redis to confirm. Dapr
+//! bodies become envelopes in [`dapr`] and take the same way from there.
+
+pub mod dapr;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use serde_json::value::RawValue;
+
+use crate::catalog::{partition_of, Route, StreamCatalog};
+use crate::model::envelope::{Envelope, PayloadFormat};
+use crate::model::event::{json_depth, raw_str, raw_u64, Body, RawEvent, RawMetadata};
+use crate::model::trace;
+use crate::schema::{SchemaRegistry, Violation};
+use crate::store::{Appended, Entry, StoreError, WriterPool};
+
+/// Limits applied to every publish.
+#[derive(Debug, Clone)]
+pub struct PublishLimits {
+    /// Most events in one batch.
+    pub max_batch: usize,
+    /// Deepest JSON nesting.
+    pub max_depth: usize,
+    /// Longest wait for Redis to confirm.
+    pub timeout: Duration,
+}
+
+/// What the caller knows about the request, apart from its body.
+#[derive(Debug, Default, Clone)]
+pub struct PublishContext {
+    /// `traceparent` of the request, if any.
+    pub traceparent: Option<String>,
+    /// `tracestate` of the request, if any.
+    pub tracestate: Option<String>,
+}
+
+/// Where one stored event went.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Receipt {
+    /// The event's `event_id`.
+    pub event_id: String,
+    /// The stream holding it.
+    pub stream: String,
+    /// Its partition number.
+    pub partition: u32,
+    /// Its Redis stream id.
+    pub id: String,
+    /// True when the event had already been stored within the dedup window.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub duplicate: bool,
+}
+
+/// The answer to a publish: one receipt, or one per event of a batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum PublishOutcome {
+    /// The body was one event.
+    One(Receipt),
+    /// The body was an array of events.
+    Many(Vec<Receipt>),
+}
+
+/// One violation in one event of a publish.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EventViolation {
+    /// Index of the event in a batch; absent for a single event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index: Option<usize>,
+    /// JSON pointer into that event.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// Why a publish was refused. Nothing of a refused publish is stored, except where a
+/// store failure struck after some writers had already confirmed their part.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The topic name is not valid.
+    #[error("invalid topic: {0}")]
+    InvalidTopic(&'static str),
+    /// The body is not UTF-8.
+    #[error("body is not valid UTF-8 (at byte {0})")]
+    NotUtf8(usize),
+    /// The body nests deeper than allowed.
+    #[error("JSON nesting deeper than {0} levels")]
+    TooDeep(usize),
+    /// The body is not JSON.
+    #[error("malformed JSON: {message}")]
+    MalformedJson {
+        /// serde_json's message, with line and column.
+        message: String,
+    },
+    /// The batch is empty.
+    #[error("empty batch")]
+    EmptyBatch,
+    /// The batch holds more events than allowed.
+    #[error("batch of {len} events exceeds the limit of {max}")]
+    BatchTooLarge {
+        /// Events sent.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// One or more events are invalid; nothing was stored.
+    #[error("{} invalid event field(s)", .0.len())]
+    Invalid(Vec<EventViolation>),
+    /// No stream can take the topic.
+    #[error("{0}")]
+    NoStream(String),
+    /// Redis did not confirm (down, slow, or the queue is full).
+    #[error("event store unavailable: {0}")]
+    Unavailable(StoreError),
+}
+
+/// One event, validated, enriched and encoded for its partition.
+#[derive(Debug)]
+pub struct PreparedEvent {
+    /// Its `event_id`.
+    pub event_id: String,
+    /// Its partition in the route's stream.
+    pub partition: u32,
+    /// The encoded envelope.
+    pub value: Vec<u8>,
+}
+
+/// Validates one event and builds its envelope: the per-event CPU work of a publish.
+pub fn prepare_event(
+    route: &Route,
+    schemas: &SchemaRegistry,
+    topic: &str,
+    raw: &RawValue,
+    context: &PublishContext,
+    received_us: u64,
+) -> Result<PreparedEvent, Vec<Violation>> {
+    let event = RawEvent::parse(raw).map_err(|_| {
+        vec![Violation {
+            path: String::new(),
+            message: "an event must be a JSON object".into(),
+        }]
+    })?;
+    let metadata = RawMetadata::parse(event.metadata);
+    let mut found = schemas.validate(&event, &metadata);
+    let event_type = event.event_type.and_then(raw_str);
+    if route.stream.require_type_match && found.is_empty() && event_type.as_deref() != Some(topic) {
+        found.push(Violation {
+            path: "/event_type".into(),
+            message: format!("must equal the topic `{topic}` on this stream"),
+        });
+    }
+    if !found.is_empty() {
+        return Err(found);
+    }
+    // The base schema has checked that these are strings.
+    let event_id = event.event_id.and_then(raw_str).unwrap_or_default();
+    let key = route.key(&event, &metadata, &event_id);
+    let partition = partition_of(&key, route.stream.partitions);
+    let text = |raw: Option<&RawValue>| raw.and_then(raw_str).unwrap_or_default().into_owned();
+    // `tracestate` belongs to the request's `traceparent`: kept only when that is used.
+    let (traceparent, tracestate) = match metadata.traceparent.and_then(raw_str) {
+        Some(own) => (own.into_owned(), None),
+        None => match context
+            .traceparent
+            .as_deref()
+            .filter(|t| trace::is_valid_traceparent(t))
+        {
+            Some(header) => (header.to_string(), context.tracestate.clone()),
+            None => (trace::new_traceparent(), None),
+        },
+    };
+    let envelope = Envelope {
+        event_id: event_id.to_string(),
+        topic: topic.to_string(),
+        event_type: event_type.unwrap_or_default().into_owned(),
+        key: key.into_owned(),
+        sequence: metadata.sequence.and_then(raw_u64),
+        received_us,
+        service: text(metadata.service),
+        correlation_id: text(metadata.correlation_id),
+        traceparent,
+        tracestate,
+        payload: event.raw.as_bytes().to_vec(),
+        format: PayloadFormat::Event,
+        content_type: None,
+        expires_us: None,
+    };
+    Ok(PreparedEvent {
+        event_id: envelope.event_id.clone(),
+        partition,
+        value: envelope.encode(),
+    })
+}
+
+/// The publish pipeline, shared by every request.
+pub struct Publisher {
+    catalog: Arc<StreamCatalog>,
+    schemas: Arc<SchemaRegistry>,
+    writers: Arc<WriterPool>,
+    limits: PublishLimits,
+}
+
+struct Prepared {
+    receipt_stream: String,
+    partition: u32,
+    event_id: String,
+    writer: usize,
+    entry: Entry,
+}
+
+impl Publisher {
+    /// Builds the pipeline.
+    pub fn new(
+        catalog: Arc<StreamCatalog>,
+        schemas: Arc<SchemaRegistry>,
+        writers: Arc<WriterPool>,
+        limits: PublishLimits,
+    ) -> Self {
+        Self {
+            catalog,
+            schemas,
+            writers,
+            limits,
+        }
+    }
+
+    /// The limits every publish is held to.
+    pub fn limits(&self) -> &PublishLimits {
+        &self.limits
+    }
+
+    /// Publishes a body (one event or an array) to `topic`; answers once Redis has
+    /// confirmed every event.
+    pub async fn publish(
+        &self,
+        topic: &str,
+        body: &[u8],
+        context: &PublishContext,
+    ) -> Result<PublishOutcome, PublishError> {
+        crate::model::topic::check_topic(topic).map_err(PublishError::InvalidTopic)?;
+        let text = std::str::from_utf8(body).map_err(|e| PublishError::NotUtf8(e.valid_up_to()))?;
+        let max_depth = self.limits.max_depth;
+        let too_deep = |bytes: &[u8], limit: usize| json_depth(bytes, limit) > limit;
+        let parsed = Body::parse(text).map_err(|e| {
+            // serde_json stops at its own recursion limit: say so when depth is the cause.
+            if too_deep(text.as_bytes(), max_depth) {
+                PublishError::TooDeep(max_depth)
+            } else {
+                PublishError::MalformedJson {
+                    message: e.to_string(),
+                }
+            }
+        })?;
+        let (events, single) = match parsed {
+            Body::One(raw) => (vec![raw], true),
+            Body::Many(events) => (events, false),
+        };
+        // An event cannot nest deeper than it has brackets: only the rare event with
+        // more brackets than the limit allows is scanned.
+        let limit = if single {
+            max_depth
+        } else {
+            max_depth.saturating_sub(1)
+        };
+        if events.iter().any(|raw| {
+            let bytes = raw.get().as_bytes();
+            memchr::memchr2_iter(b'{', b'[', bytes).count() > limit && too_deep(bytes, limit)
+        }) {
+            return Err(PublishError::TooDeep(max_depth));
+        }
+        if events.is_empty() {
+            return Err(PublishError::EmptyBatch);
+        }
+        if events.len() > self.limits.max_batch {
+            return Err(PublishError::BatchTooLarge {
+                len: events.len(),
+                max: self.limits.max_batch,
+            });
+        }
+        let prepared = self.prepare(topic, &events, single, context)?;
+        let receipts = self.store(prepared).await?;
+        Ok(if single {
+            PublishOutcome::One(receipts.into_iter().next().ok_or_else(|| {
+                PublishError::Unavailable(StoreError::Refused("no receipt".into()))
+            })?)
+        } else {
+            PublishOutcome::Many(receipts)
+        })
+    }
+
+    /// Validates and encodes every event; refuses the whole body if any is invalid.
+    fn prepare(
+        &self,
+        topic: &str,
+        events: &[&RawValue],
+        single: bool,
+        context: &PublishContext,
+    ) -> Result<Vec<Prepared>, PublishError> {
+        let route = self
+            .catalog
+            .route(topic)
+            .map_err(|e| PublishError::NoStream(e.to_string()))?;
+        let received_us = crate::model::clock::now_us();
+        let mut violations = Vec::new();
+        let mut prepared = Vec::with_capacity(events.len());
+        for (index, raw) in events.iter().enumerate() {
+            let at = (!single).then_some(index);
+            match prepare_event(&route, &self.schemas, topic, raw, context, received_us) {
+                Ok(event) if violations.is_empty() => {
+                    prepared.push(self.place(&route, event));
+                }
+                Ok(_) => {}
+                Err(found) => violations.extend(found.into_iter().map(|v| EventViolation {
+                    index: at,
+                    path: v.path,
+                    message: v.message,
+                })),
+            }
+        }
+        if violations.is_empty() {
+            Ok(prepared)
+        } else {
+            Err(PublishError::Invalid(violations))
+        }
+    }
+
+    /// Puts an encoded event on its partition's writer.
+    fn place(&self, route: &Route, event: PreparedEvent) -> Prepared {
+        let partition_key = route.stream.partition_keys[event.partition as usize].clone();
+        let dedup_key = route
+            .stream
+            .dedup_window
+            .map(|_| route.stream.dedup_key(event.partition, &event.event_id));
+        Prepared {
+            receipt_stream: route.stream.name.clone(),
+            partition: event.partition,
+            event_id: event.event_id,
+            writer: self.writers.writer_of(&partition_key),
+            entry: Entry {
+                stream: route.stream.clone(),
+                partition_key,
+                dedup_key,
+                value: event.value,
+            },
+        }
+    }
+
+    /// Stores events that arrive already enveloped (the Dapr API's CloudEvents and raw
+    /// payloads, which the platform's schema does not describe) on `topic`'s stream, each
+    /// in the partition of its key; answers once Redis has confirmed every one.
+    pub async fn publish_envelopes(
+        &self,
+        topic: &str,
+        envelopes: Vec<Envelope>,
+    ) -> Result<Vec<Receipt>, PublishError> {
+        crate::model::topic::check_topic(topic).map_err(PublishError::InvalidTopic)?;
+        if envelopes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let route = self
+            .catalog
+            .route(topic)
+            .map_err(|e| PublishError::NoStream(e.to_string()))?;
+        let prepared = envelopes
+            .into_iter()
+            .map(|envelope| {
+                let event = PreparedEvent {
+                    partition: partition_of(&envelope.key, route.stream.partitions),
+                    value: envelope.encode(),
+                    event_id: envelope.event_id,
+                };
+                self.place(&route, event)
+            })
+            .collect();
+        self.store(prepared).await
+    }
+
+    /// Hands each writer its share (in request order) and waits for every confirmation.
+    async fn store(&self, prepared: Vec<Prepared>) -> Result<Vec<Receipt>, PublishError> {
+        let writers = self.writers.len();
+        let mut shares: Vec<Vec<Entry>> = (0..writers).map(|_| Vec::new()).collect();
+        let mut placement = Vec::with_capacity(prepared.len());
+        let mut receipts = Vec::with_capacity(prepared.len());
+        for p in prepared {
+            let share = &mut shares[p.writer];
+            placement.push((p.writer, share.len()));
+            share.push(p.entry);
+            receipts.push(Receipt {
+                event_id: p.event_id,
+                stream: p.receipt_stream,
+                partition: p.partition,
+                id: String::new(),
+                duplicate: false,
+            });
+        }
+        let mut pending = Vec::new();
+        for (writer, entries) in shares.into_iter().enumerate() {
+            if entries.is_empty() {
+                continue;
+            }
+            let rx = self
+                .writers
+                .submit(writer, entries)
+                .map_err(PublishError::Unavailable)?;
+            pending.push((writer, rx));
+        }
+        let answers = tokio::time::timeout(self.limits.timeout, async {
+            let mut answers: Vec<Option<Vec<Appended>>> = (0..writers).map(|_| None).collect();
+            for (writer, rx) in pending {
+                let appended = rx.await.map_err(|_| StoreError::Closed)??;
+                answers[writer] = Some(appended);
+            }
+            Ok::<_, StoreError>(answers)
+        })
+        .await
+        .map_err(|_| PublishError::Unavailable(StoreError::Timeout))?
+        .map_err(PublishError::Unavailable)?;
+        for (receipt, (writer, slot)) in receipts.iter_mut().zip(placement) {
+            let appended = answers[writer]
+                .as_ref()
+                .and_then(|a| a.get(slot))
+                .ok_or_else(|| {
+                    PublishError::Unavailable(StoreError::Refused("missing reply".into()))
+                })?;
+            receipt.id = appended.id().to_string();
+            receipt.duplicate = matches!(appended, Appended::Duplicate(_));
+        }
+        Ok(receipts)
+    }
+}

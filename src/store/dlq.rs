@@ -1,0 +1,178 @@
+//! Dead-letter streams: a subscription's DLQ beside each partition (`{partition}:dlq:{name}`,
+//! same hash tag, so an event moves to the DLQ and is acked in one step, see
+//! the acker (`acks.rs`)). Listing walks those keys in a fixed order; a cursor is
+//! `{key index}-{entry id}`. Replaying reads them in pages and deletes what was delivered.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use redis::aio::ConnectionManager;
+use redis::streams::StreamRangeReply;
+use redis::Value;
+use serde::Serialize;
+
+use crate::model::dead_letter::DeadLetter;
+use crate::model::envelope::{Envelope, ENTRY_FIELD};
+
+/// The DLQ stream of a subscription for one partition: same hash tag as the partition so
+/// the append and the ack are atomic on a cluster too.
+pub fn dlq_key(partition_key: &str, subscription: &str) -> String {
+    format!("{partition_key}:dlq:{subscription}")
+}
+
+/// A page of dead letters.
+#[derive(Debug, Serialize)]
+pub struct Page {
+    /// Entries, oldest first within each partition.
+    pub entries: Vec<DeadLetter>,
+    /// Cursor for the next page, if there may be more.
+    pub next: Option<String>,
+}
+
+/// The DLQ keys of a subscription, in a fixed order.
+pub fn keys(partitions: &[Arc<str>], subscription: &str) -> Vec<String> {
+    let mut keys: Vec<String> = partitions
+        .iter()
+        .map(|p| dlq_key(p, subscription))
+        .collect();
+    keys.sort();
+    keys
+}
+
+fn parse_cursor(cursor: &str) -> Option<(usize, String)> {
+    let (index, id) = cursor.split_once('-')?;
+    Some((index.parse().ok()?, id.to_string()))
+}
+
+fn field<'a>(map: &'a HashMap<String, Value>, name: &str) -> Option<&'a [u8]> {
+    match map.get(name) {
+        Some(Value::BulkString(bytes)) => Some(bytes),
+        _ => None,
+    }
+}
+
+fn text(map: &HashMap<String, Value>, name: &str) -> Option<String> {
+    field(map, name).map(|b| String::from_utf8_lossy(b).into_owned())
+}
+
+fn number<T: std::str::FromStr>(map: &HashMap<String, Value>, name: &str) -> Option<T> {
+    text(map, name)?.parse().ok()
+}
+
+/// Lists up to `limit` dead letters after `after`.
+pub async fn list(
+    conn: &mut ConnectionManager,
+    keys: &[String],
+    limit: usize,
+    after: Option<&str>,
+) -> redis::RedisResult<Page> {
+    let (mut index, mut from) = match after.and_then(parse_cursor) {
+        Some((index, id)) => (index, format!("({id}")),
+        None => (0, "-".to_string()),
+    };
+    let mut entries = Vec::new();
+    while index < keys.len() && entries.len() < limit {
+        let want = limit - entries.len();
+        let range: StreamRangeReply = redis::cmd("XRANGE")
+            .arg(&keys[index])
+            .arg(&from)
+            .arg("+")
+            .arg("COUNT")
+            .arg(want)
+            .query_async(conn)
+            .await?;
+        let exhausted = range.ids.len() < want;
+        if let Some(last) = range.ids.last() {
+            from = format!("({}", last.id);
+        }
+        for entry in range.ids {
+            if let Some(letter) = to_dead_letter(index, entry) {
+                entries.push(letter);
+            }
+        }
+        if exhausted {
+            index += 1;
+            from = "-".to_string();
+        }
+    }
+    let next = entries
+        .last()
+        .filter(|_| entries.len() >= limit)
+        .map(|e| e.id.clone());
+    Ok(Page { entries, next })
+}
+
+/// Reads one DLQ entry; `None` when it cannot be decoded (it is skipped).
+fn to_dead_letter(index: usize, entry: redis::streams::StreamId) -> Option<DeadLetter> {
+    let envelope = field(&entry.map, ENTRY_FIELD).and_then(|b| Envelope::decode(b).ok())?;
+    let event = String::from_utf8(envelope.payload)
+        .ok()
+        .and_then(|s| serde_json::value::RawValue::from_string(s).ok())?;
+    Some(DeadLetter {
+        id: format!("{index}-{}", entry.id),
+        partition: text(&entry.map, "partition").unwrap_or_default(),
+        source_id: text(&entry.map, "source_id").unwrap_or_default(),
+        event_id: envelope.event_id,
+        topic: envelope.topic,
+        reason: text(&entry.map, "reason").unwrap_or_default(),
+        attempts: number(&entry.map, "attempts").unwrap_or(0),
+        last_status: number(&entry.map, "last_status"),
+        last_error: text(&entry.map, "last_error"),
+        first_attempt_ms: number(&entry.map, "first_attempt_ms").unwrap_or(0),
+        last_attempt_ms: number(&entry.map, "last_attempt_ms").unwrap_or(0),
+        event,
+    })
+}
+
+/// Up to `count` entries of DLQ `key` from `from` (`-`, or `(id` for after `id`): each
+/// entry's id and its stored envelope (entries without one are skipped).
+pub async fn page(
+    conn: &mut ConnectionManager,
+    key: &str,
+    from: &str,
+    count: usize,
+) -> redis::RedisResult<Vec<(String, Bytes)>> {
+    let range: StreamRangeReply = redis::cmd("XRANGE")
+        .arg(key)
+        .arg(from)
+        .arg("+")
+        .arg("COUNT")
+        .arg(count)
+        .query_async(conn)
+        .await?;
+    Ok(range
+        .ids
+        .into_iter()
+        .filter_map(|entry| {
+            let raw = Bytes::copy_from_slice(field(&entry.map, ENTRY_FIELD)?);
+            Some((entry.id, raw))
+        })
+        .collect())
+}
+
+/// Removes one dead letter.
+pub async fn delete(conn: &mut ConnectionManager, key: &str, id: &str) -> redis::RedisResult<()> {
+    let _: i64 = redis::cmd("XDEL")
+        .arg(key)
+        .arg(id)
+        .query_async(conn)
+        .await?;
+    Ok(())
+}
+
+/// Deletes every dead letter of the subscription; returns how many there were.
+pub async fn purge(conn: &mut ConnectionManager, keys: &[String]) -> redis::RedisResult<u64> {
+    let mut purged = 0;
+    for key in keys {
+        let (len, _): (u64, i64) = redis::pipe()
+            .cmd("XLEN")
+            .arg(key)
+            .cmd("DEL")
+            .arg(key)
+            .query_async(conn)
+            .await?;
+        purged += len;
+    }
+    Ok(purged)
+}

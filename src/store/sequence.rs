@@ -1,0 +1,23 @@
+//! Sequence state: the next expected `metadata.sequence` of each key, per subscription,
+//! kept beside the partition (same hash tag) so that a restart or a takeover goes on where
+//! the last owner stopped. Written with the acks (see the acker (`acks.rs`)); read back here.
+
+use redis::aio::ConnectionManager;
+
+/// How long the next expected sequence number of a key is kept after its last event.
+pub const SEQUENCE_STATE_TTL: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
+/// Where the next expected sequence number of `key` in a partition is kept for a
+/// subscription (same hash tag as the partition).
+pub fn sequence_state_key(partition_key: &str, subscription: &str, key: &str) -> String {
+    format!("{partition_key}:seq:{subscription}:{key}")
+}
+
+/// The stored next numbers of `keys` (from [`sequence_state_key`]), in their order; `None`
+/// for a key with nothing stored.
+pub async fn read_next(
+    conn: &mut ConnectionManager,
+    keys: &[String],
+) -> redis::RedisResult<Vec<Option<u64>>> {
+    redis::cmd("MGET").arg(keys).query_async(conn).await
+}

@@ -1,0 +1,67 @@
+//! A subscription's endpoints: round robin over the healthy ones, a circuit breaker each.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use hyper::Uri;
+
+use super::breaker::Breaker;
+use crate::model::sync::lock;
+
+/// A subscription's endpoints and their breakers.
+#[derive(Debug)]
+pub struct Endpoints {
+    urls: Vec<Uri>,
+    breakers: Mutex<Vec<Breaker>>,
+    next: AtomicUsize,
+}
+
+impl Endpoints {
+    /// Endpoints from validated URLs, each with a breaker that opens after `failures`
+    /// failures in a row and probes again after `cooldown`.
+    pub fn new(urls: &[String], failures: u32, cooldown: Duration) -> Self {
+        let urls: Vec<Uri> = urls.iter().filter_map(|u| u.parse().ok()).collect();
+        let breakers = urls
+            .iter()
+            .map(|_| Breaker::new(failures, cooldown))
+            .collect();
+        Self {
+            urls,
+            breakers: Mutex::new(breakers),
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// The next endpoint whose breaker lets a request through, round robin; when all are
+    /// open, the earliest time one may be probed.
+    pub fn pick(&self) -> Result<(usize, &Uri), Option<Instant>> {
+        let now = Instant::now();
+        let mut breakers = lock(&self.breakers);
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        for offset in 0..self.urls.len() {
+            let index = (start + offset) % self.urls.len();
+            if breakers[index].try_acquire(now) {
+                return Ok((index, &self.urls[index]));
+            }
+        }
+        Err(breakers.iter().filter_map(Breaker::retry_at).min())
+    }
+
+    /// The URL of endpoint `index`.
+    pub fn url(&self, index: usize) -> Option<&Uri> {
+        self.urls.get(index)
+    }
+
+    /// Records how an endpoint answered.
+    pub fn report(&self, index: usize, healthy: bool) {
+        let mut breakers = lock(&self.breakers);
+        if let Some(breaker) = breakers.get_mut(index) {
+            if healthy {
+                breaker.success();
+            } else {
+                breaker.failure(Instant::now());
+            }
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! The webhook client: how subscribers are called. A pooled keep-alive HTTP client,
+//! endpoints with circuit breakers, the request bodies of plain webhooks, Dapr apps and
+//! bulk deliveries, and what an answer means. It implements delivery's [`Connector`].
+
+pub mod answer;
+pub mod apps;
+pub mod breaker;
+pub mod dapr;
+pub mod endpoints;
+pub mod subscriber;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::{Request, Uri};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::rt::TokioExecutor;
+
+#[cfg(doc)]
+use crate::delivery::transport::Connector;
+use answer::classify;
+pub use answer::Answer;
+pub use endpoints::Endpoints;
+pub use subscriber::Webhooks;
+
+/// Most bytes of a subscriber's answer that are read.
+const MAX_ANSWER_BYTES: usize = 4 * 1024 * 1024;
+
+/// One request to a subscriber.
+#[derive(Debug)]
+pub struct Outgoing<'a> {
+    /// Where to.
+    pub url: &'a Uri,
+    /// The body: one event's JSON, or a JSON array of them.
+    pub body: Bytes,
+    /// `evr-event-id` (single mode).
+    pub event_id: Option<&'a str>,
+    /// `evr-topic` (single mode).
+    pub topic: Option<&'a str>,
+    /// `evr-attempt`.
+    pub attempt: u32,
+    /// `traceparent`.
+    pub traceparent: Option<&'a str>,
+    /// The body's content type.
+    pub content_type: &'a str,
+    /// Request timeout.
+    pub timeout: Duration,
+}
+
+/// The pooled HTTP client.
+#[derive(Clone)]
+pub struct Client {
+    client: HyperClient<HttpConnector, Full<Bytes>>,
+}
+
+impl Default for Client {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Client {
+    /// A client keeping idle connections to every endpoint.
+    pub fn new() -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(2)));
+        let client = HyperClient::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(1024)
+            .build(connector);
+        Self { client }
+    }
+
+    /// Sends one request and classifies the answer.
+    pub async fn send(&self, request: Outgoing<'_>) -> Answer {
+        let mut builder = Request::post(request.url.clone())
+            .header("content-type", request.content_type)
+            .header("evr-attempt", request.attempt.to_string());
+        // A value that cannot be a header (a publisher's control characters) is left out
+        // rather than failing every attempt.
+        let valid = |v: &str| hyper::header::HeaderValue::from_str(v).ok();
+        if let Some(id) = request.event_id.and_then(valid) {
+            builder = builder.header("evr-event-id", id);
+        }
+        if let Some(topic) = request.topic.and_then(valid) {
+            builder = builder.header("evr-topic", topic);
+        }
+        if let Some(traceparent) = request.traceparent.and_then(valid) {
+            builder = builder.header("traceparent", traceparent);
+        }
+        let http_request = match builder.body(Full::new(request.body)) {
+            Ok(r) => r,
+            Err(err) => return Answer::Failed(format!("bad request: {err}")),
+        };
+        let exchange = async {
+            let response = self
+                .client
+                .request(http_request)
+                .await
+                .map_err(|e| e.to_string())?;
+            let status = response.status().as_u16();
+            // An answer that cannot be read whole is no answer: the attempt is retried
+            // (a bulk answer's statuses must all be read).
+            let body = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
+                .collect()
+                .await
+                .map(|c| c.to_bytes())
+                .map_err(|e| format!("the answer's body could not be read: {e}"))?;
+            Ok::<_, String>((status, body))
+        };
+        match tokio::time::timeout(request.timeout, exchange).await {
+            Ok(Ok((status, body))) => Answer::Http {
+                status,
+                outcome: classify(status, &body),
+                body,
+            },
+            Ok(Err(err)) => Answer::Failed(format!("connection error: {err}")),
+            Err(_) => Answer::Failed(format!("no answer within {:?}", request.timeout)),
+        }
+    }
+}

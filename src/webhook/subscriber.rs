@@ -1,0 +1,307 @@
+//! A subscription's subscriber over HTTP: delivery's [`Subscriber`] for plain webhooks and
+//! Dapr apps. Events are presented once when read (a webhook gets the stored JSON without a
+//! copy; a Dapr app a CloudEvent on the route its rules pick), requests are built here (one
+//! event, a JSON array, or Dapr's bulk body), and answers become one outcome per event.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use super::answer::{status_outcome, Answer, Outcome};
+use super::dapr;
+use super::endpoints::Endpoints;
+use super::{Client, Outgoing};
+use crate::delivery::subscription::Subscription;
+use crate::delivery::transport::{
+    Connector, Forwarded, Presented, Reply, Request, Sending, Subscriber,
+};
+use crate::model::dead_letter::Forward;
+use crate::model::envelope::{EntryView, Envelope, EnvelopeError, PayloadFormat};
+use crate::model::subscription::DeliveryMode;
+
+const JSON: &str = "application/json";
+
+/// Makes the HTTP subscriber of every subscription; they share one pooled client.
+pub struct Webhooks {
+    client: Client,
+    forwards: Option<mpsc::Sender<Forward>>,
+}
+
+impl Webhooks {
+    /// Subscribers sending with a fresh client; exhausted events of Dapr subscriptions with
+    /// a `deadLetterTopic` go to `forwards` (to be published there).
+    pub fn new(forwards: Option<mpsc::Sender<Forward>>) -> Self {
+        Self {
+            client: Client::new(),
+            forwards,
+        }
+    }
+}
+
+impl Connector for Webhooks {
+    fn connect(&self, sub: &Arc<Subscription>) -> Arc<dyn Subscriber> {
+        Arc::new(Webhook {
+            sub: sub.clone(),
+            endpoints: Arc::new(Endpoints::new(
+                &sub.spec.endpoints,
+                sub.spec.breaker.failures,
+                Duration::from_millis(sub.spec.breaker.cooldown_ms),
+            )),
+            client: self.client.clone(),
+            forwards: self.forwards.clone(),
+        })
+    }
+}
+
+/// One subscription's subscriber.
+struct Webhook {
+    sub: Arc<Subscription>,
+    endpoints: Arc<Endpoints>,
+    client: Client,
+    forwards: Option<mpsc::Sender<Forward>>,
+}
+
+impl Webhook {
+    fn bulk_app(&self) -> bool {
+        self.sub.spec.dapr.is_some() && self.sub.spec.mode == DeliveryMode::Bulk
+    }
+}
+
+impl Subscriber for Webhook {
+    fn present(&self, raw: &Bytes, view: &EntryView) -> Result<Option<Presented>, EnvelopeError> {
+        let (target, format) = (&self.sub.spec.dapr, view.format);
+        if target.is_none() && format != PayloadFormat::Raw {
+            // The common case: a webhook gets the payload as stored, without another copy.
+            return Ok(Some(Presented {
+                body: raw.slice(view.payload.clone()),
+                route: None,
+                content_type: None,
+            }));
+        }
+        // A Dapr app, or a raw Dapr payload for a webhook (as a CloudEvent, so that its body
+        // is JSON): made from the whole envelope.
+        let envelope = Envelope::decode(raw)?;
+        Ok(match target {
+            None => Some(Presented {
+                body: dapr::for_webhook(&envelope),
+                route: None,
+                content_type: None,
+            }),
+            Some(target) => {
+                dapr::for_app(target, self.sub.routes.as_deref(), &envelope).map(|app| Presented {
+                    body: app.body,
+                    route: Some(app.path),
+                    content_type: Some(app.content_type),
+                })
+            }
+        })
+    }
+
+    fn pick(&self) -> Result<usize, Option<Instant>> {
+        self.endpoints.pick().map(|(index, _)| index)
+    }
+
+    fn send(&self, endpoint: usize, request: Request) -> Sending {
+        let n = request.items.len();
+        let Some(base) = self.endpoints.url(endpoint) else {
+            let reason = Outcome::Retry(format!("no endpoint {endpoint}"));
+            return Box::pin(async move { Reply::uniform(None, reason, n) });
+        };
+        let mut url = base.clone();
+        if let Some(route) = &request.route {
+            let joined = format!("{}{}", base.to_string().trim_end_matches('/'), route);
+            match joined.parse() {
+                Ok(routed) => url = routed,
+                Err(err) => {
+                    // Never sent to the app's root instead (its 404 would drop them).
+                    let reason =
+                        Outcome::Retry(format!("app route `{joined}` is not a URL: {err}"));
+                    return Box::pin(async move { Reply::uniform(None, reason, n) });
+                }
+            }
+        }
+        let bulk = self.sub.spec.mode == DeliveryMode::Bulk;
+        let bulk_app = self.bulk_app();
+        let entry_ids: Vec<String> = if bulk_app {
+            request
+                .items
+                .iter()
+                .map(|item| bulk_entry_id(&item.partition, &item.id))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let (body, content_type): (Bytes, Arc<str>) = match (&self.sub.spec.dapr, bulk) {
+            (Some(target), true) => {
+                let entries: Vec<(&str, &Bytes, &str)> = entry_ids
+                    .iter()
+                    .zip(&request.items)
+                    .map(|(id, item)| {
+                        (
+                            id.as_str(),
+                            &item.body,
+                            item.content_type.as_deref().unwrap_or(JSON),
+                        )
+                    })
+                    .collect();
+                (dapr::bulk_body(target, &entries), Arc::from(JSON))
+            }
+            (None, true) => (
+                json_array(request.items.iter().map(|item| &item.body)),
+                Arc::from(JSON),
+            ),
+            (_, false) => match request.items.first() {
+                Some(item) => (
+                    item.body.clone(),
+                    item.content_type.clone().unwrap_or_else(|| Arc::from(JSON)),
+                ),
+                None => (Bytes::new(), Arc::from(JSON)),
+            },
+        };
+        let client = self.client.clone();
+        let endpoints = self.endpoints.clone();
+        let timeout = Duration::from_millis(self.sub.spec.timeout_ms);
+        Box::pin(async move {
+            let headers = request.headers.as_ref();
+            let answer = client
+                .send(Outgoing {
+                    url: &url,
+                    body,
+                    event_id: headers.map(|h| h.event_id.as_str()),
+                    topic: headers.map(|h| h.topic.as_str()),
+                    attempt: request.attempt,
+                    traceparent: headers.map(|h| h.traceparent.as_str()),
+                    content_type: &content_type,
+                    timeout,
+                })
+                .await;
+            endpoints.report(endpoint, answer.healthy());
+            reply(answer, bulk_app, &entry_ids, n)
+        })
+    }
+
+    fn forward(&self, body: &Bytes, content_type: Option<&Arc<str>>) -> Forwarded {
+        let target = self.sub.spec.dapr.as_ref();
+        let (Some(target), Some(tx)) = (target, &self.forwards) else {
+            return Forwarded::NotAsked;
+        };
+        let Some(topic) = target.dead_letter_topic.clone() else {
+            return Forwarded::NotAsked;
+        };
+        let forward = Forward {
+            pubsub: target.pubsubname.clone(),
+            topic,
+            body: body.clone(),
+            content_type: content_type.cloned().unwrap_or_else(|| Arc::from(JSON)),
+        };
+        match tx.try_send(forward) {
+            Ok(()) => Forwarded::Queued,
+            Err(_) => Forwarded::QueueFull,
+        }
+    }
+}
+
+/// One outcome per item: a Dapr app's bulk answer settles each entry on its own (an entry
+/// it leaves out, or an answer without readable statuses, is retried); any other answer
+/// settles all of them alike.
+fn reply(answer: Answer, bulk_app: bool, entry_ids: &[String], n: usize) -> Reply {
+    match answer {
+        Answer::Http {
+            status,
+            outcome: Outcome::Delivered,
+            body,
+        } if bulk_app => {
+            let statuses = dapr::bulk_statuses(&body).unwrap_or_default();
+            Reply {
+                status: Some(status),
+                outcomes: entry_ids
+                    .iter()
+                    .map(|id| match statuses.get(id) {
+                        Some(said) => status_outcome(said),
+                        None => {
+                            Outcome::Retry("the entry is missing from the app's statuses".into())
+                        }
+                    })
+                    .collect(),
+            }
+        }
+        Answer::Http {
+            status, outcome, ..
+        } => Reply::uniform(Some(status), outcome, n),
+        Answer::Failed(reason) => Reply::uniform(None, Outcome::Retry(reason), n),
+    }
+}
+
+/// A bulk entry's id for a Dapr app: stream ids repeat across partitions, so the
+/// partition is part of it.
+fn bulk_entry_id(partition: &str, id: &str) -> String {
+    format!("{partition}/{id}")
+}
+
+/// Joins JSON documents into one JSON array.
+fn json_array<'a>(items: impl Iterator<Item = &'a Bytes> + Clone) -> Bytes {
+    let len = items.clone().map(|b| b.len() + 1).sum::<usize>() + 2;
+    let mut out = Vec::with_capacity(len);
+    out.push(b'[');
+    for (i, item) in items.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(item);
+    }
+    out.push(b']');
+    Bytes::from(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_array_joins_documents() {
+        let items = [
+            Bytes::from_static(b"{\"a\":1}"),
+            Bytes::from_static(b"{\"b\":2}"),
+        ];
+        let joined = json_array(items.iter());
+        let parsed: serde_json::Value = serde_json::from_slice(&joined).expect("json");
+        assert_eq!(parsed, serde_json::json!([{"a":1},{"b":2}]));
+        assert_eq!(&json_array([].iter())[..], b"[]");
+    }
+
+    #[test]
+    fn a_bulk_apps_answer_settles_each_entry() {
+        let ids = vec![
+            "p/1-0".to_string(),
+            "p/2-0".to_string(),
+            "p/3-0".to_string(),
+        ];
+        let body = br#"{"statuses":[{"entryId":"p/1-0","status":"SUCCESS"},{"entryId":"p/2-0","status":"drop"}]}"#;
+        let answer = Answer::Http {
+            status: 200,
+            outcome: Outcome::Delivered,
+            body: Bytes::from_static(body),
+        };
+        let reply = reply(answer, true, &ids, 3);
+        assert_eq!(reply.status, Some(200));
+        assert_eq!(reply.outcomes[0], Outcome::Delivered);
+        assert!(matches!(reply.outcomes[1], Outcome::Drop(_)));
+        assert!(matches!(&reply.outcomes[2], Outcome::Retry(r) if r.contains("missing")));
+    }
+
+    #[test]
+    fn other_answers_settle_every_item_alike() {
+        let failed = reply(Answer::Failed("timeout".into()), false, &[], 2);
+        assert_eq!(failed.status, None);
+        assert_eq!(failed.outcomes, vec![Outcome::Retry("timeout".into()); 2]);
+        let unreadable = Answer::Http {
+            status: 200,
+            outcome: Outcome::Delivered,
+            body: Bytes::from_static(b"not json"),
+        };
+        let retried = reply(unreadable, true, &["p/1-0".into()], 1);
+        assert!(matches!(retried.outcomes[0], Outcome::Retry(_)));
+    }
+}
