@@ -64,9 +64,12 @@ impl StreamSpec {
             patterns,
             partitions: config.partitions,
             key_rules,
-            max_age: Config::duration(&config.max_age),
+            max_age: config.max_age.get(),
             max_len: config.max_len,
-            dedup_window: config.dedup_window.as_deref().map(Config::duration),
+            dedup_window: config
+                .dedup_window
+                .as_ref()
+                .map(crate::config::ConfigDuration::get),
             require_type_match: config.require_type_match.unwrap_or(require_type_match),
             partition_keys,
             prefix: prefix.to_string(),

@@ -2,16 +2,26 @@
 //! sidecar's), written to Redis Streams in batched pipelines, and delivered to webhooks
 //! and Dapr apps at least once, in order per key.
 //!
-//! Map of the modules, in the direction data flows:
-//! - [`config`]: the one TOML file, its defaults, `EVR_*` overrides and validation.
-//! - [`ingress`]: the HTTP API and server loop.
-//! - [`publish`]: the publish pipeline below HTTP (limits, validation, enrichment).
-//! - [`event`], [`schema`], [`trace`], [`topic`]: the event model, its schemas and names.
-//! - [`streams`], [`pattern`]: which stream and partition a topic and key go to.
-//! - [`store`]: Redis writers, readers, acks, leases, retention and the durability check.
-//! - [`router`]: subscriptions, partition ownership, worker shards with per-key lanes.
-//! - [`deliver`]: the webhook client, circuit breakers and Dapr's answer rules.
-//! - [`dapr`]: the Dapr sidecar's pub/sub API, CloudEvents, apps' subscriptions, routing.
+//! The modules are floors; each imports only the floors below it, and nothing imports back
+//! (`docs/architecture.md` draws them and the two walks of an event). From the bottom:
+//! - [`model`]: plain data and pure functions: the event as sent, the stored envelope,
+//!   CloudEvents, subscription specs, routing rules, dead letters, topics and patterns,
+//!   trace context, the clock and the lock helper.
+//! - [`config`]: the one TOML file: sections, reading (`EVR_*` overrides, paths in every
+//!   error) and validation of values.
+//! - [`catalog`]: topic → stream → partition, and the key of an event; [`schema`]: the
+//!   base schema and per-type schemas.
+//! - [`store`]: every Redis command: writers, readers, acks and dead letters, leases,
+//!   consumer groups, sequence state, DLQ pages, retention, the durability check.
+//! - [`publish`]: the publish pipeline: limits, validation, enrichment, partition, write;
+//!   Dapr bodies become envelopes in [`publish::dapr`].
+//! - [`delivery`]: subscriptions, partition ownership, readers' dispatch, shards with
+//!   per-key lanes, the reorder buffer, retries, stats and DLQ replay; subscribers are
+//!   called through [`delivery::transport`].
+//! - [`webhook`]: how subscribers are called: the HTTP client, endpoints and breakers,
+//!   request bodies (plain, bulk, Dapr apps), answers, and Dapr apps' subscription lists.
+//! - [`ingress`]: the HTTP server: the native API and the Dapr adapter's handlers.
+//! - this file: [`run`], which wires the floors together; `main.rs`: the command line.
 
 pub mod catalog;
 pub mod config;
@@ -66,8 +76,8 @@ pub async fn run(
     let schemas = Arc::new(SchemaRegistry::load(&config.validation)?);
     let target = RedisTarget::new(
         &config.redis.url,
-        Config::duration(&config.redis.response_timeout),
-        Config::duration(&config.redis.connect_timeout),
+        config.redis.response_timeout.get(),
+        config.redis.connect_timeout.get(),
     )?;
     let mut control = target.manager()?;
     check_durability(&mut control, config.redis.durability).await?;
@@ -81,7 +91,7 @@ pub async fn run(
         connections,
         WriterSettings {
             max_batch: config.writer.max_batch,
-            linger: Config::duration(&config.writer.linger),
+            linger: config.writer.linger.get(),
             queue_capacity: config.writer.queue_capacity,
             response_timeout: target.response_timeout(),
         },
@@ -99,7 +109,7 @@ pub async fn run(
         catalog.clone(),
         trim_conn,
         floors,
-        Config::duration(&config.retention.check_interval),
+        config.retention.check_interval.get(),
     ));
 
     // Validation checked every spec; compiling one can still fail only on what it could
@@ -124,12 +134,12 @@ pub async fn run(
         delivery::Settings {
             instance: store::lease::new_instance_id(),
             prefix: config.redis.key_prefix.clone(),
-            lease_ttl: Config::duration(&config.delivery.lease_ttl),
-            read_block: Config::duration(&config.delivery.read_block),
-            read_linger: Config::duration(&config.delivery.read_linger),
+            lease_ttl: config.delivery.lease_ttl.get(),
+            read_block: config.delivery.read_block.get(),
+            read_linger: config.delivery.read_linger.get(),
             shards: config.delivery.shards,
             readers: config.delivery.readers,
-            grace: Config::duration(&config.server.shutdown_grace),
+            grace: config.server.shutdown_grace.get(),
         },
         configured,
         connector,
@@ -143,7 +153,7 @@ pub async fn run(
         PublishLimits {
             max_batch: config.server.max_batch,
             max_depth: config.server.max_json_depth,
-            timeout: Config::duration(&config.server.publish_timeout),
+            timeout: config.server.publish_timeout.get(),
         },
     ));
     let dead_letters = publish::dapr::spawn_forwarder(dapr.clone(), publisher.clone(), forwards_rx);
@@ -153,9 +163,7 @@ pub async fn run(
         dapr.clone(),
         delivery.clone(),
     ));
-    let app_watcher = dapr_apps
-        .clone()
-        .spawn(Config::duration(&config.dapr.refresh_interval));
+    let app_watcher = dapr_apps.clone().spawn(config.dapr.refresh_interval.get());
     let state = Arc::new(AppState {
         publisher,
         dapr,
@@ -163,12 +171,12 @@ pub async fn run(
         delivery: delivery.clone(),
         control,
         max_body_bytes: config.server.max_body_bytes,
-        body_read_timeout: Config::duration(&config.server.body_read_timeout),
+        body_read_timeout: config.server.body_read_timeout.get(),
         ready_timeout: target.response_timeout(),
     });
     let settings = ServeSettings {
-        header_read_timeout: Config::duration(&config.server.header_read_timeout),
-        grace: Config::duration(&config.server.shutdown_grace),
+        header_read_timeout: config.server.header_read_timeout.get(),
+        grace: config.server.shutdown_grace.get(),
         max_connections: config.server.max_connections,
     };
     tracing::info!(

@@ -38,6 +38,16 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// A tiny webhook subscriber: prints the body of every request it gets, one a line,
+    /// and answers 200 (for trying evrouter out).
+    Tail {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+        /// Stop after this many requests.
+        #[arg(long)]
+        count: Option<u64>,
+    },
     /// Dead letters of a subscription, through a running evrouter's API.
     Dlq {
         /// What to do.
@@ -85,6 +95,13 @@ fn main() -> ExitCode {
             Err(err) => {
                 eprintln!("{err}");
                 ExitCode::from(EXIT_CONFIG)
+            }
+        },
+        Command::Tail { listen, count } => match tail(&listen, count) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("evrouter tail: {err:#}");
+                ExitCode::FAILURE
             }
         },
         Command::Dlq {
@@ -150,7 +167,12 @@ fn toml_string(value: &str) -> String {
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env(evrouter::config::LOG_ENV)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    // Colour only for a person at a terminal: a log file or a pipe gets plain text.
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stdout().is_terminal())
+        .init();
 }
 
 fn serve(config: Config) -> anyhow::Result<()> {
@@ -224,5 +246,50 @@ fn dlq(action: DlqAction, subscription: &str, router: &str, limit: usize) -> any
         println!("{}", String::from_utf8_lossy(&body));
         anyhow::ensure!(status.is_success(), "{url} answered {status}");
         Ok(())
+    })
+}
+
+/// Serves `evrouter tail`: every request's body printed on a line of its own.
+fn tail(listen: &str, count: Option<u64>) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("binding {listen}"))?;
+        eprintln!("evrouter tail: listening on http://{listen}");
+        let seen = Arc::new(AtomicU64::new(0));
+        let done = Arc::new(tokio::sync::Notify::new());
+        let app = {
+            let (seen, done) = (seen.clone(), done.clone());
+            axum::Router::new().fallback(move |body: bytes::Bytes| {
+                let (seen, done) = (seen.clone(), done.clone());
+                async move {
+                    let mut out = std::io::stdout().lock();
+                    let _ = out.write_all(&body);
+                    let _ = out.write_all(b"\n");
+                    let _ = out.flush();
+                    let n = seen.fetch_add(1, Ordering::SeqCst) + 1;
+                    if count.is_some_and(|count| n >= count) {
+                        done.notify_one();
+                    }
+                    axum::http::StatusCode::OK
+                }
+            })
+        };
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                tokio::select! {
+                    _ = done.notified() => {},
+                    _ = shutdown_signal() => {},
+                }
+            })
+            .await
+            .context("serving")
     })
 }

@@ -1,0 +1,461 @@
+//! Validation: every value of a read config checked, every problem listed with its key's
+//! path. It checks data only; nothing is started or compiled for use here.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::{Config, ConfigDuration, ConfigProblem};
+use crate::model::pattern::TopicPattern;
+
+/// A duration setting as a result, for the checks below.
+fn checked(value: &ConfigDuration) -> Result<Duration, String> {
+    match value.error() {
+        Some(why) => Err(why.to_string()),
+        None => Ok(value.get()),
+    }
+}
+
+impl Config {
+    pub(super) fn validate(&self, problems: &mut Vec<ConfigProblem>, check_streams: bool) {
+        let mut bad = |path: &str, message: String| {
+            problems.push(ConfigProblem {
+                path: path.to_string(),
+                message,
+            })
+        };
+        if self.server.listen.parse::<SocketAddr>().is_err() {
+            bad(
+                "server.listen",
+                format!(
+                    "`{}` is not an address like 127.0.0.1:3500",
+                    self.server.listen
+                ),
+            );
+        }
+        for (path, value) in [
+            ("server.max_body_bytes", self.server.max_body_bytes),
+            ("server.max_batch", self.server.max_batch),
+            ("server.max_json_depth", self.server.max_json_depth),
+            ("server.max_connections", self.server.max_connections),
+            ("writer.writers", self.writer.writers),
+            ("writer.max_batch", self.writer.max_batch),
+            ("writer.queue_capacity", self.writer.queue_capacity),
+            ("delivery.shards", self.delivery.shards),
+            ("delivery.readers", self.delivery.readers),
+        ] {
+            if value == 0 {
+                bad(path, "must be greater than 0".into());
+            }
+        }
+        for (path, value) in [
+            (
+                "server.header_read_timeout",
+                &self.server.header_read_timeout,
+            ),
+            ("server.publish_timeout", &self.server.publish_timeout),
+            ("server.shutdown_grace", &self.server.shutdown_grace),
+            ("redis.response_timeout", &self.redis.response_timeout),
+            ("redis.connect_timeout", &self.redis.connect_timeout),
+            ("writer.linger", &self.writer.linger),
+            ("retention.check_interval", &self.retention.check_interval),
+            ("delivery.lease_ttl", &self.delivery.lease_ttl),
+            ("delivery.read_block", &self.delivery.read_block),
+            ("delivery.read_linger", &self.delivery.read_linger),
+        ] {
+            match checked(value) {
+                Ok(d)
+                    if d.is_zero() && path != "writer.linger" && path != "delivery.read_linger" =>
+                {
+                    bad(path, "must be greater than 0".into())
+                }
+                Ok(_) => {}
+                Err(message) => bad(path, message),
+            }
+        }
+        if !self.redis.url.starts_with("redis://") && !self.redis.url.starts_with("rediss://") {
+            bad(
+                "redis.url",
+                format!("`{}` is not a redis:// URL", self.redis.url),
+            );
+        }
+        if self.redis.key_prefix.is_empty() || self.redis.key_prefix.contains(['{', '}']) {
+            bad(
+                "redis.key_prefix",
+                "must be non-empty and hold no braces".into(),
+            );
+        }
+        for (path, pattern) in [
+            (
+                "validation.event_id_pattern",
+                &self.validation.event_id_pattern,
+            ),
+            (
+                "validation.event_type_pattern",
+                &self.validation.event_type_pattern,
+            ),
+        ] {
+            if let Err(e) = regex::Regex::new(pattern) {
+                bad(path, format!("not a regular expression: {e}"));
+            }
+        }
+        if let Some(dir) = &self.validation.schema_dir {
+            if !dir.is_dir() {
+                bad(
+                    "validation.schema_dir",
+                    format!("{} is not a directory", dir.display()),
+                );
+            }
+        }
+        for (path, value, floor) in [
+            (
+                "delivery.lease_ttl",
+                &self.delivery.lease_ttl,
+                Duration::from_millis(100),
+            ),
+            (
+                "delivery.read_block",
+                &self.delivery.read_block,
+                Duration::from_millis(1),
+            ),
+        ] {
+            if checked(value).is_ok_and(|d| !d.is_zero() && d < floor) {
+                bad(path, format!("must be at least {floor:?}"));
+            }
+        }
+        self.validate_dapr(&mut bad);
+        let mut subscription_names = std::collections::HashSet::new();
+        for (i, spec) in self.subscriptions.iter().enumerate() {
+            if !subscription_names.insert(spec.name.as_str()) {
+                bad(
+                    &format!("subscriptions[{i}].name"),
+                    format!("duplicate subscription `{}`", spec.name),
+                );
+            }
+            if let Err(violations) = spec.check() {
+                for v in violations {
+                    let key = v.path.trim_start_matches('/').replace('/', ".");
+                    bad(&format!("subscriptions[{i}].{key}"), v.message);
+                }
+            }
+        }
+        let mut names = std::collections::HashSet::new();
+        let streams = if check_streams {
+            &self.streams[..]
+        } else {
+            &[]
+        };
+        for (i, stream) in streams.iter().enumerate() {
+            let at = |key: &str| format!("streams[{i}].{key}");
+            if !crate::model::topic::is_valid_segment(&stream.name) {
+                bad(
+                    &at("name"),
+                    format!(
+                        "`{}` must be lowercase letters, digits, `_` or `-`",
+                        stream.name
+                    ),
+                );
+            }
+            if !names.insert(stream.name.as_str()) {
+                bad(&at("name"), format!("duplicate stream `{}`", stream.name));
+            }
+            if stream.partitions == 0 || stream.partitions > 4096 {
+                bad(&at("partitions"), "must be between 1 and 4096".into());
+            }
+            for (j, topic) in stream.topics.iter().enumerate() {
+                if let Err(e) = TopicPattern::parse(topic) {
+                    bad(&at(&format!("topics[{j}]")), e.to_string());
+                }
+            }
+            for (j, rule) in stream.keys.iter().enumerate() {
+                if let Err(e) = TopicPattern::parse(&rule.topic) {
+                    bad(&at(&format!("keys[{j}].topic")), e.to_string());
+                }
+                if !rule.pointer.starts_with('/') || rule.pointer.len() < 2 {
+                    bad(
+                        &at(&format!("keys[{j}].pointer")),
+                        format!(
+                            "`{}` is not a JSON pointer like /data/order_id",
+                            rule.pointer
+                        ),
+                    );
+                }
+            }
+            match checked(&stream.max_age) {
+                Ok(d) if d.is_zero() => bad(&at("max_age"), "must be greater than 0".into()),
+                Ok(_) => {}
+                Err(message) => bad(&at("max_age"), message),
+            }
+            if stream.max_len == Some(0) {
+                bad(&at("max_len"), "must be greater than 0".into());
+            }
+            if let Some(window) = &stream.dedup_window {
+                match checked(window) {
+                    Ok(d) if d.as_millis() == 0 => bad(&at("dedup_window"), "must be > 0".into()),
+                    Ok(_) => {}
+                    Err(message) => bad(&at("dedup_window"), message),
+                }
+            }
+        }
+    }
+
+    fn validate_dapr(&self, bad: &mut impl FnMut(&str, String)) {
+        let dapr = &self.dapr;
+        let mut names = std::collections::HashSet::new();
+        for (i, pubsub) in dapr.pubsubs.iter().enumerate() {
+            let at = |key: &str| format!("dapr.pubsubs[{i}].{key}");
+            if pubsub.name.is_empty() || pubsub.name.contains('/') {
+                bad(&at("name"), "must be a non-empty name without `/`".into());
+            }
+            if !names.insert(pubsub.name.as_str()) {
+                bad(&at("name"), format!("duplicate pubsub `{}`", pubsub.name));
+            }
+            let prefix = &pubsub.topic_prefix;
+            let prefix_ok = prefix.is_empty()
+                || (prefix.ends_with('.')
+                    && prefix
+                        .trim_end_matches('.')
+                        .split('.')
+                        .all(crate::model::topic::is_valid_segment));
+            if !prefix_ok {
+                bad(
+                    &at("topic_prefix"),
+                    format!("`{prefix}` must be topic segments ending in `.`, like `billing.`"),
+                );
+            }
+        }
+        let mut ids = std::collections::HashSet::new();
+        for (i, app) in dapr.apps.iter().enumerate() {
+            let at = |key: &str| format!("dapr.apps[{i}].{key}");
+            if !crate::model::topic::is_valid_segment(&app.id) {
+                bad(
+                    &at("id"),
+                    format!("`{}` must be lowercase letters, digits, `_` or `-`", app.id),
+                );
+            }
+            if !ids.insert(app.id.as_str()) {
+                bad(&at("id"), format!("duplicate app `{}`", app.id));
+            }
+            let ok = app
+                .url
+                .parse::<hyper::Uri>()
+                .ok()
+                .is_some_and(|u| u.scheme_str() == Some("http") && u.authority().is_some());
+            if !ok {
+                bad(&at("url"), format!("`{}` is not an http:// URL", app.url));
+            }
+            if app.max_attempts == 0 {
+                bad(&at("max_attempts"), "must be at least 1".into());
+            }
+            if app.retry_initial_ms == 0 || app.retry_initial_ms > 60_000 {
+                bad(
+                    &at("retry_initial_ms"),
+                    "must be between 1 and 60000".into(),
+                );
+            }
+        }
+        if let Some(dir) = &dapr.subscriptions_dir {
+            if !dir.is_dir() {
+                bad(
+                    "dapr.subscriptions_dir",
+                    format!("{} is not a directory", dir.display()),
+                );
+            }
+        }
+        match checked(&dapr.refresh_interval) {
+            Ok(d) if d < Duration::from_millis(100) => {
+                bad("dapr.refresh_interval", "must be at least 100ms".into())
+            }
+            Ok(_) => {}
+            Err(message) => bad("dapr.refresh_interval", message),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::*;
+
+    fn no_env() -> Vec<(String, String)> {
+        Vec::new()
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let config = Config::from_toml_str("", no_env()).expect("defaults are valid");
+        assert_eq!(config.server.listen, "127.0.0.1:3500");
+        assert_eq!(config.redis.url, "redis://127.0.0.1:6379");
+        assert!(config.effective_streams().iter().any(|s| s.name == "order"));
+    }
+
+    #[test]
+    fn every_unknown_key_and_bad_value_is_listed_with_its_path() {
+        let text = r#"
+            [server]
+            listn = "x"
+            max_batch = 0
+            [writer]
+            flavour = 1
+            [[streams]]
+            name = "Order"
+            partitions = 0
+            max_age = "forever"
+        "#;
+        let Err(ConfigError::Invalid(problems)) = Config::from_toml_str(text, no_env()) else {
+            panic!("config should be refused");
+        };
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        for expected in [
+            "server.listn",
+            "writer.flavour",
+            "server.max_batch",
+            "streams[0].name",
+            "streams[0].partitions",
+            "streams[0].max_age",
+        ] {
+            assert!(
+                paths.contains(&expected),
+                "{expected} missing from {paths:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn wrong_type_names_its_key() {
+        let Err(ConfigError::Invalid(problems)) =
+            Config::from_toml_str("[server]\nmax_batch = \"many\"\n", no_env())
+        else {
+            panic!("config should be refused");
+        };
+        assert_eq!(problems[0].path, "server.max_batch");
+    }
+
+    #[test]
+    fn type_errors_in_several_sections_are_all_reported() {
+        let text = "[server]\nmax_batch = \"many\"\n[writer]\nwriters = \"two\"\n[retention]\ncheck_interval = \"0s\"\n[[streams]]\nname = \"a\"\npartitions = \"x\"\n";
+        let Err(ConfigError::Invalid(problems)) = Config::from_toml_str(text, no_env()) else {
+            panic!("config should be refused");
+        };
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        for expected in [
+            "server.max_batch",
+            "writer.writers",
+            "retention.check_interval",
+            "streams[0].partitions",
+        ] {
+            assert!(
+                paths.contains(&expected),
+                "{expected} missing from {paths:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_delivery_settings_are_reported_with_their_paths() {
+        let text = "[delivery]\nreaders = 0\nread_linger = \"soon\"\n\n[[subscriptions]]\nname = \"s\"\ntopics = [\"order.*\"]\nendpoints = [\"http://127.0.0.1:1/e\"]\nordering = \"sequence\"\nreorder = { timeout_ms = 0, max_held = 0 }\n";
+        let Err(ConfigError::Invalid(problems)) = Config::from_toml_str(text, no_env()) else {
+            panic!("config should be refused");
+        };
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        for expected in [
+            "delivery.readers",
+            "delivery.read_linger",
+            "subscriptions[0].reorder.timeout_ms",
+            "subscriptions[0].reorder.max_held",
+        ] {
+            assert!(
+                paths.iter().any(|p| p.starts_with(expected)),
+                "{expected} missing from {paths:?}"
+            );
+        }
+        let fine = "[delivery]\nread_linger = \"0s\"\n";
+        assert!(
+            Config::from_toml_str(fine, no_env()).is_ok(),
+            "0s disables the pause"
+        );
+    }
+
+    #[test]
+    fn bad_subscriptions_in_config_are_reported_with_their_paths() {
+        let text = "[[subscriptions]]\nname = \"ok\"\ntopics = [\"order.*\"]\nendpoints = [\"http://127.0.0.1:1/e\"]\n\n[[subscriptions]]\nname = \"ok\"\ntopics = [\"a..b\"]\nendpoints = [\"ftp://x\"]\n\n[[subscriptions]]\nname = \"x\"\ncolour = 1\n";
+        let Err(ConfigError::Invalid(problems)) = Config::from_toml_str(text, no_env()) else {
+            panic!("config should be refused");
+        };
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        for expected in [
+            "subscriptions[1].name",
+            "subscriptions[1].topics.0",
+            "subscriptions[1].endpoints.0",
+            "subscriptions[2]",
+        ] {
+            assert!(
+                paths.iter().any(|p| p.starts_with(expected)),
+                "{expected} missing from {paths:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_dapr_settings_are_reported_with_their_paths() {
+        let text = "[dapr]\nrefresh_interval = \"1ms\"\nsubscriptions_dir = \"/no/such/dir\"\ncolour = 1\n\n[[dapr.pubsubs]]\nname = \"pubsub\"\ntopic_prefix = \"Bad\"\n\n[[dapr.pubsubs]]\nname = \"pubsub\"\n\n[[dapr.apps]]\nid = \"Shop App\"\nurl = \"ftp://x\"\nmax_attempts = 0\nretry_initial_ms = 0\ncolour = 2\n";
+        let Err(ConfigError::Invalid(problems)) = Config::from_toml_str(text, no_env()) else {
+            panic!("config should be refused");
+        };
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        for expected in [
+            "dapr.colour",
+            "dapr.refresh_interval",
+            "dapr.subscriptions_dir",
+            "dapr.pubsubs[0].topic_prefix",
+            "dapr.pubsubs[1].name",
+            "dapr.apps[0].id",
+            "dapr.apps[0].url",
+            "dapr.apps[0].max_attempts",
+            "dapr.apps[0].retry_initial_ms",
+            "dapr.apps[0].colour",
+        ] {
+            assert!(
+                paths.contains(&expected),
+                "{expected} missing from {paths:?}"
+            );
+        }
+        let good = "[[dapr.pubsubs]]\nname = \"billing\"\ntopic_prefix = \"billing.\"\n\n[[dapr.apps]]\nid = \"shop\"\nurl = \"http://127.0.0.1:8081\"\n";
+        let config = Config::from_toml_str(good, no_env()).expect("valid");
+        assert_eq!(
+            config.dapr.pubsubs.len(),
+            1,
+            "blocks replace the default pubsub"
+        );
+        assert_eq!(config.dapr.apps[0].max_attempts, 5);
+    }
+
+    #[test]
+    fn environment_overrides_keys() {
+        let env = vec![
+            (
+                "EVR_REDIS__URL".to_string(),
+                "redis://10.0.0.1:7000".to_string(),
+            ),
+            ("EVR_SERVER__MAX_BATCH".to_string(), "50".to_string()),
+            ("OTHER".to_string(), "ignored".to_string()),
+            ("EVR_LOG".to_string(), "debug".to_string()),
+        ];
+        let config = Config::from_toml_str("[server]\nmax_batch = 10\n", env).expect("valid");
+        assert_eq!(config.redis.url, "redis://10.0.0.1:7000");
+        assert_eq!(config.server.max_batch, 50);
+    }
+
+    #[test]
+    fn configured_stream_replaces_builtin_of_same_name() {
+        let text = "[[streams]]\nname = \"order\"\npartitions = 4\n";
+        let config = Config::from_toml_str(text, no_env()).expect("valid");
+        let streams = config.effective_streams();
+        let orders: Vec<_> = streams.iter().filter(|s| s.name == "order").collect();
+        assert_eq!(orders.len(), 1);
+        assert_eq!(orders[0].partitions, 4);
+        assert_eq!(orders[0].topics, vec!["order.>".to_string()]);
+        assert_eq!(
+            orders[0].keys[0].pointer, "/data/order_id",
+            "built-in key rule kept"
+        );
+    }
+}
