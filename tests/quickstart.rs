@@ -187,11 +187,20 @@ fn the_readme_quick_start_answers_as_shown() {
     let tail = Running::start(&tail_args);
     wait_for_port(tail_port);
 
-    for step in steps.iter().filter(|s| s.command.starts_with("curl")) {
+    let runs = |s: &&Step| {
+        s.command.starts_with("curl")
+            || (s.command.starts_with("evrouter ") && !s.command.starts_with("evrouter tail"))
+    };
+    for step in steps.iter().filter(runs) {
         let command = local(&step.command);
+        let command = match command.strip_prefix("evrouter ") {
+            Some(rest) => format!("{BIN} {rest}"),
+            None => command,
+        };
         let output = Command::new("sh")
             .arg("-c")
             .arg(&command)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
             .stdin(Stdio::null())
             .output()
             .expect("sh");
