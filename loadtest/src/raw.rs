@@ -109,7 +109,7 @@ pub async fn run(args: &Args, url: &str) -> anyhow::Result<Report> {
                         .arg("~")
                         .arg("0-0")
                         .arg("*")
-                        .arg("e")
+                        .arg(evrouter::model::envelope::ENTRY_FIELD)
                         .arg(value);
                 }
                 offset += depth;

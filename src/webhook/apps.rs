@@ -162,7 +162,7 @@ pub struct AppSubscriptions {
     missing: std::sync::Mutex<std::collections::HashMap<String, u32>>,
     declarative_dir: Option<std::path::PathBuf>,
     api: Arc<DaprPubsubs>,
-    router: Arc<Runtime>,
+    delivery: Arc<Runtime>,
     client: Client<HttpConnector, Empty<Bytes>>,
 }
 
@@ -172,7 +172,7 @@ impl AppSubscriptions {
         apps: Vec<DaprAppConfig>,
         declarative_dir: Option<std::path::PathBuf>,
         api: Arc<DaprPubsubs>,
-        router: Arc<Runtime>,
+        delivery: Arc<Runtime>,
     ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(Duration::from_secs(2)));
@@ -181,7 +181,7 @@ impl AppSubscriptions {
             missing: std::sync::Mutex::new(std::collections::HashMap::new()),
             declarative_dir,
             api,
-            router,
+            delivery,
             client: Client::builder(TokioExecutor::new()).build(connector),
         }
     }
@@ -260,7 +260,7 @@ impl AppSubscriptions {
             why: e.to_string(),
         };
         let current: Vec<Arc<Subscription>> = self
-            .router
+            .delivery
             .registry()
             .all()
             .into_iter()
@@ -290,9 +290,9 @@ impl AppSubscriptions {
                 }
             };
             if existing.is_some() {
-                self.router.put(&sub).await.map_err(store_error)?;
+                self.delivery.put(&sub).await.map_err(store_error)?;
             } else {
-                self.router.create(&sub).await.map_err(store_error)?;
+                self.delivery.create(&sub).await.map_err(store_error)?;
             }
         }
         // Removing a subscription destroys its consumer groups, so it takes two answers in
@@ -317,7 +317,7 @@ impl AppSubscriptions {
             }
         }
         for name in gone {
-            self.router.delete(&name).await.map_err(store_error)?;
+            self.delivery.delete(&name).await.map_err(store_error)?;
         }
         Ok(names)
     }
