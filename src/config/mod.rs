@@ -1,8 +1,8 @@
 //! Typed configuration: one TOML file, defaults for every key, `EVR_*` overrides, and a
 //! validation pass that reports every problem with the key's path before anything starts.
-//! The sections are here; [`read`] turns text into them, [`validate`] checks their values
+//! The sections are here; `read` turns text into them, `validate` checks their values
 //! (data only: nothing is started or compiled for use), durations are typed once in
-//! [`duration`].
+//! `duration`.
 
 mod duration;
 mod read;

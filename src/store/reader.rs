@@ -72,7 +72,7 @@ pub struct Reader<D> {
     pub permits: Arc<Semaphore>,
     /// BLOCK of each read.
     pub block: Duration,
-    /// Pause after a read that brought fewer than [`FULL_READ`] entries.
+    /// Pause after a read that brought fewer than `FULL_READ` entries.
     pub linger: Duration,
     /// Turns true on shutdown.
     pub stop: watch::Receiver<bool>,

@@ -1,8 +1,8 @@
 //! A worker shard of one subscription: per-key FIFO lanes (one event of a key in flight at
 //! a time under `ordering = "key"`), a deadline index for retries served by this one task,
-//! and the task loop that drives them. Sending and answers are in [`send`] (the decision
-//! for each answer in [`answer`]), the reorder buffer of `ordering = "sequence"` and the
-//! sequence state kept in Redis in [`sequence`].
+//! and the task loop that drives them. Sending and answers are in `send` (the decision
+//! for each answer in `answer`), the reorder buffer of `ordering = "sequence"` and the
+//! sequence state kept in Redis in `sequence`.
 
 mod answer;
 mod send;
