@@ -76,18 +76,7 @@ impl Subscription {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn spec() -> SubscriptionSpec {
-        SubscriptionSpec {
-            name: "shipping".into(),
-            topics: vec![
-                "order.*".into(),
-                r"re:^payment\.(captured|refunded)$".into(),
-            ],
-            endpoints: vec!["http://127.0.0.1:8080/events".into()],
-            ..SubscriptionSpec::default()
-        }
-    }
+    use crate::model::subscription::tests::spec;
 
     #[test]
     fn a_good_spec_compiles_and_matches() {

@@ -396,10 +396,11 @@ impl SubscriptionSpec {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn spec() -> SubscriptionSpec {
+    /// A valid spec over a literal and a regex pattern, for tests here and in delivery.
+    pub(crate) fn spec() -> SubscriptionSpec {
         SubscriptionSpec {
             name: "shipping".into(),
             topics: vec![

@@ -160,6 +160,9 @@ impl Shard {
             }
             lanes = same;
         }
+        // One outcome comes back per item: keep only lanes with an event to send, so that
+        // lanes and items stay aligned.
+        lanes.retain(|lane| self.lanes.head(lane).is_some());
         let mut items = Vec::with_capacity(lanes.len());
         let mut headers = None;
         let mut attempt = 0;
