@@ -71,7 +71,7 @@ async fn ten_thousand_events_over_100_keys_arrive_complete_and_in_key_order() {
     .await;
     let total = publish_keyed(&router, "order.created", 100, 100).await;
     subscriber
-        .wait_for(Duration::from_secs(60), |log| log.len() >= total)
+        .wait_for(total, Duration::from_secs(60))
         .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let log = subscriber.received();
@@ -130,7 +130,7 @@ async fn a_failed_first_attempt_is_retried_and_order_is_kept() {
     .await;
     let total = publish_keyed(&router, "order.paid", 20, 25).await;
     subscriber
-        .wait_for(Duration::from_secs(60), |log| {
+        .wait_until(Duration::from_secs(60), "every event to succeed", |log| {
             successes(log, 1).len() >= total
         })
         .await;
@@ -177,7 +177,7 @@ async fn an_always_failing_subscriber_gets_everything_into_the_dlq() {
     .await;
     let total = publish_keyed(&router, "order.created", 5, 4).await;
     subscriber
-        .wait_for(Duration::from_secs(60), |log| log.len() >= total * 3)
+        .wait_for(total * 3, Duration::from_secs(60))
         .await;
     // Wait for the dead letters to be written.
     let mut dead = Vec::new();
@@ -318,7 +318,7 @@ async fn retry_drop_and_404_follow_daprs_rules() {
     subscribe(&router, json!({"name": "rules", "topics": ["order.created"], "endpoints": [subscriber.url()], "backoff": fast_retries()})).await;
     publish_keyed(&router, "order.created", 1, 4).await;
     subscriber
-        .wait_for(Duration::from_secs(30), |log| {
+        .wait_until(Duration::from_secs(30), "seq 3", |log| {
             log.iter().any(|r| r.seq == Some(3))
         })
         .await;
@@ -362,13 +362,13 @@ async fn two_subscriptions_each_get_everything_and_patterns_select_topics() {
         assert_eq!(router.publish(topic, &event).await.0, 200);
     }
     all_orders
-        .wait_for(Duration::from_secs(30), |log| log.len() >= created)
+        .wait_for(created, Duration::from_secs(30))
         .await;
     also_orders
-        .wait_for(Duration::from_secs(30), |log| log.len() >= created)
+        .wait_for(created, Duration::from_secs(30))
         .await;
     payments
-        .wait_for(Duration::from_secs(30), |log| log.len() >= 2)
+        .wait_for(2, Duration::from_secs(30))
         .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(all_orders.count(), created);
@@ -398,7 +398,7 @@ async fn with_one_endpoint_down_everything_reaches_the_other() {
     )
     .await;
     let total = publish_keyed(&router, "order.created", 10, 20).await;
-    up.wait_for(Duration::from_secs(60), |log| {
+    up.wait_until(Duration::from_secs(60), "every event to succeed", |log| {
         successes(log, 0).len() >= total
     })
     .await;
@@ -419,7 +419,7 @@ async fn bulk_mode_sends_arrays_of_different_keys() {
     .await;
     let total = publish_keyed(&router, "order.created", 200, 10).await;
     subscriber
-        .wait_for(Duration::from_secs(60), |log| log.len() >= total)
+        .wait_for(total, Duration::from_secs(60))
         .await;
     let log = subscriber.received();
     assert_eq!(log.len(), total);
@@ -549,10 +549,10 @@ async fn start_latest_skips_earlier_events_and_earliest_takes_them() {
     event["event_id"] = json!("evt_order_999");
     assert_eq!(router.publish("order.created", &event).await.0, 200);
     earliest
-        .wait_for(Duration::from_secs(30), |log| log.len() >= 11)
+        .wait_for(11, Duration::from_secs(30))
         .await;
     latest
-        .wait_for(Duration::from_secs(30), |log| !log.is_empty())
+        .wait_for(1, Duration::from_secs(30))
         .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(latest.count(), 1);
@@ -574,7 +574,7 @@ async fn delivery_resumes_by_itself_after_redis_loses_everything() {
     .await;
     let first = publish_keyed(&router, "order.created", 10, 10).await;
     subscriber
-        .wait_for(Duration::from_secs(30), |log| log.len() >= first)
+        .wait_for(first, Duration::from_secs(30))
         .await;
     // Redis restarts without persistence: streams, groups, leases and the subscription
     // registry are gone.
@@ -593,7 +593,7 @@ async fn delivery_resumes_by_itself_after_redis_loses_everything() {
     }
     assert_eq!(published, 20);
     subscriber
-        .wait_for(Duration::from_secs(30), |log| {
+        .wait_until(Duration::from_secs(30), "20 events of ord_after", |log| {
             log.iter().filter(|r| r.key == "ord_after").count() >= 20
         })
         .await;
@@ -631,7 +631,7 @@ async fn ordering_none_delivers_everything_in_parallel() {
     .await;
     let total = publish_keyed(&router, "order.created", 1, 200).await;
     subscriber
-        .wait_for(Duration::from_secs(20), |log| log.len() >= total)
+        .wait_for(total, Duration::from_secs(20))
         .await;
     let log = subscriber.received();
     let unique: std::collections::HashSet<&str> = log.iter().map(|r| r.event_id.as_str()).collect();
@@ -668,7 +668,7 @@ async fn delivery_works_with_a_redis_password_and_database_number() {
     .await;
     let total = publish_keyed(&router, "order.created", 3, 3).await;
     subscriber
-        .wait_for(Duration::from_secs(20), |log| log.len() >= total)
+        .wait_for(total, Duration::from_secs(20))
         .await;
     assert_eq!(subscriber.count(), total);
     let mut db2 = redis::Client::open(format!("redis://:s3cret@127.0.0.1:{}/2", redis.port))

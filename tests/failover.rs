@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::process::RouterProcess;
-use support::subscriber::{Received, Subscriber};
+use support::subscriber::{distinct_events, Received, Subscriber};
 use support::{client, keyed_event, RedisServer};
 
 /// A subscriber answering 200 after 2 ms, and two evrouter processes subscribed to it
@@ -129,12 +129,8 @@ async fn two_instances_split_partitions_and_kill_9_loses_nothing() {
     publish_rounds(&a.base, 40..60, 50, &mut published).await;
     let total: usize = published.values().map(Vec::len).sum();
     subscriber
-        .wait_for(Duration::from_secs(60), |log| {
-            log.iter()
-                .map(|r| r.event_id.as_str())
-                .collect::<HashSet<_>>()
-                .len()
-                >= total
+        .wait_until(Duration::from_secs(60), "every event", |log| {
+            distinct_events(log) >= total
         })
         .await;
     assert_complete_and_ordered(&subscriber.received(), &published);
@@ -160,12 +156,8 @@ async fn a_paused_instance_loses_its_partitions_and_nothing_is_lost() {
     publish_rounds(&a.base, 40..60, 40, &mut published).await;
     let total: usize = published.values().map(Vec::len).sum();
     subscriber
-        .wait_for(Duration::from_secs(60), |log| {
-            log.iter()
-                .map(|r| r.event_id.as_str())
-                .collect::<HashSet<_>>()
-                .len()
-                >= total
+        .wait_until(Duration::from_secs(60), "every event", |log| {
+            distinct_events(log) >= total
         })
         .await;
     assert_complete_and_ordered(&subscriber.received(), &published);

@@ -101,7 +101,7 @@ async fn shuffled_sequences_arrive_in_strict_order() {
     let total = events.len();
     publish_all(&router, events).await;
     subscriber
-        .wait_for(Duration::from_secs(90), |log| log.len() >= total)
+        .wait_for(total, Duration::from_secs(90))
         .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let log = subscriber.received();
@@ -132,7 +132,7 @@ async fn a_gap_that_stays_open_goes_to_the_dlq_on_time() {
     )
     .await;
     subscriber
-        .wait_for(Duration::from_secs(10), |log| log.len() >= 2)
+        .wait_for(2, Duration::from_secs(10))
         .await;
     let published = Instant::now();
     publish_all(
@@ -166,7 +166,7 @@ async fn a_gap_that_stays_open_goes_to_the_dlq_on_time() {
     )
     .await;
     subscriber
-        .wait_for(Duration::from_secs(10), |log| log.len() >= 3)
+        .wait_for(3, Duration::from_secs(10))
         .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let seqs = seqs_by_key(&subscriber.received());
@@ -200,7 +200,7 @@ async fn release_skips_the_gap_and_reports_stragglers_and_duplicates() {
     )
     .await;
     subscriber
-        .wait_for(Duration::from_secs(10), |log| log.len() >= 4)
+        .wait_for(4, Duration::from_secs(10))
         .await;
     // 2 arrives after its gap was skipped: recorded in the DLQ, not delivered.
     publish_all(
@@ -209,7 +209,7 @@ async fn release_skips_the_gap_and_reports_stragglers_and_duplicates() {
     )
     .await;
     subscriber
-        .wait_for(Duration::from_secs(10), |log| log.len() >= 5)
+        .wait_for(5, Duration::from_secs(10))
         .await;
     let mut dead = Vec::new();
     for _ in 0..200 {
@@ -289,7 +289,7 @@ async fn held_events_survive_kill_9_and_the_count_goes_on() {
     )
     .await;
     subscriber
-        .wait_for(Duration::from_secs(10), |log| log.len() >= 2)
+        .wait_for(2, Duration::from_secs(10))
         .await;
     publish_to(
         &first.base,
@@ -318,7 +318,7 @@ async fn held_events_survive_kill_9_and_the_count_goes_on() {
     assert_eq!(subscriber.count(), 2, "4 and 5 are still held");
     publish_to(&second.base, vec![sequenced(4, "ord_k", 3)]).await;
     subscriber
-        .wait_for(Duration::from_secs(15), |log| log.len() >= 5)
+        .wait_for(5, Duration::from_secs(15))
         .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let seqs = seqs_by_key(&subscriber.received());

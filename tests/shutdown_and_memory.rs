@@ -4,13 +4,12 @@
 
 mod support;
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 use support::process::RouterProcess;
-use support::subscriber::Subscriber;
+use support::subscriber::{distinct_events, Subscriber};
 use support::{client, keyed_event, subscribe, test_config, RedisServer, TestRouter};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -61,12 +60,8 @@ async fn shutdown_leaves_unfinished_events_pending_and_the_next_run_delivers_the
     // The next run picks up what was left.
     let router = TestRouter::start(config).await;
     subscriber
-        .wait_for(Duration::from_secs(60), |log| {
-            log.iter()
-                .map(|r| r.event_id.as_str())
-                .collect::<HashSet<_>>()
-                .len()
-                >= 100
+        .wait_until(Duration::from_secs(60), "every event", |log| {
+            distinct_events(log) >= 100
         })
         .await;
     router.stop().await.expect("clean stop");
@@ -196,7 +191,7 @@ async fn attempts_carry_over_a_restart() {
         }
         // One attempt per run (the retry waits 2 s, longer than the run).
         failing
-            .wait_for(Duration::from_secs(10), |log| log.len() > run)
+            .wait_for(run + 1, Duration::from_secs(10))
             .await;
         router.stop().await.expect("clean stop");
     }
