@@ -70,9 +70,7 @@ async fn ten_thousand_events_over_100_keys_arrive_complete_and_in_key_order() {
     )
     .await;
     let total = publish_keyed(&router, "order.created", 100, 100).await;
-    subscriber
-        .wait_for(total, Duration::from_secs(60))
-        .await;
+    subscriber.wait_for(total, Duration::from_secs(60)).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let log = subscriber.received();
     assert_eq!(log.len(), total, "duplicates delivered");
@@ -361,15 +359,9 @@ async fn two_subscriptions_each_get_everything_and_patterns_select_topics() {
         event["event_id"] = json!(format!("evt_payment_{}", topic.len()));
         assert_eq!(router.publish(topic, &event).await.0, 200);
     }
-    all_orders
-        .wait_for(created, Duration::from_secs(30))
-        .await;
-    also_orders
-        .wait_for(created, Duration::from_secs(30))
-        .await;
-    payments
-        .wait_for(2, Duration::from_secs(30))
-        .await;
+    all_orders.wait_for(created, Duration::from_secs(30)).await;
+    also_orders.wait_for(created, Duration::from_secs(30)).await;
+    payments.wait_for(2, Duration::from_secs(30)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(all_orders.count(), created);
     assert_eq!(also_orders.count(), created);
@@ -418,9 +410,7 @@ async fn bulk_mode_sends_arrays_of_different_keys() {
     )
     .await;
     let total = publish_keyed(&router, "order.created", 200, 10).await;
-    subscriber
-        .wait_for(total, Duration::from_secs(60))
-        .await;
+    subscriber.wait_for(total, Duration::from_secs(60)).await;
     let log = subscriber.received();
     assert_eq!(log.len(), total);
     assert!(
@@ -548,12 +538,8 @@ async fn start_latest_skips_earlier_events_and_earliest_takes_them() {
     let mut event = keyed_event(999, "ord_new", 0);
     event["event_id"] = json!("evt_order_999");
     assert_eq!(router.publish("order.created", &event).await.0, 200);
-    earliest
-        .wait_for(11, Duration::from_secs(30))
-        .await;
-    latest
-        .wait_for(1, Duration::from_secs(30))
-        .await;
+    earliest.wait_for(11, Duration::from_secs(30)).await;
+    latest.wait_for(1, Duration::from_secs(30)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(latest.count(), 1);
     assert_eq!(latest.received()[0].event_id, "evt_order_999");
@@ -573,9 +559,7 @@ async fn delivery_resumes_by_itself_after_redis_loses_everything() {
     )
     .await;
     let first = publish_keyed(&router, "order.created", 10, 10).await;
-    subscriber
-        .wait_for(first, Duration::from_secs(30))
-        .await;
+    subscriber.wait_for(first, Duration::from_secs(30)).await;
     // Redis restarts without persistence: streams, groups, leases and the subscription
     // registry are gone.
     redis.restart();
@@ -630,9 +614,7 @@ async fn ordering_none_delivers_everything_in_parallel() {
     )
     .await;
     let total = publish_keyed(&router, "order.created", 1, 200).await;
-    subscriber
-        .wait_for(total, Duration::from_secs(20))
-        .await;
+    subscriber.wait_for(total, Duration::from_secs(20)).await;
     let log = subscriber.received();
     let unique: std::collections::HashSet<&str> = log.iter().map(|r| r.event_id.as_str()).collect();
     assert_eq!(unique.len(), total);
@@ -667,9 +649,7 @@ async fn delivery_works_with_a_redis_password_and_database_number() {
     )
     .await;
     let total = publish_keyed(&router, "order.created", 3, 3).await;
-    subscriber
-        .wait_for(total, Duration::from_secs(20))
-        .await;
+    subscriber.wait_for(total, Duration::from_secs(20)).await;
     assert_eq!(subscriber.count(), total);
     let mut db2 = redis::Client::open(format!("redis://:s3cret@127.0.0.1:{}/2", redis.port))
         .and_then(|c| c.get_connection())

@@ -100,9 +100,7 @@ async fn shuffled_sequences_arrive_in_strict_order() {
     }
     let total = events.len();
     publish_all(&router, events).await;
-    subscriber
-        .wait_for(total, Duration::from_secs(90))
-        .await;
+    subscriber.wait_for(total, Duration::from_secs(90)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let log = subscriber.received();
     assert_eq!(log.len(), total, "lost or duplicated");
@@ -131,9 +129,7 @@ async fn a_gap_that_stays_open_goes_to_the_dlq_on_time() {
         vec![sequenced(0, "ord_a", 1), sequenced(1, "ord_a", 2)],
     )
     .await;
-    subscriber
-        .wait_for(2, Duration::from_secs(10))
-        .await;
+    subscriber.wait_for(2, Duration::from_secs(10)).await;
     let published = Instant::now();
     publish_all(
         &router,
@@ -165,9 +161,7 @@ async fn a_gap_that_stays_open_goes_to_the_dlq_on_time() {
         vec![sequenced(4, "ord_a", 3), sequenced(5, "ord_a", 6)],
     )
     .await;
-    subscriber
-        .wait_for(3, Duration::from_secs(10))
-        .await;
+    subscriber.wait_for(3, Duration::from_secs(10)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let seqs = seqs_by_key(&subscriber.received());
     assert_eq!(seqs["ord_a"], vec![1, 2, 6]);
@@ -199,18 +193,14 @@ async fn release_skips_the_gap_and_reports_stragglers_and_duplicates() {
         ],
     )
     .await;
-    subscriber
-        .wait_for(4, Duration::from_secs(10))
-        .await;
+    subscriber.wait_for(4, Duration::from_secs(10)).await;
     // 2 arrives after its gap was skipped: recorded in the DLQ, not delivered.
     publish_all(
         &router,
         vec![sequenced(4, "ord_b", 2), sequenced(5, "ord_b", 5)],
     )
     .await;
-    subscriber
-        .wait_for(5, Duration::from_secs(10))
-        .await;
+    subscriber.wait_for(5, Duration::from_secs(10)).await;
     let mut dead = Vec::new();
     for _ in 0..200 {
         dead = dlq_entries(&redis, "ledger");
@@ -288,9 +278,7 @@ async fn held_events_survive_kill_9_and_the_count_goes_on() {
         vec![sequenced(0, "ord_k", 1), sequenced(1, "ord_k", 2)],
     )
     .await;
-    subscriber
-        .wait_for(2, Duration::from_secs(10))
-        .await;
+    subscriber.wait_for(2, Duration::from_secs(10)).await;
     publish_to(
         &first.base,
         vec![sequenced(2, "ord_k", 4), sequenced(3, "ord_k", 5)],
@@ -317,9 +305,7 @@ async fn held_events_survive_kill_9_and_the_count_goes_on() {
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(subscriber.count(), 2, "4 and 5 are still held");
     publish_to(&second.base, vec![sequenced(4, "ord_k", 3)]).await;
-    subscriber
-        .wait_for(5, Duration::from_secs(15))
-        .await;
+    subscriber.wait_for(5, Duration::from_secs(15)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let seqs = seqs_by_key(&subscriber.received());
     assert_eq!(seqs["ord_k"], vec![1, 2, 3, 4, 5]);

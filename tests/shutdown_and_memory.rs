@@ -190,9 +190,7 @@ async fn attempts_carry_over_a_restart() {
             );
         }
         // One attempt per run (the retry waits 2 s, longer than the run).
-        failing
-            .wait_for(run + 1, Duration::from_secs(10))
-            .await;
+        failing.wait_for(run + 1, Duration::from_secs(10)).await;
         router.stop().await.expect("clean stop");
     }
     let attempts: Vec<u32> = failing.received().iter().map(|r| r.attempt).collect();
