@@ -48,6 +48,7 @@ impl RouterProcess {
                 "EVR_LOG",
                 std::env::var("EVR_LOG").unwrap_or_else(|_| "evrouter=info,warn".into()),
             )
+            .env("NO_COLOR", "1")
             .stdout(output(&log))
             .stderr(output(&log))
             .spawn()
