@@ -2,6 +2,7 @@
 //! as the real binary ([`process::RouterProcess`]), both driven through [`RouterApi`]; a
 //! recording webhook subscriber, a fake Dapr app, and one way to wait for something
 //! ([`eventually`]).
+// Every test binary compiles all of support and uses only part of it, re-exports included.
 #![allow(dead_code, unused_imports)]
 
 pub mod api;
