@@ -1,5 +1,6 @@
 //! A fake Dapr app for the Dapr API tests: serves `/dapr/subscribe` and records every
-//! delivery, answering by path; and the helpers those tests share.
+//! delivery, answering by path; and what those tests share: Dapr publishes, app configs,
+//! the envelopes stored for a topic.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
