@@ -3,10 +3,10 @@
 
 mod support;
 
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
-use support::{client, free_port, order_event, RedisServer};
+use support::process::RouterProcess;
+use support::{order_event, RedisServer, RouterApi};
 
 const BIN: &str = env!("CARGO_BIN_EXE_evrouter");
 
@@ -59,7 +59,6 @@ fn check_config_lists_every_problem_with_its_path() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_exits_zero_on_sigterm() {
     let redis = RedisServer::start();
-    let port = free_port();
     // The flags override what the file says.
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("evrouter.toml");
@@ -68,45 +67,16 @@ async fn serve_exits_zero_on_sigterm() {
         "[server]\nlisten = \"127.0.0.1:1\"\n[redis]\nurl = \"redis://127.0.0.1:1\"\n",
     )
     .expect("write");
-    let mut child = Command::new(BIN)
-        .arg("serve")
-        .arg("--config")
-        .arg(&config)
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--redis",
-            &redis.url(),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let base = format!("http://127.0.0.1:{port}");
-    let mut up = false;
-    for _ in 0..100 {
-        if let Ok(response) = client().get(format!("{base}/healthz")).send().await {
-            up = response.status() == 200;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(up, "evrouter did not start");
-    let response = client()
-        .post(format!("{base}/v1/publish/order.created"))
-        .json(&order_event(1, "o"))
-        .send()
-        .await
-        .expect("publish");
-    assert_eq!(response.status(), 200);
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .expect("join")
-        .expect("wait");
+    let mut process = RouterProcess::start(&redis, Some(&config)).await;
+    assert_eq!(
+        process.status_of(reqwest::Method::GET, "/healthz").await,
+        200,
+        "evrouter did not start"
+    );
+    process
+        .publish_ok("order.created", &order_event(1, "o"))
+        .await;
+    let status = process.terminate();
     assert!(status.success(), "exit status {status:?}");
     assert_eq!(redis.all_envelopes().len(), 1);
 }

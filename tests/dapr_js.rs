@@ -9,8 +9,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use evrouter::config::DaprAppConfig;
-use support::{free_port, test_config, RedisServer, TestRouter};
+use support::{free_port, test_config, DaprAppConfig, RedisServer, TestRouter};
 
 fn sdk_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/dapr-js")

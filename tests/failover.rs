@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::process::RouterProcess;
-use support::subscriber::{Received, Subscriber};
-use support::{client, keyed_event, RedisServer};
+use support::subscriber::{distinct_events, Received, Subscriber};
+use support::{eventually, keyed_event, RedisServer, RouterApi};
 
 /// A subscriber answering 200 after 2 ms, and two evrouter processes subscribed to it
 /// (the folder holds their config and must outlive them).
@@ -80,12 +80,11 @@ fn assert_complete_and_ordered(log: &[Received], published: &HashMap<String, Vec
 }
 
 async fn publish_rounds(
-    base: &str,
+    router: &impl RouterApi,
     rounds: std::ops::Range<u64>,
     keys: usize,
     published: &mut HashMap<String, Vec<u64>>,
 ) {
-    let http = client();
     for seq in rounds {
         let batch: Vec<Value> = (0..keys)
             .map(|k| {
@@ -94,13 +93,9 @@ async fn publish_rounds(
                 keyed_event(seq * 1000 + k as u64, &key, seq)
             })
             .collect();
-        let response = http
-            .post(format!("{base}/v1/publish/order.created"))
-            .json(&batch)
-            .send()
-            .await
-            .expect("publish");
-        assert_eq!(response.status(), 200);
+        router
+            .publish_ok("order.created", &Value::Array(batch))
+            .await;
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -110,31 +105,26 @@ async fn two_instances_split_partitions_and_kill_9_loses_nothing() {
     let redis = RedisServer::start();
     let (subscriber, _dir, a, b) = two_instances(&redis).await;
     let mut published = HashMap::new();
-    publish_rounds(&a.base, 0..20, 50, &mut published).await;
+    publish_rounds(&a, 0..20, 50, &mut published).await;
     // Both hold leases once the rebalance settles.
-    let mut split = false;
-    for _ in 0..100 {
-        if lease_holders(&redis).len() == 2 {
-            split = true;
-            break;
+    eventually(Duration::from_secs(5), async || {
+        let holders = lease_holders(&redis);
+        if holders.len() == 2 {
+            Ok(())
+        } else {
+            Err(format!(
+                "the partitions were not split between the two instances: {holders:?}"
+            ))
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(
-        split,
-        "the partitions were not split between the two instances"
-    );
-    publish_rounds(&a.base, 20..40, 50, &mut published).await;
+    })
+    .await;
+    publish_rounds(&a, 20..40, 50, &mut published).await;
     b.signal("KILL");
-    publish_rounds(&a.base, 40..60, 50, &mut published).await;
+    publish_rounds(&a, 40..60, 50, &mut published).await;
     let total: usize = published.values().map(Vec::len).sum();
     subscriber
-        .wait_for(Duration::from_secs(60), |log| {
-            log.iter()
-                .map(|r| r.event_id.as_str())
-                .collect::<HashSet<_>>()
-                .len()
-                >= total
+        .wait_until(Duration::from_secs(60), "every event", |log| {
+            distinct_events(log) >= total
         })
         .await;
     assert_complete_and_ordered(&subscriber.received(), &published);
@@ -152,20 +142,16 @@ async fn a_paused_instance_loses_its_partitions_and_nothing_is_lost() {
     let redis = RedisServer::start();
     let (subscriber, _dir, a, b) = two_instances(&redis).await;
     let mut published = HashMap::new();
-    publish_rounds(&a.base, 0..20, 40, &mut published).await;
+    publish_rounds(&a, 0..20, 40, &mut published).await;
     b.signal("STOP");
-    publish_rounds(&a.base, 20..40, 40, &mut published).await;
+    publish_rounds(&a, 20..40, 40, &mut published).await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
     b.signal("CONT");
-    publish_rounds(&a.base, 40..60, 40, &mut published).await;
+    publish_rounds(&a, 40..60, 40, &mut published).await;
     let total: usize = published.values().map(Vec::len).sum();
     subscriber
-        .wait_for(Duration::from_secs(60), |log| {
-            log.iter()
-                .map(|r| r.event_id.as_str())
-                .collect::<HashSet<_>>()
-                .len()
-                >= total
+        .wait_until(Duration::from_secs(60), "every event", |log| {
+            distinct_events(log) >= total
         })
         .await;
     assert_complete_and_ordered(&subscriber.received(), &published);

@@ -8,9 +8,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use evrouter::config::Durability;
 use serde_json::Value;
-use support::{client, order_event, test_config, RedisServer, TestRouter};
+use support::{
+    client, order_event, test_config, Durability, RedisServer, RouterApi, RunError, TestRouter,
+};
 
 /// Eight publishers keep publishing while Redis is killed and restarted: writes in flight
 /// at the kill must not be acknowledged unless stored.
@@ -121,13 +122,9 @@ async fn a_stalled_redis_fills_the_bounded_queue_and_publishers_get_503_not_a_ha
     config.redis.response_timeout = "1s".into();
     config.server.publish_timeout = "2s".into();
     let router = TestRouter::start(config).await;
-    assert_eq!(
-        router
-            .publish("order.created", &order_event(0, "o"))
-            .await
-            .0,
-        200
-    );
+    router
+        .publish_ok("order.created", &order_event(0, "o"))
+        .await;
     redis.signal("STOP");
     let mut tasks = Vec::new();
     for n in 1..=20u64 {
@@ -229,13 +226,9 @@ async fn shutdown_answers_requests_that_are_in_flight() {
     config.redis.response_timeout = "5s".into();
     config.server.publish_timeout = "5s".into();
     let router = TestRouter::start(config).await;
-    assert_eq!(
-        router
-            .publish("order.created", &order_event(0, "o"))
-            .await
-            .0,
-        200
-    );
+    router
+        .publish_ok("order.created", &order_event(0, "o"))
+        .await;
     redis.signal("STOP");
     let mut requests = Vec::new();
     for n in 1..=10u64 {
@@ -269,21 +262,14 @@ async fn strict_durability_refuses_a_redis_without_fsync_always() {
     config.redis.durability = Durability::Strict;
     let router = TestRouter::start(config).await;
     let result = router.stop().await;
-    assert!(
-        matches!(result, Err(evrouter::RunError::NotDurable(_))),
-        "{result:?}"
-    );
+    assert!(matches!(result, Err(RunError::NotDurable(_))), "{result:?}");
 
     let durable = RedisServer::start_durable();
     let mut config = test_config(&durable);
     config.redis.durability = Durability::Strict;
     let router = TestRouter::start(config).await;
-    assert_eq!(
-        router
-            .publish("order.created", &order_event(1, "o"))
-            .await
-            .0,
-        200
-    );
+    router
+        .publish_ok("order.created", &order_event(1, "o"))
+        .await;
     router.stop().await.expect("starts and stops");
 }

@@ -3,9 +3,11 @@
 
 mod support;
 
-use evrouter::config::StreamConfig;
 use serde_json::{json, Value};
-use support::{client, order_event, test_config, RedisServer, TestRouter};
+use support::{
+    client, is_valid_traceparent, order_event, partition_of, test_config, KeyRuleConfig,
+    RedisServer, RouterApi, StreamConfig, TestRouter,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn single_event_is_stored_as_sent_with_enrichment() {
@@ -29,10 +31,7 @@ async fn single_event_is_stored_as_sent_with_enrichment() {
     assert_eq!(receipt["event_id"], "evt_order_1");
     assert_eq!(receipt["stream"], "order");
     let partition = receipt["partition"].as_u64().expect("partition");
-    assert_eq!(
-        partition,
-        u64::from(evrouter::catalog::partition_of("ord_42", 16))
-    );
+    assert_eq!(partition, u64::from(partition_of("ord_42", 16)));
     assert!(receipt.get("duplicate").is_none());
 
     let stored = redis.all_envelopes();
@@ -60,12 +59,9 @@ async fn missing_traceparent_gets_a_new_one_and_sequence_is_kept() {
     let router = TestRouter::start(test_config(&redis)).await;
     let mut event = order_event(2, "ord_1");
     event["metadata"]["sequence"] = json!(7);
-    let (status, _) = router.publish("order.created", &event).await;
-    assert_eq!(status, 200);
+    router.publish_ok("order.created", &event).await;
     let stored = redis.all_envelopes();
-    assert!(evrouter::model::trace::is_valid_traceparent(
-        &stored[0].2.traceparent
-    ));
+    assert!(is_valid_traceparent(&stored[0].2.traceparent));
     assert_eq!(stored[0].2.sequence, Some(7));
     // An invalid header is replaced, and its tracestate is not kept with the new trace.
     let response = client()
@@ -82,9 +78,7 @@ async fn missing_traceparent_gets_a_new_one_and_sequence_is_kept() {
         .iter()
         .find(|(_, _, e)| e.event_id == "evt_order_3")
         .expect("stored");
-    assert!(evrouter::model::trace::is_valid_traceparent(
-        &third.2.traceparent
-    ));
+    assert!(is_valid_traceparent(&third.2.traceparent));
     assert_ne!(third.2.traceparent, "00-not-a-trace-01");
     assert_eq!(third.2.tracestate, None);
 }
@@ -96,13 +90,14 @@ async fn batch_is_answered_per_event_in_order() {
     let batch: Vec<Value> = (0..100)
         .map(|n| order_event(n, &format!("ord_{}", n % 7)))
         .collect();
-    let (status, body) = router.publish("order.created", &Value::Array(batch)).await;
-    assert_eq!(status, 200);
+    let body = router
+        .publish_ok("order.created", &Value::Array(batch))
+        .await;
     let receipts = body.as_array().expect("array");
     assert_eq!(receipts.len(), 100);
     for (n, receipt) in receipts.iter().enumerate() {
         assert_eq!(receipt["event_id"], format!("evt_order_{n}"));
-        let expected = evrouter::catalog::partition_of(&format!("ord_{}", n % 7), 16);
+        let expected = partition_of(&format!("ord_{}", n % 7), 16);
         assert_eq!(receipt["partition"], expected);
     }
     assert_eq!(redis.all_envelopes().len(), 100);
@@ -115,10 +110,9 @@ async fn same_key_lands_in_one_partition_in_publish_order() {
     // Sequential singles and batches, interleaved with other keys.
     let mut n = 0;
     for round in 0..10 {
-        let (status, _) = router
-            .publish("order.created", &order_event(n, "ord_same"))
+        router
+            .publish_ok("order.created", &order_event(n, "ord_same"))
             .await;
-        assert_eq!(status, 200);
         n += 1;
         let batch: Vec<Value> = (0..5)
             .map(|i| {
@@ -131,8 +125,9 @@ async fn same_key_lands_in_one_partition_in_publish_order() {
             })
             .collect();
         n += 5;
-        let (status, _) = router.publish("order.created", &Value::Array(batch)).await;
-        assert_eq!(status, 200);
+        router
+            .publish_ok("order.created", &Value::Array(batch))
+            .await;
     }
     let same: Vec<_> = redis
         .all_envelopes()
@@ -224,10 +219,7 @@ async fn validation_errors_name_their_paths() {
     // The platform's own examples use two-segment types, which the default accepts.
     let mut event = order_event(1, "ord_1");
     event["event_type"] = json!("customer.profile.updated");
-    assert_eq!(
-        router.publish("customer.profile.updated", &event).await.0,
-        200
-    );
+    router.publish_ok("customer.profile.updated", &event).await;
     assert_eq!(redis.all_envelopes().len(), 1);
 }
 
@@ -250,13 +242,9 @@ async fn per_type_schemas_and_type_must_match_topic() {
         ..StreamConfig::default()
     });
     let router = TestRouter::start(config).await;
-    assert_eq!(
-        router
-            .publish("order.created", &order_event(1, "o"))
-            .await
-            .0,
-        200
-    );
+    router
+        .publish_ok("order.created", &order_event(1, "o"))
+        .await;
     let mut negative = order_event(2, "o");
     negative["data"]["total_amount"] = json!(-1);
     let (status, body) = router.publish("order.created", &negative).await;
@@ -268,7 +256,7 @@ async fn per_type_schemas_and_type_must_match_topic() {
     // Other streams do not require the match.
     let mut payment = order_event(4, "o");
     payment["event_type"] = json!("order.created");
-    assert_eq!(router.publish("payment.captured", &payment).await.0, 200);
+    router.publish_ok("payment.captured", &payment).await;
     assert_eq!(redis.all_envelopes().len(), 2);
 }
 
@@ -278,9 +266,8 @@ async fn topics_without_a_stream_get_one_named_after_their_domain() {
     let router = TestRouter::start(test_config(&redis)).await;
     let mut event = order_event(1, "o");
     event["metadata"]["partition_key"] = json!("wh_7");
-    let (status, body) = router.publish("warehouse.bin.moved", &event).await;
-    assert_eq!(status, 200);
-    assert_eq!(body["stream"], "warehouse");
+    let receipt = router.publish_ok("warehouse.bin.moved", &event).await;
+    assert_eq!(receipt["stream"], "warehouse");
     let stored = redis.all_envelopes();
     assert_eq!(stored[0].2.key, "wh_7");
     assert!(stored[0].0.starts_with("evr:{warehouse."));
@@ -292,7 +279,7 @@ async fn dedup_window_answers_duplicates_without_appending() {
     let mut config = test_config(&redis);
     config.streams.push(StreamConfig {
         name: "order".into(),
-        keys: vec![evrouter::config::KeyRuleConfig {
+        keys: vec![KeyRuleConfig {
             topic: "order.>".into(),
             pointer: "/data/order_id".into(),
         }],
@@ -300,11 +287,13 @@ async fn dedup_window_answers_duplicates_without_appending() {
         ..StreamConfig::default()
     });
     let router = TestRouter::start(config).await;
-    let (status, first) = router.publish("order.created", &order_event(1, "o1")).await;
-    assert_eq!(status, 200);
+    let first = router
+        .publish_ok("order.created", &order_event(1, "o1"))
+        .await;
     assert!(first.get("duplicate").is_none());
-    let (status, again) = router.publish("order.created", &order_event(1, "o1")).await;
-    assert_eq!(status, 200);
+    let again = router
+        .publish_ok("order.created", &order_event(1, "o1"))
+        .await;
     assert_eq!(again["duplicate"], true);
     assert_eq!(
         again["id"], first["id"],
@@ -339,8 +328,7 @@ async fn dedup_window_answers_duplicates_without_appending() {
     assert_eq!(ids.len(), 1, "all racers see the same id");
     // Inside one batch too.
     let batch = json!([order_event(3, "o3"), order_event(3, "o3")]);
-    let (status, body) = router.publish("order.created", &batch).await;
-    assert_eq!(status, 200);
+    let body = router.publish_ok("order.created", &batch).await;
     assert!(body[0].get("duplicate").is_none());
     assert_eq!(body[1]["duplicate"], true);
     let stored = redis.all_envelopes();

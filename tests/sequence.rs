@@ -4,14 +4,13 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use support::process::RouterProcess;
-use support::subscriber::{Received, Subscriber};
+use support::subscriber::{seqs_by_key, Subscriber};
 use support::{
-    dlq_entries, get_json, keyed_event, subscribe, test_config, RedisServer, TestRouter,
+    dlq_entries, eventually, keyed_event, test_config, RedisServer, RouterApi, TestRouter,
 };
 
 /// An order event of `key` numbered `seq` (in `metadata.sequence`, and in `data.seq` for
@@ -22,29 +21,18 @@ fn sequenced(n: u64, key: &str, seq: u64) -> Value {
     event
 }
 
-async fn publish_all(router: &TestRouter, events: Vec<Value>) {
+/// Publishes `events` to `order.created` in batches of up to 250.
+async fn publish_all(router: &impl RouterApi, events: Vec<Value>) {
     for chunk in events.chunks(250) {
-        let (status, body) = router
-            .publish("order.created", &Value::Array(chunk.to_vec()))
+        router
+            .publish_ok("order.created", &Value::Array(chunk.to_vec()))
             .await;
-        assert_eq!(status, 200, "{body}");
     }
 }
 
-fn seqs_by_key(log: &[Received]) -> HashMap<String, Vec<u64>> {
-    let mut by_key: HashMap<String, Vec<u64>> = HashMap::new();
-    for r in log {
-        by_key
-            .entry(r.key.clone())
-            .or_default()
-            .push(r.seq.expect("seq"));
-    }
-    by_key
-}
-
-async fn sequence_stats(router: &TestRouter, name: &str) -> Value {
-    let stats = get_json(router.url("/v1/stats")).await;
-    stats["subscriptions"][name]["sequence"].clone()
+/// The sequence counters of subscription `name`.
+async fn sequence_stats(router: &impl RouterApi, name: &str) -> Value {
+    router.stats().await["subscriptions"][name]["sequence"].clone()
 }
 
 /// A router with the subscription `ledger` to `order.created` under sequence ordering,
@@ -53,12 +41,11 @@ async fn ledger(extra: Value) -> (RedisServer, TestRouter, Subscriber) {
     let redis = RedisServer::start();
     let router = TestRouter::start(test_config(&redis)).await;
     let subscriber = Subscriber::ok().await;
-    let mut spec = json!({"name": "ledger", "topics": ["order.created"],
-                          "endpoints": [subscriber.url()], "ordering": "sequence"});
-    for (field, value) in extra.as_object().into_iter().flatten() {
-        spec[field] = value.clone();
-    }
-    subscribe(&router, spec).await;
+    let mut extra = extra;
+    extra["ordering"] = json!("sequence");
+    router
+        .subscribe("ledger", &["order.created"], &subscriber.url(), extra)
+        .await;
     (redis, router, subscriber)
 }
 
@@ -100,9 +87,7 @@ async fn shuffled_sequences_arrive_in_strict_order() {
     }
     let total = events.len();
     publish_all(&router, events).await;
-    subscriber
-        .wait_for(Duration::from_secs(90), |log| log.len() >= total)
-        .await;
+    subscriber.wait_for(total, Duration::from_secs(90)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let log = subscriber.received();
     assert_eq!(log.len(), total, "lost or duplicated");
@@ -131,9 +116,7 @@ async fn a_gap_that_stays_open_goes_to_the_dlq_on_time() {
         vec![sequenced(0, "ord_a", 1), sequenced(1, "ord_a", 2)],
     )
     .await;
-    subscriber
-        .wait_for(Duration::from_secs(10), |log| log.len() >= 2)
-        .await;
+    subscriber.wait_for(2, Duration::from_secs(10)).await;
     let published = Instant::now();
     publish_all(
         &router,
@@ -165,9 +148,7 @@ async fn a_gap_that_stays_open_goes_to_the_dlq_on_time() {
         vec![sequenced(4, "ord_a", 3), sequenced(5, "ord_a", 6)],
     )
     .await;
-    subscriber
-        .wait_for(Duration::from_secs(10), |log| log.len() >= 3)
-        .await;
+    subscriber.wait_for(3, Duration::from_secs(10)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let seqs = seqs_by_key(&subscriber.received());
     assert_eq!(seqs["ord_a"], vec![1, 2, 6]);
@@ -199,26 +180,23 @@ async fn release_skips_the_gap_and_reports_stragglers_and_duplicates() {
         ],
     )
     .await;
-    subscriber
-        .wait_for(Duration::from_secs(10), |log| log.len() >= 4)
-        .await;
+    subscriber.wait_for(4, Duration::from_secs(10)).await;
     // 2 arrives after its gap was skipped: recorded in the DLQ, not delivered.
     publish_all(
         &router,
         vec![sequenced(4, "ord_b", 2), sequenced(5, "ord_b", 5)],
     )
     .await;
-    subscriber
-        .wait_for(Duration::from_secs(10), |log| log.len() >= 5)
-        .await;
-    let mut dead = Vec::new();
-    for _ in 0..200 {
-        dead = dlq_entries(&redis, "ledger");
-        if !dead.is_empty() {
-            break;
+    subscriber.wait_for(5, Duration::from_secs(10)).await;
+    let dead = eventually(Duration::from_secs(2), async || {
+        let dead = dlq_entries(&redis, "ledger");
+        if dead.is_empty() {
+            Err("no dead letter".to_string())
+        } else {
+            Ok(dead)
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let seqs = seqs_by_key(&subscriber.received());
     let sequenced_only: Vec<u64> = seqs["ord_b"]
@@ -244,28 +222,15 @@ async fn release_skips_the_gap_and_reports_stragglers_and_duplicates() {
 async fn a_bad_reorder_spec_is_refused_with_its_path() {
     let redis = RedisServer::start();
     let router = TestRouter::start(test_config(&redis)).await;
-    let response = support::client()
-        .post(router.url("/v1/subscriptions"))
-        .json(
+    let (status, body) = router
+        .create_subscription(
             &json!({"name": "x", "topics": ["order.*"], "endpoints": ["http://127.0.0.1:9/"],
                       "ordering": "sequence", "reorder": {"timeout_ms": 0, "on_timeout": "later"}}),
         )
-        .send()
-        .await
-        .expect("request");
-    assert_eq!(response.status().as_u16(), 400);
-    let body: Value = response.json().await.expect("json");
+        .await;
+    assert_eq!(status, 400);
+    assert!(body.is_object(), "{body}");
     assert!(body.to_string().contains("/reorder"), "{body}");
-}
-
-async fn publish_to(base: &str, events: Vec<Value>) {
-    let response = support::client()
-        .post(format!("{base}/v1/publish/order.created"))
-        .json(&Value::Array(events))
-        .send()
-        .await
-        .expect("publish");
-    assert_eq!(response.status().as_u16(), 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -283,29 +248,26 @@ async fn held_events_survive_kill_9_and_the_count_goes_on() {
     )
     .expect("config");
     let first = RouterProcess::start(&redis, Some(&config)).await;
-    publish_to(
-        &first.base,
+    publish_all(
+        &first,
         vec![sequenced(0, "ord_k", 1), sequenced(1, "ord_k", 2)],
     )
     .await;
-    subscriber
-        .wait_for(Duration::from_secs(10), |log| log.len() >= 2)
-        .await;
-    publish_to(
-        &first.base,
+    subscriber.wait_for(2, Duration::from_secs(10)).await;
+    publish_all(
+        &first,
         vec![sequenced(2, "ord_k", 4), sequenced(3, "ord_k", 5)],
     )
     .await;
-    let mut held = Value::Null;
-    for _ in 0..100 {
-        let stats = get_json(format!("{}/v1/stats", first.base)).await;
-        held = stats["subscriptions"]["ledger"]["sequence"]["held"].clone();
+    eventually(Duration::from_secs(5), async || {
+        let held = sequence_stats(&first, "ledger").await["held"].clone();
         if held == 2 {
-            break;
+            Ok(())
+        } else {
+            Err(format!("4 and 5 wait for 3: held {held}"))
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(held, 2, "4 and 5 wait for 3");
+    })
+    .await;
     // Give the acks of 1 and 2 (and their recorded next number) time to be written.
     tokio::time::sleep(Duration::from_millis(300)).await;
     first.signal("KILL");
@@ -316,10 +278,8 @@ async fn held_events_survive_kill_9_and_the_count_goes_on() {
     let second = RouterProcess::start(&redis, Some(&config)).await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(subscriber.count(), 2, "4 and 5 are still held");
-    publish_to(&second.base, vec![sequenced(4, "ord_k", 3)]).await;
-    subscriber
-        .wait_for(Duration::from_secs(15), |log| log.len() >= 5)
-        .await;
+    publish_all(&second, vec![sequenced(4, "ord_k", 3)]).await;
+    subscriber.wait_for(5, Duration::from_secs(15)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let seqs = seqs_by_key(&subscriber.received());
     assert_eq!(seqs["ord_k"], vec![1, 2, 3, 4, 5]);

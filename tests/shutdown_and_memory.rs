@@ -4,14 +4,13 @@
 
 mod support;
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 use support::process::RouterProcess;
-use support::subscriber::Subscriber;
-use support::{client, keyed_event, subscribe, test_config, RedisServer, TestRouter};
+use support::subscriber::{distinct_events, Subscriber};
+use support::{keyed_event, test_config, RedisServer, RouterApi, TestRouter};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_leaves_unfinished_events_pending_and_the_next_run_delivers_them() {
@@ -24,24 +23,18 @@ async fn shutdown_leaves_unfinished_events_pending_and_the_next_run_delivers_the
     let mut config = test_config(&redis);
     config.delivery.lease_ttl = "1s".into();
     let router = TestRouter::start(config.clone()).await;
-    subscribe(
-        &router,
-        json!({"name": "slow", "topics": ["order.created"], "endpoints": [subscriber.url()]}),
-    )
-    .await;
+    router
+        .subscribe("slow", &["order.created"], &subscriber.url(), json!({}))
+        .await;
     let mut batch = Vec::new();
     for seq in 0..20u64 {
         for k in 0..5u64 {
             batch.push(keyed_event(seq * 10 + k, &format!("ord_{k}"), seq));
         }
     }
-    assert_eq!(
-        router
-            .publish("order.created", &Value::Array(batch))
-            .await
-            .0,
-        200
-    );
+    router
+        .publish_ok("order.created", &Value::Array(batch))
+        .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     router.stop().await.expect("clean stop");
     let delivered_first = subscriber.count();
@@ -61,12 +54,8 @@ async fn shutdown_leaves_unfinished_events_pending_and_the_next_run_delivers_the
     // The next run picks up what was left.
     let router = TestRouter::start(config).await;
     subscriber
-        .wait_for(Duration::from_secs(60), |log| {
-            log.iter()
-                .map(|r| r.event_id.as_str())
-                .collect::<HashSet<_>>()
-                .len()
-                >= 100
+        .wait_until(Duration::from_secs(60), "every event", |log| {
+            distinct_events(log) >= 100
         })
         .await;
     router.stop().await.expect("clean stop");
@@ -107,29 +96,23 @@ async fn a_subscriber_that_never_answers_leaves_memory_flat() {
     )
     .await;
     let process = RouterProcess::start(&redis, None).await;
-    let base = process.base.clone();
-    let http = client();
-    let spec = json!({"name": "silent", "topics": ["order.created"], "endpoints": [silent.url()],
-        "max_in_flight": 200, "timeout_ms": 600000});
-    let response = http
-        .post(format!("{base}/v1/subscriptions"))
-        .json(&spec)
-        .send()
-        .await
-        .expect("subscribe");
-    assert_eq!(response.status(), 201);
-    let publish = |from: u64, count: u64| {
-        let http = http.clone();
-        let url = format!("{base}/v1/publish/order.created");
-        async move {
-            for chunk in (from..from + count).collect::<Vec<_>>().chunks(1000) {
-                let batch: Vec<Value> = chunk
-                    .iter()
-                    .map(|n| keyed_event(*n, &format!("ord_{}", n % 1000), *n))
-                    .collect();
-                let response = http.post(&url).json(&batch).send().await.expect("publish");
-                assert_eq!(response.status(), 200);
-            }
+    process
+        .subscribe(
+            "silent",
+            &["order.created"],
+            &silent.url(),
+            json!({"max_in_flight": 200, "timeout_ms": 600000}),
+        )
+        .await;
+    let publish = async |from: u64, count: u64| {
+        for chunk in (from..from + count).collect::<Vec<_>>().chunks(1000) {
+            let batch: Vec<Value> = chunk
+                .iter()
+                .map(|n| keyed_event(*n, &format!("ord_{}", n % 1000), *n))
+                .collect();
+            process
+                .publish_ok("order.created", &Value::Array(batch))
+                .await;
         }
     };
     publish(0, 10_000).await;
@@ -138,14 +121,7 @@ async fn a_subscriber_that_never_answers_leaves_memory_flat() {
     publish(10_000, 100_000).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = rss_kb(process.pid());
-    let stats: Value = http
-        .get(format!("{base}/v1/stats"))
-        .send()
-        .await
-        .expect("stats")
-        .json()
-        .await
-        .expect("json");
+    let stats = process.stats().await;
     drop(process);
     let in_flight = stats["subscriptions"]["silent"]["in_flight"]
         .as_u64()
@@ -180,24 +156,20 @@ async fn attempts_carry_over_a_restart() {
     let failing = Subscriber::with_rule(Arc::new(|_| (400, String::new()))).await;
     let mut config = test_config(&redis);
     config.delivery.lease_ttl = "1s".into();
-    let spec = json!({"name": "poison", "topics": ["order.created"], "endpoints": [failing.url()],
-        "max_attempts": 4, "backoff": {"initial_ms": 2000, "max_ms": 2000, "multiplier": 1.0, "jitter": 0.0}});
+    let spec = json!({"max_attempts": 4,
+        "backoff": {"initial_ms": 2000, "max_ms": 2000, "multiplier": 1.0, "jitter": 0.0}});
     for run in 0..2 {
         let router = TestRouter::start(config.clone()).await;
         if run == 0 {
-            subscribe(&router, spec.clone()).await;
-            assert_eq!(
-                router
-                    .publish("order.created", &keyed_event(1, "ord_p", 0))
-                    .await
-                    .0,
-                200
-            );
+            router
+                .subscribe("poison", &["order.created"], &failing.url(), spec.clone())
+                .await;
+            router
+                .publish_ok("order.created", &keyed_event(1, "ord_p", 0))
+                .await;
         }
         // One attempt per run (the retry waits 2 s, longer than the run).
-        failing
-            .wait_for(Duration::from_secs(10), |log| log.len() > run)
-            .await;
+        failing.wait_for(run + 1, Duration::from_secs(10)).await;
         router.stop().await.expect("clean stop");
     }
     let attempts: Vec<u32> = failing.received().iter().map(|r| r.attempt).collect();

@@ -1,24 +1,37 @@
 //! evrouter as a separate process (the real binary), for tests that kill, pause or measure
-//! it; stopped on drop.
+//! it; stopped on drop. Its output goes to a file that is printed when the test fails.
 
+use std::io::Read;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
-use super::{client, free_port, RedisServer};
+use super::{client, free_port, RedisServer, RouterApi};
+
+/// How much of the end of the log a failing test prints.
+const LOG_TAIL_BYTES: u64 = 64 * 1024;
 
 /// A running `evrouter serve`.
 pub struct RouterProcess {
     child: Child,
+    /// Whether `child` has been waited for.
+    exited: bool,
+    /// Its stdout and stderr.
+    log: tempfile::NamedTempFile,
     /// Its base URL.
     pub base: String,
 }
 
 impl RouterProcess {
     /// Starts the binary on a free port against `redis`, with an optional config file,
-    /// and waits until it answers.
+    /// and waits until it answers. Logs at `EVR_LOG` when the test run sets it, else at
+    /// evrouter's info level.
     pub async fn start(redis: &RedisServer, config: Option<&Path>) -> Self {
         let port = free_port();
+        let log = tempfile::NamedTempFile::new().expect("log file");
+        let output = |log: &tempfile::NamedTempFile| {
+            Stdio::from(log.as_file().try_clone().expect("log file handle"))
+        };
         let mut command = Command::new(env!("CARGO_BIN_EXE_evrouter"));
         command.arg("serve");
         if let Some(config) = config {
@@ -31,13 +44,19 @@ impl RouterProcess {
                 "--redis",
                 &redis.url(),
             ])
-            .env("EVR_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .env(
+                "EVR_LOG",
+                std::env::var("EVR_LOG").unwrap_or_else(|_| "evrouter=info,warn".into()),
+            )
+            .env("NO_COLOR", "1")
+            .stdout(output(&log))
+            .stderr(output(&log))
             .spawn()
             .expect("spawn evrouter");
         let process = Self {
             child,
+            exited: false,
+            log,
             base: format!("http://127.0.0.1:{port}"),
         };
         for _ in 0..200 {
@@ -66,12 +85,55 @@ impl RouterProcess {
             .status()
             .expect("kill");
     }
+
+    /// Sends SIGTERM and waits for the process to exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        self.signal("TERM");
+        let status = tokio::task::block_in_place(|| self.child.wait()).expect("wait");
+        self.exited = true;
+        status
+    }
+
+    /// The end of what the process wrote.
+    fn log_tail(&self) -> String {
+        let mut file = match self.log.reopen() {
+            Ok(file) => file,
+            Err(error) => return format!("(log unreadable: {error})"),
+        };
+        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let skip = len.saturating_sub(LOG_TAIL_BYTES);
+        let mut bytes = Vec::new();
+        let _ = std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(skip));
+        let _ = file.read_to_end(&mut bytes);
+        let text = String::from_utf8_lossy(&bytes);
+        if skip > 0 {
+            format!("(first {skip} bytes left out)\n{text}")
+        } else {
+            text.into_owned()
+        }
+    }
+}
+
+impl RouterApi for RouterProcess {
+    fn base(&self) -> &str {
+        &self.base
+    }
 }
 
 impl Drop for RouterProcess {
     fn drop(&mut self) {
-        self.signal("CONT");
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if !self.exited {
+            self.signal("CONT");
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "--- evrouter at {} (pid {}) wrote: ---\n{}--- end of evrouter's log ---",
+                self.base,
+                self.child.id(),
+                self.log_tail()
+            );
+        }
     }
 }

@@ -13,6 +13,8 @@ use axum::response::IntoResponse;
 use axum::routing::post;
 use serde_json::Value;
 
+use super::eventually;
+
 /// One event as the subscriber saw it.
 #[derive(Debug, Clone)]
 pub struct Received {
@@ -96,19 +98,32 @@ impl Subscriber {
         self.log.lock().expect("log").len()
     }
 
-    /// Waits until `done` holds for the log, or panics after `within`.
-    pub async fn wait_for(&self, within: Duration, done: impl Fn(&[Received]) -> bool) {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            if done(&self.log.lock().expect("log")) {
-                return;
+    /// Waits until at least `n` events arrived (or panics after `within`); returns the log.
+    pub async fn wait_for(&self, n: usize, within: Duration) -> Vec<Received> {
+        self.wait_until(within, &format!("{n} events"), |log| log.len() >= n)
+            .await
+    }
+
+    /// Waits until `done` holds for the log (or panics after `within`, naming `what` was
+    /// awaited); returns the log.
+    pub async fn wait_until(
+        &self,
+        within: Duration,
+        what: &str,
+        done: impl Fn(&[Received]) -> bool,
+    ) -> Vec<Received> {
+        eventually(within, async || {
+            let log = self.log.lock().expect("log");
+            if done(&log) {
+                Ok(log.clone())
+            } else {
+                Err(format!(
+                    "subscriber waiting for {what}, {} received",
+                    log.len()
+                ))
             }
-            if tokio::time::Instant::now() > deadline {
-                let n = self.count();
-                panic!("subscriber condition not met within {within:?} ({n} requests received)");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        })
+        .await
     }
 
     /// Stops listening (connections are refused afterwards).
@@ -184,4 +199,35 @@ pub fn successes(log: &[Received], fails: u32) -> Vec<Received> {
         }
     }
     out
+}
+
+/// Per key (`data.order_id`), the `data.seq` numbers in arrival order.
+pub fn seqs_by_key(log: &[Received]) -> HashMap<String, Vec<u64>> {
+    let mut by_key: HashMap<String, Vec<u64>> = HashMap::new();
+    for r in log {
+        by_key
+            .entry(r.key.clone())
+            .or_default()
+            .push(r.seq.expect("seq"));
+    }
+    by_key
+}
+
+/// Asserts every one of `keys` keys got its events with `seq` 0, 1, 2 … `per_key - 1`,
+/// with no gap, repeat or reordering.
+pub fn assert_in_key_order(delivered: &[Received], keys: usize, per_key: u64) {
+    let by_key = seqs_by_key(delivered);
+    assert_eq!(by_key.len(), keys, "keys missing");
+    for (key, seqs) in by_key {
+        let expected: Vec<u64> = (0..per_key).collect();
+        assert_eq!(seqs, expected, "key {key} out of order or incomplete");
+    }
+}
+
+/// How many different events the log holds (redeliveries counted once).
+pub fn distinct_events(log: &[Received]) -> usize {
+    log.iter()
+        .map(|r| r.event_id.as_str())
+        .collect::<std::collections::HashSet<_>>()
+        .len()
 }

@@ -1,0 +1,132 @@
+//! Failed deliveries against a real Redis and real HTTP subscribers: retries keep per-key
+//! order, Dapr's answer words (RETRY, DROP) and 404 follow Dapr's rules, and an endpoint
+//! that is down leaves its events to the subscription's other endpoint.
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use support::subscriber::{assert_in_key_order, successes, Received, Subscriber};
+use support::{
+    dlq_entries, fast_retries, publish_keyed, test_config, RedisServer, RouterApi, TestRouter,
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_first_attempt_is_retried_and_order_is_kept() {
+    let redis = RedisServer::start();
+    let router = TestRouter::start(test_config(&redis)).await;
+    let subscriber = Subscriber::with_rule(Arc::new(|r: &Received| {
+        if r.attempt == 1 {
+            (500, String::new())
+        } else {
+            (200, String::new())
+        }
+    }))
+    .await;
+    // Half the requests fail: a breaker that opens after 5 failures in a row would
+    // slow this down to one probe per cooldown.
+    router
+        .subscribe(
+            "billing",
+            &["order.>"],
+            &subscriber.url(),
+            json!({"backoff": fast_retries(), "breaker": {"failures": 1000, "cooldown_ms": 100}}),
+        )
+        .await;
+    let total = publish_keyed(&router, "order.paid", 20, 25).await;
+    subscriber
+        .wait_until(Duration::from_secs(60), "every event to succeed", |log| {
+            successes(log, 1).len() >= total
+        })
+        .await;
+    let delivered = successes(&subscriber.received(), 1);
+    assert_in_key_order(&delivered, 20, 25);
+    // Each key waits for its own retry: no event of a key is tried before the one ahead
+    // of it has succeeded.
+    let mut last: HashMap<String, u64> = HashMap::new();
+    for r in subscriber.received() {
+        let seq = r.seq.expect("seq");
+        if let Some(prev) = last.get(&r.key) {
+            assert!(seq >= *prev, "key {} went back from {prev} to {seq}", r.key);
+            assert!(
+                seq <= prev + 1,
+                "key {} skipped ahead from {prev} to {seq}",
+                r.key
+            );
+        }
+        last.insert(r.key.clone(), seq);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_drop_and_404_follow_daprs_rules() {
+    let redis = RedisServer::start();
+    let router = TestRouter::start(test_config(&redis)).await;
+    // seq 0: RETRY once then SUCCESS; seq 1: DROP; seq 2: 404; seq 3: plain 200.
+    let subscriber = Subscriber::with_rule(Arc::new(|r: &Received| match (r.seq, r.attempt) {
+        (Some(0), 1) => (200, r#"{"status":"RETRY"}"#.into()),
+        (Some(0), _) => (200, r#"{"status":"SUCCESS"}"#.into()),
+        (Some(1), _) => (200, r#"{"status":"DROP"}"#.into()),
+        (Some(2), _) => (404, String::new()),
+        _ => (200, String::new()),
+    }))
+    .await;
+    router
+        .subscribe(
+            "rules",
+            &["order.created"],
+            &subscriber.url(),
+            json!({"backoff": fast_retries()}),
+        )
+        .await;
+    publish_keyed(&router, "order.created", 1, 4).await;
+    subscriber
+        .wait_until(Duration::from_secs(30), "seq 3", |log| {
+            log.iter().any(|r| r.seq == Some(3))
+        })
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let log = subscriber.received();
+    let attempts = |seq: u64| log.iter().filter(|r| r.seq == Some(seq)).count();
+    assert_eq!(attempts(0), 2, "RETRY is retried once, then SUCCESS");
+    assert_eq!(attempts(1), 1, "DROP is not retried");
+    assert_eq!(attempts(2), 1, "404 is not retried");
+    assert_eq!(attempts(3), 1);
+    let stats = router.stats().await;
+    let rules = &stats["subscriptions"]["rules"];
+    assert_eq!(rules["delivered"], 2);
+    assert_eq!(rules["dropped"], 2);
+    assert_eq!(rules["retried"], 1);
+    assert!(dlq_entries(&redis, "rules").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_one_endpoint_down_everything_reaches_the_other() {
+    let redis = RedisServer::start();
+    let router = TestRouter::start(test_config(&redis)).await;
+    let up = Subscriber::ok().await;
+    let down = Subscriber::ok().await;
+    let down_url = down.url();
+    down.stop();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Two endpoints, the one that is down first.
+    router
+        .subscribe(
+            "two",
+            &["order.created"],
+            &down_url,
+            json!({"endpoints": [down_url, up.url()], "backoff": fast_retries(),
+                   "max_attempts": 20}),
+        )
+        .await;
+    let total = publish_keyed(&router, "order.created", 10, 20).await;
+    up.wait_until(Duration::from_secs(60), "every event to succeed", |log| {
+        successes(log, 0).len() >= total
+    })
+    .await;
+    assert_in_key_order(&successes(&up.received(), 0), 10, 20);
+    assert!(dlq_entries(&redis, "two").is_empty());
+}

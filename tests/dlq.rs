@@ -1,0 +1,157 @@
+//! Dead letters against a real Redis and a real HTTP subscriber: events that use up their
+//! attempts land in the DLQ with their failure, which the API lists in pages, replays (by
+//! id, or all through the CLI) and purges.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::subscriber::Subscriber;
+use support::{
+    client, dlq_entries, eventually, fast_retries, keyed_event, publish_keyed, test_config,
+    RedisServer, RouterApi, TestRouter,
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_always_failing_subscriber_gets_everything_into_the_dlq() {
+    let redis = RedisServer::start();
+    let router = TestRouter::start(test_config(&redis)).await;
+    // 400: retried, but the endpoint stays healthy (a 5xx would open its breaker and
+    // slow the retries down to one probe per cooldown). Recovers when told to.
+    let recovered = Arc::new(AtomicBool::new(false));
+    let flag = recovered.clone();
+    let subscriber = Subscriber::with_rule(Arc::new(move |_| {
+        if flag.load(AtomicOrdering::Relaxed) {
+            (200, String::new())
+        } else {
+            (400, String::new())
+        }
+    }))
+    .await;
+    router
+        .subscribe(
+            "audit",
+            &["order.created"],
+            &subscriber.url(),
+            json!({"max_attempts": 3, "backoff": fast_retries()}),
+        )
+        .await;
+    let total = publish_keyed(&router, "order.created", 5, 4).await;
+    subscriber
+        .wait_for(total * 3, Duration::from_secs(60))
+        .await;
+    // Wait for the dead letters to be written.
+    let dead = eventually(Duration::from_secs(5), async || {
+        let dead = dlq_entries(&redis, "audit");
+        if dead.len() >= total {
+            Ok(dead)
+        } else {
+            Err(format!("{} of {total} dead letters", dead.len()))
+        }
+    })
+    .await;
+    assert_eq!(dead.len(), total);
+    for fields in &dead {
+        assert_eq!(fields["reason"], "max_attempts_exceeded");
+        assert_eq!(fields["attempts"], "3");
+        assert_eq!(fields["last_status"], "400");
+        assert!(fields.contains_key("first_attempt_ms") && fields.contains_key("last_attempt_ms"));
+    }
+    assert!(
+        subscriber.received().iter().all(|r| r.attempt <= 3),
+        "attempted beyond max_attempts"
+    );
+    let stats = router.stats().await;
+    assert_eq!(
+        stats["subscriptions"]["audit"]["dead_lettered"],
+        total as u64
+    );
+
+    // The API lists them in pages with their failure info.
+    let mut listed = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut path = "/v1/dlq/audit?limit=7".to_string();
+        if let Some(cursor) = &after {
+            path.push_str(&format!("&after={cursor}"));
+        }
+        let page = router.get_json(&path).await;
+        let entries = page["entries"].as_array().expect("entries").clone();
+        assert!(entries.len() <= 7);
+        listed.extend(entries);
+        match page["next"].as_str() {
+            Some(next) => after = Some(next.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(listed.len(), total);
+    assert!(listed.iter().all(|e| e["reason"] == "max_attempts_exceeded"
+        && e["attempts"] == 3
+        && e["event"]["data"]["order_id"].is_string()));
+    assert_eq!(
+        router
+            .status_of(reqwest::Method::GET, "/v1/dlq/nobody")
+            .await,
+        404
+    );
+
+    // The subscriber recovers; one chosen entry is replayed, then the rest.
+    recovered.store(true, AtomicOrdering::Relaxed);
+    let before = subscriber.count();
+    let first = listed[0]["id"].as_str().expect("id").to_string();
+    let (_, report) = router
+        .post(
+            "/v1/dlq/audit/replay",
+            "application/json",
+            json!({"ids": [first]}).to_string(),
+        )
+        .await;
+    assert_eq!(report["replayed"], 1);
+    assert_eq!(subscriber.count(), before + 1);
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_evrouter"))
+        .args([
+            "dlq",
+            "replay",
+            "--subscription",
+            "audit",
+            "--router",
+            &router.base,
+        ])
+        .output()
+        .expect("cli");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_slice(&output.stdout).expect("json report");
+    assert_eq!(report["replayed"], total as u64 - 1);
+    assert_eq!(subscriber.count(), before + total);
+    assert!(dlq_entries(&redis, "audit").is_empty());
+
+    // Purge: fail again, dead-letter, purge.
+    recovered.store(false, AtomicOrdering::Relaxed);
+    let mut extra = keyed_event(5000, "ord_x", 0);
+    extra["event_id"] = json!("evt_order_5000");
+    router.publish_ok("order.created", &extra).await;
+    eventually(Duration::from_secs(5), async || {
+        match dlq_entries(&redis, "audit").len() {
+            1 => Ok(()),
+            n => Err(format!("{n} dead letters, expected 1")),
+        }
+    })
+    .await;
+    let purged: Value = client()
+        .delete(router.url("/v1/dlq/audit"))
+        .send()
+        .await
+        .expect("purge")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(purged["purged"], 1);
+    assert!(dlq_entries(&redis, "audit").is_empty());
+}

@@ -1,0 +1,198 @@
+//! A `redis-server` owned by one test, on a free port, and what the tests read from it.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use super::{free_port, Envelope};
+
+/// A `redis-server` owned by one test, stopped on drop.
+pub struct RedisServer {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// Starts a throwaway server: no RDB, no AOF.
+    pub fn start() -> Self {
+        Self::start_with(&["--save", "", "--appendonly", "no"])
+    }
+
+    /// Starts a server that fsyncs every write to its AOF, for durability tests.
+    pub fn start_durable() -> Self {
+        Self::start_with(&[
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+        ])
+    }
+
+    /// Starts a server with extra arguments.
+    pub fn start_with(args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut server = Self {
+            port: free_port(),
+            dir,
+            args: args.iter().map(|s| s.to_string()).collect(),
+            child: None,
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .arg("--port")
+            .arg(self.port.to_string())
+            .arg("--bind")
+            .arg("127.0.0.1")
+            .arg("--dir")
+            .arg(self.dir.path())
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed");
+        self.child = Some(child);
+        for _ in 0..200 {
+            if redis::Client::open(self.url())
+                .and_then(|c| c.get_connection())
+                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+                .is_ok()
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("redis-server on port {} did not start", self.port);
+    }
+
+    /// `redis://127.0.0.1:{port}`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The server's data folder.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// kill -9.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port and folder.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// SIGSTOP or SIGCONT the server.
+    pub fn signal(&self, signal: &str) {
+        if let Some(child) = &self.child {
+            let status = Command::new("kill")
+                .arg(format!("-{signal}"))
+                .arg(child.id().to_string())
+                .status()
+                .expect("kill");
+            assert!(status.success());
+        }
+    }
+
+    /// A blocking connection for assertions.
+    pub fn conn(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .and_then(|c| c.get_connection())
+            .expect("redis connection")
+    }
+
+    /// Every envelope stored in every `evr:*` partition key, decoded.
+    pub fn all_envelopes(&self) -> Vec<(String, String, Envelope)> {
+        let mut conn = self.conn();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("evr:{*}")
+            .query(&mut conn)
+            .expect("keys");
+        let mut out = Vec::new();
+        for key in keys {
+            let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+                .arg(&key)
+                .arg("-")
+                .arg("+")
+                .query(&mut conn)
+                .expect("xrange");
+            for entry in entries.ids {
+                let bytes: Vec<u8> = entry.get("e").expect("field e");
+                out.push((
+                    key.clone(),
+                    entry.id.clone(),
+                    Envelope::decode(&bytes).expect("envelope"),
+                ));
+            }
+        }
+        out
+    }
+}
+
+impl RedisServer {
+    /// Number of entries in `key` that decode as envelopes (others are skipped).
+    pub fn decodable_entries(&self, key: &str) -> usize {
+        let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(key)
+            .arg("-")
+            .arg("+")
+            .query(&mut self.conn())
+            .expect("xrange");
+        entries
+            .ids
+            .iter()
+            .filter_map(|entry| entry.get::<Vec<u8>>("e"))
+            .filter(|bytes| Envelope::decode(bytes).is_ok())
+            .count()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.signal("CONT");
+        self.kill();
+    }
+}
+
+/// Every dead letter of a subscription, over all its partitions: each entry's fields.
+pub fn dlq_entries(redis: &RedisServer, subscription: &str) -> Vec<HashMap<String, String>> {
+    let mut conn = redis.conn();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("evr:{{*}}:dlq:{subscription}"))
+        .query(&mut conn)
+        .expect("keys");
+    let mut out = Vec::new();
+    for key in keys {
+        let range: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(&key)
+            .arg("-")
+            .arg("+")
+            .query(&mut conn)
+            .expect("xrange");
+        for entry in range.ids {
+            let mut fields = HashMap::new();
+            for (name, value) in &entry.map {
+                if let redis::Value::BulkString(bytes) = value {
+                    fields.insert(name.clone(), String::from_utf8_lossy(bytes).into_owned());
+                }
+            }
+            out.push(fields);
+        }
+    }
+    out
+}
