@@ -155,3 +155,61 @@ async fn an_always_failing_subscriber_gets_everything_into_the_dlq() {
     assert_eq!(purged["purged"], 1);
     assert!(dlq_entries(&redis, "audit").is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_has_the_shape_of_a_live_delivery() {
+    let redis = RedisServer::start();
+    let router = TestRouter::start(test_config(&redis)).await;
+    let recovered = Arc::new(AtomicBool::new(false));
+    let flag = recovered.clone();
+    let subscriber = Subscriber::with_rule(Arc::new(move |_| {
+        if flag.load(AtomicOrdering::Relaxed) {
+            (200, String::new())
+        } else {
+            (400, String::new())
+        }
+    }))
+    .await;
+    router
+        .subscribe(
+            "bulk-audit",
+            &["order.created"],
+            &subscriber.url(),
+            json!({"mode": "bulk", "max_attempts": 1, "bulk": {"max_events": 10, "max_wait_ms": 1}}),
+        )
+        .await;
+    let total = publish_keyed(&router, "order.created", 3, 1).await;
+    eventually(Duration::from_secs(10), async || {
+        let dead = dlq_entries(&redis, "bulk-audit").len();
+        if dead >= total {
+            Ok(())
+        } else {
+            Err(format!("{dead} of {total} dead letters"))
+        }
+    })
+    .await;
+    let live = subscriber.received();
+    assert!(
+        live.iter().all(|r| r.in_array),
+        "bulk deliveries are arrays"
+    );
+
+    recovered.store(true, AtomicOrdering::Relaxed);
+    let report: Value = client()
+        .post(router.url("/v1/dlq/bulk-audit/replay"))
+        .send()
+        .await
+        .expect("replay")
+        .json()
+        .await
+        .expect("report");
+    assert_eq!(report["replayed"], total as u64, "{report}");
+    let replayed = &subscriber.received()[live.len()..];
+    assert_eq!(replayed.len(), total);
+    for event in replayed {
+        // One event a request, as the bulk subscriber reads every request: an array.
+        assert!(event.in_array && event.batch == 1, "{event:?}");
+        assert_eq!(event.attempt, 1);
+    }
+    assert!(dlq_entries(&redis, "bulk-audit").is_empty());
+}

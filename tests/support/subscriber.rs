@@ -32,6 +32,8 @@ pub struct Received {
     pub traceparent: Option<String>,
     /// Events in the request (1 in single mode).
     pub batch: usize,
+    /// Whether the request's body was a JSON array (bulk mode), even of one event.
+    pub in_array: bool,
 }
 
 /// How to answer: status and body, given the request's first event and its attempt.
@@ -138,7 +140,7 @@ impl Drop for Subscriber {
     }
 }
 
-fn read_event(value: &Value, headers: &HeaderMap, batch: usize) -> Received {
+fn read_event(value: &Value, headers: &HeaderMap, batch: usize, in_array: bool) -> Received {
     let header = |name: &str| {
         headers
             .get(name)
@@ -158,6 +160,7 @@ fn read_event(value: &Value, headers: &HeaderMap, batch: usize) -> Received {
         topic: header("evr-topic"),
         traceparent: header("traceparent"),
         batch,
+        in_array,
     }
 }
 
@@ -170,9 +173,9 @@ async fn receive(
     let events: Vec<Received> = match &value {
         Value::Array(items) => items
             .iter()
-            .map(|v| read_event(v, &headers, items.len()))
+            .map(|v| read_event(v, &headers, items.len(), true))
             .collect(),
-        other => vec![read_event(other, &headers, 1)],
+        other => vec![read_event(other, &headers, 1, false)],
     };
     if let Some(delay) = shared.delay {
         tokio::time::sleep(delay).await;
