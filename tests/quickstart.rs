@@ -2,7 +2,8 @@
 //! binary, serving `evrouter.example.toml` over a private Redis) and a real `evrouter tail`,
 //! every command's answer compared with the `# → ` lines the README shows under it (`…`
 //! stands for any text), and what the subscriber printed with the lines shown under
-//! `evrouter tail`. The README cannot drift from what evrouter answers.
+//! `evrouter tail`. The README cannot drift from what evrouter answers. Its log, written to
+//! a file, carries no colour codes.
 
 mod support;
 
@@ -223,6 +224,11 @@ fn the_readme_quick_start_answers_as_shown() {
             );
         }
     }
+
+    // Logs written to a file carry no colour codes (colour is for a terminal only).
+    let log = router.output();
+    assert!(log.contains("evrouter serving"), "{log}");
+    assert!(!log.contains('\u{1b}'), "colour codes in a log file:\n{log}");
 
     // The subscriber printed what the README shows, in any order across keys.
     let deadline = Instant::now() + Duration::from_secs(20);
