@@ -15,12 +15,10 @@ use support::{
     RedisServer, RouterApi, TestRouter,
 };
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_always_failing_subscriber_gets_everything_into_the_dlq() {
-    let redis = RedisServer::start();
-    let router = TestRouter::start(test_config(&redis)).await;
-    // 400: retried, but the endpoint stays healthy (a 5xx would open its breaker and
-    // slow the retries down to one probe per cooldown). Recovers when told to.
+/// A subscriber that answers 400 until the flag is set, then 200. 400 is retried, but the
+/// endpoint stays healthy (a 5xx would open its breaker and slow the retries down to one
+/// probe per cooldown).
+async fn recovering_subscriber() -> (Subscriber, Arc<AtomicBool>) {
     let recovered = Arc::new(AtomicBool::new(false));
     let flag = recovered.clone();
     let subscriber = Subscriber::with_rule(Arc::new(move |_| {
@@ -31,6 +29,14 @@ async fn an_always_failing_subscriber_gets_everything_into_the_dlq() {
         }
     }))
     .await;
+    (subscriber, recovered)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_always_failing_subscriber_gets_everything_into_the_dlq() {
+    let redis = RedisServer::start();
+    let router = TestRouter::start(test_config(&redis)).await;
+    let (subscriber, recovered) = recovering_subscriber().await;
     router
         .subscribe(
             "audit",
@@ -160,16 +166,7 @@ async fn an_always_failing_subscriber_gets_everything_into_the_dlq() {
 async fn a_replay_has_the_shape_of_a_live_delivery() {
     let redis = RedisServer::start();
     let router = TestRouter::start(test_config(&redis)).await;
-    let recovered = Arc::new(AtomicBool::new(false));
-    let flag = recovered.clone();
-    let subscriber = Subscriber::with_rule(Arc::new(move |_| {
-        if flag.load(AtomicOrdering::Relaxed) {
-            (200, String::new())
-        } else {
-            (400, String::new())
-        }
-    }))
-    .await;
+    let (subscriber, recovered) = recovering_subscriber().await;
     router
         .subscribe(
             "bulk-audit",

@@ -228,7 +228,10 @@ fn the_readme_quick_start_answers_as_shown() {
     // Logs written to a file carry no colour codes (colour is for a terminal only).
     let log = router.output();
     assert!(log.contains("evrouter serving"), "{log}");
-    assert!(!log.contains('\u{1b}'), "colour codes in a log file:\n{log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "colour codes in a log file:\n{log}"
+    );
 
     // The subscriber printed what the README shows, in any order across keys.
     let deadline = Instant::now() + Duration::from_secs(20);
