@@ -18,8 +18,7 @@ pub async fn healthz() -> Json<Value> {
 /// `GET /readyz`: Redis answers a PING.
 pub async fn readyz(State(app): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
     let mut conn = app.control.clone();
-    let command = redis::cmd("PING");
-    let ping = command.query_async::<String>(&mut conn);
+    let ping = crate::store::ping(&mut conn);
     match tokio::time::timeout(app.ready_timeout, ping).await {
         Ok(Ok(_)) => Ok(Json(json!({"status": "ready", "redis": "ok"}))),
         Ok(Err(err)) => {

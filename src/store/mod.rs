@@ -11,6 +11,7 @@ pub mod reader;
 pub mod retention;
 pub mod sequence;
 pub mod stream_conn;
+pub mod subscriptions;
 pub mod writer;
 
 use std::time::Duration;
@@ -20,6 +21,14 @@ use redis::io::tcp::TcpSettings;
 use redis::{Client, IntoConnectionInfo};
 
 pub use writer::{Appended, Entry, WriterPool};
+
+/// Whether Redis answers: a PING.
+pub async fn ping(conn: &mut ConnectionManager) -> redis::RedisResult<()> {
+    redis::cmd("PING")
+        .query_async::<String>(conn)
+        .await
+        .map(|_| ())
+}
 
 /// Why a store operation failed.
 #[derive(Debug, Clone, thiserror::Error)]
