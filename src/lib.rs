@@ -23,6 +23,7 @@
 //! - [`ingress`]: the HTTP server: the native API and the Dapr adapter's handlers.
 //! - this file: [`run`], which wires the floors together; `main.rs`: the command line.
 
+pub mod auth;
 pub mod catalog;
 pub mod config;
 pub mod delivery;
@@ -38,6 +39,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
+use auth::Authenticator;
 use catalog::StreamCatalog;
 use config::{Config, Durability};
 use delivery::subscription::Subscription;
@@ -61,6 +63,9 @@ pub enum RunError {
     /// Redis could not be set up.
     #[error(transparent)]
     Store(#[from] store::StoreError),
+    /// A principal's token could not be read.
+    #[error(transparent)]
+    Auth(#[from] auth::SetupError),
     /// `durability = "strict"` and Redis could lose acknowledged events.
     #[error("redis.durability is strict but {0}")]
     NotDurable(String),
@@ -74,6 +79,16 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
     let schemas = Arc::new(SchemaRegistry::load(&config.validation)?);
+    let authenticator = Arc::new(Authenticator::new(&config.auth, |var| {
+        std::env::var(var).ok()
+    })?);
+    if !authenticator.required() {
+        if config.auth.allow_anonymous {
+            tracing::warn!(listen = %config.server.listen, "authentication is off (auth.allow_anonymous): every caller may do everything");
+        } else {
+            tracing::info!("authentication is off: listening on loopback only");
+        }
+    }
     let target = RedisTarget::new(
         &config.redis.url,
         config.redis.response_timeout.get(),
@@ -165,6 +180,7 @@ pub async fn run(
     ));
     let app_watcher = dapr_apps.clone().spawn(config.dapr.refresh_interval.get());
     let state = Arc::new(AppState {
+        auth: authenticator,
         publisher,
         dapr,
         dapr_apps,

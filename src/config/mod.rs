@@ -44,6 +44,56 @@ pub struct Config {
     pub subscriptions: Vec<crate::model::subscription::SubscriptionSpec>,
     /// The Dapr-compatible API: pubsub names, apps whose subscriptions are read.
     pub dapr: DaprConfig,
+    /// Who may call evrouter and what each caller may do.
+    pub auth: AuthConfig,
+}
+
+/// Authentication and rights.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AuthConfig {
+    /// `none` (every caller may do everything) or `token` (bearer tokens of
+    /// `[[auth.principals]]`).
+    pub mode: AuthMode,
+    /// With `mode = "none"`, serving on an address that is not loopback is refused unless
+    /// this is true.
+    pub allow_anonymous: bool,
+    /// `GET /v1/stats` answers without a token.
+    pub open_metrics: bool,
+    /// The callers of `mode = "token"`.
+    pub principals: Vec<PrincipalConfig>,
+}
+
+/// How callers prove who they are.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// No authentication: every caller is the anonymous admin.
+    #[default]
+    None,
+    /// `Authorization: Bearer <token>` (or Dapr's `dapr-api-token`), checked against the
+    /// SHA-256 of each principal's token.
+    Token,
+}
+
+/// One caller and its rights.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PrincipalConfig {
+    /// Its name (recorded as the owner of its subscriptions).
+    pub name: String,
+    /// The SHA-256 of its token, in hex (the token itself is never in the file).
+    pub token_sha256: Option<String>,
+    /// Or: an environment variable holding the token.
+    pub token_env: Option<String>,
+    /// Topic patterns it may publish to.
+    pub publish: Vec<String>,
+    /// Topic patterns its subscriptions may read.
+    pub subscribe: Vec<String>,
+    /// Manages every subscription, replays and purges any DLQ, reads stats.
+    pub admin: bool,
+    /// Reads `GET /v1/stats`.
+    pub metrics: bool,
 }
 
 /// The Dapr sidecar API evrouter also serves (`/v1.0/publish/...`, `/dapr/subscribe`).

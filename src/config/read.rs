@@ -68,6 +68,9 @@ impl Config {
                 "dapr" => {
                     read_section(&key, value, &mut problems, &mut config.dapr);
                 }
+                "auth" => {
+                    read_section(&key, value, &mut problems, &mut config.auth);
+                }
                 "default_streams" => {
                     read_section(&key, value, &mut problems, &mut config.default_streams);
                 }

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use super::{Config, ConfigDuration, ConfigProblem};
+use super::{AuthMode, Config, ConfigDuration, ConfigProblem};
 use crate::model::pattern::TopicPattern;
 
 /// A duration setting as a result, for the checks below.
@@ -123,6 +123,7 @@ impl Config {
             }
         }
         self.validate_dapr(&mut bad);
+        self.validate_auth(&mut bad);
         let mut subscription_names = std::collections::HashSet::new();
         for (i, spec) in self.subscriptions.iter().enumerate() {
             if !subscription_names.insert(spec.name.as_str()) {
@@ -193,6 +194,80 @@ impl Config {
                     Ok(d) if d.as_millis() == 0 => bad(&at("dedup_window"), "must be > 0".into()),
                     Ok(_) => {}
                     Err(message) => bad(&at("dedup_window"), message),
+                }
+            }
+        }
+    }
+
+    fn validate_auth(&self, bad: &mut impl FnMut(&str, String)) {
+        let auth = &self.auth;
+        let loopback = self
+            .server
+            .listen
+            .parse::<SocketAddr>()
+            .map_or(true, |a| a.ip().is_loopback());
+        if auth.mode == AuthMode::None && !loopback && !auth.allow_anonymous {
+            bad(
+                "auth.mode",
+                format!(
+                    "`none` on `{}`, which is not a loopback address: set mode = \"token\" with \
+                     [[auth.principals]], or allow_anonymous = true to serve without authentication",
+                    self.server.listen
+                ),
+            );
+        }
+        if auth.mode == AuthMode::Token && auth.principals.is_empty() {
+            bad(
+                "auth.principals",
+                "mode = \"token\" needs at least one principal".into(),
+            );
+        }
+        let mut names = std::collections::HashSet::new();
+        let mut hashes = std::collections::HashSet::new();
+        for (i, principal) in auth.principals.iter().enumerate() {
+            let at = |key: &str| format!("auth.principals[{i}].{key}");
+            if principal.name.is_empty() || principal.name.len() > 100 {
+                bad(&at("name"), "must be 1 to 100 characters".into());
+            }
+            if !names.insert(principal.name.as_str()) {
+                bad(
+                    &at("name"),
+                    format!("duplicate principal `{}`", principal.name),
+                );
+            }
+            match (&principal.token_sha256, &principal.token_env) {
+                (Some(hash), None) => {
+                    let hex_ok = hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit());
+                    if !hex_ok {
+                        bad(
+                            &at("token_sha256"),
+                            "must be the 64 hex digits of the token's SHA-256".into(),
+                        );
+                    } else if !hashes.insert(hash.to_ascii_lowercase()) {
+                        bad(
+                            &at("token_sha256"),
+                            "another principal has the same token".into(),
+                        );
+                    }
+                }
+                (None, Some(var)) if !var.is_empty() => {}
+                (None, _) => bad(
+                    &at("token_sha256"),
+                    "one of token_sha256 or token_env is required".into(),
+                ),
+                (Some(_), Some(_)) => bad(
+                    &at("token_env"),
+                    "give token_sha256 or token_env, not both".into(),
+                ),
+            }
+            for (key, patterns) in [
+                ("publish", &principal.publish),
+                ("subscribe", &principal.subscribe),
+            ] {
+                for (j, pattern) in patterns.iter().enumerate() {
+                    if let Err(e) = TopicPattern::parse(pattern) {
+                        bad(&at(&format!("{key}[{j}]")), e.to_string());
+                    }
                 }
             }
         }
@@ -426,6 +501,33 @@ mod tests {
             "blocks replace the default pubsub"
         );
         assert_eq!(config.dapr.apps[0].max_attempts, 5);
+    }
+
+    #[test]
+    fn open_access_off_loopback_and_bad_principals_are_refused() {
+        let problems = |text: &str| match Config::from_toml_str(text, no_env()) {
+            Err(ConfigError::Invalid(problems)) => problems,
+            other => panic!("expected problems, got {other:?}"),
+        };
+        let found = problems("[server]\nlisten = \"0.0.0.0:3500\"\n");
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].path, "auth.mode");
+        let allowed = "[server]\nlisten = \"0.0.0.0:3500\"\n[auth]\nallow_anonymous = true\n";
+        assert!(Config::from_toml_str(allowed, no_env()).is_ok());
+        let found = problems(
+            "[auth]\nmode = \"token\"\n[[auth.principals]]\nname = \"a\"\ntoken_sha256 = \"abc\"\npublish = [\"order..x\"]\n[[auth.principals]]\nname = \"a\"\n",
+        );
+        let paths: Vec<&str> = found.iter().map(|p| p.path.as_str()).collect();
+        for expected in [
+            "auth.principals[0].token_sha256",
+            "auth.principals[0].publish[0]",
+            "auth.principals[1].name",
+            "auth.principals[1].token_sha256",
+        ] {
+            assert!(paths.contains(&expected), "{expected} not in {paths:?}");
+        }
+        let found = problems("[auth]\nmode = \"token\"\n");
+        assert_eq!(found[0].path, "auth.principals");
     }
 
     #[test]

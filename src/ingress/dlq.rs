@@ -8,12 +8,13 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::json;
 
 use super::publish::read_body;
 use super::AppState;
+use crate::auth::Principal;
 use crate::ingress::error::ApiError;
 
 /// Paging of `GET /v1/dlq/{subscription}`.
@@ -40,12 +41,14 @@ fn store_error(err: redis::RedisError) -> ApiError {
 /// Lists dead letters, paged.
 pub async fn list(
     State(app): State<Arc<AppState>>,
+    Extension(principal): Extension<Arc<Principal>>,
     Path(name): Path<String>,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(query) = query
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", e.body_text()))?;
     let limit = query.limit.unwrap_or(100).clamp(1, 1000);
+    super::subscriptions::check_owner(&app, &principal, &name)?;
     let page = app
         .delivery
         .dlq_list(&name, limit, query.after.as_deref())
@@ -58,10 +61,12 @@ pub async fn list(
 /// Replays dead letters through the subscription's endpoints.
 pub async fn replay(
     State(app): State<Arc<AppState>>,
+    Extension(principal): Extension<Arc<Principal>>,
     Path(name): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    super::subscriptions::check_owner(&app, &principal, &name)?;
     let bytes = read_body(&headers, body, app.max_body_bytes, app.body_read_timeout).await?;
     let request: ReplayBody = if bytes.iter().all(u8::is_ascii_whitespace) {
         ReplayBody::default()
@@ -86,8 +91,10 @@ pub async fn replay(
 /// Purges dead letters.
 pub async fn purge(
     State(app): State<Arc<AppState>>,
+    Extension(principal): Extension<Arc<Principal>>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
+    principal.must_be_admin("purging a DLQ")?;
     let purged = app
         .delivery
         .dlq_purge(&name)

@@ -5,6 +5,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use crate::auth::{AuthError, Denied};
 use crate::publish::{EventViolation, PublishError};
 use crate::store::StoreError;
 
@@ -70,6 +71,30 @@ impl ApiError {
         }
     }
 
+    /// 401: no principal; answered with `WWW-Authenticate`.
+    pub fn unauthorized(why: AuthError) -> Response {
+        let code = match why {
+            AuthError::Missing => "unauthenticated",
+            AuthError::Invalid => "invalid_token",
+        };
+        let mut response =
+            Self::new(StatusCode::UNAUTHORIZED, code, why.to_string()).into_response();
+        let challenge = match why {
+            AuthError::Missing => "Bearer realm=\"evrouter\"",
+            AuthError::Invalid => "Bearer realm=\"evrouter\", error=\"invalid_token\"",
+        };
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(challenge),
+        );
+        response
+    }
+
+    /// 403: the principal may not do this; the message names what refused it.
+    pub fn forbidden(denied: Denied) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", denied.0)
+    }
+
     /// 404 for a path no route serves.
     pub fn not_found(path: &str) -> Self {
         Self::new(
@@ -77,6 +102,12 @@ impl ApiError {
             "not_found",
             format!("no route for {path}"),
         )
+    }
+}
+
+impl From<Denied> for ApiError {
+    fn from(denied: Denied) -> Self {
+        Self::forbidden(denied)
     }
 }
 

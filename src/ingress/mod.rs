@@ -2,6 +2,7 @@
 //! state they use, and the server loop with header-read timeouts and graceful shutdown.
 //! Nothing below this floor knows an HTTP request.
 
+pub mod auth;
 pub mod dapr;
 pub mod dlq;
 pub mod error;
@@ -25,6 +26,7 @@ use hyper_util::service::TowerToHyperService;
 use redis::aio::ConnectionManager;
 use tokio::net::TcpListener;
 
+use crate::auth::Authenticator;
 use crate::delivery::Runtime;
 use crate::publish::dapr::DaprPubsubs;
 use crate::publish::Publisher;
@@ -33,6 +35,8 @@ use error::ApiError;
 
 /// What every handler can reach.
 pub struct AppState {
+    /// Who is calling.
+    pub auth: Arc<Authenticator>,
     /// The publish pipeline.
     pub publisher: Arc<Publisher>,
     /// The Dapr API's pubsub names and topic mapping.
@@ -79,6 +83,10 @@ pub fn router(state: Arc<AppState>) -> Router {
                 "method not allowed on this path",
             )
         })
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ))
         .with_state(state)
 }
 

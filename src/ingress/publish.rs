@@ -7,22 +7,25 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use super::AppState;
+use crate::auth::Principal;
 use crate::ingress::error::ApiError;
 use crate::publish::PublishContext;
 
 /// Publishes the body to the topic.
 pub async fn publish(
     State(app): State<Arc<AppState>>,
+    Extension(principal): Extension<Arc<Principal>>,
     topic: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let Path(topic) = topic
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_topic", e.body_text()))?;
+    principal.may_publish(&topic)?;
     check_content_type(&headers)?;
     let bytes = read_body(&headers, body, app.max_body_bytes, app.body_read_timeout).await?;
     let context = PublishContext {

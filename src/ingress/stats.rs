@@ -4,18 +4,32 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::Json;
+use axum::{Extension, Json};
 use serde_json::{json, Value};
 
+use super::error::ApiError;
 use super::AppState;
+use crate::auth::{Denied, Principal};
 
-/// Counters of every subscription running on this instance.
-pub async fn stats(State(app): State<Arc<AppState>>) -> Json<Value> {
+/// Counters of every subscription running on this instance; for a principal with
+/// `metrics` or `admin`, or anyone when `auth.open_metrics` is set.
+pub async fn stats(
+    State(app): State<Arc<AppState>>,
+    principal: Option<Extension<Arc<Principal>>>,
+) -> Result<Json<Value>, ApiError> {
+    if !app.auth.open_metrics() {
+        let allowed = principal.is_some_and(|Extension(p)| p.metrics);
+        if !allowed {
+            return Err(ApiError::forbidden(Denied(
+                "stats need a principal with `metrics` or `admin`".into(),
+            )));
+        }
+    }
     let mut subscriptions = BTreeMap::new();
     for (name, stats) in app.delivery.stats() {
         let lag = app.delivery.lag(&name).await;
         let sequence = app.delivery.orders_by_sequence(&name);
         subscriptions.insert(name, stats.snapshot(lag, sequence));
     }
-    Json(json!({ "subscriptions": subscriptions }))
+    Ok(Json(json!({ "subscriptions": subscriptions })))
 }

@@ -6,10 +6,11 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 
 use super::publish::read_body;
 use super::AppState;
+use crate::auth::Principal;
 use crate::delivery::registry::Created;
 use crate::delivery::subscription::Subscription;
 use crate::ingress::error::ApiError;
@@ -20,8 +21,15 @@ fn store_error(err: redis::RedisError) -> ApiError {
     ApiError::store_unavailable("subscription store", err)
 }
 
-/// Parses and validates a subscription body, listing every problem with its path.
-fn parse(bytes: &[u8], name_from_path: Option<&str>) -> Result<Subscription, ApiError> {
+/// Parses and validates a subscription body, listing every problem with its path, and
+/// checks that `principal` may own it: every topic pattern within what it may read, the
+/// owner itself (an admin may name another).
+fn parse(
+    bytes: &[u8],
+    name_from_path: Option<&str>,
+    principal: &Principal,
+    existing_owner: Option<Option<String>>,
+) -> Result<Subscription, ApiError> {
     let invalid = |details: Vec<EventViolation>| ApiError {
         details,
         ..ApiError::new(
@@ -55,6 +63,22 @@ fn parse(bytes: &[u8], name_from_path: Option<&str>) -> Result<Subscription, Api
             }]));
         }
     }
+    match &spec.owner {
+        Some(owner) if !principal.admin && Some(owner) != principal.owner().as_ref() => {
+            return Err(ApiError::forbidden(crate::auth::Denied(format!(
+                "only an admin may give a subscription to `{owner}`"
+            ))));
+        }
+        Some(_) => {}
+        // A replaced subscription keeps its owner unless the body names another.
+        None => spec.owner = existing_owner.unwrap_or_else(|| principal.owner()),
+    }
+    for topic in &spec.topics {
+        // A pattern that does not compile is reported with the others below.
+        if crate::model::pattern::TopicPattern::parse(topic).is_ok() {
+            principal.may_subscribe(topic)?;
+        }
+    }
     Subscription::new(spec).map_err(|violations| {
         invalid(
             violations
@@ -70,12 +94,17 @@ fn parse(bytes: &[u8], name_from_path: Option<&str>) -> Result<Subscription, Api
 }
 
 /// `GET /v1/subscriptions`.
-pub async fn list(State(app): State<Arc<AppState>>) -> Json<Vec<SubscriptionSpec>> {
+/// An admin sees every subscription, any other principal its own.
+pub async fn list(
+    State(app): State<Arc<AppState>>,
+    Extension(principal): Extension<Arc<Principal>>,
+) -> Json<Vec<SubscriptionSpec>> {
     Json(
         app.delivery
             .registry()
             .all()
             .iter()
+            .filter(|s| principal.may_manage(s.spec.owner.as_deref()).is_ok())
             .map(|s| s.spec.clone())
             .collect(),
     )
@@ -84,24 +113,41 @@ pub async fn list(State(app): State<Arc<AppState>>) -> Json<Vec<SubscriptionSpec
 /// `GET /v1/subscriptions/{name}`.
 pub async fn get(
     State(app): State<Arc<AppState>>,
+    Extension(principal): Extension<Arc<Principal>>,
     Path(name): Path<String>,
 ) -> Result<Json<SubscriptionSpec>, ApiError> {
-    app.delivery
+    let sub = app
+        .delivery
         .registry()
         .get(&name)
-        .map(|s| Json(s.spec.clone()))
-        .ok_or_else(|| ApiError::unknown_subscription(&name))
+        .ok_or_else(|| ApiError::unknown_subscription(&name))?;
+    principal.may_manage(sub.spec.owner.as_deref())?;
+    Ok(Json(sub.spec.clone()))
+}
+
+/// Refuses a change to an existing subscription that `principal` may not manage.
+pub(super) fn check_owner(
+    app: &AppState,
+    principal: &Principal,
+    name: &str,
+) -> Result<(), ApiError> {
+    match app.delivery.registry().get(name) {
+        Some(existing) => Ok(principal.may_manage(existing.spec.owner.as_deref())?),
+        None => Ok(()),
+    }
 }
 
 /// `POST /v1/subscriptions`: 201 created, 200 when the same one exists, 409 when a
 /// different one of that name exists.
 pub async fn create(
     State(app): State<Arc<AppState>>,
+    Extension(principal): Extension<Arc<Principal>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let bytes = read_body(&headers, body, app.max_body_bytes, app.body_read_timeout).await?;
-    let sub = parse(&bytes, None)?;
+    let sub = parse(&bytes, None, &principal, None)?;
+    check_owner(&app, &principal, sub.name())?;
     match app.delivery.create(&sub).await.map_err(store_error)? {
         Created::New => Ok((StatusCode::CREATED, Json(sub.spec)).into_response()),
         Created::Unchanged => Ok((StatusCode::OK, Json(sub.spec)).into_response()),
@@ -120,12 +166,19 @@ pub async fn create(
 /// `PUT /v1/subscriptions/{name}`: creates or replaces.
 pub async fn put(
     State(app): State<Arc<AppState>>,
+    Extension(principal): Extension<Arc<Principal>>,
     Path(name): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    check_owner(&app, &principal, &name)?;
     let bytes = read_body(&headers, body, app.max_body_bytes, app.body_read_timeout).await?;
-    let sub = parse(&bytes, Some(&name))?;
+    let existing = app
+        .delivery
+        .registry()
+        .get(&name)
+        .map(|s| s.spec.owner.clone());
+    let sub = parse(&bytes, Some(&name), &principal, existing)?;
     let existed = app.delivery.put(&sub).await.map_err(store_error)?;
     let status = if existed {
         StatusCode::OK
@@ -138,8 +191,10 @@ pub async fn put(
 /// `DELETE /v1/subscriptions/{name}`.
 pub async fn delete(
     State(app): State<Arc<AppState>>,
+    Extension(principal): Extension<Arc<Principal>>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    check_owner(&app, &principal, &name)?;
     if app.delivery.delete(&name).await.map_err(store_error)? {
         Ok(StatusCode::NO_CONTENT)
     } else {

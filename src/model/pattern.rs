@@ -129,9 +129,80 @@ impl TopicPattern {
     }
 }
 
+impl TopicPattern {
+    /// Whether every topic `other` matches is matched by `self` too (for rights: a
+    /// subscription's pattern must stay within what its owner may read). Decided on the
+    /// patterns' shapes; a regex is covered only by `>`-everything or by the same regex.
+    pub fn covers(&self, other: &TopicPattern) -> bool {
+        match (self, other) {
+            (_, TopicPattern::Exact(topic)) => self.matches(topic),
+            (TopicPattern::Regex(a), TopicPattern::Regex(b)) => a.as_str() == b.as_str(),
+            (TopicPattern::Wildcard(mine), TopicPattern::Regex(_)) => {
+                matches!(mine.as_slice(), [Segment::Rest])
+            }
+            (TopicPattern::Exact(_), _) => false,
+            (TopicPattern::Regex(_), TopicPattern::Wildcard(_)) => false,
+            (TopicPattern::Wildcard(mine), TopicPattern::Wildcard(theirs)) => {
+                segments_cover(mine, theirs)
+            }
+        }
+    }
+}
+
+/// Whether segment list `a` matches every topic `b` matches.
+fn segments_cover(a: &[Segment], b: &[Segment]) -> bool {
+    match (a.first(), b.first()) {
+        (None, None) => true,
+        // `>` takes one or more segments: it covers whatever is left of `b`, if `b` has at
+        // least one segment left.
+        (Some(Segment::Rest), Some(_)) => true,
+        (Some(_), Some(Segment::Rest)) | (None, Some(_)) | (Some(_), None) => false,
+        (Some(Segment::Any), Some(_)) => segments_cover(&a[1..], &b[1..]),
+        (Some(Segment::Literal(x)), Some(Segment::Literal(y))) if x == y => {
+            segments_cover(&a[1..], &b[1..])
+        }
+        (Some(Segment::Literal(_)), Some(_)) => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn covers(a: &str, b: &str) -> bool {
+        let a = TopicPattern::parse(a).expect("valid pattern");
+        a.covers(&TopicPattern::parse(b).expect("valid pattern"))
+    }
+
+    #[test]
+    fn a_pattern_covers_what_it_is_wider_than() {
+        for (a, b) in [
+            ("order.>", "order.created"),
+            ("order.>", "order.*"),
+            ("order.>", "order.>"),
+            ("order.>", "order.*.v2"),
+            ("*.created", "order.created"),
+            ("*.*", "order.*"),
+            (">", "re:^order\\..*$"),
+            (">", "order.>"),
+            ("re:^a$", "re:^a$"),
+            ("order.created", "order.created"),
+        ] {
+            assert!(covers(a, b), "{a} should cover {b}");
+        }
+        for (a, b) in [
+            ("order.*", "order.>"),
+            ("order.*", "order.created.v2"),
+            ("order.>", "payment.*"),
+            ("order.>", ">"),
+            ("order.>", "*.created"),
+            ("order.created", "order.*"),
+            ("order.>", "re:^order\\..*$"),
+            ("*.created", "*.>"),
+        ] {
+            assert!(!covers(a, b), "{a} should not cover {b}");
+        }
+    }
 
     fn m(pattern: &str, topic: &str) -> bool {
         TopicPattern::parse(pattern)

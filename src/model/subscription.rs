@@ -46,6 +46,11 @@ pub struct SubscriptionSpec {
     /// routes, answered by Dapr's rules.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dapr: Option<DaprTarget>,
+    /// The principal that owns it (set by evrouter from the caller's identity); none for
+    /// subscriptions from config, Dapr apps, or when authentication is off. Only its owner
+    /// and admins may change it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 /// How a Dapr app receives a subscription's events (from its `/dapr/subscribe`).
@@ -86,6 +91,7 @@ impl Default for SubscriptionSpec {
             start: Start::Latest,
             dead_letter: true,
             dapr: None,
+            owner: None,
         }
     }
 }

@@ -16,9 +16,11 @@ pub mod wait;
 
 // evrouter's library as the tests see it. Every `evrouter::` path the tests use is named
 // here and nowhere else: a change to the crate's module layout is made in this block.
+pub use evrouter::auth::hash_token;
 pub use evrouter::catalog::partition_of;
 pub use evrouter::config::{
-    Config, DaprAppConfig, DaprPubsubConfig, Durability, KeyRuleConfig, StreamConfig,
+    AuthConfig, AuthMode, Config, DaprAppConfig, DaprPubsubConfig, Durability, KeyRuleConfig,
+    PrincipalConfig, StreamConfig,
 };
 pub use evrouter::model::envelope::{Envelope, PayloadFormat};
 pub use evrouter::model::trace::is_valid_traceparent;

@@ -5,12 +5,22 @@ use std::sync::Arc;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 
+use crate::auth::Principal;
+use crate::ingress::error::ApiError;
 use crate::ingress::AppState;
 use crate::webhook::apps::AppError;
 
 /// `POST /v1/dapr/apps/{id}/refresh`: reads the app's subscriptions now.
-pub async fn refresh(State(app): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
+pub async fn refresh(
+    State(app): State<Arc<AppState>>,
+    Extension(principal): Extension<Arc<Principal>>,
+    Path(id): Path<String>,
+) -> Response {
+    if let Err(denied) = principal.must_be_admin("refreshing a Dapr app") {
+        return ApiError::forbidden(denied).into_response();
+    }
     let Some(config) = app.dapr_apps.app(&id).cloned() else {
         return (
             StatusCode::NOT_FOUND,

@@ -8,10 +8,12 @@ use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use serde::Deserialize;
 use serde_json::Value;
 
 use super::error::DaprError;
+use crate::auth::Principal;
 use crate::ingress::publish::read_body;
 use crate::ingress::AppState;
 use crate::model::cloudevent;
@@ -62,6 +64,7 @@ fn percent_decode(text: &str) -> String {
 /// `metadata.*` and the body.
 async fn read_request(
     app: &AppState,
+    principal: &Principal,
     pubsub: &str,
     topic: &str,
     query: Option<String>,
@@ -69,6 +72,9 @@ async fn read_request(
     body: Body,
 ) -> Result<(String, Metadata, bytes::Bytes), DaprError> {
     let target = app.dapr.target(pubsub, topic)?;
+    principal.may_publish(&target).map_err(|denied| {
+        DaprError::new(StatusCode::FORBIDDEN, "ERR_PUBSUB_FORBIDDEN", denied.0)
+    })?;
     let mut metadata = Metadata::default();
     let pairs = query_pairs(query.as_deref());
     Metadata::read(
@@ -85,6 +91,7 @@ async fn read_request(
 /// Publishes one event through the Dapr API.
 pub async fn publish(
     State(app): State<Arc<AppState>>,
+    Extension(principal): Extension<Arc<Principal>>,
     Path((pubsub, topic)): Path<(String, String)>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
@@ -92,7 +99,7 @@ pub async fn publish(
 ) -> Result<Response, DaprError> {
     let api = &app.dapr;
     let (target, metadata, bytes) =
-        read_request(&app, &pubsub, &topic, query, &headers, body).await?;
+        read_request(&app, &principal, &pubsub, &topic, query, &headers, body).await?;
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -130,6 +137,7 @@ struct BulkEntry {
 /// the entries that were not.
 pub async fn publish_bulk(
     State(app): State<Arc<AppState>>,
+    Extension(principal): Extension<Arc<Principal>>,
     Path((pubsub, topic)): Path<(String, String)>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
@@ -137,7 +145,7 @@ pub async fn publish_bulk(
 ) -> Result<Response, DaprError> {
     let api = &app.dapr;
     let (target, shared, bytes) =
-        read_request(&app, &pubsub, &topic, query, &headers, body).await?;
+        read_request(&app, &principal, &pubsub, &topic, query, &headers, body).await?;
     let max_depth = app.publisher.limits().max_depth;
     let caller = caller(&headers);
     if json_depth(&bytes, max_depth + 2) > max_depth + 2 {

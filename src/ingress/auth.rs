@@ -1,0 +1,59 @@
+//! Authentication of every request: the bearer token (or, on the Dapr API, Dapr's
+//! `dapr-api-token` header) becomes a `Principal` in the request's extensions, or the
+//! request is answered 401. Health checks stay open, and stats when configured so.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap};
+use axum::middleware::Next;
+use axum::response::Response;
+
+use super::error::ApiError;
+use super::AppState;
+
+/// Paths every caller may use.
+fn open(path: &str, app: &AppState) -> bool {
+    matches!(
+        path,
+        "/healthz" | "/readyz" | "/v1.0/healthz" | "/v1.0/healthz/outbound"
+    ) || (path == "/v1/stats" && app.auth.open_metrics())
+}
+
+/// The token of a request: `Authorization: Bearer …`, or `dapr-api-token` on the Dapr API.
+fn token<'a>(headers: &'a HeaderMap, path: &str) -> Option<&'a str> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        });
+    bearer.or_else(|| {
+        path.starts_with("/v1.0")
+            .then(|| headers.get("dapr-api-token").and_then(|v| v.to_str().ok()))
+            .flatten()
+    })
+}
+
+/// Puts the caller's principal in the request, or answers 401.
+pub async fn authenticate(
+    State(app): State<Arc<AppState>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let path = request.uri().path();
+    if open(path, &app) {
+        return next.run(request).await;
+    }
+    match app.auth.authenticate(token(request.headers(), path)) {
+        Ok(principal) => {
+            request.extensions_mut().insert(principal);
+            next.run(request).await
+        }
+        Err(why) => {
+            tracing::debug!(path, reason = %why, "request refused: no principal");
+            ApiError::unauthorized(why)
+        }
+    }
+}
