@@ -89,8 +89,10 @@ pub async fn run(
             tracing::info!("authentication is off: listening on loopback only");
         }
     }
+    let password = redis_password(&config)?;
     let target = RedisTarget::new(
         &config.redis.url,
+        password.as_deref(),
         config.redis.response_timeout.get(),
         config.redis.connect_timeout.get(),
     )?;
@@ -210,6 +212,24 @@ pub async fn run(
     writers.shutdown().await;
     tracing::info!("evrouter stopped");
     Ok(())
+}
+
+/// The Redis password from `EVR_REDIS_PASSWORD`, else from `redis.password_file` (its
+/// first line); none means the URL's own, if any.
+fn redis_password(config: &Config) -> Result<Option<String>, RunError> {
+    if let Ok(password) = std::env::var(config::REDIS_PASSWORD_ENV) {
+        return Ok(Some(password));
+    }
+    let Some(file) = &config.redis.password_file else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(file).map_err(|e| {
+        RunError::Store(store::StoreError::Unavailable(format!(
+            "redis.password_file {}: {e}",
+            file.display()
+        )))
+    })?;
+    Ok(text.lines().next().map(str::to_string))
 }
 
 async fn check_durability(

@@ -87,7 +87,7 @@ fn main() -> ExitCode {
                 println!(
                     "config ok: listen {}, redis {}, {} streams",
                     config.server.listen,
-                    config.redis.url,
+                    evrouter::model::redact::url(&config.redis.url),
                     config.effective_streams().len()
                 );
                 ExitCode::SUCCESS

@@ -18,6 +18,9 @@ use serde::{Deserialize, Serialize};
 /// `EVR_TEST_*` variables, which the test suite reads).
 pub const LOG_ENV: &str = "EVR_LOG";
 
+/// The environment variable holding the Redis password; not a config override either.
+pub const REDIS_PASSWORD_ENV: &str = "EVR_REDIS_PASSWORD";
+
 /// Everything evrouter can be told, read once at start-up.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
@@ -255,6 +258,9 @@ impl Default for ServerConfig {
 pub struct RedisConfig {
     /// Redis URL.
     pub url: String,
+    /// A file holding the Redis password (its first line), used instead of one in `url`;
+    /// the variable `EVR_REDIS_PASSWORD`, when set, is used before both.
+    pub password_file: Option<PathBuf>,
     /// Prefix of every key evrouter writes.
     pub key_prefix: String,
     /// A single Redis command or pipeline not answered within this time fails.
@@ -270,6 +276,7 @@ impl Default for RedisConfig {
     fn default() -> Self {
         Self {
             url: "redis://127.0.0.1:6379".into(),
+            password_file: None,
             key_prefix: "evr".into(),
             response_timeout: "2s".into(),
             connect_timeout: "1s".into(),

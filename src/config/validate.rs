@@ -72,11 +72,30 @@ impl Config {
                 Err(message) => bad(path, message),
             }
         }
-        if !self.redis.url.starts_with("redis://") && !self.redis.url.starts_with("rediss://") {
+        if self.redis.url.starts_with("rediss://") {
             bad(
                 "redis.url",
-                format!("`{}` is not a redis:// URL", self.redis.url),
+                format!(
+                    "`{}`: TLS to Redis (rediss://) is not supported yet; use redis://",
+                    crate::model::redact::url(&self.redis.url)
+                ),
             );
+        } else if !self.redis.url.starts_with("redis://") {
+            bad(
+                "redis.url",
+                format!(
+                    "`{}` is not a redis:// URL",
+                    crate::model::redact::url(&self.redis.url)
+                ),
+            );
+        }
+        if let Some(file) = &self.redis.password_file {
+            if !file.is_file() {
+                bad(
+                    "redis.password_file",
+                    format!("{} is not a readable file", file.display()),
+                );
+            }
         }
         if self.redis.key_prefix.is_empty() || self.redis.key_prefix.contains(['{', '}']) {
             bad(

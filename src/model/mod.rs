@@ -7,6 +7,7 @@ pub mod dead_letter;
 pub mod envelope;
 pub mod event;
 pub mod pattern;
+pub mod redact;
 pub mod route;
 pub mod subscription;
 pub mod sync;

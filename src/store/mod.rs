@@ -100,16 +100,27 @@ pub struct RedisTarget {
 }
 
 impl RedisTarget {
-    /// Parses the URL and sets TCP_NODELAY (the client leaves it off by default).
+    /// Parses the URL (with `password`, when given, in place of the URL's) and sets
+    /// TCP_NODELAY (the client leaves it off by default).
     pub fn new(
         url: &str,
+        password: Option<&str>,
         response_timeout: Duration,
         connect_timeout: Duration,
     ) -> Result<Self, StoreError> {
-        let info = url
+        let mut info = url
             .into_connection_info()
-            .map_err(|e| StoreError::Unavailable(format!("bad redis url: {e}")))?
+            .map_err(|e| {
+                StoreError::Unavailable(format!(
+                    "bad redis url {}: {e}",
+                    crate::model::redact::url(url)
+                ))
+            })?
             .set_tcp_settings(TcpSettings::default().set_nodelay(true));
+        if let Some(password) = password {
+            let settings = info.redis_settings().clone().set_password(password);
+            info = info.set_redis_settings(settings);
+        }
         let client = Client::open(info).map_err(|e| StoreError::Unavailable(e.to_string()))?;
         Ok(Self {
             client,

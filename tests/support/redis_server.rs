@@ -61,11 +61,15 @@ impl RedisServer {
             .expect("redis-server is installed");
         self.child = Some(child);
         for _ in 0..200 {
-            if redis::Client::open(self.url())
+            let ping = redis::Client::open(self.url())
                 .and_then(|c| c.get_connection())
-                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
-                .is_ok()
-            {
+                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
+            // A server that requires a password answers, with NOAUTH: it is up.
+            let up = match ping {
+                Ok(_) => true,
+                Err(err) => err.code() == Some("NOAUTH"),
+            };
+            if up {
                 return;
             }
             std::thread::sleep(Duration::from_millis(25));
