@@ -181,8 +181,15 @@ pub async fn run(
         delivery.clone(),
     ));
     let app_watcher = dapr_apps.clone().spawn(config.dapr.refresh_interval.get());
+    let audit = store::audit::AuditLog::new(
+        target.manager()?,
+        &config.redis.key_prefix,
+        config.audit.retention.get(),
+        config.audit.max_entries,
+    );
     let state = Arc::new(AppState {
         auth: authenticator,
+        audit,
         publisher,
         dapr,
         dapr_apps,

@@ -62,6 +62,28 @@ enum Command {
         /// Most entries to list.
         #[arg(long, default_value_t = 100)]
         limit: usize,
+        /// Bearer token, when evrouter requires one.
+        #[arg(long, env = "EVR_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
+    /// The audit log of a running evrouter (admin): changes to subscriptions, DLQs and Dapr
+    /// apps, and refused requests.
+    Audit {
+        /// From this time (RFC 3339) or ms since the epoch.
+        #[arg(long)]
+        since: Option<String>,
+        /// Only this principal's entries.
+        #[arg(long)]
+        principal: Option<String>,
+        /// Most entries to list.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// evrouter's base URL.
+        #[arg(long, default_value = "http://127.0.0.1:3500")]
+        router: String,
+        /// Bearer token of an admin.
+        #[arg(long, env = "EVR_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
 }
 
@@ -104,12 +126,34 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Audit {
+            since,
+            principal,
+            limit,
+            router,
+            token,
+        } => {
+            let mut url = format!("{}/v1/audit?limit={limit}", router.trim_end_matches('/'));
+            for (name, value) in [("since", since), ("principal", principal)] {
+                if let Some(value) = value {
+                    url.push_str(&format!("&{name}={}", query_escape(&value)));
+                }
+            }
+            match call_api("GET", &url, token.as_deref()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    eprintln!("evrouter audit: {err:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Dlq {
             action,
             subscription,
             router,
             limit,
-        } => match dlq(action, &subscription, &router, limit) {
+            token,
+        } => match dlq(action, &subscription, &router, limit, token.as_deref()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
                 eprintln!("evrouter dlq: {err:#}");
@@ -210,14 +254,39 @@ async fn shutdown_signal() {
 }
 
 /// Calls the DLQ API of a running evrouter and prints its answer.
-fn dlq(action: DlqAction, subscription: &str, router: &str, limit: usize) -> anyhow::Result<()> {
-    use http_body_util::{BodyExt, Full};
+fn dlq(
+    action: DlqAction,
+    subscription: &str,
+    router: &str,
+    limit: usize,
+    token: Option<&str>,
+) -> anyhow::Result<()> {
     let base = router.trim_end_matches('/');
     let (method, url) = match action {
         DlqAction::List => ("GET", format!("{base}/v1/dlq/{subscription}?limit={limit}")),
         DlqAction::Replay => ("POST", format!("{base}/v1/dlq/{subscription}/replay")),
         DlqAction::Purge => ("DELETE", format!("{base}/v1/dlq/{subscription}")),
     };
+    call_api(method, &url, token)
+}
+
+/// Percent-encodes a query value.
+fn query_escape(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
+/// Calls evrouter's API (with the bearer token, when given) and prints its answer.
+fn call_api(method: &str, url: &str, token: Option<&str>) -> anyhow::Result<()> {
+    use http_body_util::{BodyExt, Full};
+    let url = url.to_string();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -226,10 +295,14 @@ fn dlq(action: DlqAction, subscription: &str, router: &str, limit: usize) -> any
         let client =
             hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
                 .build_http::<Full<bytes::Bytes>>();
-        let request = hyper::Request::builder()
+        let mut request = hyper::Request::builder()
             .method(method)
             .uri(&url)
-            .header("content-type", "application/json")
+            .header("content-type", "application/json");
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let request = request
             .body(Full::new(bytes::Bytes::new()))
             .context("building the request")?;
         let response = client

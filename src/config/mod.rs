@@ -49,6 +49,27 @@ pub struct Config {
     pub dapr: DaprConfig,
     /// Who may call evrouter and what each caller may do.
     pub auth: AuthConfig,
+    /// The audit log of admin and subscription changes and refused requests.
+    pub audit: AuditConfig,
+}
+
+/// The audit log.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AuditConfig {
+    /// How long entries are kept.
+    pub retention: ConfigDuration,
+    /// At most about this many entries are kept (refused requests can come in floods).
+    pub max_entries: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            retention: "365d".into(),
+            max_entries: 1_000_000,
+        }
+    }
 }
 
 /// Authentication and rights.

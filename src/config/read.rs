@@ -71,6 +71,9 @@ impl Config {
                 "auth" => {
                     read_section(&key, value, &mut problems, &mut config.auth);
                 }
+                "audit" => {
+                    read_section(&key, value, &mut problems, &mut config.audit);
+                }
                 "default_streams" => {
                     read_section(&key, value, &mut problems, &mut config.default_streams);
                 }

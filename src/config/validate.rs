@@ -42,6 +42,7 @@ impl Config {
             ("writer.queue_capacity", self.writer.queue_capacity),
             ("delivery.shards", self.delivery.shards),
             ("delivery.readers", self.delivery.readers),
+            ("audit.max_entries", self.audit.max_entries as usize),
         ] {
             if value == 0 {
                 bad(path, "must be greater than 0".into());
@@ -61,6 +62,7 @@ impl Config {
             ("delivery.lease_ttl", &self.delivery.lease_ttl),
             ("delivery.read_block", &self.delivery.read_block),
             ("delivery.read_linger", &self.delivery.read_linger),
+            ("audit.retention", &self.audit.retention),
         ] {
             match checked(value) {
                 Ok(d)

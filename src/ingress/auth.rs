@@ -1,16 +1,18 @@
 //! Authentication of every request: the bearer token (or, on the Dapr API, Dapr's
 //! `dapr-api-token` header) becomes a `Principal` in the request's extensions, or the
-//! request is answered 401. Health checks stay open, and stats when configured so.
+//! request is answered 401. Health checks stay open, and stats when configured so. Every
+//! change to subscriptions, DLQs and Dapr apps, and every refused request (401, 403), is
+//! recorded in the audit log.
 
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
 
 use super::error::ApiError;
-use super::AppState;
+use super::{audit, AppState};
 
 /// Paths every caller may use.
 fn open(path: &str, app: &AppState) -> bool {
@@ -42,17 +44,25 @@ pub async fn authenticate(
     mut request: Request,
     next: Next,
 ) -> Response {
-    let path = request.uri().path();
-    if open(path, &app) {
+    let path = request.uri().path().to_string();
+    if open(&path, &app) {
         return next.run(request).await;
     }
-    match app.auth.authenticate(token(request.headers(), path)) {
+    let call = audit::Call::of(&request);
+    match app.auth.authenticate(token(request.headers(), &path)) {
         Ok(principal) => {
+            let name = principal.name.clone();
             request.extensions_mut().insert(principal);
-            next.run(request).await
+            let response = next.run(request).await;
+            let status = response.status();
+            if call.changes() || status == StatusCode::FORBIDDEN {
+                audit::record(&app, &call, &name, status.as_u16()).await;
+            }
+            response
         }
         Err(why) => {
             tracing::debug!(path, reason = %why, "request refused: no principal");
+            audit::record(&app, &call, "-", StatusCode::UNAUTHORIZED.as_u16()).await;
             ApiError::unauthorized(why)
         }
     }

@@ -2,6 +2,7 @@
 //! state they use, and the server loop with header-read timeouts and graceful shutdown.
 //! Nothing below this floor knows an HTTP request.
 
+pub mod audit;
 pub mod auth;
 pub mod dapr;
 pub mod dlq;
@@ -18,6 +19,8 @@ use std::time::Duration;
 use axum::extract::OriginalUri;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
+use axum::Extension;
+use tower::Layer;
 
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -30,6 +33,7 @@ use crate::auth::Authenticator;
 use crate::delivery::Runtime;
 use crate::publish::dapr::DaprPubsubs;
 use crate::publish::Publisher;
+use crate::store::audit::AuditLog;
 use crate::webhook::apps::AppSubscriptions;
 use error::ApiError;
 
@@ -37,6 +41,8 @@ use error::ApiError;
 pub struct AppState {
     /// Who is calling.
     pub auth: Arc<Authenticator>,
+    /// Where changes and refusals are recorded.
+    pub audit: AuditLog,
     /// The publish pipeline.
     pub publisher: Arc<Publisher>,
     /// The Dapr API's pubsub names and topic mapping.
@@ -72,6 +78,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/dlq/{name}", get(dlq::list).delete(dlq::purge))
         .route("/v1/dlq/{name}/replay", post(dlq::replay))
         .route("/v1/stats", get(stats::stats))
+        .route("/v1/audit", get(audit::list))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .merge(dapr::routes())
@@ -89,6 +96,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         ))
         .with_state(state)
 }
+
+/// The address a request came from.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub std::net::SocketAddr);
 
 /// HTTP server settings.
 #[derive(Debug, Clone, Copy)]
@@ -123,7 +134,7 @@ pub async fn serve(
         };
         tokio::select! {
             accepted = listener.accept() => {
-                let (stream, _) = match accepted {
+                let (stream, peer) = match accepted {
                     Ok(accepted) => accepted,
                     Err(err) => {
                         tracing::warn!(error = %err, "accept failed");
@@ -132,7 +143,8 @@ pub async fn serve(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let service = TowerToHyperService::new(app.clone());
+                let service =
+                    TowerToHyperService::new(Extension(ClientAddr(peer)).layer(app.clone()));
                 let conn = builder.serve_connection(TokioIo::new(stream), service);
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {

@@ -1,6 +1,7 @@
 //! The bottom floor: plain data and pure functions every other floor shares. Nothing here
 //! does I/O or knows Redis, HTTP or the config file.
 
+pub mod audit;
 pub mod clock;
 pub mod cloudevent;
 pub mod dead_letter;

@@ -3,6 +3,7 @@
 //! retention trimming and the start-up durability check.
 
 pub mod acks;
+pub mod audit;
 pub mod dlq;
 pub mod durability;
 pub mod groups;
