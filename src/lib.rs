@@ -144,7 +144,8 @@ pub async fn run(
         .collect();
     let dapr = Arc::new(DaprPubsubs::new(&config.dapr));
     let (forwards_tx, forwards_rx) = tokio::sync::mpsc::channel(1024);
-    let connector = Arc::new(Webhooks::new(Some(forwards_tx)));
+    let guard = Arc::new(webhook::guard::Guard::new(&config.webhooks.allow));
+    let connector = Arc::new(Webhooks::new(guard.clone(), Some(forwards_tx)));
     let delivery = delivery::Runtime::start(
         catalog.clone(),
         target.clone(),
@@ -188,6 +189,7 @@ pub async fn run(
         config.audit.max_entries,
     );
     let state = Arc::new(AppState {
+        guard,
         auth: authenticator,
         audit,
         publisher,

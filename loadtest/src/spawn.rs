@@ -89,6 +89,8 @@ impl System {
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
             .args(["--redis", &format!("redis://127.0.0.1:{redis_port}")])
             .env("EVR_LOG", "warn")
+            // The built-in subscriber listens on loopback.
+            .env("EVR_WEBHOOKS__ALLOW", "[\"127.0.0.0/8\"]")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()

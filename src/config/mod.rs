@@ -51,6 +51,17 @@ pub struct Config {
     pub auth: AuthConfig,
     /// The audit log of admin and subscription changes and refused requests.
     pub audit: AuditConfig,
+    /// Where webhooks may be sent.
+    pub webhooks: WebhooksConfig,
+}
+
+/// Where webhooks may be sent.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WebhooksConfig {
+    /// Internal hosts, addresses and networks (CIDR) webhooks may still go to; every other
+    /// internal address (loopback, link-local, private, unique-local …) is refused.
+    pub allow: Vec<String>,
 }
 
 /// The audit log.

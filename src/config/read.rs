@@ -71,6 +71,9 @@ impl Config {
                 "auth" => {
                     read_section(&key, value, &mut problems, &mut config.auth);
                 }
+                "webhooks" => {
+                    read_section(&key, value, &mut problems, &mut config.webhooks);
+                }
                 "audit" => {
                     read_section(&key, value, &mut problems, &mut config.audit);
                 }

@@ -145,6 +145,26 @@ impl Config {
         }
         self.validate_dapr(&mut bad);
         self.validate_auth(&mut bad);
+        for (i, entry) in self.webhooks.allow.iter().enumerate() {
+            let host_ok = !entry.is_empty()
+                && entry.split('.').all(|label| {
+                    !label.is_empty()
+                        && label
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                });
+            let ok = entry.parse::<ipnet::IpNet>().is_ok()
+                || entry.parse::<std::net::IpAddr>().is_ok()
+                || host_ok;
+            if !ok {
+                bad(
+                    &format!("webhooks.allow[{i}]"),
+                    format!(
+                        "`{entry}` is not a host name, an address or a network like 10.0.0.0/8"
+                    ),
+                );
+            }
+        }
         let mut subscription_names = std::collections::HashSet::new();
         for (i, spec) in self.subscriptions.iter().enumerate() {
             if !subscription_names.insert(spec.name.as_str()) {

@@ -35,12 +35,15 @@ use crate::publish::dapr::DaprPubsubs;
 use crate::publish::Publisher;
 use crate::store::audit::AuditLog;
 use crate::webhook::apps::AppSubscriptions;
+use crate::webhook::guard::Guard;
 use error::ApiError;
 
 /// What every handler can reach.
 pub struct AppState {
     /// Who is calling.
     pub auth: Arc<Authenticator>,
+    /// Which webhook addresses are allowed.
+    pub guard: Arc<Guard>,
     /// Where changes and refusals are recorded.
     pub audit: AuditLog,
     /// The publish pipeline.

@@ -93,6 +93,35 @@ fn parse(
     })
 }
 
+/// Refuses endpoints on internal addresses (checked on what they resolve to now; every
+/// connection is checked again). A Dapr app's subscription comes from evrouter's config.
+async fn check_endpoints(app: &AppState, sub: &Subscription) -> Result<(), ApiError> {
+    if sub.spec.dapr.is_some() {
+        return Ok(());
+    }
+    let mut details = Vec::new();
+    for (i, endpoint) in sub.spec.endpoints.iter().enumerate() {
+        if let Err(refused) = app.guard.check_url(endpoint).await {
+            details.push(EventViolation {
+                index: None,
+                path: format!("/endpoints/{i}"),
+                message: refused.0,
+            });
+        }
+    }
+    if details.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError {
+        details,
+        ..ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "endpoint_refused",
+            "an endpoint is on an address webhooks may not go to",
+        )
+    })
+}
+
 /// `GET /v1/subscriptions`.
 /// An admin sees every subscription, any other principal its own.
 pub async fn list(
@@ -147,6 +176,7 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     let bytes = read_body(&headers, body, app.max_body_bytes, app.body_read_timeout).await?;
     let sub = parse(&bytes, None, &principal, None)?;
+    check_endpoints(&app, &sub).await?;
     check_owner(&app, &principal, sub.name())?;
     match app.delivery.create(&sub).await.map_err(store_error)? {
         Created::New => Ok((StatusCode::CREATED, Json(sub.spec)).into_response()),
@@ -179,6 +209,7 @@ pub async fn put(
         .get(&name)
         .map(|s| s.spec.owner.clone());
     let sub = parse(&bytes, Some(&name), &principal, existing)?;
+    check_endpoints(&app, &sub).await?;
     let existed = app.delivery.put(&sub).await.map_err(store_error)?;
     let status = if existed {
         StatusCode::OK

@@ -7,8 +7,10 @@ pub mod apps;
 pub mod breaker;
 pub mod dapr;
 pub mod endpoints;
+pub mod guard;
 pub mod subscriber;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -23,6 +25,7 @@ use crate::delivery::transport::Connector;
 use answer::classify;
 pub use answer::Answer;
 pub use endpoints::Endpoints;
+use guard::{Guard, GuardedResolver};
 pub use subscriber::Webhooks;
 
 /// Most bytes of a subscriber's answer that are read.
@@ -52,19 +55,14 @@ pub struct Outgoing<'a> {
 /// The pooled HTTP client.
 #[derive(Clone)]
 pub struct Client {
-    client: HyperClient<HttpConnector, Full<Bytes>>,
-}
-
-impl Default for Client {
-    fn default() -> Self {
-        Self::new()
-    }
+    client: HyperClient<HttpConnector<GuardedResolver>, Full<Bytes>>,
 }
 
 impl Client {
-    /// A client keeping idle connections to every endpoint.
-    pub fn new() -> Self {
-        let mut connector = HttpConnector::new();
+    /// A client keeping idle connections to every endpoint, connecting only to the
+    /// addresses `guard` allows.
+    pub fn new(guard: Arc<Guard>) -> Self {
+        let mut connector = HttpConnector::new_with_resolver(GuardedResolver::new(guard));
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(2)));
         let client = HyperClient::builder(TokioExecutor::new())
@@ -100,7 +98,7 @@ impl Client {
                 .client
                 .request(http_request)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| error_chain(&e))?;
             let status = response.status().as_u16();
             // An answer that cannot be read whole is no answer: the attempt is retried
             // (a bulk answer's statuses must all be read).
@@ -122,3 +120,19 @@ impl Client {
         }
     }
 }
+
+/// An error with its causes, `outer: inner: innermost`.
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+

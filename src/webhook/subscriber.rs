@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use super::answer::{status_outcome, Answer, Outcome};
 use super::dapr;
 use super::endpoints::Endpoints;
+use super::guard::Guard;
 use super::{Client, Outgoing};
 use crate::delivery::subscription::Subscription;
 use crate::delivery::transport::{
@@ -23,18 +24,24 @@ use crate::model::subscription::DeliveryMode;
 
 const JSON: &str = "application/json";
 
-/// Makes the HTTP subscriber of every subscription; they share one pooled client.
+/// Makes the HTTP subscriber of every subscription; they share one pooled client (two:
+/// Dapr apps come from evrouter's own config and may be on internal addresses, webhooks
+/// only where `guard` allows).
 pub struct Webhooks {
     client: Client,
+    apps: Client,
+    guard: Arc<Guard>,
     forwards: Option<mpsc::Sender<Forward>>,
 }
 
 impl Webhooks {
-    /// Subscribers sending with a fresh client; exhausted events of Dapr subscriptions with
+    /// Subscribers sending with fresh clients; exhausted events of Dapr subscriptions with
     /// a `deadLetterTopic` go to `forwards` (to be published there).
-    pub fn new(forwards: Option<mpsc::Sender<Forward>>) -> Self {
+    pub fn new(guard: Arc<Guard>, forwards: Option<mpsc::Sender<Forward>>) -> Self {
         Self {
-            client: Client::new(),
+            client: Client::new(guard.clone()),
+            apps: Client::new(Arc::new(Guard::new(&["0.0.0.0/0".into(), "::/0".into()]))),
+            guard,
             forwards,
         }
     }
@@ -49,7 +56,12 @@ impl Connector for Webhooks {
                 sub.spec.breaker.failures,
                 Duration::from_millis(sub.spec.breaker.cooldown_ms),
             )),
-            client: self.client.clone(),
+            client: if sub.spec.dapr.is_some() {
+                self.apps.clone()
+            } else {
+                self.client.clone()
+            },
+            guard: (sub.spec.dapr.is_none()).then(|| self.guard.clone()),
             forwards: self.forwards.clone(),
         })
     }
@@ -60,6 +72,8 @@ struct Webhook {
     sub: Arc<Subscription>,
     endpoints: Arc<Endpoints>,
     client: Client,
+    /// Checks an endpoint given as an address (names are checked when resolved).
+    guard: Option<Arc<Guard>>,
     forwards: Option<mpsc::Sender<Forward>>,
 }
 
@@ -109,6 +123,13 @@ impl Subscriber for Webhook {
             let reason = Outcome::Retry(format!("no endpoint {endpoint}"));
             return Box::pin(async move { Reply::uniform(None, reason, n) });
         };
+        if let (Some(guard), Some(host)) = (&self.guard, base.host()) {
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            if host.parse().is_ok_and(|ip| !guard.allows_ip(ip)) {
+                let reason = Outcome::Retry("the endpoint's address is refused (internal)".into());
+                return Box::pin(async move { Reply::uniform(None, reason, n) });
+            }
+        }
         let mut url = base.clone();
         if let Some(route) = &request.route {
             let joined = format!("{}{}", base.to_string().trim_end_matches('/'), route);

@@ -49,6 +49,8 @@ impl RouterProcess {
                 std::env::var("EVR_LOG").unwrap_or_else(|_| "evrouter=info,warn".into()),
             )
             .env("NO_COLOR", "1")
+            // The tests' subscribers listen on loopback.
+            .env("EVR_WEBHOOKS__ALLOW", "[\"127.0.0.0/8\"]")
             .stdout(output(&log))
             .stderr(output(&log))
             .spawn()
