@@ -46,7 +46,7 @@ impl Guard {
     /// Whether the host name itself is on the allow list.
     pub fn allows_host(&self, host: &str) -> bool {
         let host = host.trim_end_matches('.').to_ascii_lowercase();
-        self.hosts.iter().any(|h| *h == host)
+        self.hosts.contains(&host)
     }
 
     /// Whether evrouter may connect to `ip`.
