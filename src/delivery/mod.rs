@@ -67,6 +67,7 @@ pub struct Settings {
 
 struct Worker {
     spec: crate::model::subscription::SubscriptionSpec,
+    secrets: Option<Arc<crate::model::signing::SigningSecrets>>,
     stop: watch::Sender<bool>,
     partitions: watch::Sender<Arc<Vec<Arc<str>>>>,
     tasks: Vec<JoinHandle<()>>,
@@ -134,6 +135,14 @@ impl Runtime {
     /// The subscription registry.
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    /// Rotates a webhook subscription's signing secrets (see [`Registry::rotate_secrets`]);
+    /// its worker here restarts signing with them.
+    pub async fn rotate_secrets(&self, name: &str) -> redis::RedisResult<Option<String>> {
+        let rotated = self.registry.rotate_secrets(name).await?;
+        self.changed.notify_one();
+        Ok(rotated)
     }
 
     /// Stores the configured subscriptions not stored yet; keeps those Redis refused for
@@ -378,9 +387,11 @@ impl Runtime {
         let gone: Vec<String> = workers
             .iter()
             .filter(|(name, worker)| {
-                !subs
-                    .iter()
-                    .any(|s| s.name() == name.as_str() && s.spec == worker.spec)
+                !subs.iter().any(|s| {
+                    s.name() == name.as_str()
+                        && s.spec == worker.spec
+                        && s.secrets == worker.secrets
+                })
             })
             .map(|(name, _)| name.clone())
             .collect();
@@ -509,6 +520,7 @@ impl Runtime {
         tracing::info!(subscription = %name, "delivery started");
         Ok(Worker {
             spec: context.sub.spec.clone(),
+            secrets: context.sub.secrets.clone(),
             stop,
             partitions: partitions_tx,
             tasks,

@@ -8,6 +8,8 @@ use std::sync::{Arc, RwLock};
 use redis::aio::ConnectionManager;
 
 use super::subscription::Subscription;
+use crate::model::clock::now_ms;
+use crate::model::signing::SigningSecrets;
 use crate::model::subscription::SubscriptionSpec;
 use crate::model::sync::{read, write};
 pub use crate::store::subscriptions::Created;
@@ -87,13 +89,22 @@ impl Registry {
             return Ok(false);
         }
         let stored = self.store.load().await?;
+        let mut secrets = self.store.load_secrets().await?;
         let mut subs = BTreeMap::new();
         for (name, json) in stored {
             let parsed = serde_json::from_str::<SubscriptionSpec>(&json)
                 .map_err(|e| e.to_string())
                 .and_then(|spec| Subscription::new(spec).map_err(|v| format!("{v:?}")));
             match parsed {
-                Ok(sub) => {
+                Ok(mut sub) => {
+                    // A webhook's deliveries are signed; its secrets are made the first
+                    // time any instance sees it (Dapr apps use their API token instead).
+                    if sub.spec.dapr.is_none() {
+                        sub.secrets = match secrets.remove(&name) {
+                            Some(json) => serde_json::from_str(&json).ok().map(Arc::new),
+                            None => self.make_secrets(&name).await?,
+                        };
+                    }
                     subs.insert(name, Arc::new(sub));
                 }
                 Err(err) => {
@@ -107,9 +118,37 @@ impl Registry {
                 .1
                 .iter()
                 .zip(subs.iter())
-                .any(|((a, x), (b, y))| a != b || x.spec != y.spec);
+                .any(|((a, x), (b, y))| a != b || x.spec != y.spec || x.secrets != y.secrets);
         *local = (version, subs);
         Ok(changed)
+    }
+
+    /// Stores new secrets for `name` unless another instance just did; returns the
+    /// stored ones.
+    async fn make_secrets(&self, name: &str) -> redis::RedisResult<Option<Arc<SigningSecrets>>> {
+        let fresh = SigningSecrets::generate();
+        let json = serde_json::to_string(&fresh).unwrap_or_default();
+        if self.store.create_secrets(name, &json).await? {
+            return Ok(Some(Arc::new(fresh)));
+        }
+        let stored = self.store.load_secrets().await?;
+        Ok(stored
+            .get(name)
+            .and_then(|json| serde_json::from_str(json).ok())
+            .map(Arc::new))
+    }
+
+    /// Rotates the signing secrets of `name`: a new current one, the old one still signing
+    /// for a day. Returns the new secret; `None` for an unknown subscription or a Dapr app.
+    pub async fn rotate_secrets(&self, name: &str) -> redis::RedisResult<Option<String>> {
+        let Some(secrets) = self.get(name).and_then(|sub| sub.secrets.clone()) else {
+            return Ok(None);
+        };
+        let rotated = secrets.rotated(now_ms());
+        let json = serde_json::to_string(&rotated).unwrap_or_default();
+        self.store.replace_secrets(name, &json).await?;
+        self.refresh(true).await?;
+        Ok(Some(rotated.current))
     }
 
     /// Every subscription known locally.

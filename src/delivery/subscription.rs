@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use crate::model::pattern::TopicPattern;
+use crate::model::signing::SigningSecrets;
 use crate::model::subscription::{Routes, SubscriptionSpec};
 use crate::model::violation::Violation;
 
@@ -15,6 +16,9 @@ pub struct Subscription {
     patterns: Vec<TopicPattern>,
     /// The routing rules of a Dapr app's subscription.
     pub routes: Option<Arc<Routes>>,
+    /// The secrets its webhook deliveries are signed with (kept apart from the spec, which
+    /// anyone who may read the subscription sees).
+    pub secrets: Option<Arc<SigningSecrets>>,
 }
 
 impl Subscription {
@@ -46,6 +50,7 @@ impl Subscription {
             spec,
             patterns,
             routes,
+            secrets: None,
         })
     }
 

@@ -179,7 +179,9 @@ pub async fn create(
     check_endpoints(&app, &sub).await?;
     check_owner(&app, &principal, sub.name())?;
     match app.delivery.create(&sub).await.map_err(store_error)? {
-        Created::New => Ok((StatusCode::CREATED, Json(sub.spec)).into_response()),
+        Created::New => {
+            Ok((StatusCode::CREATED, Json(with_secret(&app, sub.spec))).into_response())
+        }
         Created::Unchanged => Ok((StatusCode::OK, Json(sub.spec)).into_response()),
         Created::Conflict => Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -211,12 +213,54 @@ pub async fn put(
     let sub = parse(&bytes, Some(&name), &principal, existing)?;
     check_endpoints(&app, &sub).await?;
     let existed = app.delivery.put(&sub).await.map_err(store_error)?;
-    let status = if existed {
-        StatusCode::OK
+    if existed {
+        Ok((StatusCode::OK, Json(sub.spec)).into_response())
     } else {
-        StatusCode::CREATED
-    };
-    Ok((status, Json(sub.spec)).into_response())
+        Ok((StatusCode::CREATED, Json(with_secret(&app, sub.spec))).into_response())
+    }
+}
+
+/// A new subscription's answer: the spec and, once, its signing secret.
+fn with_secret(app: &AppState, spec: SubscriptionSpec) -> serde_json::Value {
+    let secret = app
+        .delivery
+        .registry()
+        .get(&spec.name)
+        .and_then(|sub| sub.secrets.as_ref().map(|s| s.current.clone()));
+    let mut answer = serde_json::to_value(&spec).unwrap_or_default();
+    if let (Some(secret), Some(object)) = (secret, answer.as_object_mut()) {
+        object.insert("signing_secret".into(), secret.into());
+    }
+    answer
+}
+
+/// `POST /v1/subscriptions/{name}/secret`: a new signing secret (shown in this answer
+/// only); the old one keeps signing beside it for a day.
+pub async fn rotate_secret(
+    State(app): State<Arc<AppState>>,
+    Extension(principal): Extension<Arc<Principal>>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    check_owner(&app, &principal, &name)?;
+    match app
+        .delivery
+        .rotate_secrets(&name)
+        .await
+        .map_err(store_error)?
+    {
+        Some(secret) => Ok(Json(serde_json::json!({
+            "name": name,
+            "signing_secret": secret,
+            "previous_valid_for_s": crate::model::signing::ROTATION_OVERLAP_MS / 1000,
+        }))
+        .into_response()),
+        None if app.delivery.registry().get(&name).is_some() => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_signed",
+            format!("`{name}` is a Dapr app's subscription: its deliveries are not signed"),
+        )),
+        None => Err(ApiError::unknown_subscription(&name)),
+    }
 }
 
 /// `DELETE /v1/subscriptions/{name}`.

@@ -10,6 +10,7 @@ pub mod event;
 pub mod pattern;
 pub mod redact;
 pub mod route;
+pub mod signing;
 pub mod subscription;
 pub mod sync;
 pub mod topic;

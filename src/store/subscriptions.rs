@@ -34,6 +34,7 @@ pub struct SubscriptionStore {
     conn: ConnectionManager,
     hash_key: String,
     version_key: String,
+    secrets_key: String,
 }
 
 impl SubscriptionStore {
@@ -43,6 +44,7 @@ impl SubscriptionStore {
             conn,
             hash_key: format!("{prefix}:subscriptions"),
             version_key: format!("{prefix}:subscriptions:version"),
+            secrets_key: format!("{prefix}:subscriptions:secrets"),
         }
     }
 
@@ -80,9 +82,10 @@ impl SubscriptionStore {
     /// Removes `name`; returns whether it existed.
     pub async fn delete(&self, name: &str) -> redis::RedisResult<bool> {
         let mut conn = self.conn.clone();
-        let (removed, _): (i64, i64) = redis::pipe()
+        let (removed, _, _): (i64, i64, i64) = redis::pipe()
             .atomic()
             .hdel(&self.hash_key, name)
+            .hdel(&self.secrets_key, name)
             .incr(&self.version_key, 1)
             .query_async(&mut conn)
             .await?;
@@ -114,6 +117,40 @@ impl SubscriptionStore {
         let mut conn = self.conn.clone();
         redis::cmd("HGETALL")
             .arg(&self.hash_key)
+            .query_async(&mut conn)
+            .await
+    }
+
+    /// Every stored signing secret (JSON), by subscription name.
+    pub async fn load_secrets(&self) -> redis::RedisResult<BTreeMap<String, String>> {
+        let mut conn = self.conn.clone();
+        redis::cmd("HGETALL")
+            .arg(&self.secrets_key)
+            .query_async(&mut conn)
+            .await
+    }
+
+    /// Stores `json` as the secrets of `name` unless it has some; returns whether stored.
+    pub async fn create_secrets(&self, name: &str, json: &str) -> redis::RedisResult<bool> {
+        let mut conn = self.conn.clone();
+        redis::cmd("HSETNX")
+            .arg(&self.secrets_key)
+            .arg(name)
+            .arg(json)
+            .query_async(&mut conn)
+            .await
+    }
+
+    /// Replaces the secrets of `name`, moving the version so that every instance signs
+    /// with the new ones.
+    pub async fn replace_secrets(&self, name: &str, json: &str) -> redis::RedisResult<()> {
+        let mut conn = self.conn.clone();
+        redis::pipe()
+            .atomic()
+            .hset(&self.secrets_key, name, json)
+            .ignore()
+            .incr(&self.version_key, 1)
+            .ignore()
             .query_async(&mut conn)
             .await
     }

@@ -8,6 +8,7 @@ pub mod breaker;
 pub mod dapr;
 pub mod endpoints;
 pub mod guard;
+pub mod signature;
 pub mod subscriber;
 
 use std::sync::Arc;
@@ -50,6 +51,8 @@ pub struct Outgoing<'a> {
     pub content_type: &'a str,
     /// Request timeout.
     pub timeout: Duration,
+    /// The Standard Webhooks headers, for a signed subscription.
+    pub signed: Option<signature::Signed>,
 }
 
 /// The pooled HTTP client.
@@ -88,6 +91,12 @@ impl Client {
         }
         if let Some(traceparent) = request.traceparent.and_then(valid) {
             builder = builder.header("traceparent", traceparent);
+        }
+        if let Some(signed) = &request.signed {
+            builder = builder
+                .header("webhook-id", &signed.id)
+                .header("webhook-timestamp", &signed.timestamp)
+                .header("webhook-signature", &signed.signature);
         }
         let http_request = match builder.body(Full::new(request.body)) {
             Ok(r) => r,
@@ -135,4 +144,3 @@ fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     }
     text
 }
-

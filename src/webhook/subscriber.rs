@@ -13,11 +13,13 @@ use super::answer::{status_outcome, Answer, Outcome};
 use super::dapr;
 use super::endpoints::Endpoints;
 use super::guard::Guard;
+use super::signature;
 use super::{Client, Outgoing};
 use crate::delivery::subscription::Subscription;
 use crate::delivery::transport::{
     Connector, Forwarded, Presented, Reply, Request, Sending, Subscriber,
 };
+use crate::model::clock::now_ms;
 use crate::model::dead_letter::Forward;
 use crate::model::envelope::{EntryView, Envelope, EnvelopeError, PayloadFormat};
 use crate::model::subscription::DeliveryMode;
@@ -181,6 +183,16 @@ impl Subscriber for Webhook {
                 None => (Bytes::new(), Arc::from(JSON)),
             },
         };
+        // A single event's id is its own; a bulk request's is its first entry's place and
+        // size, the same for every attempt of the same batch.
+        let signed = self.sub.secrets.as_ref().map(|secrets| {
+            let id = match (&request.headers, request.items.first()) {
+                (Some(headers), _) => headers.event_id.clone(),
+                (None, Some(first)) => format!("{}/{}+{}", first.partition, first.id, n),
+                (None, None) => String::new(),
+            };
+            signature::sign(secrets, &id, now_ms(), &body)
+        });
         let client = self.client.clone();
         let endpoints = self.endpoints.clone();
         let timeout = Duration::from_millis(self.sub.spec.timeout_ms);
@@ -196,6 +208,7 @@ impl Subscriber for Webhook {
                     traceparent: headers.map(|h| h.traceparent.as_str()),
                     content_type: &content_type,
                     timeout,
+                    signed,
                 })
                 .await;
             endpoints.report(endpoint, answer.healthy());
