@@ -6,6 +6,8 @@
 //!
 //! This floor sits on `model` and `config`; `ingress` asks it about every request.
 
+pub mod quota;
+
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
@@ -13,6 +15,7 @@ use subtle::ConstantTimeEq;
 
 use crate::config::{AuthConfig, AuthMode, PrincipalConfig};
 use crate::model::pattern::TopicPattern;
+use quota::Quota;
 
 /// A caller evrouter knows, with its rights.
 #[derive(Debug)]
@@ -27,6 +30,10 @@ pub struct Principal {
     pub metrics: bool,
     /// The caller of `mode = "none"`: may do everything, owns nothing.
     pub anonymous: bool,
+    /// Its publish rate limits.
+    pub quota: Arc<Quota>,
+    /// Most subscriptions it may own (0: no limit).
+    pub max_subscriptions: usize,
 }
 
 /// Why a principal may not do something: the message names what refused it.
@@ -45,6 +52,8 @@ impl Principal {
             admin: true,
             metrics: true,
             anonymous: true,
+            quota: Arc::new(Quota::new(0, 0)),
+            max_subscriptions: 0,
         }
     }
 
@@ -252,6 +261,11 @@ fn principal(config: &PrincipalConfig) -> Principal {
         admin: config.admin,
         metrics: config.metrics || config.admin,
         anonymous: false,
+        quota: Arc::new(Quota::new(
+            config.publish_events_per_s,
+            config.publish_bytes_per_s,
+        )),
+        max_subscriptions: config.max_subscriptions,
     }
 }
 

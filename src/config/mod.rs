@@ -129,6 +129,12 @@ pub struct PrincipalConfig {
     pub admin: bool,
     /// Reads `GET /v1/stats`.
     pub metrics: bool,
+    /// Most events it may publish per second (0: no limit); beyond, 429 with Retry-After.
+    pub publish_events_per_s: u32,
+    /// Most bytes of request bodies it may publish per second (0: no limit).
+    pub publish_bytes_per_s: u32,
+    /// Most subscriptions it may own (0: no limit).
+    pub max_subscriptions: usize,
 }
 
 /// The Dapr sidecar API evrouter also serves (`/v1.0/publish/...`, `/dapr/subscribe`).

@@ -5,6 +5,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use crate::auth::quota::Limited;
 use crate::auth::{AuthError, Denied};
 use crate::publish::{EventViolation, PublishError};
 use crate::store::StoreError;
@@ -95,6 +96,22 @@ impl ApiError {
         Self::new(StatusCode::FORBIDDEN, "forbidden", denied.0)
     }
 
+    /// 429: over a quota; `Retry-After` says when to come back (413 when the request can
+    /// never fit).
+    pub fn rate_limited(limited: Limited) -> Self {
+        match limited.retry_after {
+            Some(wait) => Self {
+                retry_after: Some(wait.as_secs_f64().ceil().max(1.0) as u32),
+                ..Self::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    limited.message,
+                )
+            },
+            None => Self::new(StatusCode::PAYLOAD_TOO_LARGE, "over_quota", limited.message),
+        }
+    }
+
     /// 404 for a path no route serves.
     pub fn not_found(path: &str) -> Self {
         Self::new(
@@ -162,6 +179,7 @@ impl From<PublishError> for ApiError {
                 ..Self::new(StatusCode::BAD_REQUEST, "invalid_event", message)
             },
             PublishError::NoStream(_) => Self::new(StatusCode::BAD_REQUEST, "no_stream", message),
+            PublishError::RateLimited(limited) => Self::rate_limited(limited),
             PublishError::Unavailable(StoreError::Refused(why)) => {
                 tracing::error!(error = %why, "redis refused a write");
                 Self::new(

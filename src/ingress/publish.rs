@@ -31,6 +31,10 @@ pub async fn publish(
     let context = PublishContext {
         traceparent: header_str(&headers, "traceparent"),
         tracestate: header_str(&headers, "tracestate"),
+        quota: principal
+            .quota
+            .limits()
+            .then(|| (principal.name.clone(), principal.quota.clone())),
     };
     let outcome = app.publisher.publish(&topic, &bytes, &context).await?;
     Ok((StatusCode::OK, Json(outcome)).into_response())

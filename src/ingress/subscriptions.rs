@@ -154,6 +154,28 @@ pub async fn get(
     Ok(Json(sub.spec.clone()))
 }
 
+/// Refuses a new subscription beyond the principal's `max_subscriptions`.
+fn check_count(app: &AppState, principal: &Principal, name: &str) -> Result<(), ApiError> {
+    let max = principal.max_subscriptions;
+    if max == 0 || principal.anonymous || app.delivery.registry().get(name).is_some() {
+        return Ok(());
+    }
+    let owned = app
+        .delivery
+        .registry()
+        .all()
+        .iter()
+        .filter(|s| s.spec.owner.as_deref() == Some(principal.name.as_str()))
+        .count();
+    if owned < max {
+        return Ok(());
+    }
+    Err(ApiError::forbidden(crate::auth::Denied(format!(
+        "principal `{}` owns {owned} subscriptions, its most (auth.principals.max_subscriptions)",
+        principal.name
+    ))))
+}
+
 /// Refuses a change to an existing subscription that `principal` may not manage.
 pub(super) fn check_owner(
     app: &AppState,
@@ -176,6 +198,7 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     let bytes = read_body(&headers, body, app.max_body_bytes, app.body_read_timeout).await?;
     let sub = parse(&bytes, None, &principal, None)?;
+    check_count(&app, &principal, sub.name())?;
     check_endpoints(&app, &sub).await?;
     check_owner(&app, &principal, sub.name())?;
     match app.delivery.create(&sub).await.map_err(store_error)? {
@@ -211,6 +234,7 @@ pub async fn put(
         .get(&name)
         .map(|s| s.spec.owner.clone());
     let sub = parse(&bytes, Some(&name), &principal, existing)?;
+    check_count(&app, &principal, &name)?;
     check_endpoints(&app, &sub).await?;
     let existed = app.delivery.put(&sub).await.map_err(store_error)?;
     if existed {

@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use serde_json::value::RawValue;
 
+use crate::auth::quota::{Limited, Quota};
 use crate::catalog::{partition_of, Route, StreamCatalog};
 use crate::model::envelope::{Envelope, PayloadFormat};
 use crate::model::event::{json_depth, raw_str, raw_u64, Body, RawEvent, RawMetadata};
@@ -36,6 +37,8 @@ pub struct PublishContext {
     pub traceparent: Option<String>,
     /// `tracestate` of the request, if any.
     pub tracestate: Option<String>,
+    /// The publisher's name and quotas, when it has any.
+    pub quota: Option<(String, Arc<Quota>)>,
 }
 
 /// Where one stored event went.
@@ -115,6 +118,9 @@ pub enum PublishError {
     /// Redis did not confirm (down, slow, or the queue is full).
     #[error("event store unavailable: {0}")]
     Unavailable(StoreError),
+    /// The publisher is over its quota; nothing was stored.
+    #[error("{0}")]
+    RateLimited(Limited),
 }
 
 /// One event, validated, enriched and encoded for its partition.
@@ -279,6 +285,11 @@ impl Publisher {
                 len: events.len(),
                 max: self.limits.max_batch,
             });
+        }
+        if let Some((who, quota)) = &context.quota {
+            quota
+                .admit(who, events.len(), body.len())
+                .map_err(PublishError::RateLimited)?;
         }
         let prepared = self.prepare(topic, &events, single, context)?;
         let receipts = self.store(prepared).await?;

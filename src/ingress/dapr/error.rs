@@ -3,6 +3,7 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
+use crate::auth::quota::Limited;
 use crate::ingress::error::ApiError;
 use crate::publish::dapr::DaprRefusal;
 use crate::publish::PublishError;
@@ -16,6 +17,8 @@ pub struct DaprError {
     pub code: &'static str,
     /// What went wrong.
     pub message: String,
+    /// Seconds to put in `Retry-After`.
+    pub retry_after: Option<u32>,
 }
 
 impl DaprError {
@@ -25,6 +28,7 @@ impl DaprError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
     }
 
@@ -73,6 +77,16 @@ impl DaprError {
     }
 }
 
+impl From<Limited> for DaprError {
+    fn from(limited: Limited) -> Self {
+        let api = ApiError::rate_limited(limited);
+        Self {
+            retry_after: api.retry_after,
+            ..Self::new(api.status, "ERR_PUBSUB_PUBLISH_MESSAGE", api.message)
+        }
+    }
+}
+
 impl From<DaprRefusal> for DaprError {
     fn from(refusal: DaprRefusal) -> Self {
         let message = refusal.to_string();
@@ -97,13 +111,20 @@ impl From<DaprRefusal> for DaprError {
 
 impl IntoResponse for DaprError {
     fn into_response(self) -> Response {
-        (
+        let mut response = (
             self.status,
             axum::Json(serde_json::json!({
                 "errorCode": self.code,
                 "message": self.message,
             })),
         )
-            .into_response()
+            .into_response();
+        if let Some(seconds) = self.retry_after {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(seconds),
+            );
+        }
+        response
     }
 }

@@ -100,6 +100,7 @@ pub async fn publish(
     let api = &app.dapr;
     let (target, metadata, bytes) =
         read_request(&app, &principal, &pubsub, &topic, query, &headers, body).await?;
+    principal.quota.admit(&principal.name, 1, bytes.len())?;
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -155,6 +156,9 @@ pub async fn publish_bulk(
     }
     let entries: Vec<BulkEntry> = serde_json::from_slice(&bytes)
         .map_err(|e| DaprError::bad_bulk(format!("the body is not a list of entries: {e}")))?;
+    principal
+        .quota
+        .admit(&principal.name, entries.len(), bytes.len())?;
     if entries.len() > app.publisher.limits().max_batch {
         return Err(DaprError::bad_bulk(format!(
             "{} entries exceed the limit of {}",
