@@ -119,6 +119,7 @@ pub async fn run(args: &Args) -> anyhow::Result<Report> {
             mix: mix.clone(),
             rng: fastrand::Rng::with_seed(index as u64 + 1),
             dapr,
+            auth: args.token.as_ref().map(|t| format!("Bearer {t}")),
         };
         workers.push(tokio::spawn(worker(
             rx,
@@ -199,6 +200,8 @@ struct Target {
     rng: fastrand::Rng,
     /// Publish through the Dapr API.
     dapr: bool,
+    /// `Authorization` header value, when evrouter needs a token.
+    auth: Option<String>,
 }
 
 async fn worker(
@@ -239,7 +242,7 @@ async fn worker(
             (true, false) => format!("/v1.0/publish/pubsub/{topic}?metadata.partitionKey={key}"),
         };
         let outcome = match sender.as_mut() {
-            Some(s) => send(s, &path, authority.as_str(), body).await,
+            Some(s) => send(s, &path, authority.as_str(), target.auth.as_deref(), body).await,
             None => Err("connect".to_string()),
         };
         let done = Instant::now();
@@ -279,13 +282,21 @@ async fn connect(authority: &str) -> anyhow::Result<Sender> {
     Ok(sender)
 }
 
-async fn send(sender: &mut Sender, path: &str, host: &str, body: Bytes) -> Result<u16, String> {
+async fn send(
+    sender: &mut Sender,
+    path: &str,
+    host: &str,
+    auth: Option<&str>,
+    body: Bytes,
+) -> Result<u16, String> {
     sender.ready().await.map_err(|_| "connection".to_string())?;
-    let request = Request::post(path)
+    let mut request = Request::post(path)
         .header("host", host)
-        .header("content-type", "application/json")
-        .body(Full::new(body))
-        .map_err(|e| e.to_string())?;
+        .header("content-type", "application/json");
+    if let Some(auth) = auth {
+        request = request.header("authorization", auth);
+    }
+    let request = request.body(Full::new(body)).map_err(|e| e.to_string())?;
     let response = sender
         .send_request(request)
         .await
@@ -344,12 +355,15 @@ async fn admin(args: &Args, method: &str, path: &str, body: Option<String>) -> a
         .as_str()
         .to_string();
     let mut sender = connect(&authority).await?;
-    let request = Request::builder()
+    let mut request = Request::builder()
         .method(method)
         .uri(uri.path())
         .header("host", authority)
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.unwrap_or_default())))?;
+        .header("content-type", "application/json");
+    if let Some(token) = &args.token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    let request = request.body(Full::new(Bytes::from(body.unwrap_or_default())))?;
     let response = sender.send_request(request).await?;
     Ok(response.status().as_u16())
 }

@@ -81,6 +81,10 @@ pub struct Args {
     /// The evrouter binary for `--spawn` (default: beside this one).
     #[arg(long)]
     pub evrouter_bin: Option<PathBuf>,
+    /// A bearer token for every request. With `--spawn`, evrouter is started with
+    /// authentication on and this token as the one principal's (every right).
+    #[arg(long)]
+    pub token: Option<String>,
     /// Fail (exit 1) when any event is lost or out of order (for CI smoke runs).
     #[arg(long)]
     pub check: bool,
@@ -102,7 +106,7 @@ pub struct Args {
 async fn main() -> anyhow::Result<()> {
     let mut args = Args::parse();
     let spawned = if args.spawn && args.raw_redis.is_none() {
-        let system = spawn::System::start(args.evrouter_bin.clone()).await?;
+        let system = spawn::System::start(args.evrouter_bin.clone(), args.token.as_deref()).await?;
         args.router = system.router.clone();
         Some(system)
     } else {

@@ -55,7 +55,7 @@ fn cpu_seconds(pid: u32) -> f64 {
 
 impl System {
     /// Starts redis-server (no persistence) and evrouter, and waits until both answer.
-    pub async fn start(evrouter_bin: Option<PathBuf>) -> anyhow::Result<Self> {
+    pub async fn start(evrouter_bin: Option<PathBuf>, token: Option<&str>) -> anyhow::Result<Self> {
         let dir = std::env::temp_dir().join(format!("loadtest-{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         let dir = TempDir(dir);
@@ -85,7 +85,17 @@ impl System {
                 .join("evrouter"),
         };
         let port = free_port()?;
-        let evrouter = Command::new(&bin)
+        let mut command = Command::new(&bin);
+        if let Some(token) = token {
+            command.env("EVR_AUTH__MODE", "\"token\"").env(
+                "EVR_AUTH__PRINCIPALS",
+                format!(
+                    "[{{name = \"loadtest\", token_sha256 = \"{}\", publish = [\">\"], subscribe = [\">\"], admin = true}}]",
+                    evrouter::auth::hash_token(token)
+                ),
+            );
+        }
+        let evrouter = command
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
             .args(["--redis", &format!("redis://127.0.0.1:{redis_port}")])
             .env("EVR_LOG", "warn")
