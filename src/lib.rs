@@ -142,7 +142,7 @@ pub async fn run(
             }
         })
         .collect();
-    let dapr = Arc::new(DaprPubsubs::new(&config.dapr));
+    let dapr = Arc::new(DaprPubsubs::new(&config.dapr).with_schemas(schemas.clone()));
     let (forwards_tx, forwards_rx) = tokio::sync::mpsc::channel(1024);
     let guard = Arc::new(webhook::guard::Guard::new(&config.webhooks.allow));
     let connector = Arc::new(Webhooks::new(guard.clone(), Some(forwards_tx)));

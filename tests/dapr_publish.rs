@@ -6,7 +6,9 @@ mod support;
 
 use serde_json::{json, Value};
 use support::dapr_app::{dapr_publish, dapr_publish_ok, stored_on};
-use support::{test_config, DaprPubsubConfig, PayloadFormat, RedisServer, RouterApi, TestRouter};
+use support::{
+    order_event, test_config, DaprPubsubConfig, PayloadFormat, RedisServer, RouterApi, TestRouter,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_stores_cloudevents_as_dapr_makes_them() {
@@ -346,4 +348,54 @@ async fn bulk_publish_reports_failed_entries() {
     }
     assert!(stored_on(&redis, "refused").is_empty());
     router.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn platform_events_are_validated_on_the_dapr_api_too() {
+    let redis = RedisServer::start();
+    let router = TestRouter::start(test_config(&redis)).await;
+    let path = "/v1.0/publish/pubsub/order.created";
+    // A valid platform event, as data and as a raw payload: stored.
+    dapr_publish_ok(
+        &router,
+        path,
+        "application/json",
+        order_event(1, "ord_1").to_string(),
+    )
+    .await;
+    let raw = format!("{path}?metadata.rawPayload=true");
+    dapr_publish_ok(
+        &router,
+        &raw,
+        "application/json",
+        order_event(2, "ord_2").to_string(),
+    )
+    .await;
+    // The same with a bad event_id and no metadata: refused with the paths at fault.
+    let mut bad = order_event(3, "ord_3");
+    bad["event_id"] = json!("order-3");
+    bad["metadata"] = json!({});
+    for path in [path, raw.as_str()] {
+        let (status, answer) =
+            dapr_publish(&router, path, "application/json", bad.to_string()).await;
+        assert_eq!(status, 400, "{answer}");
+        assert_eq!(
+            answer["errorCode"], "ERR_PUBSUB_CLOUD_EVENTS_SER",
+            "{answer}"
+        );
+        let message = answer["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("/event_id") && message.contains("/metadata/service"),
+            "{message}"
+        );
+    }
+    // A body that is not a platform event (no event_type) is stored as it is.
+    dapr_publish_ok(
+        &router,
+        path,
+        "application/json",
+        json!({"order_id": "ord_4"}).to_string(),
+    )
+    .await;
+    assert_eq!(stored_on(&redis, "order.created").len(), 3);
 }

@@ -15,7 +15,9 @@ use crate::model::clock::now_us;
 use crate::model::cloudevent::{self, CloudEventError, Overrides, PublishMeta};
 use crate::model::dead_letter::Forward;
 use crate::model::envelope::{Envelope, PayloadFormat};
-use crate::model::event::json_depth;
+use crate::model::event::{json_depth, RawEvent, RawMetadata};
+use crate::model::violation::Violation;
+use crate::schema::SchemaRegistry;
 
 /// Why a Dapr publish (or one bulk entry) was refused before it reached the store.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -46,6 +48,9 @@ pub enum DaprRefusal {
     /// A `metadata.*` value is wrong.
     #[error("{0}")]
     BadMetadata(String),
+    /// A platform event in the body fails its schema.
+    #[error("the event is not valid: {}", .0.iter().map(|v| format!("{} {}", v.path, v.message)).collect::<Vec<_>>().join("; "))]
+    InvalidEvent(Vec<Violation>),
 }
 
 /// Who published, from the request's headers.
@@ -63,6 +68,7 @@ pub struct Caller {
 #[derive(Debug, Default)]
 pub struct DaprPubsubs {
     pubsubs: HashMap<String, DaprPubsubConfig>,
+    schemas: Option<Arc<SchemaRegistry>>,
 }
 
 impl DaprPubsubs {
@@ -74,7 +80,40 @@ impl DaprPubsubs {
                 .iter()
                 .map(|p| (p.name.clone(), p.clone()))
                 .collect(),
+            schemas: None,
         }
+    }
+
+    /// Validates platform events published through the Dapr API with `schemas`, as the
+    /// native API does.
+    pub fn with_schemas(mut self, schemas: Arc<SchemaRegistry>) -> Self {
+        self.schemas = Some(schemas);
+        self
+    }
+
+    /// A platform event carried by a Dapr body (a JSON object with `event_type`, as the
+    /// body itself or as a CloudEvent's `data`) is validated like a native publish: the
+    /// base schema and the schema registered for its type. Other bodies are not platform
+    /// events and are stored as they are.
+    fn check_platform_event(&self, json: &str) -> Result<(), DaprRefusal> {
+        let Some(schemas) = &self.schemas else {
+            return Ok(());
+        };
+        let Ok(raw) = serde_json::from_str::<&serde_json::value::RawValue>(json) else {
+            return Ok(());
+        };
+        let Ok(event) = RawEvent::parse(raw) else {
+            return Ok(());
+        };
+        if event.event_type.is_none() {
+            return Ok(());
+        }
+        let metadata = RawMetadata::parse(event.metadata);
+        let violations = schemas.validate(&event, &metadata);
+        if violations.is_empty() {
+            return Ok(());
+        }
+        Err(DaprRefusal::InvalidEvent(violations))
     }
 
     /// Names of the configured pubsubs.
@@ -222,6 +261,11 @@ impl DaprPubsubs {
             .filter(|t| crate::model::trace::is_valid_traceparent(t))
             .unwrap_or_else(crate::model::trace::new_traceparent);
         if metadata.raw_payload {
+            if cloudevent::is_json(content_type) {
+                if let Ok(text) = std::str::from_utf8(body) {
+                    self.check_platform_event(text)?;
+                }
+            }
             let event_id = metadata
                 .overrides
                 .id
@@ -262,6 +306,9 @@ impl DaprPubsubs {
             | CloudEventError::NotAString(_)
             | CloudEventError::SpecVersion(_) => DaprRefusal::BadCloudEvent(e.to_string()),
         })?;
+        if let Some(data) = &event.raw_data {
+            self.check_platform_event(data.get())?;
+        }
         let text = |name: &str| {
             event
                 .attrs

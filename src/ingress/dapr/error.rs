@@ -105,6 +105,7 @@ impl From<DaprRefusal> for DaprError {
             }
             DaprRefusal::BadCloudEvent(_) => Self::bad_cloudevent(message),
             DaprRefusal::BadMetadata(_) => Self::bad_metadata(message),
+            DaprRefusal::InvalidEvent(_) => Self::bad_cloudevent(message),
         }
     }
 }
