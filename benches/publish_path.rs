@@ -114,6 +114,26 @@ fn benches(c: &mut Criterion) {
         )
     });
     group.finish();
+
+    // What signing adds to each webhook request: HMAC-SHA256 over a bulk body of 100
+    // events (the batch body above, as a subscriber gets it).
+    let mut group = c.benchmark_group("signature");
+    group.throughput(Throughput::Elements(100));
+    let secrets = evrouter::model::signing::SigningSecrets::generate();
+    let bulk = body.as_bytes().to_vec();
+    group.bench_function("bulk_body_of_100", |b| {
+        b.iter(|| {
+            evrouter::webhook::signature::sign(
+                &secrets,
+                "evr:{order.1}/1-0+100",
+                1_800_000_000_000,
+                &bulk,
+            )
+            .signature
+            .len()
+        })
+    });
+    group.finish();
 }
 
 criterion_group!(publish, benches);
