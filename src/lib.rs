@@ -145,7 +145,10 @@ pub async fn run(
     let dapr = Arc::new(DaprPubsubs::new(&config.dapr).with_schemas(schemas.clone()));
     let (forwards_tx, forwards_rx) = tokio::sync::mpsc::channel(1024);
     let guard = Arc::new(webhook::guard::Guard::new(&config.webhooks.allow));
-    let connector = Arc::new(Webhooks::new(guard.clone(), Some(forwards_tx)));
+    let app_tokens = app_tokens(&config)?;
+    let connector = Arc::new(
+        Webhooks::new(guard.clone(), Some(forwards_tx)).with_app_tokens(app_tokens.clone()),
+    );
     let delivery = delivery::Runtime::start(
         catalog.clone(),
         target.clone(),
@@ -175,12 +178,15 @@ pub async fn run(
         },
     ));
     let dead_letters = publish::dapr::spawn_forwarder(dapr.clone(), publisher.clone(), forwards_rx);
-    let dapr_apps = Arc::new(AppSubscriptions::new(
-        config.dapr.apps.clone(),
-        config.dapr.subscriptions_dir.clone(),
-        dapr.clone(),
-        delivery.clone(),
-    ));
+    let dapr_apps = Arc::new(
+        AppSubscriptions::new(
+            config.dapr.apps.clone(),
+            config.dapr.subscriptions_dir.clone(),
+            dapr.clone(),
+            delivery.clone(),
+        )
+        .with_app_tokens(app_tokens),
+    );
     let app_watcher = dapr_apps.clone().spawn(config.dapr.refresh_interval.get());
     let audit = store::audit::AuditLog::new(
         target.manager()?,
@@ -221,6 +227,27 @@ pub async fn run(
     writers.shutdown().await;
     tracing::info!("evrouter stopped");
     Ok(())
+}
+
+/// The API tokens of the Dapr apps that have one, by app id, from the environment.
+fn app_tokens(config: &Config) -> Result<std::collections::HashMap<String, Arc<str>>, RunError> {
+    let mut tokens = std::collections::HashMap::new();
+    for (i, app) in config.dapr.apps.iter().enumerate() {
+        let Some(var) = &app.app_api_token_env else {
+            continue;
+        };
+        let token = std::env::var(var)
+            .ok()
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                RunError::Auth(auth::SetupError {
+                    path: format!("dapr.apps[{i}].app_api_token_env"),
+                    message: format!("environment variable {var} is not set"),
+                })
+            })?;
+        tokens.insert(app.id.clone(), Arc::from(token));
+    }
+    Ok(tokens)
 }
 
 /// The Redis password from `EVR_REDIS_PASSWORD`, else from `redis.password_file` (its

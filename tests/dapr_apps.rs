@@ -252,3 +252,43 @@ async fn expired_events_are_not_delivered() {
     );
     router.stop().await.expect("stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apps_get_their_api_token() {
+    // A variable of this test alone (`EVR_TEST_*` is never a config override).
+    std::env::set_var("EVR_TEST_APP_TOKEN_TOKENED", "app-secret-1");
+    let redis = RedisServer::start();
+    let port = free_port();
+    let app =
+        DaprApp::listing(json!([{"pubsubname": "pubsub", "topic": "tokened", "route": "/in"}]));
+    app.listen(port).await;
+    let mut config = test_config(&redis);
+    let mut tokened = app_config("tokened", port);
+    tokened.app_api_token_env = Some("EVR_TEST_APP_TOKEN_TOKENED".into());
+    config.dapr.apps = vec![tokened];
+    let router = TestRouter::start(config).await;
+    eventually(Duration::from_secs(10), async || {
+        let subs = router.get_json("/v1/subscriptions").await;
+        if subs.as_array().is_some_and(|s| s.len() == 1) {
+            Ok(())
+        } else {
+            Err(format!("not read yet: {subs}"))
+        }
+    })
+    .await;
+    dapr_publish_ok(
+        &router,
+        "/v1.0/publish/pubsub/tokened",
+        "application/json",
+        "{\"n\":1}",
+    )
+    .await;
+    app.wait(Duration::from_secs(10), |hits| !hits.is_empty()).await;
+    let hits = app.hits();
+    assert_eq!(hits[0].api_token.as_deref(), Some("app-secret-1"));
+    let asked = app.subscribe_tokens.lock().expect("tokens").clone();
+    assert!(
+        !asked.is_empty() && asked.iter().all(|t| t.as_deref() == Some("app-secret-1")),
+        "{asked:?}"
+    );
+}

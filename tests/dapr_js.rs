@@ -41,6 +41,7 @@ async fn the_dapr_javascript_sdk_publishes_and_subscribes_through_evrouter() {
         url: format!("http://127.0.0.1:{app_port}"),
         max_attempts: 3,
         retry_initial_ms: 50,
+        ..DaprAppConfig::default()
     }];
     config.dapr.refresh_interval = "1s".into();
     let router = TestRouter::start(config).await;

@@ -195,6 +195,9 @@ pub struct DaprAppConfig {
     pub max_attempts: u32,
     /// First retry delay; it doubles with each attempt.
     pub retry_initial_ms: u64,
+    /// An environment variable holding the app's API token (Dapr's `APP_API_TOKEN`), sent
+    /// as `dapr-api-token` with every request to the app.
+    pub app_api_token_env: Option<String>,
 }
 
 impl Default for DaprAppConfig {
@@ -204,6 +207,7 @@ impl Default for DaprAppConfig {
             url: String::new(),
             max_attempts: 5,
             retry_initial_ms: 100,
+            app_api_token_env: None,
         }
     }
 }

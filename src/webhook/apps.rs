@@ -164,6 +164,8 @@ pub struct AppSubscriptions {
     api: Arc<DaprPubsubs>,
     delivery: Arc<Runtime>,
     client: Client<HttpConnector, Empty<Bytes>>,
+    /// Apps' API tokens, by app id.
+    app_tokens: std::collections::HashMap<String, Arc<str>>,
 }
 
 impl AppSubscriptions {
@@ -183,7 +185,14 @@ impl AppSubscriptions {
             api,
             delivery,
             client: Client::builder(TokioExecutor::new()).build(connector),
+            app_tokens: std::collections::HashMap::new(),
         }
+    }
+
+    /// Sends each app its API token (by app id) as `dapr-api-token`.
+    pub fn with_app_tokens(mut self, tokens: std::collections::HashMap<String, Arc<str>>) -> Self {
+        self.app_tokens = tokens;
+        self
     }
 
     /// Reads every app now, then again every `interval`; an app not read yet is tried
@@ -331,8 +340,11 @@ impl AppSubscriptions {
         let uri: hyper::Uri = format!("{}/dapr/subscribe", app.url.trim_end_matches('/'))
             .parse()
             .map_err(|e: hyper::http::uri::InvalidUri| unreachable(e.to_string()))?;
-        let request = hyper::Request::get(uri)
-            .header("accept", "application/json")
+        let mut request = hyper::Request::get(uri).header("accept", "application/json");
+        if let Some(token) = self.app_tokens.get(&app.id) {
+            request = request.header("dapr-api-token", &**token);
+        }
+        let request = request
             .body(Empty::new())
             .map_err(|e| unreachable(e.to_string()))?;
         let exchange = async {

@@ -53,6 +53,8 @@ pub struct Outgoing<'a> {
     pub timeout: Duration,
     /// The Standard Webhooks headers, for a signed subscription.
     pub signed: Option<signature::Signed>,
+    /// A Dapr app's API token, sent as `dapr-api-token`.
+    pub app_token: Option<&'a str>,
 }
 
 /// The pooled HTTP client.
@@ -91,6 +93,9 @@ impl Client {
         }
         if let Some(traceparent) = request.traceparent.and_then(valid) {
             builder = builder.header("traceparent", traceparent);
+        }
+        if let Some(token) = request.app_token.and_then(valid) {
+            builder = builder.header("dapr-api-token", token);
         }
         if let Some(signed) = &request.signed {
             builder = builder

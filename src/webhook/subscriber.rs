@@ -3,6 +3,7 @@
 //! copy; a Dapr app a CloudEvent on the route its rules pick), requests are built here (one
 //! event, a JSON array, or Dapr's bulk body), and answers become one outcome per event.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,6 +35,7 @@ pub struct Webhooks {
     apps: Client,
     guard: Arc<Guard>,
     forwards: Option<mpsc::Sender<Forward>>,
+    app_tokens: HashMap<String, Arc<str>>,
 }
 
 impl Webhooks {
@@ -45,7 +47,14 @@ impl Webhooks {
             apps: Client::new(Arc::new(Guard::new(&["0.0.0.0/0".into(), "::/0".into()]))),
             guard,
             forwards,
+            app_tokens: HashMap::new(),
         }
+    }
+
+    /// Sends each Dapr app its API token (by app id) as `dapr-api-token`.
+    pub fn with_app_tokens(mut self, tokens: HashMap<String, Arc<str>>) -> Self {
+        self.app_tokens = tokens;
+        self
     }
 }
 
@@ -65,6 +74,11 @@ impl Connector for Webhooks {
             },
             guard: (sub.spec.dapr.is_none()).then(|| self.guard.clone()),
             forwards: self.forwards.clone(),
+            app_token: sub
+                .spec
+                .dapr
+                .as_ref()
+                .and_then(|d| self.app_tokens.get(&d.app_id).cloned()),
         })
     }
 }
@@ -77,6 +91,8 @@ struct Webhook {
     /// Checks an endpoint given as an address (names are checked when resolved).
     guard: Option<Arc<Guard>>,
     forwards: Option<mpsc::Sender<Forward>>,
+    /// A Dapr app's API token.
+    app_token: Option<Arc<str>>,
 }
 
 impl Webhook {
@@ -194,6 +210,7 @@ impl Subscriber for Webhook {
             signature::sign(secrets, &id, now_ms(), &body)
         });
         let client = self.client.clone();
+        let app_token = self.app_token.clone();
         let endpoints = self.endpoints.clone();
         let timeout = Duration::from_millis(self.sub.spec.timeout_ms);
         Box::pin(async move {
@@ -209,6 +226,7 @@ impl Subscriber for Webhook {
                     content_type: &content_type,
                     timeout,
                     signed,
+                    app_token: app_token.as_deref(),
                 })
                 .await;
             endpoints.report(endpoint, answer.healthy());

@@ -20,6 +20,8 @@ pub struct Hit {
     pub path: String,
     pub content_type: String,
     pub body: Bytes,
+    /// The `dapr-api-token` header, if any.
+    pub api_token: Option<String>,
 }
 
 impl Hit {
@@ -41,6 +43,8 @@ pub struct DaprApp {
     pub subscriptions: Arc<Mutex<Value>>,
     hits: Arc<Mutex<Vec<Hit>>>,
     seen: Arc<Mutex<HashMap<String, u32>>>,
+    /// The `dapr-api-token` of each `/dapr/subscribe` request.
+    pub subscribe_tokens: Arc<Mutex<Vec<Option<String>>>>,
 }
 
 impl DaprApp {
@@ -114,7 +118,12 @@ impl DaprApp {
     }
 }
 
-async fn subscribe_list(State(app): State<DaprApp>) -> Response {
+async fn subscribe_list(State(app): State<DaprApp>, headers: HeaderMap) -> Response {
+    let token = headers
+        .get("dapr-api-token")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    app.subscribe_tokens.lock().expect("tokens").push(token);
     let list = app.subscriptions.lock().expect("subs").clone();
     if list.is_null() {
         return StatusCode::NOT_FOUND.into_response();
@@ -136,6 +145,10 @@ async fn deliver(
             .unwrap_or_default()
             .to_string(),
         body,
+        api_token: headers
+            .get("dapr-api-token")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
     };
     app.hits.lock().expect("hits").push(hit.clone());
     let event = hit.json();
@@ -177,6 +190,7 @@ pub fn app_config(id: &str, port: u16) -> DaprAppConfig {
         url: format!("http://127.0.0.1:{port}"),
         max_attempts: 3,
         retry_initial_ms: 20,
+        app_api_token_env: None,
     }
 }
 
