@@ -66,6 +66,9 @@ pub enum RunError {
     /// A principal's token could not be read.
     #[error(transparent)]
     Auth(#[from] auth::SetupError),
+    /// The listener's TLS could not be set up.
+    #[error(transparent)]
+    Tls(#[from] ingress::tls::TlsError),
     /// `durability = "strict"` and Redis could lose acknowledged events.
     #[error("redis.durability is strict but {0}")]
     NotDurable(String),
@@ -217,7 +220,22 @@ pub async fn run(
         type_schemas = schemas.type_schemas(),
         "evrouter serving"
     );
-    ingress::serve(listener, ingress::router(state.clone()), settings, shutdown).await;
+    let tls = match &config.server.tls {
+        Some(tls) => Some(Arc::new(ingress::tls::Tls::new(tls)?)),
+        None => None,
+    };
+    let reloader = tls.as_ref().map(ingress::tls::Tls::spawn_reloader);
+    ingress::serve(
+        listener,
+        ingress::router(state.clone()),
+        settings,
+        tls,
+        shutdown,
+    )
+    .await;
+    if let Some(reloader) = reloader {
+        reloader.abort();
+    }
 
     drop(state);
     app_watcher.abort();

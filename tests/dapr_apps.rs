@@ -283,7 +283,8 @@ async fn apps_get_their_api_token() {
         "{\"n\":1}",
     )
     .await;
-    app.wait(Duration::from_secs(10), |hits| !hits.is_empty()).await;
+    app.wait(Duration::from_secs(10), |hits| !hits.is_empty())
+        .await;
     let hits = app.hits();
     assert_eq!(hits[0].api_token.as_deref(), Some("app-secret-1"));
     let asked = app.subscribe_tokens.lock().expect("tokens").clone();

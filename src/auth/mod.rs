@@ -161,6 +161,7 @@ pub struct SetupError {
 pub struct Authenticator {
     mode: AuthMode,
     principals: Vec<([u8; 32], Arc<Principal>)>,
+    by_certificate: Vec<(String, Arc<Principal>)>,
     anonymous: Arc<Principal>,
     open_metrics: bool,
 }
@@ -173,13 +174,20 @@ impl Authenticator {
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, SetupError> {
         let mut principals = Vec::with_capacity(config.principals.len());
+        let mut by_certificate = Vec::new();
         for (i, p) in config.principals.iter().enumerate() {
-            let hash = token_hash(i, p, &env)?;
-            principals.push((hash, Arc::new(principal(p))));
+            let made = Arc::new(principal(p));
+            for name in &p.cert_names {
+                by_certificate.push((name.to_ascii_lowercase(), made.clone()));
+            }
+            if p.token_sha256.is_some() || p.token_env.is_some() {
+                principals.push((token_hash(i, p, &env)?, made));
+            }
         }
         Ok(Self {
             mode: config.mode,
             principals,
+            by_certificate,
             anonymous: Arc::new(Principal::anonymous()),
             open_metrics: config.open_metrics,
         })
@@ -190,6 +198,7 @@ impl Authenticator {
         Self {
             mode: AuthMode::None,
             principals: Vec::new(),
+            by_certificate: Vec::new(),
             anonymous: Arc::new(Principal::anonymous()),
             open_metrics: true,
         }
@@ -203,6 +212,18 @@ impl Authenticator {
     /// Whether stats answer without a token.
     pub fn open_metrics(&self) -> bool {
         self.open_metrics || !self.required()
+    }
+
+    /// The principal a verified client certificate stands for: the first of its names
+    /// (DNS names, then the subject's common name) that a principal lists in `cert_names`.
+    pub fn authenticate_certificate(&self, names: &[String]) -> Option<Arc<Principal>> {
+        names.iter().find_map(|name| {
+            let name = name.to_ascii_lowercase();
+            self.by_certificate
+                .iter()
+                .find(|(listed, _)| *listed == name)
+                .map(|(_, principal)| principal.clone())
+        })
     }
 
     /// The principal of a bearer token. Every principal's hash is compared, in constant

@@ -135,6 +135,9 @@ pub struct PrincipalConfig {
     pub publish_bytes_per_s: u32,
     /// Most subscriptions it may own (0: no limit).
     pub max_subscriptions: usize,
+    /// Client certificate names (a DNS name of its subject alternative names, or its
+    /// subject's common name) that authenticate as this principal over mTLS.
+    pub cert_names: Vec<String>,
 }
 
 /// The Dapr sidecar API evrouter also serves (`/v1.0/publish/...`, `/dapr/subscribe`).
@@ -276,6 +279,23 @@ pub struct ServerConfig {
     pub publish_timeout: ConfigDuration,
     /// How long shutdown waits for in-flight requests before cutting them off.
     pub shutdown_grace: ConfigDuration,
+    /// HTTPS: serve TLS with these files (`[server.tls]`); plain HTTP when absent.
+    pub tls: Option<TlsConfig>,
+}
+
+/// The listener's TLS.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TlsConfig {
+    /// PEM file of the certificate chain (reloaded on SIGHUP and when it changes).
+    pub cert: PathBuf,
+    /// PEM file of the private key.
+    pub key: PathBuf,
+    /// PEM file of the CA that client certificates must chain to (mTLS); none: no client
+    /// certificates are asked for.
+    pub client_ca: Option<PathBuf>,
+    /// With `client_ca`: refuse clients without a certificate (else they may use a token).
+    pub require_client_cert: bool,
 }
 
 impl Default for ServerConfig {
@@ -290,6 +310,7 @@ impl Default for ServerConfig {
             max_connections: 10_000,
             publish_timeout: "5s".into(),
             shutdown_grace: "30s".into(),
+            tls: None,
         }
     }
 }

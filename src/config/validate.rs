@@ -145,6 +145,25 @@ impl Config {
         }
         self.validate_dapr(&mut bad);
         self.validate_auth(&mut bad);
+        if let Some(tls) = &self.server.tls {
+            for (path, file) in [
+                ("server.tls.cert", Some(&tls.cert)),
+                ("server.tls.key", Some(&tls.key)),
+                ("server.tls.client_ca", tls.client_ca.as_ref()),
+            ] {
+                if let Some(file) = file {
+                    if !file.is_file() {
+                        bad(path, format!("{} is not a readable file", file.display()));
+                    }
+                }
+            }
+            if tls.require_client_cert && tls.client_ca.is_none() {
+                bad(
+                    "server.tls.require_client_cert",
+                    "needs server.tls.client_ca to check client certificates against".into(),
+                );
+            }
+        }
         for (i, entry) in self.webhooks.allow.iter().enumerate() {
             let host_ok = !entry.is_empty()
                 && entry.split('.').all(|label| {
@@ -292,9 +311,10 @@ impl Config {
                     }
                 }
                 (None, Some(var)) if !var.is_empty() => {}
+                (None, None) if !principal.cert_names.is_empty() => {}
                 (None, _) => bad(
                     &at("token_sha256"),
-                    "one of token_sha256 or token_env is required".into(),
+                    "one of token_sha256, token_env or cert_names is required".into(),
                 ),
                 (Some(_), Some(_)) => bad(
                     &at("token_env"),

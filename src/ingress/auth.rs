@@ -12,7 +12,8 @@ use axum::middleware::Next;
 use axum::response::Response;
 
 use super::error::ApiError;
-use super::{audit, AppState};
+use super::{audit, AppState, ClientCert};
+use crate::auth::AuthError;
 
 /// Paths every caller may use.
 fn open(path: &str, app: &AppState) -> bool {
@@ -49,7 +50,16 @@ pub async fn authenticate(
         return next.run(request).await;
     }
     let call = audit::Call::of(&request);
-    match app.auth.authenticate(token(request.headers(), &path)) {
+    let found = match token(request.headers(), &path) {
+        // Without a token, a verified client certificate may name the principal.
+        None if app.auth.required() => request
+            .extensions()
+            .get::<ClientCert>()
+            .and_then(|cert| app.auth.authenticate_certificate(&cert.0))
+            .ok_or(AuthError::Missing),
+        bearer => app.auth.authenticate(bearer),
+    };
+    match found {
         Ok(principal) => {
             let name = principal.name.clone();
             request.extensions_mut().insert(principal);

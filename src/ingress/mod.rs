@@ -11,6 +11,7 @@ pub mod health;
 pub mod publish;
 pub mod stats;
 pub mod subscriptions;
+pub mod tls;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -108,6 +109,10 @@ pub fn router(state: Arc<AppState>) -> Router {
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddr(pub std::net::SocketAddr);
 
+/// The names of the verified client certificate of a TLS connection.
+#[derive(Debug, Clone)]
+pub struct ClientCert(pub Vec<String>);
+
 /// HTTP server settings.
 #[derive(Debug, Clone, Copy)]
 pub struct ServeSettings {
@@ -125,6 +130,7 @@ pub async fn serve(
     listener: TcpListener,
     app: Router,
     settings: ServeSettings,
+    tls: Option<Arc<tls::Tls>>,
     shutdown: impl Future<Output = ()>,
 ) {
     let graceful = GracefulShutdown::new();
@@ -150,12 +156,49 @@ pub async fn serve(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let service =
-                    TowerToHyperService::new(Extension(ClientAddr(peer)).layer(app.clone()));
-                let conn = builder.serve_connection(TokioIo::new(stream), service);
-                let conn = graceful.watch(conn);
+                let app = Extension(ClientAddr(peer)).layer(app.clone());
+                let Some(tls) = &tls else {
+                    let service = TowerToHyperService::new(app);
+                    let conn = builder.serve_connection(TokioIo::new(stream), service);
+                    let conn = graceful.watch(conn);
+                    tokio::spawn(async move {
+                        if let Err(err) = conn.await {
+                            tracing::debug!(error = %err, "connection ended with an error");
+                        }
+                        drop(slot);
+                    });
+                    continue;
+                };
+                // The handshake happens in the connection's task, bounded like a request
+                // head, so that a slow client holds up no other.
+                let acceptor = tls.acceptor.clone();
+                let watcher = graceful.watcher();
+                let builder = builder.clone();
                 tokio::spawn(async move {
-                    if let Err(err) = conn.await {
+                    let handshake = tokio::time::timeout(
+                        settings.header_read_timeout,
+                        acceptor.accept(stream),
+                    );
+                    let stream = match handshake.await {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(err)) => {
+                            tracing::debug!(error = %err, %peer, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => return,
+                    };
+                    let names = stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|certs| certs.first())
+                        .map(tls::certificate_names);
+                    let service = match names {
+                        Some(names) => TowerToHyperService::new(Extension(ClientCert(names)).layer(app)),
+                        None => TowerToHyperService::new(Extension(ClientCert(Vec::new())).layer(app)),
+                    };
+                    let conn = builder.serve_connection(TokioIo::new(stream), service);
+                    if let Err(err) = watcher.watch(conn).await {
                         tracing::debug!(error = %err, "connection ended with an error");
                     }
                     drop(slot);
