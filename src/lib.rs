@@ -149,8 +149,14 @@ pub async fn run(
     let (forwards_tx, forwards_rx) = tokio::sync::mpsc::channel(1024);
     let guard = Arc::new(webhook::guard::Guard::new(&config.webhooks.allow));
     let app_tokens = app_tokens(&config)?;
+    let roots = webhook::Roots::load(config.webhooks.ca.as_deref()).map_err(|message| {
+        ingress::tls::TlsError {
+            path: "webhooks.ca".into(),
+            message,
+        }
+    })?;
     let connector = Arc::new(
-        Webhooks::new(guard.clone(), Some(forwards_tx)).with_app_tokens(app_tokens.clone()),
+        Webhooks::new(guard.clone(), &roots, Some(forwards_tx)).with_app_tokens(app_tokens.clone()),
     );
     let delivery = delivery::Runtime::start(
         catalog.clone(),

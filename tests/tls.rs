@@ -196,3 +196,93 @@ async fn served_name(ca: &Ca, cert: &str, key: &str, port: u16) -> String {
         .to_string();
     name
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_over_https_are_checked_against_the_configured_ca() {
+    let dir = tempfile::tempdir().expect("dir");
+    let ca = ca();
+    let (cert, key) = issue(&ca, &["localhost"]);
+    let ca_path = write(dir.path(), "ca.pem", &ca.cert.pem());
+
+    // An HTTPS subscriber: every request's body is kept.
+    let certs: Vec<rustls::pki_types::CertificateDer<'static>> =
+        rustls::pki_types::pem::PemObject::pem_slice_iter(cert.as_bytes())
+            .collect::<Result<_, _>>()
+            .expect("certs");
+    let key: rustls::pki_types::PrivateKeyDer<'static> =
+        rustls::pki_types::pem::PemObject::from_pem_slice(key.as_bytes()).expect("key");
+    let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let received = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let kept = received.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, kept) = (acceptor.clone(), kept.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(
+                    move |request: hyper::Request<hyper::body::Incoming>| {
+                        let kept = kept.clone();
+                        async move {
+                            use http_body_util::BodyExt;
+                            let body = request
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            kept.lock()
+                                .expect("kept")
+                                .push(String::from_utf8_lossy(&body).into_owned());
+                            Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                                http_body_util::Full::new(hyper::body::Bytes::from_static(b"ok")),
+                            ))
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+
+    let redis = RedisServer::start();
+    let mut config = test_config(&redis);
+    config.webhooks.ca = Some(ca_path);
+    config.webhooks.allow.push("localhost".into());
+    let router = TestRouter::start(config).await;
+    let (status, created) = support::RouterApi::post(
+        &router,
+        "/v1/subscriptions",
+        "application/json",
+        serde_json::json!({"name": "secure", "topics": ["order.created"], "endpoints": [format!("https://localhost:{port}/events")]})
+            .to_string(),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    support::RouterApi::publish_ok(&router, "order.created", &order_event(1, "ord_1")).await;
+    let got = eventually(Duration::from_secs(10), async || {
+        let got = received.lock().expect("kept").clone();
+        if got.is_empty() {
+            Err("nothing delivered over https yet".to_string())
+        } else {
+            Ok(got)
+        }
+    })
+    .await;
+    assert!(got[0].contains("evt_order_1"), "{got:?}");
+}

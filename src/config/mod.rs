@@ -62,6 +62,9 @@ pub struct WebhooksConfig {
     /// Internal hosts, addresses and networks (CIDR) webhooks may still go to; every other
     /// internal address (loopback, link-local, private, unique-local …) is refused.
     pub allow: Vec<String>,
+    /// A PEM file of CA certificates `https://` endpoints may chain to, besides the
+    /// system's roots.
+    pub ca: Option<PathBuf>,
 }
 
 /// The audit log.

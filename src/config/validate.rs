@@ -145,6 +145,14 @@ impl Config {
         }
         self.validate_dapr(&mut bad);
         self.validate_auth(&mut bad);
+        if let Some(ca) = &self.webhooks.ca {
+            if !ca.is_file() {
+                bad(
+                    "webhooks.ca",
+                    format!("{} is not a readable file", ca.display()),
+                );
+            }
+        }
         if let Some(tls) = &self.server.tls {
             for (path, file) in [
                 ("server.tls.cert", Some(&tls.cert)),

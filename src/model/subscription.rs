@@ -294,14 +294,13 @@ impl SubscriptionSpec {
             bad("/endpoints", "at least one endpoint URL is required".into());
         }
         for (i, endpoint) in spec.endpoints.iter().enumerate() {
-            let ok = endpoint
-                .parse::<hyper::Uri>()
-                .ok()
-                .is_some_and(|u| u.scheme_str() == Some("http") && u.authority().is_some());
+            let ok = endpoint.parse::<hyper::Uri>().ok().is_some_and(|u| {
+                matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some()
+            });
             if !ok {
                 bad(
                     &format!("/endpoints/{i}"),
-                    format!("`{endpoint}` is not an http:// URL"),
+                    format!("`{endpoint}` is not an http:// or https:// URL"),
                 );
             }
         }

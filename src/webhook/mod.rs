@@ -17,6 +17,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::{Request, Uri};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::rt::TokioExecutor;
@@ -60,16 +61,70 @@ pub struct Outgoing<'a> {
 /// The pooled HTTP client.
 #[derive(Clone)]
 pub struct Client {
-    client: HyperClient<HttpConnector<GuardedResolver>, Full<Bytes>>,
+    client: HyperClient<HttpsConnector<HttpConnector<GuardedResolver>>, Full<Bytes>>,
+}
+
+/// Which certificate authorities `https://` endpoints are checked against.
+#[derive(Debug, Clone)]
+pub struct Roots(Arc<rustls::RootCertStore>);
+
+impl Roots {
+    /// The system's roots, and the CA of `extra` (a PEM file) when given.
+    pub fn load(extra: Option<&std::path::Path>) -> Result<Self, String> {
+        use rustls::pki_types::pem::PemObject;
+        let mut store = rustls::RootCertStore::empty();
+        for cert in rustls_native_certs::load_native_certs().certs {
+            let _ = store.add(cert);
+        }
+        if let Some(path) = extra {
+            let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
+                .and_then(|found| found.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            for cert in certs {
+                store
+                    .add(cert)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+            }
+        }
+        Ok(Self(Arc::new(store)))
+    }
 }
 
 impl Client {
     /// A client keeping idle connections to every endpoint, connecting only to the
-    /// addresses `guard` allows.
-    pub fn new(guard: Arc<Guard>) -> Self {
+    /// addresses `guard` allows, over TLS for `https://` endpoints (checked against
+    /// `roots`).
+    pub fn new(guard: Arc<Guard>, roots: &Roots) -> Self {
         let mut connector = HttpConnector::new_with_resolver(GuardedResolver::new(guard));
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(2)));
+        connector.enforce_http(false);
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map(|builder| {
+            builder
+                .with_root_certificates(roots.0.clone())
+                .with_no_client_auth()
+        });
+        let connector = match tls {
+            Ok(tls) => HttpsConnectorBuilder::new()
+                .with_tls_config(tls)
+                .https_or_http()
+                .enable_http1()
+                .wrap_connector(connector),
+            // ring supports the default versions: not reached.
+            Err(_) => HttpsConnectorBuilder::new()
+                .with_tls_config(
+                    rustls::ClientConfig::builder()
+                        .with_root_certificates(roots.0.clone())
+                        .with_no_client_auth(),
+                )
+                .https_or_http()
+                .enable_http1()
+                .wrap_connector(connector),
+        };
         let client = HyperClient::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(1024)

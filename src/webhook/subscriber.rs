@@ -15,7 +15,7 @@ use super::dapr;
 use super::endpoints::Endpoints;
 use super::guard::Guard;
 use super::signature;
-use super::{Client, Outgoing};
+use super::{Client, Outgoing, Roots};
 use crate::delivery::subscription::Subscription;
 use crate::delivery::transport::{
     Connector, Forwarded, Presented, Reply, Request, Sending, Subscriber,
@@ -41,10 +41,13 @@ pub struct Webhooks {
 impl Webhooks {
     /// Subscribers sending with fresh clients; exhausted events of Dapr subscriptions with
     /// a `deadLetterTopic` go to `forwards` (to be published there).
-    pub fn new(guard: Arc<Guard>, forwards: Option<mpsc::Sender<Forward>>) -> Self {
+    pub fn new(guard: Arc<Guard>, roots: &Roots, forwards: Option<mpsc::Sender<Forward>>) -> Self {
         Self {
-            client: Client::new(guard.clone()),
-            apps: Client::new(Arc::new(Guard::new(&["0.0.0.0/0".into(), "::/0".into()]))),
+            client: Client::new(guard.clone(), roots),
+            apps: Client::new(
+                Arc::new(Guard::new(&["0.0.0.0/0".into(), "::/0".into()])),
+                roots,
+            ),
             guard,
             forwards,
             app_tokens: HashMap::new(),
