@@ -6,6 +6,7 @@
 //!
 //! This floor sits on `model` and `config`; `ingress` asks it about every request.
 
+pub mod jwt;
 pub mod quota;
 
 use std::sync::Arc;
@@ -160,6 +161,8 @@ pub struct SetupError {
 #[derive(Debug)]
 pub struct Authenticator {
     mode: AuthMode,
+    jwt: Option<jwt::JwtVerifier>,
+    by_name: Vec<(String, Arc<Principal>)>,
     principals: Vec<([u8; 32], Arc<Principal>)>,
     by_certificate: Vec<(String, Arc<Principal>)>,
     anonymous: Arc<Principal>,
@@ -175,8 +178,10 @@ impl Authenticator {
     ) -> Result<Self, SetupError> {
         let mut principals = Vec::with_capacity(config.principals.len());
         let mut by_certificate = Vec::new();
+        let mut by_name = Vec::new();
         for (i, p) in config.principals.iter().enumerate() {
             let made = Arc::new(principal(p));
+            by_name.push((p.name.clone(), made.clone()));
             for name in &p.cert_names {
                 by_certificate.push((name.to_ascii_lowercase(), made.clone()));
             }
@@ -184,8 +189,14 @@ impl Authenticator {
                 principals.push((token_hash(i, p, &env)?, made));
             }
         }
+        let jwt = match config.mode {
+            AuthMode::Jwt => Some(jwt::JwtVerifier::new(&config.jwt, &env)?),
+            _ => None,
+        };
         Ok(Self {
             mode: config.mode,
+            jwt,
+            by_name,
             principals,
             by_certificate,
             anonymous: Arc::new(Principal::anonymous()),
@@ -197,6 +208,8 @@ impl Authenticator {
     pub fn open() -> Self {
         Self {
             mode: AuthMode::None,
+            jwt: None,
+            by_name: Vec::new(),
             principals: Vec::new(),
             by_certificate: Vec::new(),
             anonymous: Arc::new(Principal::anonymous()),
@@ -233,6 +246,14 @@ impl Authenticator {
             return Ok(self.anonymous.clone());
         }
         let token = token.filter(|t| !t.is_empty()).ok_or(AuthError::Missing)?;
+        if let Some(jwt) = &self.jwt {
+            return jwt.verify(token, |name| {
+                self.by_name
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, p)| p.clone())
+            });
+        }
         let presented: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let mut found = None;
         for (hash, principal) in &self.principals {

@@ -98,8 +98,45 @@ pub struct AuthConfig {
     pub allow_anonymous: bool,
     /// `GET /v1/stats` answers without a token.
     pub open_metrics: bool,
-    /// The callers of `mode = "token"`.
+    /// The callers of `mode = "token"` (and the rights of `mode = "jwt"` principals).
     pub principals: Vec<PrincipalConfig>,
+    /// How JWT bearer tokens are verified (`mode = "jwt"`).
+    pub jwt: JwtConfig,
+}
+
+/// JWT verification.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct JwtConfig {
+    /// PEM files of RSA (RS256) or EC P-256 (ES256) public keys.
+    pub public_keys: Vec<PathBuf>,
+    /// A JWKS file (`{"keys":[…]}`) of public keys, chosen by `kid`.
+    pub jwks_file: Option<PathBuf>,
+    /// An environment variable holding an HS256 shared secret.
+    pub hs256_secret_env: Option<String>,
+    /// The `iss` tokens must carry, if any.
+    pub issuer: Option<String>,
+    /// The `aud` tokens must carry, if any.
+    pub audience: Option<String>,
+    /// The claim naming the principal.
+    pub principal_claim: String,
+    /// A claim carrying rights (`{"publish":[…],"subscribe":[…],"admin":false,"metrics":false}`)
+    /// for principals not listed in `[[auth.principals]]`.
+    pub rights_claim: Option<String>,
+}
+
+impl Default for JwtConfig {
+    fn default() -> Self {
+        Self {
+            public_keys: Vec::new(),
+            jwks_file: None,
+            hs256_secret_env: None,
+            issuer: None,
+            audience: None,
+            principal_claim: "sub".into(),
+            rights_claim: None,
+        }
+    }
 }
 
 /// How callers prove who they are.
@@ -112,6 +149,8 @@ pub enum AuthMode {
     /// `Authorization: Bearer <token>` (or Dapr's `dapr-api-token`), checked against the
     /// SHA-256 of each principal's token.
     Token,
+    /// `Authorization: Bearer <JWT>`, verified with `[auth.jwt]`.
+    Jwt,
 }
 
 /// One caller and its rights.

@@ -320,6 +320,7 @@ impl Config {
                 }
                 (None, Some(var)) if !var.is_empty() => {}
                 (None, None) if !principal.cert_names.is_empty() => {}
+                (None, None) if auth.mode == AuthMode::Jwt => {}
                 (None, _) => bad(
                     &at("token_sha256"),
                     "one of token_sha256, token_env or cert_names is required".into(),

@@ -19,8 +19,8 @@ pub mod wait;
 pub use evrouter::auth::hash_token;
 pub use evrouter::catalog::partition_of;
 pub use evrouter::config::{
-    AuthConfig, AuthMode, Config, DaprAppConfig, DaprPubsubConfig, Durability, KeyRuleConfig,
-    PrincipalConfig, StreamConfig,
+    AuthConfig, AuthMode, Config, DaprAppConfig, DaprPubsubConfig, Durability, JwtConfig,
+    KeyRuleConfig, PrincipalConfig, StreamConfig,
 };
 pub use evrouter::model::envelope::{Envelope, PayloadFormat};
 pub use evrouter::model::trace::is_valid_traceparent;
