@@ -93,9 +93,11 @@ pub async fn run(
         }
     }
     let password = redis_password(&config)?;
+    let redis_tls = redis_tls(&config)?;
     let target = RedisTarget::new(
         &config.redis.url,
         password.as_deref(),
+        Some(&redis_tls),
         config.redis.response_timeout.get(),
         config.redis.connect_timeout.get(),
     )?;
@@ -251,6 +253,30 @@ pub async fn run(
     writers.shutdown().await;
     tracing::info!("evrouter stopped");
     Ok(())
+}
+
+/// The files of TLS to Redis, read.
+fn redis_tls(config: &Config) -> Result<store::RedisTls, RunError> {
+    let read = |path: &str, file: &std::path::Path| {
+        std::fs::read(file).map_err(|e| {
+            RunError::Tls(ingress::tls::TlsError {
+                path: path.into(),
+                message: format!("{}: {e}", file.display()),
+            })
+        })
+    };
+    let ca = match &config.redis.tls_ca {
+        Some(file) => Some(read("redis.tls_ca", file)?),
+        None => None,
+    };
+    let client = match (&config.redis.tls_client_cert, &config.redis.tls_client_key) {
+        (Some(cert), Some(key)) => Some((
+            read("redis.tls_client_cert", cert)?,
+            read("redis.tls_client_key", key)?,
+        )),
+        _ => None,
+    };
+    Ok(store::RedisTls { ca, client })
 }
 
 /// The API tokens of the Dapr apps that have one, by app id, from the environment.

@@ -363,6 +363,13 @@ impl Default for ServerConfig {
 pub struct RedisConfig {
     /// Redis URL.
     pub url: String,
+    /// With `rediss://`: a PEM file of the CA Redis's certificate chains to (default: the
+    /// system's roots).
+    pub tls_ca: Option<PathBuf>,
+    /// With `rediss://`: a PEM client certificate, for a Redis that requires one.
+    pub tls_client_cert: Option<PathBuf>,
+    /// With `rediss://`: the client certificate's PEM private key.
+    pub tls_client_key: Option<PathBuf>,
     /// A file holding the Redis password (its first line), used instead of one in `url`;
     /// the variable `EVR_REDIS_PASSWORD`, when set, is used before both.
     pub password_file: Option<PathBuf>,
@@ -382,6 +389,9 @@ impl Default for RedisConfig {
         Self {
             url: "redis://127.0.0.1:6379".into(),
             password_file: None,
+            tls_ca: None,
+            tls_client_cert: None,
+            tls_client_key: None,
             key_prefix: "evr".into(),
             response_timeout: "2s".into(),
             connect_timeout: "1s".into(),

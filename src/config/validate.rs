@@ -74,21 +74,33 @@ impl Config {
                 Err(message) => bad(path, message),
             }
         }
-        if self.redis.url.starts_with("rediss://") {
+        let tls = self.redis.url.starts_with("rediss://");
+        if !tls && !self.redis.url.starts_with("redis://") {
             bad(
                 "redis.url",
                 format!(
-                    "`{}`: TLS to Redis (rediss://) is not supported yet; use redis://",
+                    "`{}` is not a redis:// or rediss:// URL",
                     crate::model::redact::url(&self.redis.url)
                 ),
             );
-        } else if !self.redis.url.starts_with("redis://") {
+        }
+        for (path, file) in [
+            ("redis.tls_ca", &self.redis.tls_ca),
+            ("redis.tls_client_cert", &self.redis.tls_client_cert),
+            ("redis.tls_client_key", &self.redis.tls_client_key),
+        ] {
+            match file {
+                Some(_) if !tls => bad(path, "applies to a rediss:// url only".into()),
+                Some(file) if !file.is_file() => {
+                    bad(path, format!("{} is not a readable file", file.display()))
+                }
+                _ => {}
+            }
+        }
+        if self.redis.tls_client_cert.is_some() != self.redis.tls_client_key.is_some() {
             bad(
-                "redis.url",
-                format!(
-                    "`{}` is not a redis:// URL",
-                    crate::model::redact::url(&self.redis.url)
-                ),
+                "redis.tls_client_key",
+                "tls_client_cert and tls_client_key go together".into(),
             );
         }
         if let Some(file) = &self.redis.password_file {

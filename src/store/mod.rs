@@ -15,6 +15,7 @@ pub mod stream_conn;
 pub mod subscriptions;
 pub mod writer;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -92,12 +93,67 @@ pub fn classify_server_error(code: &str, text: &str) -> StoreError {
     }
 }
 
+/// TLS to Redis (`rediss://`): the CA and an optional client certificate, as PEM.
+#[derive(Debug, Clone, Default)]
+pub struct RedisTls {
+    /// The CA Redis's certificate chains to; none: the system's roots.
+    pub ca: Option<Vec<u8>>,
+    /// A client certificate and its key, for a Redis that asks for one.
+    pub client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl RedisTls {
+    /// The rustls configuration of the stream readers' own connections.
+    fn client_config(&self) -> Result<Arc<rustls::ClientConfig>, StoreError> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let bad = |what: &str, e: &dyn std::fmt::Display| {
+            StoreError::Unavailable(format!("redis TLS {what}: {e}"))
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        match &self.ca {
+            Some(pem) => {
+                for cert in CertificateDer::pem_slice_iter(pem) {
+                    let cert = cert.map_err(|e| bad("CA", &e))?;
+                    roots.add(cert).map_err(|e| bad("CA", &e))?;
+                }
+            }
+            None => {
+                for cert in rustls_native_certs::load_native_certs().certs {
+                    let _ = roots.add(cert);
+                }
+            }
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad("versions", &e))?
+        .with_root_certificates(roots);
+        let config = match &self.client {
+            Some((cert, key)) => {
+                let certs = CertificateDer::pem_slice_iter(cert)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| bad("client certificate", &e))?;
+                let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| bad("client key", &e))?;
+                builder
+                    .with_client_auth_cert(certs, key)
+                    .map_err(|e| bad("client certificate", &e))?
+            }
+            None => builder.with_no_client_auth(),
+        };
+        Ok(Arc::new(config))
+    }
+}
+
 /// How to connect to Redis.
 #[derive(Debug, Clone)]
 pub struct RedisTarget {
     client: Client,
     response_timeout: Duration,
     connect_timeout: Duration,
+    /// TLS of the stream readers' own connections, for `rediss://`.
+    stream_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl RedisTarget {
@@ -106,6 +162,7 @@ impl RedisTarget {
     pub fn new(
         url: &str,
         password: Option<&str>,
+        tls: Option<&RedisTls>,
         response_timeout: Duration,
         connect_timeout: Duration,
     ) -> Result<Self, StoreError> {
@@ -122,11 +179,30 @@ impl RedisTarget {
             let settings = info.redis_settings().clone().set_password(password);
             info = info.set_redis_settings(settings);
         }
-        let client = Client::open(info).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let secure = matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. });
+        let (client, stream_tls) = if secure {
+            let tls = tls.cloned().unwrap_or_default();
+            let certificates = redis::TlsCertificates {
+                client_tls: tls.client.clone().map(|(client_cert, client_key)| {
+                    redis::ClientTlsConfig {
+                        client_cert,
+                        client_key,
+                    }
+                }),
+                root_cert: tls.ca.clone(),
+            };
+            let client = Client::build_with_tls(info, certificates)
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            (client, Some(tls.client_config()?))
+        } else {
+            let client = Client::open(info).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            (client, None)
+        };
         Ok(Self {
             client,
             response_timeout,
             connect_timeout,
+            stream_tls,
         })
     }
 
@@ -151,6 +227,7 @@ impl RedisTarget {
     pub fn stream_conn(&self, timeout: Duration) -> stream_conn::StreamConn {
         stream_conn::StreamConn::new(
             self.client.get_connection_info().clone(),
+            self.stream_tls.clone(),
             self.connect_timeout,
             timeout,
         )

@@ -4,6 +4,7 @@
 //! evrouter reads from Redis; through the general client their parsing was the largest
 //! single cost of delivery. Every other command keeps using the general client.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -27,6 +28,7 @@ pub type StreamEntries = (Bytes, Vec<(Bytes, Bytes)>);
 /// A connection that connects on first use and again after any error.
 pub struct StreamConn {
     info: ConnectionInfo,
+    tls: Option<Arc<rustls::ClientConfig>>,
     connect_timeout: Duration,
     response_timeout: Duration,
     socket: Option<Box<dyn Socket>>,
@@ -37,11 +39,13 @@ impl StreamConn {
     /// A connection to `info`'s server; nothing is opened yet.
     pub fn new(
         info: ConnectionInfo,
+        tls: Option<Arc<rustls::ClientConfig>>,
         connect_timeout: Duration,
         response_timeout: Duration,
     ) -> Self {
         Self {
             info,
+            tls,
             connect_timeout,
             response_timeout,
             socket: None,
@@ -97,6 +101,23 @@ impl StreamConn {
                 let stream = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
                 stream.set_nodelay(true)?;
                 Box::new(stream)
+            }
+            ConnectionAddr::TcpTls { host, port, .. } => {
+                let stream = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
+                stream.set_nodelay(true)?;
+                let Some(config) = &self.tls else {
+                    return Err(io_error(
+                        std::io::ErrorKind::Unsupported,
+                        "rediss:// without a TLS configuration",
+                    ));
+                };
+                let name = rustls::pki_types::ServerName::try_from(host.clone()).map_err(|e| {
+                    io_error(std::io::ErrorKind::InvalidInput, &format!("{host}: {e}"))
+                })?;
+                let tls = tokio_rustls::TlsConnector::from(config.clone())
+                    .connect(name, stream)
+                    .await?;
+                Box::new(tls)
             }
             #[cfg(unix)]
             ConnectionAddr::Unix(path) => Box::new(tokio::net::UnixStream::connect(path).await?),
