@@ -210,3 +210,56 @@ async fn a_replay_has_the_shape_of_a_live_delivery() {
     }
     assert!(dlq_entries(&redis, "bulk-audit").is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dlq_pages_stop_at_their_byte_cap() {
+    let redis = RedisServer::start();
+    let router = TestRouter::start(test_config(&redis)).await;
+    let (subscriber, _recovered) = recovering_subscriber().await;
+    router
+        .subscribe(
+            "heavy",
+            &["order.created"],
+            &subscriber.url(),
+            json!({"max_attempts": 1, "backoff": fast_retries()}),
+        )
+        .await;
+    // 20 events of about 300 KB: about 6 MB of dead letters, over one page's 4 MiB.
+    let filler = "x".repeat(300 * 1024);
+    for i in 0..20 {
+        let mut event = keyed_event(i, &format!("ord_{i}"), 1);
+        event["data"]["notes"] = json!(filler);
+        router.publish_ok("order.created", &event).await;
+    }
+    eventually(Duration::from_secs(20), async || {
+        let dead = dlq_entries(&redis, "heavy").len();
+        if dead >= 20 {
+            Ok(())
+        } else {
+            Err(format!("{dead} of 20 dead letters"))
+        }
+    })
+    .await;
+    let first = router.get_json("/v1/dlq/heavy?limit=1000").await;
+    let entries = first["entries"].as_array().cloned().unwrap_or_default();
+    let bytes: usize = entries.iter().map(|e| e["event"].to_string().len()).sum();
+    assert!(
+        entries.len() < 20 && bytes <= 4 * 1024 * 1024 + 1024,
+        "{} entries, {bytes} bytes",
+        entries.len()
+    );
+    let next = first["next"].as_str().expect("a next cursor").to_string();
+    let mut seen = entries.len();
+    let mut after = next;
+    loop {
+        let page = router
+            .get_json(&format!("/v1/dlq/heavy?limit=1000&after={after}"))
+            .await;
+        seen += page["entries"].as_array().map_or(0, Vec::len);
+        match page["next"].as_str() {
+            Some(next) => after = next.to_string(),
+            None => break,
+        }
+    }
+    assert_eq!(seen, 20, "every dead letter is on some page");
+}

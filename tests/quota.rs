@@ -49,6 +49,7 @@ async fn publishers_over_their_quota_are_told_when_to_come_back() {
             subscribe: vec!["order.>".into()],
             publish_events_per_s: 100,
             max_subscriptions: 1,
+            max_in_flight: 500,
             ..PrincipalConfig::default()
         }],
         ..AuthConfig::default()
@@ -115,7 +116,15 @@ async fn publishers_over_their_quota_are_told_when_to_come_back() {
     assert_eq!(never.status().as_u16(), 413);
     assert_eq!(stored(&redis), 100, "refused publishes stored nothing");
 
-    let sub = |name: &str| json!({"name": name, "topics": ["order.*"], "endpoints": ["http://127.0.0.1:9/x"]});
+    let sub = |name: &str| json!({"name": name, "topics": ["order.*"], "endpoints": ["http://127.0.0.1:9/x"], "max_in_flight": 100});
+    let greedy =
+        json!({"name": "greedy", "topics": ["order.*"], "endpoints": ["http://127.0.0.1:9/x"]});
+    let refused = send(&router, Method::POST, "/v1/subscriptions", greedy).await;
+    assert_eq!(
+        refused.status().as_u16(),
+        403,
+        "the default max_in_flight of 1000 is over 500"
+    );
     assert_eq!(
         send(&router, Method::POST, "/v1/subscriptions", sub("one"))
             .await

@@ -187,6 +187,7 @@ impl JwtVerifier {
             anonymous: false,
             quota: Arc::new(super::quota::Quota::new(0, 0)),
             max_subscriptions: 0,
+            max_in_flight: 0,
         });
         claimed.insert(name.to_string(), principal.clone());
         Ok(principal)

@@ -35,6 +35,8 @@ pub struct Principal {
     pub quota: Arc<Quota>,
     /// Most subscriptions it may own (0: no limit).
     pub max_subscriptions: usize,
+    /// Largest `max_in_flight` its subscriptions may ask for (0: no limit).
+    pub max_in_flight: usize,
 }
 
 /// Why a principal may not do something: the message names what refused it.
@@ -55,6 +57,7 @@ impl Principal {
             anonymous: true,
             quota: Arc::new(Quota::new(0, 0)),
             max_subscriptions: 0,
+            max_in_flight: 0,
         }
     }
 
@@ -308,6 +311,7 @@ fn principal(config: &PrincipalConfig) -> Principal {
             config.publish_bytes_per_s,
         )),
         max_subscriptions: config.max_subscriptions,
+        max_in_flight: config.max_in_flight,
     }
 }
 

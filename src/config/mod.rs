@@ -177,6 +177,8 @@ pub struct PrincipalConfig {
     pub publish_bytes_per_s: u32,
     /// Most subscriptions it may own (0: no limit).
     pub max_subscriptions: usize,
+    /// Largest `max_in_flight` its subscriptions may ask for (0: no limit).
+    pub max_in_flight: usize,
     /// Client certificate names (a DNS name of its subject alternative names, or its
     /// subject's common name) that authenticate as this principal over mTLS.
     pub cert_names: Vec<String>,

@@ -73,6 +73,12 @@ fn parse(
         // A replaced subscription keeps its owner unless the body names another.
         None => spec.owner = existing_owner.unwrap_or_else(|| principal.owner()),
     }
+    if principal.max_in_flight > 0 && spec.max_in_flight > principal.max_in_flight {
+        return Err(ApiError::forbidden(crate::auth::Denied(format!(
+            "principal `{}` may ask for max_in_flight up to {}, not {}",
+            principal.name, principal.max_in_flight, spec.max_in_flight
+        ))));
+    }
     for topic in &spec.topics {
         // A pattern that does not compile is reported with the others below.
         if crate::model::pattern::TopicPattern::parse(topic).is_ok() {

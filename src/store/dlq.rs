@@ -15,6 +15,10 @@ use serde::Serialize;
 use crate::model::dead_letter::DeadLetter;
 use crate::model::envelope::{Envelope, ENTRY_FIELD};
 
+/// Most bytes of events in one page of a DLQ listing (a page ends early, with its `next`
+/// cursor, rather than pass it).
+pub const MAX_PAGE_BYTES: usize = 4 * 1024 * 1024;
+
 /// The DLQ stream of a subscription for one partition: same hash tag as the partition so
 /// the append and the ack are atomic on a cluster too.
 pub fn dlq_key(partition_key: &str, subscription: &str) -> String {
@@ -72,7 +76,9 @@ pub async fn list(
         None => (0, "-".to_string()),
     };
     let mut entries = Vec::new();
-    while index < keys.len() && entries.len() < limit {
+    let mut bytes = 0;
+    let mut full = false;
+    while !full && index < keys.len() && entries.len() < limit {
         let want = limit - entries.len();
         let range: StreamRangeReply = redis::cmd("XRANGE")
             .arg(&keys[index])
@@ -88,17 +94,24 @@ pub async fn list(
         }
         for entry in range.ids {
             if let Some(letter) = to_dead_letter(index, entry) {
+                // A page holds at least one entry, and stops before passing the byte cap.
+                let size = letter.event.get().len();
+                if !entries.is_empty() && bytes + size > MAX_PAGE_BYTES {
+                    full = true;
+                    break;
+                }
+                bytes += size;
                 entries.push(letter);
             }
         }
-        if exhausted {
+        if exhausted && !full {
             index += 1;
             from = "-".to_string();
         }
     }
     let next = entries
         .last()
-        .filter(|_| entries.len() >= limit)
+        .filter(|_| full || entries.len() >= limit)
         .map(|e| e.id.clone());
     Ok(Page { entries, next })
 }
