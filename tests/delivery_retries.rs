@@ -11,7 +11,8 @@ use std::time::Duration;
 use serde_json::json;
 use support::subscriber::{assert_in_key_order, successes, Received, Subscriber};
 use support::{
-    dlq_entries, fast_retries, publish_keyed, test_config, RedisServer, RouterApi, TestRouter,
+    dlq_entries, fast_retries, order_event, publish_keyed, test_config, RedisServer, RouterApi,
+    TestRouter,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -129,4 +130,50 @@ async fn with_one_endpoint_down_everything_reaches_the_other() {
     .await;
     assert_in_key_order(&successes(&up.received(), 0), 10, 20);
     assert!(dlq_entries(&redis, "two").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_ahead_is_bounded_in_bytes_too() {
+    let redis = RedisServer::start();
+    let router = TestRouter::start(test_config(&redis)).await;
+    // A slow subscriber; events of about 10 KB; a 64 KiB budget holds about 6 of them.
+    let subscriber = Subscriber::start(
+        Arc::new(|_: &Received| (200, String::new())),
+        Some(Duration::from_millis(100)),
+    )
+    .await;
+    router
+        .subscribe(
+            "bounded",
+            &["order.created"],
+            &subscriber.url(),
+            json!({"ordering": "none", "max_in_flight_bytes": 65536}),
+        )
+        .await;
+    let filler = "y".repeat(10 * 1024);
+    let events: Vec<serde_json::Value> = (0..60)
+        .map(|i| {
+            let mut event = order_event(i, &format!("ord_{i}"));
+            event["data"]["notes"] = json!(filler);
+            event
+        })
+        .collect();
+    router
+        .publish_ok("order.created", &serde_json::Value::Array(events))
+        .await;
+    let mut most = 0;
+    while subscriber.count() < 60 {
+        let stats = router.stats().await;
+        most = most.max(
+            stats["subscriptions"]["bounded"]["in_flight"]
+                .as_u64()
+                .unwrap_or(0),
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        most <= 7,
+        "{most} events of 10 KB in flight with a 64 KiB budget"
+    );
+    assert!(most >= 1);
 }

@@ -26,6 +26,8 @@ pub struct ShardDispatch {
     shards: Vec<mpsc::Sender<Delivery>>,
     acks: mpsc::Sender<AckOp>,
     permits: Arc<Semaphore>,
+    /// The read-ahead budget in KiB: an event holds its share until it is done with.
+    bytes: Arc<Semaphore>,
     stats: Arc<SubscriptionStats>,
 }
 
@@ -39,14 +41,22 @@ impl ShardDispatch {
         permits: Arc<Semaphore>,
         stats: Arc<SubscriptionStats>,
     ) -> Self {
+        let kib = (sub.spec.max_in_flight_bytes / 1024).clamp(1, Semaphore::MAX_PERMITS as u64);
+        let bytes = Arc::new(Semaphore::new(kib as usize));
         Self {
             sub,
             subscriber,
             shards,
             acks,
             permits,
+            bytes,
             stats,
         }
+    }
+
+    /// The byte budget in KiB.
+    fn bytes_total(&self) -> u64 {
+        (self.sub.spec.max_in_flight_bytes / 1024).clamp(1, Semaphore::MAX_PERMITS as u64)
     }
 
     /// Acks an entry that is not delivered (its permit is freed by the acker).
@@ -106,6 +116,13 @@ impl Dispatch for ShardDispatch {
             }
             Err(err) => return self.skip_unreadable(entry, err),
         };
+        // Within the byte budget too: reading waits while the events held are too large.
+        let total = self.bytes_total();
+        let units = ((raw.len() / 1024) as u64 + 1).min(total) as u32;
+        let Ok(bytes) = self.bytes.clone().acquire_many_owned(units).await else {
+            self.permits.add_permits(1);
+            return;
+        };
         let shard = (xxh3_64(lane.as_bytes()) % self.shards.len().max(1) as u64) as usize;
         let delivery = Delivery {
             partition: entry.partition,
@@ -125,6 +142,7 @@ impl Dispatch for ShardDispatch {
             first_attempt_ms: 0,
             last_status: None,
             last_error: None,
+            _bytes: Some(bytes),
         };
         self.stats.in_flight.fetch_add(1, AtomicOrdering::Relaxed);
         if self.shards[shard].send(delivery).await.is_err() {

@@ -29,6 +29,9 @@ pub struct SubscriptionSpec {
     pub reorder: ReorderSpec,
     /// Most events in flight (and read ahead) for this subscription on one instance.
     pub max_in_flight: usize,
+    /// Most bytes of events in flight (and read ahead) for this subscription on one
+    /// instance; reading waits beyond it.
+    pub max_in_flight_bytes: u64,
     /// Request timeout.
     pub timeout_ms: u64,
     /// Attempts before an event is dead-lettered.
@@ -84,6 +87,7 @@ impl Default for SubscriptionSpec {
             ordering: Ordering::Key,
             reorder: ReorderSpec::default(),
             max_in_flight: 1000,
+            max_in_flight_bytes: 64 * 1024 * 1024,
             timeout_ms: 5000,
             max_attempts: 10,
             backoff: BackoffSpec::default(),
@@ -309,6 +313,12 @@ impl SubscriptionSpec {
         }
         if spec.max_in_flight == 0 || spec.max_in_flight > 1_000_000 {
             bad("/max_in_flight", "must be between 1 and 1000000".into());
+        }
+        if !(65_536..=(1u64 << 40)).contains(&spec.max_in_flight_bytes) {
+            bad(
+                "/max_in_flight_bytes",
+                "must be between 65536 (64 KiB) and 2^40".into(),
+            );
         }
         if spec.timeout_ms == 0 || spec.timeout_ms > HOUR_MS {
             bad(

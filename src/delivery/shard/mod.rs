@@ -64,6 +64,8 @@ pub struct Delivery {
     pub last_status: Option<u16>,
     /// Last error.
     pub last_error: Option<String>,
+    /// Its share of the subscription's read-ahead bytes, given back when it is dropped.
+    pub _bytes: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// What every shard of a subscription shares.
