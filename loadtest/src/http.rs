@@ -131,6 +131,14 @@ pub async fn run(args: &Args) -> anyhow::Result<Report> {
         )));
     }
     drop(rx);
+    let noisy = args.noisy_rate.map(|rate| {
+        tokio::spawn(noisy(
+            uri.clone(),
+            bodies[0].clone(),
+            rate as f64 / batch as f64,
+            end,
+        ))
+    });
     tokio::task::spawn_blocking(move || scheduler.join())
         .await?
         .map_err(|_| anyhow::anyhow!("scheduler thread panicked"))?;
@@ -150,6 +158,10 @@ pub async fn run(args: &Args) -> anyhow::Result<Report> {
         if let Some(done) = stats.last_done {
             last_done = last_done.max(done);
         }
+    }
+    if let Some(noisy) = noisy {
+        let (sent, refused) = noisy.await?;
+        eprintln!("noisy publisher      {sent} requests, {refused} refused with 429");
     }
     let elapsed = (last_done - measure_from).max(args.duration).as_secs_f64();
     let events_ok = requests_ok * batch as u64;
@@ -271,6 +283,59 @@ async fn worker(
 }
 
 type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+/// The noisy publisher's token (`--noisy-rate`).
+pub const NOISY_TOKEN: &str = "loadtest-noisy-publisher";
+
+/// Publishes `body` at `per_sec` requests a second until `end` with the noisy token, on
+/// four connections; returns the requests sent and how many were refused with 429.
+async fn noisy(uri: Uri, body: Bytes, per_sec: f64, end: Instant) -> (u64, u64) {
+    let Some(authority) = uri.authority().map(|a| a.as_str().to_string()) else {
+        return (0, 0);
+    };
+    let auth = format!("Bearer {NOISY_TOKEN}");
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let (authority, auth, body) = (authority.clone(), auth.clone(), body.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut ticker =
+                tokio::time::interval(Duration::from_secs_f64(4.0 / per_sec.max(0.001)));
+            let (mut sent, mut refused) = (0u64, 0u64);
+            let mut sender = None;
+            while Instant::now() < end {
+                ticker.tick().await;
+                if sender.is_none() {
+                    sender = connect(&authority).await.ok();
+                }
+                let Some(s) = sender.as_mut() else { continue };
+                match send(
+                    s,
+                    "/v1/publish/loadtest.noise",
+                    &authority,
+                    Some(&auth),
+                    body.clone(),
+                )
+                .await
+                {
+                    Ok(status) => {
+                        sent += 1;
+                        refused += u64::from(status == 429);
+                    }
+                    Err(_) => sender = None,
+                }
+            }
+            (sent, refused)
+        }));
+    }
+    let mut totals = (0, 0);
+    for task in tasks {
+        if let Ok((sent, refused)) = task.await {
+            totals.0 += sent;
+            totals.1 += refused;
+        }
+    }
+    totals
+}
 
 async fn connect(authority: &str) -> anyhow::Result<Sender> {
     let stream = tokio::net::TcpStream::connect(authority).await?;

@@ -85,6 +85,15 @@ pub struct Args {
     /// authentication on and this token as the one principal's (every right).
     #[arg(long)]
     pub token: Option<String>,
+    /// A second, noisy publisher alongside the measured one: events per second it offers
+    /// (batches of `--batch` to `loadtest.noise`, which the built-in subscriber does not
+    /// read, with its own token). With `--spawn`, it
+    /// is a principal of its own with a quota of `--noisy-quota` events/s.
+    #[arg(long)]
+    pub noisy_rate: Option<u64>,
+    /// The noisy publisher's quota with `--spawn` (events/s).
+    #[arg(long, default_value_t = 5_000)]
+    pub noisy_quota: u32,
     /// Fail (exit 1) when any event is lost or out of order (for CI smoke runs).
     #[arg(long)]
     pub check: bool,
@@ -106,7 +115,12 @@ pub struct Args {
 async fn main() -> anyhow::Result<()> {
     let mut args = Args::parse();
     let spawned = if args.spawn && args.raw_redis.is_none() {
-        let system = spawn::System::start(args.evrouter_bin.clone(), args.token.as_deref()).await?;
+        let system = spawn::System::start(
+            args.evrouter_bin.clone(),
+            args.token.as_deref(),
+            args.noisy_rate.map(|_| args.noisy_quota),
+        )
+        .await?;
         args.router = system.router.clone();
         Some(system)
     } else {

@@ -55,7 +55,11 @@ fn cpu_seconds(pid: u32) -> f64 {
 
 impl System {
     /// Starts redis-server (no persistence) and evrouter, and waits until both answer.
-    pub async fn start(evrouter_bin: Option<PathBuf>, token: Option<&str>) -> anyhow::Result<Self> {
+    pub async fn start(
+        evrouter_bin: Option<PathBuf>,
+        token: Option<&str>,
+        noisy_quota: Option<u32>,
+    ) -> anyhow::Result<Self> {
         let dir = std::env::temp_dir().join(format!("loadtest-{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         let dir = TempDir(dir);
@@ -87,10 +91,17 @@ impl System {
         let port = free_port()?;
         let mut command = Command::new(&bin);
         if let Some(token) = token {
+            let noisy = match noisy_quota {
+                Some(quota) => format!(
+                    ", {{name = \"noisy\", token_sha256 = \"{}\", publish = [\">\"], publish_events_per_s = {quota}}}",
+                    evrouter::auth::hash_token(crate::http::NOISY_TOKEN)
+                ),
+                None => String::new(),
+            };
             command.env("EVR_AUTH__MODE", "\"token\"").env(
                 "EVR_AUTH__PRINCIPALS",
                 format!(
-                    "[{{name = \"loadtest\", token_sha256 = \"{}\", publish = [\">\"], subscribe = [\">\"], admin = true}}]",
+                    "[{{name = \"loadtest\", token_sha256 = \"{}\", publish = [\">\"], subscribe = [\">\"], admin = true}}{noisy}]",
                     evrouter::auth::hash_token(token)
                 ),
             );
