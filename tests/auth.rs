@@ -553,3 +553,67 @@ async fn the_cli_reads_the_audit_log_and_dlqs_with_a_token() {
         "{output:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_admin_action_is_audited() {
+    let (_redis, router) = secured_router().await;
+    let sub = json!({"name": "kept", "topics": ["order.*"], "endpoints": ["http://127.0.0.1:9/x"]});
+    let steps: Vec<(Method, &str, Option<Value>, u16)> = vec![
+        (Method::POST, "/v1/subscriptions", Some(sub.clone()), 201),
+        (Method::PUT, "/v1/subscriptions/kept", Some(sub), 200),
+        (Method::POST, "/v1/subscriptions/kept/secret", None, 200),
+        (Method::POST, "/v1/dlq/kept/replay", None, 200),
+        (Method::DELETE, "/v1/dlq/kept", None, 200),
+        (Method::POST, "/v1/dapr/apps/none/refresh", None, 404),
+        (Method::DELETE, "/v1/subscriptions/kept", None, 204),
+    ];
+    for (method, path, body, status) in &steps {
+        let response = call(
+            &router,
+            method.clone(),
+            path,
+            Some(ADMIN),
+            body.clone(),
+            false,
+        )
+        .await;
+        assert_eq!(response.status().as_u16(), *status, "{method} {path}");
+    }
+    let log: Value = call(
+        &router,
+        Method::GET,
+        "/v1/audit?principal=ops",
+        Some(ADMIN),
+        None,
+        false,
+    )
+    .await
+    .json()
+    .await
+    .expect("json");
+    let actions: Vec<(String, u64)> = log["entries"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap_or_default().to_string(),
+                e["status"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    let expected: Vec<(String, u64)> = [
+        ("POST /v1/subscriptions", 201),
+        ("PUT /v1/subscriptions/{name}", 200),
+        ("POST /v1/subscriptions/{name}/secret", 200),
+        ("POST /v1/dlq/{name}/replay", 200),
+        ("DELETE /v1/dlq/{name}", 200),
+        ("POST /v1/dapr/apps/{id}/refresh", 404),
+        ("DELETE /v1/subscriptions/{name}", 204),
+    ]
+    .iter()
+    .map(|(a, s)| (a.to_string(), *s))
+    .collect();
+    assert_eq!(actions, expected, "{log}");
+}
