@@ -11,6 +11,7 @@ pub mod events;
 pub mod process;
 pub mod redis_server;
 pub mod router;
+pub mod secured;
 pub mod subscriber;
 pub mod wait;
 
