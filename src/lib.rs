@@ -9,6 +9,7 @@
 //!   trace context, the clock and the lock helper.
 //! - [`config`]: the one TOML file: sections, reading (`EVR_*` overrides, paths in every
 //!   error) and validation of values.
+//! - [`auth`]: principals and their rights, token and JWT checks, publish quotas.
 //! - [`catalog`]: topic → stream → partition, and the key of an event; [`schema`]: the
 //!   base schema and per-type schemas.
 //! - [`store`]: every Redis command: writers, readers, acks and dead letters, leases,
@@ -18,9 +19,11 @@
 //! - [`delivery`]: subscriptions, partition ownership, readers' dispatch, shards with
 //!   per-key lanes, the reorder buffer, retries, stats and DLQ replay; subscribers are
 //!   called through [`delivery::transport`].
-//! - [`webhook`]: how subscribers are called: the HTTP client, endpoints and breakers,
-//!   request bodies (plain, bulk, Dapr apps), answers, and Dapr apps' subscription lists.
-//! - [`ingress`]: the HTTP server: the native API and the Dapr adapter's handlers.
+//! - [`webhook`]: how subscribers are called: the HTTP(S) client, endpoints and breakers,
+//!   the guard against internal addresses, request bodies (plain, bulk, Dapr apps),
+//!   signatures, answers, and Dapr apps' subscription lists.
+//! - [`ingress`]: the HTTP(S) server: the native API and the Dapr adapter's handlers,
+//!   authentication of each request, the audit log.
 //! - this file: [`run`], which wires the floors together; `main.rs`: the command line.
 
 pub mod auth;
