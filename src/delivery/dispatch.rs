@@ -28,6 +28,8 @@ pub struct ShardDispatch {
     permits: Arc<Semaphore>,
     /// The read-ahead budget in KiB: an event holds its share until it is done with.
     bytes: Arc<Semaphore>,
+    /// The whole budget, in KiB.
+    bytes_total: u64,
     stats: Arc<SubscriptionStats>,
 }
 
@@ -50,13 +52,9 @@ impl ShardDispatch {
             acks,
             permits,
             bytes,
+            bytes_total: kib,
             stats,
         }
-    }
-
-    /// The byte budget in KiB.
-    fn bytes_total(&self) -> u64 {
-        (self.sub.spec.max_in_flight_bytes / 1024).clamp(1, Semaphore::MAX_PERMITS as u64)
     }
 
     /// Acks an entry that is not delivered (its permit is freed by the acker).
@@ -117,8 +115,7 @@ impl Dispatch for ShardDispatch {
             Err(err) => return self.skip_unreadable(entry, err),
         };
         // Within the byte budget too: reading waits while the events held are too large.
-        let total = self.bytes_total();
-        let units = ((raw.len() / 1024) as u64 + 1).min(total) as u32;
+        let units = ((raw.len() / 1024) as u64 + 1).min(self.bytes_total) as u32;
         let Ok(bytes) = self.bytes.clone().acquire_many_owned(units).await else {
             self.permits.add_permits(1);
             return;
