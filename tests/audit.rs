@@ -14,57 +14,36 @@ async fn changes_and_refusals_are_in_the_audit_log() {
     let (_redis, router) = secured_router().await;
     let own =
         json!({"name": "audited", "topics": ["order.*"], "endpoints": ["http://127.0.0.1:9/x"]});
-    let created = call(
-        &router,
-        Method::POST,
-        "/v1/subscriptions",
-        Some(SUBSCRIBER),
-        Some(own),
-        false,
-    )
-    .await;
-    assert_eq!(created.status().as_u16(), 201);
-    let refused = call(
-        &router,
-        Method::DELETE,
-        "/v1/dlq/audited",
-        Some(SUBSCRIBER),
-        None,
-        false,
-    )
-    .await;
-    assert_eq!(refused.status().as_u16(), 403);
-    let unknown = call(
-        &router,
-        Method::GET,
-        "/v1/subscriptions",
-        Some("stolen"),
-        None,
-        false,
-    )
-    .await;
-    assert_eq!(unknown.status().as_u16(), 401);
-    let purged = call(
-        &router,
-        Method::DELETE,
-        "/v1/dlq/audited",
-        Some(ADMIN),
-        None,
-        false,
-    )
-    .await;
-    assert_eq!(purged.status().as_u16(), 200);
-    // Reading is not a change: not audited.
-    let read = call(
-        &router,
-        Method::GET,
-        "/v1/subscriptions/audited",
-        Some(SUBSCRIBER),
-        None,
-        false,
-    )
-    .await;
-    assert_eq!(read.status().as_u16(), 200);
+    // Each step and the status it must answer; reading is not a change and is not audited.
+    let steps: Vec<(Method, &str, Option<&str>, Option<Value>, u16)> = vec![
+        (
+            Method::POST,
+            "/v1/subscriptions",
+            Some(SUBSCRIBER),
+            Some(own),
+            201,
+        ),
+        (
+            Method::DELETE,
+            "/v1/dlq/audited",
+            Some(SUBSCRIBER),
+            None,
+            403,
+        ),
+        (Method::GET, "/v1/subscriptions", Some("stolen"), None, 401),
+        (Method::DELETE, "/v1/dlq/audited", Some(ADMIN), None, 200),
+        (
+            Method::GET,
+            "/v1/subscriptions/audited",
+            Some(SUBSCRIBER),
+            None,
+            200,
+        ),
+    ];
+    for (method, path, token, body, status) in steps {
+        let response = call(&router, method.clone(), path, token, body, false).await;
+        assert_eq!(response.status().as_u16(), status, "{method} {path}");
+    }
 
     let response = call(
         &router,
