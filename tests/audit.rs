@@ -9,13 +9,16 @@ use serde_json::{json, Value};
 use support::secured::{call, secured_router, ADMIN, SUBSCRIBER};
 use support::{client, hash_token, RedisServer, RouterApi};
 
+/// One request of a test and the status it must answer: method, path, token, body.
+type Step<'a> = (Method, &'a str, Option<&'a str>, Option<Value>, u16);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_and_refusals_are_in_the_audit_log() {
     let (_redis, router) = secured_router().await;
     let own =
         json!({"name": "audited", "topics": ["order.*"], "endpoints": ["http://127.0.0.1:9/x"]});
     // Each step and the status it must answer; reading is not a change and is not audited.
-    let steps: Vec<(Method, &str, Option<&str>, Option<Value>, u16)> = vec![
+    let steps: Vec<Step> = vec![
         (
             Method::POST,
             "/v1/subscriptions",
