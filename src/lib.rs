@@ -75,6 +75,9 @@ pub enum RunError {
     /// `durability = "strict"` and Redis could lose acknowledged events.
     #[error("redis.durability is strict but {0}")]
     NotDurable(String),
+    /// `durability = "strict"` and Redis may evict keys when full.
+    #[error("redis.durability is strict but {0}")]
+    Evicting(String),
 }
 
 /// Runs evrouter on `listener` until `shutdown` completes, then drains in-flight publishes,
@@ -106,6 +109,7 @@ pub async fn run(
     )?;
     let mut control = target.manager()?;
     check_durability(&mut control, config.redis.durability).await?;
+    check_memory(&mut control, config.redis.durability).await?;
 
     let catalog = Arc::new(StreamCatalog::new(&config));
     let floors = Arc::new(TrimFloors::default());
@@ -319,6 +323,31 @@ fn redis_password(config: &Config) -> Result<Option<String>, RunError> {
         )))
     })?;
     Ok(text.lines().next().map(str::to_string))
+}
+
+/// Refuses (strict) or warns about (warn) an eviction policy that can drop evrouter's keys;
+/// warns when Redis has no memory limit (it then grows until the machine runs out).
+async fn check_memory(
+    control: &mut redis::aio::ConnectionManager,
+    policy: Durability,
+) -> Result<(), RunError> {
+    if policy == Durability::Off {
+        return Ok(());
+    }
+    let Some(memory) = durability::memory(control).await else {
+        tracing::warn!("could not read Redis's maxmemory settings (CONFIG not allowed?)");
+        return Ok(());
+    };
+    if let Some(risk) = memory.eviction_risk() {
+        if policy == Durability::Strict {
+            return Err(RunError::Evicting(risk));
+        }
+        tracing::warn!("{risk}");
+    }
+    if memory.maxmemory == 0 {
+        tracing::warn!("Redis has no maxmemory: it grows until the machine runs out; set maxmemory (with maxmemory-policy noeviction) so that evrouter answers 507 when it is full");
+    }
+    Ok(())
 }
 
 async fn check_durability(

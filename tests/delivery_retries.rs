@@ -1,6 +1,7 @@
 //! Failed deliveries against a real Redis and real HTTP subscribers: retries keep per-key
-//! order, Dapr's answer words (RETRY, DROP) and 404 follow Dapr's rules, and an endpoint
-//! that is down leaves its events to the subscription's other endpoint.
+//! order, Dapr's answer words (RETRY, DROP) follow Dapr's rules, 404 is retried unless the
+//! subscription says `on_404 = "drop"`, and an endpoint that is down leaves its events to
+//! the subscription's other endpoint.
 
 mod support;
 
@@ -66,15 +67,18 @@ async fn a_failed_first_attempt_is_retried_and_order_is_kept() {
 async fn retry_drop_and_404_follow_daprs_rules() {
     let redis = RedisServer::start();
     let router = TestRouter::start(test_config(&redis)).await;
-    // seq 0: RETRY once then SUCCESS; seq 1: DROP; seq 2: 404; seq 3: plain 200.
-    let subscriber = Subscriber::with_rule(Arc::new(|r: &Received| match (r.seq, r.attempt) {
+    // seq 0: RETRY once then SUCCESS; seq 1: DROP; seq 2: 404 once, then 200; seq 3: 200.
+    let rule: support::subscriber::Rule = Arc::new(|r: &Received| match (r.seq, r.attempt) {
         (Some(0), 1) => (200, r#"{"status":"RETRY"}"#.into()),
         (Some(0), _) => (200, r#"{"status":"SUCCESS"}"#.into()),
         (Some(1), _) => (200, r#"{"status":"DROP"}"#.into()),
-        (Some(2), _) => (404, String::new()),
+        (Some(2), 1) => (404, String::new()),
         _ => (200, String::new()),
-    }))
-    .await;
+    });
+    // A plain webhook retries a 404 by default (an endpoint missing during a rollout);
+    // `on_404 = "drop"` drops it as Dapr does.
+    let subscriber = Subscriber::with_rule(rule.clone()).await;
+    let dropping = Subscriber::with_rule(rule).await;
     router
         .subscribe(
             "rules",
@@ -83,24 +87,38 @@ async fn retry_drop_and_404_follow_daprs_rules() {
             json!({"backoff": fast_retries()}),
         )
         .await;
+    router
+        .subscribe(
+            "rules-drop",
+            &["order.created"],
+            &dropping.url(),
+            json!({"backoff": fast_retries(), "on_404": "drop"}),
+        )
+        .await;
     publish_keyed(&router, "order.created", 1, 4).await;
-    subscriber
-        .wait_until(Duration::from_secs(30), "seq 3", |log| {
+    for s in [&subscriber, &dropping] {
+        s.wait_until(Duration::from_secs(30), "seq 3", |log| {
             log.iter().any(|r| r.seq == Some(3))
         })
         .await;
+    }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let log = subscriber.received();
-    let attempts = |seq: u64| log.iter().filter(|r| r.seq == Some(seq)).count();
-    assert_eq!(attempts(0), 2, "RETRY is retried once, then SUCCESS");
-    assert_eq!(attempts(1), 1, "DROP is not retried");
-    assert_eq!(attempts(2), 1, "404 is not retried");
-    assert_eq!(attempts(3), 1);
+    let attempts = |log: &[Received], seq: u64| log.iter().filter(|r| r.seq == Some(seq)).count();
+    assert_eq!(attempts(&log, 0), 2, "RETRY is retried once, then SUCCESS");
+    assert_eq!(attempts(&log, 1), 1, "DROP is not retried");
+    assert_eq!(attempts(&log, 2), 2, "404 is retried by default");
+    assert_eq!(attempts(&log, 3), 1);
+    let dropped_log = dropping.received();
+    assert_eq!(attempts(&dropped_log, 2), 1, "on_404 = drop: not retried");
     let stats = router.stats().await;
     let rules = &stats["subscriptions"]["rules"];
-    assert_eq!(rules["delivered"], 2);
-    assert_eq!(rules["dropped"], 2);
-    assert_eq!(rules["retried"], 1);
+    assert_eq!(rules["delivered"], 3);
+    assert_eq!(rules["dropped"], 1);
+    assert_eq!(rules["retried"], 2);
+    let rules_drop = &stats["subscriptions"]["rules-drop"];
+    assert_eq!(rules_drop["delivered"], 2);
+    assert_eq!(rules_drop["dropped"], 2);
     assert!(dlq_entries(&redis, "rules").is_empty());
 }
 

@@ -7,6 +7,7 @@
 //! this instance's leases.
 
 mod dispatch;
+pub mod handoff;
 pub mod lanes;
 pub mod registry;
 pub mod reorder;
@@ -33,6 +34,7 @@ use crate::store::lease::{LeaseKeeper, LeaseSettings, Owned};
 use crate::store::reader::Reader;
 use crate::store::{RedisTarget, StoreError};
 use dispatch::ShardDispatch;
+use handoff::Handoffs;
 use registry::Registry;
 use replay::ReplayReport;
 use shard::{Shard, ShardContext};
@@ -61,9 +63,14 @@ pub struct Settings {
     pub shards: usize,
     /// Partition readers per subscription.
     pub readers: usize,
-    /// How long shutdown waits for deliveries in flight.
+    /// How long shutdown may take, handoffs included.
     pub grace: Duration,
 }
+
+/// Margin added to the longest delivery timeout: how long a handoff may wait for the
+/// acks of its last requests, and how long a new owner waits beyond the timeout before
+/// claiming a partition whose owner did not hand it over.
+const DRAIN_MARGIN: Duration = Duration::from_millis(500);
 
 struct Worker {
     spec: crate::model::subscription::SubscriptionSpec,
@@ -82,6 +89,7 @@ pub struct Runtime {
     settings: Settings,
     owned: watch::Receiver<Arc<Owned>>,
     connector: Arc<dyn Connector>,
+    handoffs: Arc<Handoffs>,
     stats: Mutex<HashMap<String, Arc<SubscriptionStats>>>,
     changed: Notify,
     shutdown: watch::Sender<bool>,
@@ -109,6 +117,7 @@ impl Runtime {
             LeaseSettings {
                 ttl: settings.lease_ttl,
                 prefix: settings.prefix.clone(),
+                drain_limit: Duration::from_millis(5000) + DRAIN_MARGIN,
             },
         );
         let (shutdown, _) = watch::channel(false);
@@ -119,6 +128,7 @@ impl Runtime {
             settings,
             owned,
             connector,
+            handoffs: Arc::new(Handoffs::default()),
             stats: Mutex::new(HashMap::new()),
             changed: Notify::new(),
             shutdown,
@@ -318,8 +328,10 @@ impl Runtime {
         Ok(())
     }
 
-    /// Stops reading, lets deliveries in flight finish within the grace period, writes
-    /// their acks, and releases the leases. Nothing is dead-lettered by a shutdown.
+    /// Leaves the cluster: hands every partition over (nothing new is read or sent, the
+    /// requests in flight finish and their acks are written, then each lease is released
+    /// for the others to take at once), stops the workers and releases what is left, all
+    /// within the grace period. Nothing is dead-lettered by a shutdown.
     pub async fn shutdown(&self) {
         let _ = self.shutdown.send(true);
         let control = lock(&self.control).take();
@@ -333,6 +345,7 @@ impl Runtime {
         let mut stop = self.shutdown.subscribe();
         let tick = self.settings.lease_ttl / 4;
         let mut first = true;
+        let mut universe: Vec<Arc<str>> = Vec::new();
         loop {
             if !lock(&self.unstored).is_empty() {
                 self.store_configured().await;
@@ -342,13 +355,14 @@ impl Runtime {
                 Err(err) => tracing::warn!(error = %err, "could not refresh subscriptions"),
             }
             self.reconcile(&mut workers).await;
-            let mut universe: Vec<Arc<str>> = Vec::new();
+            universe.clear();
             for worker in workers.values() {
                 universe.extend(worker.partitions.borrow().iter().cloned());
             }
             universe.sort();
             universe.dedup();
-            if let Err(err) = keeper.tick(&universe).await {
+            keeper.set_drain_limit(self.drain_limit());
+            if let Err(err) = keeper.tick(&universe, &*self.handoffs).await {
                 tracing::warn!(error = %err, "lease round failed; will retry");
             }
             tokio::select! {
@@ -357,8 +371,20 @@ impl Runtime {
                 _ = stop.changed() => break,
             }
         }
-        // Every worker stops at once, against one deadline.
+        // Everything below shares one deadline: hand the partitions over (the others take
+        // them as they are released), then stop the workers and release what is left.
         let deadline = tokio::time::Instant::now() + self.settings.grace;
+        keeper.leave().await;
+        let round = Duration::from_millis(50).min(tick);
+        while keeper.held() > 0 && tokio::time::Instant::now() < deadline {
+            if let Err(err) = keeper.tick(&universe, &*self.handoffs).await {
+                tracing::warn!(error = %err, "lease round failed while handing over; will retry");
+            }
+            if keeper.held() == 0 {
+                break;
+            }
+            tokio::time::sleep(round).await;
+        }
         let stopping: Vec<_> = workers
             .into_values()
             .map(|worker| tokio::spawn(Self::stop_worker(worker, deadline)))
@@ -368,6 +394,19 @@ impl Runtime {
         }
         keeper.release_all().await;
         tracing::info!("delivery stopped; leases released");
+    }
+
+    /// How long a handoff may wait: the longest delivery timeout of the subscriptions,
+    /// and a margin for the last acks.
+    fn drain_limit(&self) -> Duration {
+        let longest = self
+            .registry
+            .all()
+            .iter()
+            .map(|sub| sub.spec.timeout_ms)
+            .max()
+            .unwrap_or(0);
+        Duration::from_millis(longest) + DRAIN_MARGIN
     }
 
     async fn stop_worker(worker: Worker, deadline: tokio::time::Instant) {
@@ -479,6 +518,7 @@ impl Runtime {
             stats: stats.clone(),
             shards: self.settings.shards.max(1),
             store: self.target.manager()?,
+            handoffs: self.handoffs.clone(),
         };
         let mut tasks = Vec::new();
         let mut shard_senders = Vec::new();
@@ -514,6 +554,7 @@ impl Runtime {
                 linger: self.settings.read_linger,
                 stop: stop_rx.clone(),
                 debt: 0,
+                takeover_wait: Duration::from_millis(context.sub.spec.timeout_ms) + DRAIN_MARGIN,
             };
             tasks.insert(0, tokio::spawn(reader.run()));
         }

@@ -188,6 +188,17 @@ impl From<PublishError> for ApiError {
                     "the event store refused the write",
                 )
             }
+            PublishError::Unavailable(StoreError::Full(why)) => {
+                tracing::warn!(error = %why, "publish refused: redis is full");
+                Self {
+                    retry_after: Some(5),
+                    ..Self::new(
+                        StatusCode::INSUFFICIENT_STORAGE,
+                        "store_full",
+                        "the event store is full; nothing of this request was stored; retry later",
+                    )
+                }
+            }
             PublishError::Unavailable(store) => {
                 if !matches!(store, StoreError::Busy) {
                     tracing::warn!(error = %store, "publish not confirmed by redis");

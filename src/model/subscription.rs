@@ -54,6 +54,33 @@ pub struct SubscriptionSpec {
     /// and admins may change it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
+    /// What a 404 answer does: `retry` (the default for webhooks: an endpoint missing for a
+    /// moment, during a rollout, must not drop events) or `drop` (the default for Dapr
+    /// apps, as Dapr does).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub on_404: Option<NotFound>,
+}
+
+/// What a subscriber's 404 means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NotFound {
+    /// Retried like a 5xx (and dead-lettered after the last attempt).
+    Retry,
+    /// The event is dropped and counted.
+    Drop,
+}
+
+impl SubscriptionSpec {
+    /// Whether a 404 answer drops the event (else it is retried).
+    pub fn drops_on_404(&self) -> bool {
+        let default = if self.dapr.is_some() {
+            NotFound::Drop
+        } else {
+            NotFound::Retry
+        };
+        self.on_404.unwrap_or(default) == NotFound::Drop
+    }
 }
 
 /// How a Dapr app receives a subscription's events (from its `/dapr/subscribe`).
@@ -96,6 +123,7 @@ impl Default for SubscriptionSpec {
             dead_letter: true,
             dapr: None,
             owner: None,
+            on_404: None,
         }
     }
 }

@@ -389,16 +389,15 @@ impl Publisher {
         self.store(prepared).await
     }
 
-    /// Hands each writer its share (in request order) and waits for every confirmation.
+    /// Hands the whole request to one writer (the first event's partition's), which writes
+    /// it in one transaction when it holds several events: all of it is stored or none
+    /// (Redis full, a timeout before the write), never a part. Waits for the confirmation.
     async fn store(&self, prepared: Vec<Prepared>) -> Result<Vec<Receipt>, PublishError> {
-        let writers = self.writers.len();
-        let mut shares: Vec<Vec<Entry>> = (0..writers).map(|_| Vec::new()).collect();
-        let mut placement = Vec::with_capacity(prepared.len());
+        let writer = prepared.first().map_or(0, |p| p.writer);
+        let mut entries = Vec::with_capacity(prepared.len());
         let mut receipts = Vec::with_capacity(prepared.len());
         for p in prepared {
-            let share = &mut shares[p.writer];
-            placement.push((p.writer, share.len()));
-            share.push(p.entry);
+            entries.push(p.entry);
             receipts.push(Receipt {
                 event_id: p.event_id,
                 stream: p.receipt_stream,
@@ -407,35 +406,24 @@ impl Publisher {
                 duplicate: false,
             });
         }
-        let mut pending = Vec::new();
-        for (writer, entries) in shares.into_iter().enumerate() {
-            if entries.is_empty() {
-                continue;
-            }
-            let rx = self
-                .writers
-                .submit(writer, entries)
-                .map_err(PublishError::Unavailable)?;
-            pending.push((writer, rx));
+        if entries.is_empty() {
+            return Ok(receipts);
         }
-        let answers = tokio::time::timeout(self.limits.timeout, async {
-            let mut answers: Vec<Option<Vec<Appended>>> = (0..writers).map(|_| None).collect();
-            for (writer, rx) in pending {
-                let appended = rx.await.map_err(|_| StoreError::Closed)??;
-                answers[writer] = Some(appended);
-            }
-            Ok::<_, StoreError>(answers)
-        })
-        .await
-        .map_err(|_| PublishError::Unavailable(StoreError::Timeout))?
-        .map_err(PublishError::Unavailable)?;
-        for (receipt, (writer, slot)) in receipts.iter_mut().zip(placement) {
-            let appended = answers[writer]
-                .as_ref()
-                .and_then(|a| a.get(slot))
-                .ok_or_else(|| {
-                    PublishError::Unavailable(StoreError::Refused("missing reply".into()))
-                })?;
+        let rx = self
+            .writers
+            .submit(writer, entries)
+            .map_err(PublishError::Unavailable)?;
+        let appended = tokio::time::timeout(self.limits.timeout, rx)
+            .await
+            .map_err(|_| PublishError::Unavailable(StoreError::Timeout))?
+            .map_err(|_| PublishError::Unavailable(StoreError::Closed))?
+            .map_err(PublishError::Unavailable)?;
+        if appended.len() != receipts.len() {
+            return Err(PublishError::Unavailable(StoreError::Refused(
+                "missing reply".into(),
+            )));
+        }
+        for (receipt, appended) in receipts.iter_mut().zip(appended) {
             receipt.id = appended.id().to_string();
             receipt.duplicate = matches!(appended, Appended::Duplicate(_));
         }

@@ -1,9 +1,13 @@
-//! Acks and dead letters. Acks are batched per partition (one plain XACK with many ids): an
-//! ack only ever records a delivery that happened, so it stays right even from an instance
-//! that has just lost the partition (the new owner may deliver the entry again, which
-//! at-least-once allows). A dead letter is appended and acked in one script fenced by the
-//! partition lease, so an event is always in exactly one of the two places and only the
-//! owner moves it.
+//! Acks, dead letters and sequence state. Acks are batched per partition (one plain XACK
+//! with many ids): an ack only ever records a delivery that happened, so it stays right even
+//! from an instance that has just lost the partition (the new owner may deliver the entry
+//! again, which at-least-once allows). A dead letter is appended and acked in one script
+//! fenced by the partition lease, so an event is always in exactly one of the two places and
+//! only the owner moves it. Sequence state is written by one script per partition and
+//! batch, fenced by the lease when it runs and moving each key's number only forward: a
+//! former owner's late batch changes nothing. The scripts run when Redis is out of memory
+//! (`allow-oom`): they free or hold memory, and must not stall delivery when publishes are
+//! refused.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,10 +22,26 @@ use crate::model::dead_letter::Failure;
 use crate::model::envelope::ENTRY_FIELD;
 
 /// Appends ARGV[4..] as a DLQ entry to KEYS[3] and acks ARGV[3], if the lease is held.
-const FENCED_DEAD_LETTER: &str = r"
+const FENCED_DEAD_LETTER: &str = r"#!lua flags=allow-oom
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return -1 end
 redis.call('XADD', KEYS[3], '*', unpack(ARGV, 4))
 return redis.call('XACK', KEYS[1], ARGV[2], ARGV[3])
+";
+
+/// Records next expected sequence numbers, if the lease (KEYS[1]) is held by ARGV[1]:
+/// KEYS[i] gets ARGV[i + 1] (i >= 2) unless it already holds a number at least as high;
+/// ARGV[2] is the state's TTL in ms. Returns -1 when the lease is not held.
+const FENCED_ADVANCE: &str = r"#!lua flags=allow-oom
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+for i = 2, #KEYS do
+  local current = tonumber(redis.call('GET', KEYS[i]) or '0') or 0
+  if current < tonumber(ARGV[i + 1]) then
+    redis.call('SET', KEYS[i], ARGV[i + 1], 'PX', ARGV[2])
+  else
+    redis.call('PEXPIRE', KEYS[i], ARGV[2])
+  end
+end
+return 0
 ";
 
 /// Most ids in one XACK.
@@ -46,6 +66,8 @@ pub enum AckOp {
     /// Records the next expected sequence number of a key under sequence ordering (holds no
     /// read permit).
     Advance {
+        /// Partition key (the write is fenced by its lease).
+        partition: Arc<str>,
         /// The state key (`sequence_state_key`).
         key: String,
         /// The next number expected.
@@ -62,6 +84,17 @@ pub enum AckOp {
         /// Why.
         failure: Failure,
     },
+    /// Runs once everything queued before it is written (or given up), holding no permit.
+    Barrier(Barrier),
+}
+
+/// What to run once the acks queued before it are written.
+pub struct Barrier(pub Box<dyn FnOnce() + Send + Sync>);
+
+impl std::fmt::Debug for Barrier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Barrier")
+    }
 }
 
 /// Writes batched acks and fenced dead letters for one subscription, then frees the read
@@ -108,10 +141,11 @@ impl Acker {
                     _ => break,
                 }
             }
-            // Every op but `Advance` holds a read permit, freed once it is written.
+            // Every op but `Advance` and `Barrier` holds a read permit, freed once it is
+            // written.
             let done = batch
                 .iter()
-                .filter(|op| !matches!(op, AckOp::Advance { .. }))
+                .filter(|op| matches!(op, AckOp::Ack { .. } | AckOp::DeadLetter { .. }))
                 .count();
             let mut attempt = 0;
             loop {
@@ -133,21 +167,30 @@ impl Acker {
                     }
                 }
             }
-            batch.clear();
+            for op in batch.drain(..) {
+                if let AckOp::Barrier(Barrier(then)) = op {
+                    then();
+                }
+            }
             self.permits.add_permits(done);
         }
     }
 
     async fn flush(&mut self, batch: &[AckOp]) -> redis::RedisResult<()> {
         let mut by_partition: HashMap<&Arc<str>, Vec<&str>> = HashMap::new();
-        let mut advances: HashMap<&str, u64> = HashMap::new();
+        let mut advances: HashMap<&Arc<str>, HashMap<&str, u64>> = HashMap::new();
         let mut pipe = redis::pipe();
         for op in batch {
             match op {
-                AckOp::Advance { key, next } => {
+                AckOp::Advance {
+                    partition,
+                    key,
+                    next,
+                } => {
                     // The latest of a key wins (a shard sends them in order).
-                    advances.insert(key, *next);
+                    advances.entry(partition).or_default().insert(key, *next);
                 }
+                AckOp::Barrier(_) => {}
                 AckOp::Ack { partition, id } => {
                     by_partition.entry(partition).or_default().push(id);
                 }
@@ -178,17 +221,27 @@ impl Acker {
             }
         }
         // After the acks in the same pipeline: a number is recorded once its events are done.
-        for (key, next) in &advances {
-            pipe.cmd("SET")
-                .arg(*key)
-                .arg(*next)
-                .arg("PX")
-                .arg(SEQUENCE_STATE_TTL.as_millis() as u64)
-                .ignore();
+        for (partition, keys) in &advances {
+            let cmd = pipe
+                .cmd("EVAL")
+                .arg(FENCED_ADVANCE)
+                .arg(keys.len() + 1)
+                .arg(lease_key(partition));
+            for key in keys.keys() {
+                cmd.arg(*key);
+            }
+            cmd.arg(&self.instance)
+                .arg(SEQUENCE_STATE_TTL.as_millis() as u64);
+            for next in keys.values() {
+                cmd.arg(*next);
+            }
+        }
+        if pipe.is_empty() {
+            return Ok(());
         }
         let results: Vec<i64> = pipe.query_async(&mut self.conn).await?;
         if results.iter().any(|r| *r < 0) {
-            tracing::info!(group = %self.group, "dead letters refused: a partition's lease moved to another instance");
+            tracing::info!(group = %self.group, "dead letters or sequence state refused: a partition's lease moved to another instance");
         }
         Ok(())
     }

@@ -1,4 +1,5 @@
-//! The start-up check of Redis's persistence: can an acknowledged event be lost on a crash?
+//! The start-up checks of Redis's settings: can an acknowledged event be lost on a crash
+//! (persistence), and can Redis drop keys on its own when full (its eviction policy)?
 
 use redis::aio::ConnectionManager;
 
@@ -31,6 +32,48 @@ pub async fn check(conn: &mut ConnectionManager) -> Persistence {
             .and_then(|kv| kv.get(1).cloned())
     };
     classify(get("appendonly").as_deref(), get("appendfsync").as_deref())
+}
+
+/// Redis's memory settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Memory {
+    /// `maxmemory` in bytes; 0 when Redis has no limit.
+    pub maxmemory: u64,
+    /// `maxmemory-policy`.
+    pub policy: String,
+}
+
+impl Memory {
+    /// Why this policy can lose data evrouter keeps, if it can: any policy but
+    /// `noeviction` may evict leases, dedup keys, sequence state or whole streams.
+    pub fn eviction_risk(&self) -> Option<String> {
+        (self.policy != "noeviction").then(|| {
+            format!(
+                "maxmemory-policy is `{}`: when full, Redis may evict leases, dedup keys, sequence state or whole streams (set it to `noeviction`)",
+                self.policy
+            )
+        })
+    }
+}
+
+/// Reads `maxmemory` and `maxmemory-policy`; `None` when CONFIG is not allowed.
+pub async fn memory(conn: &mut ConnectionManager) -> Option<Memory> {
+    let pairs: Vec<String> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("maxmemory*")
+        .query_async(conn)
+        .await
+        .ok()?;
+    let get = |name: &str| {
+        pairs
+            .chunks(2)
+            .find(|kv| kv.first().map(String::as_str) == Some(name))
+            .and_then(|kv| kv.get(1).cloned())
+    };
+    Some(Memory {
+        maxmemory: get("maxmemory")?.parse().ok()?,
+        policy: get("maxmemory-policy")?,
+    })
 }
 
 /// Classifies the two settings.

@@ -1,8 +1,18 @@
 //! Partition ownership: every instance announces itself with a heartbeat, computes which
 //! partitions it should own (rendezvous hashing over the live instances, so shares are even
 //! and move little when instances come and go), and holds a lease key with a TTL on each.
-//! A lease is renewed while owned and released on shutdown; an instance that stops renewing
-//! (killed, paused) loses its partitions to the others within the TTL.
+//!
+//! A partition that should move is handed over, not dropped: its owner marks it draining
+//! (nothing new is read or sent), keeps renewing the lease while its requests in flight
+//! finish and their acks are written, then releases the lease with a handoff mark. A new
+//! owner that finds the mark may claim the partition's pending entries at once; one that
+//! finds the lease expired (the owner died or stalled) waits out the delivery timeout
+//! first. An instance that stops renewing (killed, paused) loses its partitions to the
+//! others within the TTL.
+//!
+//! The heartbeat is stamped with Redis's clock (`TIME`), so an instance whose clock runs
+//! ahead cannot keep a dead instance alive in the registry. Every script here runs when
+//! Redis is out of memory (`allow-oom`): leases must be kept even when publishes are refused.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,30 +22,40 @@ use redis::aio::ConnectionManager;
 use tokio::sync::watch;
 use xxhash_rust::xxh3::xxh3_64;
 
-/// One partition's lease round. ARGV: instance, TTL ms, `take` or `release`. `take`
-/// renews a lease this instance holds or acquires a free one; returns 1 when the instance
-/// holds the lease afterwards. `release` deletes it if held.
-const LEASE: &str = r"
+/// Heartbeat on Redis's clock: stamps this instance, forgets instances silent for longer
+/// than the TTL, and returns the live ones. KEYS: registry. ARGV: instance, TTL ms.
+const HEARTBEAT: &str = r"#!lua flags=allow-oom
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
+return redis.call('ZRANGE', KEYS[1], 0, -1)
+";
+
+/// One partition's lease round. ARGV: instance, TTL ms, `take`, `handoff` or `drop`.
+/// `take` renews a lease this instance holds (1), or acquires a free one (2) or one
+/// handed over (3, its value is the mark `~handoff`); 0 when another instance holds it. `handoff` releases it with the
+/// handoff mark, `drop` without (the new owner then waits out the delivery timeout).
+const LEASE: &str = r"#!lua flags=allow-oom
 local current = redis.call('GET', KEYS[1])
-if ARGV[3] == 'release' then
-  if current == ARGV[1] then redis.call('DEL', KEYS[1]) end
+if ARGV[3] ~= 'take' then
+  if current == ARGV[1] then
+    if ARGV[3] == 'handoff' then
+      redis.call('SET', KEYS[1], '~handoff', 'PX', ARGV[2])
+    else
+      redis.call('DEL', KEYS[1])
+    end
+  end
   return 0
 end
 if current == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
   return 1
 end
-if not current then
+if not current or current == '~handoff' then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-return 0
-";
-
-/// Releases a lease only if this instance holds it.
-const RELEASE: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
+  if current then return 3 end
+  return 2
 end
 return 0
 ";
@@ -45,30 +65,78 @@ pub fn lease_key(partition_key: &str) -> String {
     format!("{partition_key}:lease")
 }
 
-/// The partitions this instance holds, with the time each lease is safe until (its last
-/// renewal plus the TTL, less a margin for clock drift).
+/// What this instance knows of one partition it holds.
+#[derive(Debug, Clone, Copy)]
+pub struct Lease {
+    /// Valid until: the last renewal plus the TTL, less a margin for clock drift.
+    until: Instant,
+    /// A number that changes whenever the partition is taken anew, including after a
+    /// lapse of its local validity (a late renewal).
+    tenure: u64,
+    /// When this tenure began.
+    since: Instant,
+    /// Whether the previous owner handed it over (nothing of it can be in flight there).
+    handed_over: bool,
+    /// Being handed over: nothing new is read or sent.
+    draining: bool,
+}
+
+/// The partitions this instance holds.
 #[derive(Debug, Clone, Default)]
 pub struct Owned {
-    /// Per partition: valid until, and the tenure it belongs to.
-    leases: HashMap<Arc<str>, (Instant, u64)>,
+    leases: HashMap<Arc<str>, Lease>,
 }
 
 impl Owned {
-    /// Whether the partition is held and its lease still valid now.
-    pub fn holds(&self, partition_key: &str) -> bool {
+    fn valid(&self, partition_key: &str) -> Option<&Lease> {
         self.leases
             .get(partition_key)
-            .is_some_and(|(until, _)| *until > Instant::now())
+            .filter(|lease| lease.until > Instant::now())
+    }
+
+    /// Whether the partition is held, its lease still valid now, and not being handed
+    /// over: its events may be read and sent.
+    pub fn holds(&self, partition_key: &str) -> bool {
+        self.valid(partition_key)
+            .is_some_and(|lease| !lease.draining)
+    }
+
+    /// Whether the lease is held and valid now, draining or not: what was already sent
+    /// may still be recorded (acks, sequence state).
+    pub fn leased(&self, partition_key: &str) -> bool {
+        self.valid(partition_key).is_some()
+    }
+
+    /// Whether the partition is being handed over.
+    pub fn draining(&self, partition_key: &str) -> bool {
+        self.valid(partition_key)
+            .is_some_and(|lease| lease.draining)
+    }
+
+    /// Every partition being handed over.
+    pub fn drains(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.leases
+            .iter()
+            .filter(|(_, lease)| lease.draining)
+            .map(|(key, _)| key)
     }
 
     /// The tenure of a held partition: a number that changes whenever the partition is
     /// taken anew, including after a lapse of its local validity (a late renewal). What
     /// was dropped from memory in a lapse is read again under the new tenure.
     pub fn tenure(&self, partition_key: &str) -> Option<u64> {
-        self.leases.get(partition_key).map(|(_, tenure)| *tenure)
+        self.leases.get(partition_key).map(|lease| lease.tenure)
     }
 
-    /// Every partition held.
+    /// When the current tenure began, and whether the previous owner handed the partition
+    /// over (rather than letting its lease expire).
+    pub fn taken(&self, partition_key: &str) -> Option<(Instant, bool)> {
+        self.leases
+            .get(partition_key)
+            .map(|lease| (lease.since, lease.handed_over))
+    }
+
+    /// Every partition held (draining ones included).
     pub fn partitions(&self) -> impl Iterator<Item = &Arc<str>> {
         self.leases.keys()
     }
@@ -106,6 +174,20 @@ pub struct LeaseSettings {
     pub ttl: Duration,
     /// Key prefix (for the instance registry).
     pub prefix: String,
+    /// Longest a handoff waits for requests in flight and their acks (the longest
+    /// delivery timeout, and a little more); after it the lease is released unmarked.
+    pub drain_limit: Duration,
+}
+
+/// Who knows whether a draining partition's work is done: delivery, which holds the
+/// requests in flight and their acks.
+pub trait Drains: Send + Sync {
+    /// A handoff of `partition` begins.
+    fn begin(&self, partition: &Arc<str>);
+    /// Whether nothing of `partition` is in flight and every ack is written.
+    fn drained(&self, partition: &str) -> bool;
+    /// The handoff of `partition` ended (released, lost, or wanted again).
+    fn end(&self, partition: &str);
 }
 
 /// Keeps this instance's leases; publishes the owned set on a watch channel.
@@ -113,9 +195,13 @@ pub struct LeaseKeeper {
     conn: ConnectionManager,
     instance: String,
     settings: LeaseSettings,
-    owned: HashMap<Arc<str>, (Instant, u64)>,
+    owned: HashMap<Arc<str>, Lease>,
+    /// Partitions being handed over, with when the handoff began.
+    draining: HashMap<Arc<str>, Instant>,
     /// The last tenure number given.
     tenures: u64,
+    /// Leaving the cluster: every partition is handed over, none taken.
+    leaving: bool,
     tx: watch::Sender<Arc<Owned>>,
 }
 
@@ -133,7 +219,9 @@ impl LeaseKeeper {
                 instance,
                 settings,
                 owned: HashMap::new(),
+                draining: HashMap::new(),
                 tenures: 0,
+                leaving: false,
                 tx,
             },
             rx,
@@ -144,48 +232,68 @@ impl LeaseKeeper {
         format!("{}:instances", self.settings.prefix)
     }
 
-    /// One round: heartbeat, read live instances, renew, acquire and release leases.
-    pub async fn tick(&mut self, partitions: &[Arc<str>]) -> redis::RedisResult<()> {
-        let now_ms = crate::model::clock::now_ms();
+    /// One round: heartbeat, read live instances, renew, acquire, hand over and release
+    /// leases. `partitions` are those some subscription reads; `drains` tells when a
+    /// partition being handed over has nothing left in flight.
+    pub async fn tick(
+        &mut self,
+        partitions: &[Arc<str>],
+        drains: &dyn Drains,
+    ) -> redis::RedisResult<()> {
         let ttl_ms = self.settings.ttl.as_millis() as u64;
-        let registry = self.registry_key();
-        let (_, _, live): ((), (), Vec<String>) = redis::pipe()
-            .cmd("ZADD")
-            .arg(&registry)
-            .arg(now_ms)
-            .arg(&self.instance)
-            .cmd("ZREMRANGEBYSCORE")
-            .arg(&registry)
-            .arg("-inf")
-            .arg(now_ms.saturating_sub(ttl_ms))
-            .cmd("ZRANGE")
-            .arg(&registry)
-            .arg(0)
-            .arg(-1)
-            .query_async(&mut self.conn)
-            .await?;
-        // One round trip for every partition: take or keep what this instance should own,
-        // give back what it should not.
+        let live: Vec<String> = if self.leaving {
+            Vec::new()
+        } else {
+            redis::cmd("EVAL")
+                .arg(HEARTBEAT)
+                .arg(1)
+                .arg(self.registry_key())
+                .arg(&self.instance)
+                .arg(ttl_ms)
+                .query_async(&mut self.conn)
+                .await?
+        };
+        // Held partitions no subscription reads any more are handed over too.
+        let mut universe: Vec<Arc<str>> = partitions.to_vec();
+        universe.extend(
+            self.owned
+                .keys()
+                .filter(|p| partitions.binary_search(p).is_err())
+                .cloned(),
+        );
+        // One round trip for every partition.
         let started = Instant::now();
         let valid_until = started + self.settings.ttl.mul_f64(0.8);
         let mut pipe = redis::pipe();
-        let mut asked = Vec::with_capacity(partitions.len());
-        for partition in partitions {
-            let desired = owner_of(partition, &live) == Some(self.instance.as_str());
-            let held = self.owned.contains_key(partition);
+        let mut asked = Vec::with_capacity(universe.len());
+        for partition in universe {
+            let desired = owner_of(&partition, &live) == Some(self.instance.as_str());
+            let held = self.owned.contains_key(&partition);
             let mode = match (desired, held) {
                 (true, _) => "take",
-                (false, true) => "release",
                 (false, false) => continue,
+                (false, true) => match self.draining.get(&partition) {
+                    None => {
+                        drains.begin(&partition);
+                        self.draining.insert(partition.clone(), started);
+                        "take"
+                    }
+                    Some(_) if drains.drained(&partition) => "handoff",
+                    Some(since) if started.duration_since(*since) >= self.settings.drain_limit => {
+                        tracing::warn!(partition = %partition, "handoff timed out with deliveries in flight; the next owner waits out the delivery timeout");
+                        "drop"
+                    }
+                    Some(_) => "take",
+                },
             };
             pipe.cmd("EVAL")
                 .arg(LEASE)
                 .arg(1)
-                .arg(lease_key(partition))
+                .arg(lease_key(&partition))
                 .arg(&self.instance)
                 .arg(ttl_ms)
                 .arg(mode);
-            asked.push((partition.clone(), desired, held));
+            asked.push((partition, desired, mode));
         }
         let results: Vec<i64> = if asked.is_empty() {
             Vec::new()
@@ -193,63 +301,109 @@ impl LeaseKeeper {
             pipe.query_async(&mut self.conn).await?
         };
         let mut next = HashMap::with_capacity(asked.len());
-        for ((partition, desired, held), holds) in asked.into_iter().zip(results) {
-            match (desired, holds == 1) {
-                (true, true) => {
-                    if !held {
-                        tracing::debug!(partition = %partition, "lease acquired");
-                    }
-                    // Still within its validity: the same tenure; new, or lapsed (the
-                    // shards may have let its events go meanwhile): a new one.
-                    let tenure = match self.owned.get(&partition) {
-                        Some((until, tenure)) if *until > started => *tenure,
-                        _ => {
-                            self.tenures += 1;
-                            self.tenures
-                        }
-                    };
-                    next.insert(partition, (valid_until, tenure));
+        for ((partition, desired, mode), answer) in asked.into_iter().zip(results) {
+            let before = self.owned.get(&partition).copied();
+            if mode != "take" || answer == 0 {
+                if mode == "take" && before.is_some() {
+                    tracing::warn!(partition = %partition, "lease lost");
+                } else if mode != "take" {
+                    tracing::debug!(partition = %partition, mode, "lease released");
                 }
-                (true, false) if held => tracing::warn!(partition = %partition, "lease lost"),
-                (false, _) => tracing::debug!(partition = %partition, "lease released"),
-                _ => {}
+                if self.draining.remove(&partition).is_some() {
+                    drains.end(&partition);
+                }
+                continue;
             }
+            // Still within its validity: the same tenure; new, or lapsed (the shards may
+            // have let its events go meanwhile): a new one.
+            let lease = match before {
+                Some(lease) if lease.until > started && answer == 1 => Lease {
+                    until: valid_until,
+                    ..lease
+                },
+                _ => {
+                    self.tenures += 1;
+                    if before.is_none() {
+                        tracing::debug!(partition = %partition, handed_over = answer == 3, "lease acquired");
+                    }
+                    Lease {
+                        until: valid_until,
+                        tenure: self.tenures,
+                        since: started,
+                        // Renewed after a lapse: anything in flight was this instance's.
+                        handed_over: answer != 2,
+                        draining: false,
+                    }
+                }
+            };
+            let draining = !desired;
+            if !draining && self.draining.remove(&partition).is_some() {
+                drains.end(&partition);
+            }
+            next.insert(partition, Lease { draining, ..lease });
         }
         self.owned = next;
+        self.publish();
+        Ok(())
+    }
+
+    fn publish(&self) {
         self.tx.send_replace(Arc::new(Owned {
             leases: self.owned.clone(),
         }));
-        Ok(())
     }
 
-    async fn release_one(&mut self, partition: &str) -> redis::RedisResult<()> {
-        let _: i64 = redis::Script::new(RELEASE)
-            .key(lease_key(partition))
-            .arg(&self.instance)
-            .invoke_async(&mut self.conn)
-            .await?;
-        tracing::debug!(partition = %partition, "lease released");
-        Ok(())
-    }
-
-    /// Releases every lease and leaves the instance registry.
-    pub async fn release_all(&mut self) {
-        let partitions: Vec<Arc<str>> = self.owned.keys().cloned().collect();
-        self.owned.clear();
-        self.tx.send_replace(Arc::new(Owned::default()));
-        for partition in partitions {
-            if let Err(err) = self.release_one(&partition).await {
-                tracing::warn!(error = %err, "could not release a lease; it will expire");
-            }
-        }
-        let registry = self.registry_key();
+    /// Leaves the instance registry, so that the others take over this instance's
+    /// partitions as it hands them over in the next rounds.
+    pub async fn leave(&mut self) {
+        self.leaving = true;
         let removed: redis::RedisResult<i64> = redis::cmd("ZREM")
-            .arg(registry)
+            .arg(self.registry_key())
             .arg(&self.instance)
             .query_async(&mut self.conn)
             .await;
         if let Err(err) = removed {
             tracing::warn!(error = %err, "could not leave the instance registry");
+        }
+    }
+
+    /// Sets how long a handoff may wait for requests in flight and their acks.
+    pub fn set_drain_limit(&mut self, limit: Duration) {
+        self.settings.drain_limit = limit;
+    }
+
+    /// Number of partitions held (draining ones included).
+    pub fn held(&self) -> usize {
+        self.owned.len()
+    }
+
+    /// Releases every lease still held (without the handoff mark: whatever may still be
+    /// in flight is waited out by the next owner) and leaves the instance registry.
+    pub async fn release_all(&mut self) {
+        let partitions: Vec<Arc<str>> = self.owned.keys().cloned().collect();
+        self.owned.clear();
+        self.draining.clear();
+        self.publish();
+        if !partitions.is_empty() {
+            let ttl_ms = self.settings.ttl.as_millis() as u64;
+            let mut pipe = redis::pipe();
+            for partition in &partitions {
+                pipe.cmd("EVAL")
+                    .arg(LEASE)
+                    .arg(1)
+                    .arg(lease_key(partition))
+                    .arg(&self.instance)
+                    .arg(ttl_ms)
+                    .arg("drop")
+                    .ignore();
+            }
+            let released: redis::RedisResult<()> = pipe.query_async(&mut self.conn).await;
+            if let Err(err) = released {
+                tracing::warn!(error = %err, "could not release leases; they will expire");
+            }
+        }
+        if !self.leaving {
+            self.leave().await;
         }
     }
 

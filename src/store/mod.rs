@@ -47,6 +47,10 @@ pub enum StoreError {
     /// evrouter is shutting down.
     #[error("shutting down")]
     Closed,
+    /// Redis is out of memory (`maxmemory` reached under `noeviction`): nothing was
+    /// written; acks and trimming free memory again.
+    #[error("redis is full: {0}")]
+    Full(String),
     /// Redis refused a command (a bug or a key of the wrong type).
     #[error("redis refused the write: {0}")]
     Refused(String),
@@ -70,8 +74,8 @@ impl From<redis::RedisError> for StoreError {
     }
 }
 
-/// Redis error codes that pass: the server is loading, busy, failing over, out of memory
-/// or cannot persist. Anything else is a refusal that retrying will not fix.
+/// Redis error codes that pass: the server is loading, busy, failing over or cannot
+/// persist (out of memory is [`StoreError::Full`]). Anything else is a refusal that retrying will not fix.
 const TRANSIENT_CODES: &[&str] = &[
     "LOADING",
     "BUSY",
@@ -79,14 +83,15 @@ const TRANSIENT_CODES: &[&str] = &[
     "TRYAGAIN",
     "CLUSTERDOWN",
     "READONLY",
-    "OOM",
     "MISCONF",
     "NOREPLICAS",
 ];
 
 /// Classifies a Redis error reply by its code.
 pub fn classify_server_error(code: &str, text: &str) -> StoreError {
-    if TRANSIENT_CODES.contains(&code) {
+    if code == "OOM" {
+        StoreError::Full(text.to_string())
+    } else if TRANSIENT_CODES.contains(&code) {
         StoreError::Unavailable(text.to_string())
     } else {
         StoreError::Refused(text.to_string())

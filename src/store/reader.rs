@@ -4,6 +4,12 @@
 //! entries in batches from all the partitions it holds, within the subscription's
 //! read-ahead budget. Lost consumer groups (NOGROUP) are created again. New entries are
 //! read over a plain connection of the reader's own ([`StreamConn`]), parsed in place.
+//!
+//! A partition whose previous owner did not hand it over (it died, stalled, or its
+//! handoff timed out) may still have requests in flight there: while another consumer has
+//! entries pending, nothing of the partition is claimed or read until the subscription's
+//! delivery timeout has passed since it was taken, so an older event of a key cannot reach
+//! the subscriber after a newer one.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -78,6 +84,17 @@ pub struct Reader<D> {
     pub stop: watch::Receiver<bool>,
     /// Permits owed for entries read beyond the budget (start at 0).
     pub debt: usize,
+    /// How long after taking a partition that was not handed over its pending entries
+    /// wait before they are claimed (the delivery timeout and a margin).
+    pub takeover_wait: Duration,
+}
+
+/// Whether a partition's pending entries are claimed.
+enum Reclaimed {
+    /// Claimed (or none): the partition is read.
+    Done,
+    /// Its previous owner may still be sending: wait until then.
+    WaitUntil(std::time::Instant),
 }
 
 impl<D: Dispatch> Reader<D> {
@@ -86,6 +103,8 @@ impl<D: Dispatch> Reader<D> {
         // Partitions whose pending entries were claimed, with the tenure they were claimed
         // in: a partition taken anew (or after a lapse) is claimed again.
         let mut claimed: HashMap<Arc<str>, u64> = HashMap::new();
+        // Partitions taken without a handoff, with when their pending entries may be claimed.
+        let mut waiting: HashMap<Arc<str>, std::time::Instant> = HashMap::new();
         let mut backoff = Duration::from_millis(50);
         while !*self.stop.borrow() {
             let owned = self.owned.borrow().clone();
@@ -106,16 +125,45 @@ impl<D: Dispatch> Reader<D> {
                 }
                 continue;
             }
+            let mut wait_until: Option<std::time::Instant> = None;
+            waiting.retain(|k, _| owned.holds(k));
             let result = async {
+                let mut readable = Vec::with_capacity(keys.len());
+                let now = std::time::Instant::now();
                 for key in &keys {
-                    if !claimed.contains_key(key) {
-                        self.reclaim(key).await?;
-                        claimed.insert(key.clone(), owned.tenure(key).unwrap_or(0));
+                    if let Some(at) = waiting.get(key).filter(|at| **at > now) {
+                        wait_until = Some(wait_until.map_or(*at, |w| w.min(*at)));
+                        continue;
                     }
+                    if !claimed.contains_key(key) {
+                        match self.reclaim(key, owned.taken(key)).await? {
+                            Reclaimed::Done => {
+                                claimed.insert(key.clone(), owned.tenure(key).unwrap_or(0));
+                            }
+                            Reclaimed::WaitUntil(at) => {
+                                waiting.insert(key.clone(), at);
+                                wait_until = Some(wait_until.map_or(at, |w| w.min(at)));
+                                continue;
+                            }
+                        }
+                    }
+                    readable.push(key.clone());
                 }
-                self.read(&keys).await
+                if readable.is_empty() {
+                    return Ok(usize::MAX);
+                }
+                self.read(&readable).await
             }
             .await;
+            if let (Ok(usize::MAX), Some(at)) = (&result, wait_until) {
+                // Every partition held waits for a takeover.
+                tokio::select! {
+                    _ = tokio::time::sleep_until(at.into()) => {}
+                    _ = self.owned.changed() => {}
+                    _ = self.stop.changed() => {}
+                }
+                continue;
+            }
             match result {
                 Ok(read) => {
                     backoff = Duration::from_millis(50);
@@ -247,8 +295,14 @@ impl<D: Dispatch> Reader<D> {
     }
 
     /// Claims every pending entry of a partition just taken over (from a dead or paused
-    /// owner, or from this instance before a restart) and dispatches it first.
-    async fn reclaim(&mut self, key: &Arc<str>) -> redis::RedisResult<()> {
+    /// owner, or from this instance before a restart) and dispatches it first; or, when
+    /// another consumer holds entries and the partition was not handed over, says how long
+    /// to wait first. `taken`: when the tenure began and whether it was handed over.
+    async fn reclaim(
+        &mut self,
+        key: &Arc<str>,
+        taken: Option<(std::time::Instant, bool)>,
+    ) -> redis::RedisResult<Reclaimed> {
         let pending: StreamPendingCountReply = redis::cmd("XPENDING")
             .arg(&**key)
             .arg(&self.group)
@@ -259,7 +313,15 @@ impl<D: Dispatch> Reader<D> {
             .await?;
         if pending.ids.is_empty() {
             self.forget_idle_consumers(key).await?;
-            return Ok(());
+            return Ok(Reclaimed::Done);
+        }
+        if let Some((since, false)) = taken {
+            let others = pending.ids.iter().any(|p| p.consumer != self.consumer);
+            let at = since + self.takeover_wait;
+            if others && std::time::Instant::now() < at {
+                tracing::info!(group = %self.group, partition = %key, wait = ?self.takeover_wait, "partition taken over without a handoff: waiting out the delivery timeout");
+                return Ok(Reclaimed::WaitUntil(at));
+            }
         }
         let delivered: HashMap<String, usize> = pending
             .ids
@@ -282,7 +344,7 @@ impl<D: Dispatch> Reader<D> {
                 let before = delivered.get(&entry.id).copied().unwrap_or(0) as u32;
                 let taken = self.take_permits(1).await;
                 if taken == 0 {
-                    return Ok(());
+                    return Ok(Reclaimed::Done);
                 }
                 let mut entry = entry;
                 let raw = match entry.map.remove(ENTRY_FIELD) {
@@ -297,7 +359,8 @@ impl<D: Dispatch> Reader<D> {
             cursor = reply.next_stream_id;
         }
         tracing::info!(group = %self.group, partition = %key, "pending entries reclaimed");
-        self.forget_idle_consumers(key).await
+        self.forget_idle_consumers(key).await?;
+        Ok(Reclaimed::Done)
     }
 
     /// Removes the group's other consumers that hold nothing pending (earlier instances),

@@ -124,6 +124,21 @@ pub async fn trim_once(
                 }
             };
             floors.set(key, state.floor_ms);
+            // The writers trim as they append; this frees memory when nothing is appended
+            // (Redis full, or a quiet stream): never above what a group still needs.
+            let age_ms =
+                crate::model::clock::now_ms().saturating_sub(stream.max_age.as_millis() as u64);
+            let floor_ms = state.floor_ms.map_or(age_ms, |group| group.min(age_ms));
+            let trimmed: redis::RedisResult<i64> = redis::cmd("XTRIM")
+                .arg(&**key)
+                .arg("MINID")
+                .arg("~")
+                .arg(format!("{floor_ms}-0"))
+                .query_async(conn)
+                .await;
+            if let Err(err) = trimmed {
+                first_error.get_or_insert(err);
+            }
             if let Some(max_len) = stream.max_len {
                 if state.all_caught_up {
                     let trimmed: redis::RedisResult<i64> = redis::cmd("XTRIM")

@@ -1,7 +1,10 @@
-//! Partition writers: each owns a share of the partitions and one Redis connection. Callers
-//! hand over entries and await the answer; a writer gathers what is queued into one batch,
-//! sends it as one pipeline (one in flight per writer, so each partition's appends keep their
-//! order), and answers every caller.
+//! Writers: each has one Redis connection. A publish request goes whole to one writer (the
+//! writer of its first event's partition, which spreads requests evenly); a writer gathers
+//! what is queued into one batch, sends it as one pipeline (one in flight per writer, so the
+//! requests it takes keep their order), and answers every caller. A request of several
+//! entries is one transaction (MULTI/EXEC) in the pipeline: Redis applies all of it or, out
+//! of memory, none of it. Requests answered one after the other are stored in that order;
+//! requests in flight together have no order between them, as with any broker.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -127,12 +130,13 @@ impl WriterPool {
         self.senders.is_empty()
     }
 
-    /// Which writer owns a partition.
+    /// The writer of a request whose first event goes to this partition.
     pub fn writer_of(&self, partition_key: &str) -> usize {
         (xxh3_64(partition_key.as_bytes()) % self.senders.len().max(1) as u64) as usize
     }
 
-    /// Queues entries (all owned by `writer`) without waiting; `Busy` when the queue is full.
+    /// Queues one request's entries on `writer` without waiting; `Busy` when the queue is
+    /// full.
     pub fn submit(
         &self,
         writer: usize,
@@ -242,6 +246,12 @@ impl Writer {
         let mut floors: Vec<(u64, String)> = Vec::new();
         let group_floors = self.floors.snapshot();
         for job in jobs.iter() {
+            // A request of several entries is written whole or not at all: when Redis is
+            // full, a transaction is refused before any of it is applied.
+            let atomic = job.entries.len() > 1;
+            if atomic {
+                pipe.cmd("MULTI");
+            }
             for entry in &job.entries {
                 let floor = floor(&group_floors, &mut floors, entry, now_ms);
                 match &entry.dedup_key {
@@ -277,6 +287,9 @@ impl Writer {
                     }
                 }
             }
+            if atomic {
+                pipe.cmd("EXEC");
+            }
         }
         let result: Result<Vec<Value>, StoreError> = match tokio::time::timeout(
             self.settings.response_timeout,
@@ -292,11 +305,14 @@ impl Writer {
             Ok(values) => {
                 let mut values = values.into_iter();
                 for job in jobs.drain(..) {
-                    let answers: Result<Vec<Appended>, StoreError> = job
-                        .entries
-                        .iter()
-                        .map(|entry| parse_reply(values.next(), entry.dedup_key.is_some()))
-                        .collect();
+                    let answers = if job.entries.len() > 1 {
+                        transaction_replies(&mut values, &job.entries)
+                    } else {
+                        job.entries
+                            .iter()
+                            .map(|entry| parse_reply(values.next(), entry.dedup_key.is_some()))
+                            .collect()
+                    };
                     let _ = job.reply.send(answers);
                 }
             }
@@ -332,6 +348,48 @@ fn floor<'a>(
         }
     };
     &cache[position].1
+}
+
+/// The replies of one request's transaction: MULTI's, one per queued entry (an error
+/// when Redis refused to queue it), and EXEC's (the entries' replies, or an abort).
+fn transaction_replies(
+    values: &mut impl Iterator<Item = Value>,
+    entries: &[Entry],
+) -> Result<Vec<Appended>, StoreError> {
+    let _multi = values.next();
+    let mut refused = None;
+    for _ in entries {
+        if let Some(Value::ServerError(err)) = values.next() {
+            refused.get_or_insert(err);
+        }
+    }
+    let exec = values.next();
+    if let Some(err) = refused {
+        return Err(super::classify_server_error(
+            err.code(),
+            &format!("{err:?}"),
+        ));
+    }
+    match exec {
+        Some(Value::Array(replies)) if replies.len() == entries.len() => replies
+            .into_iter()
+            .zip(entries)
+            .map(|(reply, entry)| parse_reply(Some(reply), entry.dedup_key.is_some()))
+            .collect(),
+        Some(Value::ServerError(err)) => {
+            // An abort names its cause after the code: `EXECABORT … because of: OOM …`.
+            let text = format!("{err:?}");
+            let code = if text.contains("OOM") {
+                "OOM"
+            } else {
+                err.code()
+            };
+            Err(super::classify_server_error(code, &text))
+        }
+        other => Err(StoreError::Refused(format!(
+            "unexpected transaction reply {other:?}"
+        ))),
+    }
 }
 
 fn parse_reply(value: Option<Value>, dedup: bool) -> Result<Appended, StoreError> {

@@ -216,6 +216,7 @@ impl Subscriber for Webhook {
         let app_token = self.app_token.clone();
         let endpoints = self.endpoints.clone();
         let timeout = Duration::from_millis(self.sub.spec.timeout_ms);
+        let drops_on_404 = self.sub.spec.drops_on_404();
         Box::pin(async move {
             let headers = request.headers.as_ref();
             let answer = client
@@ -233,6 +234,16 @@ impl Subscriber for Webhook {
                 })
                 .await;
             endpoints.report(endpoint, answer.healthy());
+            let answer = match answer {
+                Answer::Http {
+                    status: 404, body, ..
+                } if !drops_on_404 => Answer::Http {
+                    status: 404,
+                    outcome: Outcome::Retry("subscriber answered 404".into()),
+                    body,
+                },
+                other => other,
+            };
             reply(answer, bulk_app, &entry_ids, n)
         })
     }

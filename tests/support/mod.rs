@@ -23,8 +23,10 @@ pub use evrouter::config::{
     AuthConfig, AuthMode, Config, DaprAppConfig, DaprPubsubConfig, Durability, JwtConfig,
     KeyRuleConfig, PrincipalConfig, StreamConfig,
 };
+pub use evrouter::model::dead_letter::Failure;
 pub use evrouter::model::envelope::{Envelope, PayloadFormat};
 pub use evrouter::model::trace::is_valid_traceparent;
+pub use evrouter::store::acks::{AckOp, Acker, Barrier};
 pub use evrouter::{run as run_router, RunError};
 
 pub use api::{client, fast_retries, RouterApi};

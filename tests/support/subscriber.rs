@@ -34,6 +34,12 @@ pub struct Received {
     pub batch: usize,
     /// Whether the request's body was a JSON array (bulk mode), even of one event.
     pub in_array: bool,
+    /// When the request arrived, on the subscriber's own counter of arrivals and answers.
+    pub arrived: u64,
+    /// When it was answered, on the same counter.
+    pub answered: u64,
+    /// The status it was answered with.
+    pub status: u16,
 }
 
 /// How to answer: status and body, given the request's first event and its attempt.
@@ -43,7 +49,9 @@ pub type Rule = Arc<dyn Fn(&Received) -> (u16, String) + Send + Sync>;
 struct Shared {
     log: Arc<Mutex<Vec<Received>>>,
     rule: Rule,
-    delay: Option<Duration>,
+    /// Each answer waits a time drawn from this range.
+    delay: Option<(Duration, Duration)>,
+    clock: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// A subscriber listening on a free port.
@@ -66,6 +74,11 @@ impl Subscriber {
 
     /// Answers by `rule` after `delay`.
     pub async fn start(rule: Rule, delay: Option<Duration>) -> Self {
+        Self::start_with_delays(rule, delay.map(|d| (d, d))).await
+    }
+
+    /// Answers by `rule` after a delay drawn uniformly from `delays` (min, max).
+    pub async fn start_with_delays(rule: Rule, delays: Option<(Duration, Duration)>) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -74,7 +87,8 @@ impl Subscriber {
         let shared = Shared {
             log: log.clone(),
             rule,
-            delay,
+            delay: delays,
+            clock: Arc::new(std::sync::atomic::AtomicU64::new(0)),
         };
         let app = axum::Router::new()
             .route("/events", post(receive))
@@ -161,6 +175,9 @@ fn read_event(value: &Value, headers: &HeaderMap, batch: usize, in_array: bool) 
         traceparent: header("traceparent"),
         batch,
         in_array,
+        arrived: 0,
+        answered: 0,
+        status: 0,
     }
 }
 
@@ -169,21 +186,39 @@ async fn receive(
     headers: HeaderMap,
     body: Bytes,
 ) -> impl IntoResponse {
+    let tick = || {
+        shared
+            .clock
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    };
+    let arrived = tick();
     let value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let events: Vec<Received> = match &value {
+    let mut events: Vec<Received> = match &value {
         Value::Array(items) => items
             .iter()
             .map(|v| read_event(v, &headers, items.len(), true))
             .collect(),
         other => vec![read_event(other, &headers, 1, false)],
     };
-    if let Some(delay) = shared.delay {
-        tokio::time::sleep(delay).await;
+    if let Some((min, max)) = shared.delay {
+        let spread = max.saturating_sub(min).as_micros() as u64;
+        let extra = if spread == 0 {
+            0
+        } else {
+            fastrand::u64(0..=spread)
+        };
+        tokio::time::sleep(min + Duration::from_micros(extra)).await;
     }
     let (status, answer) = events
         .first()
         .map(|first| (shared.rule)(first))
         .unwrap_or((200, String::new()));
+    let answered = tick();
+    for event in &mut events {
+        event.arrived = arrived;
+        event.answered = answered;
+        event.status = status;
+    }
     shared.log.lock().expect("log").extend(events);
     (
         StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
@@ -230,6 +265,44 @@ pub fn assert_in_key_order(delivered: &[Received], keys: usize, per_key: u64) {
 /// How many different events the log holds (redeliveries counted once).
 pub fn distinct_events(log: &[Received]) -> usize {
     log.iter()
+        .map(|r| r.event_id.as_str())
+        .collect::<std::collections::HashSet<_>>()
+        .len()
+}
+
+/// Requests still being served when a newer event of their key had been answered 2xx (an
+/// inversion: the subscriber finished the older event after the newer one), as `(key,
+/// older seq, newer seq)`; the log must hold every request.
+pub fn inversions(log: &[Received]) -> Vec<(String, u64, u64)> {
+    // Per key: the newest seq answered 2xx, in answer order, to compare arrivals against.
+    let mut answered: HashMap<&str, Vec<(u64, u64)>> = HashMap::new();
+    for r in log {
+        if (200..300).contains(&r.status) {
+            if let Some(seq) = r.seq {
+                answered.entry(&r.key).or_default().push((r.answered, seq));
+            }
+        }
+    }
+    let mut found = Vec::new();
+    for r in log {
+        let (Some(seq), Some(done)) = (r.seq, answered.get(r.key.as_str())) else {
+            continue;
+        };
+        if let Some((_, newer)) = done
+            .iter()
+            .filter(|(at, newer)| *at < r.answered && *newer > seq)
+            .max_by_key(|(_, newer)| *newer)
+        {
+            found.push((r.key.clone(), seq, *newer));
+        }
+    }
+    found
+}
+
+/// How many different events were answered 2xx.
+pub fn distinct_successes(log: &[Received]) -> usize {
+    log.iter()
+        .filter(|r| (200..300).contains(&r.status))
         .map(|r| r.event_id.as_str())
         .collect::<std::collections::HashSet<_>>()
         .len()

@@ -5,6 +5,7 @@
 //! sequence state kept in Redis in `sequence`.
 
 mod answer;
+mod drain;
 mod send;
 mod sequence;
 
@@ -16,6 +17,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch, Semaphore};
 
+use super::handoff::Handoffs;
 use super::lanes::Lanes;
 use super::reorder::ReorderBuffer;
 use super::stats::SubscriptionStats;
@@ -87,6 +89,8 @@ pub struct ShardContext {
     pub shards: usize,
     /// For reading back the next expected sequence numbers kept in Redis.
     pub store: redis::aio::ConnectionManager,
+    /// Where a shard confirms that a partition being handed over is done with.
+    pub handoffs: Arc<Handoffs>,
 }
 
 /// Most keys whose stored sequence state is read in one round trip.
@@ -101,6 +105,8 @@ const SWEEP_EVERY: u32 = 4096;
 
 struct Finished {
     lanes: Vec<Arc<str>>,
+    /// The partition of each event sent.
+    partitions: Vec<Arc<str>>,
     reply: Reply,
 }
 
@@ -135,6 +141,12 @@ pub struct Shard {
     offers_since_sweep: u32,
     /// The partitions held at the last ownership change.
     owned_before: Arc<Owned>,
+    /// This shard's id among the handoff participants.
+    handoff_id: u64,
+    /// Per partition, events in requests in flight.
+    sending: std::collections::HashMap<Arc<str>, usize>,
+    /// Partitions being handed over that this shard has confirmed done with.
+    confirmed: HashSet<Arc<str>>,
 }
 
 impl Shard {
@@ -148,7 +160,11 @@ impl Shard {
         let reorder = (ctx.sub.spec.ordering == Ordering::Sequence)
             .then(|| ReorderBuffer::new(sequence::reorder_limits(&ctx)));
         let (restored_tx, restored_rx) = mpsc::unbounded_channel();
+        let handoff_id = ctx.handoffs.join();
         Self {
+            handoff_id,
+            sending: std::collections::HashMap::new(),
+            confirmed: HashSet::new(),
             reorder,
             held_reported: 0,
             restoring: std::collections::HashMap::new(),
@@ -183,6 +199,7 @@ impl Shard {
             self.restore_next_batch();
             if self.stopping && self.in_flight == 0 {
                 self.leave_gauges();
+                self.leave_handoffs();
                 break;
             }
             let wake = [
@@ -196,15 +213,25 @@ impl Shard {
             .min();
             tokio::select! {
                 biased;
-                Some(finished) = self.finished_rx.recv() => self.on_finished(finished),
+                Some(finished) = self.finished_rx.recv() => {
+                    self.on_finished(finished);
+                    self.confirm_drained();
+                }
                 Some(restored) = self.restored_rx.recv() => self.on_restored(restored),
                 delivery = self.rx.recv(), if !self.stopping => match delivery {
                     Some(delivery) => self.on_delivery(delivery),
                     None => self.stopping = true,
                 },
                 _ = self.stop.changed(), if !self.stopping => self.stopping = true,
-                changed = self.ctx.owned.changed(), if self.reorder.is_some() => match changed {
-                    Ok(()) => self.on_ownership_change(),
+                changed = self.ctx.owned.changed() => match changed {
+                    Ok(()) => {
+                        if self.reorder.is_some() {
+                            self.on_ownership_change();
+                        } else {
+                            self.ctx.owned.borrow_and_update();
+                        }
+                        self.confirm_drained();
+                    }
                     Err(_) => self.stopping = true,
                 },
                 _ = sleep_until(wake), if wake.is_some() => self.on_wake(),

@@ -188,6 +188,7 @@ impl Shard {
                 });
             }
         }
+        let items_partitions = items.iter().map(|item| item.partition.clone()).collect();
         let sending = self.ctx.subscriber.send(
             endpoint,
             Request {
@@ -199,16 +200,27 @@ impl Shard {
         );
         let done = self.finished_tx.clone();
         self.in_flight += 1;
+        let partitions: Vec<Arc<str>> = items_partitions;
+        self.count_sending(&partitions, true);
         tokio::spawn(async move {
             let reply = sending.await;
-            let _ = done.send(Finished { lanes, reply });
+            let _ = done.send(Finished {
+                lanes,
+                partitions,
+                reply,
+            });
         });
     }
 
     pub(super) fn on_finished(&mut self, finished: Finished) {
         self.in_flight = self.in_flight.saturating_sub(1);
         let spec = self.ctx.sub.spec.clone();
-        let Finished { lanes, reply } = finished;
+        let Finished {
+            lanes,
+            partitions,
+            reply,
+        } = finished;
+        self.count_sending(&partitions, false);
         for (lane, outcome) in lanes.into_iter().zip(reply.outcomes) {
             let Some(head) = self.lanes.head_mut(&lane) else {
                 continue;

@@ -181,15 +181,17 @@ impl Shard {
         let Some(next) = buffer.next_expected(lane) else {
             return;
         };
-        // Only while the partition is held (the check made before each send): after the
-        // lease moved, a dead letter of ours may have been refused and its entry left to
-        // the new owner, which must not find it counted as done.
-        if !self.ctx.owned.borrow().holds(partition_of_lane(lane)) {
+        // Only while the lease is held (handed over or not): after it moved, a dead letter
+        // of ours may have been refused and its entry left to the new owner, which must
+        // not find it counted as done. The script that writes it checks the lease again.
+        let partition = partition_of_lane(lane);
+        if !self.ctx.owned.borrow().leased(partition) {
             return;
         }
         // Not forgotten as idle before this is written.
         buffer.touch(lane, Instant::now());
         let op = AckOp::Advance {
+            partition: Arc::from(partition),
             key: state_key(lane, &self.ctx.sub.spec.name),
             next,
         };
@@ -209,7 +211,14 @@ impl Shard {
         if before.partitions().all(|p| owned.holds(p)) {
             return;
         }
-        let lost = |lane: &str| !owned.holds(partition_of_lane(lane));
+        // A key of a partition being handed over keeps its state while an event of it is
+        // in a lane (in flight, or waiting to be let go): its next number is still
+        // recorded once the lane empties.
+        let lanes = &self.lanes;
+        let lost = |lane: &str| {
+            let partition = partition_of_lane(lane);
+            !owned.leased(partition) || (owned.draining(partition) && !lanes.contains(lane))
+        };
         let mut dropped = match self.reorder.as_mut() {
             Some(buffer) => buffer.forget(lost),
             None => return,
