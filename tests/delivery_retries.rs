@@ -12,8 +12,8 @@ use std::time::Duration;
 use serde_json::json;
 use support::subscriber::{assert_in_key_order, successes, Received, Subscriber};
 use support::{
-    dlq_entries, fast_retries, order_event, publish_keyed, test_config, RedisServer, RouterApi,
-    TestRouter,
+    dlq_entries, eventually, fast_retries, order_event, publish_keyed, test_config, RedisServer,
+    RouterApi, TestRouter,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -28,14 +28,15 @@ async fn a_failed_first_attempt_is_retried_and_order_is_kept() {
         }
     }))
     .await;
-    // Half the requests fail: a breaker that opens after 5 failures in a row would
-    // slow this down to one probe per cooldown.
+    // Half the requests fail: with the default breaker this partial failure never ejects
+    // the subscription's only endpoint (a breaker that opened after 5 failures in a row
+    // would slow this down to one probe per cooldown).
     router
         .subscribe(
             "billing",
             &["order.>"],
             &subscriber.url(),
-            json!({"backoff": fast_retries(), "breaker": {"failures": 1000, "cooldown_ms": 100}}),
+            json!({"backoff": fast_retries()}),
         )
         .await;
     let total = publish_keyed(&router, "order.paid", 20, 25).await;
@@ -194,4 +195,39 @@ async fn read_ahead_is_bounded_in_bytes_too() {
         "{most} events of 10 KB in flight with a 64 KiB budget"
     );
     assert!(most >= 1);
+}
+
+/// An endpoint that fails every request opens its breaker; the attempts that find it open
+/// fail at once and count, so every event reaches the DLQ after `max_attempts` backoffs,
+/// not after one probe per cooldown each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_that_is_down_sends_its_events_to_the_dlq_in_backoff_time() {
+    let redis = RedisServer::start();
+    let router = TestRouter::start(test_config(&redis)).await;
+    let subscriber = Subscriber::with_rule(Arc::new(|_| (503, String::new()))).await;
+    router
+        .subscribe(
+            "down",
+            &["order.>"],
+            &subscriber.url(),
+            json!({"max_attempts": 4, "backoff": fast_retries(),
+                   "breaker": {"cooldown_ms": 60000}}),
+        )
+        .await;
+    let total = publish_keyed(&router, "order.created", 20, 5).await;
+    eventually(Duration::from_secs(30), async || {
+        let dead = dlq_entries(&redis, "down").len();
+        if dead >= total {
+            Ok(())
+        } else {
+            Err(format!("{dead} of {total} dead letters"))
+        }
+    })
+    .await;
+    // The breaker opened: far fewer requests than attempts reached the subscriber.
+    assert!(
+        subscriber.count() < total * 4,
+        "{} requests for {total} events",
+        subscriber.count()
+    );
 }

@@ -236,22 +236,35 @@ pub enum Start {
     Earliest,
 }
 
-/// When an endpoint is skipped: after `failures` failed requests in a row (5xx, 408, 429,
-/// no answer) it rests for `cooldown_ms`, then one probe request decides.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// When an endpoint is skipped. Each endpoint keeps its last `window` answers; once it
+/// has at least `min_calls`, a share of unhealthy ones (5xx, 408, 429, no answer) of
+/// `failure_rate` or more opens its breaker, unless that would leave the subscription no
+/// endpoint while some answers still succeed (a partial failure never ejects them all).
+/// After `cooldown_ms` up to `probes` requests go through at once: as many successes close
+/// it, a failure opens it again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BreakerSpec {
-    /// Failures in a row that open the breaker.
-    pub failures: u32,
-    /// How long an open breaker waits before a probe.
+    /// Share of unhealthy answers in the window that opens the breaker (0 < rate ≤ 1).
+    pub failure_rate: f64,
+    /// How many of the last answers are weighed.
+    pub window: u32,
+    /// Fewest answers in the window before the rate is weighed.
+    pub min_calls: u32,
+    /// How long an open breaker waits before probing.
     pub cooldown_ms: u64,
+    /// Requests let through at once when probing; as many successes close the breaker.
+    pub probes: u32,
 }
 
 impl Default for BreakerSpec {
     fn default() -> Self {
         Self {
-            failures: 5,
+            failure_rate: 0.5,
+            window: 20,
+            min_calls: 10,
             cooldown_ms: 2000,
+            probes: 3,
         }
     }
 }
@@ -398,8 +411,27 @@ impl SubscriptionSpec {
         if !(0.0..=1.0).contains(&b.jitter) {
             bad("/backoff/jitter", "must be between 0 and 1".into());
         }
-        if spec.breaker.failures == 0 {
-            bad("/breaker/failures", "must be at least 1".into());
+        let breaker = &spec.breaker;
+        if !(breaker.failure_rate > 0.0 && breaker.failure_rate <= 1.0) {
+            bad(
+                "/breaker/failure_rate",
+                format!(
+                    "must be above 0 and at most 1, not {}",
+                    breaker.failure_rate
+                ),
+            );
+        }
+        if breaker.window == 0 || breaker.window > 1000 {
+            bad("/breaker/window", "must be between 1 and 1000".into());
+        }
+        if breaker.min_calls == 0 || breaker.min_calls > breaker.window {
+            bad(
+                "/breaker/min_calls",
+                format!("must be between 1 and the window ({})", breaker.window),
+            );
+        }
+        if breaker.probes == 0 || breaker.probes > 100 {
+            bad("/breaker/probes", "must be between 1 and 100".into());
         }
         if let Some(target) = &spec.dapr {
             // A route must join the app's URL into a URL.

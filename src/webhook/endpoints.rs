@@ -2,11 +2,12 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use hyper::Uri;
 
 use super::breaker::Breaker;
+use crate::model::subscription::BreakerSpec;
 use crate::model::sync::lock;
 
 /// A subscription's endpoints and their breakers.
@@ -18,14 +19,10 @@ pub struct Endpoints {
 }
 
 impl Endpoints {
-    /// Endpoints from validated URLs, each with a breaker that opens after `failures`
-    /// failures in a row and probes again after `cooldown`.
-    pub fn new(urls: &[String], failures: u32, cooldown: Duration) -> Self {
+    /// Endpoints from validated URLs, each with a breaker as `spec` says.
+    pub fn new(urls: &[String], spec: &BreakerSpec) -> Self {
         let urls: Vec<Uri> = urls.iter().filter_map(|u| u.parse().ok()).collect();
-        let breakers = urls
-            .iter()
-            .map(|_| Breaker::new(failures, cooldown))
-            .collect();
+        let breakers = urls.iter().map(|_| Breaker::new(spec)).collect();
         Self {
             urls,
             breakers: Mutex::new(breakers),
@@ -53,14 +50,19 @@ impl Endpoints {
         self.urls.get(index)
     }
 
-    /// Records how an endpoint answered.
+    /// Records how an endpoint answered. Its breaker may open only while another
+    /// endpoint takes requests (or when every answer in its window failed).
     pub fn report(&self, index: usize, healthy: bool) {
         let mut breakers = lock(&self.breakers);
+        let others_closed = breakers
+            .iter()
+            .enumerate()
+            .any(|(i, b)| i != index && b.is_closed());
         if let Some(breaker) = breakers.get_mut(index) {
             if healthy {
                 breaker.success();
             } else {
-                breaker.failure(Instant::now());
+                breaker.failure(Instant::now(), others_closed);
             }
         }
     }

@@ -65,11 +65,7 @@ impl Connector for Webhooks {
     fn connect(&self, sub: &Arc<Subscription>) -> Arc<dyn Subscriber> {
         Arc::new(Webhook {
             sub: sub.clone(),
-            endpoints: Arc::new(Endpoints::new(
-                &sub.spec.endpoints,
-                sub.spec.breaker.failures,
-                Duration::from_millis(sub.spec.breaker.cooldown_ms),
-            )),
+            endpoints: Arc::new(Endpoints::new(&sub.spec.endpoints, &sub.spec.breaker)),
             client: if sub.spec.dapr.is_some() {
                 self.apps.clone()
             } else {

@@ -125,7 +125,6 @@ pub struct Shard {
     finished_rx: mpsc::UnboundedReceiver<Finished>,
     in_flight: usize,
     bulk_deadline: Option<Instant>,
-    paused_until: Option<Instant>,
     stopping: bool,
     /// `ordering = "sequence"`: events wait here until their turn, then go to the lanes.
     reorder: Option<ReorderBuffer<Delivery>>,
@@ -186,7 +185,6 @@ impl Shard {
             finished_rx,
             in_flight: 0,
             bulk_deadline: None,
-            paused_until: None,
             stopping: false,
         }
     }
@@ -205,7 +203,6 @@ impl Shard {
             let wake = [
                 self.timers.keys().next().map(|(at, _)| *at),
                 self.bulk_deadline,
-                self.paused_until,
                 self.reorder.as_ref().and_then(ReorderBuffer::next_deadline),
             ]
             .into_iter()
@@ -311,9 +308,6 @@ impl Shard {
             if self.lanes.contains(&lane) {
                 self.ready.push_back(lane);
             }
-        }
-        if self.paused_until.is_some_and(|at| at <= now) {
-            self.paused_until = None;
         }
         if let Some(buffer) = self.reorder.as_mut() {
             let closed = buffer.expire(now);

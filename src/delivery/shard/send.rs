@@ -22,7 +22,7 @@ impl Shard {
         let spec = &sub.spec;
         let bulk = spec.mode == DeliveryMode::Bulk;
         let per_request = if bulk { spec.bulk.max_events } else { 1 };
-        while !self.stopping && !self.ready.is_empty() && self.paused_until.is_none() {
+        while !self.stopping && !self.ready.is_empty() {
             if self.in_flight >= spec.max_in_flight {
                 return;
             }
@@ -45,25 +45,14 @@ impl Shard {
             }
             let endpoint = match self.ctx.subscriber.pick() {
                 Ok(endpoint) => endpoint,
-                Err(retry_at) => {
-                    // Every endpoint is open: hold everything; the lag stays in Redis.
-                    for lane in lanes.into_iter().rev() {
-                        self.ready.push_front(lane);
+                Err(_) => {
+                    // Every endpoint's breaker is open (or probing): the attempt fails
+                    // at once and counts, so an endpoint that stays down sends its
+                    // events to the DLQ after `max_attempts` backoffs, not cooldowns.
+                    for lane in lanes {
+                        self.fail_fast(&lane);
                     }
-                    // A probe may be in flight (its time already passed): look again
-                    // shortly rather than spinning.
-                    let soon = Instant::now() + std::time::Duration::from_millis(20);
-                    self.paused_until = Some(
-                        retry_at
-                            .unwrap_or_else(|| {
-                                Instant::now()
-                                    + std::time::Duration::from_millis(
-                                        self.ctx.sub.spec.breaker.cooldown_ms,
-                                    )
-                            })
-                            .max(soon),
-                    );
-                    return;
+                    continue;
                 }
             };
             self.bulk_deadline = None;
@@ -252,6 +241,35 @@ impl Shard {
                     self.exhausted(&lane);
                 }
             }
+        }
+    }
+
+    /// An attempt of the head of `lane` that could not be sent (no endpoint takes
+    /// requests): counted and decided like a failed one.
+    fn fail_fast(&mut self, lane: &Arc<str>) {
+        let spec = self.ctx.sub.spec.clone();
+        let Some(head) = self.lanes.head_mut(lane) else {
+            return;
+        };
+        head.attempts += 1;
+        if head.first_attempt_ms == 0 {
+            head.first_attempt_ms = now_ms();
+        }
+        let reason = "every endpoint's circuit breaker is open".to_string();
+        let outcome = crate::delivery::transport::Outcome::Retry(reason);
+        match decide(&outcome, head.attempts, &spec, fastrand::f64()) {
+            Decision::Retry { after, reason } => {
+                head.last_error = Some(reason);
+                SubscriptionStats::bump(&self.ctx.stats.retried);
+                self.timer_seq += 1;
+                self.timers
+                    .insert((Instant::now() + after, self.timer_seq), lane.clone());
+            }
+            Decision::Exhausted { reason } => {
+                head.last_error = Some(reason);
+                self.exhausted(lane);
+            }
+            Decision::Delivered | Decision::Dropped(_) => {}
         }
     }
 
