@@ -178,7 +178,7 @@ pub async fn run(
             read_linger: config.delivery.read_linger.get(),
             shards: config.delivery.shards,
             readers: config.delivery.readers,
-            grace: config.server.shutdown_grace.get(),
+            grace: config.server.shutdown_budget.get(),
         },
         configured,
         connector,
@@ -227,7 +227,7 @@ pub async fn run(
     });
     let settings = ServeSettings {
         header_read_timeout: config.server.header_read_timeout.get(),
-        grace: config.server.shutdown_grace.get(),
+        grace: config.server.shutdown_budget.get(),
         max_connections: config.server.max_connections,
     };
     tracing::info!(
@@ -240,6 +240,24 @@ pub async fn run(
         None => None,
     };
     let reloader = tls.as_ref().map(ingress::tls::Tls::spawn_reloader);
+    // One budget for all of shutdown, from the signal on: requests in flight are answered
+    // while the partitions are handed over, then the writers flush.
+    let budget = config.server.shutdown_budget.get();
+    let (begun, mut deadline) = tokio::sync::watch::channel(None);
+    let shutdown = async move {
+        shutdown.await;
+        let _ = begun.send(Some(tokio::time::Instant::now() + budget));
+    };
+    let delivery_stopped = {
+        let delivery = delivery.clone();
+        tokio::spawn(async move {
+            let _ = deadline.wait_for(Option::is_some).await;
+            let at = deadline
+                .borrow()
+                .unwrap_or_else(|| tokio::time::Instant::now() + budget);
+            delivery.shutdown(at).await;
+        })
+    };
     ingress::serve(
         listener,
         ingress::router(state.clone()),
@@ -254,7 +272,7 @@ pub async fn run(
 
     drop(state);
     app_watcher.abort();
-    delivery.shutdown().await;
+    let _ = delivery_stopped.await;
     dead_letters.abort();
     trimmer.abort();
     writers.shutdown().await;

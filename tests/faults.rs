@@ -255,6 +255,34 @@ async fn shutdown_answers_requests_that_are_in_flight() {
     assert_eq!(redis.all_envelopes().len(), 1 + acknowledged);
 }
 
+/// Shutdown is noticed while every connection slot is taken (the accept loop waits for a
+/// slot): with the only slot held by a client that never sends a request, evrouter still
+/// stops well within its budget and long before that client's header timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_is_noticed_while_every_connection_slot_is_taken() {
+    let redis = RedisServer::start();
+    let mut config = test_config(&redis);
+    config.server.max_connections = 1;
+    config.server.header_read_timeout = "120s".into();
+    config.server.shutdown_budget = "2s".into();
+    let router = TestRouter::start(config).await;
+    let address = router.base.trim_start_matches("http://").to_string();
+    // One client holds the only slot without sending anything; a second waits for a slot.
+    let _idle = tokio::net::TcpStream::connect(&address)
+        .await
+        .expect("connect");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _waiting = tokio::net::TcpStream::connect(&address)
+        .await
+        .expect("connect");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let stopped = tokio::time::timeout(Duration::from_secs(60), router.stop()).await;
+    assert!(
+        matches!(stopped, Ok(Ok(()))),
+        "evrouter did not stop while its connection slots were taken"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strict_durability_refuses_a_redis_without_fsync_always() {
     let lossy = RedisServer::start();

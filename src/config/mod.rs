@@ -196,8 +196,10 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// A publish that Redis has not confirmed within this time answers 503.
     pub publish_timeout: ConfigDuration,
-    /// How long shutdown waits for in-flight requests before cutting them off.
-    pub shutdown_grace: ConfigDuration,
+    /// All of shutdown, from SIGTERM to exit: in-flight requests answered, partitions
+    /// handed over, acks and writers flushed, leases released (under Kubernetes' default
+    /// 30 s grace period).
+    pub shutdown_budget: ConfigDuration,
     /// HTTPS: serve TLS with these files (`[server.tls]`); plain HTTP when absent.
     pub tls: Option<TlsConfig>,
 }
@@ -213,7 +215,7 @@ impl Default for ServerConfig {
             body_read_timeout: "30s".into(),
             max_connections: 10_000,
             publish_timeout: "5s".into(),
-            shutdown_grace: "30s".into(),
+            shutdown_budget: "25s".into(),
             tls: None,
         }
     }

@@ -54,7 +54,7 @@ impl Config {
                 &self.server.header_read_timeout,
             ),
             ("server.publish_timeout", &self.server.publish_timeout),
-            ("server.shutdown_grace", &self.server.shutdown_grace),
+            ("server.shutdown_budget", &self.server.shutdown_budget),
             ("redis.response_timeout", &self.redis.response_timeout),
             ("redis.connect_timeout", &self.redis.connect_timeout),
             ("writer.linger", &self.writer.linger),

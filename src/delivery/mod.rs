@@ -92,7 +92,8 @@ pub struct Runtime {
     handoffs: Arc<Handoffs>,
     stats: Mutex<HashMap<String, Arc<SubscriptionStats>>>,
     changed: Notify,
-    shutdown: watch::Sender<bool>,
+    /// Set to the deadline of shutdown when it begins.
+    shutdown: watch::Sender<Option<tokio::time::Instant>>,
     control: Mutex<Option<JoinHandle<()>>>,
     /// Subscriptions whose worker runs (or is stopping) on this instance.
     running: Mutex<std::collections::HashSet<String>>,
@@ -120,7 +121,7 @@ impl Runtime {
                 drain_limit: Duration::from_millis(5000) + DRAIN_MARGIN,
             },
         );
-        let (shutdown, _) = watch::channel(false);
+        let (shutdown, _) = watch::channel(None);
         let runtime = Arc::new(Self {
             registry,
             catalog,
@@ -331,9 +332,9 @@ impl Runtime {
     /// Leaves the cluster: hands every partition over (nothing new is read or sent, the
     /// requests in flight finish and their acks are written, then each lease is released
     /// for the others to take at once), stops the workers and releases what is left, all
-    /// within the grace period. Nothing is dead-lettered by a shutdown.
-    pub async fn shutdown(&self) {
-        let _ = self.shutdown.send(true);
+    /// by `deadline`. Nothing is dead-lettered by a shutdown.
+    pub async fn shutdown(&self, deadline: tokio::time::Instant) {
+        let _ = self.shutdown.send(Some(deadline));
         let control = lock(&self.control).take();
         if let Some(control) = control {
             let _ = control.await;
@@ -373,7 +374,9 @@ impl Runtime {
         }
         // Everything below shares one deadline: hand the partitions over (the others take
         // them as they are released), then stop the workers and release what is left.
-        let deadline = tokio::time::Instant::now() + self.settings.grace;
+        let deadline = stop
+            .borrow()
+            .unwrap_or_else(|| tokio::time::Instant::now() + self.settings.grace);
         keeper.leave().await;
         let round = Duration::from_millis(50).min(tick);
         while keeper.held() > 0 && tokio::time::Instant::now() < deadline {

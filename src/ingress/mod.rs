@@ -118,7 +118,7 @@ pub struct ClientCert(pub Vec<String>);
 pub struct ServeSettings {
     /// A connection must send a full request head within this time.
     pub header_read_timeout: Duration,
-    /// How long in-flight requests may finish after shutdown begins.
+    /// How long in-flight requests may finish after shutdown begins (the shutdown budget).
     pub grace: Duration,
     /// Most open connections.
     pub max_connections: usize,
@@ -142,8 +142,13 @@ pub async fn serve(
     let connections = Arc::new(tokio::sync::Semaphore::new(settings.max_connections));
     tokio::pin!(shutdown);
     loop {
-        let Ok(slot) = connections.clone().acquire_owned().await else {
-            break;
+        // Waiting for a free connection slot must not hide a shutdown.
+        let slot = tokio::select! {
+            slot = connections.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+            _ = &mut shutdown => break,
         };
         tokio::select! {
             accepted = listener.accept() => {

@@ -18,7 +18,7 @@ pub fn test_config(redis: &RedisServer) -> Config {
     config.redis.url = redis.url();
     config.redis.response_timeout = "1s".into();
     config.server.publish_timeout = "3s".into();
-    config.server.shutdown_grace = "5s".into();
+    config.server.shutdown_budget = "5s".into();
     // The tests' subscribers listen on loopback.
     config.webhooks.allow = vec!["127.0.0.0/8".into(), "::1".into()];
     config
