@@ -29,6 +29,13 @@ pub struct StreamSpec {
     pub max_age: Duration,
     /// Approximate most entries per partition.
     pub max_len: Option<u64>,
+    /// Most bytes in Redis, all partitions together.
+    pub max_bytes: Option<u64>,
+    /// What it does at a bound with entries not acked.
+    pub when_full: crate::config::WhenFull,
+    /// Set by the trimmer while the stream is at a bound under `block`: publishes to it are
+    /// refused.
+    pub full: std::sync::atomic::AtomicBool,
     /// Dedup window for `event_id`, when on.
     pub dedup_window: Option<Duration>,
     /// Whether `event_type` must equal the topic.
@@ -66,6 +73,9 @@ impl StreamSpec {
             key_rules,
             max_age: config.max_age.get(),
             max_len: config.max_len,
+            max_bytes: config.max_bytes.map(|b| b.as_u64()),
+            when_full: config.when_full,
+            full: std::sync::atomic::AtomicBool::new(false),
             dedup_window: config
                 .dedup_window
                 .as_ref()

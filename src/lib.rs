@@ -7,6 +7,8 @@
 //! - [`model`]: plain data and pure functions: the event as sent, the stored envelope,
 //!   CloudEvents, subscription specs, routing rules, dead letters, topics and patterns,
 //!   trace context, the clock and the lock helper.
+//! - [`health`]: the watched parts of the running instance (a round that panics is caught,
+//!   logged and retried after a backoff; `/readyz` names the parts down).
 //! - [`config`]: the one TOML file: sections, reading (`EVR_*` overrides, paths in every
 //!   error) and validation of values.
 //! - [`auth`]: principals and their rights, token and JWT checks, publish quotas.
@@ -30,6 +32,7 @@ pub mod auth;
 pub mod catalog;
 pub mod config;
 pub mod delivery;
+pub mod health;
 pub mod ingress;
 pub mod model;
 pub mod publish;
@@ -112,6 +115,7 @@ pub async fn run(
     check_memory(&mut control, config.redis.durability).await?;
 
     let catalog = Arc::new(StreamCatalog::new(&config));
+    let health = Arc::new(health::Health::default());
     let floors = Arc::new(TrimFloors::default());
     let connections = (0..config.writer.writers)
         .map(|_| target.manager())
@@ -125,6 +129,7 @@ pub async fn run(
             response_timeout: target.response_timeout(),
         },
         floors.clone(),
+        &health,
     ));
     // Learn every group's floor before the first append can trim.
     let mut trim_conn = target.manager()?;
@@ -139,6 +144,7 @@ pub async fn run(
         trim_conn,
         floors,
         config.retention.check_interval.get(),
+        health.part("trimmer"),
     ));
 
     // Validation checked every spec; compiling one can still fail only on what it could
@@ -182,6 +188,7 @@ pub async fn run(
         },
         configured,
         connector,
+        health.clone(),
     )
     .await?;
 
@@ -220,6 +227,7 @@ pub async fn run(
         dapr,
         dapr_apps,
         delivery: delivery.clone(),
+        health,
         control,
         max_body_bytes: config.server.max_body_bytes,
         body_read_timeout: config.server.body_read_timeout.get(),

@@ -7,7 +7,7 @@ mod support;
 
 use std::sync::Arc;
 
-use support::{AckOp, Acker, Barrier, Failure, RedisServer};
+use support::{AckOp, Acker, Barrier, Failure, Health, RedisServer};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 const PARTITION: &str = "evr:{order.0}";
@@ -33,6 +33,7 @@ impl Writes {
             "me".into(),
             rx,
             Arc::new(Semaphore::new(0)),
+            Health::default().part("acker"),
         );
         tokio::spawn(acker.run());
         Self { tx }

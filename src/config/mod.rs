@@ -334,16 +334,41 @@ impl Default for ValidationConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct RetentionConfig {
-    /// How often the trimmer recomputes each partition's safe trim floor.
+    /// How often the trimmer recomputes each partition's safe trim floor and size.
     pub check_interval: ConfigDuration,
+    /// The share of Redis's `maxmemory` all streams together may use (0 to 1; 0: no such
+    /// bound). Beyond it, acknowledged history is trimmed first, then each stream's
+    /// `when_full` applies.
+    pub memory_share: f64,
+    /// Most entries in one dead-letter stream (a subscription's, per partition).
+    pub dlq_max_len: u64,
+    /// What a full dead-letter stream does: `block` (the dead letter is refused and the
+    /// event stays pending) or `drop_oldest` (the oldest dead letters are dropped, and
+    /// logged).
+    pub dlq_when_full: WhenFull,
 }
 
 impl Default for RetentionConfig {
     fn default() -> Self {
         Self {
-            check_interval: "30s".into(),
+            check_interval: "5s".into(),
+            memory_share: 0.7,
+            dlq_max_len: 100_000,
+            dlq_when_full: WhenFull::Block,
         }
     }
+}
+
+/// What a stream at one of its bounds does with what its subscriptions have not acked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenFull {
+    /// Refuse new entries (publishes answer 507 `store_full`): nothing acknowledged is
+    /// lost.
+    Block,
+    /// Move the oldest entries a subscription has not acked to its dead-letter stream
+    /// (reason `retention`), then trim them.
+    DropOldest,
 }
 
 /// One stream: a partitioned log holding the topics its patterns match.
@@ -360,8 +385,14 @@ pub struct StreamConfig {
     pub keys: Vec<KeyRuleConfig>,
     /// Entries older than this are trimmed (never while a group has not acked them).
     pub max_age: ConfigDuration,
-    /// Approximate most entries per partition (never trimming what a group has not acked).
+    /// Approximate most entries per partition.
     pub max_len: Option<u64>,
+    /// Most bytes the stream may take in Redis (all partitions), e.g. `"2GiB"`; none: only
+    /// the shared `retention.memory_share` bounds it.
+    pub max_bytes: Option<bytesize::ByteSize>,
+    /// What the stream does at `max_bytes`, `max_len` or the shared memory bound when its
+    /// subscriptions have not acked the oldest entries: `block` or `drop_oldest`.
+    pub when_full: WhenFull,
     /// Publishing an `event_id` again within this window appends nothing; off when unset.
     pub dedup_window: Option<ConfigDuration>,
     /// Overrides `validation.require_type_match` for this stream's topics.
@@ -377,6 +408,8 @@ impl Default for StreamConfig {
             keys: Vec::new(),
             max_age: "30d".into(),
             max_len: None,
+            max_bytes: None,
+            when_full: WhenFull::Block,
             dedup_window: None,
             require_type_match: None,
         }

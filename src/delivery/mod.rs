@@ -90,6 +90,7 @@ pub struct Runtime {
     owned: watch::Receiver<Arc<Owned>>,
     connector: Arc<dyn Connector>,
     handoffs: Arc<Handoffs>,
+    health: Arc<crate::health::Health>,
     stats: Mutex<HashMap<String, Arc<SubscriptionStats>>>,
     changed: Notify,
     /// Set to the deadline of shutdown when it begins.
@@ -110,6 +111,7 @@ impl Runtime {
         settings: Settings,
         configured: Vec<Subscription>,
         connector: Arc<dyn Connector>,
+        health: Arc<crate::health::Health>,
     ) -> Result<Arc<Self>, StoreError> {
         let registry = Arc::new(Registry::new(target.manager()?, &settings.prefix));
         let (keeper, owned) = LeaseKeeper::new(
@@ -130,6 +132,7 @@ impl Runtime {
             owned,
             connector,
             handoffs: Arc::new(Handoffs::default()),
+            health,
             stats: Mutex::new(HashMap::new()),
             changed: Notify::new(),
             shutdown,
@@ -347,25 +350,29 @@ impl Runtime {
         let tick = self.settings.lease_ttl / 4;
         let mut first = true;
         let mut universe: Vec<Arc<str>> = Vec::new();
+        let part = self.health.part("control");
         loop {
-            if !lock(&self.unstored).is_empty() {
-                self.store_configured().await;
-            }
-            match self.registry.refresh(first).await {
-                Ok(_) => first = false,
-                Err(err) => tracing::warn!(error = %err, "could not refresh subscriptions"),
-            }
-            self.reconcile(&mut workers).await;
-            universe.clear();
-            for worker in workers.values() {
-                universe.extend(worker.partitions.borrow().iter().cloned());
-            }
-            universe.sort();
-            universe.dedup();
-            keeper.set_drain_limit(self.drain_limit());
-            if let Err(err) = keeper.tick(&universe, &*self.handoffs).await {
-                tracing::warn!(error = %err, "lease round failed; will retry");
-            }
+            part.round(async {
+                if !lock(&self.unstored).is_empty() {
+                    self.store_configured().await;
+                }
+                match self.registry.refresh(first).await {
+                    Ok(_) => first = false,
+                    Err(err) => tracing::warn!(error = %err, "could not refresh subscriptions"),
+                }
+                self.reconcile(&mut workers).await;
+                universe.clear();
+                for worker in workers.values() {
+                    universe.extend(worker.partitions.borrow().iter().cloned());
+                }
+                universe.sort();
+                universe.dedup();
+                keeper.set_drain_limit(self.drain_limit());
+                if let Err(err) = keeper.tick(&universe, &*self.handoffs).await {
+                    tracing::warn!(error = %err, "lease round failed; will retry");
+                }
+            })
+            .await;
             tokio::select! {
                 _ = tokio::time::sleep(tick) => {}
                 _ = self.changed.notified() => {}
@@ -506,6 +513,7 @@ impl Runtime {
                 self.settings.instance.clone(),
                 ack_rx,
                 permits.clone(),
+                self.health.part(format!("acker:{name}")),
             )
             .run(),
         );
@@ -558,6 +566,7 @@ impl Runtime {
                 stop: stop_rx.clone(),
                 debt: 0,
                 takeover_wait: Duration::from_millis(context.sub.spec.timeout_ms) + DRAIN_MARGIN,
+                part: self.health.part(format!("reader:{name}:{index}")),
             };
             tasks.insert(0, tokio::spawn(reader.run()));
         }

@@ -15,8 +15,20 @@ pub async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// `GET /readyz`: Redis answers a PING.
+/// `GET /readyz`: every watched part runs, and Redis answers a PING.
 pub async fn readyz(State(app): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+    let down = app.health.down();
+    if !down.is_empty() {
+        let named: Vec<String> = down
+            .iter()
+            .map(|(part, why)| format!("{part} ({why})"))
+            .collect();
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "part_down",
+            format!("not ready: {}", named.join(", ")),
+        ));
+    }
     let mut conn = app.control.clone();
     let ping = crate::store::ping(&mut conn);
     match tokio::time::timeout(app.ready_timeout, ping).await {

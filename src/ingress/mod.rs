@@ -55,6 +55,8 @@ pub struct AppState {
     pub dapr_apps: Arc<AppSubscriptions>,
     /// The delivery runtime (subscriptions, stats).
     pub delivery: Arc<Runtime>,
+    /// The watched parts (readiness names those down).
+    pub health: Arc<crate::health::Health>,
     /// A connection for control commands (readiness).
     pub control: ConnectionManager,
     /// Largest body accepted.

@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, Semaphore};
 use super::dlq::dlq_key;
 use super::lease::lease_key;
 use super::sequence::SEQUENCE_STATE_TTL;
+use crate::health::Part;
 use crate::model::dead_letter::Failure;
 use crate::model::envelope::ENTRY_FIELD;
 
@@ -100,6 +101,7 @@ impl std::fmt::Debug for Barrier {
 /// Writes batched acks and fenced dead letters for one subscription, then frees the read
 /// permit of each entry.
 pub struct Acker {
+    part: Arc<Part>,
     conn: ConnectionManager,
     group: String,
     instance: String,
@@ -115,8 +117,10 @@ impl Acker {
         instance: String,
         rx: mpsc::Receiver<AckOp>,
         permits: Arc<Semaphore>,
+        part: Arc<Part>,
     ) -> Self {
         Self {
+            part,
             conn,
             group,
             instance,
@@ -148,19 +152,22 @@ impl Acker {
                 .filter(|op| matches!(op, AckOp::Ack { .. } | AckOp::DeadLetter { .. }))
                 .count();
             let mut attempt = 0;
+            let part = self.part.clone();
             loop {
-                match self.flush(&batch).await {
-                    Ok(()) => break,
+                match part.round(self.flush(&batch)).await {
+                    // A panicked write is not retried: its entries stay pending and are
+                    // delivered again.
+                    None | Some(Ok(())) => break,
                     // Entries whose ack is lost stay pending to this consumer and are not
                     // read again until the partition changes hands: keep trying while
                     // running; at shutdown give up after a few tries.
-                    Err(err) if attempt < 3 || !self.rx.is_closed() => {
+                    Some(Err(err)) if attempt < 3 || !self.rx.is_closed() => {
                         attempt += 1;
                         tracing::warn!(error = %err, "ack failed; retrying");
                         let backoff = (100 * attempt).min(2000);
                         tokio::time::sleep(std::time::Duration::from_millis(backoff)).await;
                     }
-                    Err(err) => {
+                    Some(Err(err)) => {
                         // The entries stay pending and are delivered again: at least once.
                         tracing::warn!(error = %err, "ack failed; entries stay pending");
                         break;

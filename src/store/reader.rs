@@ -87,6 +87,8 @@ pub struct Reader<D> {
     /// How long after taking a partition that was not handed over its pending entries
     /// wait before they are claimed (the delivery timeout and a margin).
     pub takeover_wait: Duration,
+    /// Its watched part: a round that panics is logged and retried.
+    pub part: Arc<crate::health::Part>,
 }
 
 /// Whether a partition's pending entries are claimed.
@@ -127,7 +129,8 @@ impl<D: Dispatch> Reader<D> {
             }
             let mut wait_until: Option<std::time::Instant> = None;
             waiting.retain(|k, _| owned.holds(k));
-            let result = async {
+            let part = self.part.clone();
+            let round = part.round(async {
                 let mut readable = Vec::with_capacity(keys.len());
                 let now = std::time::Instant::now();
                 for key in &keys {
@@ -153,8 +156,12 @@ impl<D: Dispatch> Reader<D> {
                     return Ok(usize::MAX);
                 }
                 self.read(&readable).await
-            }
-            .await;
+            });
+            let Some(result) = round.await else {
+                // A panicked round may have left claimed entries undispatched.
+                claimed.clear();
+                continue;
+            };
             if let (Ok(usize::MAX), Some(at)) = (&result, wait_until) {
                 // Every partition held waits for a takeover.
                 tokio::select! {

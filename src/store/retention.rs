@@ -169,12 +169,14 @@ pub async fn run_trimmer(
     mut conn: ConnectionManager,
     floors: Arc<TrimFloors>,
     interval: Duration,
+    part: Arc<crate::health::Part>,
 ) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        if let Err(err) = trim_once(&catalog, &mut conn, &floors).await {
+        let checked = part.round(trim_once(&catalog, &mut conn, &floors)).await;
+        if let Some(Err(err)) = checked {
             tracing::warn!(error = %err, "retention check failed; will retry");
         }
     }

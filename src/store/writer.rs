@@ -19,6 +19,7 @@ use xxhash_rust::xxh3::xxh3_64;
 use super::retention::TrimFloors;
 use super::StoreError;
 use crate::catalog::StreamSpec;
+use crate::health::{Health, Part};
 use crate::model::envelope::ENTRY_FIELD;
 
 /// Appends an entry unless its dedup key exists; records the new id under the dedup key.
@@ -96,6 +97,7 @@ impl WriterPool {
         connections: Vec<ConnectionManager>,
         settings: WriterSettings,
         floors: Arc<TrimFloors>,
+        health: &Health,
     ) -> Self {
         let mut senders = Vec::with_capacity(connections.len());
         let mut tasks = Vec::with_capacity(connections.len());
@@ -103,6 +105,7 @@ impl WriterPool {
         for (index, conn) in connections.into_iter().enumerate() {
             let (tx, rx) = mpsc::channel(settings.queue_capacity);
             let writer = Writer {
+                part: health.part(format!("writer-{index}")),
                 index,
                 rx,
                 conn,
@@ -165,6 +168,7 @@ impl WriterPool {
 }
 
 struct Writer {
+    part: Arc<Part>,
     index: usize,
     rx: mpsc::Receiver<Job>,
     conn: ConnectionManager,
@@ -193,7 +197,11 @@ impl Writer {
             let mut count: usize = jobs.iter().map(|j| j.entries.len()).sum();
             self.take_queued(&mut jobs, &mut count);
             self.linger(&mut jobs, &mut count).await;
-            self.flush(&mut jobs).await;
+            let part = self.part.clone();
+            if part.round(self.flush(&mut jobs)).await.is_none() {
+                // Callers of a batch whose write panicked are told it was not stored.
+                jobs.clear();
+            }
         }
         tracing::debug!(writer = self.index, "writer stopped");
     }

@@ -23,6 +23,7 @@ pub use evrouter::config::{
     AuthConfig, AuthMode, Config, DaprAppConfig, DaprPubsubConfig, Durability, JwtConfig,
     KeyRuleConfig, PrincipalConfig, StreamConfig,
 };
+pub use evrouter::health::Health;
 pub use evrouter::model::dead_letter::Failure;
 pub use evrouter::model::envelope::{Envelope, PayloadFormat};
 pub use evrouter::model::trace::is_valid_traceparent;
