@@ -133,7 +133,13 @@ pub async fn run(
     ));
     // Learn every group's floor before the first append can trim.
     let mut trim_conn = target.manager()?;
-    let first_pass = retention::trim_once(&catalog, &mut trim_conn, &floors);
+    let trim = retention::TrimSettings {
+        prefix: config.redis.key_prefix.clone(),
+        memory_share: config.retention.memory_share,
+        dlq_max_len: config.retention.dlq_max_len,
+        dlq_block: config.retention.dlq_when_full == config::WhenFull::Block,
+    };
+    let first_pass = retention::trim_once(&catalog, &mut trim_conn, &floors, &trim);
     match tokio::time::timeout(target.response_timeout() * 2, first_pass).await {
         Ok(Ok(())) => {}
         Ok(Err(err)) => tracing::warn!(error = %err, "first retention check failed; will retry"),
@@ -144,6 +150,7 @@ pub async fn run(
         trim_conn,
         floors,
         config.retention.check_interval.get(),
+        trim.clone(),
         health.part("trimmer"),
     ));
 
@@ -185,6 +192,10 @@ pub async fn run(
             shards: config.delivery.shards,
             readers: config.delivery.readers,
             grace: config.server.shutdown_budget.get(),
+            dlq: store::acks::DlqBound {
+                max_len: config.retention.dlq_max_len,
+                block: config.retention.dlq_when_full == config::WhenFull::Block,
+            },
         },
         configured,
         connector,

@@ -43,6 +43,7 @@ impl Config {
             ("delivery.shards", self.delivery.shards),
             ("delivery.readers", self.delivery.readers),
             ("audit.max_entries", self.audit.max_entries as usize),
+            ("retention.dlq_max_len", self.retention.dlq_max_len as usize),
         ] {
             if value == 0 {
                 bad(path, "must be greater than 0".into());
@@ -73,6 +74,13 @@ impl Config {
                 Ok(_) => {}
                 Err(message) => bad(path, message),
             }
+        }
+        let share = self.retention.memory_share;
+        if !(0.0..=1.0).contains(&share) {
+            bad(
+                "retention.memory_share",
+                format!("must be from 0 to 1, not {share}"),
+            );
         }
         let tls = self.redis.url.starts_with("rediss://");
         if !tls && !self.redis.url.starts_with("redis://") {
@@ -268,6 +276,9 @@ impl Config {
             }
             if stream.max_len == Some(0) {
                 bad(&at("max_len"), "must be greater than 0".into());
+            }
+            if stream.max_bytes.is_some_and(|b| b.as_u64() == 0) {
+                bad(&at("max_bytes"), "must be greater than 0".into());
             }
             if let Some(window) = &stream.dedup_window {
                 match checked(window) {

@@ -29,7 +29,7 @@ use crate::model::subscription::{Ordering, Start};
 use crate::model::sync::lock;
 use crate::store::acks::Acker;
 use crate::store::dlq::{self, Page};
-use crate::store::groups::{destroy_group, ensure_group, lag, Lag};
+use crate::store::groups::{bury, destroy_group, ensure_group, lag, unbury, Lag};
 use crate::store::lease::{LeaseKeeper, LeaseSettings, Owned};
 use crate::store::reader::Reader;
 use crate::store::{RedisTarget, StoreError};
@@ -65,6 +65,8 @@ pub struct Settings {
     pub readers: usize,
     /// How long shutdown may take, handoffs included.
     pub grace: Duration,
+    /// How big a dead-letter stream may grow.
+    pub dlq: crate::store::acks::DlqBound,
 }
 
 /// Margin added to the longest delivery timeout: how long a handoff may wait for the
@@ -182,8 +184,16 @@ impl Runtime {
 
     /// Stores a new subscription. Its consumer groups are created first, where it starts,
     /// so that no worker can create them earlier from the beginning of the partitions.
+    /// A subscription of a name deleted before starts where the new one says: the old
+    /// groups (which a reader racing the delete may have created again) go first.
     pub async fn create(&self, sub: &Subscription) -> redis::RedisResult<registry::Created> {
         if self.registry.get(sub.name()).is_none() {
+            let mut conn = self.target.manager().map_err(store_to_redis)?;
+            if unbury(&mut conn, &self.settings.prefix, sub.name()).await? {
+                for key in self.candidates(sub) {
+                    let _ = destroy_group(&mut conn, &key, sub.name()).await;
+                }
+            }
             self.ensure_groups(sub, sub.spec.start).await?;
         }
         let created = self.registry.create(sub).await?;
@@ -194,6 +204,14 @@ impl Runtime {
     /// Stores a subscription, replacing one of the same name.
     pub async fn put(&self, sub: &Subscription) -> redis::RedisResult<bool> {
         let existed = self.registry.put(sub).await?;
+        if !existed {
+            let mut conn = self.target.manager().map_err(store_to_redis)?;
+            if unbury(&mut conn, &self.settings.prefix, sub.name()).await? {
+                for key in self.candidates(sub) {
+                    let _ = destroy_group(&mut conn, &key, sub.name()).await;
+                }
+            }
+        }
         self.ensure_groups(
             sub,
             if existed {
@@ -219,6 +237,9 @@ impl Runtime {
         }
         if let Some(sub) = sub {
             let mut conn = self.target.manager().map_err(store_to_redis)?;
+            // Groups this misses (created later, or again by a reader that had not heard of
+            // the delete) are destroyed by the trimmers.
+            bury(&mut conn, &self.settings.prefix, name).await?;
             for key in self.candidates(&sub) {
                 // A partition without the group (or unreachable now) has nothing to remove.
                 let _ = destroy_group(&mut conn, &key, name).await;
@@ -515,6 +536,7 @@ impl Runtime {
                 permits.clone(),
                 self.health.part(format!("acker:{name}")),
             )
+            .with_dlq_bound(self.settings.dlq)
             .run(),
         );
         let (stop, stop_rx) = watch::channel(false);

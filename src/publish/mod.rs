@@ -409,6 +409,15 @@ impl Publisher {
         if entries.is_empty() {
             return Ok(receipts);
         }
+        if let Some(full) = entries
+            .iter()
+            .find(|e| e.stream.full.load(std::sync::atomic::Ordering::Relaxed))
+        {
+            return Err(PublishError::Unavailable(StoreError::Full(format!(
+                "stream `{}` is at its bound with entries its subscriptions have not acked",
+                full.stream.name
+            ))));
+        }
         let rx = self
             .writers
             .submit(writer, entries)

@@ -22,12 +22,38 @@ use crate::health::Part;
 use crate::model::dead_letter::Failure;
 use crate::model::envelope::ENTRY_FIELD;
 
-/// Appends ARGV[4..] as a DLQ entry to KEYS[3] and acks ARGV[3], if the lease is held.
+/// Appends ARGV[6..] as a DLQ entry to KEYS[3] and acks ARGV[3], if the lease is held
+/// (else -1). ARGV[4]: the DLQ's cap (0: none); ARGV[5]: `block` (a full DLQ refuses, -2,
+/// and the event stays pending) or `drop_oldest` (its oldest dead letters are trimmed).
 const FENCED_DEAD_LETTER: &str = r"#!lua flags=allow-oom
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return -1 end
-redis.call('XADD', KEYS[3], '*', unpack(ARGV, 4))
+local cap = tonumber(ARGV[4])
+if cap > 0 and redis.call('XLEN', KEYS[3]) >= cap then
+  if ARGV[5] == 'block' then return -2 end
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', cap, '*', unpack(ARGV, 6))
+else
+  redis.call('XADD', KEYS[3], '*', unpack(ARGV, 6))
+end
 return redis.call('XACK', KEYS[1], ARGV[2], ARGV[3])
 ";
+
+/// How big a dead-letter stream may grow, and what it does then.
+#[derive(Debug, Clone, Copy)]
+pub struct DlqBound {
+    /// Most entries (0: no bound).
+    pub max_len: u64,
+    /// Refuse when full (else drop the oldest).
+    pub block: bool,
+}
+
+impl Default for DlqBound {
+    fn default() -> Self {
+        Self {
+            max_len: 100_000,
+            block: true,
+        }
+    }
+}
 
 /// Records next expected sequence numbers, if the lease (KEYS[1]) is held by ARGV[1]:
 /// KEYS[i] gets ARGV[i + 1] (i >= 2) unless it already holds a number at least as high;
@@ -102,6 +128,7 @@ impl std::fmt::Debug for Barrier {
 /// permit of each entry.
 pub struct Acker {
     part: Arc<Part>,
+    dlq: DlqBound,
     conn: ConnectionManager,
     group: String,
     instance: String,
@@ -121,12 +148,19 @@ impl Acker {
     ) -> Self {
         Self {
             part,
+            dlq: DlqBound::default(),
             conn,
             group,
             instance,
             rx,
             permits,
         }
+    }
+
+    /// Bounds the dead-letter streams it writes.
+    pub fn with_dlq_bound(mut self, dlq: DlqBound) -> Self {
+        self.dlq = dlq;
+        self
     }
 
     /// Runs until every sender is gone, flushing whatever has queued after each wake-up.
@@ -207,15 +241,7 @@ impl Acker {
                     raw,
                     failure,
                 } => {
-                    dead_letter_cmd(
-                        &mut pipe,
-                        &self.instance,
-                        &self.group,
-                        partition,
-                        id,
-                        raw,
-                        failure,
-                    );
+                    self.dead_letter_cmd(&mut pipe, partition, id, raw, failure);
                 }
             }
         }
@@ -247,51 +273,58 @@ impl Acker {
             return Ok(());
         }
         let results: Vec<i64> = pipe.query_async(&mut self.conn).await?;
-        if results.iter().any(|r| *r < 0) {
+        if results.contains(&-1) {
             tracing::info!(group = %self.group, "dead letters or sequence state refused: a partition's lease moved to another instance");
+        }
+        if results.contains(&-2) {
+            tracing::warn!(group = %self.group, "dead-letter stream full: events stay pending and are delivered again when their partition is next taken");
         }
         Ok(())
     }
 }
 
-/// Adds the fenced "append to the DLQ and ack" script for one entry to a pipeline.
-fn dead_letter_cmd(
-    pipe: &mut redis::Pipeline,
-    instance: &str,
-    subscription: &str,
-    partition: &str,
-    id: &str,
-    envelope: &[u8],
-    failure: &Failure,
-) {
-    let cmd = pipe
-        .cmd("EVAL")
-        .arg(FENCED_DEAD_LETTER)
-        .arg(3)
-        .arg(partition)
-        .arg(lease_key(partition))
-        .arg(dlq_key(partition, subscription))
-        .arg(instance)
-        .arg(subscription)
-        .arg(id)
-        .arg(ENTRY_FIELD)
-        .arg(envelope)
-        .arg("source_id")
-        .arg(id)
-        .arg("partition")
-        .arg(partition)
-        .arg("reason")
-        .arg(&failure.reason)
-        .arg("attempts")
-        .arg(failure.attempts)
-        .arg("first_attempt_ms")
-        .arg(failure.first_attempt_ms)
-        .arg("last_attempt_ms")
-        .arg(failure.last_attempt_ms);
-    if let Some(status) = failure.last_status {
-        cmd.arg("last_status").arg(status);
-    }
-    if let Some(error) = &failure.last_error {
-        cmd.arg("last_error").arg(error);
+impl Acker {
+    /// Adds the fenced "append to the DLQ and ack" script for one entry to a pipeline.
+    fn dead_letter_cmd(
+        &self,
+        pipe: &mut redis::Pipeline,
+        partition: &str,
+        id: &str,
+        envelope: &[u8],
+        failure: &Failure,
+    ) {
+        let (dlq, instance, subscription) = (self.dlq, self.instance.as_str(), self.group.as_str());
+        let cmd = pipe
+            .cmd("EVAL")
+            .arg(FENCED_DEAD_LETTER)
+            .arg(3)
+            .arg(partition)
+            .arg(lease_key(partition))
+            .arg(dlq_key(partition, subscription))
+            .arg(instance)
+            .arg(subscription)
+            .arg(id)
+            .arg(dlq.max_len)
+            .arg(if dlq.block { "block" } else { "drop_oldest" })
+            .arg(ENTRY_FIELD)
+            .arg(envelope)
+            .arg("source_id")
+            .arg(id)
+            .arg("partition")
+            .arg(partition)
+            .arg("reason")
+            .arg(&failure.reason)
+            .arg("attempts")
+            .arg(failure.attempts)
+            .arg("first_attempt_ms")
+            .arg(failure.first_attempt_ms)
+            .arg("last_attempt_ms")
+            .arg(failure.last_attempt_ms);
+        if let Some(status) = failure.last_status {
+            cmd.arg("last_status").arg(status);
+        }
+        if let Some(error) = &failure.last_error {
+            cmd.arg("last_error").arg(error);
+        }
     }
 }

@@ -63,3 +63,63 @@ pub async fn lag(conn: &mut ConnectionManager, key: &str, group: &str) -> redis:
         None => Lag::NoGroup,
     })
 }
+
+/// The sorted set of deleted subscriptions' names (by deletion time): the trimmer of every
+/// instance destroys their groups wherever it finds them, including groups created after
+/// the delete (a partition created later, a reader that had not heard of it yet).
+pub fn tombstones_key(prefix: &str) -> String {
+    format!("{prefix}:deleted")
+}
+
+/// How long a deleted subscription's name is remembered.
+const TOMBSTONE_TTL_MS: u64 = 24 * 3600 * 1000;
+
+/// Records that subscription `name` was deleted.
+pub async fn bury(
+    conn: &mut ConnectionManager,
+    prefix: &str,
+    name: &str,
+) -> redis::RedisResult<()> {
+    let now = crate::model::clock::now_ms();
+    let key = tombstones_key(prefix);
+    redis::pipe()
+        .cmd("ZADD")
+        .arg(&key)
+        .arg(now)
+        .arg(name)
+        .ignore()
+        .cmd("ZREMRANGEBYSCORE")
+        .arg(&key)
+        .arg("-inf")
+        .arg(now.saturating_sub(TOMBSTONE_TTL_MS))
+        .ignore()
+        .query_async(conn)
+        .await
+}
+
+/// Forgets that `name` was deleted (a new subscription of that name); true when it was.
+pub async fn unbury(
+    conn: &mut ConnectionManager,
+    prefix: &str,
+    name: &str,
+) -> redis::RedisResult<bool> {
+    let removed: i64 = redis::cmd("ZREM")
+        .arg(tombstones_key(prefix))
+        .arg(name)
+        .query_async(conn)
+        .await?;
+    Ok(removed > 0)
+}
+
+/// Every deleted subscription's name still remembered.
+pub async fn buried(
+    conn: &mut ConnectionManager,
+    prefix: &str,
+) -> redis::RedisResult<std::collections::HashSet<String>> {
+    redis::cmd("ZRANGE")
+        .arg(tombstones_key(prefix))
+        .arg(0)
+        .arg(-1)
+        .query_async(conn)
+        .await
+}

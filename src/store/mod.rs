@@ -4,6 +4,7 @@
 
 pub mod acks;
 pub mod audit;
+pub mod bounds;
 pub mod dlq;
 pub mod durability;
 pub mod groups;

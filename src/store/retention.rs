@@ -1,10 +1,12 @@
 //! Retention: trim floors that keep every entry a consumer group has not acked, and the task
-//! that recomputes them and applies `max_len`.
+//! that recomputes them, trims by age, and keeps each stream within its bounds (`max_len`,
+//! `max_bytes`, a share of Redis's memory) as its `when_full` says.
 //!
 //! Redis's XADD MINID/MAXLEN trimming removes entries still pending in a group, so the
 //! writers never trim above the floor computed here.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -12,7 +14,10 @@ use redis::aio::ConnectionManager;
 use redis::streams::{StreamInfoGroupsReply, StreamPendingReply};
 use redis::AsyncCommands;
 
+use super::bounds::{self, Moved};
+use super::groups::{buried, destroy_group};
 use crate::catalog::StreamCatalog;
+use crate::config::WhenFull;
 
 /// Per partition, the millisecond part of the oldest entry some group still needs.
 /// A partition with no groups has no floor. Writers take a snapshot once per batch
@@ -57,34 +62,45 @@ pub fn id_ms(id: &str) -> Option<u64> {
 }
 
 /// What the groups of one partition allow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct GroupState {
     /// Oldest millisecond some group still needs, if any group exists.
     pub floor_ms: Option<u64>,
-    /// True when no group has pending or unread entries (so MAXLEN trimming is safe).
+    /// True when no group has pending or unread entries.
     pub all_caught_up: bool,
+    /// Each group with the oldest millisecond it still needs.
+    pub groups: Vec<(String, u64)>,
 }
 
-/// Reads a partition's groups and computes its floor.
+/// Reads a partition's groups and computes its floor. Groups of deleted subscriptions
+/// (`buried`) are destroyed, not counted.
 pub async fn group_state(
     conn: &mut ConnectionManager,
     partition_key: &str,
+    buried: &HashSet<String>,
 ) -> redis::RedisResult<GroupState> {
     let reply: StreamInfoGroupsReply = match conn.xinfo_groups(partition_key).await {
         Ok(reply) => reply,
         Err(err) if err.to_string().contains("no such key") => {
             return Ok(GroupState {
-                floor_ms: None,
                 all_caught_up: true,
+                ..GroupState::default()
             })
         }
         Err(err) => return Err(err),
     };
-    let mut floor: Option<u64> = None;
-    let mut caught_up = true;
+    let mut state = GroupState {
+        all_caught_up: true,
+        ..GroupState::default()
+    };
     for group in &reply.groups {
+        if buried.contains(&group.name) {
+            tracing::info!(partition = %partition_key, group = %group.name, "consumer group of a deleted subscription removed");
+            destroy_group(conn, partition_key, &group.name).await?;
+            continue;
+        }
         let needed = if group.pending > 0 {
-            caught_up = false;
+            state.all_caught_up = false;
             let pending: StreamPendingReply = conn.xpending(partition_key, &group.name).await?;
             match pending {
                 StreamPendingReply::Data(data) => id_ms(&data.start_id),
@@ -92,74 +108,177 @@ pub async fn group_state(
             }
         } else {
             if group.lag != Some(0) {
-                caught_up = false;
+                state.all_caught_up = false;
             }
             id_ms(&group.last_delivered_id)
         };
         if let Some(ms) = needed {
-            floor = Some(floor.map_or(ms, |f: u64| f.min(ms)));
+            state.floor_ms = Some(state.floor_ms.map_or(ms, |f: u64| f.min(ms)));
+            state.groups.push((group.name.clone(), ms));
         }
     }
-    Ok(GroupState {
-        floor_ms: floor,
-        all_caught_up: caught_up,
-    })
+    Ok(state)
 }
 
-/// Recomputes every partition's floor, and applies `max_len` where no group lags.
+/// How the trimmer bounds storage.
+#[derive(Debug, Clone)]
+pub struct TrimSettings {
+    /// Key prefix (for the deleted subscriptions' names).
+    pub prefix: String,
+    /// Share of Redis's `maxmemory` for all streams; split evenly among the streams that
+    /// set no `max_bytes` of their own.
+    pub memory_share: f64,
+    /// Most entries in one dead-letter stream.
+    pub dlq_max_len: u64,
+    /// Whether a full dead-letter stream refuses (else it drops its oldest).
+    pub dlq_block: bool,
+}
+
+/// Trims XTRIM MINID `~` below `floor_ms`.
+async fn trim_below(
+    conn: &mut ConnectionManager,
+    key: &str,
+    floor_ms: u64,
+) -> redis::RedisResult<()> {
+    let _: i64 = redis::cmd("XTRIM")
+        .arg(key)
+        .arg("MINID")
+        .arg("~")
+        .arg(format!("{floor_ms}-0"))
+        .query_async(conn)
+        .await?;
+    Ok(())
+}
+
+/// Recomputes every partition's floor and trims by age; where a stream is over a bound
+/// (`max_len`, `max_bytes` or its share of Redis's memory), trims its acknowledged history
+/// down to the bound, then, for what its subscriptions have not acked, blocks the stream
+/// or moves those entries to their dead-letter streams, as its `when_full` says.
 pub async fn trim_once(
     catalog: &StreamCatalog,
     conn: &mut ConnectionManager,
     floors: &TrimFloors,
+    settings: &TrimSettings,
 ) -> redis::RedisResult<()> {
     let mut first_error = None;
-    for stream in catalog.streams() {
+    let buried = match buried(conn, &settings.prefix).await {
+        Ok(buried) => buried,
+        Err(err) => {
+            first_error.get_or_insert(err);
+            HashSet::new()
+        }
+    };
+    let streams = catalog.streams();
+    let maxmemory = super::durability::memory(conn)
+        .await
+        .map_or(0, |memory| memory.maxmemory);
+    let unbounded = streams
+        .iter()
+        .filter(|s| s.max_bytes.is_none())
+        .count()
+        .max(1);
+    let shared = (settings.memory_share > 0.0 && maxmemory > 0)
+        .then(|| (maxmemory as f64 * settings.memory_share) as u64 / unbounded as u64);
+    for stream in streams.iter() {
+        let max_bytes = stream.max_bytes.or(shared);
+        let bounds = Bounds {
+            max_len: stream.max_len,
+            partition_bytes: max_bytes.map(|b| b / u64::from(stream.partitions.max(1))),
+        };
+        let mut full = false;
         for key in &stream.partition_keys {
-            let state = match group_state(conn, key).await {
-                Ok(state) => state,
-                Err(err) => {
-                    // Keep the last known floor and go on with the other partitions.
-                    first_error.get_or_insert(err);
-                    continue;
+            let checked = async {
+                let state = group_state(conn, key, &buried).await?;
+                floors.set(key, state.floor_ms);
+                // By age, never above what a group still needs (the writers do the same
+                // as they append; this frees memory when nothing is appended).
+                let age_ms = crate::model::clock::now_ms()
+                    .saturating_sub(stream.max_age.as_millis() as u64);
+                trim_below(conn, key, state.floor_ms.map_or(age_ms, |f| f.min(age_ms))).await?;
+                if bounds.max_len.is_none() && bounds.partition_bytes.is_none() {
+                    return Ok(false);
                 }
-            };
-            floors.set(key, state.floor_ms);
-            // The writers trim as they append; this frees memory when nothing is appended
-            // (Redis full, or a quiet stream): never above what a group still needs.
-            let age_ms =
-                crate::model::clock::now_ms().saturating_sub(stream.max_age.as_millis() as u64);
-            let floor_ms = state.floor_ms.map_or(age_ms, |group| group.min(age_ms));
-            let trimmed: redis::RedisResult<i64> = redis::cmd("XTRIM")
-                .arg(&**key)
-                .arg("MINID")
-                .arg("~")
-                .arg(format!("{floor_ms}-0"))
-                .query_async(conn)
-                .await;
-            if let Err(err) = trimmed {
-                first_error.get_or_insert(err);
-            }
-            if let Some(max_len) = stream.max_len {
-                if state.all_caught_up {
-                    let trimmed: redis::RedisResult<i64> = redis::cmd("XTRIM")
-                        .arg(&**key)
-                        .arg("MAXLEN")
-                        .arg("~")
-                        .arg(max_len)
-                        .query_async(conn)
-                        .await;
-                    if let Err(err) = trimmed {
-                        first_error.get_or_insert(err);
+                let size = bounds::size(conn, key).await?;
+                if !bounds.over(&size) {
+                    return Ok(false);
+                }
+                let point = bounds::trim_point(&size, bounds.keep(&size));
+                // Acknowledged history goes first.
+                trim_below(conn, key, state.floor_ms.map_or(point, |f| f.min(point))).await?;
+                let behind: Vec<&(String, u64)> =
+                    state.groups.iter().filter(|(_, needed)| *needed < point).collect();
+                if behind.is_empty() {
+                    return Ok(false);
+                }
+                if stream.when_full == WhenFull::Block {
+                    tracing::warn!(partition = %key, "stream at its bound with entries not acked: publishes to it are refused until they are");
+                    return Ok(true);
+                }
+                let mut blocked = false;
+                for (group, _) in behind {
+                    let moved = bounds::move_unacked(
+                        conn,
+                        key,
+                        group,
+                        point,
+                        settings.dlq_max_len,
+                        settings.dlq_block,
+                    )
+                    .await?;
+                    match moved {
+                        Moved::Entries(0) => {}
+                        Moved::Entries(n) => tracing::warn!(partition = %key, subscription = %group, moved = n, "entries not acked moved to the dead-letter stream (reason retention)"),
+                        Moved::DeadLettersFull => {
+                            tracing::warn!(partition = %key, subscription = %group, "dead-letter stream full: the stream blocks instead");
+                            blocked = true;
+                        }
                     }
-                } else {
-                    tracing::debug!(partition = %key, "max_len not applied: a group has not acked");
+                }
+                let state = group_state(conn, key, &buried).await?;
+                floors.set(key, state.floor_ms);
+                trim_below(conn, key, state.floor_ms.map_or(point, |f| f.min(point))).await?;
+                Ok::<bool, redis::RedisError>(blocked)
+            }
+            .await;
+            match checked {
+                Ok(blocked) => full |= blocked,
+                // Keep the last known floor and go on with the other partitions.
+                Err(err) => {
+                    first_error.get_or_insert(err);
                 }
             }
         }
+        stream.full.store(full, Ordering::Relaxed);
     }
     match first_error {
         Some(err) => Err(err),
         None => Ok(()),
+    }
+}
+
+/// A stream's bounds per partition.
+struct Bounds {
+    max_len: Option<u64>,
+    partition_bytes: Option<u64>,
+}
+
+impl Bounds {
+    fn over(&self, size: &bounds::Size) -> bool {
+        self.max_len.is_some_and(|max| size.len > max)
+            || self.partition_bytes.is_some_and(|max| size.bytes > max)
+    }
+
+    /// How many entries to keep: the length bound, and nine tenths of the entries that fit
+    /// the byte bound (room before the next check).
+    fn keep(&self, size: &bounds::Size) -> u64 {
+        let by_len = self.max_len.unwrap_or(u64::MAX);
+        let by_bytes = match self.partition_bytes {
+            Some(max) if size.bytes > 0 => {
+                (size.len as f64 * max as f64 / size.bytes as f64 * 0.9) as u64
+            }
+            _ => u64::MAX,
+        };
+        by_len.min(by_bytes)
     }
 }
 
@@ -169,13 +288,16 @@ pub async fn run_trimmer(
     mut conn: ConnectionManager,
     floors: Arc<TrimFloors>,
     interval: Duration,
+    settings: TrimSettings,
     part: Arc<crate::health::Part>,
 ) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        let checked = part.round(trim_once(&catalog, &mut conn, &floors)).await;
+        let checked = part
+            .round(trim_once(&catalog, &mut conn, &floors, &settings))
+            .await;
         if let Some(Err(err)) = checked {
             tracing::warn!(error = %err, "retention check failed; will retry");
         }

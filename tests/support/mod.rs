@@ -21,7 +21,7 @@ pub use evrouter::auth::hash_token;
 pub use evrouter::catalog::partition_of;
 pub use evrouter::config::{
     AuthConfig, AuthMode, Config, DaprAppConfig, DaprPubsubConfig, Durability, JwtConfig,
-    KeyRuleConfig, PrincipalConfig, StreamConfig,
+    KeyRuleConfig, PrincipalConfig, StreamConfig, WhenFull,
 };
 pub use evrouter::health::Health;
 pub use evrouter::model::dead_letter::Failure;
