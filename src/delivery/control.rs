@@ -264,6 +264,7 @@ impl Runtime {
                 debt: 0,
                 takeover_wait: Duration::from_millis(context.sub.spec.timeout_ms) + DRAIN_MARGIN,
                 part: self.health.part(format!("reader:{name}:{index}")),
+                handoffs: self.handoffs.clone(),
             };
             tasks.insert(0, tokio::spawn(reader.run()));
         }

@@ -1,14 +1,16 @@
-//! Handoffs: which shards still have requests in flight for a partition being handed
-//! over. A handoff begins with every live shard owing a confirmation; a shard confirms once
-//! nothing of the partition is in flight with it and its acker has written everything it
-//! queued before (a barrier in the ack queue). The lease keeper releases the partition
-//! when no shard owes one. Touched on ownership changes only, never per event.
+//! Handoffs: which shards and readers still have work in flight for a partition being
+//! handed over. A handoff begins with every live shard and reader owing a confirmation; a
+//! shard confirms once nothing of the partition is in flight with it and its acker has
+//! written everything it queued before (a barrier in the ack queue); a reader once no read
+//! naming the partition is in flight (entries such a read hands this instance stay pending
+//! to it, and the next owner claims them after the release). The lease keeper releases the
+//! partition when nobody owes one. Touched on ownership changes only, never per event.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use crate::model::sync::lock;
-use crate::store::lease::Drains;
+use crate::store::lease::{Drains, HandoffBoard};
 
 /// The shards of every running subscription, and what each owes to each handoff.
 #[derive(Debug, Default)]
@@ -23,9 +25,9 @@ struct Inner {
     owed: HashMap<Arc<str>, HashSet<u64>>,
 }
 
-impl Handoffs {
-    /// A shard starts: its id.
-    pub fn join(&self) -> u64 {
+impl HandoffBoard for Handoffs {
+    /// A shard or reader starts: its id.
+    fn join(&self) -> u64 {
         let mut inner = lock(&self.inner);
         inner.next_id += 1;
         let id = inner.next_id;
@@ -33,8 +35,9 @@ impl Handoffs {
         id
     }
 
-    /// A shard stopped (everything it had in flight was answered): it owes nothing.
-    pub fn leave(&self, shard: u64) {
+    /// A shard or reader stopped (everything it had in flight was answered): it owes
+    /// nothing.
+    fn leave(&self, shard: u64) {
         let mut inner = lock(&self.inner);
         inner.shards.remove(&shard);
         for owed in inner.owed.values_mut() {
@@ -42,8 +45,9 @@ impl Handoffs {
         }
     }
 
-    /// A shard has nothing of `partition` in flight and its acks are written.
-    pub fn confirm(&self, partition: &str, shard: u64) {
+    /// A shard has nothing of `partition` in flight and its acks are written; a reader
+    /// has no read of it in flight.
+    fn confirm(&self, partition: &str, shard: u64) {
         if let Some(owed) = lock(&self.inner).owed.get_mut(partition) {
             owed.remove(&shard);
         }

@@ -179,6 +179,17 @@ pub struct LeaseSettings {
     pub drain_limit: Duration,
 }
 
+/// Where the parts that read and send (readers, shards) say they are done with a
+/// partition being handed over.
+pub trait HandoffBoard: Send + Sync {
+    /// A part starts: its id.
+    fn join(&self) -> u64;
+    /// The part has nothing of `partition` in flight (a read, a request, an ack).
+    fn confirm(&self, partition: &str, part: u64);
+    /// The part stopped: it owes nothing.
+    fn leave(&self, part: u64);
+}
+
 /// Who knows whether a draining partition's work is done: delivery, which holds the
 /// requests in flight and their acks.
 pub trait Drains: Send + Sync {

@@ -89,6 +89,8 @@ pub struct Reader<D> {
     pub takeover_wait: Duration,
     /// Its watched part: a round that panics is logged and retried.
     pub part: Arc<crate::health::Part>,
+    /// Where it says it has no read in flight for a partition being handed over.
+    pub handoffs: Arc<dyn super::lease::HandoffBoard>,
 }
 
 /// Whether a partition's pending entries are claimed.
@@ -107,9 +109,19 @@ impl<D: Dispatch> Reader<D> {
         let mut claimed: HashMap<Arc<str>, u64> = HashMap::new();
         // Partitions taken without a handoff, with when their pending entries may be claimed.
         let mut waiting: HashMap<Arc<str>, std::time::Instant> = HashMap::new();
+        // Partitions being handed over that this reader has said it is done with.
+        let handoff_id = self.handoffs.join();
+        let mut confirmed: std::collections::HashSet<Arc<str>> = std::collections::HashSet::new();
         let mut backoff = Duration::from_millis(50);
         while !*self.stop.borrow() {
             let owned = self.owned.borrow().clone();
+            // The last read (if it named a partition now draining) has returned: done.
+            confirmed.retain(|p| owned.draining(p));
+            for partition in owned.drains() {
+                if confirmed.insert(partition.clone()) {
+                    self.handoffs.confirm(partition, handoff_id);
+                }
+            }
             let keys: Vec<Arc<str>> = self
                 .partitions
                 .borrow()
@@ -204,6 +216,7 @@ impl<D: Dispatch> Reader<D> {
                 }
             }
         }
+        self.handoffs.leave(handoff_id);
     }
 
     /// Whether this reader reads the partition `key`.

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use super::Shard;
 use crate::store::acks::{AckOp, Barrier};
+use crate::store::lease::HandoffBoard;
 
 impl Shard {
     /// Confirms every partition being handed over that this shard has nothing of in

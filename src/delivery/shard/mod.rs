@@ -27,7 +27,7 @@ use crate::model::clock::now_ms;
 use crate::model::dead_letter::Failure;
 use crate::model::subscription::Ordering;
 use crate::store::acks::AckOp;
-use crate::store::lease::Owned;
+use crate::store::lease::{HandoffBoard, Owned};
 
 /// One event on its way to a subscriber.
 #[derive(Debug)]
@@ -332,6 +332,7 @@ impl Shard {
             return;
         };
         self.held.remove(&(head.partition.clone(), head.id.clone()));
+        let sequence = head.sequence;
         // The acker frees the event's permit once its ack (or dead letter) is written.
         if ack {
             self.queue_ack(AckOp::Ack {
@@ -341,6 +342,10 @@ impl Shard {
         }
         if !more {
             self.advance_if_idle(lane);
+        } else if let Some(done) = sequence {
+            // Every event of the key up to this one is done: a new owner after a handoff
+            // or a crash goes on from the next, not from the last time the lane was empty.
+            self.advance_past(lane, done);
         }
         self.ctx
             .stats

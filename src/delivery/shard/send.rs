@@ -45,12 +45,16 @@ impl Shard {
             }
             let endpoint = match self.ctx.subscriber.pick() {
                 Ok(endpoint) => endpoint,
-                Err(_) => {
+                Err(retry_at) => {
                     // Every endpoint's breaker is open (or probing): the attempt fails
-                    // at once and counts, so an endpoint that stays down sends its
-                    // events to the DLQ after `max_attempts` backoffs, not cooldowns.
+                    // at once and counts, and the lane waits its backoff or until the
+                    // next probe, whichever is later. An endpoint that stays down sends
+                    // every event to the DLQ after `max_attempts` such waits, all events
+                    // at once rather than one probe per cooldown each.
+                    let cooldown = std::time::Duration::from_millis(spec.breaker.cooldown_ms);
+                    let probe = retry_at.unwrap_or_else(|| Instant::now() + cooldown);
                     for lane in lanes {
-                        self.fail_fast(&lane);
+                        self.fail_fast(&lane, probe);
                     }
                     continue;
                 }
@@ -246,7 +250,7 @@ impl Shard {
 
     /// An attempt of the head of `lane` that could not be sent (no endpoint takes
     /// requests): counted and decided like a failed one.
-    fn fail_fast(&mut self, lane: &Arc<str>) {
+    fn fail_fast(&mut self, lane: &Arc<str>, not_before: Instant) {
         let spec = self.ctx.sub.spec.clone();
         let Some(head) = self.lanes.head_mut(lane) else {
             return;
@@ -262,8 +266,8 @@ impl Shard {
                 head.last_error = Some(reason);
                 SubscriptionStats::bump(&self.ctx.stats.retried);
                 self.timer_seq += 1;
-                self.timers
-                    .insert((Instant::now() + after, self.timer_seq), lane.clone());
+                let at = (Instant::now() + after).max(not_before);
+                self.timers.insert((at, self.timer_seq), lane.clone());
             }
             Decision::Exhausted { reason } => {
                 head.last_error = Some(reason);

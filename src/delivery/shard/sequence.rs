@@ -181,19 +181,33 @@ impl Shard {
         let Some(next) = buffer.next_expected(lane) else {
             return;
         };
-        // Only while the lease is held (handed over or not): after it moved, a dead letter
+        // Written only while the lease is this instance's, checked by the script that
+        // writes it (not here, where a lapse of the local validity under load would lose
+        // the number of an event delivered and acked): after the lease moved, a dead letter
         // of ours may have been refused and its entry left to the new owner, which must
-        // not find it counted as done. The script that writes it checks the lease again.
+        // not find it counted as done.
         let partition = partition_of_lane(lane);
-        if !self.ctx.owned.borrow().leased(partition) {
-            return;
-        }
         // Not forgotten as idle before this is written.
         buffer.touch(lane, Instant::now());
         let op = AckOp::Advance {
             partition: Arc::from(partition),
             key: state_key(lane, &self.ctx.sub.spec.name),
             next,
+        };
+        if let Err(err) = self.ctx.acks.try_send(op) {
+            tracing::warn!(error = %err, "sequence state not recorded");
+        }
+    }
+
+    /// Records that a key's events up to `done` are done with (its lane goes on).
+    pub(super) fn advance_past(&mut self, lane: &Arc<str>, done: u64) {
+        if self.reorder.is_none() {
+            return;
+        }
+        let op = AckOp::Advance {
+            partition: Arc::from(partition_of_lane(lane)),
+            key: state_key(lane, &self.ctx.sub.spec.name),
+            next: done.saturating_add(1),
         };
         if let Err(err) = self.ctx.acks.try_send(op) {
             tracing::warn!(error = %err, "sequence state not recorded");
@@ -207,8 +221,10 @@ impl Shard {
         let owned = self.ctx.owned.borrow_and_update().clone();
         let before = std::mem::replace(&mut self.owned_before, owned.clone());
         // Renewals publish a new set every round: look at the keys only when a partition
-        // held before is not held now.
-        if before.partitions().all(|p| owned.holds(p)) {
+        // held before is not held now, or held under a new tenure (lost and taken again
+        // between two looks: another owner may have moved its keys on meanwhile).
+        let kept = |p: &str| owned.holds(p) && owned.tenure(p) == before.tenure(p);
+        if before.partitions().all(|p| kept(p)) {
             return;
         }
         // A key of a partition being handed over keeps its state while an event of it is
@@ -217,7 +233,9 @@ impl Shard {
         let lanes = &self.lanes;
         let lost = |lane: &str| {
             let partition = partition_of_lane(lane);
-            !owned.leased(partition) || (owned.draining(partition) && !lanes.contains(lane))
+            !owned.leased(partition)
+                || owned.tenure(partition) != before.tenure(partition)
+                || (owned.draining(partition) && !lanes.contains(lane))
         };
         let mut dropped = match self.reorder.as_mut() {
             Some(buffer) => buffer.forget(lost),
