@@ -9,6 +9,7 @@ pub mod api;
 pub mod dapr_app;
 pub mod events;
 pub mod process;
+pub mod proxy;
 pub mod redis_server;
 pub mod router;
 pub mod secured;
@@ -55,4 +56,11 @@ pub fn init_logs() {
         )
         .with_test_writer()
         .try_init();
+}
+
+/// Tests that run several evrouter processes take this first, so that two of them never
+/// share the machine's cores (their lease timings assume a machine that is not starved).
+pub async fn heavy() -> tokio::sync::MutexGuard<'static, ()> {
+    static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    HEAVY.lock().await
 }

@@ -8,6 +8,9 @@ use std::time::Duration;
 
 use super::{client, free_port, RedisServer, RouterApi};
 
+/// libfaketime, from Debian's `faketime` package.
+const FAKETIME_LIB: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
 /// How much of the end of the log a failing test prints.
 const LOG_TAIL_BYTES: u64 = 64 * 1024;
 
@@ -27,12 +30,34 @@ impl RouterProcess {
     /// and waits until it answers. Logs at `EVR_LOG` when the test run sets it, else at
     /// evrouter's info level.
     pub async fn start(redis: &RedisServer, config: Option<&Path>) -> Self {
+        Self::launch(redis, config, None).await
+    }
+
+    /// Starts it with its clock shifted by `offset` (libfaketime's `FAKETIME`, e.g.
+    /// `+1h`).
+    pub async fn start_with_clock(
+        redis: &RedisServer,
+        config: Option<&Path>,
+        offset: &str,
+    ) -> Self {
+        Self::launch(redis, config, Some(offset)).await
+    }
+
+    async fn launch(redis: &RedisServer, config: Option<&Path>, clock: Option<&str>) -> Self {
         let port = free_port();
         let log = tempfile::NamedTempFile::new().expect("log file");
         let output = |log: &tempfile::NamedTempFile| {
             Stdio::from(log.as_file().try_clone().expect("log file handle"))
         };
         let mut command = Command::new(env!("CARGO_BIN_EXE_evrouter"));
+        if let Some(offset) = clock {
+            // libfaketime preloaded into evrouter itself (the `faketime` wrapper would
+            // stay in between, and a signal to it would not reach evrouter).
+            command
+                .env("LD_PRELOAD", FAKETIME_LIB)
+                .env("FAKETIME", offset)
+                .env("FAKETIME_DONT_RESET", "1");
+        }
         command.arg("serve");
         if let Some(config) = config {
             command.arg("--config").arg(config);

@@ -215,11 +215,8 @@ impl Shard {
                     self.confirm_drained();
                 }
                 Some(restored) = self.restored_rx.recv() => self.on_restored(restored),
-                delivery = self.rx.recv(), if !self.stopping => match delivery {
-                    Some(delivery) => self.on_delivery(delivery),
-                    None => self.stopping = true,
-                },
-                _ = self.stop.changed(), if !self.stopping => self.stopping = true,
+                // Before deliveries: an event read under a new tenure must meet the key
+                // state of that tenure, not one from before a lapse.
                 changed = self.ctx.owned.changed() => match changed {
                     Ok(()) => {
                         if self.reorder.is_some() {
@@ -231,6 +228,11 @@ impl Shard {
                     }
                     Err(_) => self.stopping = true,
                 },
+                delivery = self.rx.recv(), if !self.stopping => match delivery {
+                    Some(delivery) => self.on_delivery(delivery),
+                    None => self.stopping = true,
+                },
+                _ = self.stop.changed(), if !self.stopping => self.stopping = true,
                 _ = sleep_until(wake), if wake.is_some() => self.on_wake(),
             }
         }

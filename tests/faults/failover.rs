@@ -2,16 +2,14 @@
 //! killed (kill -9) or paused past its lease, the others take its partitions over without
 //! losing an event or breaking per-key order.
 
-mod support;
-
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::process::RouterProcess;
+use crate::support::subscriber::{distinct_events, Received, Subscriber};
+use crate::support::{eventually, keyed_event, RedisServer, RouterApi};
 use serde_json::Value;
-use support::process::RouterProcess;
-use support::subscriber::{distinct_events, Received, Subscriber};
-use support::{eventually, keyed_event, RedisServer, RouterApi};
 
 /// A subscriber answering 200 after 2 ms, and two evrouter processes subscribed to it
 /// (the folder holds their config and must outlive them).
@@ -102,6 +100,7 @@ async fn publish_rounds(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_split_partitions_and_kill_9_loses_nothing() {
+    let _heavy = crate::support::heavy().await;
     let redis = RedisServer::start();
     let (subscriber, _dir, a, b) = two_instances(&redis).await;
     let mut published = HashMap::new();
@@ -160,9 +159,9 @@ fn failing_config(
 }
 
 /// The subscriber's rule: events whose `data.seq` is a multiple of five always fail.
-fn every_fifth_fails() -> support::subscriber::Rule {
+fn every_fifth_fails() -> crate::support::subscriber::Rule {
     Arc::new(|r: &Received| {
-        if r.seq.is_some_and(|s| s % 5 == 0) {
+        if r.seq.is_some_and(|s| s.is_multiple_of(5)) {
             (500, String::new())
         } else {
             (200, String::new())
@@ -177,7 +176,7 @@ async fn assert_settled(
     subscriber: &Subscriber,
     published: &HashMap<String, Vec<u64>>,
 ) {
-    let should_fail = |seq: u64| seq % 5 == 0;
+    let should_fail = |seq: u64| seq.is_multiple_of(5);
     let expected_dead: usize = published
         .values()
         .map(|seqs| seqs.iter().filter(|s| should_fail(**s)).count())
@@ -186,7 +185,7 @@ async fn assert_settled(
     let done = tokio::time::timeout(
         Duration::from_secs(60),
         subscriber.wait_until(Duration::from_secs(60), "every success", |log| {
-            support::subscriber::distinct_successes(log) >= expected_ok
+            crate::support::subscriber::distinct_successes(log) >= expected_ok
         }),
     )
     .await;
@@ -214,7 +213,7 @@ async fn assert_settled(
         missing.sort();
         eprintln!("missing successes: {missing:?}");
     }
-    if done.is_err() || std::env::var("EVR_TEST_DEBUG").is_ok() {
+    if done.is_err() {
         let mut conn = redis.conn();
         let keys: Vec<String> = redis::cmd("KEYS")
             .arg("evr:{order.*}")
@@ -238,8 +237,8 @@ async fn assert_settled(
             eprintln!("{key} lease={lease:?} pending={pending:?} groups={groups:?}");
         }
     }
-    support::eventually(Duration::from_secs(30), async || {
-        let dead: HashSet<(String, String)> = support::dlq_entries(redis, "fulfillment")
+    crate::support::eventually(Duration::from_secs(30), async || {
+        let dead: HashSet<(String, String)> = crate::support::dlq_entries(redis, "fulfillment")
             .into_iter()
             .filter_map(|d| Some((d.get("partition")?.clone(), d.get("source_id")?.clone())))
             .collect();
@@ -256,7 +255,7 @@ async fn assert_settled(
         .query(&mut conn)
         .expect("keys");
     for key in keys.iter().filter(|k| k.ends_with('}')) {
-        support::eventually(Duration::from_secs(30), async || {
+        crate::support::eventually(Duration::from_secs(30), async || {
             let pending: redis::streams::StreamPendingReply = redis::cmd("XPENDING")
                 .arg(key)
                 .arg("fulfillment")
@@ -313,10 +312,7 @@ async fn pause_and_resume(extra: &str, sequenced: bool) {
             let batch: Vec<Value> = (0..30)
                 .map(|k| {
                     let key = format!("ord_{k}");
-                    published
-                        .entry(key.clone())
-                        .or_insert_with(Vec::new)
-                        .push(seq);
+                    published.entry(key.clone()).or_default().push(seq);
                     let mut event = keyed_event(seq * 1000 + k as u64, &key, seq);
                     if sequenced {
                         event["metadata"]["sequence"] = serde_json::json!(seq + 1);
@@ -377,6 +373,7 @@ async fn pause_and_resume(extra: &str, sequenced: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_instance_loses_its_partitions_and_nothing_is_lost() {
+    let _heavy = crate::support::heavy().await;
     pause_and_resume("", false).await;
 }
 
@@ -385,6 +382,7 @@ async fn a_paused_instance_loses_its_partitions_and_nothing_is_lost() {
 /// when the partitions come back to it nothing is skipped or lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_sequence_owner_resumed_after_the_new_owner_advanced_loses_nothing() {
+    let _heavy = crate::support::heavy().await;
     pause_and_resume(
         "ordering = \"sequence\"\nreorder = { timeout_ms = 60000, on_timeout = \"dead_letter\" }",
         true,

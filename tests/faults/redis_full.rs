@@ -3,18 +3,16 @@
 //! comes back as acks let trimming run, and publishes are taken again. An eviction policy
 //! that could drop evrouter's keys is refused under `durability = "strict"`.
 
-mod support;
-
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{json, Value};
-use support::subscriber::Subscriber;
-use support::{
+use crate::support::subscriber::Subscriber;
+use crate::support::{
     dlq_entries, eventually, fast_retries, order_event, test_config, Durability, RedisServer,
     RouterApi, RunError, StreamConfig, TestRouter,
 };
+use serde_json::{json, Value};
 
 fn stored_entries(redis: &RedisServer) -> usize {
     let mut conn = redis.conn();
@@ -175,10 +173,10 @@ async fn a_full_redis_refuses_publishes_whole_keeps_delivering_and_recovers() {
     .await;
     let delivered = subscriber
         .wait_until(Duration::from_secs(60), "every accepted event", |log| {
-            support::subscriber::distinct_successes(log) > accepted
+            crate::support::subscriber::distinct_successes(log) > accepted
         })
         .await;
-    assert!(support::subscriber::distinct_successes(&delivered) > accepted);
+    assert!(crate::support::subscriber::distinct_successes(&delivered) > accepted);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -200,7 +198,7 @@ async fn strict_durability_refuses_a_redis_that_may_evict() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
-    let result = support::run_router(config, listener, async {}).await;
+    let result = crate::support::run_router(config, listener, async {}).await;
     match result {
         Err(RunError::Evicting(why)) => assert!(why.contains("allkeys-lru"), "{why}"),
         other => panic!("expected a refusal, got {other:?}"),

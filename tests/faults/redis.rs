@@ -1,17 +1,15 @@
 //! Redis failures and shutdown: 503 with Retry-After instead of hangs or false 2xx,
 //! recovery when Redis returns, and every acknowledged event present afterwards.
 
-mod support;
-
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::Value;
-use support::{
+use crate::support::{
     client, order_event, test_config, Durability, RedisServer, RouterApi, RunError, TestRouter,
 };
+use serde_json::Value;
 
 /// Eight publishers keep publishing while Redis is killed and restarted: writes in flight
 /// at the kill must not be acknowledged unless stored.

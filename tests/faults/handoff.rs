@@ -5,17 +5,15 @@
 //! a newer event of that key was answered 2xx; every event arrives, and every instance
 //! exits 0.
 
-mod support;
-
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::process::RouterProcess;
+use crate::support::subscriber::{distinct_events, inversions, Subscriber};
+use crate::support::{keyed_event, RedisServer};
 use serde_json::Value;
-use support::process::RouterProcess;
-use support::subscriber::{distinct_events, inversions, Subscriber};
-use support::{keyed_event, RedisServer};
 
 fn write_config(dir: &tempfile::TempDir, subscriber: &Subscriber) -> std::path::PathBuf {
     let path = dir.path().join("evrouter.toml");
@@ -43,6 +41,7 @@ max_attempts = 100
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instances_joining_and_leaving_under_load_never_invert_a_key() {
+    let _heavy = crate::support::heavy().await;
     let redis = RedisServer::start();
     let subscriber = Subscriber::start_with_delays(
         Arc::new(|_| (200, String::new())),
@@ -62,7 +61,7 @@ async fn instances_joining_and_leaving_under_load_never_invert_a_key() {
     let load = {
         let stop = stop.clone();
         tokio::spawn(async move {
-            let http = support::client();
+            let http = crate::support::client();
             let mut published: HashMap<String, Vec<u64>> = HashMap::new();
             let mut seq = 0u64;
             while !stop.load(Ordering::Relaxed) {

@@ -3,11 +3,9 @@
 //! the write runs (not when it was queued), and a sequence number only moves forward. A
 //! dead-letter move leaves nothing of the event pending.
 
-mod support;
-
 use std::sync::Arc;
 
-use support::{AckOp, Acker, Barrier, Failure, Health, RedisServer};
+use crate::support::{AckOp, Acker, Barrier, Failure, Health, RedisServer};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 const PARTITION: &str = "evr:{order.0}";

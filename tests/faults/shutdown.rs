@@ -2,15 +2,13 @@
 //! them. Read-ahead is bounded: a subscriber that never answers does not make evrouter's
 //! memory grow with the backlog.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::process::RouterProcess;
+use crate::support::subscriber::{distinct_events, Subscriber};
+use crate::support::{keyed_event, test_config, RedisServer, RouterApi, TestRouter};
 use serde_json::{json, Value};
-use support::process::RouterProcess;
-use support::subscriber::{distinct_events, Subscriber};
-use support::{keyed_event, test_config, RedisServer, RouterApi, TestRouter};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_leaves_unfinished_events_pending_and_the_next_run_delivers_them() {
