@@ -162,6 +162,11 @@ impl LiveBodies {
         }
     }
 
+    /// The numeric id of the next event (its `event_id` ends in it).
+    pub fn next_id(&self) -> u64 {
+        self.connection * 1_000_000_000_000 + self.next_event
+    }
+
     /// A request body of `batch` events of `topic` (an object when `batch` is 1), and the
     /// last event's entity key. With `dapr`, a batch is a Dapr bulk publish body whose
     /// entries carry their key as `partitionKey`.

@@ -31,10 +31,16 @@ struct WorkerStats {
     events_published: u64,
     errors: BTreeMap<String, u64>,
     last_done: Option<Instant>,
+    /// The events of every request answered 2xx: (first id, count).
+    acked: Vec<(u64, u32)>,
 }
 
 /// Runs the load against evrouter and reports on the measured window.
-pub async fn run(args: &Args) -> anyhow::Result<Report> {
+pub async fn run(
+    args: &Args,
+    chaos: Option<Arc<tokio::sync::Mutex<crate::spawn::System>>>,
+    routers: Vec<String>,
+) -> anyhow::Result<Report> {
     let batch = args.batch.max(1);
     let bodies = Arc::new(bodies::request_bodies(512, batch, args.keys));
     let mix = Arc::new(match args.scenario.as_str() {
@@ -64,6 +70,12 @@ pub async fn run(args: &Args) -> anyhow::Result<Report> {
                 .as_micros() as u64;
         sink.set_window(from, from + args.duration.as_micros() as u64);
     }
+    let chaos = chaos.map(|system| tokio::spawn(crate::chaos::run(system, measure_from, end)));
+    let authorities: Vec<String> = routers
+        .iter()
+        .filter_map(|r| r.parse::<Uri>().ok())
+        .filter_map(|u| u.authority().map(|a| a.as_str().to_string()))
+        .collect();
     let capacity = ((requests_per_sec * 10.0) as usize).max(1024);
     let (tx, rx) = async_channel::bounded::<Job>(capacity);
 
@@ -115,7 +127,8 @@ pub async fn run(args: &Args) -> anyhow::Result<Report> {
             Source::Fixed(bodies.clone())
         };
         let target = Target {
-            uri: uri.clone(),
+            authorities: authorities.clone(),
+            current: index % authorities.len().max(1),
             mix: mix.clone(),
             rng: fastrand::Rng::with_seed(index as u64 + 1),
             dapr,
@@ -147,8 +160,10 @@ pub async fn run(args: &Args) -> anyhow::Result<Report> {
     let mut events_published = 0;
     let mut errors = BTreeMap::new();
     let mut last_done = measure_from;
+    let mut acked = Vec::new();
     for worker in workers {
-        let stats = worker.await??;
+        let mut stats = worker.await??;
+        acked.append(&mut stats.acked);
         latency.add(&stats.latency)?;
         requests_ok += stats.requests_ok;
         events_published += stats.events_published;
@@ -166,11 +181,16 @@ pub async fn run(args: &Args) -> anyhow::Result<Report> {
     let elapsed = (last_done - measure_from).max(args.duration).as_secs_f64();
     let events_ok = requests_ok * batch as u64;
     let timeline = progress.await.unwrap_or_default();
+    let chaos = match chaos {
+        Some(task) => Some(task.await?),
+        None => None,
+    };
     let end_to_end = match sink {
-        Some(sink) => Some(drain(args, sink, events_published).await?),
+        Some(sink) => Some(drain(args, sink, events_published, &acked).await?),
         None => None,
     };
     Ok(Report {
+        chaos,
         end_to_end,
         scenario: args.scenario.clone(),
         raw_read_events_per_sec: None,
@@ -207,7 +227,9 @@ fn unix_us() -> u64 {
 
 /// Where a worker's requests go.
 struct Target {
-    uri: Uri,
+    /// Every instance's `host:port`; a worker moves to the next when its connection fails.
+    authorities: Vec<String>,
+    current: usize,
     mix: Arc<Mix>,
     rng: fastrand::Rng,
     /// Publish through the Dapr API.
@@ -230,14 +252,20 @@ async fn worker(
         events_published: 0,
         errors: BTreeMap::new(),
         last_done: None,
+        acked: Vec::new(),
     };
-    let authority = target.uri.authority().context("URL has no host")?.clone();
+    anyhow::ensure!(!target.authorities.is_empty(), "no evrouter to publish to");
     let mut sender = None;
     while let Ok(job) = rx.recv().await {
+        let authority = target.authorities[target.current].clone();
         if sender.is_none() {
             sender = connect(authority.as_str()).await.ok();
         }
         let topic = target.mix.pick(&mut target.rng).to_string();
+        let first_id = match &source {
+            Source::Live(bodies, _) => bodies.next_id(),
+            Source::Fixed(_) => 0,
+        };
         let (body, events, key) = match &mut source {
             Source::Fixed(bodies) => (bodies[job.body].clone(), 0, String::new()),
             Source::Live(bodies, batch) => {
@@ -258,13 +286,18 @@ async fn worker(
             None => Err("connect".to_string()),
         };
         let done = Instant::now();
-        if outcome.is_err() {
+        if !matches!(outcome, Ok(200 | 204 | 400..=499)) {
+            // No answer, or one that says to try elsewhere: the next instance.
             sender = None;
+            target.current = (target.current + 1) % target.authorities.len();
         }
         // evrouter's API answers 200, Dapr's 204.
         let stored = matches!(outcome, Ok(200 | 204));
         if stored {
             stats.events_published += events;
+            if events > 0 {
+                stats.acked.push((first_id, events as u32));
+            }
         }
         if job.intended < measure_from || job.intended >= end {
             continue;
@@ -433,12 +466,32 @@ async fn admin(args: &Args, method: &str, path: &str, body: Option<String>) -> a
     Ok(response.status().as_u16())
 }
 
-/// Waits until every published event has arrived (or the drain period ends), then reports.
-async fn drain(args: &Args, sink: Sink, published: u64) -> anyhow::Result<EndToEnd> {
+/// Waits until every acknowledged event has arrived (or the drain period ends), then
+/// reports; lost events are those acknowledged (2xx) and never delivered, by id.
+async fn drain(
+    args: &Args,
+    sink: Sink,
+    published: u64,
+    acked: &[(u64, u32)],
+) -> anyhow::Result<EndToEnd> {
     let deadline = Instant::now() + args.drain;
-    while sink.unique() < published && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    let missing = |sink: &Sink| -> u64 {
+        let Ok(state) = sink.state.lock() else {
+            return u64::MAX;
+        };
+        acked
+            .iter()
+            .flat_map(|(first, n)| *first..*first + u64::from(*n))
+            .filter(|id| !state.has(*id))
+            .count() as u64
+    };
+    while Instant::now() < deadline {
+        if sink.unique() >= published && missing(&sink) == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    let lost = missing(&sink);
     let _ = admin(args, "DELETE", "/v1/subscriptions/loadtest", None).await;
     let state = sink
         .state
@@ -448,7 +501,7 @@ async fn drain(args: &Args, sink: Sink, published: u64) -> anyhow::Result<EndToE
         subscription_mode: args.subscription_mode.clone().unwrap_or_default(),
         published,
         delivered_unique: state.unique,
-        lost: published.saturating_sub(state.unique),
+        lost,
         duplicates: state.duplicates,
         order_violations: if args.ordering != "none" {
             state.order_violations

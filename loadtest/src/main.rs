@@ -3,6 +3,7 @@
 //! entries, and prints a summary and a JSON report.
 
 mod bodies;
+mod chaos;
 mod chart;
 mod http;
 mod progress;
@@ -94,9 +95,24 @@ pub struct Args {
     /// The noisy publisher's quota with `--spawn` (events/s).
     #[arg(long, default_value_t = 5_000)]
     pub noisy_quota: u32,
-    /// Fail (exit 1) when any event is lost or out of order (for CI smoke runs).
+    /// Fail (exit 1) when an event answered 2xx was never delivered (compared by id),
+    /// when events arrived out of order or more than `--max-duplicates` times again, when a
+    /// publish got an answer other than 2xx (except under `--chaos`), or when a spawned
+    /// evrouter did not exit 0 on SIGTERM (for CI smoke runs).
     #[arg(long)]
     pub check: bool,
+    /// Deliveries of an event beyond its first that `--check` allows.
+    #[arg(long, default_value_t = 0)]
+    pub max_duplicates: u64,
+    /// With `--spawn`: this many evrouter instances over one Redis; publishes are spread
+    /// over them (a connection moves to the next instance when its own fails).
+    #[arg(long, default_value_t = 1)]
+    pub instances: usize,
+    /// With `--spawn`: a durable Redis (appendfsync always), and every 4–10 s one fault at
+    /// random: an instance stopped (SIGTERM, must exit 0) or killed (SIGKILL) and started
+    /// again, paused (SIGSTOP) for 2–6 s, or Redis killed and started again.
+    #[arg(long)]
+    pub chaos: bool,
     /// Write an SVG chart of latency percentiles over time here.
     #[arg(long)]
     pub chart: Option<PathBuf>,
@@ -119,26 +135,30 @@ async fn main() -> anyhow::Result<()> {
             args.evrouter_bin.clone(),
             args.token.as_deref(),
             args.noisy_rate.map(|_| args.noisy_quota),
+            args.instances,
+            args.chaos,
         )
         .await?;
         args.router = system.router.clone();
-        Some(system)
+        Some(std::sync::Arc::new(tokio::sync::Mutex::new(system)))
     } else {
         None
     };
+    let routers = match &spawned {
+        Some(system) => system.lock().await.routers.clone(),
+        None => vec![args.router.clone()],
+    };
+    let chaos = spawned.clone().filter(|_| args.chaos);
     let result = match &args.raw_redis {
         Some(url) => raw::run(&args, url).await,
-        None => http::run(&args).await,
+        None => http::run(&args, chaos, routers).await,
     };
-    let mut report = match result {
-        Ok(report) => report,
-        Err(err) => {
-            drop(spawned);
-            return Err(err);
-        }
-    };
+    let mut report = result?;
+    let mut clean_exits = true;
     if let Some(system) = &spawned {
+        let mut system = system.lock().await;
         report.cpu_seconds = Some(system.cpu_seconds());
+        clean_exits = system.stop().await.iter().all(|clean| *clean);
     }
     drop(spawned);
     report.print();
@@ -158,8 +178,30 @@ async fn main() -> anyhow::Result<()> {
                 e2e.lost,
                 e2e.order_violations
             );
+            anyhow::ensure!(
+                e2e.duplicates <= args.max_duplicates,
+                "check failed: {} duplicates (allowed {})",
+                e2e.duplicates,
+                args.max_duplicates
+            );
         }
         anyhow::ensure!(report.events_ok > 0, "check failed: nothing was published");
+        anyhow::ensure!(
+            args.chaos || report.errors_by_status.is_empty(),
+            "check failed: publishes answered {:?}",
+            report.errors_by_status
+        );
+        anyhow::ensure!(
+            clean_exits,
+            "check failed: an evrouter did not exit 0 on SIGTERM"
+        );
+        if let Some(chaos) = &report.chaos {
+            anyhow::ensure!(
+                chaos.unclean_exits == 0,
+                "check failed: {} SIGTERMs did not end in exit 0",
+                chaos.unclean_exits
+            );
+        }
     }
     Ok(())
 }

@@ -150,6 +150,7 @@ pub async fn run(args: &Args, url: &str) -> anyhow::Result<Report> {
     }
     let secs = elapsed.as_secs_f64();
     Ok(Report {
+        chaos: None,
         end_to_end: None,
         mode: format!(
             "raw pipelined XADD to {url} (depth {}, {PIPELINES_IN_FLIGHT} in flight)",

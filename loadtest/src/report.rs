@@ -48,6 +48,8 @@ pub struct EndToEnd {
 #[derive(Debug, Serialize)]
 pub struct Report {
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub chaos: Option<crate::chaos::ChaosLog>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub end_to_end: Option<EndToEnd>,
     pub mode: String,
     pub offered_events_per_sec: u64,
@@ -92,6 +94,13 @@ impl Report {
     /// Prints a human summary.
     pub fn print(&self) {
         println!("mode               {}", self.mode);
+        if let Some(chaos) = &self.chaos {
+            println!(
+                "chaos              {} faults, {} SIGTERMs without exit 0",
+                chaos.faults.len(),
+                chaos.unclean_exits
+            );
+        }
         println!(
             "offered            {} events/s ({} per request, {} connections)",
             self.offered_events_per_sec, self.batch, self.connections

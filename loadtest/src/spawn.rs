@@ -1,5 +1,6 @@
-//! `--spawn`: a private redis-server and evrouter on free ports for one run, stopped at the
-//! end, with the CPU time each used.
+//! `--spawn`: a private redis-server and one or more evrouters on free ports for one run,
+//! stopped at the end (each evrouter with SIGTERM, its exit status kept), with the CPU
+//! time each used; `--chaos` kills, pauses and restarts them and Redis meanwhile.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -17,11 +18,18 @@ pub struct CpuSeconds {
 
 /// The spawned processes.
 pub struct System {
-    /// evrouter's base URL.
+    /// The first evrouter's base URL.
     pub router: String,
+    /// Every evrouter's base URL.
+    pub routers: Vec<String>,
     redis: Child,
-    evrouter: Child,
-    _dir: TempDir,
+    redis_port: u16,
+    durable: bool,
+    evrouters: Vec<Child>,
+    ports: Vec<u16>,
+    bin: PathBuf,
+    env: Vec<(String, String)>,
+    dir: TempDir,
 }
 
 /// A folder removed on drop.
@@ -53,34 +61,45 @@ fn cpu_seconds(pid: u32) -> f64 {
         .unwrap_or(0.0)
 }
 
+fn start_redis(dir: &std::path::Path, port: u16, durable: bool) -> anyhow::Result<Child> {
+    let persistence: &[&str] = if durable {
+        &["--appendonly", "yes", "--appendfsync", "always"]
+    } else {
+        &["--appendonly", "no"]
+    };
+    Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+        ])
+        .args(persistence)
+        .arg("--dir")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting redis-server (is it installed?)")
+}
+
 impl System {
-    /// Starts redis-server (no persistence) and evrouter, and waits until both answer.
+    /// Starts redis-server (durable or without persistence) and `instances` evrouters,
+    /// and waits until they answer.
     pub async fn start(
         evrouter_bin: Option<PathBuf>,
         token: Option<&str>,
         noisy_quota: Option<u32>,
+        instances: usize,
+        durable: bool,
     ) -> anyhow::Result<Self> {
         let dir = std::env::temp_dir().join(format!("loadtest-{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         let dir = TempDir(dir);
         let redis_port = free_port()?;
-        let redis = Command::new("redis-server")
-            .args([
-                "--port",
-                &redis_port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .arg("--dir")
-            .arg(&dir.0)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting redis-server (is it installed?)")?;
+        let redis = start_redis(&dir.0, redis_port, durable)?;
         let bin = match evrouter_bin {
             Some(bin) => bin,
             None => std::env::current_exe()?
@@ -88,8 +107,14 @@ impl System {
                 .context("no folder for the loadtest binary")?
                 .join("evrouter"),
         };
-        let port = free_port()?;
-        let mut command = Command::new(&bin);
+        let mut env = vec![
+            ("EVR_LOG".to_string(), "warn".to_string()),
+            // The built-in subscriber listens on loopback.
+            (
+                "EVR_WEBHOOKS__ALLOW".to_string(),
+                "[\"127.0.0.0/8\"]".to_string(),
+            ),
+        ];
         if let Some(token) = token {
             let noisy = match noisy_quota {
                 Some(quota) => format!(
@@ -98,64 +123,142 @@ impl System {
                 ),
                 None => String::new(),
             };
-            command.env("EVR_AUTH__MODE", "\"token\"").env(
-                "EVR_AUTH__PRINCIPALS",
+            env.push(("EVR_AUTH__MODE".into(), "\"token\"".into()));
+            env.push((
+                "EVR_AUTH__PRINCIPALS".into(),
                 format!(
                     "[{{name = \"loadtest\", token_sha256 = \"{}\", publish = [\">\"], subscribe = [\">\"], admin = true}}{noisy}]",
                     evrouter::auth::hash_token(token)
                 ),
-            );
+            ));
         }
-        let evrouter = command
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-            .args(["--redis", &format!("redis://127.0.0.1:{redis_port}")])
-            .env("EVR_LOG", "warn")
-            // The built-in subscriber listens on loopback.
-            .env("EVR_WEBHOOKS__ALLOW", "[\"127.0.0.0/8\"]")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        let system = Self {
-            router: format!("http://127.0.0.1:{port}"),
+        if durable {
+            env.push(("EVR_REDIS__DURABILITY".into(), "\"strict\"".into()));
+        }
+        let mut system = Self {
+            router: String::new(),
+            routers: Vec::new(),
             redis,
-            evrouter,
-            _dir: dir,
+            redis_port,
+            durable,
+            evrouters: Vec::new(),
+            ports: Vec::new(),
+            bin,
+            env,
+            dir,
         };
-        for _ in 0..200 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-            {
-                return Ok(system);
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
+        for _ in 0..instances.max(1) {
+            let port = free_port()?;
+            let child = system.spawn_evrouter(port)?;
+            system.evrouters.push(child);
+            system.ports.push(port);
+            system.routers.push(format!("http://127.0.0.1:{port}"));
         }
-        anyhow::bail!("evrouter did not start listening")
+        system.router = system.routers[0].clone();
+        for port in system.ports.clone() {
+            wait_for(port).await?;
+        }
+        Ok(system)
     }
 
-    /// CPU time used so far.
+    fn spawn_evrouter(&self, port: u16) -> anyhow::Result<Child> {
+        let mut command = Command::new(&self.bin);
+        command
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--redis", &format!("redis://127.0.0.1:{}", self.redis_port)])
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        command
+            .spawn()
+            .with_context(|| format!("starting {}", self.bin.display()))
+    }
+
+    /// Number of evrouter instances.
+    pub fn instances(&self) -> usize {
+        self.evrouters.len()
+    }
+
+    /// Sends `signal` (`TERM`, `KILL`, `STOP`, `CONT`) to instance `i`.
+    pub fn signal(&self, i: usize, signal: &str) {
+        if let Some(child) = self.evrouters.get(i) {
+            let _ = Command::new("kill")
+                .args([&format!("-{signal}"), &child.id().to_string()])
+                .status();
+        }
+    }
+
+    /// Waits for instance `i` to exit (after a signal); its exit status.
+    pub async fn reap(&mut self, i: usize, within: Duration) -> Option<std::process::ExitStatus> {
+        let child = self.evrouters.get_mut(i)?;
+        let deadline = std::time::Instant::now() + within;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = child.kill();
+        child.wait().ok()
+    }
+
+    /// Starts instance `i` again on its port.
+    pub async fn restart(&mut self, i: usize) -> anyhow::Result<()> {
+        let port = self.ports[i];
+        self.evrouters[i] = self.spawn_evrouter(port)?;
+        wait_for(port).await
+    }
+
+    /// Kills Redis (-9) and starts it again on the same port and folder.
+    pub fn restart_redis(&mut self) -> anyhow::Result<()> {
+        let _ = self.redis.kill();
+        let _ = self.redis.wait();
+        self.redis = start_redis(&self.dir.0, self.redis_port, self.durable)?;
+        Ok(())
+    }
+
+    /// CPU time used so far (every instance together).
     pub fn cpu_seconds(&self) -> CpuSeconds {
         CpuSeconds {
-            evrouter: cpu_seconds(self.evrouter.id()),
+            evrouter: self.evrouters.iter().map(|c| cpu_seconds(c.id())).sum(),
             redis: cpu_seconds(self.redis.id()),
         }
     }
+
+    /// Stops every instance with SIGTERM; whether each exited 0 within the shutdown budget.
+    pub async fn stop(&mut self) -> Vec<bool> {
+        for i in 0..self.evrouters.len() {
+            self.signal(i, "CONT");
+            self.signal(i, "TERM");
+        }
+        let mut clean = Vec::new();
+        for i in 0..self.evrouters.len() {
+            let status = self.reap(i, Duration::from_secs(30)).await;
+            clean.push(status.is_some_and(|status| status.success()));
+        }
+        clean
+    }
+}
+
+async fn wait_for(port: u16) -> anyhow::Result<()> {
+    for _ in 0..400 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    anyhow::bail!("evrouter did not start listening on port {port}")
 }
 
 impl Drop for System {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.evrouter.id().to_string()])
-            .status();
-        for _ in 0..100 {
-            if matches!(self.evrouter.try_wait(), Ok(Some(_))) {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        for child in &mut self.evrouters {
+            let _ = child.kill();
+            let _ = child.wait();
         }
-        let _ = self.evrouter.kill();
-        let _ = self.evrouter.wait();
         let _ = self.redis.kill();
         let _ = self.redis.wait();
     }
