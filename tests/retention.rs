@@ -188,6 +188,21 @@ fn stream_event_ids(redis: &RedisServer, key: &str) -> HashSet<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_at_max_len_blocks_while_a_subscription_lags_then_takes_publishes_again() {
+    let mut stream = one_partition_stream("30d");
+    stream.max_len = Some(200);
+    blocks_at_its_bound(stream).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_at_max_bytes_blocks_while_a_subscription_lags_then_takes_publishes_again() {
+    let mut stream = one_partition_stream("30d");
+    stream.max_bytes = Some(bytesize::ByteSize::kib(256));
+    blocks_at_its_bound(stream).await;
+}
+
+/// A lagging subscription blocks `stream` at its bound: 507 store_full for it alone,
+/// nothing accepted trimmed, and publishes accepted again once it catches up.
+async fn blocks_at_its_bound(stream: StreamConfig) {
     let redis = RedisServer::start();
     let healthy = Arc::new(AtomicBool::new(false));
     let subscriber = {
@@ -202,8 +217,6 @@ async fn a_stream_at_max_len_blocks_while_a_subscription_lags_then_takes_publish
         .await
     };
     let mut config = test_config(&redis);
-    let mut stream = one_partition_stream("30d");
-    stream.max_len = Some(200);
     config.streams.push(stream);
     config.retention.check_interval = "100ms".into();
     let router = TestRouter::start(config).await;

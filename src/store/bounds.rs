@@ -6,7 +6,6 @@ use redis::aio::ConnectionManager;
 use redis::streams::StreamRangeReply;
 
 use super::dlq::dlq_key;
-use super::retention::id_ms;
 
 /// Moves what group ARGV[1] has not acked below ARGV[2] (exclusive) from the stream KEYS[1]
 /// to the dead-letter stream KEYS[2]: pending entries are appended there and acked,
@@ -69,6 +68,11 @@ end
 if newest then redis.call('XGROUP', 'SETID', KEYS[1], ARGV[1], newest) end
 return moved
 ";
+
+/// The millisecond part of a stream id (`1700000000000-3` → `1700000000000`).
+pub fn id_ms(id: &str) -> Option<u64> {
+    id.split('-').next()?.parse().ok()
+}
 
 /// Most entries one move call takes.
 const MOVE_BATCH: usize = 1000;

@@ -14,7 +14,7 @@ use redis::aio::ConnectionManager;
 use redis::streams::{StreamInfoGroupsReply, StreamPendingReply};
 use redis::AsyncCommands;
 
-use super::bounds::{self, Moved};
+use super::bounds::{self, id_ms, Moved};
 use super::groups::{buried, destroy_group};
 use crate::catalog::StreamCatalog;
 use crate::config::WhenFull;
@@ -54,11 +54,6 @@ impl TrimFloors {
             }
         }
     }
-}
-
-/// The millisecond part of a stream id (`1700000000000-3` → `1700000000000`).
-pub fn id_ms(id: &str) -> Option<u64> {
-    id.split('-').next()?.parse().ok()
 }
 
 /// What the groups of one partition allow.

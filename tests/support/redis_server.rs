@@ -54,6 +54,8 @@ impl RedisServer {
             .arg("127.0.0.1")
             .arg("--dir")
             .arg(self.dir.path())
+            .arg("--logfile")
+            .arg(self.dir.path().join("redis.log"))
             .args(&self.args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -170,6 +172,16 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.signal("CONT");
         self.kill();
+        // A failing test shows what Redis said.
+        if std::thread::panicking() {
+            let log =
+                std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("--- redis-server on port {} (last lines) ---", self.port);
+            for line in tail.into_iter().rev() {
+                eprintln!("{line}");
+            }
+        }
     }
 }
 
