@@ -193,6 +193,11 @@ impl Shard {
     /// delivered stay pending in Redis for whoever reads the partition next.
     pub async fn run(mut self) {
         loop {
+            // Before anything else: an event read under a new tenure must meet the key
+            // state of that tenure, not one from before a lapse.
+            if self.ctx.owned.has_changed().unwrap_or(false) {
+                self.on_owned_changed();
+            }
             self.dispatch();
             self.restore_next_batch();
             if self.stopping && self.in_flight == 0 {
@@ -215,27 +220,30 @@ impl Shard {
                     self.confirm_drained();
                 }
                 Some(restored) = self.restored_rx.recv() => self.on_restored(restored),
-                // Before deliveries: an event read under a new tenure must meet the key
-                // state of that tenure, not one from before a lapse.
-                changed = self.ctx.owned.changed() => match changed {
-                    Ok(()) => {
-                        if self.reorder.is_some() {
-                            self.on_ownership_change();
-                        } else {
-                            self.ctx.owned.borrow_and_update();
-                        }
-                        self.confirm_drained();
-                    }
-                    Err(_) => self.stopping = true,
-                },
                 delivery = self.rx.recv(), if !self.stopping => match delivery {
                     Some(delivery) => self.on_delivery(delivery),
                     None => self.stopping = true,
                 },
                 _ = self.stop.changed(), if !self.stopping => self.stopping = true,
+                // Polled only when nothing else is ready (registering for the change on
+                // every turn costs a shared lock); the loop's first step catches up.
+                changed = self.ctx.owned.changed() => match changed {
+                    Ok(()) => self.on_owned_changed(),
+                    Err(_) => self.stopping = true,
+                },
                 _ = sleep_until(wake), if wake.is_some() => self.on_wake(),
             }
         }
+    }
+
+    /// The partitions held changed: sequence state follows, and handoffs are confirmed.
+    fn on_owned_changed(&mut self) {
+        if self.reorder.is_some() {
+            self.on_ownership_change();
+        } else {
+            self.ctx.owned.borrow_and_update();
+        }
+        self.confirm_drained();
     }
 
     fn on_delivery(&mut self, delivery: Delivery) {
