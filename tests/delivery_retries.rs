@@ -195,6 +195,19 @@ async fn read_ahead_is_bounded_in_bytes_too() {
         "{most} events of 10 KB in flight with a 64 KiB budget"
     );
     assert!(most >= 1);
+    // Seen from the subscriber too (arrival and answer of each request on its own clock):
+    // never more events in open requests at once than the budget holds.
+    let log = subscriber.received();
+    let open_at = |r: &Received| {
+        log.iter()
+            .filter(|o| o.arrived <= r.arrived && o.answered > r.arrived)
+            .count()
+    };
+    let widest = log.iter().map(open_at).max().unwrap_or(0);
+    assert!(
+        (1..=7).contains(&widest),
+        "{widest} events of 10 KB at the subscriber at once with a 64 KiB budget"
+    );
 }
 
 /// An endpoint that fails every request opens its breaker; the attempts that find it open
