@@ -102,6 +102,40 @@ fn bad_delivery_settings_are_reported_with_their_paths() {
 }
 
 #[test]
+fn bad_retention_bounds_and_breakers_are_reported_with_their_paths() {
+    let text = "[server]\nshutdown_budget = \"never\"\n\n[retention]\nmemory_share = 2.0\ndlq_max_len = 0\n\n[[streams]]\nname = \"order\"\nmax_bytes = 0\n\n[[subscriptions]]\nname = \"s\"\ntopics = [\"order.*\"]\nendpoints = [\"http://127.0.0.1:1/e\"]\non_404 = \"retry\"\nbreaker = { failure_rate = 0.0, window = 10, min_calls = 11, probes = 0 }\n";
+    let Err(ConfigError::Invalid(problems)) = Config::from_toml_str(text, no_env()) else {
+        panic!("config should be refused");
+    };
+    let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+    for expected in [
+        "server.shutdown_budget",
+        "retention.memory_share",
+        "retention.dlq_max_len",
+        "streams[0].max_bytes",
+        "subscriptions[0].breaker.failure_rate",
+        "subscriptions[0].breaker.min_calls",
+        "subscriptions[0].breaker.probes",
+    ] {
+        assert!(
+            paths.iter().any(|p| p.starts_with(expected)),
+            "{expected} missing from {paths:?}"
+        );
+    }
+    let fine = "[[streams]]\nname = \"order\"\nmax_bytes = \"2GiB\"\nwhen_full = \"drop_oldest\"\n";
+    let config = Config::from_toml_str(fine, no_env()).expect("valid");
+    assert_eq!(
+        config.streams[0].max_bytes.map(|b| b.as_u64()),
+        Some(2 * 1024 * 1024 * 1024)
+    );
+    let typo = "[[streams]]\nname = \"order\"\nwhen_full = \"drop\"\n";
+    let Err(ConfigError::Invalid(problems)) = Config::from_toml_str(typo, no_env()) else {
+        panic!("an unknown when_full should be refused");
+    };
+    assert!(problems[0].path.starts_with("streams[0]"), "{problems:?}");
+}
+
+#[test]
 fn bad_subscriptions_in_config_are_reported_with_their_paths() {
     let text = "[[subscriptions]]\nname = \"ok\"\ntopics = [\"order.*\"]\nendpoints = [\"http://127.0.0.1:1/e\"]\n\n[[subscriptions]]\nname = \"ok\"\ntopics = [\"a..b\"]\nendpoints = [\"ftp://x\"]\n\n[[subscriptions]]\nname = \"x\"\ncolour = 1\n";
     let Err(ConfigError::Invalid(problems)) = Config::from_toml_str(text, no_env()) else {

@@ -85,6 +85,8 @@ pub struct Lease {
 #[derive(Debug, Clone, Default)]
 pub struct Owned {
     leases: HashMap<Arc<str>, Lease>,
+    /// How many are being handed over (so that the common case, none, costs no scan).
+    draining: usize,
 }
 
 impl Owned {
@@ -111,6 +113,11 @@ impl Owned {
     pub fn draining(&self, partition_key: &str) -> bool {
         self.valid(partition_key)
             .is_some_and(|lease| lease.draining)
+    }
+
+    /// Whether any partition is being handed over.
+    pub fn any_draining(&self) -> bool {
+        self.draining > 0
     }
 
     /// Every partition being handed over.
@@ -361,6 +368,7 @@ impl LeaseKeeper {
     fn publish(&self) {
         self.tx.send_replace(Arc::new(Owned {
             leases: self.owned.clone(),
+            draining: self.owned.values().filter(|lease| lease.draining).count(),
         }));
     }
 

@@ -116,10 +116,12 @@ impl<D: Dispatch> Reader<D> {
         while !*self.stop.borrow() {
             let owned = self.owned.borrow().clone();
             // The last read (if it named a partition now draining) has returned: done.
-            confirmed.retain(|p| owned.draining(p));
-            for partition in owned.drains() {
-                if confirmed.insert(partition.clone()) {
-                    self.handoffs.confirm(partition, handoff_id);
+            if !confirmed.is_empty() || owned.any_draining() {
+                confirmed.retain(|p| owned.draining(p));
+                for partition in owned.drains() {
+                    if confirmed.insert(partition.clone()) {
+                        self.handoffs.confirm(partition, handoff_id);
+                    }
                 }
             }
             let keys: Vec<Arc<str>> = self

@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::support::process::RouterProcess;
 use crate::support::subscriber::{distinct_events, Subscriber};
-use crate::support::{keyed_event, RedisServer, RouterApi};
+use crate::support::{keyed_event, wait_for_holders, RedisServer, RouterApi};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_whose_clock_runs_ahead_loses_its_partitions_when_it_dies() {
@@ -31,15 +31,7 @@ async fn an_instance_whose_clock_runs_ahead_loses_its_partitions_when_it_dies() 
     let ahead = RouterProcess::start_with_clock(&redis, Some(&config), "+1h").await;
     let normal = RouterProcess::start(&redis, Some(&config)).await;
     // Both hold leases.
-    crate::support::eventually(Duration::from_secs(10), async || {
-        let holders = lease_holders(&redis);
-        if holders.len() == 2 {
-            Ok(())
-        } else {
-            Err(format!("leases held by {holders:?}"))
-        }
-    })
-    .await;
+    wait_for_holders(&redis, 2, "both instances should hold leases").await;
     ahead.signal("KILL");
     let mut published: HashMap<String, u64> = HashMap::new();
     for seq in 0..20u64 {
@@ -61,25 +53,12 @@ async fn an_instance_whose_clock_runs_ahead_loses_its_partitions_when_it_dies() 
         })
         .await;
     assert_eq!(
-        lease_holders(&redis).len(),
+        redis
+            .lease_holders()
+            .iter()
+            .collect::<std::collections::HashSet<_>>()
+            .len(),
         1,
         "the survivor holds every lease"
     );
-}
-
-fn lease_holders(redis: &RedisServer) -> std::collections::HashSet<String> {
-    let mut conn = redis.conn();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg("evr:{order.*}:lease")
-        .query(&mut conn)
-        .expect("keys");
-    keys.iter()
-        .filter_map(|k| {
-            redis::cmd("GET")
-                .arg(k)
-                .query::<Option<String>>(&mut conn)
-                .ok()
-                .flatten()
-        })
-        .collect()
 }

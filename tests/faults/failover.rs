@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::support::process::RouterProcess;
 use crate::support::subscriber::{distinct_events, Received, Subscriber};
-use crate::support::{eventually, keyed_event, RedisServer, RouterApi};
+use crate::support::{eventually, keyed_event, wait_for_holders, RedisServer, RouterApi};
 use serde_json::Value;
 
 /// A subscriber answering 200 after 2 ms, and two evrouter processes subscribed to it
@@ -39,23 +39,6 @@ fn write_config(dir: &tempfile::TempDir, subscriber: &Subscriber) -> std::path::
     )
     .expect("config");
     path
-}
-
-fn lease_holders(redis: &RedisServer) -> HashSet<String> {
-    let mut conn = redis.conn();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg("evr:{order.*}:lease")
-        .query(&mut conn)
-        .expect("keys");
-    keys.iter()
-        .filter_map(|k| {
-            redis::cmd("GET")
-                .arg(k)
-                .query::<Option<String>>(&mut conn)
-                .ok()
-                .flatten()
-        })
-        .collect()
 }
 
 /// Every event arrived, and per key the first arrivals are in publish order (redeliveries
@@ -106,16 +89,11 @@ async fn two_instances_split_partitions_and_kill_9_loses_nothing() {
     let mut published = HashMap::new();
     publish_rounds(&a, 0..20, 50, &mut published).await;
     // Both hold leases once the rebalance settles.
-    eventually(Duration::from_secs(5), async || {
-        let holders = lease_holders(&redis);
-        if holders.len() == 2 {
-            Ok(())
-        } else {
-            Err(format!(
-                "the partitions were not split between the two instances: {holders:?}"
-            ))
-        }
-    })
+    wait_for_holders(
+        &redis,
+        2,
+        "the partitions were not split between the two instances",
+    )
     .await;
     publish_rounds(&a, 20..40, 50, &mut published).await;
     b.signal("KILL");
@@ -128,7 +106,7 @@ async fn two_instances_split_partitions_and_kill_9_loses_nothing() {
         .await;
     assert_complete_and_ordered(&subscriber.received(), &published);
     assert_eq!(
-        lease_holders(&redis).len(),
+        redis.lease_holders().iter().collect::<HashSet<_>>().len(),
         1,
         "the survivor holds every partition"
     );
@@ -249,29 +227,13 @@ async fn assert_settled(
         }
     })
     .await;
-    let mut conn = redis.conn();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg("evr:{order.*}")
-        .query(&mut conn)
-        .expect("keys");
-    for key in keys.iter().filter(|k| k.ends_with('}')) {
-        crate::support::eventually(Duration::from_secs(30), async || {
-            let pending: redis::streams::StreamPendingReply = redis::cmd("XPENDING")
-                .arg(key)
-                .arg("fulfillment")
-                .query(&mut redis.conn())
-                .expect("xpending");
-            if pending.count() == 0 {
-                Ok(())
-            } else {
-                Err(format!(
-                    "{} entries still pending in {key}",
-                    pending.count()
-                ))
-            }
-        })
-        .await;
-    }
+    eventually(Duration::from_secs(30), async || {
+        match redis.pending("fulfillment") {
+            0 => Ok(()),
+            n => Err(format!("{n} entries still pending")),
+        }
+    })
+    .await;
     // Per key, the first successes are the events that should succeed, in publish order.
     let log = subscriber.received();
     let mut first: HashMap<&str, Vec<u64>> = HashMap::new();
@@ -327,44 +289,24 @@ async fn pause_and_resume(extra: &str, sequenced: bool) {
         }
     };
     publish(&a, 0..15, &mut published).await;
-    eventually(Duration::from_secs(10), async || {
-        let holders = lease_holders(&redis);
-        if holders.len() == 2 {
-            Ok(())
-        } else {
-            Err(format!(
-                "both instances should hold leases before the pause: {holders:?}"
-            ))
-        }
-    })
+    wait_for_holders(
+        &redis,
+        2,
+        "both instances should hold leases before the pause",
+    )
     .await;
     b.signal("STOP");
     publish(&a, 15..30, &mut published).await;
-    eventually(Duration::from_secs(10), async || {
-        let holders = lease_holders(&redis);
-        if holders.len() == 1 {
-            Ok(())
-        } else {
-            Err(format!(
-                "the running instance should take every lease during the pause: {holders:?}"
-            ))
-        }
-    })
+    wait_for_holders(
+        &redis,
+        1,
+        "the running instance should take every lease during the pause",
+    )
     .await;
     publish(&a, 30..40, &mut published).await;
     b.signal("CONT");
     publish(&a, 40..60, &mut published).await;
-    eventually(Duration::from_secs(10), async || {
-        let holders = lease_holders(&redis);
-        if holders.len() == 2 {
-            Ok(())
-        } else {
-            Err(format!(
-                "the resumed instance should get its share again: {holders:?}"
-            ))
-        }
-    })
-    .await;
+    wait_for_holders(&redis, 2, "the resumed instance should get its share again").await;
     publish(&a, 60..70, &mut published).await;
     assert_settled(&redis, &subscriber, &published).await;
     drop(b);

@@ -73,7 +73,7 @@ async fn cut_or_stall(stall: bool) {
         })
         .await;
     eventually(Duration::from_secs(30), async || {
-        let pending: u64 = pending_total(&redis);
+        let pending = redis.pending("shipping");
         if pending == 0 {
             Ok(())
         } else {
@@ -82,25 +82,6 @@ async fn cut_or_stall(stall: bool) {
     })
     .await;
     assert!(distinct_successes(&subscriber.received()) >= acknowledged.len());
-}
-
-fn pending_total(redis: &RedisServer) -> u64 {
-    let mut conn = redis.conn();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg("evr:{order.*}")
-        .query(&mut conn)
-        .expect("keys");
-    keys.iter()
-        .filter(|k| k.ends_with('}'))
-        .map(|key| {
-            let pending: redis::streams::StreamPendingReply = redis::cmd("XPENDING")
-                .arg(key)
-                .arg("shipping")
-                .query(&mut conn)
-                .expect("xpending");
-            pending.count() as u64
-        })
-        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

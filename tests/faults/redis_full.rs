@@ -14,40 +14,6 @@ use crate::support::{
 };
 use serde_json::{json, Value};
 
-fn stored_entries(redis: &RedisServer) -> usize {
-    let mut conn = redis.conn();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg("evr:{order.*}")
-        .query(&mut conn)
-        .expect("keys");
-    keys.iter()
-        .filter(|k| !k.contains("}:"))
-        .map(|k| {
-            redis::cmd("XLEN")
-                .arg(k)
-                .query::<usize>(&mut conn)
-                .expect("xlen")
-        })
-        .sum()
-}
-
-fn lease_values(redis: &RedisServer) -> Vec<String> {
-    let mut conn = redis.conn();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg("evr:{order.*}:lease")
-        .query(&mut conn)
-        .expect("keys");
-    keys.iter()
-        .filter_map(|k| {
-            redis::cmd("GET")
-                .arg(k)
-                .query::<Option<String>>(&mut conn)
-                .ok()
-                .flatten()
-        })
-        .collect()
-}
-
 /// Twenty events of about 2 KB each.
 fn padded_batch(padding: &str, round: u64) -> Value {
     Value::Array(
@@ -137,7 +103,7 @@ async fn a_full_redis_refuses_publishes_whole_keeps_delivering_and_recovers() {
     assert_eq!(body["error"]["code"], "store_full", "{body}");
     // Nothing of a refused request is stored; nothing acknowledged is trimmed (no group
     // has acked it all).
-    assert_eq!(stored_entries(&redis), accepted, "stored vs acknowledged");
+    assert_eq!(redis.order_entries(), accepted, "stored vs acknowledged");
 
     // Full, and staying full (dead-letter moves add to the memory used): leases are
     // renewed past their TTL, and dead-letter moves go on.
@@ -147,7 +113,7 @@ async fn a_full_redis_refuses_publishes_whole_keeps_delivering_and_recovers() {
         .publish("order.created", &padded_batch(&padding, 9_000))
         .await;
     assert_eq!(status, 507, "still full: {body}");
-    let holders = lease_values(&redis);
+    let holders = redis.lease_holders();
     assert_eq!(
         holders.len(),
         4,

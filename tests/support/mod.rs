@@ -33,7 +33,7 @@ pub use evrouter::{run as run_router, RunError};
 
 pub use api::{client, fast_retries, RouterApi};
 pub use events::{keyed_event, order_event, publish_keyed};
-pub use redis_server::{dlq_entries, RedisServer};
+pub use redis_server::{dlq_entries, wait_for_holders, RedisServer};
 pub use router::{test_config, TestRouter};
 pub use wait::eventually;
 

@@ -168,6 +168,80 @@ impl RedisServer {
     }
 }
 
+impl RedisServer {
+    /// The ids holding the leases of the `order` stream's partitions.
+    pub fn lease_holders(&self) -> Vec<String> {
+        let mut conn = self.conn();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("evr:{order.*}:lease")
+            .query(&mut conn)
+            .expect("keys");
+        keys.iter()
+            .filter_map(|k| {
+                redis::cmd("GET")
+                    .arg(k)
+                    .query::<Option<String>>(&mut conn)
+                    .ok()
+                    .flatten()
+            })
+            .collect()
+    }
+
+    /// The `order` stream's partition keys that exist.
+    pub fn order_partitions(&self) -> Vec<String> {
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("evr:{order.*}")
+            .query(&mut self.conn())
+            .expect("keys");
+        keys.into_iter().filter(|k| k.ends_with('}')).collect()
+    }
+
+    /// Entries of the `order` stream pending for `group`, over its partitions.
+    pub fn pending(&self, group: &str) -> u64 {
+        let mut conn = self.conn();
+        self.order_partitions()
+            .iter()
+            .map(|key| {
+                let pending: redis::streams::StreamPendingReply = redis::cmd("XPENDING")
+                    .arg(key)
+                    .arg(group)
+                    .query(&mut conn)
+                    .expect("xpending");
+                pending.count() as u64
+            })
+            .sum()
+    }
+
+    /// Entries in the `order` stream, over its partitions.
+    pub fn order_entries(&self) -> usize {
+        let mut conn = self.conn();
+        self.order_partitions()
+            .iter()
+            .map(|k| {
+                redis::cmd("XLEN")
+                    .arg(k)
+                    .query::<usize>(&mut conn)
+                    .expect("xlen")
+            })
+            .sum()
+    }
+}
+
+/// Waits until `n` different instances hold the `order` stream's leases, naming `why` if
+/// they never do.
+pub async fn wait_for_holders(redis: &RedisServer, n: usize, why: &str) {
+    super::eventually(std::time::Duration::from_secs(10), async || {
+        let holders: std::collections::HashSet<String> =
+            redis.lease_holders().into_iter().collect();
+        if holders.len() == n {
+            Ok(())
+        } else {
+            Err(format!("{why}: leases held by {holders:?}"))
+        }
+    })
+    .await;
+}
+
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.signal("CONT");

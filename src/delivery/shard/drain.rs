@@ -14,6 +14,10 @@ impl Shard {
     /// longer draining.
     pub(super) fn confirm_drained(&mut self) {
         let owned = self.ctx.owned.borrow().clone();
+        if self.confirmed.is_empty() && !owned.any_draining() {
+            // Nothing handed over: the common case, after every answer.
+            return;
+        }
         self.confirmed.retain(|p| owned.draining(p));
         let due: Vec<Arc<str>> = owned
             .drains()
