@@ -18,6 +18,7 @@ fn clients(redis: &RedisServer) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_to_redis_stay_within_the_bound_with_many_subscriptions() {
+    let _light = crate::support::light().await;
     let redis = RedisServer::start();
     let subscriber = Subscriber::ok().await;
     let config = test_config(&redis);

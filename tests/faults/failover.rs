@@ -128,7 +128,7 @@ fn failing_config(
     std::fs::write(
         &path,
         format!(
-            "[delivery]\nlease_ttl = \"1s\"\n\n[[subscriptions]]\nname = \"fulfillment\"\ntopics = [\"order.>\"]\nendpoints = [\"{}\"]\nbackoff = {{ initial_ms = 10, max_ms = 100, multiplier = 2.0, jitter = 0.2 }}\nmax_attempts = 2\ntimeout_ms = 1000\nbreaker = {{ window = 1000, min_calls = 1000 }}\n{extra}\n",
+            "[delivery]\nlease_ttl = \"3s\"\n\n[[subscriptions]]\nname = \"fulfillment\"\ntopics = [\"order.>\"]\nendpoints = [\"{}\"]\nbackoff = {{ initial_ms = 10, max_ms = 100, multiplier = 2.0, jitter = 0.2 }}\nmax_attempts = 2\ntimeout_ms = 1000\nbreaker = {{ window = 1000, min_calls = 1000 }}\n{extra}\n",
             subscriber.url()
         ),
     )

@@ -89,6 +89,7 @@ fn pending_ids(conn: &mut redis::Connection) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_and_sequence_state_need_the_lease_when_written() {
+    let _light = crate::support::light().await;
     let redis = RedisServer::start();
     let mut conn = redis.conn();
     let id: String = redis::cmd("XADD")

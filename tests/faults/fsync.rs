@@ -9,6 +9,7 @@ use crate::support::{order_event, test_config, RedisServer, RouterApi, TestRoute
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn everysec_keeps_what_was_fsynced_and_loses_at_most_the_last_second() {
+    let _light = crate::support::light().await;
     let mut redis = RedisServer::start_with(&[
         "--save",
         "",

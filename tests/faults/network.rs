@@ -86,10 +86,12 @@ async fn cut_or_stall(stall: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cut_link_to_redis_loses_no_acknowledged_event() {
+    let _light = crate::support::light().await;
     cut_or_stall(false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_link_to_redis_loses_no_acknowledged_event() {
+    let _light = crate::support::light().await;
     cut_or_stall(true).await;
 }

@@ -15,6 +15,7 @@ use crate::support::{
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_messages_fill_the_dlq_to_its_cap_and_others_flow() {
+    let _light = crate::support::light().await;
     let redis = RedisServer::start();
     let subscriber = Subscriber::with_rule(Arc::new(|r: &Received| {
         if r.key.starts_with("poison") {

@@ -15,6 +15,7 @@ use serde_json::Value;
 /// at the kill must not be acknowledged unless stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_killed_mid_run_gives_503s_then_recovers_and_loses_no_acknowledged_event() {
+    let _light = crate::support::light().await;
     let mut redis = RedisServer::start_durable();
     let mut config = test_config(&redis);
     config.redis.response_timeout = "500ms".into();
@@ -113,6 +114,7 @@ async fn redis_killed_mid_run_gives_503s_then_recovers_and_loses_no_acknowledged
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_redis_fills_the_bounded_queue_and_publishers_get_503_not_a_hang() {
+    let _light = crate::support::light().await;
     let redis = RedisServer::start();
     let mut config = test_config(&redis);
     config.writer.writers = 1;
@@ -175,6 +177,7 @@ async fn a_stalled_redis_fills_the_bounded_queue_and_publishers_get_503_not_a_ha
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_finishes_in_flight_publishes_and_flushes_writers() {
+    let _light = crate::support::light().await;
     let redis = RedisServer::start();
     let router = TestRouter::start(test_config(&redis)).await;
     let mut tasks = Vec::new();
@@ -219,6 +222,7 @@ async fn shutdown_finishes_in_flight_publishes_and_flushes_writers() {
 /// once Redis resumes within the grace period, and what they were told is stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_answers_requests_that_are_in_flight() {
+    let _light = crate::support::light().await;
     let redis = RedisServer::start();
     let mut config = test_config(&redis);
     config.redis.response_timeout = "5s".into();
@@ -258,6 +262,7 @@ async fn shutdown_answers_requests_that_are_in_flight() {
 /// stops well within its budget and long before that client's header timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_is_noticed_while_every_connection_slot_is_taken() {
+    let _light = crate::support::light().await;
     let redis = RedisServer::start();
     let mut config = test_config(&redis);
     config.server.max_connections = 1;
@@ -283,6 +288,7 @@ async fn shutdown_is_noticed_while_every_connection_slot_is_taken() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strict_durability_refuses_a_redis_without_fsync_always() {
+    let _light = crate::support::light().await;
     let lossy = RedisServer::start();
     let mut config = test_config(&lossy);
     config.redis.durability = Durability::Strict;

@@ -29,6 +29,7 @@ fn padded_batch(padding: &str, round: u64) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_redis_refuses_publishes_whole_keeps_delivering_and_recovers() {
+    let _light = crate::support::light().await;
     let redis = RedisServer::start_with(&[
         "--save",
         "",
@@ -147,6 +148,7 @@ async fn a_full_redis_refuses_publishes_whole_keeps_delivering_and_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strict_durability_refuses_a_redis_that_may_evict() {
+    let _light = crate::support::light().await;
     let redis = RedisServer::start_with(&[
         "--save",
         "",

@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_leaves_unfinished_events_pending_and_the_next_run_delivers_them() {
+    let _light = crate::support::light().await;
     let redis = RedisServer::start();
     // Every event fails its first two attempts (400: retried, and the breaker stays
     // closed), so that a shutdown finds events waiting for a retry.
@@ -100,6 +101,7 @@ fn rss_kb(pid: u32) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_that_never_answers_leaves_memory_flat() {
+    let _light = crate::support::light().await;
     let redis = RedisServer::start();
     let silent = Subscriber::start(
         Arc::new(|_| (200, String::new())),
@@ -163,6 +165,7 @@ async fn a_subscriber_that_never_answers_leaves_memory_flat() {
 /// Redis's delivery counter, so a poison event still reaches the DLQ.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attempts_carry_over_a_restart() {
+    let _light = crate::support::light().await;
     let redis = RedisServer::start();
     let failing = Subscriber::with_rule(Arc::new(|_| (400, String::new()))).await;
     let mut config = test_config(&redis);

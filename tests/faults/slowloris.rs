@@ -9,6 +9,7 @@ use crate::support::{order_event, test_config, RedisServer, RouterApi, TestRoute
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trickled_body_gets_408_and_others_are_served_meanwhile() {
+    let _light = crate::support::light().await;
     let redis = RedisServer::start();
     let mut config = test_config(&redis);
     config.server.body_read_timeout = "2s".into();

@@ -58,9 +58,16 @@ pub fn init_logs() {
         .try_init();
 }
 
-/// Tests that run several evrouter processes take this first, so that two of them never
-/// share the machine's cores (their lease timings assume a machine that is not starved).
-pub async fn heavy() -> tokio::sync::MutexGuard<'static, ()> {
-    static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-    HEAVY.lock().await
+/// Tests that run several evrouter processes take this first, so that they run alone
+/// (their lease timings assume a machine that is not starved); other tests of the same
+/// binary take [`light`], and run beside each other but never beside a heavy one.
+pub async fn heavy() -> tokio::sync::RwLockWriteGuard<'static, ()> {
+    MACHINE.write().await
 }
+
+/// See [`heavy`].
+pub async fn light() -> tokio::sync::RwLockReadGuard<'static, ()> {
+    MACHINE.read().await
+}
+
+static MACHINE: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
