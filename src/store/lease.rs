@@ -109,6 +109,15 @@ impl Owned {
         self.valid(partition_key).is_some()
     }
 
+    /// Whether the partition is held but its lease's local validity has lapsed (the
+    /// keeper could not renew it in time): nothing may be sent until it is renewed, and
+    /// nothing needs letting go unless it is lost.
+    pub fn lapsed(&self, partition_key: &str) -> bool {
+        self.leases
+            .get(partition_key)
+            .is_some_and(|lease| lease.until <= Instant::now() && !lease.draining)
+    }
+
     /// Whether the partition is being handed over.
     pub fn draining(&self, partition_key: &str) -> bool {
         self.valid(partition_key)
@@ -129,8 +138,8 @@ impl Owned {
     }
 
     /// The tenure of a held partition: a number that changes whenever the partition is
-    /// taken anew, including after a lapse of its local validity (a late renewal). What
-    /// was dropped from memory in a lapse is read again under the new tenure.
+    /// taken anew (acquired, or handed over to this instance), but not when a lease whose
+    /// local validity lapsed is renewed: Redis held it for this instance all along.
     pub fn tenure(&self, partition_key: &str) -> Option<u64> {
         self.leases.get(partition_key).map(|lease| lease.tenure)
     }
@@ -332,13 +341,19 @@ impl LeaseKeeper {
                 }
                 continue;
             }
-            // Still within its validity: the same tenure; new, or lapsed (the shards may
-            // have let its events go meanwhile): a new one.
+            // Renewed (held in Redis all along, so nobody else can have moved its keys
+            // on): the same tenure, even when its local validity lapsed meanwhile (the
+            // shards paused it and let nothing go). Taken anew: a new one.
             let lease = match before {
-                Some(lease) if lease.until > started && answer == 1 => Lease {
-                    until: valid_until,
-                    ..lease
-                },
+                Some(lease) if answer == 1 => {
+                    if lease.until <= started {
+                        tracing::info!(partition = %partition, "lease renewed after its local validity lapsed; deliveries resume");
+                    }
+                    Lease {
+                        until: valid_until,
+                        ..lease
+                    }
+                }
                 _ => {
                     self.tenures += 1;
                     if before.is_none() {
@@ -348,7 +363,8 @@ impl LeaseKeeper {
                         until: valid_until,
                         tenure: self.tenures,
                         since: started,
-                        // Renewed after a lapse: anything in flight was this instance's.
+                        // Handed over, or already this instance's in Redis: nothing of
+                        // it is in flight elsewhere.
                         handed_over: answer != 2,
                         draining: false,
                     }

@@ -30,7 +30,7 @@ impl RouterProcess {
     /// and waits until it answers. Logs at `EVR_LOG` when the test run sets it, else at
     /// evrouter's info level.
     pub async fn start(redis: &RedisServer, config: Option<&Path>) -> Self {
-        Self::launch(redis, config, None).await
+        Self::launch(&redis.url(), config, &[]).await
     }
 
     /// Starts it with its clock shifted by `offset` (libfaketime's `FAKETIME`, e.g.
@@ -40,23 +40,45 @@ impl RouterProcess {
         config: Option<&Path>,
         offset: &str,
     ) -> Self {
-        Self::launch(redis, config, Some(offset)).await
+        Self::launch(&redis.url(), config, &[("FAKETIME", offset)]).await
     }
 
-    async fn launch(redis: &RedisServer, config: Option<&Path>, clock: Option<&str>) -> Self {
+    /// Starts it against the Redis at `redis_url` (a proxy in front of a test server) with
+    /// its clocks (wall and monotonic) shifted by the offset written in `file` (e.g. `+0`,
+    /// later `+3`), read again every second: the test can make time jump for this process
+    /// alone.
+    pub async fn start_with_clock_file(
+        redis_url: &str,
+        config: Option<&Path>,
+        file: &Path,
+    ) -> Self {
+        let file = file.to_str().expect("utf-8 path");
+        let clock = [
+            ("FAKETIME_TIMESTAMP_FILE", file),
+            ("FAKETIME_CACHE_DURATION", "1"),
+        ];
+        Self::launch(redis_url, config, &clock).await
+    }
+
+    /// Everything the process has written so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
+    }
+
+    async fn launch(redis_url: &str, config: Option<&Path>, clock: &[(&str, &str)]) -> Self {
         let port = free_port();
         let log = tempfile::NamedTempFile::new().expect("log file");
         let output = |log: &tempfile::NamedTempFile| {
             Stdio::from(log.as_file().try_clone().expect("log file handle"))
         };
         let mut command = Command::new(env!("CARGO_BIN_EXE_evrouter"));
-        if let Some(offset) = clock {
+        if !clock.is_empty() {
             // libfaketime preloaded into evrouter itself (the `faketime` wrapper would
             // stay in between, and a signal to it would not reach evrouter).
             command
                 .env("LD_PRELOAD", FAKETIME_LIB)
-                .env("FAKETIME", offset)
-                .env("FAKETIME_DONT_RESET", "1");
+                .env("FAKETIME_DONT_RESET", "1")
+                .envs(clock.iter().copied());
         }
         command.arg("serve");
         if let Some(config) = config {
@@ -67,7 +89,7 @@ impl RouterProcess {
                 "--listen",
                 &format!("127.0.0.1:{port}"),
                 "--redis",
-                &redis.url(),
+                redis_url,
             ])
             .env(
                 "EVR_LOG",

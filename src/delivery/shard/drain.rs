@@ -42,7 +42,7 @@ impl Shard {
     }
 
     /// Runs `then` once the acks queued so far are written (at once if the acker is gone).
-    fn after_acks(&self, then: Box<dyn FnOnce() + Send + Sync>) {
+    pub(super) fn after_acks(&self, then: Box<dyn FnOnce() + Send + Sync>) {
         if let Err(err) = self.ctx.acks.try_send(AckOp::Barrier(Barrier(then))) {
             if let AckOp::Barrier(Barrier(then)) = err.into_inner() {
                 then();

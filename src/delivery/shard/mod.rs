@@ -146,6 +146,11 @@ pub struct Shard {
     sending: std::collections::HashMap<Arc<str>, usize>,
     /// Partitions being handed over that this shard has confirmed done with.
     confirmed: HashSet<Arc<str>>,
+    /// Ready lanes of partitions whose lease lapsed locally, waiting for its renewal.
+    paused: Vec<Arc<str>>,
+    /// Keys were forgotten since the last read of stored sequence state: the next read
+    /// waits for the acks queued so far, so that it sees this shard's own last numbers.
+    restore_after_acks: bool,
 }
 
 impl Shard {
@@ -164,6 +169,8 @@ impl Shard {
             handoff_id,
             sending: std::collections::HashMap::new(),
             confirmed: HashSet::new(),
+            paused: Vec::new(),
+            restore_after_acks: false,
             reorder,
             held_reported: 0,
             restoring: std::collections::HashMap::new(),
@@ -243,7 +250,29 @@ impl Shard {
         } else {
             self.ctx.owned.borrow_and_update();
         }
+        self.resume_paused();
         self.confirm_drained();
+    }
+
+    /// Lanes paused by a lapse go on once their lease is renewed, and are let go once it
+    /// is lost.
+    fn resume_paused(&mut self) {
+        if self.paused.is_empty() {
+            return;
+        }
+        let owned = self.ctx.owned.borrow().clone();
+        for lane in std::mem::take(&mut self.paused) {
+            let Some(head) = self.lanes.head(&lane) else {
+                continue;
+            };
+            if owned.holds(&head.partition) {
+                self.ready.push_back(lane);
+            } else if owned.lapsed(&head.partition) {
+                self.paused.push(lane);
+            } else {
+                self.abandon(&lane);
+            }
+        }
     }
 
     fn on_delivery(&mut self, delivery: Delivery) {

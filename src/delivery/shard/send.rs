@@ -97,7 +97,13 @@ impl Shard {
                 continue;
             };
             if !owned.holds(&head.partition) {
-                self.abandon(&lane);
+                if owned.lapsed(&head.partition) {
+                    // Not renewed in time: wait for the keeper's next round, which
+                    // renews it (the lane goes on) or finds it lost (it is let go).
+                    self.paused.push(lane);
+                } else {
+                    self.abandon(&lane);
+                }
                 continue;
             }
             lanes.push(lane);
@@ -112,6 +118,7 @@ impl Shard {
         // dropped here, which will be read again.
         if let Some(buffer) = self.reorder.as_mut() {
             let dropped = buffer.forget(|key| key == &**lane);
+            self.restore_after_acks = true;
             self.release_dropped(dropped);
         }
         let n = self.forget_lane(lane);

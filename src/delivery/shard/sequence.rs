@@ -113,7 +113,20 @@ impl Shard {
         let done = self.restored_tx.clone();
         let mut stop = self.stop.clone();
         self.restore_in_flight = true;
+        // After keys were forgotten, this shard's own numbers for them may still be
+        // queued with the acker: read once they are written.
+        let written = std::mem::take(&mut self.restore_after_acks).then(|| {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            self.after_acks(Box::new(move || {
+                let _ = tx.send(());
+            }));
+            rx
+        });
         tokio::spawn(async move {
+            if let Some(written) = written {
+                // Dropped unsent only when the acker has stopped: read all the same.
+                let _ = written.await;
+            }
             let mut backoff = std::time::Duration::from_millis(50);
             let values = loop {
                 match sequence::read_next(&mut conn, &keys).await {
@@ -229,12 +242,14 @@ impl Shard {
         }
         // A key of a partition being handed over keeps its state while an event of it is
         // in a lane (in flight, or waiting to be let go): its next number is still
-        // recorded once the lane empties.
+        // recorded once the lane empties. A partition whose lease lapsed locally keeps
+        // everything: if it is renewed, nobody else has moved its keys on.
         let lanes = &self.lanes;
         let lost = |lane: &str| {
             let partition = partition_of_lane(lane);
-            !owned.leased(partition)
-                || owned.tenure(partition) != before.tenure(partition)
+            let tenure = owned.tenure(partition);
+            tenure.is_none()
+                || tenure != before.tenure(partition)
                 || (owned.draining(partition) && !lanes.contains(lane))
         };
         let mut dropped = match self.reorder.as_mut() {
@@ -245,6 +260,7 @@ impl Shard {
         for lane in gone {
             dropped.extend(self.restoring.remove(&lane).unwrap_or_default());
         }
+        self.restore_after_acks = true;
         self.release_dropped(dropped);
     }
 
