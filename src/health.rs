@@ -3,8 +3,10 @@
 //! caught and logged, the part is marked down (and `/readyz` names it) and waits a backoff
 //! that doubles up to ten seconds; the loop then goes on with its state intact, and the
 //! part is up again after its next round completes. Marking a part costs an atomic load per
-//! round while it is healthy.
+//! round while it is healthy. Every panic is also counted by part name for the instance's
+//! whole life: `run` reports them when it stops, so a caught panic is never silent.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -25,6 +27,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 #[derive(Debug, Default)]
 pub struct Health {
     parts: Mutex<Vec<Weak<Part>>>,
+    /// Panics caught since start, by part name (parts come and go; this stays).
+    panicked: Arc<Mutex<BTreeMap<String, u64>>>,
 }
 
 impl Health {
@@ -36,11 +40,23 @@ impl Health {
             why: Mutex::new(String::new()),
             panics_in_a_row: AtomicU64::new(0),
             panics: AtomicU64::new(0),
+            panicked: self.panicked.clone(),
         });
         let mut parts = lock(&self.parts);
         parts.retain(|p| p.strong_count() > 0);
         parts.push(Arc::downgrade(&part));
         part
+    }
+
+    /// Records a panic that ended a task outside a watched round (found when it is joined).
+    pub fn record_panic(&self, part: &str, message: &str) {
+        tracing::error!(part, panic = message, "task ended by a panic");
+        *lock(&self.panicked).entry(part.to_string()).or_default() += 1;
+    }
+
+    /// Every panic caught since start, by part name.
+    pub fn panics(&self) -> BTreeMap<String, u64> {
+        lock(&self.panicked).clone()
     }
 
     /// The parts down now, with why, by name.
@@ -64,6 +80,7 @@ pub struct Part {
     why: Mutex<String>,
     panics_in_a_row: AtomicU64,
     panics: AtomicU64,
+    panicked: Arc<Mutex<BTreeMap<String, u64>>>,
 }
 
 impl Part {
@@ -84,6 +101,7 @@ impl Part {
                 let message = panic_message(panic.as_ref());
                 let in_a_row = self.panics_in_a_row.fetch_add(1, Ordering::Relaxed);
                 self.panics.fetch_add(1, Ordering::Relaxed);
+                *lock(&self.panicked).entry(self.name.clone()).or_default() += 1;
                 let backoff = FIRST_BACKOFF
                     .saturating_mul(1 << in_a_row.min(10) as u32)
                     .min(MAX_BACKOFF);
@@ -143,6 +161,12 @@ mod tests {
         drop(part);
         let _other = health.part("acker:x");
         assert!(health.down().is_empty());
+        health.record_panic("shard:x:0", "gone");
+        assert_eq!(
+            health.panics().into_iter().collect::<Vec<_>>(),
+            vec![("shard:x:0".to_string(), 1), ("writer-0".to_string(), 1)],
+            "panics outlive their parts"
+        );
     }
 
     #[tokio::test(start_paused = true)]

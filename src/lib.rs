@@ -81,6 +81,10 @@ pub enum RunError {
     /// `durability = "strict"` and Redis may evict keys when full.
     #[error("redis.durability is strict but {0}")]
     Evicting(String),
+    /// Parts panicked while running: each panic was caught, logged and the part restarted,
+    /// but a bug was hit, and the exit status says so.
+    #[error("parts panicked while running (each was caught and the part restarted): {0}")]
+    Panicked(String),
 }
 
 /// Runs evrouter on `listener` until `shutdown` completes, then drains in-flight publishes,
@@ -116,6 +120,7 @@ pub async fn run(
 
     let catalog = Arc::new(StreamCatalog::new(&config));
     let health = Arc::new(health::Health::default());
+    let watched = health.clone();
     let floors = Arc::new(TrimFloors::default());
     let connections = (0..config.writer.writers)
         .map(|_| target.manager())
@@ -296,6 +301,14 @@ pub async fn run(
     trimmer.abort();
     writers.shutdown().await;
     tracing::info!("evrouter stopped");
+    let panics = watched.panics();
+    if !panics.is_empty() {
+        let parts: Vec<String> = panics
+            .iter()
+            .map(|(part, n)| format!("{part} ×{n}"))
+            .collect();
+        return Err(RunError::Panicked(parts.join(", ")));
+    }
     Ok(())
 }
 

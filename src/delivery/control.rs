@@ -13,6 +13,7 @@ use super::dispatch::ShardDispatch;
 use super::shard::{Shard, ShardContext};
 use super::subscription::Subscription;
 use super::Runtime;
+use crate::health::Health;
 use crate::model::subscription::Ordering;
 use crate::model::sync::lock;
 use crate::store::acks::Acker;
@@ -93,7 +94,7 @@ impl Runtime {
         }
         let stopping: Vec<_> = workers
             .into_values()
-            .map(|worker| tokio::spawn(Self::stop_worker(worker, deadline)))
+            .map(|worker| tokio::spawn(Self::stop_worker(worker, deadline, self.health.clone())))
             .collect();
         for task in stopping {
             let _ = task.await;
@@ -115,16 +116,23 @@ impl Runtime {
         Duration::from_millis(longest) + DRAIN_MARGIN
     }
 
-    async fn stop_worker(worker: Worker, deadline: tokio::time::Instant) {
+    async fn stop_worker(worker: Worker, deadline: tokio::time::Instant, health: Arc<Health>) {
         let _ = worker.stop.send(true);
+        let name = &worker.spec.name;
         for task in worker.tasks {
             let abort = task.abort_handle();
-            if tokio::time::timeout_at(deadline, task).await.is_err() {
-                tracing::warn!(subscription = %worker.spec.name, "grace period ended with deliveries in flight; they stay pending");
-                abort.abort();
+            match tokio::time::timeout_at(deadline, task).await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => note_join_error(&health, name, err),
+                Err(_) => {
+                    tracing::warn!(subscription = %name, "grace period ended with deliveries in flight; they stay pending");
+                    abort.abort();
+                }
             }
         }
-        let _ = worker.acker.await;
+        if let Err(err) = worker.acker.await {
+            note_join_error(&health, name, err);
+        }
     }
 
     async fn reconcile(self: &Arc<Self>, workers: &mut HashMap<String, Worker>) {
@@ -146,7 +154,7 @@ impl Runtime {
                 let deadline = tokio::time::Instant::now() + self.settings.grace;
                 let runtime = self.clone();
                 tokio::spawn(async move {
-                    Self::stop_worker(worker, deadline).await;
+                    Self::stop_worker(worker, deadline, runtime.health.clone()).await;
                     lock(&runtime.running).remove(&name);
                     if runtime.registry.get(&name).is_none() {
                         lock(&runtime.stats).remove(&name);
@@ -230,11 +238,12 @@ impl Runtime {
         };
         let mut tasks = Vec::new();
         let mut shard_senders = Vec::new();
-        for _ in 0..self.settings.shards.max(1) {
+        for index in 0..self.settings.shards.max(1) {
             let (tx, rx) = mpsc::channel(1024);
             shard_senders.push(tx);
+            let part = self.health.part(format!("shard:{name}:{index}"));
             tasks.push(tokio::spawn(
-                Shard::new(context.clone(), rx, stop_rx.clone()).run(),
+                Shard::new(context.clone(), rx, stop_rx.clone()).run(part),
             ));
         }
         let read_timeout = self.settings.read_block + Duration::from_secs(5);
@@ -277,5 +286,19 @@ impl Runtime {
             tasks,
             acker,
         })
+    }
+}
+
+/// A worker's task that ended by a panic outside its watched rounds is counted too.
+fn note_join_error(health: &Health, subscription: &str, err: tokio::task::JoinError) {
+    if err.is_panic() {
+        let message = match err.into_panic().downcast::<String>() {
+            Ok(text) => *text,
+            Err(other) => other.downcast_ref::<&str>().map_or_else(
+                || "a panic without a message".to_string(),
+                |t| t.to_string(),
+            ),
+        };
+        health.record_panic(&format!("worker:{subscription}"), &message);
     }
 }

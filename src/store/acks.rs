@@ -188,24 +188,24 @@ impl Acker {
             let mut attempt = 0;
             let part = self.part.clone();
             loop {
-                match part.round(self.flush(&batch)).await {
-                    // A panicked write is not retried: its entries stay pending and are
-                    // delivered again.
-                    None | Some(Ok(())) => break,
-                    // Entries whose ack is lost stay pending to this consumer and are not
-                    // read again until the partition changes hands: keep trying while
-                    // running; at shutdown give up after a few tries.
-                    Some(Err(err)) if attempt < 3 || !self.rx.is_closed() => {
-                        attempt += 1;
-                        tracing::warn!(error = %err, "ack failed; retrying");
-                        let backoff = (100 * attempt).min(2000);
-                        tokio::time::sleep(std::time::Duration::from_millis(backoff)).await;
-                    }
-                    Some(Err(err)) => {
-                        // The entries stay pending and are delivered again: at least once.
-                        tracing::warn!(error = %err, "ack failed; entries stay pending");
-                        break;
-                    }
+                // Entries whose ack is lost stay pending to this consumer and are not read
+                // again until the partition changes hands: keep trying while running (a
+                // panicked write too, after the part's backoff); at shutdown give up after
+                // a few tries.
+                let failed = match part.round(self.flush(&batch)).await {
+                    Some(Ok(())) => break,
+                    Some(Err(err)) => err.to_string(),
+                    None => "the write panicked".to_string(),
+                };
+                if attempt < 3 || !self.rx.is_closed() {
+                    attempt += 1;
+                    tracing::warn!(error = %failed, "ack failed; retrying");
+                    let backoff = (100 * attempt).min(2000);
+                    tokio::time::sleep(std::time::Duration::from_millis(backoff)).await;
+                } else {
+                    // The entries stay pending and are delivered again: at least once.
+                    tracing::warn!(error = %failed, "ack failed; entries stay pending");
+                    break;
                 }
             }
             for op in batch.drain(..) {
@@ -218,6 +218,7 @@ impl Acker {
     }
 
     async fn flush(&mut self, batch: &[AckOp]) -> redis::RedisResult<()> {
+        fail::fail_point!("acker-flush");
         let mut by_partition: HashMap<&Arc<str>, Vec<&str>> = HashMap::new();
         let mut advances: HashMap<&Arc<str>, HashMap<&str, u64>> = HashMap::new();
         let mut pipe = redis::pipe();

@@ -240,6 +240,7 @@ impl Writer {
     }
 
     async fn flush(&mut self, jobs: &mut Vec<Job>) {
+        fail::fail_point!("writer-flush");
         // A caller that has already given up (timed out, or refused as a whole because
         // another writer was full) has been told 503: do not write its entries.
         jobs.retain(|job| !job.reply.is_closed());

@@ -14,6 +14,7 @@ mod fencing;
 mod fsync;
 mod handoff;
 mod network;
+mod panics;
 mod poison;
 mod redis;
 mod redis_full;

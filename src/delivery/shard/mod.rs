@@ -23,6 +23,7 @@ use super::reorder::ReorderBuffer;
 use super::stats::SubscriptionStats;
 use super::subscription::Subscription;
 use super::transport::{Reply, Subscriber};
+use crate::health::Part;
 use crate::model::clock::now_ms;
 use crate::model::dead_letter::Failure;
 use crate::model::subscription::Ordering;
@@ -197,9 +198,17 @@ impl Shard {
     }
 
     /// Runs until stopped and every request in flight has been answered. Events not yet
-    /// delivered stay pending in Redis for whoever reads the partition next.
-    pub async fn run(mut self) {
-        loop {
+    /// delivered stay pending in Redis for whoever reads the partition next. Each turn of
+    /// the loop is a round of the shard's watched part: a turn that panics is caught,
+    /// logged and counted, and the loop goes on after the part's backoff.
+    pub async fn run(mut self, part: Arc<Part>) {
+        while let Some(true) | None = part.round(self.turn()).await {}
+    }
+
+    /// One turn: sends what is ready, then waits for the next thing to happen. False once
+    /// the shard has stopped.
+    async fn turn(&mut self) -> bool {
+        {
             // Before anything else: an event read under a new tenure must meet the key
             // state of that tenure, not one from before a lapse.
             if self.ctx.owned.has_changed().unwrap_or(false) {
@@ -210,7 +219,7 @@ impl Shard {
             if self.stopping && self.in_flight == 0 {
                 self.leave_gauges();
                 self.leave_handoffs();
-                break;
+                return false;
             }
             let wake = [
                 self.timers.keys().next().map(|(at, _)| *at),
@@ -241,6 +250,7 @@ impl Shard {
                 _ = sleep_until(wake), if wake.is_some() => self.on_wake(),
             }
         }
+        true
     }
 
     /// The partitions held changed: sequence state follows, and handoffs are confirmed.

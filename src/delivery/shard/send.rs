@@ -18,6 +18,7 @@ use crate::store::acks::AckOp;
 impl Shard {
     /// Sends what is ready, within the in-flight limit and while an endpoint is usable.
     pub(super) fn dispatch(&mut self) {
+        fail::fail_point!("shard-dispatch");
         let sub = self.ctx.sub.clone();
         let spec = &sub.spec;
         let bulk = spec.mode == DeliveryMode::Bulk;
