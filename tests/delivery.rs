@@ -11,8 +11,8 @@ use std::time::Duration;
 use serde_json::json;
 use support::subscriber::{assert_in_key_order, Subscriber};
 use support::{
-    is_valid_traceparent, keyed_event, publish_keyed, test_config, RedisServer, RouterApi,
-    TestRouter,
+    eventually, is_valid_traceparent, keyed_event, publish_keyed, test_config, RedisServer,
+    RouterApi, TestRouter,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -35,11 +35,19 @@ async fn ten_thousand_events_over_100_keys_arrive_complete_and_in_key_order() {
     assert!(log
         .iter()
         .all(|r| r.traceparent.as_deref().is_some_and(is_valid_traceparent)));
-    // Everything is acked: nothing pending for the group.
-    let stats = router.stats().await;
+    // Everything is acked: nothing pending for the group. The counters move once evrouter
+    // has the answers, a little after the subscriber logged the requests.
+    let stats = eventually(Duration::from_secs(30), async || {
+        let stats = router.stats().await;
+        let shipping = &stats["subscriptions"]["shipping"];
+        if shipping["delivered"] == total as u64 && shipping["lag"] == 0 {
+            Ok(stats)
+        } else {
+            Err(format!("{shipping}"))
+        }
+    })
+    .await;
     let shipping = &stats["subscriptions"]["shipping"];
-    assert_eq!(shipping["delivered"], total as u64);
-    assert_eq!(shipping["lag"], 0);
     assert!(shipping["latency_ms"]["p95"].as_f64().is_some());
     router.stop().await.expect("clean stop");
     let mut conn = redis.conn();

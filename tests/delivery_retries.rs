@@ -112,14 +112,33 @@ async fn retry_drop_and_404_follow_daprs_rules() {
     assert_eq!(attempts(&log, 3), 1);
     let dropped_log = dropping.received();
     assert_eq!(attempts(&dropped_log, 2), 1, "on_404 = drop: not retried");
-    let stats = router.stats().await;
-    let rules = &stats["subscriptions"]["rules"];
-    assert_eq!(rules["delivered"], 3);
-    assert_eq!(rules["dropped"], 1);
-    assert_eq!(rules["retried"], 2);
-    let rules_drop = &stats["subscriptions"]["rules-drop"];
-    assert_eq!(rules_drop["delivered"], 2);
-    assert_eq!(rules_drop["dropped"], 2);
+    // The counters move once evrouter has the answers: wait for them, then check them all.
+    let expected = [
+        ("rules", "delivered", 3),
+        ("rules", "dropped", 1),
+        ("rules", "retried", 2),
+        ("rules-drop", "delivered", 2),
+        ("rules-drop", "dropped", 2),
+    ];
+    eventually(Duration::from_secs(30), async || {
+        let stats = router.stats().await;
+        let wrong: Vec<String> = expected
+            .iter()
+            .filter(|(sub, counter, n)| stats["subscriptions"][sub][counter] != *n)
+            .map(|(sub, counter, n)| {
+                format!(
+                    "{sub}.{counter} = {} (want {n})",
+                    stats["subscriptions"][sub][counter]
+                )
+            })
+            .collect();
+        if wrong.is_empty() {
+            Ok(())
+        } else {
+            Err(wrong.join(", "))
+        }
+    })
+    .await;
     assert!(dlq_entries(&redis, "rules").is_empty());
 }
 
@@ -194,7 +213,6 @@ async fn read_ahead_is_bounded_in_bytes_too() {
         most <= 7,
         "{most} events of 10 KB in flight with a 64 KiB budget"
     );
-    assert!(most >= 1);
     // Seen from the subscriber too (arrival and answer of each request on its own clock):
     // never more events in open requests at once than the budget holds.
     let log = subscriber.received();

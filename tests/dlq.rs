@@ -50,7 +50,7 @@ async fn an_always_failing_subscriber_gets_everything_into_the_dlq() {
         .wait_for(total * 3, Duration::from_secs(60))
         .await;
     // Wait for the dead letters to be written.
-    let dead = eventually(Duration::from_secs(5), async || {
+    let dead = eventually(Duration::from_secs(30), async || {
         let dead = dlq_entries(&redis, "audit");
         if dead.len() >= total {
             Ok(dead)
@@ -143,7 +143,7 @@ async fn an_always_failing_subscriber_gets_everything_into_the_dlq() {
     let mut extra = keyed_event(5000, "ord_x", 0);
     extra["event_id"] = json!("evt_order_5000");
     router.publish_ok("order.created", &extra).await;
-    eventually(Duration::from_secs(5), async || {
+    eventually(Duration::from_secs(30), async || {
         match dlq_entries(&redis, "audit").len() {
             1 => Ok(()),
             n => Err(format!("{n} dead letters, expected 1")),

@@ -136,7 +136,7 @@ async fn max_len_is_applied_when_no_group_lags() {
             .publish_ok("order.created", &serde_json::Value::Array(batch))
             .await;
     }
-    eventually(Duration::from_secs(5), async || {
+    eventually(Duration::from_secs(30), async || {
         let len: usize = redis::cmd("XLEN")
             .arg(key)
             .query(&mut redis.conn())

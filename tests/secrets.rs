@@ -65,7 +65,7 @@ async fn serves_with(redis: &RedisServer, env: &[(&str, String)], args: &[&str])
     }
     let mut child = command.spawn().expect("spawn");
     let mut ready = false;
-    for _ in 0..200 {
+    for _ in 0..1200 {
         if let Ok(response) = client()
             .get(format!("http://127.0.0.1:{port}/readyz"))
             .send()

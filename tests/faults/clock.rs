@@ -88,7 +88,7 @@ async fn a_lease_that_lapses_locally_is_renewed_without_letting_anything_go() {
     std::fs::write(
         &config,
         format!(
-            "[redis]\nresponse_timeout = \"500ms\"\n\n[delivery]\nlease_ttl = \"6s\"\n\n[[subscriptions]]\nname = \"ledger\"\ntopics = [\"order.>\"]\nendpoints = [\"{}\"]\ntimeout_ms = 60000\nordering = \"sequence\"\nreorder = {{ timeout_ms = 60000, on_timeout = \"dead_letter\" }}\n",
+            "[redis]\nresponse_timeout = \"500ms\"\n\n[delivery]\nlease_ttl = \"20s\"\n\n[[subscriptions]]\nname = \"ledger\"\ntopics = [\"order.>\"]\nendpoints = [\"{}\"]\ntimeout_ms = 60000\nordering = \"sequence\"\nreorder = {{ timeout_ms = 60000, on_timeout = \"dead_letter\" }}\n",
             subscriber.url()
         ),
     )
@@ -119,7 +119,7 @@ async fn a_lease_that_lapses_locally_is_renewed_without_letting_anything_go() {
     proxy.stall();
     // A jump of the whole TTL: every local validity (80% of it) lapses, while in Redis
     // the leases run a full TTL from their last renewal, well past the stall.
-    std::fs::write(&clock, "+6\n").expect("clock jump");
+    std::fs::write(&clock, "+20\n").expect("clock jump");
     tokio::time::sleep(Duration::from_millis(2000)).await;
     proxy.heal();
     let lapsed = "lease renewed after its local validity lapsed";

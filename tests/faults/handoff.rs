@@ -27,7 +27,7 @@ lease_ttl = "1s"
 name = "fulfillment"
 topics = ["order.>"]
 endpoints = ["{}"]
-timeout_ms = 2000
+timeout_ms = 10000
 max_in_flight = 64
 backoff = {{ initial_ms = 10, max_ms = 100, multiplier = 2.0, jitter = 0.2 }}
 max_attempts = 100

@@ -47,7 +47,7 @@ async fn shutdown_leaves_unfinished_events_pending_and_the_next_run_delivers_the
     router
         .publish_ok("order.created", &Value::Array(batch))
         .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    subscriber.wait_for(1, Duration::from_secs(30)).await;
     router.stop().await.expect("clean stop");
     let delivered_first = distinct_successes(&subscriber.received());
     assert!(
@@ -171,7 +171,7 @@ async fn attempts_carry_over_a_restart() {
     let mut config = test_config(&redis);
     config.delivery.lease_ttl = "1s".into();
     let spec = json!({"max_attempts": 4,
-        "backoff": {"initial_ms": 2000, "max_ms": 2000, "multiplier": 1.0, "jitter": 0.0}});
+        "backoff": {"initial_ms": 30000, "max_ms": 30000, "multiplier": 1.0, "jitter": 0.0}});
     for run in 0..2 {
         let router = TestRouter::start(config.clone()).await;
         if run == 0 {
@@ -182,7 +182,7 @@ async fn attempts_carry_over_a_restart() {
                 .publish_ok("order.created", &keyed_event(1, "ord_p", 0))
                 .await;
         }
-        // One attempt per run (the retry waits 2 s, longer than the run).
+        // One attempt per run (the retry waits 30 s, far longer than a run).
         failing.wait_for(run + 1, Duration::from_secs(10)).await;
         router.stop().await.expect("clean stop");
     }

@@ -108,7 +108,7 @@ impl RouterProcess {
             log,
             base: format!("http://127.0.0.1:{port}"),
         };
-        for _ in 0..200 {
+        for _ in 0..1200 {
             if client()
                 .get(format!("{}/healthz", process.base))
                 .send()

@@ -62,7 +62,7 @@ impl RedisServer {
             .spawn()
             .expect("redis-server is installed");
         self.child = Some(child);
-        for _ in 0..200 {
+        for _ in 0..1200 {
             let ping = redis::Client::open(self.url())
                 .and_then(|c| c.get_connection())
                 .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
