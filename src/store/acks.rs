@@ -15,7 +15,7 @@ use std::sync::Arc;
 use redis::aio::ConnectionManager;
 use tokio::sync::{mpsc, Semaphore};
 
-use super::dlq::dlq_key;
+use super::dlq::{dlq_append_lua, dlq_key};
 use super::lease::lease_key;
 use super::sequence::SEQUENCE_STATE_TTL;
 use crate::health::Part;
@@ -25,17 +25,17 @@ use crate::model::envelope::ENTRY_FIELD;
 /// Appends ARGV[6..] as a DLQ entry to KEYS[3] and acks ARGV[3], if the lease is held
 /// (else -1). ARGV[4]: the DLQ's cap (0: none); ARGV[5]: `block` (a full DLQ refuses, -2,
 /// and the event stays pending) or `drop_oldest` (its oldest dead letters are trimmed).
-const FENCED_DEAD_LETTER: &str = r"#!lua flags=allow-oom
+const FENCED_DEAD_LETTER: &str = concat!(
+    "#!lua flags=allow-oom",
+    dlq_append_lua!(),
+    r"
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return -1 end
-local cap = tonumber(ARGV[4])
-if cap > 0 and redis.call('XLEN', KEYS[3]) >= cap then
-  if ARGV[5] == 'block' then return -2 end
-  redis.call('XADD', KEYS[3], 'MAXLEN', '~', cap, '*', unpack(ARGV, 6))
-else
-  redis.call('XADD', KEYS[3], '*', unpack(ARGV, 6))
-end
+local fields = {}
+for i = 6, #ARGV do fields[#fields + 1] = ARGV[i] end
+if not append_dead_letter(KEYS[3], tonumber(ARGV[4]), ARGV[5], fields) then return -2 end
 return redis.call('XACK', KEYS[1], ARGV[2], ARGV[3])
-";
+"
+);
 
 /// How big a dead-letter stream may grow, and what it does then.
 #[derive(Debug, Clone, Copy)]

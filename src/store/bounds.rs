@@ -5,30 +5,25 @@
 use redis::aio::ConnectionManager;
 use redis::streams::StreamRangeReply;
 
-use super::dlq::dlq_key;
+use super::dlq::{dlq_append_lua, dlq_key};
 
 /// Moves what group ARGV[1] has not acked below ARGV[2] (exclusive) from the stream KEYS[1]
 /// to the dead-letter stream KEYS[2]: pending entries are appended there and acked,
 /// unread ones appended and the group moved past them. At most ARGV[3] entries a call.
 /// ARGV[4]: the dead-letter stream's cap (0: none); ARGV[5]: `block` (refuse when full,
 /// returning -2) or `drop_oldest` (trim the oldest dead letters). Returns the number moved.
-const MOVE_UNACKED: &str = r"#!lua flags=allow-oom
+const MOVE_UNACKED: &str = concat!(
+    "#!lua flags=allow-oom",
+    dlq_append_lua!(),
+    r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local cap = tonumber(ARGV[4])
 local moved = 0
 local function dead_letter(id, envelope, attempts)
-  if cap > 0 and redis.call('XLEN', KEYS[2]) >= cap then
-    if ARGV[5] == 'block' then return false end
-    redis.call('XADD', KEYS[2], 'MAXLEN', '~', cap, '*', 'e', envelope, 'source_id', id,
-      'partition', KEYS[1], 'reason', 'retention', 'attempts', attempts,
-      'first_attempt_ms', now, 'last_attempt_ms', now)
-  else
-    redis.call('XADD', KEYS[2], '*', 'e', envelope, 'source_id', id,
-      'partition', KEYS[1], 'reason', 'retention', 'attempts', attempts,
-      'first_attempt_ms', now, 'last_attempt_ms', now)
-  end
-  return true
+  return append_dead_letter(KEYS[2], cap, ARGV[5], {'e', envelope, 'source_id', id,
+    'partition', KEYS[1], 'reason', 'retention', 'attempts', attempts,
+    'first_attempt_ms', now, 'last_attempt_ms', now})
 end
 local function envelope_of(fields)
   for i = 1, #fields, 2 do
@@ -67,7 +62,8 @@ for _, e in ipairs(unread) do
 end
 if newest then redis.call('XGROUP', 'SETID', KEYS[1], ARGV[1], newest) end
 return moved
-";
+"
+);
 
 /// The millisecond part of a stream id (`1700000000000-3` → `1700000000000`).
 pub fn id_ms(id: &str) -> Option<u64> {

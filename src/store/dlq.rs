@@ -19,6 +19,28 @@ use crate::model::envelope::{Envelope, ENTRY_FIELD};
 /// cursor, rather than pass it).
 pub const MAX_PAGE_BYTES: usize = 4 * 1024 * 1024;
 
+/// Lua shared by the scripts that write dead letters (the acker's fenced move, the
+/// retention move): `append_dead_letter(dlq, cap, policy, fields)` appends the
+/// field/value list `fields` to `dlq` within `cap` entries (0: no cap); when full, `block`
+/// refuses (false) and `drop_oldest` trims the oldest dead letters. A macro, so that each
+/// script is one string constant.
+macro_rules! dlq_append_lua {
+    () => {
+        r"
+local function append_dead_letter(dlq, cap, policy, fields)
+  if cap > 0 and redis.call('XLEN', dlq) >= cap then
+    if policy == 'block' then return false end
+    redis.call('XADD', dlq, 'MAXLEN', '~', cap, '*', unpack(fields))
+  else
+    redis.call('XADD', dlq, '*', unpack(fields))
+  end
+  return true
+end
+"
+    };
+}
+pub(crate) use dlq_append_lua;
+
 /// The DLQ stream of a subscription for one partition: same hash tag as the partition so
 /// the append and the ack are atomic on a cluster too.
 pub fn dlq_key(partition_key: &str, subscription: &str) -> String {
