@@ -34,6 +34,7 @@ pub mod config;
 pub mod delivery;
 pub mod health;
 pub mod ingress;
+pub mod metrics;
 pub mod model;
 pub mod publish;
 pub mod schema;
@@ -121,6 +122,8 @@ pub async fn run(
     let catalog = Arc::new(StreamCatalog::new(&config));
     let health = Arc::new(health::Health::default());
     let watched = health.clone();
+    let metrics = Arc::new(metrics::Metrics::default());
+    let windows = metrics::spawn_windows(metrics.clone());
     let floors = Arc::new(TrimFloors::default());
     let connections = (0..config.writer.writers)
         .map(|_| target.manager())
@@ -135,6 +138,7 @@ pub async fn run(
         },
         floors.clone(),
         &health,
+        &metrics,
     ));
     // Learn every group's floor before the first append can trim.
     let mut trim_conn = target.manager()?;
@@ -205,6 +209,7 @@ pub async fn run(
         configured,
         connector,
         health.clone(),
+        metrics.clone(),
     )
     .await?;
 
@@ -244,6 +249,7 @@ pub async fn run(
         dapr_apps,
         delivery: delivery.clone(),
         health,
+        metrics: metrics.clone(),
         control,
         max_body_bytes: config.server.max_body_bytes,
         body_read_timeout: config.server.body_read_timeout.get(),
@@ -299,6 +305,7 @@ pub async fn run(
     let _ = delivery_stopped.await;
     dead_letters.abort();
     trimmer.abort();
+    windows.abort();
     writers.shutdown().await;
     tracing::info!("evrouter stopped");
     let panics = watched.panics();

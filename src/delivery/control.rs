@@ -10,7 +10,8 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
 
 use super::dispatch::ShardDispatch;
-use super::shard::{Shard, ShardContext};
+use super::shard::{RequestMetrics, Shard, ShardContext};
+use super::stats::SubscriptionStats;
 use super::subscription::Subscription;
 use super::Runtime;
 use crate::health::Health;
@@ -200,7 +201,10 @@ impl Runtime {
                 ensure_group(&mut conn, key, &name, "0").await?;
             }
         }
-        let stats = lock(&self.stats).entry(name.clone()).or_default().clone();
+        let stats = lock(&self.stats)
+            .entry(name.clone())
+            .or_insert_with(|| Arc::new(SubscriptionStats::new(&self.metrics, &name)))
+            .clone();
         let budget = sub.spec.max_in_flight;
         let permits = Arc::new(Semaphore::new(budget));
         // Under sequence ordering each finished event also records its key's next number.
@@ -220,6 +224,7 @@ impl Runtime {
                 self.health.part(format!("acker:{name}")),
             )
             .with_dlq_bound(self.settings.dlq)
+            .with_round_trip(self.metrics.round_trip("ack"))
             .run(),
         );
         let (stop, stop_rx) = watch::channel(false);
@@ -235,6 +240,11 @@ impl Runtime {
             shards: self.settings.shards.max(1),
             store: self.target.manager()?,
             handoffs: self.handoffs.clone(),
+            requests: Arc::new(RequestMetrics::new(
+                &self.metrics,
+                &name,
+                &sub.spec.endpoints,
+            )),
         };
         let mut tasks = Vec::new();
         let mut shard_senders = Vec::new();
@@ -274,6 +284,7 @@ impl Runtime {
                 takeover_wait: Duration::from_millis(context.sub.spec.timeout_ms) + DRAIN_MARGIN,
                 part: self.health.part(format!("reader:{name}:{index}")),
                 handoffs: self.handoffs.clone(),
+                round_trip: self.metrics.round_trip("read"),
             };
             tasks.insert(0, tokio::spawn(reader.run()));
         }

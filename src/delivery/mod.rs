@@ -72,6 +72,7 @@ pub struct Runtime {
     connector: Arc<dyn Connector>,
     handoffs: Arc<Handoffs>,
     health: Arc<crate::health::Health>,
+    metrics: Arc<crate::metrics::Metrics>,
     stats: Mutex<HashMap<String, Arc<SubscriptionStats>>>,
     changed: Notify,
     /// Set to the deadline of shutdown when it begins.
@@ -93,6 +94,7 @@ impl Runtime {
         configured: Vec<Subscription>,
         connector: Arc<dyn Connector>,
         health: Arc<crate::health::Health>,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Result<Arc<Self>, StoreError> {
         let registry = Arc::new(Registry::new(target.manager()?, &settings.prefix));
         let (keeper, owned) = LeaseKeeper::new(
@@ -114,6 +116,7 @@ impl Runtime {
             connector,
             handoffs: Arc::new(Handoffs::default()),
             health,
+            metrics,
             stats: Mutex::new(HashMap::new()),
             changed: Notify::new(),
             shutdown,

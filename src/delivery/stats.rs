@@ -1,10 +1,10 @@
 //! Delivery counters and the end-to-end latency histogram of one subscription.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
 
-use hdrhistogram::Histogram;
 use serde::Serialize;
+
+use crate::metrics::{HistogramId, Metrics, Recorded, Unit};
 
 /// Counters updated by the shards of one subscription.
 #[derive(Debug)]
@@ -30,11 +30,12 @@ pub struct SubscriptionStats {
     /// Sequence ordering: what the reorder buffer saw.
     pub sequence: SequenceStats,
     /// Received by evrouter → subscriber's 2xx, in microseconds.
-    latency: Mutex<Histogram<u64>>,
+    pub latency: HistogramId,
 }
 
-impl Default for SubscriptionStats {
-    fn default() -> Self {
+impl SubscriptionStats {
+    /// The counters of subscription `name`, its latency histogram registered in `metrics`.
+    pub fn new(metrics: &Metrics, name: &str) -> Self {
         Self {
             delivered: AtomicU64::new(0),
             retried: AtomicU64::new(0),
@@ -46,9 +47,11 @@ impl Default for SubscriptionStats {
             dead_letter_topic: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             sequence: SequenceStats::default(),
-            // Constant, valid bounds: one microsecond to one hour, 3 significant digits.
-            latency: Mutex::new(
-                Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds"),
+            latency: metrics.histogram(
+                "evrouter_delivery_latency_seconds",
+                "End to end: received by evrouter to the subscriber's 2xx, per delivered event.",
+                Unit::Micros,
+                vec![("subscription", name.to_string())],
             ),
         }
     }
@@ -100,15 +103,17 @@ pub struct StatsSnapshot {
     pub in_flight: u64,
     /// Entries not yet read by the subscription's group, over all partitions.
     pub lag: Option<u64>,
-    /// End-to-end latency percentiles in milliseconds.
+    /// End-to-end latency percentiles in milliseconds, since start.
     pub latency_ms: Percentiles,
+    /// The same over about the last minute.
+    pub latency_ms_last_minute: Percentiles,
     /// The reorder buffer's counters (subscriptions with `ordering = "sequence"`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sequence: Option<serde_json::Value>,
 }
 
-/// Latency percentiles in milliseconds.
-#[derive(Debug, Serialize, Default)]
+/// Latency percentiles in milliseconds (within the histogram's 1%).
+#[derive(Debug, Serialize, Default, Clone, Copy)]
 pub struct Percentiles {
     /// Median.
     pub p50: f64,
@@ -116,16 +121,33 @@ pub struct Percentiles {
     pub p95: f64,
     /// 99th percentile.
     pub p99: f64,
+    /// 99.9th percentile.
+    pub p999: f64,
+    /// Largest.
+    pub max: f64,
     /// Samples.
     pub count: u64,
 }
 
-impl SubscriptionStats {
-    /// Records one delivery's end-to-end latency.
-    pub fn record_latency(&self, micros: u64) {
-        if let Ok(mut h) = self.latency.lock() {
-            h.saturating_record(micros.max(1));
+impl Percentiles {
+    /// From a histogram of microseconds.
+    pub fn of(recorded: &Recorded) -> Self {
+        let ms = |us: u64| us as f64 / 1000.0;
+        Self {
+            p50: ms(recorded.quantile(0.50)),
+            p95: ms(recorded.quantile(0.95)),
+            p99: ms(recorded.quantile(0.99)),
+            p999: ms(recorded.quantile(0.999)),
+            max: ms(recorded.max()),
+            count: recorded.count(),
         }
+    }
+}
+
+impl SubscriptionStats {
+    /// Records one delivery's end-to-end latency (on the calling thread: no shared lock).
+    pub fn record_latency(&self, micros: u64) {
+        self.latency.record(micros);
     }
 
     /// Adds one to a counter.
@@ -135,17 +157,9 @@ impl SubscriptionStats {
 
     /// A snapshot; `lag` is filled by the caller from Redis; `sequence` adds the reorder
     /// buffer's counters.
-    pub fn snapshot(&self, lag: Option<u64>, sequence: bool) -> StatsSnapshot {
-        let latency = self
-            .latency
-            .lock()
-            .map(|h| Percentiles {
-                p50: h.value_at_quantile(0.50) as f64 / 1000.0,
-                p95: h.value_at_quantile(0.95) as f64 / 1000.0,
-                p99: h.value_at_quantile(0.99) as f64 / 1000.0,
-                count: h.len(),
-            })
-            .unwrap_or_default();
+    pub fn snapshot(&self, lag: Option<u64>, sequence: bool, metrics: &Metrics) -> StatsSnapshot {
+        let latency = Percentiles::of(&self.latency.snapshot());
+        let latency_last_minute = Percentiles::of(&metrics.last_minute(self.latency));
         StatsSnapshot {
             delivered: self.delivered.load(Ordering::Relaxed),
             retried: self.retried.load(Ordering::Relaxed),
@@ -158,6 +172,7 @@ impl SubscriptionStats {
             in_flight: self.in_flight.load(Ordering::Relaxed),
             lag,
             latency_ms: latency,
+            latency_ms_last_minute: latency_last_minute,
             sequence: sequence.then(|| serde_json::to_value(&self.sequence).unwrap_or_default()),
         }
     }

@@ -20,7 +20,7 @@ fn open(path: &str, app: &AppState) -> bool {
     matches!(
         path,
         "/healthz" | "/readyz" | "/v1.0/healthz" | "/v1.0/healthz/outbound"
-    ) || (path == "/v1/stats" && app.auth.open_metrics())
+    ) || ((path == "/v1/stats" || path == "/metrics") && app.auth.open_metrics())
 }
 
 /// The token of a request: `Authorization: Bearer …`, or `dapr-api-token` on the Dapr API.

@@ -8,6 +8,7 @@ pub mod dapr;
 pub mod dlq;
 pub mod error;
 pub mod health;
+pub mod metrics;
 pub mod publish;
 pub mod stats;
 pub mod subscriptions;
@@ -57,6 +58,8 @@ pub struct AppState {
     pub delivery: Arc<Runtime>,
     /// The watched parts (readiness names those down).
     pub health: Arc<crate::health::Health>,
+    /// Histograms and counters (`/metrics`, `/v1/stats`).
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// A connection for control commands (readiness).
     pub control: ConnectionManager,
     /// Largest body accepted.
@@ -88,6 +91,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/dlq/{name}", get(dlq::list).delete(dlq::purge))
         .route("/v1/dlq/{name}/replay", post(dlq::replay))
         .route("/v1/stats", get(stats::stats))
+        .route("/metrics", get(metrics::metrics))
         .route("/v1/audit", get(audit::list))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))

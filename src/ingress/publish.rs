@@ -23,21 +23,43 @@ pub async fn publish(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    let started = std::time::Instant::now();
+    match store(&app, &principal, topic, &headers, body).await {
+        Ok((topic, outcome)) => {
+            app.metrics
+                .published("native", &topic, started, outcome.events());
+            Ok((StatusCode::OK, Json(outcome)).into_response())
+        }
+        Err(err) => {
+            app.metrics.rejected("native", err.code);
+            Err(err)
+        }
+    }
+}
+
+/// Checks and stores a publish request: its topic and what was stored.
+async fn store(
+    app: &AppState,
+    principal: &Principal,
+    topic: Result<Path<String>, PathRejection>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(String, crate::publish::PublishOutcome), ApiError> {
     let Path(topic) = topic
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_topic", e.body_text()))?;
     principal.may_publish(&topic)?;
-    check_content_type(&headers)?;
-    let bytes = read_body(&headers, body, app.max_body_bytes, app.body_read_timeout).await?;
+    check_content_type(headers)?;
+    let bytes = read_body(headers, body, app.max_body_bytes, app.body_read_timeout).await?;
     let context = PublishContext {
-        traceparent: header_str(&headers, "traceparent"),
-        tracestate: header_str(&headers, "tracestate"),
+        traceparent: header_str(headers, "traceparent"),
+        tracestate: header_str(headers, "tracestate"),
         quota: principal
             .quota
             .limits()
             .then(|| (principal.name.clone(), principal.quota.clone())),
     };
     let outcome = app.publisher.publish(&topic, &bytes, &context).await?;
-    Ok((StatusCode::OK, Json(outcome)).into_response())
+    Ok((topic, outcome))
 }
 
 fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {

@@ -29,7 +29,7 @@ pub async fn stats(
     for (name, stats) in app.delivery.stats() {
         let lag = app.delivery.lag(&name).await;
         let sequence = app.delivery.orders_by_sequence(&name);
-        subscriptions.insert(name, stats.snapshot(lag, sequence));
+        subscriptions.insert(name, stats.snapshot(lag, sequence, &app.metrics));
     }
     Ok(Json(json!({ "subscriptions": subscriptions })))
 }

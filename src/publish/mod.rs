@@ -67,6 +67,16 @@ pub enum PublishOutcome {
     Many(Vec<Receipt>),
 }
 
+impl PublishOutcome {
+    /// How many events the answer covers.
+    pub fn events(&self) -> usize {
+        match self {
+            Self::One(_) => 1,
+            Self::Many(receipts) => receipts.len(),
+        }
+    }
+}
+
 /// One violation in one event of a publish.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct EventViolation {

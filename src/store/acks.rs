@@ -19,6 +19,7 @@ use super::dlq::{dlq_append_lua, dlq_key};
 use super::lease::lease_key;
 use super::sequence::SEQUENCE_STATE_TTL;
 use crate::health::Part;
+use crate::metrics::RoundTrip;
 use crate::model::dead_letter::Failure;
 use crate::model::envelope::ENTRY_FIELD;
 
@@ -134,6 +135,7 @@ pub struct Acker {
     instance: String,
     rx: mpsc::Receiver<AckOp>,
     permits: Arc<Semaphore>,
+    round_trip: Option<RoundTrip>,
 }
 
 impl Acker {
@@ -154,7 +156,14 @@ impl Acker {
             instance,
             rx,
             permits,
+            round_trip: None,
         }
+    }
+
+    /// Records each flush's time and size.
+    pub fn with_round_trip(mut self, round_trip: RoundTrip) -> Self {
+        self.round_trip = Some(round_trip);
+        self
     }
 
     /// Bounds the dead-letter streams it writes.
@@ -187,6 +196,7 @@ impl Acker {
                 .count();
             let mut attempt = 0;
             let part = self.part.clone();
+            let started = std::time::Instant::now();
             loop {
                 // Entries whose ack is lost stay pending to this consumer and are not read
                 // again until the partition changes hands: keep trying while running (a
@@ -207,6 +217,9 @@ impl Acker {
                     tracing::warn!(error = %failed, "ack failed; entries stay pending");
                     break;
                 }
+            }
+            if let Some(round_trip) = &self.round_trip {
+                round_trip.record(started, batch.len());
             }
             for op in batch.drain(..) {
                 if let AckOp::Barrier(Barrier(then)) = op {

@@ -91,6 +91,9 @@ pub struct Reader<D> {
     pub part: Arc<crate::health::Part>,
     /// Where it says it has no read in flight for a partition being handed over.
     pub handoffs: Arc<dyn super::lease::HandoffBoard>,
+    /// Records reads that returned entries (their time includes waiting for the first
+    /// entry when the partitions were empty).
+    pub round_trip: crate::metrics::RoundTrip,
 }
 
 /// Whether a partition's pending entries are claimed.
@@ -171,6 +174,7 @@ impl<D: Dispatch> Reader<D> {
                 }
                 self.read(&readable).await
             });
+            let started = std::time::Instant::now();
             let Some(result) = round.await else {
                 // A panicked round may have left claimed entries undispatched.
                 claimed.clear();
@@ -187,6 +191,9 @@ impl<D: Dispatch> Reader<D> {
             }
             match result {
                 Ok(read) => {
+                    if read > 0 {
+                        self.round_trip.record(started, read);
+                    }
                     backoff = Duration::from_millis(50);
                     if read < FULL_READ && !self.linger.is_zero() {
                         tokio::select! {

@@ -20,6 +20,7 @@ use super::retention::TrimFloors;
 use super::StoreError;
 use crate::catalog::StreamSpec;
 use crate::health::{Health, Part};
+use crate::metrics::{Metrics, RoundTrip};
 use crate::model::envelope::ENTRY_FIELD;
 
 /// Appends an entry unless its dedup key exists; records the new id under the dedup key.
@@ -98,7 +99,9 @@ impl WriterPool {
         settings: WriterSettings,
         floors: Arc<TrimFloors>,
         health: &Health,
+        metrics: &Metrics,
     ) -> Self {
+        let round_trip = metrics.round_trip("write");
         let mut senders = Vec::with_capacity(connections.len());
         let mut tasks = Vec::with_capacity(connections.len());
         let (stop, _) = watch::channel(false);
@@ -106,6 +109,7 @@ impl WriterPool {
             let (tx, rx) = mpsc::channel(settings.queue_capacity);
             let writer = Writer {
                 part: health.part(format!("writer-{index}")),
+                round_trip,
                 index,
                 rx,
                 conn,
@@ -169,6 +173,7 @@ impl WriterPool {
 
 struct Writer {
     part: Arc<Part>,
+    round_trip: RoundTrip,
     index: usize,
     rx: mpsc::Receiver<Job>,
     conn: ConnectionManager,
@@ -198,10 +203,12 @@ impl Writer {
             self.take_queued(&mut jobs, &mut count);
             self.linger(&mut jobs, &mut count).await;
             let part = self.part.clone();
+            let started = std::time::Instant::now();
             if part.round(self.flush(&mut jobs)).await.is_none() {
                 // Callers of a batch whose write panicked are told it was not stored.
                 jobs.clear();
             }
+            self.round_trip.record(started, count);
         }
         tracing::debug!(writer = self.index, "writer stopped");
     }

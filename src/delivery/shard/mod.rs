@@ -24,6 +24,7 @@ use super::stats::SubscriptionStats;
 use super::subscription::Subscription;
 use super::transport::{Reply, Subscriber};
 use crate::health::Part;
+use crate::metrics::{HistogramId, Metrics, Unit};
 use crate::model::clock::now_ms;
 use crate::model::dead_letter::Failure;
 use crate::model::subscription::Ordering;
@@ -92,6 +93,63 @@ pub struct ShardContext {
     pub store: redis::aio::ConnectionManager,
     /// Where a shard confirms that a partition being handed over is done with.
     pub handoffs: Arc<Handoffs>,
+    /// Webhook request histograms.
+    pub requests: Arc<RequestMetrics>,
+}
+
+/// The histograms of a subscription's webhook requests: time per endpoint (by the
+/// endpoint's index in the spec), events per request.
+#[derive(Debug)]
+pub struct RequestMetrics {
+    duration: Vec<HistogramId>,
+    size: HistogramId,
+}
+
+impl RequestMetrics {
+    /// Registers them for `subscription` and its `endpoints`.
+    pub fn new(metrics: &Metrics, subscription: &str, endpoints: &[String]) -> Self {
+        let duration = endpoints
+            .iter()
+            .map(|url| {
+                metrics.histogram(
+                    "evrouter_webhook_request_seconds",
+                    "Webhook requests: sent to answered (or failed), per subscription and endpoint.",
+                    Unit::Micros,
+                    vec![
+                        ("subscription", subscription.to_string()),
+                        ("endpoint", endpoint_label(url)),
+                    ],
+                )
+            })
+            .collect();
+        let size = metrics.histogram(
+            "evrouter_webhook_request_events",
+            "Events per webhook request (1 in single mode).",
+            Unit::Count,
+            vec![("subscription", subscription.to_string())],
+        );
+        Self { duration, size }
+    }
+
+    /// Records one request to endpoint `index` that carried `events`.
+    pub fn record(&self, index: usize, started: Instant, events: usize) {
+        if let Some(id) = self.duration.get(index) {
+            id.record(started.elapsed().as_micros() as u64);
+        }
+        self.size.record(events as u64);
+    }
+}
+
+/// An endpoint as a label: without user information or query (they can hold secrets).
+fn endpoint_label(url: &str) -> String {
+    let url = url.split(['?', '#']).next().unwrap_or(url);
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+            format!("{scheme}://{rest}")
+        }
+        None => url.to_string(),
+    }
 }
 
 /// Most keys whose stored sequence state is read in one round trip.

@@ -203,8 +203,11 @@ impl Shard {
         self.in_flight += 1;
         let partitions: Vec<Arc<str>> = items_partitions;
         self.count_sending(&partitions, true);
+        let requests = self.ctx.requests.clone();
         tokio::spawn(async move {
+            let started = Instant::now();
             let reply = sending.await;
+            requests.record(endpoint, started, partitions.len());
             let _ = done.send(Finished {
                 lanes,
                 partitions,

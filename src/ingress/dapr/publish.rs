@@ -97,9 +97,33 @@ pub async fn publish(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, DaprError> {
+    let started = std::time::Instant::now();
+    let stored = publish_one(&app, &principal, pubsub, topic, query, headers, body).await;
+    match stored {
+        Ok(target) => {
+            app.metrics.published("dapr", &target, started, 1);
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        Err(err) => {
+            app.metrics.rejected("dapr", err.code);
+            Err(err)
+        }
+    }
+}
+
+/// Checks and stores one event of the Dapr API; the evrouter topic it went to.
+async fn publish_one(
+    app: &Arc<AppState>,
+    principal: &Arc<Principal>,
+    pubsub: String,
+    topic: String,
+    query: Option<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<String, DaprError> {
     let api = &app.dapr;
     let (target, metadata, bytes) =
-        read_request(&app, &principal, &pubsub, &topic, query, &headers, body).await?;
+        read_request(app, principal, &pubsub, &topic, query, &headers, body).await?;
     principal.quota.admit(&principal.name, 1, bytes.len())?;
     let content_type = headers
         .get(header::CONTENT_TYPE)
@@ -118,7 +142,7 @@ pub async fn publish(
         .publish_envelopes(&target, vec![envelope])
         .await
         .map_err(DaprError::from_publish)?;
-    Ok(StatusCode::NO_CONTENT.into_response())
+    Ok(target)
 }
 
 /// One entry of a bulk publish, as the Dapr SDKs send it.
@@ -144,9 +168,29 @@ pub async fn publish_bulk(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, DaprError> {
+    let started = std::time::Instant::now();
+    let answer = publish_many(&app, &principal, pubsub, topic, query, headers, body).await;
+    match &answer {
+        Ok((target, stored, _)) => app.metrics.published("dapr", target, started, *stored),
+        Err(err) => app.metrics.rejected("dapr", err.code),
+    }
+    answer.map(|(_, _, response)| response)
+}
+
+/// Checks and stores a Dapr bulk publish: the evrouter topic, how many entries were
+/// stored, and the answer.
+async fn publish_many(
+    app: &Arc<AppState>,
+    principal: &Arc<Principal>,
+    pubsub: String,
+    topic: String,
+    query: Option<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(String, usize, Response), DaprError> {
     let api = &app.dapr;
     let (target, shared, bytes) =
-        read_request(&app, &principal, &pubsub, &topic, query, &headers, body).await?;
+        read_request(app, principal, &pubsub, &topic, query, &headers, body).await?;
     let max_depth = app.publisher.limits().max_depth;
     let caller = caller(&headers);
     if json_depth(&bytes, max_depth + 2) > max_depth + 2 {
@@ -211,26 +255,29 @@ pub async fn publish_bulk(
             Err(err) => failed.push((entry_id, err.to_string())),
         }
     }
+    let mut stored = stored_ids.len();
     if let Err(err) = app.publisher.publish_envelopes(&target, envelopes).await {
         let why = DaprError::from_publish(err).message;
+        stored = 0;
         failed.extend(stored_ids.into_iter().map(|id| (id, why.clone())));
     }
     if failed.is_empty() {
-        return Ok(StatusCode::NO_CONTENT.into_response());
+        return Ok((target, stored, StatusCode::NO_CONTENT.into_response()));
     }
     let failed_entries: Vec<Value> = failed
         .into_iter()
         // Both spellings: Dapr's `entryId` and the JavaScript SDK's `entryID`.
         .map(|(id, error)| serde_json::json!({ "entryId": id, "entryID": id, "error": error }))
         .collect();
-    Ok((
+    let response = (
         StatusCode::INTERNAL_SERVER_ERROR,
         axum::Json(serde_json::json!({
             "failedEntries": failed_entries,
             "errorCode": "ERR_PUBSUB_PUBLISH_MESSAGE",
         })),
     )
-        .into_response())
+        .into_response();
+    Ok((target, stored, response))
 }
 
 /// 404 for a publish path without a topic.

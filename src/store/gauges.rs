@@ -1,0 +1,129 @@
+//! What the metrics show from Redis itself: per subscription, its lag in entries and in
+//! seconds (the age of the oldest entry it has not acked, pending or unread) and its
+//! dead-letter streams' length; and Redis's memory. Read in a few pipelines per
+//! subscription on one connection, by a task that refreshes them every few seconds (see
+//! `delivery::observed`), never per scrape.
+
+use std::sync::Arc;
+
+use redis::aio::ConnectionManager;
+use redis::streams::{StreamInfoGroupsReply, StreamPendingReply, StreamRangeReply};
+
+use super::bounds::id_ms;
+use super::dlq::dlq_key;
+
+/// One subscription's state in Redis, over the partitions it reads.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GroupState {
+    /// Entries not read yet (`None` when Redis cannot tell for some partition).
+    pub lag: Option<u64>,
+    /// Entries read and not acked.
+    pub pending: u64,
+    /// Milliseconds since the epoch of the oldest entry not acked (pending or unread).
+    pub oldest_unacked_ms: Option<u64>,
+    /// Entries in its dead-letter streams.
+    pub dead_letters: u64,
+}
+
+/// Reads `group`'s state over `partitions`: two pipelined round trips.
+pub async fn group_state(
+    conn: &mut ConnectionManager,
+    partitions: &[Arc<str>],
+    group: &str,
+) -> redis::RedisResult<GroupState> {
+    let mut pipe = redis::pipe();
+    for key in partitions {
+        // A partition not created yet answers an error: read it as empty.
+        pipe.cmd("EVAL")
+            .arg(GROUPS_OR_EMPTY)
+            .arg(1)
+            .arg(&**key)
+            .cmd("XLEN")
+            .arg(dlq_key(key, group));
+    }
+    let answers: Vec<redis::Value> = pipe.query_async(conn).await?;
+    let mut state = GroupState {
+        lag: Some(0),
+        ..GroupState::default()
+    };
+    let mut unread_from = Vec::new();
+    let mut pending_in = Vec::new();
+    for (key, pair) in partitions.iter().zip(answers.chunks(2)) {
+        let [groups, dlq] = pair else { continue };
+        state.dead_letters += redis::from_redis_value::<u64>(dlq.clone()).unwrap_or(0);
+        let Ok(groups) = redis::from_redis_value::<StreamInfoGroupsReply>(groups.clone()) else {
+            continue;
+        };
+        let Some(g) = groups.groups.iter().find(|g| g.name == group) else {
+            continue;
+        };
+        match (g.lag, state.lag) {
+            (Some(lag), Some(total)) => state.lag = Some(total + lag as u64),
+            _ => state.lag = None,
+        }
+        state.pending += g.pending as u64;
+        if g.pending > 0 {
+            pending_in.push(key.clone());
+        }
+        if g.lag != Some(0) {
+            unread_from.push((key.clone(), g.last_delivered_id.clone()));
+        }
+    }
+    if pending_in.is_empty() && unread_from.is_empty() {
+        return Ok(state);
+    }
+    let mut pipe = redis::pipe();
+    for key in &pending_in {
+        pipe.cmd("XPENDING").arg(&**key).arg(group);
+    }
+    for (key, last) in &unread_from {
+        pipe.cmd("XRANGE")
+            .arg(&**key)
+            .arg(format!("({last}"))
+            .arg("+")
+            .arg("COUNT")
+            .arg(1);
+    }
+    let answers: Vec<redis::Value> = pipe.query_async(conn).await?;
+    let (pending, unread) = answers.split_at(pending_in.len().min(answers.len()));
+    let mut oldest: Option<u64> = None;
+    let mut consider = |id: &str| {
+        if let Some(ms) = id_ms(id) {
+            oldest = Some(oldest.map_or(ms, |o| o.min(ms)));
+        }
+    };
+    for answer in pending {
+        if let Ok(StreamPendingReply::Data(data)) =
+            redis::from_redis_value::<StreamPendingReply>(answer.clone())
+        {
+            consider(&data.start_id);
+        }
+    }
+    for answer in unread {
+        if let Ok(range) = redis::from_redis_value::<StreamRangeReply>(answer.clone()) {
+            if let Some(first) = range.ids.first() {
+                consider(&first.id);
+            }
+        }
+    }
+    state.oldest_unacked_ms = oldest;
+    Ok(state)
+}
+
+/// `XINFO GROUPS`, or no groups when the stream does not exist (instead of an error that
+/// would fail the whole pipeline's reply).
+const GROUPS_OR_EMPTY: &str = r"#!lua flags=no-writes,allow-oom
+if redis.call('EXISTS', KEYS[1]) == 0 then return {} end
+return redis.call('XINFO', 'GROUPS', KEYS[1])
+";
+
+/// Redis's memory: bytes used and `maxmemory` (0 when unbounded).
+pub async fn memory(conn: &mut ConnectionManager) -> redis::RedisResult<(u64, u64)> {
+    let info: String = redis::cmd("INFO").arg("memory").query_async(conn).await?;
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':')?.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    Ok((field("used_memory"), field("maxmemory")))
+}

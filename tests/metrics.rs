@@ -1,0 +1,164 @@
+//! `GET /metrics` against a real Redis and a real subscriber: what was published and
+//! delivered shows in the counters and histograms, the classic text format passes
+//! `promtool check metrics` (Debian's `prometheus` package), OpenMetrics is served when
+//! asked for, and `/v1/stats` gives percentiles from the same histograms.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::subscriber::Subscriber;
+use support::{client, eventually, keyed_event, test_config, RedisServer, RouterApi, TestRouter};
+
+/// The value of the sample `name{labels}` (labels exactly as rendered), if present.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+async fn scrape(router: &TestRouter, accept: Option<&str>) -> (String, String) {
+    let mut request = client().get(router.url("/metrics"));
+    if let Some(accept) = accept {
+        request = request.header("accept", accept);
+    }
+    let response = request.send().await.expect("metrics");
+    assert_eq!(response.status(), 200);
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap_or_default()
+        .to_string();
+    (content_type, response.text().await.expect("body"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn published_and_delivered_events_show_in_metrics_and_stats() {
+    let redis = RedisServer::start();
+    let router = TestRouter::start(test_config(&redis)).await;
+    let subscriber = Subscriber::ok().await;
+    router
+        .subscribe("shipping", &["order.*"], &subscriber.url(), json!({}))
+        .await;
+    // 5 requests of 10 events, and one request refused (not JSON).
+    for r in 0..5u64 {
+        let batch: Vec<Value> = (0..10)
+            .map(|k| keyed_event(r * 10 + k, &format!("ord_{k}"), r))
+            .collect();
+        router
+            .publish_ok("order.created", &Value::Array(batch))
+            .await;
+    }
+    let (status, _) = router
+        .post("/v1/publish/order.created", "application/json", "{not json")
+        .await;
+    assert_eq!(status, 400);
+    subscriber.wait_for(50, Duration::from_secs(30)).await;
+
+    let text = eventually(Duration::from_secs(30), async || {
+        let (_, text) = scrape(&router, None).await;
+        match sample(
+            &text,
+            "evrouter_delivery_latency_seconds_count{subscription=\"shipping\"}",
+        ) {
+            Some(n) if n >= 50.0 => Ok(text),
+            other => Err(format!("delivery latency count {other:?}")),
+        }
+    })
+    .await;
+    let expect = |series: &str, value: f64| {
+        assert_eq!(sample(&text, series), Some(value), "{series} in\n{text}");
+    };
+    expect(
+        "evrouter_published_events_total{family=\"order\",api=\"native\"}",
+        50.0,
+    );
+    expect(
+        "evrouter_publish_duration_seconds_count{family=\"order\",api=\"native\"}",
+        5.0,
+    );
+    expect(
+        "evrouter_publish_duration_seconds_bucket{le=\"+Inf\",family=\"order\",api=\"native\"}",
+        5.0,
+    );
+    expect(
+        "evrouter_delivered_events_total{subscription=\"shipping\"}",
+        50.0,
+    );
+    expect(
+        "evrouter_delivery_latency_seconds_bucket{le=\"+Inf\",subscription=\"shipping\"}",
+        50.0,
+    );
+    let rejected: f64 = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("evrouter_rejected_requests_total{") && l.contains("api=\"native\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(rejected, 1.0, "{text}");
+    // Buckets are cumulative and end at the count.
+    let buckets: Vec<f64> = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("evrouter_delivery_latency_seconds_bucket{")
+                && l.contains("subscription=\"shipping\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    assert_eq!(buckets.len(), 17, "16 bounds and +Inf");
+    assert!(buckets.windows(2).all(|w| w[0] <= w[1]), "{buckets:?}");
+    assert!(
+        sample(
+            &text,
+            "evrouter_redis_round_trip_seconds_count{op=\"write\"}"
+        )
+        .is_some_and(|n| n >= 5.0),
+        "{text}"
+    );
+    assert!(text.contains("# TYPE evrouter_delivered_events_total counter"));
+    assert!(!text.contains("# EOF"));
+
+    // The exposition passes Prometheus's own checks.
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian's prometheus package) is installed");
+    std::io::Write::write_all(promtool.stdin.as_mut().expect("stdin"), text.as_bytes())
+        .expect("write");
+    let checked = promtool.wait_with_output().expect("promtool");
+    assert!(
+        checked.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+
+    let (content_type, open) =
+        scrape(&router, Some("application/openmetrics-text;version=1.0.0")).await;
+    assert!(
+        content_type.starts_with("application/openmetrics-text"),
+        "{content_type}"
+    );
+    assert!(open.trim_end().ends_with("# EOF"));
+    assert!(open.contains("# TYPE evrouter_delivered_events counter"));
+
+    // /v1/stats reads the same histogram.
+    let stats = router.stats().await;
+    let latency = &stats["subscriptions"]["shipping"]["latency_ms"];
+    assert_eq!(latency["count"], 50, "{latency}");
+    for q in ["p50", "p95", "p99", "p999", "max"] {
+        assert!(
+            latency[q].as_f64().is_some_and(|v| v > 0.0),
+            "{q}: {latency}"
+        );
+    }
+    assert!(latency["p50"].as_f64() <= latency["p999"].as_f64());
+    assert_eq!(
+        stats["subscriptions"]["shipping"]["latency_ms_last_minute"]["count"],
+        50
+    );
+    router.stop().await.expect("clean stop");
+}
