@@ -39,6 +39,16 @@ async fn published_and_delivered_events_show_in_metrics_and_stats() {
     router
         .subscribe("shipping", &["order.*"], &subscriber.url(), json!({}))
         .await;
+    // A subscriber that refuses everything: its events go to the DLQ at the first attempt.
+    let refusing = Subscriber::with_rule(std::sync::Arc::new(|_| (400, String::new()))).await;
+    router
+        .subscribe(
+            "audit",
+            &["order.*"],
+            &refusing.url(),
+            json!({"max_attempts": 1}),
+        )
+        .await;
     // 5 requests of 10 events, and one request refused (not JSON).
     for r in 0..5u64 {
         let batch: Vec<Value> = (0..10)
@@ -69,7 +79,7 @@ async fn published_and_delivered_events_show_in_metrics_and_stats() {
         assert_eq!(sample(&text, series), Some(value), "{series} in\n{text}");
     };
     expect(
-        "evrouter_published_events_total{family=\"order\",api=\"native\"}",
+        "evrouter_published_total{family=\"order\",api=\"native\"}",
         50.0,
     );
     expect(
@@ -80,19 +90,14 @@ async fn published_and_delivered_events_show_in_metrics_and_stats() {
         "evrouter_publish_duration_seconds_bucket{le=\"+Inf\",family=\"order\",api=\"native\"}",
         5.0,
     );
-    expect(
-        "evrouter_delivered_events_total{subscription=\"shipping\"}",
-        50.0,
-    );
+    expect("evrouter_delivered_total{subscription=\"shipping\"}", 50.0);
     expect(
         "evrouter_delivery_latency_seconds_bucket{le=\"+Inf\",subscription=\"shipping\"}",
         50.0,
     );
     let rejected: f64 = text
         .lines()
-        .filter(|l| {
-            l.starts_with("evrouter_rejected_requests_total{") && l.contains("api=\"native\"")
-        })
+        .filter(|l| l.starts_with("evrouter_rejected_total{") && l.contains("api=\"native\""))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
     assert_eq!(rejected, 1.0, "{text}");
@@ -115,8 +120,41 @@ async fn published_and_delivered_events_show_in_metrics_and_stats() {
         .is_some_and(|n| n >= 5.0),
         "{text}"
     );
-    assert!(text.contains("# TYPE evrouter_delivered_events_total counter"));
+    assert!(text.contains("# TYPE evrouter_delivered_total counter"));
     assert!(!text.contains("# EOF"));
+
+    // What is read from Redis every few seconds: the DLQ of `audit` holds its 50 events;
+    // nothing of `shipping` waits; Redis answers; the instance holds every partition.
+    let text = eventually(Duration::from_secs(30), async || {
+        let (_, text) = scrape(&router, None).await;
+        match (
+            sample(&text, "evrouter_dead_letters{subscription=\"audit\"}"),
+            sample(&text, "evrouter_lag_seconds{subscription=\"shipping\"}"),
+        ) {
+            (Some(dead), Some(lag)) if dead >= 50.0 && lag == 0.0 => Ok(text),
+            other => Err(format!("dead letters and lag {other:?}")),
+        }
+    })
+    .await;
+    assert_eq!(
+        sample(&text, "evrouter_dead_letters{subscription=\"audit\"}"),
+        Some(50.0)
+    );
+    assert_eq!(sample(&text, "evrouter_redis_up"), Some(1.0), "{text}");
+    assert_eq!(sample(&text, "evrouter_ready"), Some(1.0), "{text}");
+    assert!(
+        sample(&text, "evrouter_owned_partitions").is_some_and(|n| n >= 16.0),
+        "{text}"
+    );
+    assert!(
+        sample(&text, "evrouter_redis_memory_used_bytes").is_some_and(|n| n > 0.0),
+        "{text}"
+    );
+    let breaker = format!(
+        "evrouter_breaker_open{{subscription=\"shipping\",endpoint=\"{}\"}}",
+        subscriber.url()
+    );
+    assert_eq!(sample(&text, &breaker), Some(0.0), "{text}");
 
     // The exposition passes Prometheus's own checks.
     let mut promtool = std::process::Command::new("promtool")
@@ -143,7 +181,7 @@ async fn published_and_delivered_events_show_in_metrics_and_stats() {
         "{content_type}"
     );
     assert!(open.trim_end().ends_with("# EOF"));
-    assert!(open.contains("# TYPE evrouter_delivered_events counter"));
+    assert!(open.contains("# TYPE evrouter_delivered counter"));
 
     // /v1/stats reads the same histogram.
     let stats = router.stats().await;

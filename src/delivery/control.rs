@@ -159,6 +159,7 @@ impl Runtime {
                     lock(&runtime.running).remove(&name);
                     if runtime.registry.get(&name).is_none() {
                         lock(&runtime.stats).remove(&name);
+                        lock(&runtime.subscribers).remove(&name);
                     }
                     runtime.changed.notify_one();
                 });
@@ -230,6 +231,7 @@ impl Runtime {
         let (stop, stop_rx) = watch::channel(false);
         let (partitions_tx, partitions_rx) = watch::channel(partitions);
         let subscriber = self.connector.connect(&sub);
+        lock(&self.subscribers).insert(name.clone(), subscriber.clone());
         let context = ShardContext {
             sub: sub.clone(),
             subscriber: subscriber.clone(),

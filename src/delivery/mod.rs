@@ -10,6 +10,7 @@ mod control;
 mod dispatch;
 pub mod handoff;
 pub mod lanes;
+mod observed;
 pub mod registry;
 pub mod reorder;
 pub mod replay;
@@ -33,6 +34,7 @@ use crate::store::groups::{bury, destroy_group, ensure_group, lag, unbury, Lag};
 use crate::store::lease::{LeaseKeeper, LeaseSettings, Owned};
 use crate::store::{RedisTarget, StoreError};
 use handoff::Handoffs;
+pub use observed::Observed;
 use registry::Registry;
 use replay::ReplayReport;
 use stats::SubscriptionStats;
@@ -74,6 +76,11 @@ pub struct Runtime {
     health: Arc<crate::health::Health>,
     metrics: Arc<crate::metrics::Metrics>,
     stats: Mutex<HashMap<String, Arc<SubscriptionStats>>>,
+    /// How each running subscription calls its subscriber (breaker states for metrics).
+    subscribers: Mutex<HashMap<String, Arc<dyn transport::Subscriber>>>,
+    /// The last reading of the subscriptions' state in Redis.
+    observed: Mutex<Arc<Observed>>,
+    observer: Mutex<Option<JoinHandle<()>>>,
     changed: Notify,
     /// Set to the deadline of shutdown when it begins.
     shutdown: watch::Sender<Option<tokio::time::Instant>>,
@@ -118,6 +125,9 @@ impl Runtime {
             health,
             metrics,
             stats: Mutex::new(HashMap::new()),
+            subscribers: Mutex::new(HashMap::new()),
+            observed: Mutex::new(Arc::new(Observed::default())),
+            observer: Mutex::new(None),
             changed: Notify::new(),
             shutdown,
             control: Mutex::new(None),
@@ -127,6 +137,7 @@ impl Runtime {
         runtime.store_configured().await;
         let control = tokio::spawn(runtime.clone().control(keeper));
         *lock(&runtime.control) = Some(control);
+        *lock(&runtime.observer) = Some(tokio::spawn(runtime.clone().observe()));
         Ok(runtime)
     }
 
@@ -309,6 +320,31 @@ impl Runtime {
         Some(total)
     }
 
+    /// Whether each endpoint's breaker is open, per running subscription, with the
+    /// endpoints' URLs.
+    pub fn breakers(&self) -> Vec<(String, Vec<(String, bool)>)> {
+        let subscribers: Vec<(String, Arc<dyn transport::Subscriber>)> = lock(&self.subscribers)
+            .iter()
+            .map(|(name, s)| (name.clone(), s.clone()))
+            .collect();
+        let mut all: Vec<(String, Vec<(String, bool)>)> = subscribers
+            .into_iter()
+            .filter_map(|(name, subscriber)| {
+                let sub = self.registry.get(&name)?;
+                let open = subscriber.open_breakers();
+                let endpoints = sub.spec.endpoints.iter().cloned().zip(open).collect();
+                Some((name, endpoints))
+            })
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    /// How many partitions this instance holds.
+    pub fn owned_partitions(&self) -> usize {
+        self.owned.borrow().len()
+    }
+
     /// The partitions a subscription reads: every partition of every stream whose topics
     /// it could match (streams for the domains it names are created if missing).
     pub fn candidates(&self, sub: &Subscription) -> Vec<Arc<str>> {
@@ -340,6 +376,9 @@ impl Runtime {
     /// for the others to take at once), stops the workers and releases what is left, all
     /// by `deadline`. Nothing is dead-lettered by a shutdown.
     pub async fn shutdown(&self, deadline: tokio::time::Instant) {
+        if let Some(observer) = lock(&self.observer).take() {
+            observer.abort();
+        }
         let _ = self.shutdown.send(Some(deadline));
         let control = lock(&self.control).take();
         if let Some(control) = control {

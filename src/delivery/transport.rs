@@ -115,6 +115,10 @@ pub trait Subscriber: Send + Sync {
     fn send(&self, endpoint: usize, request: Request) -> Sending;
     /// Offers an exhausted event (as presented) to the subscription's dead-letter topic.
     fn forward(&self, body: &Bytes, content_type: Option<&Arc<str>>) -> Forwarded;
+    /// Whether each endpoint's circuit breaker is open (or probing), by endpoint index.
+    fn open_breakers(&self) -> Vec<bool> {
+        Vec::new()
+    }
 }
 
 /// Makes the [`Subscriber`] of each subscription.

@@ -43,6 +43,7 @@ type HistogramSample = (Labels, f64, u64, Vec<(f64, u64)>);
 enum Family {
     Counter(Vec<(Labels, u64)>),
     Gauge(Vec<(Labels, i64)>),
+    FloatGauge(Vec<(Labels, f64)>),
     Histogram(Vec<HistogramSample>),
 }
 
@@ -56,39 +57,58 @@ impl Scrape {
     fn add(&mut self, name: &'static str, help: &'static str, family: Family) {
         self.families.push((name, help, family));
     }
+
+    fn add_float(&mut self, name: &'static str, help: &'static str, samples: Vec<(Labels, f64)>) {
+        self.families
+            .push((name, help, Family::FloatGauge(samples)));
+    }
 }
 
 impl Collector for Scrape {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::{MetricEncoder, NoLabelSet};
+        // A sample without labels is written without braces.
+        fn with<'a>(
+            metric: &'a mut MetricEncoder<'_>,
+            labels: &'a Labels,
+            write: impl FnOnce(&mut MetricEncoder<'_>) -> Result<(), std::fmt::Error>,
+        ) -> Result<(), std::fmt::Error> {
+            if labels.is_empty() {
+                write(metric)
+            } else {
+                write(&mut metric.encode_family(labels)?)
+            }
+        }
         for (name, help, family) in &self.families {
+            let kind = match family {
+                Family::Counter(_) => MetricType::Counter,
+                Family::Gauge(_) | Family::FloatGauge(_) => MetricType::Gauge,
+                Family::Histogram(_) => MetricType::Histogram,
+            };
+            let mut metric = encoder.encode_descriptor(name, help, None, kind)?;
             match family {
                 Family::Counter(samples) => {
-                    let mut metric =
-                        encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
                     for (labels, value) in samples {
-                        metric
-                            .encode_family(labels)?
-                            .encode_counter::<prometheus_client::encoding::NoLabelSet, _, u64>(
-                                value, None,
-                            )?;
+                        with(&mut metric, labels, |m| {
+                            m.encode_counter::<NoLabelSet, _, u64>(value, None)
+                        })?;
                     }
                 }
                 Family::Gauge(samples) => {
-                    let mut metric =
-                        encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
                     for (labels, value) in samples {
-                        metric.encode_family(labels)?.encode_gauge(value)?;
+                        with(&mut metric, labels, |m| m.encode_gauge(value))?;
+                    }
+                }
+                Family::FloatGauge(samples) => {
+                    for (labels, value) in samples {
+                        with(&mut metric, labels, |m| m.encode_gauge(value))?;
                     }
                 }
                 Family::Histogram(samples) => {
-                    let mut metric =
-                        encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
                     for (labels, sum, count, buckets) in samples {
-                        metric
-                            .encode_family(labels)?
-                            .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
-                                *sum, *count, buckets, None,
-                            )?;
+                        with(&mut metric, labels, |m| {
+                            m.encode_histogram::<NoLabelSet>(*sum, *count, buckets, None)
+                        })?;
                     }
                 }
             }
@@ -245,40 +265,37 @@ async fn gather(app: &AppState) -> Scrape {
     );
 
     let subscriptions = app.delivery.stats();
-    let mut lags = Vec::with_capacity(subscriptions.len());
-    for (name, _) in &subscriptions {
-        lags.push(app.delivery.lag(name).await);
-    }
+    let observed = app.delivery.observed();
     use std::sync::atomic::Ordering::Relaxed;
     type Read = fn(&crate::delivery::stats::SubscriptionStats) -> u64;
     let per_subscription: [(&'static str, &'static str, Read); 10] = [
         (
-            "evrouter_delivered_events",
+            "evrouter_delivered",
             "Events delivered (answered 2xx).",
             |s| s.delivered.load(Relaxed),
         ),
         (
-            "evrouter_delivery_retries",
+            "evrouter_retried",
             "Attempts that failed and will be retried.",
             |s| s.retried.load(Relaxed),
         ),
         (
-            "evrouter_dead_lettered_events",
+            "evrouter_dead_lettered",
             "Events moved to the dead-letter queue.",
             |s| s.dead_lettered.load(Relaxed),
         ),
         (
-            "evrouter_dropped_events",
+            "evrouter_dropped",
             "Events dropped (404 or DROP by rule, or exhausted without a DLQ).",
             |s| s.dropped.load(Relaxed),
         ),
         (
-            "evrouter_expired_events",
+            "evrouter_expired",
             "Events past their time to live, acked undelivered.",
             |s| s.expired.load(Relaxed),
         ),
         (
-            "evrouter_unrouted_events",
+            "evrouter_unrouted",
             "Events no routing rule of a Dapr subscription took.",
             |s| s.unrouted.load(Relaxed),
         ),
@@ -298,7 +315,7 @@ async fn gather(app: &AppState) -> Scrape {
             |s| s.sequence.gaps_timed_out.load(Relaxed),
         ),
         (
-            "evrouter_sequence_late_events",
+            "evrouter_sequence_late",
             "Sequence ordering: events that came after their gap was skipped.",
             |s| s.sequence.late_after_gap.load(Relaxed),
         ),
@@ -328,15 +345,90 @@ async fn gather(app: &AppState) -> Scrape {
         "Sequence ordering: events held waiting for a gap to fill.",
         gauge(|s| s.sequence.held.load(Relaxed)),
     );
+    // Read from Redis every few seconds (`delivery::observed`), not per scrape.
+    let from_redis = |read: fn(&crate::store::gauges::GroupState) -> Option<u64>| {
+        Family::Gauge(
+            observed
+                .groups
+                .iter()
+                .filter_map(|(sub, state)| {
+                    read(state).map(|v| (labels(&[("subscription", sub)]), v as i64))
+                })
+                .collect(),
+        )
+    };
     scrape.add(
         "evrouter_lag_events",
-        "Entries the subscription's group has not read yet, over all partitions.",
+        "Entries the subscription's group has not read yet, over all partitions (from Redis).",
+        from_redis(|g| g.lag),
+    );
+    scrape.add(
+        "evrouter_pending_events",
+        "Entries read by the subscription's group and not acked yet, over all partitions.",
+        from_redis(|g| Some(g.pending)),
+    );
+    scrape.add(
+        "evrouter_dead_letters",
+        "Entries in the subscription's dead-letter streams.",
+        from_redis(|g| Some(g.dead_letters)),
+    );
+    scrape.add_float(
+        "evrouter_lag_seconds",
+        "Age of the oldest entry the subscription has not acked (pending or unread); 0 when none.",
+        observed
+            .groups
+            .keys()
+            .filter_map(|sub| {
+                observed
+                    .lag_seconds(sub)
+                    .map(|v| (labels(&[("subscription", sub)]), v))
+            })
+            .collect(),
+    );
+    let (used, max) = observed.memory.unwrap_or((0, 0));
+    if observed.memory.is_some() {
+        scrape.add(
+            "evrouter_redis_memory_used_bytes",
+            "Redis's used_memory.",
+            Family::Gauge(vec![(Vec::new(), used as i64)]),
+        );
+        scrape.add(
+            "evrouter_redis_memory_max_bytes",
+            "Redis's maxmemory (0: unbounded).",
+            Family::Gauge(vec![(Vec::new(), max as i64)]),
+        );
+    }
+    scrape.add(
+        "evrouter_redis_up",
+        "Whether Redis answered the last check (every 5 s).",
+        Family::Gauge(vec![(Vec::new(), i64::from(observed.redis_up))]),
+    );
+    let ready = observed.redis_up && app.health.down().is_empty();
+    scrape.add(
+        "evrouter_ready",
+        "Whether this instance is ready: every watched part up and Redis answering.",
+        Family::Gauge(vec![(Vec::new(), i64::from(ready))]),
+    );
+    scrape.add(
+        "evrouter_owned_partitions",
+        "Partitions this instance holds the lease of.",
+        Family::Gauge(vec![(Vec::new(), app.delivery.owned_partitions() as i64)]),
+    );
+    scrape.add(
+        "evrouter_breaker_open",
+        "Whether the circuit breaker of an endpoint is open or probing (1) or closed (0).",
         Family::Gauge(
-            subscriptions
-                .iter()
-                .zip(&lags)
-                .filter_map(|((sub, _), lag)| {
-                    lag.map(|lag| (labels(&[("subscription", sub)]), lag as i64))
+            app.delivery
+                .breakers()
+                .into_iter()
+                .flat_map(|(sub, endpoints)| {
+                    endpoints.into_iter().map(move |(url, open)| {
+                        let endpoint = crate::metrics::endpoint_label(&url);
+                        (
+                            labels(&[("subscription", &sub), ("endpoint", &endpoint)]),
+                            i64::from(open),
+                        )
+                    })
                 })
                 .collect(),
         ),

@@ -142,12 +142,12 @@ impl Default for Metrics {
             windows: Mutex::new(VecDeque::new()),
             publish: PublishCounters {
                 published: Counter::new(
-                    "evrouter_published_events",
+                    "evrouter_published",
                     "Events stored, by topic family and API.",
                     &["family", "api"],
                 ),
                 rejected: Counter::new(
-                    "evrouter_rejected_requests",
+                    "evrouter_rejected",
                     "Publish requests refused (nothing of them stored), by reason and API.",
                     &["reason", "api"],
                 ),
@@ -290,6 +290,18 @@ impl Metrics {
                 vec![("op", op.to_string())],
             ),
         }
+    }
+}
+
+/// An endpoint as a label: without user information or query (they can hold secrets).
+pub fn endpoint_label(url: &str) -> String {
+    let url = url.split(['?', '#']).next().unwrap_or(url);
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+            format!("{scheme}://{rest}")
+        }
+        None => url.to_string(),
     }
 }
 

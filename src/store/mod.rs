@@ -7,6 +7,7 @@ pub mod audit;
 pub mod bounds;
 pub mod dlq;
 pub mod durability;
+pub mod gauges;
 pub mod groups;
 pub mod lease;
 pub mod reader;

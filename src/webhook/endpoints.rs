@@ -45,6 +45,11 @@ impl Endpoints {
         Err(breakers.iter().filter_map(Breaker::retry_at).min())
     }
 
+    /// Whether each endpoint's breaker is open (or probing), in order.
+    pub fn open(&self) -> Vec<bool> {
+        lock(&self.breakers).iter().map(Breaker::is_open).collect()
+    }
+
     /// The URL of endpoint `index`.
     pub fn url(&self, index: usize) -> Option<&Uri> {
         self.urls.get(index)

@@ -134,6 +134,10 @@ impl Subscriber for Webhook {
         self.endpoints.pick().map(|(index, _)| index)
     }
 
+    fn open_breakers(&self) -> Vec<bool> {
+        self.endpoints.open()
+    }
+
     fn send(&self, endpoint: usize, request: Request) -> Sending {
         let n = request.items.len();
         let Some(base) = self.endpoints.url(endpoint) else {

@@ -117,7 +117,7 @@ impl RequestMetrics {
                     Unit::Micros,
                     vec![
                         ("subscription", subscription.to_string()),
-                        ("endpoint", endpoint_label(url)),
+                        ("endpoint", crate::metrics::endpoint_label(url)),
                     ],
                 )
             })
@@ -137,18 +137,6 @@ impl RequestMetrics {
             id.record(started.elapsed().as_micros() as u64);
         }
         self.size.record(events as u64);
-    }
-}
-
-/// An endpoint as a label: without user information or query (they can hold secrets).
-fn endpoint_label(url: &str) -> String {
-    let url = url.split(['?', '#']).next().unwrap_or(url);
-    match url.split_once("://") {
-        Some((scheme, rest)) => {
-            let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
-            format!("{scheme}://{rest}")
-        }
-        None => url.to_string(),
     }
 }
 
