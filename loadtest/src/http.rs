@@ -207,6 +207,7 @@ pub async fn run(
         requests_ok,
         errors_by_status: errors,
         latency_ms: Percentiles::from_micros(&latency),
+        server: None,
     })
 }
 

@@ -9,6 +9,7 @@ mod http;
 mod progress;
 mod raw;
 mod report;
+mod server;
 mod sink;
 mod spawn;
 
@@ -149,11 +150,16 @@ async fn main() -> anyhow::Result<()> {
         None => vec![args.router.clone()],
     };
     let chaos = spawned.clone().filter(|_| args.chaos);
+    let before = server::scrape(&routers, args.token.as_deref()).await;
     let result = match &args.raw_redis {
         Some(url) => raw::run(&args, url).await,
-        None => http::run(&args, chaos, routers).await,
+        None => http::run(&args, chaos, routers.clone()).await,
     };
     let mut report = result?;
+    if args.raw_redis.is_none() {
+        let after = server::scrape(&routers, args.token.as_deref()).await;
+        report.server = Some(after.since(&before));
+    }
     let mut clean_exits = true;
     if let Some(system) = &spawned {
         let mut system = system.lock().await;

@@ -170,6 +170,7 @@ pub async fn run(args: &Args, url: &str) -> anyhow::Result<Report> {
         raw_read_events_per_sec: read.map(|r| r as f64 / args.duration.as_secs_f64()),
         cpu_seconds: None,
         timeline: Vec::new(),
+        server: None,
     })
 }
 

@@ -73,6 +73,10 @@ pub struct Report {
     pub cpu_seconds: Option<crate::spawn::CpuSeconds>,
     /// Publish latency percentiles, one point per second of the run.
     pub timeline: Vec<TimelinePoint>,
+    /// evrouter's own histograms over the run (warm-up and drain included), from
+    /// `/metrics`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server: Option<crate::server::ServerSide>,
 }
 
 /// One second of the run.
@@ -119,6 +123,17 @@ impl Report {
         );
         if !self.errors_by_status.is_empty() {
             println!("errors             {:?}", self.errors_by_status);
+        }
+        if let Some(server) = &self.server {
+            let show = |p95: Option<f64>, bucket: Option<(f64, f64)>| match (p95, bucket) {
+                (Some(p95), Some((a, b))) => format!("{p95:.2} (bucket {a}..{b})"),
+                _ => "—".to_string(),
+            };
+            println!(
+                "server side (ms)   publish p95 {}  end-to-end p95 {}  (evrouter's /metrics, whole run)",
+                show(server.publish_p95_ms, server.publish_bucket_ms),
+                show(server.end_to_end_p95_ms, server.end_to_end_bucket_ms)
+            );
         }
         if let Some(read) = self.raw_read_events_per_sec {
             println!("read and acked     {read:.0} events/s (XREADGROUP + XACK, at the same time)");
