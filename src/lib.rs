@@ -34,6 +34,7 @@ pub mod config;
 pub mod delivery;
 pub mod health;
 pub mod ingress;
+pub mod logs;
 pub mod metrics;
 pub mod model;
 pub mod publish;

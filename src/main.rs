@@ -209,14 +209,34 @@ fn toml_string(value: &str) -> String {
 }
 
 fn init_tracing() {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_env(evrouter::config::LOG_ENV)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Colour only for a person at a terminal: a log file or a pipe gets plain text.
-    use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stdout().is_terminal())
-        .init();
+    let limit = evrouter::logs::WarningLimit::new();
+    let json =
+        evrouter::logs::json_wanted(std::env::var(evrouter::logs::FORMAT_ENV).ok().as_deref());
+    let registry = tracing_subscriber::registry()
+        .with(filter)
+        .with(limit.clone());
+    if json {
+        // One JSON object per line: the event's fields at the top level.
+        registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(false),
+            )
+            .init();
+    } else {
+        // Colour only for a person at a terminal: a log file or a pipe gets plain text.
+        use std::io::IsTerminal;
+        registry
+            .with(tracing_subscriber::fmt::layer().with_ansi(std::io::stdout().is_terminal()))
+            .init();
+    }
+    limit.report_forever();
 }
 
 fn serve(config: Config) -> anyhow::Result<()> {

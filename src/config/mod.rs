@@ -22,6 +22,9 @@ use serde::{Deserialize, Serialize};
 /// `EVR_TEST_*` variables, which the test suite reads).
 pub const LOG_ENV: &str = "EVR_LOG";
 
+/// The environment variable choosing the log format (`json`); not a config override.
+pub const LOG_FORMAT_ENV: &str = "EVR_LOG_FORMAT";
+
 /// The environment variable holding the Redis password; not a config override either.
 pub const REDIS_PASSWORD_ENV: &str = "EVR_REDIS_PASSWORD";
 

@@ -2,7 +2,9 @@
 //! wrong type in one does not hide the problems of the others; every unknown key is
 //! reported with its path.
 
-use super::{Config, ConfigError, ConfigProblem, StreamConfig, LOG_ENV, REDIS_PASSWORD_ENV};
+use super::{
+    Config, ConfigError, ConfigProblem, StreamConfig, LOG_ENV, LOG_FORMAT_ENV, REDIS_PASSWORD_ENV,
+};
 
 impl Config {
     /// Parses TOML text, applies `EVR_*` overrides, and validates everything.
@@ -15,7 +17,8 @@ impl Config {
             .map_err(|e: toml::de::Error| ConfigError::Syntax(e.to_string()))?;
         let mut problems = Vec::new();
         for (name, value) in env {
-            if name == LOG_ENV || name == REDIS_PASSWORD_ENV || name.starts_with("EVR_TEST_") {
+            let not_config = [LOG_ENV, LOG_FORMAT_ENV, REDIS_PASSWORD_ENV];
+            if not_config.contains(&name.as_str()) || name.starts_with("EVR_TEST_") {
                 continue;
             }
             if let Some(rest) = name.strip_prefix("EVR_") {

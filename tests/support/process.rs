@@ -30,7 +30,16 @@ impl RouterProcess {
     /// and waits until it answers. Logs at `EVR_LOG` when the test run sets it, else at
     /// evrouter's info level.
     pub async fn start(redis: &RedisServer, config: Option<&Path>) -> Self {
-        Self::launch(&redis.url(), config, &[]).await
+        Self::launch(&redis.url(), config, &[], false).await
+    }
+
+    /// Starts it with more environment variables.
+    pub async fn start_with_env(
+        redis: &RedisServer,
+        config: Option<&Path>,
+        env: &[(&str, &str)],
+    ) -> Self {
+        Self::launch(&redis.url(), config, env, false).await
     }
 
     /// Starts it with its clock shifted by `offset` (libfaketime's `FAKETIME`, e.g.
@@ -40,7 +49,7 @@ impl RouterProcess {
         config: Option<&Path>,
         offset: &str,
     ) -> Self {
-        Self::launch(&redis.url(), config, &[("FAKETIME", offset)]).await
+        Self::launch(&redis.url(), config, &[("FAKETIME", offset)], true).await
     }
 
     /// Starts it against the Redis at `redis_url` (a proxy in front of a test server) with
@@ -57,7 +66,7 @@ impl RouterProcess {
             ("FAKETIME_TIMESTAMP_FILE", file),
             ("FAKETIME_CACHE_DURATION", "1"),
         ];
-        Self::launch(redis_url, config, &clock).await
+        Self::launch(redis_url, config, &clock, true).await
     }
 
     /// Everything the process has written so far.
@@ -65,21 +74,26 @@ impl RouterProcess {
         std::fs::read_to_string(self.log.path()).unwrap_or_default()
     }
 
-    async fn launch(redis_url: &str, config: Option<&Path>, clock: &[(&str, &str)]) -> Self {
+    async fn launch(
+        redis_url: &str,
+        config: Option<&Path>,
+        env: &[(&str, &str)],
+        faketime: bool,
+    ) -> Self {
         let port = free_port();
         let log = tempfile::NamedTempFile::new().expect("log file");
         let output = |log: &tempfile::NamedTempFile| {
             Stdio::from(log.as_file().try_clone().expect("log file handle"))
         };
         let mut command = Command::new(env!("CARGO_BIN_EXE_evrouter"));
-        if !clock.is_empty() {
+        if faketime {
             // libfaketime preloaded into evrouter itself (the `faketime` wrapper would
             // stay in between, and a signal to it would not reach evrouter).
             command
                 .env("LD_PRELOAD", FAKETIME_LIB)
-                .env("FAKETIME_DONT_RESET", "1")
-                .envs(clock.iter().copied());
+                .env("FAKETIME_DONT_RESET", "1");
         }
+        command.envs(env.iter().copied());
         command.arg("serve");
         if let Some(config) = config {
             command.arg("--config").arg(config);

@@ -238,7 +238,7 @@ impl Shard {
                     self.finish(&lane, true);
                 }
                 Decision::Dropped(reason) => {
-                    tracing::info!(subscription = %spec.name, event_id = %head.event_id, %reason, "event dropped");
+                    tracing::info!(subscription = %spec.name, event_id = %head.event_id, trace_id = %crate::logs::trace_id(&head.traceparent), %reason, "event dropped");
                     SubscriptionStats::bump(&self.ctx.stats.dropped);
                     self.finish(&lane, true);
                 }
@@ -320,6 +320,14 @@ impl Shard {
                 },
             };
             SubscriptionStats::bump(&self.ctx.stats.dead_lettered);
+            tracing::info!(
+                subscription = %self.ctx.sub.spec.name,
+                event_id = %head.event_id,
+                trace_id = %crate::logs::trace_id(&head.traceparent),
+                attempts = head.attempts,
+                last_status = head.last_status.unwrap_or(0),
+                "event dead-lettered"
+            );
             self.queue_ack(op);
             self.finish(lane, false);
         } else {
