@@ -251,6 +251,7 @@ pub async fn run(
         delivery: delivery.clone(),
         health,
         metrics: metrics.clone(),
+        timeline: ingress::ui::Timeline::default(),
         control,
         max_body_bytes: config.server.max_body_bytes,
         body_read_timeout: config.server.body_read_timeout.get(),
@@ -271,6 +272,7 @@ pub async fn run(
         None => None,
     };
     let reloader = tls.as_ref().map(ingress::tls::Tls::spawn_reloader);
+    let sampler = ingress::ui::spawn_sampler(state.clone());
     // One budget for all of shutdown, from the signal on: requests in flight are answered
     // while the partitions are handed over, then the writers flush.
     let budget = config.server.shutdown_budget.get();
@@ -301,6 +303,7 @@ pub async fn run(
         reloader.abort();
     }
 
+    sampler.abort();
     drop(state);
     app_watcher.abort();
     let _ = delivery_stopped.await;

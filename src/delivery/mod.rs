@@ -340,6 +340,11 @@ impl Runtime {
         all
     }
 
+    /// This instance's id (its consumer name and lease value).
+    pub fn instance(&self) -> &str {
+        &self.settings.instance
+    }
+
     /// How many partitions this instance holds.
     pub fn owned_partitions(&self) -> usize {
         self.owned.borrow().len()

@@ -23,6 +23,8 @@ pub struct Observed {
     pub memory: Option<(u64, u64)>,
     /// Whether Redis answered the last reading.
     pub redis_up: bool,
+    /// The live instances and how many partitions each holds (from Redis).
+    pub holders: BTreeMap<String, usize>,
     /// When it was taken (ms since the epoch); 0 before the first.
     pub at_ms: u64,
 }
@@ -73,6 +75,17 @@ impl Runtime {
                     self.record(reading);
                     continue;
                 }
+            }
+            let all: Vec<Arc<str>> = self
+                .catalog
+                .streams()
+                .iter()
+                .flat_map(|s| s.partition_keys.iter().cloned())
+                .collect();
+            let registry = format!("{}:instances", self.settings.prefix);
+            match gauges::lease_holders(conn, &registry, &all).await {
+                Ok(holders) => reading.holders = holders,
+                Err(err) => tracing::debug!(error = %err, "could not read the lease holders"),
             }
             let running: Vec<String> = lock(&self.stats).keys().cloned().collect();
             for name in running {

@@ -19,8 +19,8 @@ use crate::auth::AuthError;
 fn open(path: &str, app: &AppState) -> bool {
     matches!(
         path,
-        "/healthz" | "/readyz" | "/v1.0/healthz" | "/v1.0/healthz/outbound"
-    ) || ((path == "/v1/stats" || path == "/metrics") && app.auth.open_metrics())
+        "/healthz" | "/readyz" | "/v1.0/healthz" | "/v1.0/healthz/outbound" | "/ui"
+    ) || (matches!(path, "/v1/stats" | "/metrics" | "/v1/dashboard") && app.auth.open_metrics())
 }
 
 /// The token of a request: `Authorization: Bearer …`, or `dapr-api-token` on the Dapr API.

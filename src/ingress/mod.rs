@@ -13,6 +13,7 @@ pub mod publish;
 pub mod stats;
 pub mod subscriptions;
 pub mod tls;
+pub mod ui;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -60,6 +61,8 @@ pub struct AppState {
     pub health: Arc<crate::health::Health>,
     /// Histograms and counters (`/metrics`, `/v1/stats`).
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The dashboard's timeline.
+    pub timeline: ui::Timeline,
     /// A connection for control commands (readiness).
     pub control: ConnectionManager,
     /// Largest body accepted.
@@ -92,6 +95,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/dlq/{name}/replay", post(dlq::replay))
         .route("/v1/stats", get(stats::stats))
         .route("/metrics", get(metrics::metrics))
+        .route("/ui", get(ui::page))
+        .route("/v1/dashboard", get(ui::data))
         .route("/v1/audit", get(audit::list))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))

@@ -11,6 +11,7 @@ use redis::streams::{StreamInfoGroupsReply, StreamPendingReply, StreamRangeReply
 
 use super::bounds::id_ms;
 use super::dlq::dlq_key;
+use super::lease::lease_key;
 
 /// One subscription's state in Redis, over the partitions it reads.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -126,4 +127,36 @@ pub async fn memory(conn: &mut ConnectionManager) -> redis::RedisResult<(u64, u6
             .unwrap_or(0)
     };
     Ok((field("used_memory"), field("maxmemory")))
+}
+
+/// The live instances (from the registry at `registry`) and how many of `partitions` each
+/// holds the lease of; one pipelined round trip.
+pub async fn lease_holders(
+    conn: &mut ConnectionManager,
+    registry: &str,
+    partitions: &[Arc<str>],
+) -> redis::RedisResult<std::collections::BTreeMap<String, usize>> {
+    let mut pipe = redis::pipe();
+    pipe.cmd("ZRANGE").arg(registry).arg(0).arg(-1);
+    for key in partitions {
+        pipe.cmd("GET").arg(lease_key(key));
+    }
+    let mut answers: Vec<redis::Value> = pipe.query_async(conn).await?;
+    let mut holders = std::collections::BTreeMap::new();
+    if answers.is_empty() {
+        return Ok(holders);
+    }
+    let live: Vec<String> = redis::from_redis_value(answers.remove(0)).unwrap_or_default();
+    for instance in live {
+        holders.insert(instance, 0);
+    }
+    for answer in answers {
+        if let Ok(Some(holder)) = redis::from_redis_value::<Option<String>>(answer) {
+            // A lease released with the handoff mark belongs to nobody yet.
+            if !holder.starts_with('~') {
+                *holders.entry(holder).or_insert(0) += 1;
+            }
+        }
+    }
+    Ok(holders)
 }
