@@ -156,6 +156,30 @@ async fn published_and_delivered_events_show_in_metrics_and_stats() {
     );
     assert_eq!(sample(&text, &breaker), Some(0.0), "{text}");
 
+    // Every metric the alerts and the Grafana dashboard use is one evrouter exposes.
+    for file in [
+        "deploy/prometheus/alerts.yml",
+        "deploy/grafana/evrouter.json",
+    ] {
+        let path = format!("{}/{file}", env!("CARGO_MANIFEST_DIR"));
+        let text_of_file = std::fs::read_to_string(&path).expect("file");
+        for used in text_of_file.split("evrouter_").skip(1) {
+            let name: String = used
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+                .collect();
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .fold(name.as_str(), |n, suffix| {
+                    n.strip_suffix(suffix).unwrap_or(n)
+                });
+            assert!(
+                text.contains(&format!("# TYPE evrouter_{family} ")),
+                "{file} uses evrouter_{name}, which /metrics does not have"
+            );
+        }
+    }
+
     // The exposition passes Prometheus's own checks.
     let mut promtool = std::process::Command::new("promtool")
         .args(["check", "metrics"])
