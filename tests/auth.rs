@@ -130,6 +130,14 @@ async fn every_endpoint_answers_each_caller_as_its_rights_say() {
             [401, 401, 403, 403, 200],
         ),
         row(Method::GET, "/v1/stats", None, [401, 401, 403, 403, 200]),
+        row(Method::GET, "/metrics", None, [401, 401, 403, 403, 200]),
+        row(
+            Method::GET,
+            "/v1/dashboard",
+            None,
+            [401, 401, 403, 403, 200],
+        ),
+        row(Method::GET, "/ui", None, [200, 200, 200, 200, 200]),
         row(
             Method::POST,
             "/v1/dapr/apps/nothing/refresh",

@@ -273,3 +273,50 @@ async fn delivery_works_with_a_redis_password_and_database_number() {
         .expect("keys");
     assert!(!keys.is_empty(), "the streams are in database 2");
 }
+
+/// A publish's `traceparent` is continued: the webhook request carries the same trace id
+/// with a span id of its own (a child), a new one for each attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_continue_the_publishers_trace_as_child_spans() {
+    let redis = RedisServer::start();
+    let router = TestRouter::start(test_config(&redis)).await;
+    let first_fails = Subscriber::with_rule(Arc::new(|r: &support::subscriber::Received| {
+        if r.attempt == 1 {
+            (500, String::new())
+        } else {
+            (200, String::new())
+        }
+    }))
+    .await;
+    router
+        .subscribe(
+            "traced",
+            &["order.*"],
+            &first_fails.url(),
+            json!({"backoff": {"initial_ms": 10, "max_ms": 10, "multiplier": 1.0, "jitter": 0.0}}),
+        )
+        .await;
+    let parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let response = support::client()
+        .post(router.url("/v1/publish/order.created"))
+        .header("traceparent", parent)
+        .json(&keyed_event(1, "ord_t", 0))
+        .send()
+        .await
+        .expect("publish");
+    assert_eq!(response.status(), 200);
+    let log = first_fails.wait_for(2, Duration::from_secs(30)).await;
+    let spans: Vec<&str> = log
+        .iter()
+        .map(|r| r.traceparent.as_deref().unwrap_or_default())
+        .collect();
+    for span in &spans {
+        assert!(is_valid_traceparent(span), "{span}");
+        assert!(
+            span.starts_with("00-0af7651916cd43dd8448eb211c80319c-") && span.ends_with("-01"),
+            "same trace: {span}"
+        );
+        assert!(!span.contains("b7ad6b7169203331"), "a child span: {span}");
+    }
+    assert_ne!(spans[0], spans[1], "each attempt is a span of its own");
+}

@@ -18,7 +18,7 @@ use prometheus_client::registry::Registry;
 
 use super::error::ApiError;
 use super::AppState;
-use crate::auth::{Denied, Principal};
+use crate::auth::Principal;
 use crate::metrics::{Series, Unit};
 
 /// Upper bounds of the latency buckets, in seconds: 0.1 ms to 10 s.
@@ -169,14 +169,7 @@ pub async fn metrics(
     principal: Option<Extension<Arc<Principal>>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    if !app.auth.open_metrics() {
-        let allowed = principal.is_some_and(|Extension(p)| p.metrics);
-        if !allowed {
-            return Err(ApiError::forbidden(Denied(
-                "metrics need a principal with `metrics` or `admin`".into(),
-            )));
-        }
-    }
+    super::stats::may_read_metrics(&app, principal.as_ref(), "metrics need")?;
     let scrape = gather(&app).await;
     let mut registry = Registry::default();
     registry.register_collector(Box::new(scrape));

@@ -17,14 +17,7 @@ pub async fn stats(
     State(app): State<Arc<AppState>>,
     principal: Option<Extension<Arc<Principal>>>,
 ) -> Result<Json<Value>, ApiError> {
-    if !app.auth.open_metrics() {
-        let allowed = principal.is_some_and(|Extension(p)| p.metrics);
-        if !allowed {
-            return Err(ApiError::forbidden(Denied(
-                "stats need a principal with `metrics` or `admin`".into(),
-            )));
-        }
-    }
+    may_read_metrics(&app, principal.as_ref(), "stats need")?;
     let mut subscriptions = BTreeMap::new();
     for (name, stats) in app.delivery.stats() {
         let lag = app.delivery.lag(&name).await;
@@ -32,4 +25,19 @@ pub async fn stats(
         subscriptions.insert(name, stats.snapshot(lag, sequence, &app.metrics));
     }
     Ok(Json(json!({ "subscriptions": subscriptions })))
+}
+
+/// What `/v1/stats`, `/metrics` and the dashboard's data need: a principal with `metrics`
+/// (or `admin`), or `auth.open_metrics`. `what` starts the refusal's message.
+pub fn may_read_metrics(
+    app: &AppState,
+    principal: Option<&Extension<Arc<Principal>>>,
+    what: &str,
+) -> Result<(), ApiError> {
+    if app.auth.open_metrics() || principal.is_some_and(|Extension(p)| p.metrics) {
+        return Ok(());
+    }
+    Err(ApiError::forbidden(Denied(format!(
+        "{what} a principal with `metrics` or `admin`"
+    ))))
 }

@@ -26,6 +26,18 @@ pub fn new_traceparent() -> String {
     format!("00-{trace:032x}-{span:016x}-01")
 }
 
+/// A child of `parent` for one delivery attempt: the same trace id and flags, a new span
+/// id; `None` when `parent` is not a well-formed `traceparent`.
+pub fn child_traceparent(parent: &str) -> Option<String> {
+    if !is_valid_traceparent(parent) {
+        return None;
+    }
+    let mut parts = parent.split('-');
+    let (version, trace, _, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let span = fastrand::u64(1..);
+    Some(format!("{version}-{trace}-{span:016x}-{flags}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -45,5 +57,16 @@ mod tests {
             "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01"
         ));
         assert!(!is_valid_traceparent("garbage"));
+    }
+
+    #[test]
+    fn a_child_keeps_the_trace_and_flags_with_a_new_span() {
+        let parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let child = child_traceparent(parent).expect("a child");
+        assert!(is_valid_traceparent(&child), "{child}");
+        assert!(child.starts_with("00-0af7651916cd43dd8448eb211c80319c-"));
+        assert!(child.ends_with("-01"));
+        assert_ne!(child, parent);
+        assert_eq!(child_traceparent("garbage"), None);
     }
 }

@@ -146,7 +146,12 @@ impl Client {
         if let Some(topic) = request.topic.and_then(valid) {
             builder = builder.header("evr-topic", topic);
         }
-        if let Some(traceparent) = request.traceparent.and_then(valid) {
+        // Each attempt is a span of its own in the event's trace: a child of the stored
+        // context (the event's publish), so that the subscriber continues the trace.
+        let child = request.traceparent.map(|parent| {
+            crate::model::trace::child_traceparent(parent).unwrap_or_else(|| parent.to_string())
+        });
+        if let Some(traceparent) = child.as_deref().and_then(valid) {
             builder = builder.header("traceparent", traceparent);
         }
         if let Some(token) = request.app_token.and_then(valid) {

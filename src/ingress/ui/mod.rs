@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 
 use super::error::ApiError;
 use super::AppState;
-use crate::auth::{Denied, Principal};
+use crate::auth::Principal;
 use crate::metrics::{Metrics, Recorded};
 use crate::model::clock::now_ms;
 use crate::model::sync::lock;
@@ -145,14 +145,7 @@ pub async fn data(
     State(app): State<Arc<AppState>>,
     principal: Option<Extension<Arc<Principal>>>,
 ) -> Result<Json<Value>, ApiError> {
-    if !app.auth.open_metrics() {
-        let allowed = principal.is_some_and(|Extension(p)| p.metrics);
-        if !allowed {
-            return Err(ApiError::forbidden(Denied(
-                "the dashboard needs a principal with `metrics` or `admin`".into(),
-            )));
-        }
-    }
+    crate::ingress::stats::may_read_metrics(&app, principal.as_ref(), "the dashboard needs")?;
     let observed = app.delivery.observed();
     let breakers = app.delivery.breakers();
     let subscriptions: Vec<Value> = app
