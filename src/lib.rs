@@ -9,8 +9,10 @@
 //!   trace context, the clock and the lock helper.
 //! - [`health`]: the watched parts of the running instance (a round that panics is caught,
 //!   logged and retried after a backoff; `/readyz` names the parts down).
+//! - [`metrics`]: histograms recorded per thread and merged on read, labelled counters.
 //! - [`config`]: the one TOML file: sections, reading (`EVR_*` overrides, paths in every
 //!   error) and validation of values.
+//! - [`logs`]: JSON lines on request, warnings rate-limited per call site.
 //! - [`auth`]: principals and their rights, token and JWT checks, publish quotas.
 //! - [`catalog`]: topic → stream → partition, and the key of an event; [`schema`]: the
 //!   base schema and per-type schemas.
@@ -25,7 +27,7 @@
 //!   the guard against internal addresses, request bodies (plain, bulk, Dapr apps),
 //!   signatures, answers, and Dapr apps' subscription lists.
 //! - [`ingress`]: the HTTP(S) server: the native API and the Dapr adapter's handlers,
-//!   authentication of each request, the audit log.
+//!   authentication of each request, the audit log, `/metrics` and the dashboard.
 //! - this file: [`run`], which wires the floors together; `main.rs`: the command line.
 
 pub mod auth;
