@@ -222,5 +222,28 @@ async fn published_and_delivered_events_show_in_metrics_and_stats() {
         stats["subscriptions"]["shipping"]["latency_ms_last_minute"]["count"],
         50
     );
+    // The other histograms too: publish time per family and API, and Redis round trips.
+    let histograms = stats["histograms"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no histograms in {stats}"));
+    let publish = histograms
+        .iter()
+        .find(|h| {
+            h["name"] == "evrouter_publish_duration_seconds"
+                && h["labels"]["family"] == "order"
+                && h["labels"]["api"] == "native"
+        })
+        .expect("the publish histogram");
+    assert_eq!(publish["unit"], "ms");
+    assert_eq!(publish["since_start"]["count"], 5, "{publish}");
+    assert!(publish["since_start"]["p95"]
+        .as_f64()
+        .is_some_and(|v| v > 0.0));
+    assert!(histograms.iter().any(|h| {
+        h["name"] == "evrouter_redis_batch_entries"
+            && h["labels"]["op"] == "write"
+            && h["unit"] == "entries"
+            && h["since_start"]["max"].as_f64().is_some_and(|v| v >= 10.0)
+    }));
     router.stop().await.expect("clean stop");
 }

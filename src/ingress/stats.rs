@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use super::error::ApiError;
 use super::AppState;
 use crate::auth::{Denied, Principal};
+use crate::metrics::{Metrics, Recorded, Unit};
 
 /// Counters of every subscription running on this instance; for a principal with
 /// `metrics` or `admin`, or anyone when `auth.open_metrics` is set.
@@ -24,7 +25,50 @@ pub async fn stats(
         let sequence = app.delivery.orders_by_sequence(&name);
         subscriptions.insert(name, stats.snapshot(lag, sequence, &app.metrics));
     }
-    Ok(Json(json!({ "subscriptions": subscriptions })))
+    Ok(Json(json!({
+        "subscriptions": subscriptions,
+        "histograms": histograms(&app.metrics),
+    })))
+}
+
+/// Every other built-in histogram (publish time, webhook requests, Redis round trips and
+/// sizes), by name and labels: percentiles since start and over about the last minute.
+/// Latencies in ms, sizes in entries.
+fn histograms(metrics: &Metrics) -> Vec<Value> {
+    metrics
+        .series()
+        .into_iter()
+        .filter(|s| s.name != "evrouter_delivery_latency_seconds")
+        .map(|s| {
+            let scale = match s.unit {
+                Unit::Micros => 1000.0,
+                Unit::Count => 1.0,
+            };
+            let show = |r: &Recorded| {
+                let v = |x: u64| x as f64 / scale;
+                json!({
+                    "count": r.count(),
+                    "p50": v(r.quantile(0.50)),
+                    "p95": v(r.quantile(0.95)),
+                    "p99": v(r.quantile(0.99)),
+                    "p999": v(r.quantile(0.999)),
+                    "max": v(r.max()),
+                })
+            };
+            let labels: serde_json::Map<String, Value> = s
+                .labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), Value::String(v.clone())))
+                .collect();
+            json!({
+                "name": s.name,
+                "unit": match s.unit { Unit::Micros => "ms", Unit::Count => "entries" },
+                "labels": labels,
+                "since_start": show(&s.id.snapshot()),
+                "last_minute": show(&metrics.last_minute(s.id)),
+            })
+        })
+        .collect()
 }
 
 /// What `/v1/stats`, `/metrics` and the dashboard's data need: a principal with `metrics`
