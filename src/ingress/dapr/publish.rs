@@ -98,20 +98,25 @@ pub async fn publish(
     body: Body,
 ) -> Result<Response, DaprError> {
     let started = std::time::Instant::now();
-    let stored = publish_one(&app, &principal, pubsub, topic, query, headers, body).await;
-    match stored {
-        Ok(target) => {
-            app.metrics.published("dapr", &target, started, 1);
-            Ok(StatusCode::NO_CONTENT.into_response())
-        }
-        Err(err) => {
-            app.metrics.rejected("dapr", err.code);
-            Err(err)
-        }
-    }
+    let answer = publish_one(&app, &principal, pubsub, topic, query, headers, body).await;
+    counted(&app, started, answer)
 }
 
-/// Checks and stores one event of the Dapr API; the evrouter topic it went to.
+/// Counts a Dapr publish in the metrics (the events stored, or the refusal) and gives its
+/// answer.
+fn counted(
+    app: &AppState,
+    started: std::time::Instant,
+    answer: Result<(String, usize, Response), DaprError>,
+) -> Result<Response, DaprError> {
+    match &answer {
+        Ok((target, stored, _)) => app.metrics.published("dapr", target, started, *stored),
+        Err(err) => app.metrics.rejected("dapr", err.code),
+    }
+    answer.map(|(_, _, response)| response)
+}
+
+/// Checks and stores one event of the Dapr API: the evrouter topic, 1, and the answer.
 async fn publish_one(
     app: &Arc<AppState>,
     principal: &Arc<Principal>,
@@ -120,7 +125,7 @@ async fn publish_one(
     query: Option<String>,
     headers: HeaderMap,
     body: Body,
-) -> Result<String, DaprError> {
+) -> Result<(String, usize, Response), DaprError> {
     let api = &app.dapr;
     let (target, metadata, bytes) =
         read_request(app, principal, &pubsub, &topic, query, &headers, body).await?;
@@ -142,7 +147,7 @@ async fn publish_one(
         .publish_envelopes(&target, vec![envelope])
         .await
         .map_err(DaprError::from_publish)?;
-    Ok(target)
+    Ok((target, 1, StatusCode::NO_CONTENT.into_response()))
 }
 
 /// One entry of a bulk publish, as the Dapr SDKs send it.
@@ -170,11 +175,7 @@ pub async fn publish_bulk(
 ) -> Result<Response, DaprError> {
     let started = std::time::Instant::now();
     let answer = publish_many(&app, &principal, pubsub, topic, query, headers, body).await;
-    match &answer {
-        Ok((target, stored, _)) => app.metrics.published("dapr", target, started, *stored),
-        Err(err) => app.metrics.rejected("dapr", err.code),
-    }
-    answer.map(|(_, _, response)| response)
+    counted(&app, started, answer)
 }
 
 /// Checks and stores a Dapr bulk publish: the evrouter topic, how many entries were
