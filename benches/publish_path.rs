@@ -41,6 +41,7 @@ fn benches(c: &mut Criterion) {
     let catalog = StreamCatalog::new(&config);
     let route = catalog.route("order.created").expect("route");
     let context = PublishContext::default();
+    let tracer = evrouter::traces::Tracer::off();
     let body = batch_body(100);
 
     let mut group = c.benchmark_group("publish");
@@ -79,7 +80,7 @@ fn benches(c: &mut Criterion) {
             events
                 .iter()
                 .map(|raw| {
-                    prepare_event(&route, &schemas, "order.created", raw, &context, 1)
+                    prepare_event(&route, &schemas, "order.created", raw, &context, 1, &tracer)
                         .map(|p| p.value.len())
                         .unwrap_or(0)
                 })
@@ -94,7 +95,16 @@ fn benches(c: &mut Criterion) {
         let Ok(Body::Many(events)) = Body::parse(&body) else {
             panic!("batch")
         };
-        prepare_event(&route, &schemas, "order.created", events[0], &context, 1).expect("valid")
+        prepare_event(
+            &route,
+            &schemas,
+            "order.created",
+            events[0],
+            &context,
+            1,
+            &tracer,
+        )
+        .expect("valid")
     };
     let envelope = Envelope::decode(&prepared.value).expect("decode");
     group.bench_function("encode", |b| b.iter(|| envelope.encode().len()));

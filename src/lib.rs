@@ -42,6 +42,7 @@ pub mod model;
 pub mod publish;
 pub mod schema;
 pub mod store;
+pub mod traces;
 pub mod webhook;
 
 use std::future::Future;
@@ -76,6 +77,9 @@ pub enum RunError {
     /// A principal's token could not be read.
     #[error(transparent)]
     Auth(#[from] auth::SetupError),
+    /// Span export could not be set up.
+    #[error(transparent)]
+    Traces(#[from] traces::TraceSetupError),
     /// The listener's TLS could not be set up.
     #[error(transparent)]
     Tls(#[from] ingress::tls::TlsError),
@@ -179,7 +183,13 @@ pub async fn run(
             }
         })
         .collect();
-    let dapr = Arc::new(DaprPubsubs::new(&config.dapr).with_schemas(schemas.clone()));
+    let instance = store::lease::new_instance_id();
+    let (tracer, exporter) = traces::Tracer::start(&config.tracing, &instance)?;
+    let dapr = Arc::new(
+        DaprPubsubs::new(&config.dapr)
+            .with_schemas(schemas.clone())
+            .with_tracer(tracer.clone()),
+    );
     let (forwards_tx, forwards_rx) = tokio::sync::mpsc::channel(1024);
     let guard = Arc::new(webhook::guard::Guard::new(&config.webhooks.allow));
     let app_tokens = app_tokens(&config)?;
@@ -196,7 +206,7 @@ pub async fn run(
         catalog.clone(),
         target.clone(),
         delivery::Settings {
-            instance: store::lease::new_instance_id(),
+            instance,
             prefix: config.redis.key_prefix.clone(),
             lease_ttl: config.delivery.lease_ttl.get(),
             read_block: config.delivery.read_block.get(),
@@ -208,6 +218,7 @@ pub async fn run(
                 max_len: config.retention.dlq_max_len,
                 block: config.retention.dlq_when_full == config::WhenFull::Block,
             },
+            tracer: tracer.clone(),
         },
         configured,
         connector,
@@ -216,16 +227,19 @@ pub async fn run(
     )
     .await?;
 
-    let publisher = Arc::new(Publisher::new(
-        catalog,
-        schemas.clone(),
-        writers.clone(),
-        PublishLimits {
-            max_batch: config.server.max_batch,
-            max_depth: config.server.max_json_depth,
-            timeout: config.server.publish_timeout.get(),
-        },
-    ));
+    let publisher = Arc::new(
+        Publisher::new(
+            catalog,
+            schemas.clone(),
+            writers.clone(),
+            PublishLimits {
+                max_batch: config.server.max_batch,
+                max_depth: config.server.max_json_depth,
+                timeout: config.server.publish_timeout.get(),
+            },
+        )
+        .with_tracer(tracer.clone()),
+    );
     let dead_letters = publish::dapr::spawn_forwarder(dapr.clone(), publisher.clone(), forwards_rx);
     let dapr_apps = Arc::new(
         AppSubscriptions::new(
@@ -313,6 +327,11 @@ pub async fn run(
     trimmer.abort();
     windows.abort();
     writers.shutdown().await;
+    if let Some(exporter) = exporter {
+        // What is queued is sent, within the export timeout.
+        tracer.close();
+        let _ = tokio::time::timeout(config.tracing.timeout.get(), exporter).await;
+    }
     tracing::info!("evrouter stopped");
     let panics = watched.panics();
     if !panics.is_empty() {

@@ -41,6 +41,10 @@ async fn json_logs_are_one_object_per_line_and_dead_letters_carry_their_ids() {
     .await;
     assert_eq!(line["subscription"], "audit", "{line}");
     assert_eq!(line["event_id"], event["event_id"], "{line}");
+    assert_eq!(
+        line["correlation_id"], event["metadata"]["correlation_id"],
+        "{line}"
+    );
     assert_eq!(line["level"], "INFO", "{line}");
     let trace_id = line["trace_id"].as_str().unwrap_or_default();
     assert!(

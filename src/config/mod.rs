@@ -7,12 +7,14 @@
 mod duration;
 mod read;
 mod security;
+mod traces;
 mod validate;
 
 pub use duration::ConfigDuration;
 pub use security::{
     AuditConfig, AuthConfig, AuthMode, JwtConfig, PrincipalConfig, TlsConfig, WebhooksConfig,
 };
+pub use traces::TracingConfig;
 
 use std::path::{Path, PathBuf};
 
@@ -60,6 +62,8 @@ pub struct Config {
     pub audit: AuditConfig,
     /// Where webhooks may be sent.
     pub webhooks: WebhooksConfig,
+    /// Span export over OTLP/HTTP.
+    pub tracing: TracingConfig,
 }
 
 /// The Dapr sidecar API evrouter also serves (`/v1.0/publish/...`, `/dapr/subscribe`).

@@ -77,6 +77,9 @@ impl Config {
                 "webhooks" => {
                     read_section(&key, value, &mut problems, &mut config.webhooks);
                 }
+                "tracing" => {
+                    read_section(&key, value, &mut problems, &mut config.tracing);
+                }
                 "audit" => {
                     read_section(&key, value, &mut problems, &mut config.audit);
                 }

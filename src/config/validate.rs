@@ -64,6 +64,8 @@ impl Config {
             ("delivery.read_block", &self.delivery.read_block),
             ("delivery.read_linger", &self.delivery.read_linger),
             ("audit.retention", &self.audit.retention),
+            ("tracing.flush_interval", &self.tracing.flush_interval),
+            ("tracing.timeout", &self.tracing.timeout),
         ] {
             match checked(value) {
                 Ok(d)
@@ -74,6 +76,9 @@ impl Config {
                 Ok(_) => {}
                 Err(message) => bad(path, message),
             }
+        }
+        for (path, message) in self.tracing.problems() {
+            bad(path, message);
         }
         let share = self.retention.memory_share;
         if !(0.0..=1.0).contains(&share) {

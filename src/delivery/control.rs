@@ -247,6 +247,7 @@ impl Runtime {
                 &name,
                 &sub.spec.endpoints,
             )),
+            tracer: self.settings.tracer.clone(),
         };
         let mut tasks = Vec::new();
         let mut shard_senders = Vec::new();

@@ -62,6 +62,8 @@ pub struct Settings {
     pub grace: Duration,
     /// How big a dead-letter stream may grow.
     pub dlq: crate::store::acks::DlqBound,
+    /// Where the spans of delivery attempts and dead-lettering go.
+    pub tracer: crate::traces::Tracer,
 }
 
 /// The delivery runtime.

@@ -80,8 +80,10 @@ async fn send_once(
     let headers = single.then(|| Headers {
         event_id: view.event_id.clone(),
         topic: view.topic.clone(),
-        traceparent: view.traceparent.clone(),
     });
+    // A replayed event continues its trace, like any attempt.
+    let traceparent = crate::model::trace::TraceContext::parse(&view.traceparent)
+        .map_or_else(|| view.traceparent.clone(), |c| c.child().to_traceparent());
     let request = Request {
         items: vec![Item {
             partition: key.into(),
@@ -92,6 +94,7 @@ async fn send_once(
         route: presented.route,
         headers,
         attempt: 1,
+        traceparent: Some(traceparent),
     };
     let reply = subscriber.send(endpoint, request).await;
     reply.outcomes.into_iter().next()

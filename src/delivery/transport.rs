@@ -55,8 +55,6 @@ pub struct Headers {
     pub event_id: String,
     /// Topic.
     pub topic: String,
-    /// W3C trace context.
-    pub traceparent: String,
 }
 
 /// One request: one event (single mode) or several of different keys (bulk mode).
@@ -70,6 +68,10 @@ pub struct Request {
     pub headers: Option<Headers>,
     /// The highest attempt number among the events (1 = first).
     pub attempt: u32,
+    /// The W3C trace context of this attempt's span, sent as `traceparent`: in single
+    /// mode a child of the event's stored context; in bulk mode a span linked to each
+    /// event's (when spans are recorded).
+    pub traceparent: Option<String>,
 }
 
 /// How a request ended: the HTTP status if there was an answer, and one outcome per item.

@@ -447,6 +447,21 @@ async fn gather(app: &AppState) -> Scrape {
         "Seconds since this instance started.",
         Family::Gauge(vec![(Vec::new(), metrics.uptime().as_secs() as i64)]),
     );
+    if let Some(spans) = app.publisher.tracer().stats() {
+        scrape.add(
+            "evrouter_spans_exported",
+            "Spans the OTLP collector accepted.",
+            Family::Counter(vec![(Vec::new(), spans.exported)]),
+        );
+        scrape.add(
+            "evrouter_spans_dropped",
+            "Spans dropped: the export queue was full (a slow collector), or an export failed.",
+            Family::Counter(vec![
+                (labels(&[("reason", "queue_full")]), spans.dropped_full),
+                (labels(&[("reason", "export_failed")]), spans.dropped_failed),
+            ]),
+        );
+    }
     histograms(&mut scrape, metrics.series());
     scrape
 }

@@ -1,4 +1,60 @@
-//! W3C trace context: checking a `traceparent` and making a new one.
+//! W3C trace context: checking a `traceparent`, reading it into ids, and making a new one.
+
+/// A `traceparent` read into its ids: the trace, the span it names, and the flags
+/// (bit 0: sampled).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceContext {
+    /// The trace id (never 0).
+    pub trace_id: u128,
+    /// The span id (never 0).
+    pub span_id: u64,
+    /// The trace flags.
+    pub flags: u8,
+}
+
+impl TraceContext {
+    /// Reads a well-formed `traceparent`.
+    pub fn parse(value: &str) -> Option<Self> {
+        if !is_valid_traceparent(value) {
+            return None;
+        }
+        Some(Self {
+            trace_id: u128::from_str_radix(value.get(3..35)?, 16).ok()?,
+            span_id: u64::from_str_radix(value.get(36..52)?, 16).ok()?,
+            flags: u8::from_str_radix(value.get(53..55)?, 16).ok()?,
+        })
+    }
+
+    /// A new span of the same trace, with the same flags.
+    pub fn child(&self) -> Self {
+        Self {
+            span_id: fastrand::u64(1..),
+            ..*self
+        }
+    }
+
+    /// A span of a new trace; `sampled` sets the flags.
+    pub fn root(sampled: bool) -> Self {
+        Self {
+            trace_id: fastrand::u128(1..),
+            span_id: fastrand::u64(1..),
+            flags: u8::from(sampled),
+        }
+    }
+
+    /// Whether the trace is sampled (recorded).
+    pub fn sampled(&self) -> bool {
+        self.flags & 1 == 1
+    }
+
+    /// As a `traceparent` header value.
+    pub fn to_traceparent(&self) -> String {
+        format!(
+            "00-{:032x}-{:016x}-{:02x}",
+            self.trace_id, self.span_id, self.flags
+        )
+    }
+}
 
 /// Whether `value` is a well-formed `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`, ids not
 /// all zero).
@@ -26,18 +82,6 @@ pub fn new_traceparent() -> String {
     format!("00-{trace:032x}-{span:016x}-01")
 }
 
-/// A child of `parent` for one delivery attempt: the same trace id and flags, a new span
-/// id; `None` when `parent` is not a well-formed `traceparent`.
-pub fn child_traceparent(parent: &str) -> Option<String> {
-    if !is_valid_traceparent(parent) {
-        return None;
-    }
-    let mut parts = parent.split('-');
-    let (version, trace, _, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    let span = fastrand::u64(1..);
-    Some(format!("{version}-{trace}-{span:016x}-{flags}"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -60,13 +104,20 @@ mod tests {
     }
 
     #[test]
-    fn a_child_keeps_the_trace_and_flags_with_a_new_span() {
-        let parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
-        let child = child_traceparent(parent).expect("a child");
-        assert!(is_valid_traceparent(&child), "{child}");
-        assert!(child.starts_with("00-0af7651916cd43dd8448eb211c80319c-"));
-        assert!(child.ends_with("-01"));
-        assert_ne!(child, parent);
-        assert_eq!(child_traceparent("garbage"), None);
+    fn a_context_reads_and_writes_a_traceparent() {
+        let text = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let ctx = TraceContext::parse(text).expect("valid");
+        assert_eq!(ctx.trace_id, 0x0af7651916cd43dd8448eb211c80319c);
+        assert_eq!(ctx.span_id, 0xb7ad6b7169203331);
+        assert!(ctx.sampled());
+        assert_eq!(ctx.to_traceparent(), text);
+        let child = ctx.child();
+        assert_eq!((child.trace_id, child.flags), (ctx.trace_id, ctx.flags));
+        assert_ne!(child.span_id, ctx.span_id);
+        assert!(!TraceContext::root(false).sampled());
+        assert!(is_valid_traceparent(
+            &TraceContext::root(true).to_traceparent()
+        ));
+        assert_eq!(TraceContext::parse("00-abc"), None);
     }
 }

@@ -18,6 +18,7 @@ use crate::model::envelope::{Envelope, PayloadFormat};
 use crate::model::event::{json_depth, RawEvent, RawMetadata};
 use crate::model::violation::Violation;
 use crate::schema::SchemaRegistry;
+use crate::traces::{Started, Tracer};
 
 /// Why a Dapr publish (or one bulk entry) was refused before it reached the store.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -69,6 +70,7 @@ pub struct Caller {
 pub struct DaprPubsubs {
     pubsubs: HashMap<String, DaprPubsubConfig>,
     schemas: Option<Arc<SchemaRegistry>>,
+    tracer: Tracer,
 }
 
 impl DaprPubsubs {
@@ -81,7 +83,14 @@ impl DaprPubsubs {
                 .map(|p| (p.name.clone(), p.clone()))
                 .collect(),
             schemas: None,
+            tracer: Tracer::off(),
         }
+    }
+
+    /// Begins each event's publish span with `tracer`.
+    pub fn with_tracer(mut self, tracer: Tracer) -> Self {
+        self.tracer = tracer;
+        self
     }
 
     /// Validates platform events published through the Dapr API with `schemas`, as the
@@ -233,7 +242,8 @@ impl Metadata {
 }
 
 impl DaprPubsubs {
-    /// Builds the stored envelope of one published body.
+    /// Builds the stored envelope of one published body, and its publish span when its
+    /// trace is recorded.
     pub fn envelope(
         &self,
         to: (&str, &str),
@@ -242,7 +252,7 @@ impl DaprPubsubs {
         metadata: &Metadata,
         caller: &Caller,
         max_depth: usize,
-    ) -> Result<Envelope, DaprRefusal> {
+    ) -> Result<(Envelope, Option<Started>), DaprRefusal> {
         let (pubsub, topic) = to;
         let received_us = now_us();
         let expires_us = metadata
@@ -255,11 +265,17 @@ impl DaprPubsubs {
                 "the body nests deeper than {max_depth} levels"
             )));
         }
-        let traceparent = caller
-            .traceparent
-            .clone()
-            .filter(|t| crate::model::trace::is_valid_traceparent(t))
-            .unwrap_or_else(crate::model::trace::new_traceparent);
+        // `cloudevent.traceparent` names the context the event continues, like the header.
+        let asked = (metadata.overrides.traceparent.as_deref())
+            .filter(|t| crate::model::trace::is_valid_traceparent(t));
+        let (traceparent, span) = self
+            .tracer
+            .begin_publish(asked.or(caller.traceparent.as_deref()));
+        let mut overrides = metadata.overrides.clone();
+        if self.tracer.enabled() && asked.is_some() {
+            // Stored is the publish span's context, a child of the one asked for.
+            overrides.traceparent = None;
+        }
         if metadata.raw_payload {
             if cloudevent::is_json(content_type) {
                 if let Ok(text) = std::str::from_utf8(body) {
@@ -271,7 +287,7 @@ impl DaprPubsubs {
                 .id
                 .clone()
                 .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-            return Ok(Envelope {
+            let envelope = Envelope {
                 key: metadata
                     .partition_key
                     .clone()
@@ -289,14 +305,15 @@ impl DaprPubsubs {
                 format: PayloadFormat::Raw,
                 content_type: (!content_type.is_empty()).then(|| content_type.to_string()),
                 expires_us,
-            });
+            };
+            return Ok((envelope, span));
         }
         let meta = PublishMeta {
             content_type: content_type.to_string(),
             pubsubname: pubsub.to_string(),
             topic: topic.to_string(),
             source: caller.app_id.clone().unwrap_or_else(|| "evrouter".into()),
-            overrides: metadata.overrides.clone(),
+            overrides,
             traceparent: Some(traceparent),
             tracestate: caller.tracestate.clone(),
             expires_us,
@@ -318,7 +335,7 @@ impl DaprPubsubs {
                 .to_string()
         };
         let event_id = text("id");
-        Ok(Envelope {
+        let envelope = Envelope {
             key: metadata
                 .partition_key
                 .clone()
@@ -336,7 +353,8 @@ impl DaprPubsubs {
             content_type: None,
             expires_us,
             event_id,
-        })
+        };
+        Ok((envelope, span))
     }
 }
 
@@ -397,7 +415,11 @@ pub fn spawn_forwarder(
             };
             for attempt in 1..=5u32 {
                 match publisher
-                    .publish_envelopes(&target, vec![envelope.clone()])
+                    // The publish span is recorded once, with the first try.
+                    .publish_envelopes(
+                        &target,
+                        vec![(envelope.0.clone(), envelope.1.filter(|_| attempt == 1))],
+                    )
                     .await
                 {
                     Ok(_) => break,

@@ -15,9 +15,9 @@ use crate::auth::quota::{Limited, Quota};
 use crate::catalog::{partition_of, Route, StreamCatalog};
 use crate::model::envelope::{Envelope, PayloadFormat};
 use crate::model::event::{json_depth, raw_str, raw_u64, Body, RawEvent, RawMetadata};
-use crate::model::trace;
 use crate::schema::{SchemaRegistry, Violation};
 use crate::store::{Appended, Entry, StoreError, WriterPool};
+use crate::traces::{Kind, Span, Started, Tracer};
 
 /// Limits applied to every publish.
 #[derive(Debug, Clone)]
@@ -142,9 +142,12 @@ pub struct PreparedEvent {
     pub partition: u32,
     /// The encoded envelope.
     pub value: Vec<u8>,
+    /// Its publish span, when its trace is recorded.
+    pub span: Option<Started>,
 }
 
-/// Validates one event and builds its envelope: the per-event CPU work of a publish.
+/// Validates one event and builds its envelope: the per-event CPU work of a publish. The
+/// stored trace context is the event's publish span's (from `tracer`).
 pub fn prepare_event(
     route: &Route,
     schemas: &SchemaRegistry,
@@ -152,6 +155,7 @@ pub fn prepare_event(
     raw: &RawValue,
     context: &PublishContext,
     received_us: u64,
+    tracer: &Tracer,
 ) -> Result<PreparedEvent, Vec<Violation>> {
     let event = RawEvent::parse(raw).map_err(|_| {
         vec![Violation {
@@ -177,17 +181,17 @@ pub fn prepare_event(
     let partition = partition_of(&key, route.stream.partitions);
     let text = |raw: Option<&RawValue>| raw.and_then(raw_str).unwrap_or_default().into_owned();
     // `tracestate` belongs to the request's `traceparent`: kept only when that is used.
-    let (traceparent, tracestate) = match metadata.traceparent.and_then(raw_str) {
-        Some(own) => (own.into_owned(), None),
-        None => match context
-            .traceparent
-            .as_deref()
-            .filter(|t| trace::is_valid_traceparent(t))
-        {
-            Some(header) => (header.to_string(), context.tracestate.clone()),
-            None => (trace::new_traceparent(), None),
-        },
+    let own = metadata.traceparent.and_then(raw_str);
+    let header = context
+        .traceparent
+        .as_deref()
+        .filter(|t| crate::model::trace::is_valid_traceparent(t));
+    let (incoming, tracestate) = match (&own, header) {
+        (Some(own), _) => (Some(&**own), None),
+        (None, Some(header)) => (Some(header), context.tracestate.clone()),
+        (None, None) => (None, None),
     };
+    let (traceparent, span) = tracer.begin_publish(incoming);
     let envelope = Envelope {
         event_id: event_id.to_string(),
         topic: topic.to_string(),
@@ -208,6 +212,7 @@ pub fn prepare_event(
         event_id: envelope.event_id.clone(),
         partition,
         value: envelope.encode(),
+        span,
     })
 }
 
@@ -217,6 +222,7 @@ pub struct Publisher {
     schemas: Arc<SchemaRegistry>,
     writers: Arc<WriterPool>,
     limits: PublishLimits,
+    tracer: Tracer,
 }
 
 struct Prepared {
@@ -225,6 +231,17 @@ struct Prepared {
     event_id: String,
     writer: usize,
     entry: Entry,
+    /// The publish span and when the event was received (µs since the epoch).
+    span: Option<(Started, u64)>,
+}
+
+/// What the spans of a stored event's publish say, kept while its entry is written.
+struct Traced {
+    started: Started,
+    received_us: u64,
+    event_id: String,
+    stream: String,
+    partition: u32,
 }
 
 impl Publisher {
@@ -240,7 +257,19 @@ impl Publisher {
             schemas,
             writers,
             limits,
+            tracer: Tracer::off(),
         }
+    }
+
+    /// Records the spans of each publish with `tracer`.
+    pub fn with_tracer(mut self, tracer: Tracer) -> Self {
+        self.tracer = tracer;
+        self
+    }
+
+    /// Where the spans of publishes go.
+    pub fn tracer(&self) -> &Tracer {
+        &self.tracer
     }
 
     /// The limits every publish is held to.
@@ -302,7 +331,7 @@ impl Publisher {
                 .map_err(PublishError::RateLimited)?;
         }
         let prepared = self.prepare(topic, &events, single, context)?;
-        let receipts = self.store(prepared).await?;
+        let receipts = self.store(topic, prepared).await?;
         Ok(if single {
             PublishOutcome::One(receipts.into_iter().next().ok_or_else(|| {
                 PublishError::Unavailable(StoreError::Refused("no receipt".into()))
@@ -329,9 +358,17 @@ impl Publisher {
         let mut prepared = Vec::with_capacity(events.len());
         for (index, raw) in events.iter().enumerate() {
             let at = (!single).then_some(index);
-            match prepare_event(&route, &self.schemas, topic, raw, context, received_us) {
+            match prepare_event(
+                &route,
+                &self.schemas,
+                topic,
+                raw,
+                context,
+                received_us,
+                &self.tracer,
+            ) {
                 Ok(event) if violations.is_empty() => {
-                    prepared.push(self.place(&route, event));
+                    prepared.push(self.place(&route, event, received_us));
                 }
                 Ok(_) => {}
                 Err(found) => violations.extend(found.into_iter().map(|v| EventViolation {
@@ -349,7 +386,7 @@ impl Publisher {
     }
 
     /// Puts an encoded event on its partition's writer.
-    fn place(&self, route: &Route, event: PreparedEvent) -> Prepared {
+    fn place(&self, route: &Route, event: PreparedEvent, received_us: u64) -> Prepared {
         let partition_key = route.stream.partition_keys[event.partition as usize].clone();
         let dedup_key = route
             .stream
@@ -366,16 +403,18 @@ impl Publisher {
                 dedup_key,
                 value: event.value,
             },
+            span: event.span.map(|started| (started, received_us)),
         }
     }
 
     /// Stores events that arrive already enveloped (the Dapr API's CloudEvents and raw
     /// payloads, which the platform's schema does not describe) on `topic`'s stream, each
-    /// in the partition of its key; answers once Redis has confirmed every one.
+    /// in the partition of its key, with its publish span if its trace is recorded;
+    /// answers once Redis has confirmed every one.
     pub async fn publish_envelopes(
         &self,
         topic: &str,
-        envelopes: Vec<Envelope>,
+        envelopes: Vec<(Envelope, Option<Started>)>,
     ) -> Result<Vec<Receipt>, PublishError> {
         crate::model::topic::check_topic(topic).map_err(PublishError::InvalidTopic)?;
         if envelopes.is_empty() {
@@ -387,22 +426,110 @@ impl Publisher {
             .map_err(|e| PublishError::NoStream(e.to_string()))?;
         let prepared = envelopes
             .into_iter()
-            .map(|envelope| {
+            .map(|(envelope, span)| {
+                let received_us = envelope.received_us;
                 let event = PreparedEvent {
                     partition: partition_of(&envelope.key, route.stream.partitions),
                     value: envelope.encode(),
                     event_id: envelope.event_id,
+                    span,
                 };
-                self.place(&route, event)
+                self.place(&route, event, received_us)
             })
             .collect();
-        self.store(prepared).await
+        self.store(topic, prepared).await
     }
 
     /// Hands the whole request to one writer (the first event's partition's), which writes
     /// it in one transaction when it holds several events: all of it is stored or none
     /// (Redis full, a timeout before the write), never a part. Waits for the confirmation.
-    async fn store(&self, prepared: Vec<Prepared>) -> Result<Vec<Receipt>, PublishError> {
+    async fn store(
+        &self,
+        topic: &str,
+        mut prepared: Vec<Prepared>,
+    ) -> Result<Vec<Receipt>, PublishError> {
+        let traced: Vec<Traced> = prepared
+            .iter_mut()
+            .filter_map(|p| {
+                let (started, received_us) = p.span.take()?;
+                Some(Traced {
+                    started,
+                    received_us,
+                    event_id: p.event_id.clone(),
+                    stream: p.receipt_stream.clone(),
+                    partition: p.partition,
+                })
+            })
+            .collect();
+        if traced.is_empty() {
+            return self.write(prepared).await;
+        }
+        let events = prepared.len() as i64;
+        let submitted_us = crate::model::clock::now_us();
+        let result = self.write(prepared).await;
+        self.record_spans(topic, traced, &result, submitted_us, events);
+        result
+    }
+
+    /// The publish span of each traced event and, a child of it, the span of its write.
+    fn record_spans(
+        &self,
+        topic: &str,
+        traced: Vec<Traced>,
+        result: &Result<Vec<Receipt>, PublishError>,
+        submitted_us: u64,
+        events: i64,
+    ) {
+        let now = crate::model::clock::now_us();
+        let error = result.as_ref().err().map(ToString::to_string);
+        for t in traced {
+            let receipt = result
+                .as_ref()
+                .ok()
+                .and_then(|r| r.iter().find(|r| r.event_id == t.event_id));
+            let mut publish = vec![
+                ("messaging.system", "evrouter".into()),
+                ("messaging.operation.type", "publish".into()),
+                ("messaging.destination.name", topic.to_string().into()),
+                ("messaging.message.id", t.event_id.clone().into()),
+                ("evrouter.stream", t.stream.clone().into()),
+                ("evrouter.partition", i64::from(t.partition).into()),
+            ];
+            if let Some(receipt) = receipt {
+                publish.push(("evrouter.redis_id", receipt.id.clone().into()));
+            }
+            self.tracer.record(Span {
+                context: t.started.context.child(),
+                parent: Some(t.started.context.span_id),
+                name: format!("XADD {}", t.stream),
+                kind: Kind::Client,
+                start_us: submitted_us,
+                end_us: now,
+                attributes: vec![
+                    ("db.system.name", "redis".into()),
+                    ("db.operation.name", "XADD".into()),
+                    ("db.operation.batch.size", events.into()),
+                    ("evrouter.partition", i64::from(t.partition).into()),
+                ],
+                links: Vec::new(),
+                error: error.clone(),
+            });
+            self.tracer.record(Span {
+                context: t.started.context,
+                parent: t.started.parent,
+                name: format!("publish {topic}"),
+                kind: Kind::Server,
+                start_us: t.received_us,
+                end_us: now,
+                attributes: publish,
+                links: Vec::new(),
+                error: error.clone(),
+            });
+        }
+    }
+
+    /// Hands the entries to their writer and waits for Redis to confirm them.
+    async fn write(&self, prepared: Vec<Prepared>) -> Result<Vec<Receipt>, PublishError> {
         let writer = prepared.first().map_or(0, |p| p.writer);
         let mut entries = Vec::with_capacity(prepared.len());
         let mut receipts = Vec::with_capacity(prepared.len());

@@ -46,7 +46,7 @@ pub struct Outgoing<'a> {
     pub topic: Option<&'a str>,
     /// `evr-attempt`.
     pub attempt: u32,
-    /// `traceparent`.
+    /// `traceparent`: the attempt's own span, made by delivery.
     pub traceparent: Option<&'a str>,
     /// The body's content type.
     pub content_type: &'a str,
@@ -146,12 +146,7 @@ impl Client {
         if let Some(topic) = request.topic.and_then(valid) {
             builder = builder.header("evr-topic", topic);
         }
-        // Each attempt is a span of its own in the event's trace: a child of the stored
-        // context (the event's publish), so that the subscriber continues the trace.
-        let child = request.traceparent.map(|parent| {
-            crate::model::trace::child_traceparent(parent).unwrap_or_else(|| parent.to_string())
-        });
-        if let Some(traceparent) = child.as_deref().and_then(valid) {
+        if let Some(traceparent) = request.traceparent.and_then(valid) {
             builder = builder.header("traceparent", traceparent);
         }
         if let Some(token) = request.app_token.and_then(valid) {

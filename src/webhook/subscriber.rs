@@ -226,7 +226,7 @@ impl Subscriber for Webhook {
                     event_id: headers.map(|h| h.event_id.as_str()),
                     topic: headers.map(|h| h.topic.as_str()),
                     attempt: request.attempt,
-                    traceparent: headers.map(|h| h.traceparent.as_str()),
+                    traceparent: request.traceparent.as_deref(),
                     content_type: &content_type,
                     timeout,
                     signed,

@@ -95,6 +95,8 @@ pub struct ShardContext {
     pub handoffs: Arc<Handoffs>,
     /// Webhook request histograms.
     pub requests: Arc<RequestMetrics>,
+    /// Where spans of attempts and dead-lettering go.
+    pub tracer: crate::traces::Tracer,
 }
 
 /// The histograms of a subscription's webhook requests: time per endpoint (by the

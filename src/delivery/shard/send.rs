@@ -9,11 +9,13 @@ use std::time::Instant;
 use super::answer::{decide, Decision};
 use super::{Finished, Shard};
 use crate::delivery::stats::SubscriptionStats;
-use crate::delivery::transport::{Forwarded, Headers, Item, Request};
+use crate::delivery::transport::{Forwarded, Headers, Item, Outcome, Reply, Request};
 use crate::model::clock::{now_ms, now_us};
 use crate::model::dead_letter::Failure;
 use crate::model::subscription::DeliveryMode;
+use crate::model::trace::TraceContext;
 use crate::store::acks::AckOp;
+use crate::traces::{Kind, Span};
 
 impl Shard {
     /// Sends what is ready, within the in-flight limit and while an endpoint is usable.
@@ -167,6 +169,8 @@ impl Shard {
         let mut items = Vec::with_capacity(lanes.len());
         let mut headers = None;
         let mut attempt = 0;
+        let mut traceparent = None;
+        let mut stored_contexts = Vec::new();
         for lane in &lanes {
             if let Some(head) = self.lanes.head_mut(lane) {
                 head.attempts += 1;
@@ -178,8 +182,12 @@ impl Shard {
                     headers = Some(Headers {
                         event_id: head.event_id.clone(),
                         topic: head.topic.clone(),
-                        traceparent: head.traceparent.clone(),
                     });
+                    // A context that cannot be read is passed on as it is.
+                    traceparent = Some(head.traceparent.clone());
+                }
+                if let Some(stored) = TraceContext::parse(&head.traceparent) {
+                    stored_contexts.push(stored);
                 }
                 items.push(Item {
                     partition: head.partition.clone(),
@@ -190,6 +198,13 @@ impl Shard {
             }
         }
         let items_partitions = items.iter().map(|item| item.partition.clone()).collect();
+        // The subscriber continues the trace from the attempt's own span.
+        let span = self.attempt_span(bulk, &stored_contexts, &headers, endpoint, attempt);
+        match (&span, stored_contexts.first()) {
+            (Some(span), _) => traceparent = Some(span.context.to_traceparent()),
+            (None, Some(stored)) if !bulk => traceparent = Some(stored.child().to_traceparent()),
+            (None, _) => {}
+        }
         let sending = self.ctx.subscriber.send(
             endpoint,
             Request {
@@ -197,6 +212,7 @@ impl Shard {
                 route,
                 headers,
                 attempt,
+                traceparent,
             },
         );
         let done = self.finished_tx.clone();
@@ -204,16 +220,78 @@ impl Shard {
         let partitions: Vec<Arc<str>> = items_partitions;
         self.count_sending(&partitions, true);
         let requests = self.ctx.requests.clone();
+        let tracer = self.ctx.tracer.clone();
         tokio::spawn(async move {
             let started = Instant::now();
             let reply = sending.await;
             requests.record(endpoint, started, partitions.len());
+            if let Some(span) = span {
+                tracer.record(finish_attempt(span, &reply));
+            }
             let _ = done.send(Finished {
                 lanes,
                 partitions,
                 reply,
             });
         });
+    }
+
+    /// The span of one attempt, begun, when spans are recorded and its trace is sampled:
+    /// in single mode a child of the event's stored context (so that the subscriber's
+    /// span is a child of it in turn); in bulk mode a span of its own trace linked to each
+    /// event's context.
+    fn attempt_span(
+        &self,
+        bulk: bool,
+        stored: &[TraceContext],
+        headers: &Option<Headers>,
+        endpoint: usize,
+        attempt: u32,
+    ) -> Option<Span> {
+        if !self.ctx.tracer.enabled() {
+            return None;
+        }
+        let (context, parent, links) = if bulk {
+            if !stored.iter().any(TraceContext::sampled) {
+                return None;
+            }
+            (TraceContext::root(true), None, stored.to_vec())
+        } else {
+            let stored = stored.first().filter(|s| s.sampled())?;
+            (stored.child(), Some(stored.span_id), Vec::new())
+        };
+        let spec = &self.ctx.sub.spec;
+        let mut attributes = vec![
+            ("messaging.system", "evrouter".into()),
+            ("messaging.operation.type", "process".into()),
+            ("messaging.consumer.group.name", spec.name.clone().into()),
+            (
+                "messaging.batch.message_count",
+                (links.len().max(1) as i64).into(),
+            ),
+            ("evrouter.attempt", i64::from(attempt).into()),
+        ];
+        if let Some(url) = spec.endpoints.get(endpoint) {
+            attributes.push((
+                "evrouter.endpoint",
+                crate::metrics::endpoint_label(url).into(),
+            ));
+        }
+        if let Some(headers) = headers {
+            attributes.push(("messaging.message.id", headers.event_id.clone().into()));
+            attributes.push(("messaging.destination.name", headers.topic.clone().into()));
+        }
+        Some(Span {
+            context,
+            parent,
+            name: format!("deliver {}", spec.name),
+            kind: Kind::Client,
+            start_us: now_us(),
+            end_us: 0,
+            attributes,
+            links,
+            error: None,
+        })
     }
 
     pub(super) fn on_finished(&mut self, finished: Finished) {
@@ -238,7 +316,7 @@ impl Shard {
                     self.finish(&lane, true);
                 }
                 Decision::Dropped(reason) => {
-                    tracing::info!(subscription = %spec.name, event_id = %head.event_id, trace_id = %crate::logs::trace_id(&head.traceparent), %reason, "event dropped");
+                    tracing::info!(subscription = %spec.name, event_id = %head.event_id, correlation_id = %correlation_id(&head.raw), trace_id = %crate::logs::trace_id(&head.traceparent), %reason, "event dropped");
                     SubscriptionStats::bump(&self.ctx.stats.dropped);
                     self.finish(&lane, true);
                 }
@@ -320,9 +398,11 @@ impl Shard {
                 },
             };
             SubscriptionStats::bump(&self.ctx.stats.dead_lettered);
+            self.dead_letter_span(lane);
             tracing::info!(
                 subscription = %self.ctx.sub.spec.name,
                 event_id = %head.event_id,
+                correlation_id = %correlation_id(&head.raw),
                 trace_id = %crate::logs::trace_id(&head.traceparent),
                 attempts = head.attempts,
                 last_status = head.last_status.unwrap_or(0),
@@ -332,7 +412,84 @@ impl Shard {
             self.finish(lane, false);
         } else {
             SubscriptionStats::bump(&self.ctx.stats.dropped);
+            tracing::info!(
+                subscription = %self.ctx.sub.spec.name,
+                event_id = %head.event_id,
+                correlation_id = %correlation_id(&head.raw),
+                trace_id = %crate::logs::trace_id(&head.traceparent),
+                attempts = head.attempts,
+                "event dropped: attempts exhausted and the subscription keeps no DLQ"
+            );
             self.finish(lane, true);
         }
     }
+
+    /// The span of dead-lettering the head of `lane`: a child of its stored context, from
+    /// its first attempt here to now.
+    fn dead_letter_span(&self, lane: &Arc<str>) {
+        if !self.ctx.tracer.enabled() {
+            return;
+        }
+        let Some(head) = self.lanes.head(lane) else {
+            return;
+        };
+        let Some(stored) = TraceContext::parse(&head.traceparent).filter(TraceContext::sampled)
+        else {
+            return;
+        };
+        let name = &self.ctx.sub.spec.name;
+        let mut attributes = vec![
+            ("messaging.system", "evrouter".into()),
+            ("messaging.consumer.group.name", name.clone().into()),
+            ("messaging.message.id", head.event_id.clone().into()),
+            ("evrouter.attempts", i64::from(head.attempts).into()),
+            ("evrouter.reason", "max_attempts_exceeded".into()),
+        ];
+        if let Some(status) = head.last_status {
+            attributes.push(("http.response.status_code", i64::from(status).into()));
+        }
+        let now = now_us();
+        self.ctx.tracer.record(Span {
+            context: stored.child(),
+            parent: Some(stored.span_id),
+            name: format!("dead-letter {name}"),
+            kind: Kind::Internal,
+            start_us: head.first_attempt_ms.saturating_mul(1000).min(now),
+            end_us: now,
+            attributes,
+            links: Vec::new(),
+            error: Some(format!(
+                "max attempts exceeded: {}",
+                head.last_error.as_deref().unwrap_or("no answer")
+            )),
+        });
+    }
+}
+
+/// The correlation id of a stored entry, read only for the rare log line that names it.
+fn correlation_id(raw: &bytes::Bytes) -> String {
+    crate::model::envelope::Envelope::decode(raw)
+        .map(|e| e.correlation_id)
+        .unwrap_or_default()
+}
+
+/// An attempt's span, ended by its reply: the answer's status, and an error unless every
+/// event was delivered.
+fn finish_attempt(mut span: Span, reply: &Reply) -> Span {
+    span.end_us = now_us();
+    if let Some(status) = reply.status {
+        span.attributes
+            .push(("http.response.status_code", i64::from(status).into()));
+    }
+    let failed: Vec<&Outcome> = reply
+        .outcomes
+        .iter()
+        .filter(|o| **o != Outcome::Delivered)
+        .collect();
+    span.error = match (failed.first(), reply.outcomes.len()) {
+        (None, _) => None,
+        (Some(Outcome::Retry(why) | Outcome::Drop(why)), 1) => Some(why.clone()),
+        (Some(_), n) => Some(format!("{} of {n} events not delivered", failed.len())),
+    };
+    span
 }

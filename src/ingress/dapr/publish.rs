@@ -249,8 +249,8 @@ async fn publish_many(
             &caller,
             max_depth,
         ) {
-            Ok(envelope) => {
-                envelopes.push(envelope);
+            Ok(traced) => {
+                envelopes.push(traced);
                 stored_ids.push(entry_id);
             }
             Err(err) => failed.push((entry_id, err.to_string())),
