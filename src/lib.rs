@@ -13,6 +13,8 @@
 //! - [`config`]: the one TOML file: sections, reading (`EVR_*` overrides, paths in every
 //!   error) and validation of values.
 //! - [`logs`]: JSON lines on request, warnings rate-limited per call site.
+//! - [`traces`]: the trace context each publish stores, spans of publish, write, delivery
+//!   attempts and dead-lettering, exported over OTLP/HTTP without ever waiting.
 //! - [`auth`]: principals and their rights, token and JWT checks, publish quotas.
 //! - [`catalog`]: topic → stream → partition, and the key of an event; [`schema`]: the
 //!   base schema and per-type schemas.

@@ -378,3 +378,36 @@ async fn a_stalled_collector_costs_spans_never_publishes() {
     assert_eq!(metric(&router, "evrouter_spans_exported_total").await, 0);
     assert!(collector.spans().is_empty());
 }
+
+/// A Dapr publish continues the publisher's trace the same way: the stored CloudEvent's
+/// `traceparent` (and `traceid`) is the publish span's context, a child of the caller's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dapr_publish_stores_its_publish_spans_context_in_the_cloudevent() {
+    let redis = RedisServer::start();
+    let collector = Collector::start(false).await;
+    let router = TestRouter::start(traced_config(&redis, &collector.url)).await;
+    let response = client()
+        .post(router.url("/v1.0/publish/pubsub/orders"))
+        .header("traceparent", THEIRS)
+        .header("content-type", "application/json")
+        .body(r#"{"order_id":"ord-9"}"#)
+        .send()
+        .await
+        .expect("publish");
+    assert_eq!(response.status(), 204);
+    let publish = eventually(Duration::from_secs(30), async || {
+        collector
+            .spans()
+            .into_iter()
+            .find(|s| s.name == "publish orders")
+            .ok_or_else(|| "no publish span yet".to_string())
+    })
+    .await;
+    assert_eq!(publish.trace, TRACE);
+    assert_eq!(publish.parent, "b7ad6b7169203331");
+    let stored = support::dapr_app::stored_on(&redis, "orders");
+    let event: serde_json::Value = serde_json::from_slice(&stored[0].payload).expect("json");
+    let expected = format!("00-{TRACE}-{}-01", publish.id);
+    assert_eq!(event["traceparent"], expected.as_str());
+    assert_eq!(stored[0].traceparent, expected);
+}

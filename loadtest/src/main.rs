@@ -6,6 +6,7 @@ mod bodies;
 mod chaos;
 mod chart;
 mod http;
+mod otlp;
 mod progress;
 mod raw;
 mod report;
@@ -126,18 +127,35 @@ pub struct Args {
     /// Write the JSON report here.
     #[arg(long)]
     pub report: Option<PathBuf>,
+    /// With `--spawn`: export spans (`[tracing]`) at this sample ratio to a built-in OTLP/HTTP
+    /// sink that answers every export at once (what span recording and export cost).
+    #[arg(long)]
+    pub trace_ratio: Option<f64>,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut args = Args::parse();
     let spawned = if args.spawn && args.raw_redis.is_none() {
+        let mut env = Vec::new();
+        if let Some(ratio) = args.trace_ratio {
+            let sink = otlp::start().await?;
+            env.push((
+                "EVR_TRACING__OTLP_ENDPOINT".to_string(),
+                format!("\"http://{sink}\""),
+            ));
+            env.push((
+                "EVR_TRACING__SAMPLE_RATIO".to_string(),
+                format!("{ratio:?}"),
+            ));
+        }
         let system = spawn::System::start(
             args.evrouter_bin.clone(),
             args.token.as_deref(),
             args.noisy_rate.map(|_| args.noisy_quota),
             args.instances,
             args.chaos,
+            env,
         )
         .await?;
         args.router = system.router.clone();

@@ -134,6 +134,12 @@ impl Report {
                 show(server.publish_p95_ms, server.publish_bucket_ms),
                 show(server.end_to_end_p95_ms, server.end_to_end_bucket_ms)
             );
+            if server.spans_exported + server.spans_dropped > 0 {
+                println!(
+                    "spans              {} exported, {} dropped (OTLP)",
+                    server.spans_exported, server.spans_dropped
+                );
+            }
         }
         if let Some(read) = self.raw_read_events_per_sec {
             println!("read and acked     {read:.0} events/s (XREADGROUP + XACK, at the same time)");

@@ -16,6 +16,8 @@ pub struct Buckets(BTreeMap<u64, f64>);
 pub struct Scrape {
     publish: Buckets,
     end_to_end: Buckets,
+    /// Spans exported and dropped (every reason), summed over instances.
+    spans: (f64, f64),
 }
 
 /// What the server measured over the run.
@@ -27,6 +29,20 @@ pub struct ServerSide {
     /// End-to-end P95 (received to the subscriber's 2xx), ms, with its bucket.
     pub end_to_end_p95_ms: Option<f64>,
     pub end_to_end_bucket_ms: Option<(f64, f64)>,
+    /// Spans exported to the OTLP collector and dropped, when tracing is on.
+    pub spans_exported: u64,
+    pub spans_dropped: u64,
+}
+
+/// The sum of a counter's samples (every label set).
+fn counter(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// Bounds are kept in nanoseconds as integers so that they can be keys.
@@ -81,6 +97,8 @@ pub async fn scrape(routers: &[String], token: Option<&str>) -> Scrape {
             "evrouter_delivery_latency_seconds",
             &mut scrape.end_to_end,
         );
+        scrape.spans.0 += counter(&text, "evrouter_spans_exported_total");
+        scrape.spans.1 += counter(&text, "evrouter_spans_dropped_total");
     }
     scrape
 }
@@ -132,6 +150,8 @@ impl Scrape {
             publish_bucket_ms: publish.map(|(_, (a, b))| (ms(a), ms(b))),
             end_to_end_p95_ms: e2e.map(|(v, _)| ms(v)),
             end_to_end_bucket_ms: e2e.map(|(_, (a, b))| (ms(a), ms(b))),
+            spans_exported: (self.spans.0 - before.spans.0).max(0.0) as u64,
+            spans_dropped: (self.spans.1 - before.spans.1).max(0.0) as u64,
         }
     }
 }

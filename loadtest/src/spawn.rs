@@ -94,6 +94,7 @@ impl System {
         noisy_quota: Option<u32>,
         instances: usize,
         durable: bool,
+        extra_env: Vec<(String, String)>,
     ) -> anyhow::Result<Self> {
         let dir = std::env::temp_dir().join(format!("loadtest-{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
@@ -135,6 +136,7 @@ impl System {
         if durable {
             env.push(("EVR_REDIS__DURABILITY".into(), "\"strict\"".into()));
         }
+        env.extend(extra_env);
         let mut system = Self {
             router: String::new(),
             routers: Vec::new(),

@@ -171,6 +171,7 @@ impl Shard {
         let mut attempt = 0;
         let mut traceparent = None;
         let mut stored_contexts = Vec::new();
+        let recording = self.ctx.tracer.enabled();
         for lane in &lanes {
             if let Some(head) = self.lanes.head_mut(lane) {
                 head.attempts += 1;
@@ -186,8 +187,11 @@ impl Shard {
                     // A context that cannot be read is passed on as it is.
                     traceparent = Some(head.traceparent.clone());
                 }
-                if let Some(stored) = TraceContext::parse(&head.traceparent) {
-                    stored_contexts.push(stored);
+                // A bulk request needs the events' contexts only for its span.
+                if !bulk || recording {
+                    if let Some(stored) = TraceContext::parse(&head.traceparent) {
+                        stored_contexts.push(stored);
+                    }
                 }
                 items.push(Item {
                     partition: head.partition.clone(),
@@ -251,11 +255,14 @@ impl Shard {
         if !self.ctx.tracer.enabled() {
             return None;
         }
+        let events = stored.len().max(1) as i64;
         let (context, parent, links) = if bulk {
-            if !stored.iter().any(TraceContext::sampled) {
+            // Linked are the events whose spans are recorded.
+            let links: Vec<TraceContext> = stored.iter().filter(|c| c.sampled()).copied().collect();
+            if links.is_empty() {
                 return None;
             }
-            (TraceContext::root(true), None, stored.to_vec())
+            (TraceContext::root(true), None, links)
         } else {
             let stored = stored.first().filter(|s| s.sampled())?;
             (stored.child(), Some(stored.span_id), Vec::new())
@@ -265,10 +272,7 @@ impl Shard {
             ("messaging.system", "evrouter".into()),
             ("messaging.operation.type", "process".into()),
             ("messaging.consumer.group.name", spec.name.clone().into()),
-            (
-                "messaging.batch.message_count",
-                (links.len().max(1) as i64).into(),
-            ),
+            ("messaging.batch.message_count", events.into()),
             ("evrouter.attempt", i64::from(attempt).into()),
         ];
         if let Some(url) = spec.endpoints.get(endpoint) {
