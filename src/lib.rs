@@ -28,6 +28,8 @@
 //! - [`webhook`]: how subscribers are called: the HTTP(S) client, endpoints and breakers,
 //!   the guard against internal addresses, request bodies (plain, bulk, Dapr apps),
 //!   signatures, answers, and Dapr apps' subscription lists.
+//! - [`eventstore`]: every stored event copied to PostgreSQL by a subscription of its own
+//!   (schema migrations, daily partitions, binary `COPY`).
 //! - [`ingress`]: the HTTP(S) server: the native API and the Dapr adapter's handlers,
 //!   authentication of each request, the audit log, `/metrics` and the dashboard.
 //! - this file: [`run`], which wires the floors together; `main.rs`: the command line.
@@ -36,6 +38,7 @@ pub mod auth;
 pub mod catalog;
 pub mod config;
 pub mod delivery;
+pub mod eventstore;
 pub mod health;
 pub mod ingress;
 pub mod logs;
@@ -56,6 +59,7 @@ use auth::Authenticator;
 use catalog::StreamCatalog;
 use config::{Config, Durability};
 use delivery::subscription::Subscription;
+use delivery::transport::{Connector, Subscriber};
 use ingress::{AppState, ServeSettings};
 use publish::dapr::DaprPubsubs;
 use publish::{PublishLimits, Publisher};
@@ -79,6 +83,9 @@ pub enum RunError {
     /// A principal's token could not be read.
     #[error(transparent)]
     Auth(#[from] auth::SetupError),
+    /// The event store's settings cannot be used.
+    #[error(transparent)]
+    EventStore(#[from] eventstore::EventStoreError),
     /// Span export could not be set up.
     #[error(transparent)]
     Traces(#[from] traces::TraceSetupError),
@@ -174,9 +181,17 @@ pub async fn run(
 
     // Validation checked every spec; compiling one can still fail only on what it could
     // not check, and such a subscription is left out with a warning.
+    let eventstore = eventstore::EventStore::new(&config.eventstore)?;
+    let outcomes = eventstore.clone().map(|store| {
+        eventstore::outcomes::Outcomes::start(store, config.eventstore.outcomes_sample)
+    });
+    let archive_spec = eventstore
+        .is_some()
+        .then(|| eventstore::archive_spec(&config.eventstore));
     let configured = config
         .subscriptions
         .iter()
+        .chain(archive_spec.iter())
         .filter_map(|spec| match Subscription::new(spec.clone()) {
             Ok(sub) => Some(sub),
             Err(problems) => {
@@ -201,9 +216,14 @@ pub async fn run(
             message,
         }
     })?;
-    let connector = Arc::new(
-        Webhooks::new(guard.clone(), &roots, Some(forwards_tx)).with_app_tokens(app_tokens.clone()),
-    );
+    let connector = Arc::new(Connectors {
+        webhooks: Webhooks::new(guard.clone(), &roots, Some(forwards_tx))
+            .with_app_tokens(app_tokens.clone()),
+        archive: eventstore
+            .clone()
+            .map(|store| Arc::new(eventstore::archive::Archive::new(store)) as Arc<dyn Subscriber>),
+    });
+    let upkeep = eventstore.clone().map(eventstore::EventStore::spawn_upkeep);
     let delivery = delivery::Runtime::start(
         catalog.clone(),
         target.clone(),
@@ -221,6 +241,9 @@ pub async fn run(
                 block: config.retention.dlq_when_full == config::WhenFull::Block,
             },
             tracer: tracer.clone(),
+            outcomes: outcomes
+                .as_ref()
+                .map(|(log, _)| log.clone() as Arc<dyn delivery::outcomes::OutcomeLog>),
         },
         configured,
         connector,
@@ -228,6 +251,18 @@ pub async fn run(
         metrics.clone(),
     )
     .await?;
+    if eventstore.is_none() {
+        // An archive left from a run with the event store on would hold retention back.
+        match delivery.delete(eventstore::ARCHIVE).await {
+            Ok(true) => {
+                tracing::info!("the event store is off: its archive subscription was removed")
+            }
+            Ok(false) => {}
+            Err(err) => {
+                tracing::warn!(error = %err, "could not remove the event store's archive subscription")
+            }
+        }
+    }
 
     let publisher = Arc::new(
         Publisher::new(
@@ -267,6 +302,7 @@ pub async fn run(
         dapr,
         dapr_apps,
         delivery: delivery.clone(),
+        eventstore: eventstore.clone(),
         health,
         metrics: metrics.clone(),
         timeline: ingress::ui::Timeline::default(),
@@ -328,6 +364,12 @@ pub async fn run(
     dead_letters.abort();
     trimmer.abort();
     windows.abort();
+    if let Some(upkeep) = upkeep {
+        upkeep.abort();
+    }
+    if let Some((_, writer)) = outcomes {
+        writer.abort();
+    }
     writers.shutdown().await;
     if let Some(exporter) = exporter {
         // What is queued is sent, within the export timeout.
@@ -344,6 +386,22 @@ pub async fn run(
         return Err(RunError::Panicked(parts.join(", ")));
     }
     Ok(())
+}
+
+/// Subscribers for delivery: the event store's archive writes to PostgreSQL, every other
+/// subscription is called over HTTP.
+struct Connectors {
+    webhooks: Webhooks,
+    archive: Option<Arc<dyn Subscriber>>,
+}
+
+impl Connector for Connectors {
+    fn connect(&self, sub: &Arc<Subscription>) -> Arc<dyn Subscriber> {
+        match &self.archive {
+            Some(archive) if sub.spec.name == eventstore::ARCHIVE => archive.clone(),
+            _ => self.webhooks.connect(sub),
+        }
+    }
 }
 
 /// The files of TLS to Redis, read.

@@ -5,12 +5,14 @@
 //! `duration`.
 
 mod duration;
+mod eventstore;
 mod read;
 mod security;
 mod traces;
 mod validate;
 
 pub use duration::ConfigDuration;
+pub use eventstore::EventStoreConfig;
 pub use security::{
     AuditConfig, AuthConfig, AuthMode, JwtConfig, PrincipalConfig, TlsConfig, WebhooksConfig,
 };
@@ -64,6 +66,8 @@ pub struct Config {
     pub webhooks: WebhooksConfig,
     /// Span export over OTLP/HTTP.
     pub tracing: TracingConfig,
+    /// The PostgreSQL event store.
+    pub eventstore: EventStoreConfig,
 }
 
 /// The Dapr sidecar API evrouter also serves (`/v1.0/publish/...`, `/dapr/subscribe`).

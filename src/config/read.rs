@@ -77,6 +77,9 @@ impl Config {
                 "webhooks" => {
                     read_section(&key, value, &mut problems, &mut config.webhooks);
                 }
+                "eventstore" => {
+                    read_section(&key, value, &mut problems, &mut config.eventstore);
+                }
                 "tracing" => {
                     read_section(&key, value, &mut problems, &mut config.tracing);
                 }

@@ -66,6 +66,7 @@ impl Config {
             ("audit.retention", &self.audit.retention),
             ("tracing.flush_interval", &self.tracing.flush_interval),
             ("tracing.timeout", &self.tracing.timeout),
+            ("eventstore.batch_wait", &self.eventstore.batch_wait),
         ] {
             match checked(value) {
                 Ok(d)
@@ -76,6 +77,9 @@ impl Config {
                 Ok(_) => {}
                 Err(message) => bad(path, message),
             }
+        }
+        for (path, message) in self.eventstore.problems() {
+            bad(path, message);
         }
         for (path, message) in self.tracing.problems() {
             bad(path, message);

@@ -248,6 +248,8 @@ impl Runtime {
                 &sub.spec.endpoints,
             )),
             tracer: self.settings.tracer.clone(),
+            outcomes: self.settings.outcomes.clone(),
+            name: Arc::from(name.as_str()),
         };
         let mut tasks = Vec::new();
         let mut shard_senders = Vec::new();

@@ -11,6 +11,7 @@ mod dispatch;
 pub mod handoff;
 pub mod lanes;
 mod observed;
+pub mod outcomes;
 pub mod registry;
 pub mod reorder;
 pub mod replay;
@@ -64,6 +65,8 @@ pub struct Settings {
     pub dlq: crate::store::acks::DlqBound,
     /// Where the spans of delivery attempts and dead-lettering go.
     pub tracer: crate::traces::Tracer,
+    /// Where each event's outcome at each subscription is recorded, if anywhere.
+    pub outcomes: Option<Arc<dyn outcomes::OutcomeLog>>,
 }
 
 /// The delivery runtime.

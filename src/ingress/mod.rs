@@ -7,6 +7,7 @@ pub mod auth;
 pub mod dapr;
 pub mod dlq;
 pub mod error;
+pub mod events;
 pub mod health;
 pub mod metrics;
 pub mod publish;
@@ -57,6 +58,8 @@ pub struct AppState {
     pub dapr_apps: Arc<AppSubscriptions>,
     /// The delivery runtime (subscriptions, stats).
     pub delivery: Arc<Runtime>,
+    /// The PostgreSQL event store, when configured.
+    pub eventstore: Option<Arc<crate::eventstore::EventStore>>,
     /// The watched parts (readiness names those down).
     pub health: Arc<crate::health::Health>,
     /// Histograms and counters (`/metrics`, `/v1/stats`).
@@ -94,6 +97,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/dlq/{name}", get(dlq::list).delete(dlq::purge))
         .route("/v1/dlq/{name}/replay", post(dlq::replay))
         .route("/v1/stats", get(stats::stats))
+        .route("/v1/events", get(events::list))
+        .route("/v1/events/{event_id}", get(events::one))
+        .route("/v1/traces/{correlation_id}", get(events::trace))
         .route("/metrics", get(metrics::metrics))
         .route("/ui", get(ui::page))
         .route("/v1/dashboard", get(ui::data))

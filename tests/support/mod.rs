@@ -21,9 +21,11 @@ pub mod wait;
 pub use evrouter::auth::hash_token;
 pub use evrouter::catalog::partition_of;
 pub use evrouter::config::{
-    AuthConfig, AuthMode, Config, DaprAppConfig, DaprPubsubConfig, Durability, JwtConfig,
-    KeyRuleConfig, PrincipalConfig, StreamConfig, WhenFull,
+    AuthConfig, AuthMode, Config, DaprAppConfig, DaprPubsubConfig, Durability, EventStoreConfig,
+    JwtConfig, KeyRuleConfig, PrincipalConfig, StreamConfig, WhenFull,
 };
+pub use evrouter::eventstore::partitions::{existing as partition_days, Day};
+pub use evrouter::eventstore::EventStore;
 pub use evrouter::health::Health;
 pub use evrouter::model::dead_letter::Failure;
 pub use evrouter::model::envelope::{Envelope, PayloadFormat};

@@ -6,6 +6,7 @@
 
 mod answer;
 mod drain;
+mod record;
 mod send;
 mod sequence;
 
@@ -97,6 +98,10 @@ pub struct ShardContext {
     pub requests: Arc<RequestMetrics>,
     /// Where spans of attempts and dead-lettering go.
     pub tracer: crate::traces::Tracer,
+    /// The subscription's name, shared by every outcome recorded.
+    pub name: Arc<str>,
+    /// Where outcomes are recorded.
+    pub outcomes: Option<Arc<dyn crate::delivery::outcomes::OutcomeLog>>,
 }
 
 /// The histograms of a subscription's webhook requests: time per endpoint (by the

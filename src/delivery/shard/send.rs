@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use super::answer::{decide, Decision};
 use super::{Finished, Shard};
+use crate::delivery::outcomes::Fate;
 use crate::delivery::stats::SubscriptionStats;
 use crate::delivery::transport::{Forwarded, Headers, Item, Outcome, Reply, Request};
 use crate::model::clock::{now_ms, now_us};
@@ -80,6 +81,7 @@ impl Shard {
                 .is_some_and(|at| at <= now);
             if expired {
                 SubscriptionStats::bump(&self.ctx.stats.expired);
+                self.record_outcome(&lane, Fate::Expired, None, None);
                 self.finish(&lane, true);
             } else {
                 live.push(lane);
@@ -317,17 +319,20 @@ impl Shard {
                     self.ctx
                         .stats
                         .record_latency(now_us().saturating_sub(head.received_us));
+                    self.record_outcome(&lane, Fate::Delivered, reply.status, None);
                     self.finish(&lane, true);
                 }
                 Decision::Dropped(reason) => {
                     tracing::info!(subscription = %spec.name, event_id = %head.event_id, correlation_id = %correlation_id(&head.raw), trace_id = %crate::logs::trace_id(&head.traceparent), %reason, "event dropped");
                     SubscriptionStats::bump(&self.ctx.stats.dropped);
+                    self.record_outcome(&lane, Fate::Dropped, reply.status, Some(&reason));
                     self.finish(&lane, true);
                 }
                 Decision::Retry { after, reason } => {
                     head.last_status = reply.status.or(head.last_status);
                     head.last_error = Some(reason);
                     SubscriptionStats::bump(&self.ctx.stats.retried);
+                    self.record_outcome(&lane, Fate::Retried, reply.status, None);
                     self.timer_seq += 1;
                     self.timers
                         .insert((Instant::now() + after, self.timer_seq), lane);
@@ -358,6 +363,7 @@ impl Shard {
             Decision::Retry { after, reason } => {
                 head.last_error = Some(reason);
                 SubscriptionStats::bump(&self.ctx.stats.retried);
+                self.record_outcome(lane, Fate::Retried, None, None);
                 self.timer_seq += 1;
                 let at = (Instant::now() + after).max(not_before);
                 self.timers.insert((at, self.timer_seq), lane.clone());
@@ -403,6 +409,7 @@ impl Shard {
             };
             SubscriptionStats::bump(&self.ctx.stats.dead_lettered);
             self.dead_letter_span(lane);
+            self.record_outcome(lane, Fate::DeadLettered, head.last_status, None);
             tracing::info!(
                 subscription = %self.ctx.sub.spec.name,
                 event_id = %head.event_id,
@@ -424,6 +431,7 @@ impl Shard {
                 attempts = head.attempts,
                 "event dropped: attempts exhausted and the subscription keeps no DLQ"
             );
+            self.record_outcome(lane, Fate::Dropped, head.last_status, None);
             self.finish(lane, true);
         }
     }

@@ -1,0 +1,142 @@
+//! The archive subscription's subscriber: instead of a webhook, each request of events is
+//! written to PostgreSQL in one transaction (binary `COPY` into a staging table, then an
+//! insert that skips rows already there), and its events are acked in Redis only once
+//! that transaction has committed. Delivery does the rest as for any subscription: leases
+//! over the partitions, reading, retries while PostgreSQL is away, lag in the metrics.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::pin_mut;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+
+use super::partitions::{self, Day};
+use super::rows::{Row, COLUMNS};
+use super::{EventStore, EventStoreError};
+use crate::delivery::transport::{
+    Forwarded, Outcome, Presented, Reply, Request, Sending, Subscriber,
+};
+use crate::model::envelope::{EntryView, Envelope, EnvelopeError};
+
+/// The archive's subscriber, shared by the subscription's shards.
+pub struct Archive {
+    store: Arc<EventStore>,
+    /// Days whose partition is known to exist.
+    days: Arc<Mutex<HashSet<Day>>>,
+}
+
+impl Archive {
+    /// Writes into `store`.
+    pub fn new(store: Arc<EventStore>) -> Self {
+        Self {
+            store,
+            days: Arc::new(Mutex::new(HashSet::new())),
+        }
+    }
+}
+
+impl Subscriber for Archive {
+    fn present(&self, raw: &Bytes, _view: &EntryView) -> Result<Option<Presented>, EnvelopeError> {
+        // The whole entry: the row is made from the envelope when it is written.
+        Ok(Some(Presented {
+            body: raw.clone(),
+            route: None,
+            content_type: None,
+        }))
+    }
+
+    fn pick(&self) -> Result<usize, Option<std::time::Instant>> {
+        Ok(0)
+    }
+
+    fn send(&self, _endpoint: usize, request: Request) -> Sending {
+        let store = self.store.clone();
+        let days = self.days.clone();
+        Box::pin(async move {
+            let n = request.items.len();
+            let timeout = Duration::from_secs(60);
+            let written = tokio::time::timeout(timeout, write(&store, &days, request)).await;
+            match written {
+                Ok(Ok(())) => Reply::uniform(Some(200), Outcome::Delivered, n),
+                Ok(Err(err)) => {
+                    tracing::warn!(error = %err, events = n, "event store write failed; retrying");
+                    Reply::uniform(None, Outcome::Retry(err.to_string()), n)
+                }
+                Err(_) => Reply::uniform(
+                    None,
+                    Outcome::Retry(format!("event store write took over {timeout:?}")),
+                    n,
+                ),
+            }
+        })
+    }
+
+    fn forward(&self, _body: &Bytes, _content_type: Option<&Arc<str>>) -> Forwarded {
+        Forwarded::NotAsked
+    }
+}
+
+/// Writes one request's events in one transaction; rows already stored (a batch written
+/// again after a crash before its ack) are skipped.
+async fn write(
+    store: &EventStore,
+    days: &Mutex<HashSet<Day>>,
+    request: Request,
+) -> Result<(), EventStoreError> {
+    let mut rows = Vec::with_capacity(request.items.len());
+    for item in &request.items {
+        // An entry that cannot be read was skipped when it was read; one here is kept out.
+        if let Ok(envelope) = Envelope::decode(&item.body) {
+            rows.push(Row::new(envelope, &item.partition, &item.id));
+        }
+    }
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut client = store.client().await?;
+    let needed: Vec<Day> = {
+        let known = days.lock().unwrap_or_else(|e| e.into_inner());
+        let mut needed: Vec<Day> = rows
+            .iter()
+            .map(|r| Day::of(r.stored_at))
+            .filter(|d| !known.contains(d))
+            .collect();
+        needed.sort();
+        needed.dedup();
+        needed
+    };
+    if !needed.is_empty() {
+        partitions::ensure(&client, "evr_events", &needed).await?;
+        days.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(needed);
+    }
+    let tx = client.transaction().await?;
+    tx.batch_execute(
+        "CREATE TEMP TABLE IF NOT EXISTS evr_staging (LIKE evr_events) ON COMMIT DELETE ROWS",
+    )
+    .await?;
+    let names: Vec<&str> = COLUMNS.iter().map(|(name, _)| *name).collect();
+    let types: Vec<_> = COLUMNS.iter().map(|(_, ty)| ty.clone()).collect();
+    let sink = tx
+        .copy_in(&format!(
+            "COPY evr_staging ({}) FROM STDIN BINARY",
+            names.join(", ")
+        ))
+        .await?;
+    let writer = BinaryCopyInWriter::new(sink, &types);
+    pin_mut!(writer);
+    for row in &rows {
+        writer.as_mut().write(&row.values()).await?;
+    }
+    writer.finish().await?;
+    tx.execute(
+        "INSERT INTO evr_events SELECT * FROM evr_staging ON CONFLICT DO NOTHING",
+        &[],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}

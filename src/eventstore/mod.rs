@@ -1,0 +1,179 @@
+//! The event store: every stored event copied to PostgreSQL for a year of history.
+//!
+//! The copying is a subscription like the others ([`ARCHIVE`], on every topic, from the
+//! earliest retained event), whose subscriber ([`archive::Archive`]) writes batches to
+//! PostgreSQL instead of calling a webhook: several instances share the partitions by
+//! lease, a dead one's partitions move, and Redis's retention never trims what it has not
+//! acked. While PostgreSQL is away its lag grows and nothing else waits; the schema is
+//! created and migrated ([`schema`]) as soon as PostgreSQL answers, and the daily
+//! partitions are made ahead and dropped by age ([`partitions`]).
+
+pub mod archive;
+pub mod outcomes;
+pub mod partitions;
+pub mod query;
+pub mod rows;
+pub mod schema;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio::task::JoinHandle;
+
+use crate::config::EventStoreConfig;
+use crate::model::subscription::{
+    BackoffSpec, BulkSpec, DeliveryMode, Ordering as DeliveryOrdering, Start, SubscriptionSpec,
+};
+
+/// The name of the archive subscription.
+pub const ARCHIVE: &str = "eventstore-archive";
+
+/// The archive subscription's endpoint: never called (its subscriber writes to
+/// PostgreSQL), a name that cannot resolve (RFC 6761).
+pub const ARCHIVE_ENDPOINT: &str = "http://eventstore.invalid/";
+
+/// How often partitions are made ahead and dropped by age.
+const MAINTAIN_EVERY: Duration = Duration::from_secs(3600);
+
+/// Days of partitions made ahead of today.
+const DAYS_AHEAD: u64 = 2;
+
+/// What went wrong with the event store.
+#[derive(Debug, thiserror::Error)]
+pub enum EventStoreError {
+    /// PostgreSQL refused or failed a statement.
+    #[error("postgresql: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    /// No connection could be had.
+    #[error("postgresql connection: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    /// The URL cannot be used.
+    #[error("eventstore.url: {0}")]
+    Config(String),
+    /// The schema is not migrated yet (PostgreSQL has not answered since start).
+    #[error("the event store's schema is not ready yet")]
+    NotReady,
+}
+
+/// The event store's connections and state.
+pub struct EventStore {
+    pool: Pool,
+    ready: AtomicBool,
+    max_age: Duration,
+}
+
+impl EventStore {
+    /// A pool of at most `config.connections` connections to `config.url`; nothing is
+    /// connected yet.
+    pub fn new(config: &EventStoreConfig) -> Result<Option<Arc<Self>>, EventStoreError> {
+        let Some(url) = &config.url else {
+            return Ok(None);
+        };
+        let pg: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e: tokio_postgres::Error| EventStoreError::Config(e.to_string()))?;
+        let manager = Manager::from_config(
+            pg,
+            tokio_postgres::NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(config.connections)
+            .wait_timeout(Some(Duration::from_secs(10)))
+            .create_timeout(Some(Duration::from_secs(5)))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .map_err(|e| EventStoreError::Config(e.to_string()))?;
+        Ok(Some(Arc::new(Self {
+            pool,
+            ready: AtomicBool::new(false),
+            max_age: config.max_age.get(),
+        })))
+    }
+
+    /// A connection, once the schema is ready.
+    pub async fn client(&self) -> Result<deadpool_postgres::Object, EventStoreError> {
+        if !self.ready.load(Ordering::Acquire) {
+            return Err(EventStoreError::NotReady);
+        }
+        Ok(self.pool.get().await?)
+    }
+
+    /// Whether the schema has been migrated since start.
+    pub fn ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Migrates the schema once PostgreSQL answers (trying again every 2 s), then makes
+    /// and drops partitions every hour.
+    pub fn spawn_upkeep(self: Arc<Self>) -> JoinHandle<()> {
+        tokio::spawn(async move {
+            loop {
+                match self.prepare().await {
+                    Ok(version) => {
+                        tracing::info!(version, "event store ready");
+                        break;
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, "event store not ready; trying again");
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                    }
+                }
+            }
+            loop {
+                tokio::time::sleep(MAINTAIN_EVERY).await;
+                if let Err(err) = self.maintain(SystemTime::now()).await {
+                    tracing::warn!(error = %err, "event store partition upkeep failed");
+                }
+            }
+        })
+    }
+
+    async fn prepare(&self) -> Result<i32, EventStoreError> {
+        let mut client = self.pool.get().await?;
+        let version = schema::migrate(&mut client).await?;
+        partitions::maintain(&client, SystemTime::now(), self.max_age, DAYS_AHEAD).await?;
+        self.ready.store(true, Ordering::Release);
+        Ok(version)
+    }
+
+    /// Makes the coming days' partitions and drops those older than the retention, as
+    /// of `now`; returns the days dropped.
+    pub async fn maintain(&self, now: SystemTime) -> Result<Vec<partitions::Day>, EventStoreError> {
+        let client = self.client().await?;
+        partitions::maintain(&client, now, self.max_age, DAYS_AHEAD).await
+    }
+}
+
+/// The archive subscription of `config`: every topic from the earliest retained event, in
+/// batches, unordered (rows are keyed by where they were stored, not by arrival), retried
+/// without end and never dead-lettered.
+pub fn archive_spec(config: &EventStoreConfig) -> SubscriptionSpec {
+    SubscriptionSpec {
+        name: ARCHIVE.into(),
+        topics: vec![">".into()],
+        endpoints: vec![ARCHIVE_ENDPOINT.into()],
+        mode: DeliveryMode::Bulk,
+        bulk: BulkSpec {
+            max_events: config.batch,
+            max_wait_ms: config.batch_wait.get().as_millis() as u64,
+        },
+        ordering: DeliveryOrdering::None,
+        max_in_flight: config.connections,
+        timeout_ms: 60_000,
+        max_attempts: u32::MAX,
+        backoff: BackoffSpec {
+            initial_ms: 500,
+            max_ms: 10_000,
+            multiplier: 2.0,
+            jitter: 0.2,
+        },
+        start: Start::Earliest,
+        dead_letter: false,
+        ..SubscriptionSpec::default()
+    }
+}

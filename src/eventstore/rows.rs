@@ -1,0 +1,236 @@
+//! One stored event as a row of the event table: the envelope's fields, where it was
+//! stored (stream, partition, id, and the time in the id), the few fields read from its
+//! payload (time, causation id), and the payload as `jsonb` (or bytes when it is not JSON).
+
+use std::borrow::Cow;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::BytesMut;
+use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
+
+use crate::model::envelope::{Envelope, PayloadFormat};
+
+/// The columns written, in the table's order.
+pub const COLUMNS: &[(&str, Type)] = &[
+    ("stored_at", Type::TIMESTAMPTZ),
+    ("stream", Type::TEXT),
+    ("partition", Type::INT4),
+    ("redis_id", Type::TEXT),
+    ("event_id", Type::TEXT),
+    ("event_type", Type::TEXT),
+    ("topic", Type::TEXT),
+    ("entity_key", Type::TEXT),
+    ("correlation_id", Type::TEXT),
+    ("causation_id", Type::TEXT),
+    ("service", Type::TEXT),
+    ("sequence", Type::INT8),
+    ("event_time", Type::TIMESTAMPTZ),
+    ("received_at", Type::TIMESTAMPTZ),
+    ("format", Type::TEXT),
+    ("content_type", Type::TEXT),
+    ("payload", Type::JSONB),
+    ("payload_bytes", Type::BYTEA),
+    ("trace_id", Type::TEXT),
+];
+
+/// JSON text written as `jsonb` as it is, without parsing it into a tree first.
+#[derive(Debug)]
+pub struct RawJsonb(pub Vec<u8>);
+
+impl ToSql for RawJsonb {
+    fn to_sql(
+        &self,
+        _: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        // jsonb's binary format: a version byte, then the text.
+        out.extend_from_slice(&[1]);
+        out.extend_from_slice(&self.0);
+        Ok(IsNull::No)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::JSONB
+    }
+
+    to_sql_checked!();
+}
+
+/// One row.
+#[derive(Debug)]
+pub struct Row {
+    pub stored_at: SystemTime,
+    pub stream: String,
+    pub partition: i32,
+    pub redis_id: String,
+    pub event_id: String,
+    pub event_type: String,
+    pub topic: String,
+    pub entity_key: String,
+    pub correlation_id: Option<String>,
+    pub causation_id: Option<String>,
+    pub service: Option<String>,
+    pub sequence: Option<i64>,
+    pub event_time: Option<SystemTime>,
+    pub received_at: SystemTime,
+    pub format: &'static str,
+    pub content_type: Option<String>,
+    pub payload: Option<RawJsonb>,
+    pub payload_bytes: Option<Vec<u8>>,
+    pub trace_id: Option<String>,
+}
+
+impl Row {
+    /// The values, in [`COLUMNS`] order.
+    pub fn values(&self) -> [&(dyn ToSql + Sync); 19] {
+        [
+            &self.stored_at,
+            &self.stream,
+            &self.partition,
+            &self.redis_id,
+            &self.event_id,
+            &self.event_type,
+            &self.topic,
+            &self.entity_key,
+            &self.correlation_id,
+            &self.causation_id,
+            &self.service,
+            &self.sequence,
+            &self.event_time,
+            &self.received_at,
+            &self.format,
+            &self.content_type,
+            &self.payload,
+            &self.payload_bytes,
+            &self.trace_id,
+        ]
+    }
+
+    /// The row of `envelope`, stored as entry `redis_id` of `partition_key`
+    /// (`{prefix}:{stream.N}`).
+    pub fn new(envelope: Envelope, partition_key: &str, redis_id: &str) -> Self {
+        let (stream, partition) = stream_and_partition(partition_key);
+        let stored_ms = redis_id
+            .split('-')
+            .next()
+            .and_then(|ms| ms.parse::<u64>().ok())
+            .unwrap_or(envelope.received_us / 1000);
+        let read = Fields::read(&envelope);
+        let json = match envelope.format {
+            PayloadFormat::Event | PayloadFormat::CloudEvent => true,
+            PayloadFormat::Raw => {
+                serde_json::from_slice::<serde::de::IgnoredAny>(&envelope.payload).is_ok()
+            }
+        };
+        let some = |s: String| (!s.is_empty()).then_some(s);
+        let (payload, payload_bytes) = if json {
+            (Some(RawJsonb(envelope.payload)), None)
+        } else {
+            (None, Some(envelope.payload))
+        };
+        let trace_id = crate::model::trace::TraceContext::parse(&envelope.traceparent)
+            .map(|c| format!("{:032x}", c.trace_id));
+        Self {
+            stored_at: UNIX_EPOCH + Duration::from_millis(stored_ms),
+            stream,
+            partition,
+            redis_id: redis_id.to_string(),
+            event_type: envelope.event_type,
+            topic: envelope.topic,
+            entity_key: envelope.key,
+            correlation_id: some(envelope.correlation_id),
+            causation_id: read.causation_id,
+            service: some(envelope.service),
+            sequence: envelope.sequence.map(|s| s.min(i64::MAX as u64) as i64),
+            event_time: read.time,
+            received_at: UNIX_EPOCH + Duration::from_micros(envelope.received_us),
+            format: match envelope.format {
+                PayloadFormat::Event => "event",
+                PayloadFormat::CloudEvent => "cloudevent",
+                PayloadFormat::Raw => "raw",
+            },
+            content_type: envelope.content_type,
+            payload_bytes,
+            payload,
+            trace_id,
+            event_id: envelope.event_id,
+        }
+    }
+}
+
+/// `evr:{order.3}` → (`order`, 3).
+pub(super) fn stream_and_partition(key: &str) -> (String, i32) {
+    let inner = key
+        .split_once('{')
+        .and_then(|(_, rest)| rest.split_once('}'))
+        .map_or(key, |(inner, _)| inner);
+    match inner.rsplit_once('.') {
+        Some((stream, n)) => (stream.to_string(), n.parse().unwrap_or(0)),
+        None => (inner.to_string(), 0),
+    }
+}
+
+/// What the table keeps of the payload beside it: the event's own time and its cause.
+struct Fields {
+    time: Option<SystemTime>,
+    causation_id: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct Top<'a> {
+    #[serde(borrow)]
+    timestamp: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    time: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    metadata: Option<Meta<'a>>,
+    data: Option<Box<serde_json::value::RawValue>>,
+}
+
+#[derive(serde::Deserialize)]
+struct Meta<'a> {
+    #[serde(borrow)]
+    causation_id: Option<Cow<'a, str>>,
+}
+
+impl Fields {
+    fn read(envelope: &Envelope) -> Self {
+        let Ok(top) = serde_json::from_slice::<Top>(&envelope.payload) else {
+            return Self {
+                time: None,
+                causation_id: None,
+            };
+        };
+        // A CloudEvent carries the platform event in `data`.
+        let inner = match (&envelope.format, &top.data) {
+            (PayloadFormat::CloudEvent, Some(data)) => serde_json::from_str::<Top>(data.get()).ok(),
+            _ => None,
+        };
+        let time = top
+            .timestamp
+            .as_deref()
+            .or(top.time.as_deref())
+            .and_then(|t| humantime::parse_rfc3339_weak(t).ok());
+        let causation = |t: &Top| {
+            t.metadata
+                .as_ref()
+                .and_then(|m| m.causation_id.as_deref())
+                .map(str::to_string)
+        };
+        Self {
+            time,
+            causation_id: causation(&top).or_else(|| inner.as_ref().and_then(causation)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_partition_key_names_its_stream_and_number() {
+        assert_eq!(stream_and_partition("evr:{order.3}"), ("order".into(), 3));
+        assert_eq!(stream_and_partition("x:{a.b.12}"), ("a.b".into(), 12));
+    }
+}

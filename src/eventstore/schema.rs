@@ -1,0 +1,101 @@
+//! The event store's tables, created and migrated at start-up: numbered migrations, each
+//! applied once in its own transaction, under an advisory lock so that instances starting
+//! together do not race.
+
+use tokio_postgres::Client;
+
+use super::EventStoreError;
+
+/// The migrations in order; a migration is never changed once released, only followed.
+const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        r#"
+CREATE TABLE evr_events (
+    stored_at      timestamptz NOT NULL,
+    stream         text        NOT NULL,
+    partition      integer     NOT NULL,
+    redis_id       text        NOT NULL,
+    event_id       text        NOT NULL,
+    event_type     text        NOT NULL,
+    topic          text        NOT NULL,
+    entity_key     text        NOT NULL,
+    correlation_id text,
+    causation_id   text,
+    service        text,
+    sequence       bigint,
+    event_time     timestamptz,
+    received_at    timestamptz NOT NULL,
+    format         text        NOT NULL,
+    content_type   text,
+    payload        jsonb,
+    payload_bytes  bytea,
+    trace_id       text,
+    PRIMARY KEY (stored_at, stream, partition, redis_id)
+) PARTITION BY RANGE (stored_at);
+CREATE INDEX evr_events_stored_at ON evr_events USING brin (stored_at);
+CREATE INDEX evr_events_correlation ON evr_events (correlation_id, stored_at);
+CREATE INDEX evr_events_key ON evr_events (entity_key, stored_at);
+CREATE INDEX evr_events_event_id ON evr_events (event_id);
+"#,
+    ),
+    (
+        2,
+        r#"
+CREATE TABLE evr_outcomes (
+    at            timestamptz NOT NULL,
+    subscription  text        NOT NULL,
+    event_id      text        NOT NULL,
+    stream        text        NOT NULL,
+    partition     integer     NOT NULL,
+    redis_id      text        NOT NULL,
+    fate          text        NOT NULL,
+    status        integer,
+    attempt       integer     NOT NULL,
+    latency_us    bigint      NOT NULL,
+    error         text
+) PARTITION BY RANGE (at);
+CREATE INDEX evr_outcomes_event_id ON evr_outcomes (event_id, at);
+CREATE INDEX evr_outcomes_at ON evr_outcomes USING brin (at);
+"#,
+    ),
+];
+
+/// Key of the advisory lock migrations hold (any constant shared by all instances).
+const MIGRATION_LOCK: i64 = 0x6576_725f_6d69_6772;
+
+/// Applies the migrations this database has not had; returns the schema version.
+pub async fn migrate(client: &mut Client) -> Result<i32, EventStoreError> {
+    client
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS evr_schema_migrations (
+                 version integer PRIMARY KEY,
+                 applied_at timestamptz NOT NULL DEFAULT now())",
+        )
+        .await?;
+    let mut version = 0;
+    for (number, sql) in MIGRATIONS {
+        let tx = client.transaction().await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await?;
+        let done = tx
+            .query_opt(
+                "SELECT 1 FROM evr_schema_migrations WHERE version = $1",
+                &[number],
+            )
+            .await?
+            .is_some();
+        if !done {
+            tx.batch_execute(sql).await?;
+            tx.execute(
+                "INSERT INTO evr_schema_migrations (version) VALUES ($1)",
+                &[number],
+            )
+            .await?;
+            tracing::info!(version = number, "event store migrated");
+        }
+        tx.commit().await?;
+        version = *number;
+    }
+    Ok(version)
+}

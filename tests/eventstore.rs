@@ -1,0 +1,406 @@
+//! The event store against a real PostgreSQL (`EVR_TEST_PG_URL`, else the local server;
+//! each test makes and drops its own database): every stored event archived once, with
+//! its columns; PostgreSQL away while publishing and delivery go on, then caught up;
+//! partitions made ahead and dropped by age.
+
+mod support;
+
+use std::time::{Duration, SystemTime};
+
+use serde_json::json;
+
+use support::proxy::Proxy;
+use support::subscriber::Subscriber;
+use support::{
+    client, eventually, order_event, partition_days, test_config, Day, EventStore,
+    EventStoreConfig, RedisServer, RouterApi, TestRouter,
+};
+
+/// A database of its own, dropped at the end.
+struct TestDb {
+    admin: String,
+    name: String,
+    url: String,
+}
+
+impl TestDb {
+    async fn create() -> Self {
+        let admin = std::env::var("EVR_TEST_PG_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let name = format!("evr_test_{}_{}", std::process::id(), fastrand::u32(..));
+        let (client, connection) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
+            .await
+            .expect("PostgreSQL answers (EVR_TEST_PG_URL)");
+        tokio::spawn(connection);
+        client
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create database");
+        let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
+        let url = format!("{base}/{name}");
+        Self { admin, name, url }
+    }
+
+    async fn client(&self) -> tokio_postgres::Client {
+        let (client, connection) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(connection);
+        client
+    }
+
+    async fn count(&self) -> i64 {
+        let client = self.client().await;
+        match client
+            .query_one("SELECT count(*) FROM evr_events", &[])
+            .await
+        {
+            Ok(row) => row.get(0),
+            Err(_) => -1,
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let (admin, name) = (self.admin.clone(), self.name.clone());
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Runtime::new().expect("runtime");
+            runtime.block_on(async {
+                if let Ok((client, connection)) =
+                    tokio_postgres::connect(&admin, tokio_postgres::NoTls).await
+                {
+                    tokio::spawn(connection);
+                    let _ = client
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .await;
+                }
+            })
+        })
+        .join();
+    }
+}
+
+async fn publish_orders(router: &TestRouter, from: u64, n: u64) {
+    let events: Vec<_> = (from..from + n)
+        .map(|i| order_event(i, &format!("ord_{}", i % 37)))
+        .collect();
+    for chunk in events.chunks(100) {
+        router.publish_ok("order.created", &json!(chunk)).await;
+    }
+}
+
+async fn wait_for_rows(db: &TestDb, n: i64) {
+    eventually(Duration::from_secs(60), async || match db.count().await {
+        count if count == n => Ok(()),
+        count => Err(format!("{count} rows of {n}")),
+    })
+    .await;
+}
+
+/// Every event is archived once, with the columns the queries need.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_stored_event_is_archived_once_with_its_columns() {
+    let redis = RedisServer::start();
+    let db = TestDb::create().await;
+    let mut config = test_config(&redis);
+    config.eventstore.url = Some(db.url.clone());
+    config.eventstore.batch_wait = "20ms".into();
+    let router = TestRouter::start(config).await;
+    publish_orders(&router, 0, 500).await;
+    wait_for_rows(&db, 500).await;
+
+    let client = db.client().await;
+    let distinct: i64 = client
+        .query_one(
+            "SELECT count(DISTINCT (stream, partition, redis_id)) FROM evr_events",
+            &[],
+        )
+        .await
+        .expect("query")
+        .get(0);
+    assert_eq!(distinct, 500);
+    let row = client
+        .query_one(
+            "SELECT event_id, event_type, topic, stream, entity_key, correlation_id, service,
+                    payload->'data'->>'order_id', length(trace_id), event_time IS NOT NULL,
+                    stored_at >= received_at - interval '1 second', format
+               FROM evr_events WHERE event_id = $1",
+            &[&"evt_order_7"],
+        )
+        .await
+        .expect("the event's row");
+    assert_eq!(row.get::<_, String>(0), "evt_order_7");
+    assert_eq!(row.get::<_, String>(1), "order.created");
+    assert_eq!(row.get::<_, String>(2), "order.created");
+    assert_eq!(row.get::<_, String>(3), "order");
+    assert_eq!(row.get::<_, String>(4), "ord_7");
+    assert_eq!(row.get::<_, Option<String>>(5).as_deref(), Some("corr_7"));
+    assert_eq!(
+        row.get::<_, Option<String>>(6).as_deref(),
+        Some("order-service")
+    );
+    assert_eq!(row.get::<_, Option<String>>(7).as_deref(), Some("ord_7"));
+    assert_eq!(row.get::<_, Option<i32>>(8), Some(32));
+    assert!(row.get::<_, bool>(9), "the event's timestamp is kept");
+    assert!(row.get::<_, bool>(10));
+    assert_eq!(row.get::<_, String>(11), "event");
+    let version: i32 = client
+        .query_one("SELECT max(version) FROM evr_schema_migrations", &[])
+        .await
+        .expect("migrations")
+        .get(0);
+    assert_eq!(version, 2, "every migration applied");
+    router.stop().await.expect("clean stop");
+}
+
+/// With PostgreSQL out of reach, publishes and deliveries go on and the archive's lag
+/// grows; when it is back, the archive catches up, nothing missing, nothing twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_away_stops_nothing_and_the_archive_catches_up() {
+    let redis = RedisServer::start();
+    let db = TestDb::create().await;
+    let pg_port = db
+        .url
+        .split_once("@127.0.0.1:")
+        .and_then(|(_, rest)| rest.split('/').next())
+        .and_then(|p| p.parse::<u16>().ok())
+        .unwrap_or(5432);
+    let proxy = Proxy::start(pg_port).await;
+    let mut config = test_config(&redis);
+    config.eventstore.url = Some(db.url.replace(
+        &format!("127.0.0.1:{pg_port}"),
+        &format!("127.0.0.1:{}", proxy.port),
+    ));
+    config.eventstore.batch_wait = "20ms".into();
+    let router = TestRouter::start(config).await;
+    let subscriber = Subscriber::ok().await;
+    router
+        .subscribe(
+            "shipping",
+            &["order.*"],
+            &subscriber.url(),
+            json!({"start": "earliest"}),
+        )
+        .await;
+    publish_orders(&router, 0, 100).await;
+    wait_for_rows(&db, 100).await;
+
+    proxy.cut();
+    publish_orders(&router, 100, 300).await;
+    subscriber.wait_for(400, Duration::from_secs(30)).await;
+    let lag = eventually(Duration::from_secs(30), async || {
+        let stats = router.get_json("/v1/stats").await;
+        let archive = &stats["subscriptions"]["eventstore-archive"];
+        let behind =
+            archive["lag"].as_u64().unwrap_or(0) + archive["in_flight"].as_u64().unwrap_or(0);
+        if behind > 0 {
+            Ok(behind)
+        } else {
+            Err(format!("{archive}"))
+        }
+    })
+    .await;
+    assert!(lag > 0);
+    assert_eq!(db.count().await, 100, "nothing archived while away");
+
+    proxy.heal();
+    wait_for_rows(&db, 400).await;
+    let client = db.client().await;
+    let distinct: i64 = client
+        .query_one("SELECT count(DISTINCT event_id) FROM evr_events", &[])
+        .await
+        .expect("query")
+        .get(0);
+    assert_eq!(distinct, 400);
+    router.stop().await.expect("clean stop");
+}
+
+/// Partitions are made ahead of today and a day older than the retention is dropped
+/// whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_are_made_ahead_and_dropped_by_age() {
+    let db = TestDb::create().await;
+    let config = EventStoreConfig {
+        url: Some(db.url.clone()),
+        ..EventStoreConfig::default()
+    };
+    let store = EventStore::new(&config)
+        .expect("store")
+        .expect("configured");
+    let upkeep = store.clone().spawn_upkeep();
+    eventually(Duration::from_secs(30), async || {
+        if store.ready() {
+            Ok(())
+        } else {
+            Err("not ready".to_string())
+        }
+    })
+    .await;
+    let client = db.client().await;
+    let days = partition_days(&client, "evr_events").await.expect("days");
+    let today = Day::of(SystemTime::now());
+    assert!(
+        days.contains(&today) && days.contains(&Day(today.0 + 2)),
+        "{days:?}"
+    );
+    client
+        .execute(
+            "INSERT INTO evr_events (stored_at, stream, partition, redis_id, event_id, event_type,
+                 topic, entity_key, received_at, format)
+             VALUES (now(), 'order', 0, '1-0', 'e1', 'order.created', 'order.created', 'k', now(), 'event')",
+            &[],
+        )
+        .await
+        .expect("a row today");
+    // A year and a week from now, today is past the retention.
+    let later = SystemTime::now() + Duration::from_secs(372 * 86_400);
+    let dropped = store.maintain(later).await.expect("maintain");
+    assert!(dropped.contains(&today), "{dropped:?}");
+    assert_eq!(db.count().await, 0, "dropped with its partition");
+    let days = partition_days(&client, "evr_events").await.expect("days");
+    assert!(days.contains(&Day::of(later)));
+    upkeep.abort();
+}
+
+/// The queries: pages in stored order without gaps or repeats, filters, one event, and a
+/// flow's trace with each subscription's outcomes (a delivery, and retries ending in the
+/// DLQ).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_page_filter_and_trace_with_outcomes() {
+    let redis = RedisServer::start();
+    let db = TestDb::create().await;
+    let mut config = test_config(&redis);
+    config.eventstore.url = Some(db.url.clone());
+    config.eventstore.batch_wait = "20ms".into();
+    let router = TestRouter::start(config).await;
+    let shipping = Subscriber::ok().await;
+    let billing = Subscriber::with_rule(std::sync::Arc::new(|_| (500, String::new()))).await;
+    router
+        .subscribe("shipping", &["order.*"], &shipping.url(), json!({}))
+        .await;
+    router
+        .subscribe(
+            "billing",
+            &["order.*"],
+            &billing.url(),
+            json!({"max_attempts": 2, "backoff": {"initial_ms": 10, "max_ms": 10, "multiplier": 1.0, "jitter": 0.0}}),
+        )
+        .await;
+    publish_orders(&router, 0, 30).await;
+    let flow: Vec<_> = (100..103)
+        .map(|i| {
+            let mut event = order_event(i, &format!("ord_f{i}"));
+            event["metadata"]["correlation_id"] = json!("flow-1");
+            event
+        })
+        .collect();
+    for event in &flow {
+        router.publish_ok("order.created", event).await;
+    }
+    wait_for_rows(&db, 33).await;
+
+    // The flow's trace: its three events in order, each delivered to shipping and
+    // dead-lettered at billing after a retry.
+    let trace = eventually(Duration::from_secs(30), async || {
+        let trace = router.get_json("/v1/traces/flow-1").await;
+        let events = trace["events"].as_array().cloned().unwrap_or_default();
+        let complete = events.len() == 3
+            && events.iter().all(|e| {
+                let fates: Vec<String> = e["outcomes"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|o| {
+                        format!(
+                            "{}:{}",
+                            o["subscription"].as_str().unwrap_or(""),
+                            o["fate"].as_str().unwrap_or("")
+                        )
+                    })
+                    .collect();
+                fates.contains(&"shipping:delivered".to_string())
+                    && fates.contains(&"billing:retried".to_string())
+                    && fates.contains(&"billing:dead_lettered".to_string())
+            });
+        if complete {
+            Ok(events)
+        } else {
+            Err(format!("{trace}"))
+        }
+    })
+    .await;
+    let ids: Vec<&str> = trace
+        .iter()
+        .map(|e| e["event_id"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(ids, ["evt_order_100", "evt_order_101", "evt_order_102"]);
+    let billed = trace[0]["outcomes"]
+        .as_array()
+        .expect("outcomes")
+        .iter()
+        .find(|o| o["fate"] == "dead_lettered")
+        .expect("dead-lettered")
+        .clone();
+    assert_eq!(billed["status"], 500);
+    assert_eq!(billed["attempt"], 2);
+    assert!(trace[0]["trace_id"].as_str().is_some_and(|t| t.len() == 32));
+
+    // Pages, oldest first: every event once, in stored order.
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let path = match &after {
+            Some(cursor) => format!("/v1/events?order=oldest&limit=7&after={cursor}"),
+            None => "/v1/events?order=oldest&limit=7".to_string(),
+        };
+        let page = router.get_json(&path).await;
+        let events = page["events"].as_array().cloned().unwrap_or_default();
+        assert!(events.len() <= 7);
+        seen.extend(events.iter().map(|e| {
+            (
+                e["stored_at"].as_str().unwrap_or("").to_string(),
+                e["event_id"].as_str().unwrap_or("").to_string(),
+            )
+        }));
+        match page["next"].as_str() {
+            Some(next) => after = Some(next.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 33);
+    let distinct: std::collections::HashSet<_> = seen.iter().map(|(_, id)| id.clone()).collect();
+    assert_eq!(distinct.len(), 33);
+    assert!(seen.windows(2).all(|w| w[0].0 <= w[1].0), "stored order");
+    // Newest first is the reverse.
+    let newest = router.get_json("/v1/events?limit=1").await;
+    assert_eq!(newest["events"][0]["event_id"], seen[32].1.as_str());
+
+    let filtered = router
+        .get_json("/v1/events?correlation_id=flow-1&key=ord_f101")
+        .await;
+    assert_eq!(filtered["events"].as_array().map(Vec::len), Some(1));
+    assert_eq!(filtered["events"][0]["event_id"], "evt_order_101");
+    let one = router.get_json("/v1/events/evt_order_7").await;
+    assert_eq!(one["key"], "ord_7");
+    assert_eq!(one["payload"]["event_id"], "evt_order_7");
+
+    for (path, word) in [
+        ("/v1/events?from=yesterday", "from"),
+        ("/v1/events?order=sideways", "order"),
+        ("/v1/events?colour=red", "colour"),
+        ("/v1/events?after=nonsense", "after"),
+    ] {
+        let response = client().get(router.url(path)).send().await.expect("get");
+        assert_eq!(response.status(), 400, "{path}");
+        let body: serde_json::Value = response.json().await.expect("json");
+        assert!(body.to_string().contains(word), "{path}: {body}");
+    }
+    let missing = client()
+        .get(router.url("/v1/events/nope"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(missing.status(), 404);
+    router.stop().await.expect("clean stop");
+}
