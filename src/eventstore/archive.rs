@@ -6,7 +6,6 @@
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::pin_mut;
@@ -56,7 +55,7 @@ impl Subscriber for Archive {
         let days = self.days.clone();
         Box::pin(async move {
             let n = request.items.len();
-            let timeout = Duration::from_secs(60);
+            let timeout = super::WRITE_TIMEOUT;
             let written = tokio::time::timeout(timeout, write(&store, &days, request)).await;
             match written {
                 Ok(Ok(())) => Reply::uniform(Some(200), Outcome::Delivered, n),

@@ -37,6 +37,9 @@ pub const ARCHIVE_ENDPOINT: &str = "http://eventstore.invalid/";
 /// How often partitions are made ahead and dropped by age.
 const MAINTAIN_EVERY: Duration = Duration::from_secs(3600);
 
+/// Longest a batch's write may take before it is tried again.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Days of partitions made ahead of today.
 const DAYS_AHEAD: u64 = 2;
 
@@ -164,7 +167,9 @@ pub fn archive_spec(config: &EventStoreConfig) -> SubscriptionSpec {
         },
         ordering: DeliveryOrdering::None,
         max_in_flight: config.connections,
-        timeout_ms: 60_000,
+        // A takeover after a crash waits this out: short, as a batch's COPY takes well
+        // under a second.
+        timeout_ms: WRITE_TIMEOUT.as_millis() as u64 + 5_000,
         max_attempts: u32::MAX,
         backoff: BackoffSpec {
             initial_ms: 500,
