@@ -35,6 +35,7 @@ pub(super) const DRAIN_MARGIN: Duration = Duration::from_millis(500);
 struct Worker {
     spec: crate::model::subscription::SubscriptionSpec,
     secrets: Option<Arc<crate::model::signing::SigningSecrets>>,
+    rewinds: i64,
     stop: watch::Sender<bool>,
     partitions: watch::Sender<Arc<Vec<Arc<str>>>>,
     tasks: Vec<JoinHandle<()>>,
@@ -145,6 +146,7 @@ impl Runtime {
                     s.name() == name.as_str()
                         && s.spec == worker.spec
                         && s.secrets == worker.secrets
+                        && s.rewinds == worker.rewinds
                 })
             })
             .map(|(name, _)| name.clone())
@@ -297,6 +299,7 @@ impl Runtime {
         Ok(Worker {
             spec: context.sub.spec.clone(),
             secrets: context.sub.secrets.clone(),
+            rewinds: context.sub.rewinds,
             stop,
             partitions: partitions_tx,
             tasks,

@@ -15,6 +15,7 @@ pub mod outcomes;
 pub mod registry;
 pub mod reorder;
 pub mod replay;
+pub mod rewind;
 pub mod shard;
 pub mod stats;
 pub mod subscription;

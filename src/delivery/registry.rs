@@ -58,6 +58,13 @@ impl Registry {
         Ok(existed)
     }
 
+    /// Counts a rewind of `name`, so that every instance restarts its delivery.
+    pub async fn bump_rewinds(&self, name: &str) -> redis::RedisResult<i64> {
+        let count = self.store.bump_rewinds(name).await?;
+        self.refresh(true).await?;
+        Ok(count)
+    }
+
     /// Removes a subscription. Returns whether it existed.
     pub async fn delete(&self, name: &str) -> redis::RedisResult<bool> {
         let existed = self.store.delete(name).await?;
@@ -90,6 +97,7 @@ impl Registry {
         }
         let stored = self.store.load().await?;
         let mut secrets = self.store.load_secrets().await?;
+        let rewinds = self.store.load_rewinds().await?;
         let mut subs = BTreeMap::new();
         for (name, json) in stored {
             let parsed = serde_json::from_str::<SubscriptionSpec>(&json)
@@ -97,6 +105,7 @@ impl Registry {
                 .and_then(|spec| Subscription::new(spec).map_err(|v| format!("{v:?}")));
             match parsed {
                 Ok(mut sub) => {
+                    sub.rewinds = rewinds.get(&name).copied().unwrap_or(0);
                     // A webhook's deliveries are signed; its secrets are made the first
                     // time any instance sees it (Dapr apps use their API token instead).
                     if sub.spec.dapr.is_none() {
@@ -114,11 +123,9 @@ impl Registry {
         }
         let mut local = write(&self.local);
         let changed = local.1.len() != subs.len()
-            || local
-                .1
-                .iter()
-                .zip(subs.iter())
-                .any(|((a, x), (b, y))| a != b || x.spec != y.spec || x.secrets != y.secrets);
+            || local.1.iter().zip(subs.iter()).any(|((a, x), (b, y))| {
+                a != b || x.spec != y.spec || x.secrets != y.secrets || x.rewinds != y.rewinds
+            });
         *local = (version, subs);
         Ok(changed)
     }

@@ -19,6 +19,8 @@ pub struct Subscription {
     /// The secrets its webhook deliveries are signed with (kept apart from the spec, which
     /// anyone who may read the subscription sees).
     pub secrets: Option<Arc<SigningSecrets>>,
+    /// How many times it was rewound: a change restarts its delivery everywhere.
+    pub rewinds: i64,
 }
 
 impl Subscription {
@@ -51,6 +53,7 @@ impl Subscription {
             patterns,
             routes,
             secrets: None,
+            rewinds: 0,
         })
     }
 

@@ -129,11 +129,16 @@ impl Call {
         }
     }
 
-    /// Whether it changes subscriptions, dead letters or Dapr apps.
+    /// Whether it is audited: it changes subscriptions, dead letters or Dapr apps, or it
+    /// reads the event store (who looked at which events).
     pub(super) fn changes(&self) -> bool {
-        self.method != Method::GET
+        let changes = self.method != Method::GET
             && ["/v1/subscriptions", "/v1/dlq/", "/v1/dapr/apps/"]
                 .iter()
-                .any(|prefix| self.target.starts_with(prefix))
+                .any(|prefix| self.target.starts_with(prefix));
+        let reads_history = ["/v1/events", "/v1/traces/"]
+            .iter()
+            .any(|prefix| self.target.starts_with(prefix));
+        changes || reads_history
     }
 }

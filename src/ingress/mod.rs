@@ -94,6 +94,10 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/subscriptions/{name}/secret",
             post(subscriptions::rotate_secret),
         )
+        .route(
+            "/v1/subscriptions/{name}/rewind",
+            post(subscriptions::rewind),
+        )
         .route("/v1/dlq/{name}", get(dlq::list).delete(dlq::purge))
         .route("/v1/dlq/{name}/replay", post(dlq::replay))
         .route("/v1/stats", get(stats::stats))

@@ -293,6 +293,58 @@ pub async fn rotate_secret(
     }
 }
 
+/// The body of a rewind.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RewindBody {
+    /// RFC 3339 time: the subscription goes on from the first event stored at or after it.
+    to: String,
+}
+
+/// `POST /v1/subscriptions/{name}/rewind`: moves the subscription back (or forward) to a
+/// time on every partition; events stored since flow again, in order per key.
+pub async fn rewind(
+    State(app): State<Arc<AppState>>,
+    Extension(principal): Extension<Arc<Principal>>,
+    Path(name): Path<String>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Body,
+) -> Result<Response, ApiError> {
+    check_owner(&app, &principal, &name)?;
+    let bytes =
+        super::publish::read_body(&headers, body, app.max_body_bytes, app.body_read_timeout)
+            .await?;
+    let request: RewindBody = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!("rewind body: {e}"),
+        )
+    })?;
+    let to = humantime::parse_rfc3339_weak(&request.to).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!("`to` is not an RFC 3339 time ({e}): `{}`", request.to),
+        )
+    })?;
+    let to_ms = to
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64;
+    use crate::delivery::rewind::RewindError;
+    match app.delivery.rewind(&name, to_ms).await {
+        Ok(rewound) => Ok(Json(rewound).into_response()),
+        Err(RewindError::Unknown(_)) => Err(ApiError::unknown_subscription(&name)),
+        Err(err @ RewindError::Sequence(_)) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "rewind_unsupported",
+            err.to_string(),
+        )),
+        Err(RewindError::Redis(err)) => Err(store_error(err)),
+    }
+}
+
 /// `DELETE /v1/subscriptions/{name}`.
 pub async fn delete(
     State(app): State<Arc<AppState>>,

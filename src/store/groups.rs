@@ -40,6 +40,31 @@ pub async fn destroy_group(
     Ok(())
 }
 
+/// Moves `group` on `key` to just after `after` (a stream id, or `0`) in one step: the
+/// group is made again there, so that what it had read and not acked is forgotten too.
+pub async fn reset_group(
+    conn: &mut ConnectionManager,
+    key: &str,
+    group: &str,
+    after: &str,
+) -> redis::RedisResult<()> {
+    let _: (i64, String) = redis::pipe()
+        .atomic()
+        .cmd("XGROUP")
+        .arg("DESTROY")
+        .arg(key)
+        .arg(group)
+        .cmd("XGROUP")
+        .arg("CREATE")
+        .arg(key)
+        .arg(group)
+        .arg(after)
+        .arg("MKSTREAM")
+        .query_async(conn)
+        .await?;
+    Ok(())
+}
+
 /// What Redis says of a group's lag on one partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lag {

@@ -35,6 +35,7 @@ pub struct SubscriptionStore {
     hash_key: String,
     version_key: String,
     secrets_key: String,
+    rewinds_key: String,
 }
 
 impl SubscriptionStore {
@@ -45,6 +46,7 @@ impl SubscriptionStore {
             hash_key: format!("{prefix}:subscriptions"),
             version_key: format!("{prefix}:subscriptions:version"),
             secrets_key: format!("{prefix}:subscriptions:secrets"),
+            rewinds_key: format!("{prefix}:subscriptions:rewinds"),
         }
     }
 
@@ -79,13 +81,36 @@ impl SubscriptionStore {
         Ok(added == 0)
     }
 
+    /// Counts a rewind of `name` (so that every instance restarts its delivery) and moves
+    /// the version; returns the new count.
+    pub async fn bump_rewinds(&self, name: &str) -> redis::RedisResult<i64> {
+        let mut conn = self.conn.clone();
+        let (count, _): (i64, i64) = redis::pipe()
+            .atomic()
+            .hincr(&self.rewinds_key, name, 1)
+            .incr(&self.version_key, 1)
+            .query_async(&mut conn)
+            .await?;
+        Ok(count)
+    }
+
+    /// How many times each subscription was rewound.
+    pub async fn load_rewinds(&self) -> redis::RedisResult<std::collections::HashMap<String, i64>> {
+        let mut conn = self.conn.clone();
+        redis::cmd("HGETALL")
+            .arg(&self.rewinds_key)
+            .query_async(&mut conn)
+            .await
+    }
+
     /// Removes `name`; returns whether it existed.
     pub async fn delete(&self, name: &str) -> redis::RedisResult<bool> {
         let mut conn = self.conn.clone();
-        let (removed, _, _): (i64, i64, i64) = redis::pipe()
+        let (removed, _, _, _): (i64, i64, i64, i64) = redis::pipe()
             .atomic()
             .hdel(&self.hash_key, name)
             .hdel(&self.secrets_key, name)
+            .hdel(&self.rewinds_key, name)
             .incr(&self.version_key, 1)
             .query_async(&mut conn)
             .await?;
