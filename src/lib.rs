@@ -288,6 +288,16 @@ pub async fn run(
         .with_app_tokens(app_tokens),
     );
     let app_watcher = dapr_apps.clone().spawn(config.dapr.refresh_interval.get());
+    let replays = match &eventstore {
+        Some(store) => Some(eventstore::replay::Replays::new(
+            store.clone(),
+            delivery.clone(),
+            publisher.clone(),
+            target.manager()?,
+            &config.redis.key_prefix,
+        )),
+        None => None,
+    };
     let audit = store::audit::AuditLog::new(
         target.manager()?,
         &config.redis.key_prefix,
@@ -303,6 +313,7 @@ pub async fn run(
         dapr_apps,
         delivery: delivery.clone(),
         eventstore: eventstore.clone(),
+        replays,
         health,
         metrics: metrics.clone(),
         timeline: ingress::ui::Timeline::default(),

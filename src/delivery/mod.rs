@@ -285,6 +285,14 @@ impl Runtime {
         Some(replay::replay(&mut conn, &keys, &*subscriber, single, only).await)
     }
 
+    /// The subscriber of `name` and whether it takes one event a request, for sending it
+    /// events outside its stream (a replay); `None` for an unknown subscription.
+    pub fn replay_target(&self, name: &str) -> Option<(Arc<dyn transport::Subscriber>, bool)> {
+        let sub = self.registry.get(name)?;
+        let single = sub.spec.mode == crate::model::subscription::DeliveryMode::Single;
+        Some((self.connector.connect(&sub), single))
+    }
+
     /// Purges a subscription's dead letters; `None` for an unknown subscription.
     pub async fn dlq_purge(&self, name: &str) -> Option<redis::RedisResult<u64>> {
         let (_, keys) = self.dlq_keys(name)?;

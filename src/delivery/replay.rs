@@ -43,7 +43,7 @@ pub async fn replay(
                 if only.is_some_and(|ids| !ids.contains(&cursor)) {
                     continue;
                 }
-                match send_once(subscriber, key, &id, raw, single).await {
+                match send_once(subscriber, key, &id, raw, single, false).await {
                     Some(Outcome::Delivered | Outcome::Drop(_)) => {
                         dlq::delete(conn, key, &id).await?;
                         report.replayed += 1;
@@ -58,13 +58,15 @@ pub async fn replay(
     Ok(report)
 }
 
-/// Sends one dead letter; `None` when its envelope cannot be read.
-async fn send_once(
+/// Sends one stored entry (a dead letter, or an event read back from the event store,
+/// `replay`), one event a request; `None` when its envelope cannot be read.
+pub async fn send_once(
     subscriber: &dyn Subscriber,
     key: &str,
     id: &str,
     raw: bytes::Bytes,
     single: bool,
+    replay: bool,
 ) -> Option<Outcome> {
     let view = Envelope::view(&raw).ok()?;
     let Ok(presented) = subscriber.present(&raw, &view) else {
@@ -95,6 +97,7 @@ async fn send_once(
         headers,
         attempt: 1,
         traceparent: Some(traceparent),
+        replay,
     };
     let reply = subscriber.send(endpoint, request).await;
     reply.outcomes.into_iter().next()

@@ -72,6 +72,9 @@ pub struct Request {
     /// mode a child of the event's stored context; in bulk mode a span linked to each
     /// event's (when spans are recorded).
     pub traceparent: Option<String>,
+    /// Sent again on request (a replay from the event store): the subscriber is told so
+    /// (`evr-replay: true`).
+    pub replay: bool,
 }
 
 /// How a request ended: the HTTP status if there was an answer, and one outcome per item.

@@ -12,6 +12,7 @@ pub mod archive;
 pub mod outcomes;
 pub mod partitions;
 pub mod query;
+pub mod replay;
 pub mod rows;
 pub mod schema;
 

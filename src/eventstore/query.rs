@@ -48,7 +48,7 @@ pub struct Cursor {
     stored_us: i64,
     stream: String,
     partition: i32,
-    redis_id: String,
+    redis_seq: i64,
 }
 
 impl Cursor {
@@ -59,14 +59,14 @@ impl Cursor {
             stored_us: parts.next()?.parse().ok()?,
             stream: parts.next()?.to_string(),
             partition: parts.next()?.parse().ok()?,
-            redis_id: parts.next()?.to_string(),
+            redis_seq: parts.next()?.parse().ok()?,
         })
     }
 
     fn text(&self) -> String {
         format!(
             "{}~{}~{}~{}",
-            self.stored_us, self.stream, self.partition, self.redis_id
+            self.stored_us, self.stream, self.partition, self.redis_seq
         )
     }
 }
@@ -142,7 +142,7 @@ pub struct Page {
 
 const COLUMNS: &str = "stored_at, stream, partition, redis_id, event_id, event_type, topic, \
     entity_key, correlation_id, causation_id, service, sequence, event_time, received_at, \
-    format, payload::text, encode(payload_bytes, 'base64'), trace_id";
+    format, payload::text, encode(payload_bytes, 'base64'), trace_id, redis_seq";
 
 fn rfc3339(at: SystemTime) -> String {
     humantime::format_rfc3339_micros(at).to_string()
@@ -166,7 +166,7 @@ fn event(row: &tokio_postgres::Row) -> StoredEvent {
             stored_us: micros(stored_at),
             stream: stream.clone(),
             partition,
-            redis_id: redis_id.clone(),
+            redis_seq: row.get(18),
         }),
         stored_at: rfc3339(stored_at),
         stream,
@@ -228,10 +228,10 @@ impl EventStore {
             params.push(Box::new(at));
             params.push(Box::new(after.stream.clone()));
             params.push(Box::new(after.partition));
-            params.push(Box::new(after.redis_id.clone()));
+            params.push(Box::new(after.redis_seq));
             let n = params.len();
             clauses.push(format!(
-                "(stored_at, stream, partition, redis_id) {op} (${}, ${}, ${}, ${})",
+                "(stored_at, stream, partition, redis_seq) {op} (${}, ${}, ${}, ${})",
                 n - 3,
                 n - 2,
                 n - 1,
@@ -240,7 +240,7 @@ impl EventStore {
         }
         let limit = filter.limit.clamp(1, MAX_LIMIT);
         let sql = format!(
-            "SELECT {COLUMNS} FROM evr_events {} ORDER BY stored_at {order}, stream {order}, partition {order}, redis_id {order} LIMIT {}",
+            "SELECT {COLUMNS} FROM evr_events {} ORDER BY stored_at {order}, stream {order}, partition {order}, redis_seq {order} LIMIT {}",
             if clauses.is_empty() {
                 String::new()
             } else {
@@ -286,7 +286,7 @@ impl EventStore {
         let rows = client
             .query(
                 &format!(
-                    "SELECT {COLUMNS} FROM evr_events WHERE correlation_id = $1 ORDER BY stored_at, stream, partition, redis_id LIMIT {MAX_TRACE}"
+                    "SELECT {COLUMNS} FROM evr_events WHERE correlation_id = $1 ORDER BY stored_at, stream, partition, redis_seq LIMIT {MAX_TRACE}"
                 ),
                 &[&correlation_id],
             )

@@ -16,6 +16,7 @@ pub const COLUMNS: &[(&str, Type)] = &[
     ("stream", Type::TEXT),
     ("partition", Type::INT4),
     ("redis_id", Type::TEXT),
+    ("redis_seq", Type::INT8),
     ("event_id", Type::TEXT),
     ("event_type", Type::TEXT),
     ("topic", Type::TEXT),
@@ -63,6 +64,8 @@ pub struct Row {
     pub stream: String,
     pub partition: i32,
     pub redis_id: String,
+    /// The sequence part of the id: with `stored_at`, its place in stored order.
+    pub redis_seq: i64,
     pub event_id: String,
     pub event_type: String,
     pub topic: String,
@@ -82,12 +85,13 @@ pub struct Row {
 
 impl Row {
     /// The values, in [`COLUMNS`] order.
-    pub fn values(&self) -> [&(dyn ToSql + Sync); 19] {
+    pub fn values(&self) -> [&(dyn ToSql + Sync); 20] {
         [
             &self.stored_at,
             &self.stream,
             &self.partition,
             &self.redis_id,
+            &self.redis_seq,
             &self.event_id,
             &self.event_type,
             &self.topic,
@@ -135,6 +139,11 @@ impl Row {
             stream,
             partition,
             redis_id: redis_id.to_string(),
+            redis_seq: redis_id
+                .split_once('-')
+                .and_then(|(_, seq)| seq.parse::<u64>().ok())
+                .unwrap_or(0)
+                .min(i64::MAX as u64) as i64,
             event_type: envelope.event_type,
             topic: envelope.topic,
             entity_key: envelope.key,

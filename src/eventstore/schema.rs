@@ -16,6 +16,7 @@ CREATE TABLE evr_events (
     stream         text        NOT NULL,
     partition      integer     NOT NULL,
     redis_id       text        NOT NULL,
+    redis_seq      bigint      NOT NULL,
     event_id       text        NOT NULL,
     event_type     text        NOT NULL,
     topic          text        NOT NULL,
@@ -31,7 +32,7 @@ CREATE TABLE evr_events (
     payload        jsonb,
     payload_bytes  bytea,
     trace_id       text,
-    PRIMARY KEY (stored_at, stream, partition, redis_id)
+    PRIMARY KEY (stored_at, stream, partition, redis_seq)
 ) PARTITION BY RANGE (stored_at);
 CREATE INDEX evr_events_stored_at ON evr_events USING brin (stored_at);
 CREATE INDEX evr_events_correlation ON evr_events (correlation_id, stored_at);

@@ -133,9 +133,14 @@ impl Call {
     /// reads the event store (who looked at which events).
     pub(super) fn changes(&self) -> bool {
         let changes = self.method != Method::GET
-            && ["/v1/subscriptions", "/v1/dlq/", "/v1/dapr/apps/"]
-                .iter()
-                .any(|prefix| self.target.starts_with(prefix));
+            && [
+                "/v1/subscriptions",
+                "/v1/dlq/",
+                "/v1/dapr/apps/",
+                "/v1/replay",
+            ]
+            .iter()
+            .any(|prefix| self.target.starts_with(prefix));
         let reads_history = ["/v1/events", "/v1/traces/"]
             .iter()
             .any(|prefix| self.target.starts_with(prefix));

@@ -11,6 +11,7 @@ pub mod events;
 pub mod health;
 pub mod metrics;
 pub mod publish;
+pub mod replays;
 pub mod stats;
 pub mod subscriptions;
 pub mod tls;
@@ -60,6 +61,8 @@ pub struct AppState {
     pub delivery: Arc<Runtime>,
     /// The PostgreSQL event store, when configured.
     pub eventstore: Option<Arc<crate::eventstore::EventStore>>,
+    /// Replays out of it.
+    pub replays: Option<Arc<crate::eventstore::replay::Replays>>,
     /// The watched parts (readiness names those down).
     pub health: Arc<crate::health::Health>,
     /// Histograms and counters (`/metrics`, `/v1/stats`).
@@ -101,6 +104,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/dlq/{name}", get(dlq::list).delete(dlq::purge))
         .route("/v1/dlq/{name}/replay", post(dlq::replay))
         .route("/v1/stats", get(stats::stats))
+        .route("/v1/replay", post(replays::start))
+        .route(
+            "/v1/replays/{id}",
+            get(replays::status).delete(replays::cancel),
+        )
+        .route("/v1/replays/{id}/resume", post(replays::resume))
         .route("/v1/events", get(events::list))
         .route("/v1/events/{event_id}", get(events::one))
         .route("/v1/traces/{correlation_id}", get(events::trace))

@@ -11,6 +11,7 @@ pub mod gauges;
 pub mod groups;
 pub mod lease;
 pub mod reader;
+pub mod replays;
 pub mod retention;
 pub mod sequence;
 pub mod stream_conn;

@@ -56,6 +56,8 @@ pub struct Outgoing<'a> {
     pub signed: Option<signature::Signed>,
     /// A Dapr app's API token, sent as `dapr-api-token`.
     pub app_token: Option<&'a str>,
+    /// A replay: `evr-replay: true`.
+    pub replay: bool,
 }
 
 /// The pooled HTTP client.
@@ -148,6 +150,9 @@ impl Client {
         }
         if let Some(traceparent) = request.traceparent.and_then(valid) {
             builder = builder.header("traceparent", traceparent);
+        }
+        if request.replay {
+            builder = builder.header("evr-replay", "true");
         }
         if let Some(token) = request.app_token.and_then(valid) {
             builder = builder.header("dapr-api-token", token);

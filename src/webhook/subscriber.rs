@@ -217,6 +217,7 @@ impl Subscriber for Webhook {
         let endpoints = self.endpoints.clone();
         let timeout = Duration::from_millis(self.sub.spec.timeout_ms);
         let drops_on_404 = self.sub.spec.drops_on_404();
+        let replay = request.replay;
         Box::pin(async move {
             let headers = request.headers.as_ref();
             let answer = client
@@ -231,6 +232,7 @@ impl Subscriber for Webhook {
                     timeout,
                     signed,
                     app_token: app_token.as_deref(),
+                    replay,
                 })
                 .await;
             endpoints.report(endpoint, answer.healthy());

@@ -30,6 +30,8 @@ pub struct Received {
     pub topic: Option<String>,
     /// `traceparent` header.
     pub traceparent: Option<String>,
+    /// `evr-replay: true` (a replay from the event store).
+    pub replay: bool,
     /// Events in the request (1 in single mode).
     pub batch: usize,
     /// Whether the request's body was a JSON array (bulk mode), even of one event.
@@ -173,6 +175,7 @@ fn read_event(value: &Value, headers: &HeaderMap, batch: usize, in_array: bool) 
             .unwrap_or(0),
         topic: header("evr-topic"),
         traceparent: header("traceparent"),
+        replay: header("evr-replay").as_deref() == Some("true"),
         batch,
         in_array,
         arrived: 0,

@@ -219,6 +219,7 @@ impl Shard {
                 headers,
                 attempt,
                 traceparent,
+                replay: false,
             },
         );
         let done = self.finished_tx.clone();

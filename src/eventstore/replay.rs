@@ -1,0 +1,574 @@
+//! Replays from the event store: archived events matching a filter, in stored order, sent
+//! again into one subscription only (each request marked `evr-replay: true`; events its
+//! topics do not match are left out) or published again to a topic. Rate-limited, with
+//! progress (done, total, rate, ETA), cancellable, and resumable from its last page; the
+//! state of each job is kept in Redis so that any instance can answer for it.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use redis::aio::ConnectionManager;
+use serde::{Deserialize, Serialize};
+use tokio_postgres::types::ToSql;
+
+use super::{EventStore, EventStoreError};
+use crate::delivery::replay::send_once;
+use crate::delivery::transport::Outcome;
+use crate::delivery::Runtime;
+use crate::model::clock::now_ms;
+use crate::model::envelope::{Envelope, PayloadFormat};
+use crate::publish::Publisher;
+use crate::store::replays;
+
+/// Events read from PostgreSQL at a time.
+const PAGE: i64 = 500;
+
+/// Events between two saves of a job's state (and looks for a stop request).
+const STEP: usize = 50;
+
+/// Longest time between two saves of a job's state.
+const FLUSH_EVERY: Duration = Duration::from_millis(500);
+
+/// Tries of one event into a subscription before it counts as failed.
+const TRIES: u32 = 3;
+
+/// Which events to replay.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReplayFilter {
+    /// Topics (exact names); any when empty.
+    pub topics: Vec<String>,
+    /// Event types; any when empty.
+    pub types: Vec<String>,
+    /// Entity keys; any when empty.
+    pub keys: Vec<String>,
+    /// One business flow.
+    pub correlation_id: Option<String>,
+}
+
+/// Where replayed events go.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Target {
+    /// Sent to this subscription only.
+    Subscription(String),
+    /// Published again to this topic (every subscription of it gets them).
+    Topic(String),
+}
+
+/// A replay as asked for.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplaySpec {
+    /// Stored at or after (RFC 3339).
+    pub from: String,
+    /// Stored before (RFC 3339).
+    pub to: String,
+    /// Which events.
+    #[serde(default)]
+    pub filter: ReplayFilter,
+    /// Where to.
+    pub target: Target,
+    /// Most events per second (default 1000).
+    #[serde(default = "default_rate")]
+    pub rate: u32,
+}
+
+fn default_rate() -> u32 {
+    1000
+}
+
+/// A job's progress.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReplayStatus {
+    pub id: String,
+    /// `running`, `done`, `cancelled` or `failed`.
+    pub state: String,
+    pub spec: ReplaySpec,
+    /// Who asked.
+    pub principal: String,
+    /// Events sent (or published) so far.
+    pub done: u64,
+    /// Events that failed every try (subscription target).
+    pub failed: u64,
+    /// Events matching the filter when the job began.
+    pub total: u64,
+    /// Events per second since the job (or its resumption) began.
+    pub rate: f64,
+    /// Seconds left at that rate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eta_s: Option<f64>,
+    /// Where the next page starts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<(i64, String, i32, i64)>,
+    pub started_ms: u64,
+    pub updated_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Why a replay could not begin.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    /// The request is wrong; the message says where.
+    #[error("{0}")]
+    Invalid(String),
+    /// No such subscription.
+    #[error("no subscription named `{0}`")]
+    UnknownSubscription(String),
+    /// No such job.
+    #[error("no replay `{0}`")]
+    Unknown(String),
+    /// The job is running.
+    #[error("replay `{0}` is running")]
+    Running(String),
+    /// PostgreSQL failed.
+    #[error(transparent)]
+    Store(#[from] EventStoreError),
+    /// Redis failed.
+    #[error(transparent)]
+    Redis(#[from] redis::RedisError),
+}
+
+/// Starts, reports, cancels and resumes replays.
+pub struct Replays {
+    store: Arc<EventStore>,
+    delivery: Arc<Runtime>,
+    publisher: Arc<Publisher>,
+    conn: ConnectionManager,
+    prefix: String,
+}
+
+fn parse_time(name: &str, text: &str) -> Result<SystemTime, ReplayError> {
+    humantime::parse_rfc3339_weak(text).map_err(|e| {
+        ReplayError::Invalid(format!("`{name}` is not an RFC 3339 time ({e}): `{text}`"))
+    })
+}
+
+impl Replays {
+    /// Replays out of `store`, into `delivery`'s subscriptions or through `publisher`.
+    pub fn new(
+        store: Arc<EventStore>,
+        delivery: Arc<Runtime>,
+        publisher: Arc<Publisher>,
+        conn: ConnectionManager,
+        prefix: &str,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            delivery,
+            publisher,
+            conn,
+            prefix: prefix.to_string(),
+        })
+    }
+
+    /// Checks `spec`, counts its events and starts it; its first status.
+    pub async fn start(
+        self: &Arc<Self>,
+        spec: ReplaySpec,
+        principal: &str,
+    ) -> Result<ReplayStatus, ReplayError> {
+        let from = parse_time("from", &spec.from)?;
+        let to = parse_time("to", &spec.to)?;
+        if to <= from {
+            return Err(ReplayError::Invalid("`to` must be after `from`".into()));
+        }
+        if spec.rate == 0 {
+            return Err(ReplayError::Invalid("`rate` must be at least 1".into()));
+        }
+        if let Target::Subscription(name) = &spec.target {
+            if self.delivery.replay_target(name).is_none() {
+                return Err(ReplayError::UnknownSubscription(name.clone()));
+            }
+        }
+        let total = self.count(&spec, from, to).await?;
+        let now = now_ms();
+        let status = ReplayStatus {
+            id: uuid::Uuid::new_v4().to_string(),
+            state: "running".into(),
+            spec,
+            principal: principal.to_string(),
+            done: 0,
+            failed: 0,
+            total,
+            rate: 0.0,
+            eta_s: None,
+            cursor: None,
+            started_ms: now,
+            updated_ms: now,
+            error: None,
+        };
+        self.save(&status).await?;
+        tokio::spawn(self.clone().run(status.clone()));
+        Ok(status)
+    }
+
+    /// A job's status.
+    pub async fn status(&self, id: &str) -> Result<ReplayStatus, ReplayError> {
+        let mut conn = self.conn.clone();
+        let json = replays::load(&mut conn, &self.prefix, id)
+            .await?
+            .ok_or_else(|| ReplayError::Unknown(id.to_string()))?;
+        serde_json::from_str(&json).map_err(|e| ReplayError::Invalid(e.to_string()))
+    }
+
+    /// Asks a running job to stop after its current page.
+    pub async fn cancel(&self, id: &str) -> Result<ReplayStatus, ReplayError> {
+        let status = self.status(id).await?;
+        let mut conn = self.conn.clone();
+        replays::request_cancel(&mut conn, &self.prefix, id).await?;
+        Ok(status)
+    }
+
+    /// Goes on with a job that was cancelled, failed, or whose instance stopped (no update
+    /// for 30 s), from its last page.
+    pub async fn resume(self: &Arc<Self>, id: &str) -> Result<ReplayStatus, ReplayError> {
+        let mut status = self.status(id).await?;
+        let stale = now_ms().saturating_sub(status.updated_ms) > 30_000;
+        if status.state == "done" || (status.state == "running" && !stale) {
+            return Err(ReplayError::Running(id.to_string()));
+        }
+        let mut conn = self.conn.clone();
+        replays::clear_cancel(&mut conn, &self.prefix, id).await?;
+        status.state = "running".into();
+        status.error = None;
+        status.updated_ms = now_ms();
+        self.save(&status).await?;
+        tokio::spawn(self.clone().run(status.clone()));
+        Ok(status)
+    }
+
+    async fn save(&self, status: &ReplayStatus) -> Result<(), ReplayError> {
+        let json =
+            serde_json::to_string(status).map_err(|e| ReplayError::Invalid(e.to_string()))?;
+        let mut conn = self.conn.clone();
+        replays::save(&mut conn, &self.prefix, &status.id, &json).await?;
+        Ok(())
+    }
+
+    /// The WHERE clause and parameters of a spec (after `$offset` parameters).
+    fn clause(
+        spec: &ReplaySpec,
+        from: SystemTime,
+        to: SystemTime,
+    ) -> (String, Vec<Box<dyn ToSql + Sync + Send>>) {
+        let mut clauses = vec!["stored_at >= $1".to_string(), "stored_at < $2".to_string()];
+        let mut params: Vec<Box<dyn ToSql + Sync + Send>> = vec![Box::new(from), Box::new(to)];
+        for (column, values) in [
+            ("topic", &spec.filter.topics),
+            ("event_type", &spec.filter.types),
+            ("entity_key", &spec.filter.keys),
+        ] {
+            if !values.is_empty() {
+                params.push(Box::new(values.clone()));
+                clauses.push(format!("{column} = ANY(${})", params.len()));
+            }
+        }
+        if let Some(correlation_id) = &spec.filter.correlation_id {
+            params.push(Box::new(correlation_id.clone()));
+            clauses.push(format!("correlation_id = ${}", params.len()));
+        }
+        (clauses.join(" AND "), params)
+    }
+
+    async fn count(
+        &self,
+        spec: &ReplaySpec,
+        from: SystemTime,
+        to: SystemTime,
+    ) -> Result<u64, ReplayError> {
+        let client = self.store.client().await?;
+        let (clause, params) = Self::clause(spec, from, to);
+        let refs: Vec<&(dyn ToSql + Sync)> = params
+            .iter()
+            .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+            .collect();
+        let row = client
+            .query_one(
+                &format!("SELECT count(*) FROM evr_events WHERE {clause}"),
+                &refs,
+            )
+            .await
+            .map_err(EventStoreError::from)?;
+        Ok(row.get::<_, i64>(0).max(0) as u64)
+    }
+
+    /// Runs a job from its cursor to the end (or until cancelled), saving its state after
+    /// every page.
+    async fn run(self: Arc<Self>, mut status: ReplayStatus) {
+        let result = self.pages(&mut status).await;
+        match result {
+            Ok(true) => status.state = "done".into(),
+            Ok(false) => status.state = "cancelled".into(),
+            Err(err) => {
+                tracing::warn!(replay = %status.id, error = %err, "replay failed");
+                status.state = "failed".into();
+                status.error = Some(err.to_string());
+            }
+        }
+        status.updated_ms = now_ms();
+        status.eta_s = None;
+        if let Err(err) = self.save(&status).await {
+            tracing::warn!(replay = %status.id, error = %err, "replay state not saved");
+        }
+    }
+
+    /// Returns whether it reached the end (false: cancelled).
+    async fn pages(&self, status: &mut ReplayStatus) -> Result<bool, ReplayError> {
+        let from = parse_time("from", &status.spec.from)?;
+        let to = parse_time("to", &status.spec.to)?;
+        let rate = NonZeroU32::new(status.spec.rate).unwrap_or(NonZeroU32::MIN);
+        // Evenly spaced: a burst of one.
+        let limiter = governor::RateLimiter::direct(
+            governor::Quota::per_second(rate).allow_burst(NonZeroU32::MIN),
+        );
+        let target = match &status.spec.target {
+            Target::Subscription(name) => Some(
+                self.delivery
+                    .replay_target(name)
+                    .map(|(subscriber, single)| (name.clone(), subscriber, single))
+                    .ok_or_else(|| ReplayError::UnknownSubscription(name.clone()))?,
+            ),
+            Target::Topic(_) => None,
+        };
+        let subscription = match &status.spec.target {
+            Target::Subscription(name) => self.delivery.registry().get(name),
+            Target::Topic(_) => None,
+        };
+        let matches = |topic: &str| subscription.as_ref().is_none_or(|sub| sub.matches(topic));
+        let began = Instant::now();
+        let done_before = status.done;
+        loop {
+            let page = self.page(status, from, to).await?;
+            if page.is_empty() {
+                return Ok(true);
+            }
+            // After every `STEP` events or `FLUSH_EVERY`, the cursor moves past what was
+            // sent, the state is saved and a stop request is honoured.
+            let mut batch = Vec::new();
+            let mut reached = None;
+            let (mut since_flush, mut last_flush) = (0, Instant::now());
+            for (us, stream, partition, redis_id, seq, envelope) in page {
+                limiter.until_ready().await;
+                match &target {
+                    Some((_, subscriber, single)) => {
+                        if matches(&envelope.topic) {
+                            let partition_key = format!("{stream}.{partition}");
+                            let raw = bytes::Bytes::from(envelope.encode());
+                            if send(&**subscriber, &partition_key, &redis_id, raw, *single).await {
+                                status.done += 1;
+                            } else {
+                                status.failed += 1;
+                            }
+                        } else {
+                            status.done += 1;
+                        }
+                    }
+                    None => {
+                        // Published again as an event of the target topic.
+                        let mut envelope = envelope;
+                        if let Target::Topic(topic) = &status.spec.target {
+                            envelope.topic = topic.clone();
+                        }
+                        batch.push((envelope, None))
+                    }
+                }
+                reached = Some((us, stream, partition, seq));
+                since_flush += 1;
+                if since_flush >= STEP || last_flush.elapsed() >= FLUSH_EVERY {
+                    let cursor = reached.take();
+                    if self
+                        .flush(status, &mut batch, cursor, began, done_before)
+                        .await?
+                    {
+                        return Ok(false);
+                    }
+                    (since_flush, last_flush) = (0, Instant::now());
+                }
+            }
+            if reached.is_some()
+                && self
+                    .flush(status, &mut batch, reached, began, done_before)
+                    .await?
+            {
+                return Ok(false);
+            }
+        }
+    }
+
+    /// Publishes what waits (topic target), moves the cursor, saves the state; returns
+    /// whether the job was asked to stop.
+    async fn flush(
+        &self,
+        status: &mut ReplayStatus,
+        batch: &mut Vec<(Envelope, Option<crate::traces::Started>)>,
+        cursor: Option<(i64, String, i32, i64)>,
+        began: Instant,
+        done_before: u64,
+    ) -> Result<bool, ReplayError> {
+        if let Target::Topic(topic) = &status.spec.target {
+            let n = batch.len() as u64;
+            if n > 0 {
+                self.publish(topic, std::mem::take(batch)).await?;
+                status.done += n;
+            }
+        }
+        if cursor.is_some() {
+            status.cursor = cursor;
+        }
+        let elapsed = began.elapsed().as_secs_f64().max(0.001);
+        status.rate = (status.done - done_before) as f64 / elapsed;
+        let left = status.total.saturating_sub(status.done + status.failed);
+        status.eta_s = (status.rate > 0.0).then(|| left as f64 / status.rate);
+        status.updated_ms = now_ms();
+        self.save(status).await?;
+        let mut conn = self.conn.clone();
+        Ok(replays::cancel_requested(&mut conn, &self.prefix, &status.id).await?)
+    }
+
+    async fn publish(
+        &self,
+        topic: &str,
+        batch: Vec<(Envelope, Option<crate::traces::Started>)>,
+    ) -> Result<(), ReplayError> {
+        self.publisher
+            .publish_envelopes(topic, batch)
+            .await
+            .map(|_| ())
+            .map_err(|e| ReplayError::Invalid(format!("publishing to `{topic}`: {e}")))
+    }
+
+    /// The next page after the cursor, in stored order, as envelopes.
+    async fn page(
+        &self,
+        status: &ReplayStatus,
+        from: SystemTime,
+        to: SystemTime,
+    ) -> Result<Vec<Archived>, ReplayError> {
+        let client = self.store.client().await?;
+        let (mut clause, mut params) = Self::clause(&status.spec, from, to);
+        if let Some((us, stream, partition, redis_seq)) = &status.cursor {
+            let at = UNIX_EPOCH + Duration::from_micros((*us).max(0) as u64);
+            params.push(Box::new(at));
+            params.push(Box::new(stream.clone()));
+            params.push(Box::new(*partition));
+            params.push(Box::new(*redis_seq));
+            let n = params.len();
+            clause.push_str(&format!(
+                " AND (stored_at, stream, partition, redis_seq) > (${}, ${}, ${}, ${})",
+                n - 3,
+                n - 2,
+                n - 1,
+                n
+            ));
+        }
+        let refs: Vec<&(dyn ToSql + Sync)> = params
+            .iter()
+            .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+            .collect();
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT stored_at, stream, partition, redis_id, event_id, event_type, topic, entity_key,
+                            correlation_id, service, sequence, received_at, format, content_type,
+                            payload::text, payload_bytes, trace_id, redis_seq
+                       FROM evr_events WHERE {clause}
+                      ORDER BY stored_at, stream, partition, redis_seq LIMIT {PAGE}"
+                ),
+                &refs,
+            )
+            .await
+            .map_err(EventStoreError::from)?;
+        Ok(rows.iter().map(row_envelope).collect())
+    }
+}
+
+/// Sends one archived event to a subscriber, trying a few times; whether it was taken (or
+/// dropped by the subscriber, or could not be read).
+async fn send(
+    subscriber: &dyn crate::delivery::transport::Subscriber,
+    partition_key: &str,
+    redis_id: &str,
+    raw: bytes::Bytes,
+    single: bool,
+) -> bool {
+    for attempt in 0..TRIES {
+        match send_once(
+            subscriber,
+            partition_key,
+            redis_id,
+            raw.clone(),
+            single,
+            true,
+        )
+        .await
+        {
+            Some(Outcome::Delivered | Outcome::Drop(_)) | None => return true,
+            Some(Outcome::Retry(_)) => {
+                tokio::time::sleep(Duration::from_millis(200 << attempt)).await
+            }
+        }
+    }
+    false
+}
+
+fn micros(at: SystemTime) -> i64 {
+    at.duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_micros()
+        .min(i64::MAX as u128) as i64
+}
+
+/// An archived event: where it was stored (µs, stream, partition, id, id's sequence part)
+/// and its envelope.
+type Archived = (i64, String, i32, String, i64, Envelope);
+
+/// An archived row as the envelope it was stored as (its trace continued with a new span).
+fn row_envelope(row: &tokio_postgres::Row) -> Archived {
+    let stored_at: SystemTime = row.get(0);
+    let format = match row.get::<_, &str>(12) {
+        "cloudevent" => PayloadFormat::CloudEvent,
+        "raw" => PayloadFormat::Raw,
+        _ => PayloadFormat::Event,
+    };
+    let payload = match (
+        row.get::<_, Option<String>>(14),
+        row.get::<_, Option<Vec<u8>>>(15),
+    ) {
+        (Some(json), _) => json.into_bytes(),
+        (None, Some(bytes)) => bytes,
+        (None, None) => Vec::new(),
+    };
+    let traceparent = row
+        .get::<_, Option<String>>(16)
+        .map(|trace| format!("00-{trace}-{:016x}-01", fastrand::u64(1..)))
+        .filter(|t| crate::model::trace::is_valid_traceparent(t))
+        .unwrap_or_else(crate::model::trace::new_traceparent);
+    let received_at: SystemTime = row.get(11);
+    let envelope = Envelope {
+        event_id: row.get(4),
+        event_type: row.get(5),
+        topic: row.get(6),
+        key: row.get(7),
+        correlation_id: row.get::<_, Option<String>>(8).unwrap_or_default(),
+        service: row.get::<_, Option<String>>(9).unwrap_or_default(),
+        sequence: row.get::<_, Option<i64>>(10).map(|s| s.max(0) as u64),
+        received_us: micros(received_at).max(0) as u64,
+        traceparent,
+        tracestate: None,
+        payload,
+        format,
+        content_type: row.get(13),
+        expires_us: None,
+    };
+    (
+        micros(stored_at),
+        row.get(1),
+        row.get(2),
+        row.get(3),
+        row.get(17),
+        envelope,
+    )
+}
