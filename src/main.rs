@@ -1,5 +1,7 @@
 //! The `evrouter` command line: parse arguments, load the config, and run.
 
+mod replay_cli;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -66,6 +68,9 @@ enum Command {
         #[arg(long, env = "EVR_TOKEN", hide_env_values = true)]
         token: Option<String>,
     },
+    /// Replay archived events from the event store into a subscription, or publish them
+    /// again to a topic, with a progress bar (Ctrl-C cancels the replay).
+    Replay(ReplayArgs),
     /// The audit log of a running evrouter (admin): changes to subscriptions, DLQs and Dapr
     /// apps, and refused requests.
     Audit {
@@ -85,6 +90,44 @@ enum Command {
         #[arg(long, env = "EVR_TOKEN", hide_env_values = true)]
         token: Option<String>,
     },
+}
+
+/// Arguments of `evrouter replay`.
+#[derive(clap::Args)]
+struct ReplayArgs {
+    /// Stored at or after this time (RFC 3339).
+    #[arg(long)]
+    from: String,
+    /// Stored before this time (RFC 3339).
+    #[arg(long)]
+    to: String,
+    /// Into this subscription only (its owner or an admin).
+    #[arg(long, conflicts_with = "topic", required_unless_present = "topic")]
+    subscription: Option<String>,
+    /// Publish them again to this topic (an admin).
+    #[arg(long)]
+    topic: Option<String>,
+    /// Only these topics (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    topics: Vec<String>,
+    /// Only these event types (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    types: Vec<String>,
+    /// Only these entity keys (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    keys: Vec<String>,
+    /// Only this business flow.
+    #[arg(long)]
+    correlation_id: Option<String>,
+    /// Most events per second.
+    #[arg(long, default_value_t = 1000)]
+    rate: u32,
+    /// evrouter's base URL.
+    #[arg(long, default_value = "http://127.0.0.1:3500")]
+    router: String,
+    /// Bearer token.
+    #[arg(long, env = "EVR_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 /// Dead-letter actions.
@@ -147,6 +190,14 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Replay(args) => match replay_cli::run(&args) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::FAILURE,
+            Err(err) => {
+                eprintln!("evrouter replay: {err:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Dlq {
             action,
             subscription,
