@@ -23,6 +23,19 @@ pub struct EventStoreConfig {
     /// The share of delivered events whose outcome is recorded (0 to 1); failures,
     /// retries, dead letters and drops always are.
     pub outcomes_sample: f64,
+    /// Where the data subject (a customer) of an event is found, for export and erasure:
+    /// JSON pointers into the events of some topics.
+    pub subjects: Vec<SubjectConfig>,
+}
+
+/// The data subject of some topics' events.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SubjectConfig {
+    /// Topic patterns (`order.>`).
+    pub topics: Vec<String>,
+    /// JSON pointers to the subject's id in the event as stored (`/data/customer_id`).
+    pub pointers: Vec<String>,
 }
 
 impl Default for EventStoreConfig {
@@ -34,6 +47,7 @@ impl Default for EventStoreConfig {
             batch_wait: ConfigDuration::new("100ms"),
             connections: 4,
             outcomes_sample: 1.0,
+            subjects: Vec::new(),
         }
     }
 }
@@ -66,6 +80,28 @@ impl EventStoreConfig {
                 "eventstore.outcomes_sample",
                 format!("must be from 0 to 1, not {}", self.outcomes_sample),
             ));
+        }
+        for (i, subject) in self.subjects.iter().enumerate() {
+            if subject.topics.is_empty() {
+                found.push((
+                    "eventstore.subjects",
+                    format!("[{i}].topics: at least one topic pattern"),
+                ));
+            }
+            for topic in &subject.topics {
+                if let Err(e) = crate::model::pattern::TopicPattern::parse(topic) {
+                    found.push((
+                        "eventstore.subjects",
+                        format!("[{i}].topics: `{topic}`: {e}"),
+                    ));
+                }
+            }
+            if subject.pointers.is_empty() || subject.pointers.iter().any(|p| !p.starts_with('/')) {
+                found.push((
+                    "eventstore.subjects",
+                    format!("[{i}].pointers: JSON pointers, each starting with `/`"),
+                ));
+            }
         }
         if self.max_age.get() < std::time::Duration::from_secs(86_400) {
             found.push(("eventstore.max_age", "must be at least 1d".into()));

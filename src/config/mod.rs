@@ -12,7 +12,7 @@ mod traces;
 mod validate;
 
 pub use duration::ConfigDuration;
-pub use eventstore::EventStoreConfig;
+pub use eventstore::{EventStoreConfig, SubjectConfig};
 pub use security::{
     AuditConfig, AuthConfig, AuthMode, JwtConfig, PrincipalConfig, TlsConfig, WebhooksConfig,
 };

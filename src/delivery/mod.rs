@@ -285,6 +285,29 @@ impl Runtime {
         Some(replay::replay(&mut conn, &keys, &*subscriber, single, only).await)
     }
 
+    /// Every Redis key that holds events: the partitions of every stream, and the DLQ of
+    /// every subscription on each partition it reads.
+    pub fn event_keys(&self) -> (Vec<Arc<str>>, Vec<String>) {
+        let partitions = self
+            .catalog
+            .streams()
+            .iter()
+            .flat_map(|stream| stream.partition_keys.clone())
+            .collect();
+        let dlqs = self
+            .registry
+            .all()
+            .iter()
+            .flat_map(|sub| dlq::keys(&self.candidates(sub), sub.name()))
+            .collect();
+        (partitions, dlqs)
+    }
+
+    /// A connection to Redis of its own.
+    pub fn connection(&self) -> Result<redis::aio::ConnectionManager, StoreError> {
+        self.target.manager()
+    }
+
     /// The subscriber of `name` and whether it takes one event a request, for sending it
     /// events outside its stream (a replay); `None` for an unknown subscription.
     pub fn replay_target(&self, name: &str) -> Option<(Arc<dyn transport::Subscriber>, bool)> {

@@ -88,7 +88,12 @@ async fn write(
     for item in &request.items {
         // An entry that cannot be read was skipped when it was read; one here is kept out.
         if let Ok(envelope) = Envelope::decode(&item.body) {
-            rows.push(Row::new(envelope, &item.partition, &item.id));
+            rows.push(Row::new(
+                envelope,
+                &item.partition,
+                &item.id,
+                store.subjects(),
+            ));
         }
     }
     if rows.is_empty() {

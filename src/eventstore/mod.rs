@@ -15,6 +15,7 @@ pub mod query;
 pub mod replay;
 pub mod rows;
 pub mod schema;
+pub mod subjects;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -64,6 +65,7 @@ pub enum EventStoreError {
 /// The event store's connections and state.
 pub struct EventStore {
     pool: Pool,
+    subjects: subjects::Subjects,
     ready: AtomicBool,
     max_age: Duration,
 }
@@ -94,6 +96,7 @@ impl EventStore {
             .map_err(|e| EventStoreError::Config(e.to_string()))?;
         Ok(Some(Arc::new(Self {
             pool,
+            subjects: subjects::Subjects::new(&config.subjects),
             ready: AtomicBool::new(false),
             max_age: config.max_age.get(),
         })))
@@ -105,6 +108,11 @@ impl EventStore {
             return Err(EventStoreError::NotReady);
         }
         Ok(self.pool.get().await?)
+    }
+
+    /// Where each topic's data subject is found.
+    pub fn subjects(&self) -> &subjects::Subjects {
+        &self.subjects
     }
 
     /// Whether the schema has been migrated since start.

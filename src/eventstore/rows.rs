@@ -32,6 +32,7 @@ pub const COLUMNS: &[(&str, Type)] = &[
     ("payload", Type::JSONB),
     ("payload_bytes", Type::BYTEA),
     ("trace_id", Type::TEXT),
+    ("subjects", Type::TEXT_ARRAY),
 ];
 
 /// JSON text written as `jsonb` as it is, without parsing it into a tree first.
@@ -81,11 +82,13 @@ pub struct Row {
     pub payload: Option<RawJsonb>,
     pub payload_bytes: Option<Vec<u8>>,
     pub trace_id: Option<String>,
+    /// The data subjects it is about.
+    pub subjects: Vec<String>,
 }
 
 impl Row {
     /// The values, in [`COLUMNS`] order.
-    pub fn values(&self) -> [&(dyn ToSql + Sync); 20] {
+    pub fn values(&self) -> [&(dyn ToSql + Sync); 21] {
         [
             &self.stored_at,
             &self.stream,
@@ -107,12 +110,19 @@ impl Row {
             &self.payload,
             &self.payload_bytes,
             &self.trace_id,
+            &self.subjects,
         ]
     }
 
     /// The row of `envelope`, stored as entry `redis_id` of `partition_key`
     /// (`{prefix}:{stream.N}`).
-    pub fn new(envelope: Envelope, partition_key: &str, redis_id: &str) -> Self {
+    pub fn new(
+        envelope: Envelope,
+        partition_key: &str,
+        redis_id: &str,
+        subjects: &super::subjects::Subjects,
+    ) -> Self {
+        let about = subjects.of(&envelope.topic, &envelope.payload);
         let (stream, partition) = stream_and_partition(partition_key);
         let stored_ms = redis_id
             .split('-')
@@ -162,6 +172,7 @@ impl Row {
             payload_bytes,
             payload,
             trace_id,
+            subjects: about,
             event_id: envelope.event_id,
         }
     }

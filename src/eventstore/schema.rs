@@ -32,12 +32,14 @@ CREATE TABLE evr_events (
     payload        jsonb,
     payload_bytes  bytea,
     trace_id       text,
+    subjects       text[]      NOT NULL DEFAULT '{}',
     PRIMARY KEY (stored_at, stream, partition, redis_seq)
 ) PARTITION BY RANGE (stored_at);
 CREATE INDEX evr_events_stored_at ON evr_events USING brin (stored_at);
 CREATE INDEX evr_events_correlation ON evr_events (correlation_id, stored_at);
 CREATE INDEX evr_events_key ON evr_events (entity_key, stored_at);
 CREATE INDEX evr_events_event_id ON evr_events (event_id);
+CREATE INDEX evr_events_subjects ON evr_events USING gin (subjects);
 "#,
     ),
     (

@@ -117,9 +117,15 @@ impl Call {
             || request.uri().path().to_string(),
             |m| m.as_str().to_string(),
         );
+        // A data subject's id is personal data: such a call is recorded by its route.
+        let target = if route.starts_with("/v1/subjects/") {
+            route.clone()
+        } else {
+            request.uri().path().to_string()
+        };
         Self {
             action: format!("{} {route}", request.method()),
-            target: request.uri().path().to_string(),
+            target,
             address: request
                 .extensions()
                 .get::<ClientAddr>()
@@ -141,7 +147,7 @@ impl Call {
             ]
             .iter()
             .any(|prefix| self.target.starts_with(prefix));
-        let reads_history = ["/v1/events", "/v1/traces/"]
+        let reads_history = ["/v1/events", "/v1/traces/", "/v1/subjects/"]
             .iter()
             .any(|prefix| self.target.starts_with(prefix));
         changes || reads_history

@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod publish;
 pub mod replays;
 pub mod stats;
+pub mod subjects;
 pub mod subscriptions;
 pub mod tls;
 pub mod ui;
@@ -110,6 +111,8 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(replays::status).delete(replays::cancel),
         )
         .route("/v1/replays/{id}/resume", post(replays::resume))
+        .route("/v1/subjects/{subject}/export", get(subjects::export))
+        .route("/v1/subjects/{subject}/erase", post(subjects::erase))
         .route("/v1/events", get(events::list))
         .route("/v1/events/{event_id}", get(events::one))
         .route("/v1/traces/{correlation_id}", get(events::trace))
