@@ -399,6 +399,35 @@ pub async fn run(
     Ok(())
 }
 
+/// Writes the archived events stored in `[from, to)` (of `topics`, or all) back into their
+/// Redis partitions with their ids (`evrouter restore`), calling `progress(done, total)`.
+pub async fn restore(
+    config: &Config,
+    from: std::time::SystemTime,
+    to: std::time::SystemTime,
+    topics: &[String],
+    progress: impl Fn(u64, u64),
+) -> Result<eventstore::restore::Restored, RunError> {
+    let store = eventstore::EventStore::new(&config.eventstore)?.ok_or_else(|| {
+        RunError::EventStore(eventstore::EventStoreError::Config(
+            "no event store is configured".into(),
+        ))
+    })?;
+    store.prepare().await?;
+    let password = redis_password(config)?;
+    let redis_tls = redis_tls(config)?;
+    let target = RedisTarget::new(
+        &config.redis.url,
+        password.as_deref(),
+        Some(&redis_tls),
+        config.redis.response_timeout.get(),
+        config.redis.connect_timeout.get(),
+    )?;
+    let mut conn = target.manager_with_timeout(std::time::Duration::from_secs(30))?;
+    let prefix = &config.redis.key_prefix;
+    Ok(eventstore::restore::restore(&store, &mut conn, prefix, from, to, topics, progress).await?)
+}
+
 /// Subscribers for delivery: the event store's archive writes to PostgreSQL, every other
 /// subscription is called over HTTP.
 struct Connectors {

@@ -68,6 +68,22 @@ enum Command {
         #[arg(long, env = "EVR_TOKEN", hide_env_values = true)]
         token: Option<String>,
     },
+    /// Write archived events back into Redis after it lost its data (with their ids, in
+    /// order), so that subscriptions can be rewound over them.
+    Restore {
+        /// Config file (TOML): Redis and `[eventstore]`.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Stored at or after this time (RFC 3339).
+        #[arg(long)]
+        from: String,
+        /// Stored before this time (RFC 3339).
+        #[arg(long)]
+        to: String,
+        /// Only these topics (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        topics: Vec<String>,
+    },
     /// Replay archived events from the event store into a subscription, or publish them
     /// again to a topic, with a progress bar (Ctrl-C cancels the replay).
     Replay(ReplayArgs),
@@ -186,6 +202,27 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
                     eprintln!("evrouter audit: {err:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Restore {
+            config,
+            from,
+            to,
+            topics,
+        } => {
+            let config = match load(config.as_deref(), None, None) {
+                Ok(config) => config,
+                Err(err) => {
+                    eprintln!("{err}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            match replay_cli::restore(&config, &from, &to, &topics) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    eprintln!("evrouter restore: {err:#}");
                     ExitCode::FAILURE
                 }
             }

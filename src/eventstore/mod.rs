@@ -13,6 +13,7 @@ pub mod outcomes;
 pub mod partitions;
 pub mod query;
 pub mod replay;
+pub mod restore;
 pub mod rows;
 pub mod schema;
 pub mod subjects;
@@ -145,7 +146,8 @@ impl EventStore {
         })
     }
 
-    async fn prepare(&self) -> Result<i32, EventStoreError> {
+    /// Connects, migrates the schema and makes today's partitions; the schema version.
+    pub async fn prepare(&self) -> Result<i32, EventStoreError> {
         let mut client = self.pool.get().await?;
         let version = schema::migrate(&mut client).await?;
         partitions::maintain(&client, SystemTime::now(), self.max_age, DAYS_AHEAD).await?;

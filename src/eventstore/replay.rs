@@ -21,6 +21,11 @@ use crate::model::envelope::{Envelope, PayloadFormat};
 use crate::publish::Publisher;
 use crate::store::replays;
 
+/// The columns [`row_envelope`] reads.
+pub(super) const ARCHIVED_COLUMNS: &str = "stored_at, stream, partition, redis_id, event_id, \
+    event_type, topic, entity_key, correlation_id, service, sequence, received_at, format, \
+    content_type, payload::text, payload_bytes, trace_id, redis_seq";
+
 /// Events read from PostgreSQL at a time.
 const PAGE: i64 = 500;
 
@@ -471,10 +476,7 @@ impl Replays {
         let rows = client
             .query(
                 &format!(
-                    "SELECT stored_at, stream, partition, redis_id, event_id, event_type, topic, entity_key,
-                            correlation_id, service, sequence, received_at, format, content_type,
-                            payload::text, payload_bytes, trace_id, redis_seq
-                       FROM evr_events WHERE {clause}
+                    "SELECT {ARCHIVED_COLUMNS} FROM evr_events WHERE {clause}
                       ORDER BY stored_at, stream, partition, redis_seq LIMIT {PAGE}"
                 ),
                 &refs,
@@ -523,10 +525,10 @@ fn micros(at: SystemTime) -> i64 {
 
 /// An archived event: where it was stored (µs, stream, partition, id, id's sequence part)
 /// and its envelope.
-type Archived = (i64, String, i32, String, i64, Envelope);
+pub(super) type Archived = (i64, String, i32, String, i64, Envelope);
 
 /// An archived row as the envelope it was stored as (its trace continued with a new span).
-fn row_envelope(row: &tokio_postgres::Row) -> Archived {
+pub(super) fn row_envelope(row: &tokio_postgres::Row) -> Archived {
     let stored_at: SystemTime = row.get(0);
     let format = match row.get::<_, &str>(12) {
         "cloudevent" => PayloadFormat::CloudEvent,

@@ -12,6 +12,7 @@ pub mod groups;
 pub mod lease;
 pub mod reader;
 pub mod replays;
+pub mod restore;
 pub mod retention;
 pub mod sequence;
 pub mod stream_conn;
