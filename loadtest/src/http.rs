@@ -208,6 +208,7 @@ pub async fn run(
         errors_by_status: errors,
         latency_ms: Percentiles::from_micros(&latency),
         server: None,
+        archive: None,
     })
 }
 

@@ -5,6 +5,7 @@
 mod bodies;
 mod chaos;
 mod chart;
+mod eventstore;
 mod http;
 mod otlp;
 mod progress;
@@ -131,13 +132,24 @@ pub struct Args {
     /// sink that answers every export at once (what span recording and export cost).
     #[arg(long)]
     pub trace_ratio: Option<f64>,
+    /// With `--spawn`: an event store in a database of its own on this PostgreSQL server
+    /// (a postgres:// URL of a database to connect to for creating it); the report says
+    /// how fast the archive kept up and what PostgreSQL spent.
+    #[arg(long)]
+    pub eventstore: Option<String>,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut args = Args::parse();
+    let mut database: Option<eventstore::Database> = None;
     let spawned = if args.spawn && args.raw_redis.is_none() {
         let mut env = Vec::new();
+        if let Some(admin) = &args.eventstore {
+            let db = eventstore::Database::create(admin).await?;
+            env.push(("EVR_EVENTSTORE__URL".to_string(), format!("\"{}\"", db.url)));
+            database = Some(db);
+        }
         if let Some(ratio) = args.trace_ratio {
             let sink = otlp::start().await?;
             env.push((
@@ -169,6 +181,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let chaos = spawned.clone().filter(|_| args.chaos);
     let before = server::scrape(&routers, args.token.as_deref()).await;
+    let postgres_before = eventstore::postgres_cpu_seconds();
     let result = match &args.raw_redis {
         Some(url) => raw::run(&args, url).await,
         None => http::run(&args, chaos, routers.clone()).await,
@@ -176,6 +189,10 @@ async fn main() -> anyhow::Result<()> {
     let mut report = result?;
     if args.raw_redis.is_none() {
         let after = server::scrape(&routers, args.token.as_deref()).await;
+        if let Some(db) = &database {
+            let published = after.published() as u64;
+            report.archive = Some(db.settle(published, args.drain, postgres_before).await);
+        }
         report.server = Some(after.since(&before));
     }
     let mut clean_exits = true;
@@ -185,6 +202,9 @@ async fn main() -> anyhow::Result<()> {
         clean_exits = system.stop().await.iter().all(|clean| *clean);
     }
     drop(spawned);
+    if let Some(db) = &database {
+        db.drop_it().await;
+    }
     report.print();
     if let Some(path) = &args.report {
         std::fs::write(path, serde_json::to_vec_pretty(&report)?)?;

@@ -171,6 +171,7 @@ pub async fn run(args: &Args, url: &str) -> anyhow::Result<Report> {
         cpu_seconds: None,
         timeline: Vec::new(),
         server: None,
+        archive: None,
     })
 }
 

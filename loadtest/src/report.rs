@@ -77,6 +77,9 @@ pub struct Report {
     /// `/metrics`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server: Option<crate::server::ServerSide>,
+    /// The event store's archive (with `--eventstore`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub archive: Option<crate::eventstore::ArchiveReport>,
 }
 
 /// One second of the run.
@@ -134,6 +137,17 @@ impl Report {
                 show(server.publish_p95_ms, server.publish_bucket_ms),
                 show(server.end_to_end_p95_ms, server.end_to_end_bucket_ms)
             );
+            if let Some(archive) = &self.archive {
+                println!(
+                    "event store        {} of {} stored events archived, caught up {} after the load; PostgreSQL CPU {:.2} s",
+                    archive.archived,
+                    archive.published,
+                    archive
+                        .caught_up_after_s
+                        .map_or("not".to_string(), |s| format!("{s:.1} s")),
+                    archive.postgres_cpu_s
+                );
+            }
             if server.spans_exported + server.spans_dropped > 0 {
                 println!(
                     "spans              {} exported, {} dropped (OTLP)",

@@ -18,6 +18,8 @@ pub struct Scrape {
     end_to_end: Buckets,
     /// Spans exported and dropped (every reason), summed over instances.
     spans: (f64, f64),
+    /// Events stored, summed over instances.
+    published: f64,
 }
 
 /// What the server measured over the run.
@@ -97,6 +99,7 @@ pub async fn scrape(routers: &[String], token: Option<&str>) -> Scrape {
             "evrouter_delivery_latency_seconds",
             &mut scrape.end_to_end,
         );
+        scrape.published += counter(&text, "evrouter_published_total");
         scrape.spans.0 += counter(&text, "evrouter_spans_exported_total");
         scrape.spans.1 += counter(&text, "evrouter_spans_dropped_total");
     }
@@ -140,6 +143,11 @@ impl Buckets {
 }
 
 impl Scrape {
+    /// Events stored since the instances started.
+    pub fn published(&self) -> f64 {
+        self.published
+    }
+
     /// What happened between `before` and this scrape.
     pub fn since(&self, before: &Scrape) -> ServerSide {
         let ms = |s: f64| s * 1000.0;
