@@ -39,10 +39,12 @@ impl Database {
     pub async fn create(admin: &str) -> anyhow::Result<Self> {
         let name = format!("loadtest_{}", std::process::id());
         let client = connect(admin).await?;
+        // Each on its own: CREATE DATABASE cannot share a transaction.
         client
-            .batch_execute(&format!(
-                "DROP DATABASE IF EXISTS {name}; CREATE DATABASE {name}"
-            ))
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {name}"))
+            .await?;
+        client
+            .batch_execute(&format!("CREATE DATABASE {name}"))
             .await?;
         let base = admin.rsplit_once('/').map_or(admin, |(b, _)| b);
         Ok(Self {

@@ -177,7 +177,9 @@ pub fn archive_spec(config: &EventStoreConfig) -> SubscriptionSpec {
             max_wait_ms: config.batch_wait.get().as_millis() as u64,
         },
         ordering: DeliveryOrdering::None,
-        max_in_flight: config.connections,
+        // Events read ahead: two batches per connection, so that a batch is ready to go
+        // while one is written.
+        max_in_flight: config.batch * config.connections * 2,
         // A takeover after a crash waits this out: short, as a batch's COPY takes well
         // under a second.
         timeout_ms: WRITE_TIMEOUT.as_millis() as u64 + 5_000,

@@ -19,7 +19,7 @@ use crate::auth::AuthError;
 fn open(path: &str, app: &AppState) -> bool {
     matches!(
         path,
-        "/healthz" | "/readyz" | "/v1.0/healthz" | "/v1.0/healthz/outbound" | "/ui"
+        "/healthz" | "/readyz" | "/v1.0/healthz" | "/v1.0/healthz/outbound" | "/ui" | "/ui/trace"
     ) || (matches!(path, "/v1/stats" | "/metrics" | "/v1/dashboard") && app.auth.open_metrics())
 }
 

@@ -118,6 +118,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/traces/{correlation_id}", get(events::trace))
         .route("/metrics", get(metrics::metrics))
         .route("/ui", get(ui::page))
+        .route("/ui/trace", get(ui::trace_page))
         .route("/v1/dashboard", get(ui::data))
         .route("/v1/audit", get(audit::list))
         .route("/healthz", get(health::healthz))

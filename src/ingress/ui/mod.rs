@@ -33,6 +33,14 @@ const POINTS: usize = 300;
 /// The page.
 const PAGE: &str = include_str!("index.html");
 
+/// The trace page: one business flow's events as a timeline (`/ui/trace?correlation_id=`).
+const TRACE_PAGE: &str = include_str!("trace.html");
+
+/// `GET /ui/trace`: the page (its data comes from `GET /v1/traces/{correlation_id}`).
+pub async fn trace_page() -> Response {
+    ([(header::CACHE_CONTROL, "no-store")], Html(TRACE_PAGE)).into_response()
+}
+
 /// One point of the timeline.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Point {
