@@ -423,9 +423,9 @@ pub async fn restore(
         config.redis.response_timeout.get(),
         config.redis.connect_timeout.get(),
     )?;
-    let mut conn = target.manager_with_timeout(std::time::Duration::from_secs(30))?;
+    let conn = target.manager_with_timeout(std::time::Duration::from_secs(30))?;
     let prefix = &config.redis.key_prefix;
-    Ok(eventstore::restore::restore(&store, &mut conn, prefix, from, to, topics, progress).await?)
+    Ok(eventstore::restore::restore(&store, &conn, prefix, from, to, topics, progress).await?)
 }
 
 /// Subscribers for delivery: the event store's archive writes to PostgreSQL, every other
