@@ -122,15 +122,7 @@ pub async fn run(
             tracing::info!("authentication is off: listening on loopback only");
         }
     }
-    let password = redis_password(&config)?;
-    let redis_tls = redis_tls(&config)?;
-    let target = RedisTarget::new(
-        &config.redis.url,
-        password.as_deref(),
-        Some(&redis_tls),
-        config.redis.response_timeout.get(),
-        config.redis.connect_timeout.get(),
-    )?;
+    let target = redis_target(&config)?;
     let mut control = target.manager()?;
     check_durability(&mut control, config.redis.durability).await?;
     check_memory(&mut control, config.redis.durability).await?;
@@ -414,15 +406,7 @@ pub async fn restore(
         ))
     })?;
     store.prepare().await?;
-    let password = redis_password(config)?;
-    let redis_tls = redis_tls(config)?;
-    let target = RedisTarget::new(
-        &config.redis.url,
-        password.as_deref(),
-        Some(&redis_tls),
-        config.redis.response_timeout.get(),
-        config.redis.connect_timeout.get(),
-    )?;
+    let target = redis_target(config)?;
     let conn = target.manager_with_timeout(std::time::Duration::from_secs(30))?;
     let prefix = &config.redis.key_prefix;
     Ok(eventstore::restore::restore(&store, &conn, prefix, from, to, topics, progress).await?)
@@ -442,6 +426,19 @@ impl Connector for Connectors {
             _ => self.webhooks.connect(sub),
         }
     }
+}
+
+/// Redis as the config names it (password and TLS included).
+fn redis_target(config: &Config) -> Result<RedisTarget, RunError> {
+    let password = redis_password(config)?;
+    let redis_tls = redis_tls(config)?;
+    Ok(RedisTarget::new(
+        &config.redis.url,
+        password.as_deref(),
+        Some(&redis_tls),
+        config.redis.response_timeout.get(),
+        config.redis.connect_timeout.get(),
+    )?)
 }
 
 /// The files of TLS to Redis, read.

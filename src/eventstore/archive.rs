@@ -4,14 +4,13 @@
 //! that transaction has committed. Delivery does the rest as for any subscription: leases
 //! over the partitions, reading, retries while PostgreSQL is away, lag in the metrics.
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::pin_mut;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 
-use super::partitions::{self, Day};
+use super::partitions::{Day, KnownDays};
 use super::rows::{Row, COLUMNS};
 use super::{EventStore, EventStoreError};
 use crate::delivery::transport::{
@@ -23,7 +22,7 @@ use crate::model::envelope::{EntryView, Envelope, EnvelopeError};
 pub struct Archive {
     store: Arc<EventStore>,
     /// Days whose partition is known to exist.
-    days: Arc<Mutex<HashSet<Day>>>,
+    days: Arc<KnownDays>,
 }
 
 impl Archive {
@@ -31,7 +30,7 @@ impl Archive {
     pub fn new(store: Arc<EventStore>) -> Self {
         Self {
             store,
-            days: Arc::new(Mutex::new(HashSet::new())),
+            days: Arc::new(KnownDays::default()),
         }
     }
 }
@@ -81,7 +80,7 @@ impl Subscriber for Archive {
 /// again after a crash before its ack) are skipped.
 async fn write(
     store: &EventStore,
-    days: &Mutex<HashSet<Day>>,
+    days: &KnownDays,
     request: Request,
 ) -> Result<(), EventStoreError> {
     let mut rows = Vec::with_capacity(request.items.len());
@@ -100,23 +99,12 @@ async fn write(
         return Ok(());
     }
     let mut client = store.client().await?;
-    let needed: Vec<Day> = {
-        let known = days.lock().unwrap_or_else(|e| e.into_inner());
-        let mut needed: Vec<Day> = rows
-            .iter()
-            .map(|r| Day::of(r.stored_at))
-            .filter(|d| !known.contains(d))
-            .collect();
-        needed.sort();
-        needed.dedup();
-        needed
-    };
-    if !needed.is_empty() {
-        partitions::ensure(&client, "evr_events", &needed).await?;
-        days.lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend(needed);
-    }
+    days.ensure(
+        &client,
+        "evr_events",
+        rows.iter().map(|r| Day::of(r.stored_at)),
+    )
+    .await?;
     let tx = client.transaction().await?;
     tx.batch_execute(
         "CREATE TEMP TABLE IF NOT EXISTS evr_staging (LIKE evr_events) ON COMMIT DELETE ROWS",

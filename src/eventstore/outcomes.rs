@@ -4,9 +4,8 @@
 //! outcomes beyond it are dropped and counted; they are a record for the trace view, not
 //! part of delivery.
 
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use futures_util::pin_mut;
@@ -15,7 +14,7 @@ use tokio::task::JoinHandle;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
 
-use super::partitions::{self, Day};
+use super::partitions::{Day, KnownDays};
 use super::rows::stream_and_partition;
 use super::{EventStore, EventStoreError, ARCHIVE};
 use crate::delivery::outcomes::{OutcomeLog, Settled};
@@ -79,7 +78,7 @@ impl OutcomeLog for Outcomes {
 }
 
 async fn run(store: Arc<EventStore>, mut rx: mpsc::Receiver<Settled>, written: Arc<AtomicU64>) {
-    let days = Mutex::new(HashSet::new());
+    let days = KnownDays::default();
     loop {
         let mut batch = Vec::with_capacity(BATCH);
         if rx.recv_many(&mut batch, BATCH).await == 0 {
@@ -113,27 +112,16 @@ async fn run(store: Arc<EventStore>, mut rx: mpsc::Receiver<Settled>, written: A
 
 async fn write(
     store: &EventStore,
-    days: &Mutex<HashSet<Day>>,
+    days: &KnownDays,
     batch: &[Settled],
 ) -> Result<(), EventStoreError> {
     let client = store.client().await?;
-    let needed: Vec<Day> = {
-        let known = days.lock().unwrap_or_else(|e| e.into_inner());
-        let mut needed: Vec<Day> = batch
-            .iter()
-            .map(|s| Day::of_ms(s.at_us / 1000))
-            .filter(|d| !known.contains(d))
-            .collect();
-        needed.sort();
-        needed.dedup();
-        needed
-    };
-    if !needed.is_empty() {
-        partitions::ensure(&client, "evr_outcomes", &needed).await?;
-        days.lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend(needed);
-    }
+    days.ensure(
+        &client,
+        "evr_outcomes",
+        batch.iter().map(|s| Day::of_ms(s.at_us / 1000)),
+    )
+    .await?;
     let sink = client
         .copy_in(
             "COPY evr_outcomes (at, subscription, event_id, stream, partition, redis_id, fate, status, attempt, latency_us, error) FROM STDIN BINARY",

@@ -81,6 +81,37 @@ pub async fn ensure(client: &Client, table: &str, days: &[Day]) -> Result<(), Ev
     Ok(())
 }
 
+/// The days whose partition of one table is known to exist, so that a batch asks
+/// PostgreSQL only for the days it has not seen.
+#[derive(Debug, Default)]
+pub struct KnownDays(std::sync::Mutex<std::collections::HashSet<Day>>);
+
+impl KnownDays {
+    /// Makes `table`'s partitions of those of `days` not known yet.
+    pub async fn ensure(
+        &self,
+        client: &Client,
+        table: &str,
+        days: impl Iterator<Item = Day>,
+    ) -> Result<(), EventStoreError> {
+        let needed: Vec<Day> = {
+            let known = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            let mut needed: Vec<Day> = days.filter(|d| !known.contains(d)).collect();
+            needed.sort();
+            needed.dedup();
+            needed
+        };
+        if !needed.is_empty() {
+            ensure(client, table, &needed).await?;
+            self.0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(needed);
+        }
+        Ok(())
+    }
+}
+
 /// The days that have a partition of `table`, oldest first.
 pub async fn existing(client: &Client, table: &str) -> Result<Vec<Day>, EventStoreError> {
     let rows = client

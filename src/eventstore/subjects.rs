@@ -52,16 +52,25 @@ impl Subjects {
         if pointers.is_empty() {
             return Vec::new();
         }
-        let Ok(value) = serde_json::from_slice::<Value>(payload) else {
+        // Read in place: only the pointers' values are parsed, not the whole event.
+        let Ok(text) = std::str::from_utf8(payload) else {
+            return Vec::new();
+        };
+        let Ok(raw) = serde_json::from_str::<&serde_json::value::RawValue>(text) else {
+            return Vec::new();
+        };
+        let Ok(event) = crate::model::event::RawEvent::parse(raw) else {
             return Vec::new();
         };
         let mut found: Vec<String> = pointers
             .iter()
-            .filter_map(|p| match value.pointer(p) {
-                Some(Value::String(s)) => Some(s.clone()),
-                Some(Value::Number(n)) => Some(n.to_string()),
-                _ => None,
-            })
+            .filter_map(
+                |p| match serde_json::from_str::<Value>(event.pointer(p)?.get()).ok()? {
+                    Value::String(s) => Some(s),
+                    Value::Number(n) => Some(n.to_string()),
+                    _ => None,
+                },
+            )
             .collect();
         found.sort();
         found.dedup();

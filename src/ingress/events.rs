@@ -16,7 +16,7 @@ use serde_json::json;
 use super::AppState;
 use crate::auth::Principal;
 use crate::eventstore::query::{Cursor, EventFilter};
-use crate::eventstore::{EventStore, EventStoreError};
+use crate::eventstore::EventStore;
 use crate::ingress::error::ApiError;
 
 /// The filters of `GET /v1/events`.
@@ -41,18 +41,18 @@ fn bad(message: String) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", message)
 }
 
-fn store_of(app: &AppState) -> Result<&Arc<EventStore>, ApiError> {
-    app.eventstore.as_ref().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "event_store_off",
-            "no event store is configured ([eventstore] url)",
-        )
-    })
+/// `404 event_store_off`: no `[eventstore] url`.
+pub(super) fn event_store_off() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "event_store_off",
+        "no event store is configured ([eventstore] url)",
+    )
 }
 
-fn unavailable(err: EventStoreError) -> ApiError {
-    tracing::warn!(error = %err, "event store query failed");
+/// `503 event_store_unavailable` (logged, the cause kept out of the answer).
+pub(super) fn unavailable(err: impl std::fmt::Display) -> ApiError {
+    tracing::warn!(error = %err, "event store call failed");
     let mut error = ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "event_store_unavailable",
@@ -60,6 +60,11 @@ fn unavailable(err: EventStoreError) -> ApiError {
     );
     error.retry_after = Some(1);
     error
+}
+
+/// The event store, or `404 event_store_off`.
+pub(super) fn store_of(app: &AppState) -> Result<Arc<EventStore>, ApiError> {
+    app.eventstore.clone().ok_or_else(event_store_off)
 }
 
 fn time(name: &str, value: Option<&String>) -> Result<Option<SystemTime>, ApiError> {

@@ -18,13 +18,9 @@ use crate::eventstore::replay::{ReplayError, ReplaySpec, ReplayStatus, Replays, 
 use crate::ingress::error::ApiError;
 
 fn replays_of(app: &AppState) -> Result<&Arc<Replays>, ApiError> {
-    app.replays.as_ref().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "event_store_off",
-            "no event store is configured ([eventstore] url)",
-        )
-    })
+    app.replays
+        .as_ref()
+        .ok_or_else(super::events::event_store_off)
 }
 
 fn api_error(err: ReplayError) -> ApiError {
@@ -43,16 +39,7 @@ fn api_error(err: ReplayError) -> ApiError {
             "replay_running",
             format!("replay `{id}` is running or done"),
         ),
-        ReplayError::Store(err) => {
-            tracing::warn!(error = %err, "replay: event store failed");
-            let mut error = ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "event_store_unavailable",
-                "the event store (PostgreSQL) did not answer",
-            );
-            error.retry_after = Some(1);
-            error
-        }
+        ReplayError::Store(err) => super::events::unavailable(err),
         ReplayError::Redis(err) => ApiError::store_unavailable("replay state", err),
     }
 }

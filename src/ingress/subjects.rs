@@ -7,26 +7,17 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{header, StatusCode};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 
+use super::events::store_of;
 use super::AppState;
 use crate::auth::Principal;
-use crate::eventstore::{subjects, EventStore};
+use crate::eventstore::subjects;
 use crate::ingress::error::ApiError;
 use crate::model::audit::AuditEntry;
 use crate::model::clock::now_ms;
-
-fn store_of(app: &AppState) -> Result<Arc<EventStore>, ApiError> {
-    app.eventstore.clone().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "event_store_off",
-            "no event store is configured ([eventstore] url)",
-        )
-    })
-}
 
 /// Every event about `subject`, as JSON Lines, streamed as found.
 pub async fn export(
@@ -65,16 +56,8 @@ pub async fn erase(
     let store = store_of(&app)?;
     let erased = subjects::erase(&store, &app.delivery, store.subjects(), &subject)
         .await
-        .map_err(|err| {
-            tracing::warn!(error = %err, "subject erasure failed");
-            let mut error = ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "event_store_unavailable",
-                "the erasure could not finish (PostgreSQL or Redis did not answer); nothing erased is restored, call again",
-            );
-            error.retry_after = Some(1);
-            error
-        })?;
+        // What was erased stays erased; calling again finishes the rest.
+        .map_err(super::events::unavailable)?;
     let entry = AuditEntry {
         id: String::new(),
         at_ms: now_ms(),

@@ -1,0 +1,98 @@
+//! What the event store's choices cost per event on the CPU: reading a stored envelope into
+//! a row (the archive's work beside PostgreSQL), finding an event's data subjects, and —
+//! for the crypto-shredding design that was weighed against redaction — sealing and
+//! opening a payload with AES-256-GCM under a per-subject key.
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use evrouter::config::SubjectConfig;
+use evrouter::eventstore::rows::Row;
+use evrouter::eventstore::subjects::Subjects;
+use evrouter::model::envelope::{Envelope, PayloadFormat};
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
+use serde_json::json;
+
+fn envelope() -> Envelope {
+    let payload = json!({
+        "event_id": "evt_order_42", "event_type": "order.created",
+        "timestamp": "2026-11-30T10:00:00Z", "version": "1.0",
+        "data": {"order_id": "ord_42", "customer_id": "cust_7", "total_amount": 99.5,
+                 "items": [{"product_id": "prod_1", "quantity": 2}, {"product_id": "prod_9", "quantity": 1}],
+                 "shipping_address": {"street": "1 Main St", "city": "Springfield", "zip": "12345"}},
+        "metadata": {"correlation_id": "corr_42", "service": "order-service", "version": "1.0.0"}
+    });
+    Envelope {
+        event_id: "evt_order_42".into(),
+        topic: "order.created".into(),
+        event_type: "order.created".into(),
+        key: "ord_42".into(),
+        sequence: None,
+        received_us: 1_796_000_000_000_000,
+        service: "order-service".into(),
+        correlation_id: "corr_42".into(),
+        traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
+        tracestate: None,
+        payload: serde_json::to_vec(&payload).unwrap_or_default(),
+        format: PayloadFormat::Event,
+        content_type: None,
+        expires_us: None,
+    }
+}
+
+fn archive(c: &mut Criterion) {
+    let subjects = Subjects::new(&[SubjectConfig {
+        topics: vec!["order.>".into()],
+        pointers: vec!["/data/customer_id".into()],
+    }]);
+    let none = Subjects::new(&[]);
+    let envelope = envelope();
+    let mut group = c.benchmark_group("eventstore");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("row_without_subjects", |b| {
+        b.iter(|| Row::new(envelope.clone(), "evr:{order.3}", "1796000000000-7", &none))
+    });
+    group.bench_function("row_with_subjects", |b| {
+        b.iter(|| {
+            Row::new(
+                envelope.clone(),
+                "evr:{order.3}",
+                "1796000000000-7",
+                &subjects,
+            )
+        })
+    });
+    let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &[7u8; 32]).expect("key"));
+    let payload = envelope.payload.clone();
+    group.throughput(Throughput::Bytes(payload.len() as u64));
+    group.bench_function("aes256gcm_seal_payload", |b| {
+        b.iter(|| {
+            let mut sealed = payload.clone();
+            key.seal_in_place_append_tag(
+                Nonce::assume_unique_for_key([1u8; 12]),
+                Aad::empty(),
+                &mut sealed,
+            )
+            .map(|()| sealed.len())
+        })
+    });
+    let mut sealed = payload.clone();
+    let _ = key.seal_in_place_append_tag(
+        Nonce::assume_unique_for_key([1u8; 12]),
+        Aad::empty(),
+        &mut sealed,
+    );
+    group.bench_function("aes256gcm_open_payload", |b| {
+        b.iter(|| {
+            let mut opened = sealed.clone();
+            key.open_in_place(
+                Nonce::assume_unique_for_key([1u8; 12]),
+                Aad::empty(),
+                &mut opened,
+            )
+            .map(|plain| plain.len())
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, archive);
+criterion_main!(benches);
