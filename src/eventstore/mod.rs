@@ -179,7 +179,7 @@ pub fn archive_spec(config: &EventStoreConfig) -> SubscriptionSpec {
         ordering: DeliveryOrdering::None,
         // Events read ahead: two batches per connection, so that a batch is ready to go
         // while one is written.
-        max_in_flight: config.batch * config.connections * 2,
+        max_in_flight: (config.batch * config.connections * 2).min(1_000_000),
         // A takeover after a crash waits this out: short, as a batch's COPY takes well
         // under a second.
         timeout_ms: WRITE_TIMEOUT.as_millis() as u64 + 5_000,
@@ -193,5 +193,27 @@ pub fn archive_spec(config: &EventStoreConfig) -> SubscriptionSpec {
         start: Start::Earliest,
         dead_letter: false,
         ..SubscriptionSpec::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::delivery::subscription::Subscription;
+
+    #[test]
+    fn the_archive_spec_passes_the_subscription_checks_at_every_setting() {
+        for (batch, connections) in [(1, 1), (2000, 4), (10_000, 64)] {
+            let config = EventStoreConfig {
+                batch,
+                connections,
+                ..EventStoreConfig::default()
+            };
+            let spec = archive_spec(&config);
+            assert!(
+                Subscription::new(spec.clone()).is_ok(),
+                "{batch} × {connections}: {spec:?}"
+            );
+        }
     }
 }
