@@ -10,32 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use support::browser::chromium;
 use support::subscriber::Subscriber;
 use support::{eventually, keyed_event, test_config, RedisServer, RouterApi, TestRouter};
-
-/// Runs headless Chromium on `url` with `args`, letting the page's scripts run for about
-/// three seconds; its standard output.
-async fn chromium(url: &str, args: &[&str]) -> String {
-    let output = tokio::process::Command::new("chromium")
-        .args([
-            "--headless=new",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--virtual-time-budget=3000",
-        ])
-        .args(args)
-        .arg(url)
-        .output()
-        .await
-        .expect("chromium (Debian's chromium package) is installed");
-    assert!(
-        output.status.success(),
-        "chromium: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
 
 /// The value of `attribute` on the row of subscription `name` in a dumped page.
 fn row_value(dom: &str, name: &str, attribute: &str) -> Option<u64> {

@@ -1,0 +1,241 @@
+//! The archive: every stored event once with its columns, PostgreSQL away or restarted,
+//! an instance killed mid-archive, partitions made ahead and dropped by age.
+
+use super::*;
+
+/// Every event is archived once, with the columns the queries need.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_stored_event_is_archived_once_with_its_columns() {
+    // PostgreSQL is restarted by another test of this file.
+    let _shared = support::light().await;
+    let redis = RedisServer::start();
+    let db = TestDb::create().await;
+    let mut config = test_config(&redis);
+    config.eventstore.url = Some(db.url.clone());
+    config.eventstore.batch_wait = "20ms".into();
+    let router = TestRouter::start(config).await;
+    publish_orders(&router, 0, 500).await;
+    wait_for_rows(&db, 500).await;
+
+    let client = db.client().await;
+    let distinct: i64 = client
+        .query_one(
+            "SELECT count(DISTINCT (stream, partition, redis_id)) FROM evr_events",
+            &[],
+        )
+        .await
+        .expect("query")
+        .get(0);
+    assert_eq!(distinct, 500);
+    let row = client
+        .query_one(
+            "SELECT event_id, event_type, topic, stream, entity_key, correlation_id, service,
+                    payload->'data'->>'order_id', length(trace_id), event_time IS NOT NULL,
+                    stored_at >= received_at - interval '1 second', format
+               FROM evr_events WHERE event_id = $1",
+            &[&"evt_order_7"],
+        )
+        .await
+        .expect("the event's row");
+    assert_eq!(row.get::<_, String>(0), "evt_order_7");
+    assert_eq!(row.get::<_, String>(1), "order.created");
+    assert_eq!(row.get::<_, String>(2), "order.created");
+    assert_eq!(row.get::<_, String>(3), "order");
+    assert_eq!(row.get::<_, String>(4), "ord_7");
+    assert_eq!(row.get::<_, Option<String>>(5).as_deref(), Some("corr_7"));
+    assert_eq!(
+        row.get::<_, Option<String>>(6).as_deref(),
+        Some("order-service")
+    );
+    assert_eq!(row.get::<_, Option<String>>(7).as_deref(), Some("ord_7"));
+    assert_eq!(row.get::<_, Option<i32>>(8), Some(32));
+    assert!(row.get::<_, bool>(9), "the event's timestamp is kept");
+    assert!(row.get::<_, bool>(10));
+    assert_eq!(row.get::<_, String>(11), "event");
+    let version: i32 = client
+        .query_one("SELECT max(version) FROM evr_schema_migrations", &[])
+        .await
+        .expect("migrations")
+        .get(0);
+    assert_eq!(version, 2, "every migration applied");
+    router.stop().await.expect("clean stop");
+}
+
+/// With PostgreSQL out of reach, publishes and deliveries go on and the archive's lag
+/// grows; when it is back, the archive catches up, nothing missing, nothing twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_away_stops_nothing_and_the_archive_catches_up() {
+    // PostgreSQL is restarted by another test of this file.
+    let _shared = support::light().await;
+    let redis = RedisServer::start();
+    let db = TestDb::create().await;
+    let pg_port = db
+        .url
+        .split_once("@127.0.0.1:")
+        .and_then(|(_, rest)| rest.split('/').next())
+        .and_then(|p| p.parse::<u16>().ok())
+        .unwrap_or(5432);
+    let proxy = Proxy::start(pg_port).await;
+    let mut config = test_config(&redis);
+    config.eventstore.url = Some(db.url.replace(
+        &format!("127.0.0.1:{pg_port}"),
+        &format!("127.0.0.1:{}", proxy.port),
+    ));
+    config.eventstore.batch_wait = "20ms".into();
+    let router = TestRouter::start(config).await;
+    let subscriber = Subscriber::ok().await;
+    router
+        .subscribe(
+            "shipping",
+            &["order.*"],
+            &subscriber.url(),
+            json!({"start": "earliest"}),
+        )
+        .await;
+    publish_orders(&router, 0, 100).await;
+    wait_for_rows(&db, 100).await;
+
+    proxy.cut();
+    publish_orders(&router, 100, 300).await;
+    subscriber.wait_for(400, Duration::from_secs(30)).await;
+    let lag = eventually(Duration::from_secs(30), async || {
+        let stats = router.get_json("/v1/stats").await;
+        let archive = &stats["subscriptions"]["eventstore-archive"];
+        let behind =
+            archive["lag"].as_u64().unwrap_or(0) + archive["in_flight"].as_u64().unwrap_or(0);
+        if behind > 0 {
+            Ok(behind)
+        } else {
+            Err(format!("{archive}"))
+        }
+    })
+    .await;
+    assert!(lag > 0);
+    assert_eq!(db.count().await, 100, "nothing archived while away");
+
+    proxy.heal();
+    wait_for_rows(&db, 400).await;
+    let client = db.client().await;
+    let distinct: i64 = client
+        .query_one("SELECT count(DISTINCT event_id) FROM evr_events", &[])
+        .await
+        .expect("query")
+        .get(0);
+    assert_eq!(distinct, 400);
+    router.stop().await.expect("clean stop");
+}
+
+/// Partitions are made ahead of today and a day older than the retention is dropped
+/// whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_are_made_ahead_and_dropped_by_age() {
+    // PostgreSQL is restarted by another test of this file.
+    let _shared = support::light().await;
+    let db = TestDb::create().await;
+    let config = EventStoreConfig {
+        url: Some(db.url.clone()),
+        ..EventStoreConfig::default()
+    };
+    let store = EventStore::new(&config)
+        .expect("store")
+        .expect("configured");
+    let upkeep = store.clone().spawn_upkeep();
+    eventually(Duration::from_secs(30), async || {
+        if store.ready() {
+            Ok(())
+        } else {
+            Err("not ready".to_string())
+        }
+    })
+    .await;
+    let client = db.client().await;
+    let days = partition_days(&client, "evr_events").await.expect("days");
+    let today = Day::of(SystemTime::now());
+    assert!(
+        days.contains(&today) && days.contains(&Day(today.0 + 2)),
+        "{days:?}"
+    );
+    client
+        .execute(
+            "INSERT INTO evr_events (stored_at, stream, partition, redis_id, redis_seq, event_id,
+                 event_type, topic, entity_key, received_at, format)
+             VALUES (now(), 'order', 0, '1-0', 0, 'e1', 'order.created', 'order.created', 'k', now(), 'event')",
+            &[],
+        )
+        .await
+        .expect("a row today");
+    // A year and a week from now, today is past the retention.
+    let later = SystemTime::now() + Duration::from_secs(372 * 86_400);
+    let dropped = store.maintain(later).await.expect("maintain");
+    assert!(dropped.contains(&today), "{dropped:?}");
+    assert_eq!(db.count().await, 0, "dropped with its partition");
+    let days = partition_days(&client, "evr_events").await.expect("days");
+    assert!(days.contains(&Day::of(later)));
+    upkeep.abort();
+}
+
+/// Restarts the local PostgreSQL cluster (Debian's `pg_ctlcluster`).
+fn restart_postgres() {
+    let clusters =
+        std::fs::read_dir("/etc/postgresql").expect("a local PostgreSQL (Debian layout)");
+    for version in clusters.flatten() {
+        let version = version.file_name().to_string_lossy().to_string();
+        let status = std::process::Command::new("pg_ctlcluster")
+            .args([&version, "main", "restart"])
+            .status()
+            .expect("pg_ctlcluster");
+        assert!(status.success(), "pg_ctlcluster {version} main restart");
+    }
+}
+
+/// An instance killed with SIGKILL while archiving, and PostgreSQL restarted while its
+/// successor archives: every event is in the table once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_9_and_a_postgres_restart_lose_and_repeat_nothing() {
+    let _alone = support::heavy().await;
+    let redis = RedisServer::start();
+    let db = TestDb::create().await;
+    let url = format!("\"{}\"", db.url);
+    let env = [
+        ("EVR_EVENTSTORE__URL", url.as_str()),
+        ("EVR_EVENTSTORE__BATCH", "200"),
+        ("EVR_EVENTSTORE__BATCH_WAIT", "\"20ms\""),
+        ("EVR_DELIVERY__LEASE_TTL", "\"2s\""),
+    ];
+    let first = support::process::RouterProcess::start_with_env(&redis, None, &env).await;
+    let mut published = 0u64;
+    for round in 0..20 {
+        let events: Vec<_> = (0..100)
+            .map(|i| order_event(round * 100 + i, &format!("ord_{}", i % 41)))
+            .collect();
+        first.publish_ok("order.created", &json!(events)).await;
+        published += 100;
+        if db.count().await >= 600 {
+            break;
+        }
+    }
+    // Killed in the middle of archiving.
+    first.signal("KILL");
+    let second = support::process::RouterProcess::start_with_env(&redis, None, &env).await;
+    for round in 20..30 {
+        let events: Vec<_> = (0..100)
+            .map(|i| order_event(round * 100 + i, &format!("ord_{}", i % 41)))
+            .collect();
+        second.publish_ok("order.created", &json!(events)).await;
+        published += 100;
+        if round == 24 {
+            restart_postgres();
+        }
+    }
+    wait_for_rows(&db, published as i64).await;
+    let client = db.client().await;
+    let distinct: i64 = client
+        .query_one("SELECT count(DISTINCT event_id) FROM evr_events", &[])
+        .await
+        .expect("query")
+        .get(0);
+    assert_eq!(distinct, published as i64, "no event missing");
+    // Nothing is written twice, even after the kill made the successor read again.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(db.count().await, published as i64, "no event twice");
+}

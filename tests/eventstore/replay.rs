@@ -1,0 +1,146 @@
+//! Replays from the store into one subscription or to a topic; cancel and resume; the CLI.
+
+use super::*;
+
+async fn replay_status(router: &TestRouter, id: &str, state: &str) -> serde_json::Value {
+    eventually(Duration::from_secs(60), async || {
+        let status = router.get_json(&format!("/v1/replays/{id}")).await;
+        if status["state"] == state {
+            Ok(status)
+        } else {
+            Err(format!("{status}"))
+        }
+    })
+    .await
+}
+
+/// A replay from PostgreSQL into one subscription: every archived event again, marked as
+/// a replay, in stored order per key, to that subscription only; one stopped half-way
+/// goes on from where it stopped; a replay to a topic publishes the events again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_from_the_store_reaches_one_subscription_in_key_order_and_resumes() {
+    let _shared = support::light().await;
+    let redis = RedisServer::start();
+    let db = TestDb::create().await;
+    let mut config = test_config(&redis);
+    config.eventstore.url = Some(db.url.clone());
+    config.eventstore.batch_wait = "20ms".into();
+    let router = TestRouter::start(config).await;
+    let target = Subscriber::ok().await;
+    let other = Subscriber::ok().await;
+    router
+        .subscribe("replayed", &["order.*"], &target.url(), json!({}))
+        .await;
+    router
+        .subscribe("bystander", &["order.*"], &other.url(), json!({}))
+        .await;
+    let from = humantime::format_rfc3339_millis(SystemTime::now() - Duration::from_secs(1));
+    let published = support::publish_keyed(&router, "order.created", 5, 10).await;
+    target.wait_for(published, Duration::from_secs(30)).await;
+    other.wait_for(published, Duration::from_secs(30)).await;
+    wait_for_rows(&db, published as i64).await;
+    let to = humantime::format_rfc3339_millis(SystemTime::now() + Duration::from_secs(60));
+
+    let (status, started) = router
+        .post(
+            "/v1/replay",
+            "application/json",
+            json!({"from": from.to_string(), "to": to.to_string(),
+                   "target": {"subscription": "replayed"}, "rate": 2000})
+            .to_string(),
+        )
+        .await;
+    assert_eq!(status, 202, "{started}");
+    assert_eq!(started["total"], published);
+    let id = started["id"].as_str().expect("id").to_string();
+    let done = replay_status(&router, &id, "done").await;
+    assert_eq!(done["done"], published, "{done}");
+    assert_eq!(done["failed"], 0);
+    let log = target
+        .wait_for(2 * published, Duration::from_secs(30))
+        .await;
+    let replayed: Vec<_> = log.iter().filter(|r| r.replay).cloned().collect();
+    assert_eq!(
+        replayed.len(),
+        published,
+        "every replayed request is marked"
+    );
+    support::subscriber::assert_in_key_order(&replayed, 5, 10);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        other.count(),
+        published,
+        "no other subscription gets the replay"
+    );
+
+    // Slowly, stopped after its first step, then resumed from there.
+    let (_, slow) = router
+        .post(
+            "/v1/replay",
+            "application/json",
+            json!({"from": from.to_string(), "to": to.to_string(),
+                   "filter": {"keys": ["ord_0", "ord_1"]},
+                   "target": {"subscription": "replayed"}, "rate": 10})
+            .to_string(),
+        )
+        .await;
+    let id = slow["id"].as_str().expect("id").to_string();
+    assert_eq!(slow["total"], 20);
+    let response = client()
+        .delete(router.url(&format!("/v1/replays/{id}")))
+        .send()
+        .await
+        .expect("cancel");
+    assert_eq!(response.status(), 202);
+    let stopped = replay_status(&router, &id, "cancelled").await;
+    let sent = stopped["done"].as_u64().expect("done");
+    assert!(sent < 20, "stopped before the end: {stopped}");
+    let (status, _) = router.post_empty(&format!("/v1/replays/{id}/resume")).await;
+    assert_eq!(status, 202);
+    let finished = replay_status(&router, &id, "done").await;
+    assert_eq!(finished["done"], 20, "{finished}");
+
+    // To a topic: published again there, stored once more.
+    let (status, republish) = router
+        .post(
+            "/v1/replay",
+            "application/json",
+            json!({"from": from.to_string(), "to": to.to_string(),
+                   "filter": {"keys": ["ord_3"]}, "target": {"topic": "audit.replayed"}})
+            .to_string(),
+        )
+        .await;
+    assert_eq!(status, 202, "{republish}");
+    let id = republish["id"].as_str().expect("id").to_string();
+    replay_status(&router, &id, "done").await;
+    let stored = support::dapr_app::stored_on(&redis, "audit.replayed");
+    assert_eq!(stored.len(), 10);
+    let seqs: Vec<u64> = stored
+        .iter()
+        .filter_map(|e| serde_json::from_slice::<serde_json::Value>(&e.payload).ok())
+        .filter_map(|v| v["data"]["seq"].as_u64())
+        .collect();
+    assert_eq!(seqs, (0..10).collect::<Vec<_>>(), "in stored order");
+
+    for (body, word) in [
+        (
+            json!({"from": "then", "to": to.to_string(), "target": {"topic": "x"}}),
+            "from",
+        ),
+        (
+            json!({"from": from.to_string(), "to": to.to_string(), "target": {"subscription": "nobody"}}),
+            "nobody",
+        ),
+        (
+            json!({"from": from.to_string(), "to": to.to_string(), "target": {"queue": "x"}}),
+            "queue",
+        ),
+    ] {
+        let (status, answer) = router
+            .post("/v1/replay", "application/json", body.to_string())
+            .await;
+        assert!(status == 400 || status == 404, "{body}: {status} {answer}");
+        assert!(answer.to_string().contains(word), "{answer}");
+    }
+    router.stop().await.expect("clean stop");
+}
