@@ -39,6 +39,32 @@ struct Inner<'a> {
 }
 
 impl ApiError {
+    /// Reads a JSON request body into `T`; when it cannot, `400 code` with `message` and
+    /// the JSON pointer of what was wrong (`/target`, `/filter/keys/0`) in `details`.
+    pub fn json_body<T: serde::de::DeserializeOwned>(
+        bytes: &[u8],
+        code: &'static str,
+        message: &str,
+    ) -> Result<T, ApiError> {
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            let path = e.path().to_string();
+            let pointer = if path == "." {
+                String::new()
+            } else {
+                format!("/{}", path.replace(['.', '['], "/").replace(']', ""))
+            };
+            ApiError {
+                details: vec![EventViolation {
+                    index: None,
+                    path: pointer,
+                    message: e.inner().to_string(),
+                }],
+                ..ApiError::new(StatusCode::BAD_REQUEST, code, message.to_string())
+            }
+        })
+    }
+
     /// An error with no details.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self {

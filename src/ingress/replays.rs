@@ -72,13 +72,8 @@ pub async fn start(
 ) -> Result<Response, ApiError> {
     let replays = replays_of(&app)?.clone();
     let bytes = read_body(&headers, body, app.max_body_bytes, app.body_read_timeout).await?;
-    let spec: ReplaySpec = serde_json::from_slice(&bytes).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            format!("replay body: {e}"),
-        )
-    })?;
+    let spec: ReplaySpec =
+        ApiError::json_body(&bytes, "invalid_request", "the replay body is not valid")?;
     may_run(&app, &principal, &spec.target)?;
     let status = replays
         .start(spec, &principal.name)

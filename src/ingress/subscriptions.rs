@@ -38,20 +38,11 @@ fn parse(
             "the subscription is not valid",
         )
     };
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    let mut spec: SubscriptionSpec = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        let pointer = if path == "." {
-            String::new()
-        } else {
-            format!("/{}", path.replace(['.', '['], "/").replace(']', ""))
-        };
-        invalid(vec![EventViolation {
-            index: None,
-            path: pointer,
-            message: e.inner().to_string(),
-        }])
-    })?;
+    let mut spec: SubscriptionSpec = ApiError::json_body(
+        bytes,
+        "invalid_subscription",
+        "the subscription is not valid",
+    )?;
     if let Some(name) = name_from_path {
         if spec.name.is_empty() {
             spec.name = name.to_string();
@@ -314,13 +305,8 @@ pub async fn rewind(
     let bytes =
         super::publish::read_body(&headers, body, app.max_body_bytes, app.body_read_timeout)
             .await?;
-    let request: RewindBody = serde_json::from_slice(&bytes).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            format!("rewind body: {e}"),
-        )
-    })?;
+    let request: RewindBody =
+        ApiError::json_body(&bytes, "invalid_request", "the rewind body is not valid")?;
     let to = humantime::parse_rfc3339_weak(&request.to).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,

@@ -142,5 +142,19 @@ async fn a_replay_from_the_store_reaches_one_subscription_in_key_order_and_resum
         assert!(status == 400 || status == 404, "{body}: {status} {answer}");
         assert!(answer.to_string().contains(word), "{answer}");
     }
+    // A body that cannot be read names where it went wrong.
+    let (status, answer) = router
+        .post(
+            "/v1/replay",
+            "application/json",
+            json!({"from": from.to_string(), "to": to.to_string(), "target": {"subscription": "replayed"}, "filter": {"keys": [7]}}).to_string(),
+        )
+        .await;
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(answer["error"]["code"], "invalid_request");
+    assert_eq!(
+        answer["error"]["details"][0]["path"], "/filter/keys/0",
+        "{answer}"
+    );
     router.stop().await.expect("clean stop");
 }
