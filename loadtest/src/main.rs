@@ -137,6 +137,10 @@ pub struct Args {
     /// how fast the archive kept up and what PostgreSQL spent.
     #[arg(long)]
     pub eventstore: Option<String>,
+    /// With `--eventstore`: every event's `/data/customer_id` is its data subject, so
+    /// those events' payloads are archived sealed under their subjects' keys.
+    #[arg(long)]
+    pub subjects: bool,
 }
 
 #[tokio::main]
@@ -148,6 +152,12 @@ async fn main() -> anyhow::Result<()> {
         if let Some(admin) = &args.eventstore {
             let db = eventstore::Database::create(admin).await?;
             env.push(("EVR_EVENTSTORE__URL".to_string(), format!("\"{}\"", db.url)));
+            if args.subjects {
+                env.push((
+                    "EVR_EVENTSTORE__SUBJECTS".to_string(),
+                    r#"[{ topics = [">"], pointers = ["/data/customer_id"] }]"#.to_string(),
+                ));
+            }
             database = Some(db);
         }
         if let Some(ratio) = args.trace_ratio {

@@ -1,6 +1,8 @@
 //! The `[eventstore]` section: the PostgreSQL database every stored event is copied to, and
 //! how long it keeps them.
 
+use std::path::PathBuf;
+
 use serde::{Deserialize, Serialize};
 
 use super::ConfigDuration;
@@ -26,6 +28,19 @@ pub struct EventStoreConfig {
     /// Where the data subject (a customer) of an event is found, for export and erasure:
     /// JSON pointers into the events of some topics.
     pub subjects: Vec<SubjectConfig>,
+    /// Whether the payload of an event about a data subject is stored sealed under keys
+    /// of its subjects, so that erasing a subject's key erases every copy (backups too).
+    pub seal_subjects: bool,
+    /// The database of the subjects' keys; none: the event store's own. A database of
+    /// its own, backed up on a short cycle, is what makes an erasure reach old backups.
+    pub keys_url: Option<String>,
+    /// PEM file of the CA PostgreSQL's certificate chains to (TLS is used when it is set
+    /// or the URL says `sslmode=require`); none: the system's roots.
+    pub tls_ca: Option<PathBuf>,
+    /// A client certificate, for a PostgreSQL that asks for one (with `tls_client_key`).
+    pub tls_client_cert: Option<PathBuf>,
+    /// The client certificate's key.
+    pub tls_client_key: Option<PathBuf>,
 }
 
 /// The data subject of some topics' events.
@@ -48,6 +63,11 @@ impl Default for EventStoreConfig {
             connections: 4,
             outcomes_sample: 1.0,
             subjects: Vec::new(),
+            seal_subjects: true,
+            keys_url: None,
+            tls_ca: None,
+            tls_client_cert: None,
+            tls_client_key: None,
         }
     }
 }
@@ -56,17 +76,39 @@ impl EventStoreConfig {
     /// Problems with the section's values, by key.
     pub(super) fn problems(&self) -> Vec<(&'static str, String)> {
         let mut found = Vec::new();
-        if let Some(url) = &self.url {
-            if url.parse::<tokio_postgres::Config>().is_err()
-                || !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
-            {
-                found.push((
-                    "eventstore.url",
-                    format!(
-                        "`{}` is not a postgres:// URL",
-                        crate::model::redact::url(url)
-                    ),
-                ));
+        for (key, url) in [
+            ("eventstore.url", &self.url),
+            ("eventstore.keys_url", &self.keys_url),
+        ] {
+            if let Some(url) = url {
+                if url.parse::<tokio_postgres::Config>().is_err()
+                    || !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
+                {
+                    found.push((
+                        key,
+                        format!(
+                            "`{}` is not a postgres:// URL",
+                            crate::model::redact::url(url)
+                        ),
+                    ));
+                }
+            }
+        }
+        if self.tls_client_cert.is_some() != self.tls_client_key.is_some() {
+            found.push((
+                "eventstore.tls_client_cert",
+                "tls_client_cert and tls_client_key go together".into(),
+            ));
+        }
+        for (key, path) in [
+            ("eventstore.tls_ca", &self.tls_ca),
+            ("eventstore.tls_client_cert", &self.tls_client_cert),
+            ("eventstore.tls_client_key", &self.tls_client_key),
+        ] {
+            if let Some(path) = path {
+                if !path.is_file() {
+                    found.push((key, format!("`{}` is not a readable file", path.display())));
+                }
             }
         }
         if !(1..=10_000).contains(&self.batch) {

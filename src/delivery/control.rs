@@ -288,6 +288,7 @@ impl Runtime {
                 linger: self.settings.read_linger,
                 stop: stop_rx.clone(),
                 debt: 0,
+                newest: Default::default(),
                 takeover_wait: Duration::from_millis(context.sub.spec.timeout_ms) + DRAIN_MARGIN,
                 part: self.health.part(format!("reader:{name}:{index}")),
                 handoffs: self.handoffs.clone(),

@@ -3,11 +3,14 @@
 //! acked), and every instance restarts the subscription's delivery, so that lanes start
 //! empty and events flow again from there in order per key. Kafka users know this as
 //! resetting a group's offsets to a timestamp.
+//!
+//! A subscription ordered by sequence keeps each key's next expected number; the rewind's
+//! count is the generation of those numbers (`store::sequence`), so after it a key starts
+//! again at its first rewound event, whatever deliveries still running elsewhere write.
 
 use serde::Serialize;
 
 use super::Runtime;
-use crate::model::subscription::Ordering;
 use crate::store::groups::reset_group;
 
 /// What a rewind did.
@@ -27,9 +30,6 @@ pub enum RewindError {
     /// No subscription of that name.
     #[error("no subscription named `{0}`")]
     Unknown(String),
-    /// Sequence ordering keeps per-key state a rewind would contradict.
-    #[error("`{0}` orders by sequence: its stored next numbers would hold back the rewound events; rewinding it is not supported")]
-    Sequence(String),
     /// Redis failed.
     #[error(transparent)]
     Redis(#[from] redis::RedisError),
@@ -51,9 +51,6 @@ impl Runtime {
             .registry
             .get(name)
             .ok_or_else(|| RewindError::Unknown(name.to_string()))?;
-        if sub.spec.ordering == Ordering::Sequence {
-            return Err(RewindError::Sequence(name.to_string()));
-        }
         let after = group_id_before(to_ms);
         let mut conn = self.target.manager().map_err(super::store_to_redis)?;
         let partitions = self.candidates(&sub);

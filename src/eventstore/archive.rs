@@ -4,6 +4,7 @@
 //! that transaction has committed. Delivery does the rest as for any subscription: leases
 //! over the partitions, reading, retries while PostgreSQL is away, lag in the metrics.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -12,6 +13,7 @@ use tokio_postgres::binary_copy::BinaryCopyInWriter;
 
 use super::partitions::{Day, KnownDays};
 use super::rows::{Row, COLUMNS};
+use super::sealing::{Keys, Plain, NONCE_LEN};
 use super::{EventStore, EventStoreError};
 use crate::delivery::transport::{
     Forwarded, Outcome, Presented, Reply, Request, Sending, Subscriber,
@@ -98,6 +100,9 @@ async fn write(
     if rows.is_empty() {
         return Ok(());
     }
+    if store.seals() {
+        seal_rows(store.keys(), &mut rows).await?;
+    }
     let mut client = store.client().await?;
     days.ensure(
         &client,
@@ -130,5 +135,43 @@ async fn write(
     )
     .await?;
     tx.commit().await?;
+    Ok(())
+}
+
+/// Seals the payload of every row about a data subject, making the keys of subjects new
+/// to the store.
+pub async fn seal_rows(keys: &Keys, rows: &mut [Row]) -> Result<(), EventStoreError> {
+    let ring = {
+        let subjects: BTreeSet<&str> = rows
+            .iter()
+            .flat_map(|r| r.subjects.iter().map(String::as_str))
+            .collect();
+        if subjects.is_empty() {
+            return Ok(());
+        }
+        keys.issue(&subjects).await?
+    };
+    let mut nonces = vec![0u8; NONCE_LEN * rows.len()];
+    getrandom::fill(&mut nonces)
+        .map_err(|e| EventStoreError::Config(format!("no random bytes: {e}")))?;
+    for (row, nonce) in rows.iter_mut().zip(nonces.chunks_exact(NONCE_LEN)) {
+        if row.subjects.is_empty() {
+            continue;
+        }
+        let plain = match (row.payload.take(), row.payload_bytes.take()) {
+            (Some(json), _) => Plain::Json(json.0),
+            (None, Some(bytes)) => Plain::Bytes(bytes),
+            (None, None) => Plain::Bytes(Vec::new()),
+        };
+        let nonce: [u8; NONCE_LEN] = nonce.try_into().unwrap_or_default();
+        row.sealed = Some(
+            ring.seal(&row.subjects, &row.event_id, &plain, nonce)
+                .ok_or_else(|| {
+                    EventStoreError::Config(
+                        "a subject's key was erased while its event was archived".into(),
+                    )
+                })?,
+        );
+    }
     Ok(())
 }

@@ -9,6 +9,7 @@
 //! partitions are made ahead and dropped by age ([`partitions`]).
 
 pub mod archive;
+mod connect;
 pub mod outcomes;
 pub mod partitions;
 pub mod query;
@@ -16,13 +17,14 @@ pub mod replay;
 pub mod restore;
 pub mod rows;
 pub mod schema;
+pub mod sealing;
 pub mod subjects;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool_postgres::Pool;
 use tokio::task::JoinHandle;
 
 use crate::config::EventStoreConfig;
@@ -66,6 +68,10 @@ pub enum EventStoreError {
 /// The event store's connections and state.
 pub struct EventStore {
     pool: Pool,
+    /// The subjects' keys (in their own database or this one).
+    keys: sealing::Keys,
+    /// Whether subjects' payloads are sealed as they are archived.
+    seal: bool,
     subjects: subjects::Subjects,
     ready: AtomicBool,
     max_age: Duration,
@@ -78,25 +84,16 @@ impl EventStore {
         let Some(url) = &config.url else {
             return Ok(None);
         };
-        let pg: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e: tokio_postgres::Error| EventStoreError::Config(e.to_string()))?;
-        let manager = Manager::from_config(
-            pg,
-            tokio_postgres::NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(config.connections)
-            .wait_timeout(Some(Duration::from_secs(10)))
-            .create_timeout(Some(Duration::from_secs(5)))
-            .runtime(deadpool_postgres::Runtime::Tokio1)
-            .build()
-            .map_err(|e| EventStoreError::Config(e.to_string()))?;
+        let tls = connect::Tls::of(config)?;
+        let pool = connect::pool_of(url, config.connections, &tls)?;
+        let keys = match &config.keys_url {
+            Some(keys_url) => connect::pool_of(keys_url, config.connections.min(4), &tls)?,
+            None => pool.clone(),
+        };
         Ok(Some(Arc::new(Self {
             pool,
+            keys: sealing::Keys::new(keys),
+            seal: config.seal_subjects,
             subjects: subjects::Subjects::new(&config.subjects),
             ready: AtomicBool::new(false),
             max_age: config.max_age.get(),
@@ -114,6 +111,16 @@ impl EventStore {
     /// Where each topic's data subject is found.
     pub fn subjects(&self) -> &subjects::Subjects {
         &self.subjects
+    }
+
+    /// The subjects' keys.
+    pub fn keys(&self) -> &sealing::Keys {
+        &self.keys
+    }
+
+    /// Whether subjects' payloads are sealed as they are archived.
+    pub fn seals(&self) -> bool {
+        self.seal
     }
 
     /// Whether the schema has been migrated since start.
@@ -150,6 +157,7 @@ impl EventStore {
     pub async fn prepare(&self) -> Result<i32, EventStoreError> {
         let mut client = self.pool.get().await?;
         let version = schema::migrate(&mut client).await?;
+        self.keys.prepare().await?;
         partitions::maintain(&client, SystemTime::now(), self.max_age, DAYS_AHEAD).await?;
         self.ready.store(true, Ordering::Release);
         Ok(version)

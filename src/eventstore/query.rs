@@ -5,10 +5,13 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio_postgres::types::ToSql;
 
+use super::sealing::{unseal, KeyRing, Plain};
 use super::{EventStore, EventStoreError};
 
 /// Most events in one page.
@@ -142,7 +145,7 @@ pub struct Page {
 
 const COLUMNS: &str = "stored_at, stream, partition, redis_id, event_id, event_type, topic, \
     entity_key, correlation_id, causation_id, service, sequence, event_time, received_at, \
-    format, payload::text, encode(payload_bytes, 'base64'), trace_id, redis_seq";
+    format, payload::text, encode(payload_bytes, 'base64'), trace_id, redis_seq, sealed, subjects";
 
 fn rfc3339(at: SystemTime) -> String {
     humantime::format_rfc3339_micros(at).to_string()
@@ -155,9 +158,30 @@ fn micros(at: SystemTime) -> i64 {
         .min(i64::MAX as u128) as i64
 }
 
-fn event(row: &tokio_postgres::Row) -> StoredEvent {
+fn event(row: &tokio_postgres::Row, ring: &KeyRing) -> StoredEvent {
     let stored_at: SystemTime = row.get(0);
-    let payload: Option<String> = row.get(15);
+    let event_id: String = row.get(4);
+    let event_type: String = row.get(5);
+    let (payload, payload_base64) = match unseal(
+        ring,
+        row.get(19),
+        &row.get::<_, Vec<String>>(20),
+        &event_id,
+        &event_type,
+    ) {
+        None => (
+            row.get::<_, Option<String>>(15)
+                .and_then(|p| RawValue::from_string(p).ok()),
+            row.get(16),
+        ),
+        Some(Plain::Json(json)) => (
+            String::from_utf8(json)
+                .ok()
+                .and_then(|p| RawValue::from_string(p).ok()),
+            None,
+        ),
+        Some(Plain::Bytes(bytes)) => (None, Some(STANDARD.encode(bytes))),
+    };
     let stream: String = row.get(1);
     let partition: i32 = row.get(2);
     let redis_id: String = row.get(3);
@@ -172,8 +196,8 @@ fn event(row: &tokio_postgres::Row) -> StoredEvent {
         stream,
         partition,
         redis_id,
-        event_id: row.get(4),
-        event_type: row.get(5),
+        event_id,
+        event_type,
         topic: row.get(6),
         key: row.get(7),
         correlation_id: row.get(8),
@@ -183,8 +207,8 @@ fn event(row: &tokio_postgres::Row) -> StoredEvent {
         timestamp: row.get::<_, Option<SystemTime>>(12).map(rfc3339),
         received_at: rfc3339(row.get(13)),
         format: row.get(14),
-        payload: payload.and_then(|p| RawValue::from_string(p).ok()),
-        payload_base64: row.get(16),
+        payload,
+        payload_base64,
         trace_id: row.get(17),
     }
 }
@@ -254,7 +278,12 @@ impl EventStore {
             .collect();
         let rows = client.query(&sql, &refs).await?;
         let more = rows.len() > limit;
-        let mut events: Vec<StoredEvent> = rows.iter().take(limit).map(event).collect();
+        let ring = self.ring_of(&rows, 19, 20).await?;
+        let mut events: Vec<StoredEvent> = rows
+            .iter()
+            .take(limit)
+            .map(|row| event(row, &ring))
+            .collect();
         let next = more
             .then(|| {
                 events
@@ -276,7 +305,8 @@ impl EventStore {
                 &[&event_id],
             )
             .await?;
-        self.with_outcomes(&client, rows.iter().map(event).collect())
+        let ring = self.ring_of(&rows, 19, 20).await?;
+        self.with_outcomes(&client, rows.iter().map(|row| event(row, &ring)).collect())
             .await
     }
 
@@ -291,7 +321,8 @@ impl EventStore {
                 &[&correlation_id],
             )
             .await?;
-        self.with_outcomes(&client, rows.iter().map(event).collect())
+        let ring = self.ring_of(&rows, 19, 20).await?;
+        self.with_outcomes(&client, rows.iter().map(|row| event(row, &ring)).collect())
             .await
     }
 

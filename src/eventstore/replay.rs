@@ -12,6 +12,7 @@ use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use tokio_postgres::types::ToSql;
 
+use super::sealing::{unseal, KeyRing, Plain};
 use super::{EventStore, EventStoreError};
 use crate::delivery::replay::send_once;
 use crate::delivery::transport::Outcome;
@@ -24,7 +25,7 @@ use crate::store::replays;
 /// The columns [`row_envelope`] reads.
 pub(super) const ARCHIVED_COLUMNS: &str = "stored_at, stream, partition, redis_id, event_id, \
     event_type, topic, entity_key, correlation_id, service, sequence, received_at, format, \
-    content_type, payload::text, payload_bytes, trace_id, redis_seq";
+    content_type, payload::text, payload_bytes, trace_id, redis_seq, sealed, subjects";
 
 /// Events read from PostgreSQL at a time.
 const PAGE: i64 = 500;
@@ -483,7 +484,8 @@ impl Replays {
             )
             .await
             .map_err(EventStoreError::from)?;
-        Ok(rows.iter().map(row_envelope).collect())
+        let ring = self.store.ring_of(&rows, 18, 19).await?;
+        Ok(rows.iter().map(|row| row_envelope(row, &ring)).collect())
     }
 }
 
@@ -528,20 +530,26 @@ fn micros(at: SystemTime) -> i64 {
 pub(super) type Archived = (i64, String, i32, String, i64, Envelope);
 
 /// An archived row as the envelope it was stored as (its trace continued with a new span).
-pub(super) fn row_envelope(row: &tokio_postgres::Row) -> Archived {
+pub(super) fn row_envelope(row: &tokio_postgres::Row, ring: &KeyRing) -> Archived {
     let stored_at: SystemTime = row.get(0);
     let format = match row.get::<_, &str>(12) {
         "cloudevent" => PayloadFormat::CloudEvent,
         "raw" => PayloadFormat::Raw,
         _ => PayloadFormat::Event,
     };
-    let payload = match (
-        row.get::<_, Option<String>>(14),
-        row.get::<_, Option<Vec<u8>>>(15),
-    ) {
-        (Some(json), _) => json.into_bytes(),
-        (None, Some(bytes)) => bytes,
-        (None, None) => Vec::new(),
+    let event_id: String = row.get(4);
+    let event_type: String = row.get(5);
+    let subjects: Vec<String> = row.get(19);
+    let payload = match unseal(ring, row.get(18), &subjects, &event_id, &event_type) {
+        Some(Plain::Json(bytes) | Plain::Bytes(bytes)) => bytes,
+        None => match (
+            row.get::<_, Option<String>>(14),
+            row.get::<_, Option<Vec<u8>>>(15),
+        ) {
+            (Some(json), _) => json.into_bytes(),
+            (None, Some(bytes)) => bytes,
+            (None, None) => Vec::new(),
+        },
     };
     let traceparent = row
         .get::<_, Option<String>>(16)
@@ -550,8 +558,8 @@ pub(super) fn row_envelope(row: &tokio_postgres::Row) -> Archived {
         .unwrap_or_else(crate::model::trace::new_traceparent);
     let received_at: SystemTime = row.get(11);
     let envelope = Envelope {
-        event_id: row.get(4),
-        event_type: row.get(5),
+        event_id,
+        event_type,
         topic: row.get(6),
         key: row.get(7),
         correlation_id: row.get::<_, Option<String>>(8).unwrap_or_default(),

@@ -113,10 +113,11 @@ pub async fn restore(
             if rows.is_empty() {
                 return Ok::<(), EventStoreError>(());
             }
+            let ring = store.ring_of(&rows, 18, 19).await?;
             // Each partition's entries, in their order.
             let mut by_partition: BTreeMap<String, Vec<(String, Vec<u8>)>> = BTreeMap::new();
             for row in &rows {
-                let (us, stream, partition, redis_id, seq, envelope) = row_envelope(row);
+                let (us, stream, partition, redis_id, seq, envelope) = row_envelope(row, &ring);
                 by_partition
                     .entry(format!("{prefix}:{{{stream}.{partition}}}"))
                     .or_default()

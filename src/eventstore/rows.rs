@@ -33,6 +33,7 @@ pub const COLUMNS: &[(&str, Type)] = &[
     ("payload_bytes", Type::BYTEA),
     ("trace_id", Type::TEXT),
     ("subjects", Type::TEXT_ARRAY),
+    ("sealed", Type::BYTEA),
 ];
 
 /// JSON text written as `jsonb` as it is, without parsing it into a tree first.
@@ -84,11 +85,14 @@ pub struct Row {
     pub trace_id: Option<String>,
     /// The data subjects it is about.
     pub subjects: Vec<String>,
+    /// The payload sealed under its subjects' keys (then `payload` and `payload_bytes`
+    /// are empty).
+    pub sealed: Option<Vec<u8>>,
 }
 
 impl Row {
     /// The values, in [`COLUMNS`] order.
-    pub fn values(&self) -> [&(dyn ToSql + Sync); 21] {
+    pub fn values(&self) -> [&(dyn ToSql + Sync); 22] {
         [
             &self.stored_at,
             &self.stream,
@@ -111,6 +115,7 @@ impl Row {
             &self.payload_bytes,
             &self.trace_id,
             &self.subjects,
+            &self.sealed,
         ]
     }
 
@@ -173,6 +178,7 @@ impl Row {
             payload,
             trace_id,
             subjects: about,
+            sealed: None,
             event_id: envelope.event_id,
         }
     }

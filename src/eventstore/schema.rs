@@ -62,6 +62,12 @@ CREATE INDEX evr_outcomes_event_id ON evr_outcomes (event_id, at);
 CREATE INDEX evr_outcomes_at ON evr_outcomes USING brin (at);
 "#,
     ),
+    (
+        3,
+        r#"
+ALTER TABLE evr_events ADD COLUMN sealed bytea;
+"#,
+    ),
 ];
 
 /// Key of the advisory lock migrations hold (any constant shared by all instances).

@@ -6,6 +6,10 @@
 
 use serde_json::{json, Value};
 
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+
+use super::sealing::{unseal, Plain};
 use super::{EventStore, EventStoreError};
 use crate::config::SubjectConfig;
 use crate::delivery::Runtime;
@@ -81,6 +85,9 @@ impl Subjects {
 /// How many copies of a subject's events an erasure touched.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Erased {
+    /// Keys deleted (1 when the subject's events were sealed): every sealed copy,
+    /// backups included, is unreadable from then on.
+    pub keys: u64,
     /// Rows of the event store redacted.
     pub event_store: u64,
     /// Stream entries deleted from Redis.
@@ -152,20 +159,34 @@ pub async fn export(
     let client = store.client().await?;
     let rows = client
         .query(
-            "SELECT event_id, topic, stored_at, payload::text, encode(payload_bytes, 'base64')
+            "SELECT event_id, topic, stored_at, payload::text, encode(payload_bytes, 'base64'),
+                    sealed, subjects, event_type
                FROM evr_events WHERE subjects @> ARRAY[$1] ORDER BY stored_at",
             &[&subject],
         )
         .await?;
+    let ring = store.ring_of(&rows, 5, 6).await?;
     for row in rows {
-        let payload: Option<String> = row.get(3);
-        let event = payload
-            .and_then(|p| serde_json::from_str::<Value>(&p).ok())
-            .unwrap_or_else(|| json!({ "base64": row.get::<_, Option<String>>(4) }));
+        let event_id: String = row.get(0);
+        let opened = unseal(
+            &ring,
+            row.get(5),
+            &row.get::<_, Vec<String>>(6),
+            &event_id,
+            row.get(7),
+        );
+        let event = match opened {
+            Some(Plain::Json(json)) => serde_json::from_slice(&json).unwrap_or(Value::Null),
+            Some(Plain::Bytes(bytes)) => json!({ "base64": STANDARD.encode(bytes) }),
+            None => row
+                .get::<_, Option<String>>(3)
+                .and_then(|p| serde_json::from_str::<Value>(&p).ok())
+                .unwrap_or_else(|| json!({ "base64": row.get::<_, Option<String>>(4) })),
+        };
         let stored_at: std::time::SystemTime = row.get(2);
         let line = json!({
             "source": "event_store",
-            "event_id": row.get::<_, String>(0),
+            "event_id": event_id,
             "topic": row.get::<_, String>(1),
             "stored_at": humantime::format_rfc3339_micros(stored_at).to_string(),
             "event": event,
@@ -207,11 +228,14 @@ pub async fn erase(
     subject: &str,
 ) -> Result<Erased, EventStoreError> {
     let client = store.client().await?;
+    // The key first: from here on no copy of a sealed payload opens, wherever it is.
+    let keys = store.keys().shred(subject).await?;
     let redacted = client
         .execute(
             "UPDATE evr_events
                 SET payload = jsonb_build_object('erased', true, 'event_id', event_id, 'event_type', event_type),
                     payload_bytes = NULL,
+                    sealed = NULL,
                     subjects = '{}',
                     entity_key = CASE WHEN entity_key = $1 THEN 'erased' ELSE entity_key END,
                     correlation_id = CASE WHEN correlation_id = $1 THEN 'erased' ELSE correlation_id END
@@ -225,6 +249,7 @@ pub async fn erase(
     })
     .await?;
     let mut erased = Erased {
+        keys,
         event_store: redacted,
         ..Erased::default()
     };
@@ -252,6 +277,7 @@ pub async fn erase(
     export(store, delivery, subjects, subject, tx).await?;
     erased.remaining = counting.await.unwrap_or(0);
     tracing::info!(
+        keys = erased.keys,
         event_store = erased.event_store,
         streams = erased.streams,
         dlqs = erased.dlqs,

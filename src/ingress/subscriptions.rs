@@ -322,11 +322,6 @@ pub async fn rewind(
     match app.delivery.rewind(&name, to_ms).await {
         Ok(rewound) => Ok(Json(rewound).into_response()),
         Err(RewindError::Unknown(_)) => Err(ApiError::unknown_subscription(&name)),
-        Err(err @ RewindError::Sequence(_)) => Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "rewind_unsupported",
-            err.to_string(),
-        )),
         Err(RewindError::Redis(err)) => Err(store_error(err)),
     }
 }

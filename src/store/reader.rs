@@ -84,6 +84,9 @@ pub struct Reader<D> {
     pub stop: watch::Receiver<bool>,
     /// Permits owed for entries read beyond the budget (start at 0).
     pub debt: usize,
+    /// The newest id read as new from each partition (start empty): a read that brings
+    /// an older one means the group was moved back under this reader (a rewind).
+    pub newest: HashMap<Arc<str>, (u64, u64)>,
     /// How long after taking a partition that was not handed over its pending entries
     /// wait before they are claimed (the delivery timeout and a margin).
     pub takeover_wait: Duration,
@@ -204,6 +207,8 @@ impl<D: Dispatch> Reader<D> {
                 }
                 Err(err) if err.code() == Some("NOGROUP") => {
                     tracing::warn!(group = %self.group, "consumer group lost; creating it again");
+                    // Made again from the start: its entries come again on purpose.
+                    self.newest.clear();
                     for key in &keys {
                         if let Err(err) = ensure_group(&mut self.conn, key, &self.group, "0").await
                         {
@@ -308,8 +313,17 @@ impl<D: Dispatch> Reader<D> {
                 continue;
             };
             for (id, raw) in entries {
-                used += 1;
                 let id = String::from_utf8_lossy(&id).into_owned();
+                let at = parse_id(&id);
+                let newest = self.newest.entry(partition.clone()).or_default();
+                if at <= *newest {
+                    // Moved back by a rewind, whose restart of the subscription is coming:
+                    // leave it pending to this consumer, for the restarted reader to claim,
+                    // rather than let this one (with the state of before) act on it.
+                    continue;
+                }
+                *newest = at;
+                used += 1;
                 self.hand_over(&partition, id, raw, 0).await;
             }
         }
@@ -431,4 +445,10 @@ impl<D: Dispatch> Reader<D> {
             })
             .await;
     }
+}
+
+/// `ms-seq` as numbers (0-0 when it does not parse).
+fn parse_id(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
 }

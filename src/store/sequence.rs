@@ -8,9 +8,20 @@ use redis::aio::ConnectionManager;
 pub const SEQUENCE_STATE_TTL: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
 
 /// Where the next expected sequence number of `key` in a partition is kept for a
-/// subscription (same hash tag as the partition).
-pub fn sequence_state_key(partition_key: &str, subscription: &str, key: &str) -> String {
-    format!("{partition_key}:seq:{subscription}:{key}")
+/// subscription (same hash tag as the partition), in the subscription's `generation`: its
+/// count of rewinds. A rewind starts a new generation, so numbers written by deliveries
+/// still running elsewhere at the time of the rewind land in the old one, and the old one
+/// expires with its TTL.
+pub fn sequence_state_key(
+    partition_key: &str,
+    subscription: &str,
+    generation: i64,
+    key: &str,
+) -> String {
+    match generation {
+        0 => format!("{partition_key}:seq:{subscription}:{key}"),
+        n => format!("{partition_key}:seq:{subscription}@{n}:{key}"),
+    }
 }
 
 /// The stored next numbers of `keys` (from [`sequence_state_key`]), in their order; `None`

@@ -189,8 +189,8 @@ pub struct Shard {
     restoring: std::collections::HashMap<Arc<str>, Vec<Delivery>>,
     to_restore: Vec<Arc<str>>,
     restore_in_flight: bool,
-    restored_tx: mpsc::UnboundedSender<Vec<(Arc<str>, Option<u64>)>>,
-    restored_rx: mpsc::UnboundedReceiver<Vec<(Arc<str>, Option<u64>)>>,
+    restored_tx: mpsc::UnboundedSender<Vec<sequence::Restored>>,
+    restored_rx: mpsc::UnboundedReceiver<Vec<sequence::Restored>>,
     offers_since_sweep: u32,
     /// The partitions held at the last ownership change.
     owned_before: Arc<Owned>,

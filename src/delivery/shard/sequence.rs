@@ -105,9 +105,18 @@ impl Shard {
         let take = self.to_restore.len().min(RESTORE_BATCH);
         let lanes: Vec<Arc<str>> = self.to_restore.drain(..take).collect();
         let subscription = self.ctx.sub.spec.name.clone();
+        let generation = self.ctx.sub.rewinds;
+        // After a rewind, also the generation before: a key it knew had events before the
+        // rewind, and starts again at its first rewound event.
         let keys: Vec<String> = lanes
             .iter()
-            .map(|lane| state_key(lane, &subscription))
+            .map(|lane| state_key(lane, &subscription, generation))
+            .chain(
+                lanes
+                    .iter()
+                    .filter(|_| generation > 0)
+                    .map(|lane| state_key(lane, &subscription, generation - 1)),
+            )
             .collect();
         let mut conn = self.ctx.store.clone();
         let done = self.restored_tx.clone();
@@ -142,18 +151,31 @@ impl Shard {
                     }
                 }
             };
-            let _ = done.send(lanes.into_iter().zip(values).collect());
+            let n = lanes.len();
+            let restored = lanes
+                .into_iter()
+                .enumerate()
+                .map(|(i, lane)| {
+                    let before = values.get(n + i).copied().flatten().is_some();
+                    (lane, values.get(i).copied().flatten(), before)
+                })
+                .collect();
+            let _ = done.send(restored);
         });
     }
 
     /// Applies stored next numbers, then offers the events that waited for them.
-    pub(super) fn on_restored(&mut self, restored: Vec<(Arc<str>, Option<u64>)>) {
+    pub(super) fn on_restored(&mut self, restored: Vec<Restored>) {
         self.restore_in_flight = false;
-        for (lane, next) in restored {
+        for (lane, next, rewound) in restored {
             // A key whose partition went away meanwhile has nothing waiting: skip it.
             let Some(waiting) = self.restoring.remove(&lane) else {
                 continue;
             };
+            // A key known before a rewind starts at its first rewound event: the numbers
+            // before the rewind point are not coming again.
+            let first_rewound = waiting.iter().filter_map(|d| d.sequence).min();
+            let next = next.or(first_rewound.filter(|_| rewound));
             if let (Some(next), Some(buffer)) = (next, self.reorder.as_mut()) {
                 buffer.restore(lane.clone(), next, Instant::now());
             }
@@ -204,7 +226,7 @@ impl Shard {
         buffer.touch(lane, Instant::now());
         let op = AckOp::Advance {
             partition: Arc::from(partition),
-            key: state_key(lane, &self.ctx.sub.spec.name),
+            key: state_key(lane, &self.ctx.sub.spec.name, self.ctx.sub.rewinds),
             next,
         };
         if let Err(err) = self.ctx.acks.try_send(op) {
@@ -219,7 +241,7 @@ impl Shard {
         }
         let op = AckOp::Advance {
             partition: Arc::from(partition_of_lane(lane)),
-            key: state_key(lane, &self.ctx.sub.spec.name),
+            key: state_key(lane, &self.ctx.sub.spec.name, self.ctx.sub.rewinds),
             next: done.saturating_add(1),
         };
         if let Err(err) = self.ctx.acks.try_send(op) {
@@ -358,10 +380,15 @@ impl Shard {
     }
 }
 
-/// The Redis key of a lane's next expected number (a lane is `partition \u{1f} key`).
-fn state_key(lane: &str, subscription: &str) -> String {
+/// A key's stored next number read back: the lane, its number in this generation, and
+/// whether the generation before a rewind had one.
+pub(super) type Restored = (Arc<str>, Option<u64>, bool);
+
+/// The Redis key of a lane's next expected number (a lane is `partition \u{1f} key`) in a
+/// generation of the subscription.
+fn state_key(lane: &str, subscription: &str, generation: i64) -> String {
     let (partition, key) = lane.split_once('\u{1f}').unwrap_or((lane, ""));
-    sequence_state_key(partition, subscription, key)
+    sequence_state_key(partition, subscription, generation, key)
 }
 
 /// The partition of a lane.
