@@ -60,14 +60,20 @@ impl Keys {
         Ok(())
     }
 
-    /// The keys of `subjects`, made for those that have none yet. Made keys race safely
-    /// with other instances: the first one written is the one every instance reads.
+    /// The keys of `subjects`, made for those that have none yet (one read when every
+    /// subject has one). Made keys race safely with other instances: the first one
+    /// written is the one every instance reads.
     pub async fn issue(&self, subjects: &BTreeSet<&str>) -> Result<KeyRing, EventStoreError> {
-        if subjects.is_empty() {
-            return Ok(KeyRing::default());
+        let mut ring = self.find(subjects).await?;
+        let missing: Vec<&str> = subjects
+            .iter()
+            .copied()
+            .filter(|s| !ring.0.contains_key(*s))
+            .collect();
+        if missing.is_empty() {
+            return Ok(ring);
         }
-        let names: Vec<&str> = subjects.iter().copied().collect();
-        let mut fresh = vec![0u8; 32 * names.len()];
+        let mut fresh = vec![0u8; 32 * missing.len()];
         getrandom::fill(&mut fresh)
             .map_err(|e| EventStoreError::Config(format!("no random bytes: {e}")))?;
         let fresh: Vec<&[u8]> = fresh.chunks(32).collect();
@@ -79,11 +85,13 @@ impl Keys {
                 "INSERT INTO evr_subject_keys (subject, key)
                  SELECT * FROM unnest($1::text[], $2::bytea[]) ORDER BY 1
                  ON CONFLICT (subject) DO NOTHING",
-                &[&names, &fresh],
+                &[&missing, &fresh],
             )
             .await?;
         drop(client);
-        self.find(subjects).await
+        let made = self.find(&missing.into_iter().collect()).await?;
+        ring.0.extend(made.0);
+        Ok(ring)
     }
 
     /// The keys `subjects` still have.
