@@ -100,6 +100,9 @@ pub enum RunError {
     Evicting(String),
     /// Parts panicked while running: each panic was caught, logged and the part restarted,
     /// but a bug was hit, and the exit status says so.
+    /// A listener could not be opened.
+    #[error("cannot listen: {0}")]
+    Bind(String),
     #[error("parts panicked while running (each was caught and the part restarted): {0}")]
     Panicked(String),
 }
@@ -338,6 +341,22 @@ pub async fn run(
         shutdown.await;
         let _ = begun.send(Some(tokio::time::Instant::now() + budget));
     };
+    let dapr_grpc = match config.dapr.grpc_listen.parse::<std::net::SocketAddr>() {
+        Ok(address) => {
+            let listener = TcpListener::bind(address)
+                .await
+                .map_err(|e| RunError::Bind(format!("dapr.grpc_listen {address}: {e}")))?;
+            let mut stop = deadline.clone();
+            Some(tokio::spawn(ingress::dapr::grpc::serve(
+                listener,
+                state.clone(),
+                async move {
+                    let _ = stop.wait_for(Option::is_some).await;
+                },
+            )))
+        }
+        Err(_) => None,
+    };
     let delivery_stopped = {
         let delivery = delivery.clone();
         tokio::spawn(async move {
@@ -361,6 +380,9 @@ pub async fn run(
     }
 
     sampler.abort();
+    if let Some(dapr_grpc) = dapr_grpc {
+        let _ = dapr_grpc.await;
+    }
     drop(state);
     app_watcher.abort();
     let _ = delivery_stopped.await;

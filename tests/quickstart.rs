@@ -101,6 +101,11 @@ impl Running {
         let output = tempfile::NamedTempFile::new().expect("temp file");
         let child = Command::new(BIN)
             .args(args)
+            // Its own port for the Dapr gRPC API too.
+            .env(
+                "EVR_DAPR__GRPC_LISTEN",
+                format!("\"127.0.0.1:{}\"", free_port()),
+            )
             .stdout(output.reopen().expect("stdout"))
             .stderr(output.reopen().expect("stderr"))
             .spawn()

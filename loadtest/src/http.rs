@@ -117,7 +117,7 @@ pub async fn run(
     for index in 0..connections {
         let rx = rx.clone();
         // Bodies are made at send time when they must be unique or vary by topic.
-        let dapr = args.api == "dapr";
+        let dapr = args.api.starts_with("dapr");
         let source = if sink.is_some() || args.scenario == "seed-mix" || dapr {
             Source::Live(
                 LiveBodies::new(index, (args.keys / connections).max(1)),
@@ -126,9 +126,17 @@ pub async fn run(
         } else {
             Source::Fixed(bodies.clone())
         };
+        let grpc = args.api == "dapr-grpc";
+        let authorities = if grpc {
+            args.grpc.clone()
+        } else {
+            authorities.clone()
+        };
         let target = Target {
-            authorities: authorities.clone(),
             current: index % authorities.len().max(1),
+            authorities,
+            grpc,
+            token: args.token.clone(),
             mix: mix.clone(),
             rng: fastrand::Rng::with_seed(index as u64 + 1),
             dapr,
@@ -236,6 +244,10 @@ struct Target {
     rng: fastrand::Rng,
     /// Publish through the Dapr API.
     dapr: bool,
+    /// Through its gRPC form (`authorities` are then the gRPC APIs).
+    grpc: bool,
+    /// The token, for the gRPC API's `dapr-api-token`.
+    token: Option<String>,
     /// `Authorization` header value, when evrouter needs a token.
     auth: Option<String>,
 }
@@ -258,9 +270,16 @@ async fn worker(
     };
     anyhow::ensure!(!target.authorities.is_empty(), "no evrouter to publish to");
     let mut sender = None;
+    let mut grpc_sender: Option<crate::grpc::GrpcSender> = None;
     while let Ok(job) = rx.recv().await {
         let authority = target.authorities[target.current].clone();
-        if sender.is_none() {
+        if target.grpc {
+            if grpc_sender.is_none() {
+                grpc_sender = crate::grpc::GrpcSender::connect(&authority, target.token.as_deref())
+                    .await
+                    .ok();
+            }
+        } else if sender.is_none() {
             sender = connect(authority.as_str()).await.ok();
         }
         let topic = target.mix.pick(&mut target.rng).to_string();
@@ -283,14 +302,18 @@ async fn worker(
             (true, true) => format!("/v1.0-alpha1/publish/bulk/pubsub/{topic}"),
             (true, false) => format!("/v1.0/publish/pubsub/{topic}?metadata.partitionKey={key}"),
         };
-        let outcome = match sender.as_mut() {
-            Some(s) => send(s, &path, authority.as_str(), target.auth.as_deref(), body).await,
-            None => Err("connect".to_string()),
+        let outcome = match (grpc_sender.as_mut(), sender.as_mut()) {
+            (Some(g), _) => g.send(&topic, body, &key, events > 1).await,
+            (None, Some(s)) => {
+                send(s, &path, authority.as_str(), target.auth.as_deref(), body).await
+            }
+            (None, None) => Err("connect".to_string()),
         };
         let done = Instant::now();
         if !matches!(outcome, Ok(200 | 204 | 400..=499)) {
             // No answer, or one that says to try elsewhere: the next instance.
             sender = None;
+            grpc_sender = None;
             target.current = (target.current + 1) % target.authorities.len();
         }
         // evrouter's API answers 200, Dapr's 204.

@@ -6,6 +6,7 @@ mod bodies;
 mod chaos;
 mod chart;
 mod eventstore;
+mod grpc;
 mod http;
 mod otlp;
 mod progress;
@@ -71,9 +72,14 @@ pub struct Args {
     pub ordering: String,
     /// Which publish API: `evrouter` (`/v1/publish/{topic}`, a batch as a JSON array) or
     /// `dapr` (the Dapr sidecar API: `/v1.0/publish/pubsub/{topic}` for single events,
-    /// bulk publish for batches, each event's key as its `partitionKey`).
-    #[arg(long, default_value = "evrouter", value_parser = ["evrouter", "dapr"])]
+    /// bulk publish for batches, each event's key as its `partitionKey`) or `dapr-grpc`
+    /// (the same through the Dapr runtime API over gRPC: `PublishEvent`,
+    /// `BulkPublishEvent`).
+    #[arg(long, default_value = "evrouter", value_parser = ["evrouter", "dapr", "dapr-grpc"])]
     pub api: String,
+    /// With `--api dapr-grpc` and no `--spawn`: evrouter's gRPC API (`host:port`).
+    #[arg(long, default_value = "127.0.0.1:50001")]
+    pub grpc: Vec<String>,
     /// `single-topic` (every event to `--topic`) or `seed-mix` (the platform's topics in
     /// their documented proportions).
     #[arg(long, default_value = "single-topic", value_parser = ["single-topic", "seed-mix"])]
@@ -181,6 +187,7 @@ async fn main() -> anyhow::Result<()> {
         )
         .await?;
         args.router = system.router.clone();
+        args.grpc = system.grpc_endpoints();
         Some(std::sync::Arc::new(tokio::sync::Mutex::new(system)))
     } else {
         None

@@ -27,6 +27,8 @@ pub struct System {
     durable: bool,
     evrouters: Vec<Child>,
     ports: Vec<u16>,
+    /// Each evrouter's HTTP port and the port of its Dapr gRPC API.
+    grpc: Vec<(u16, u16)>,
     bin: PathBuf,
     env: Vec<(String, String)>,
     dir: TempDir,
@@ -145,12 +147,14 @@ impl System {
             durable,
             evrouters: Vec::new(),
             ports: Vec::new(),
+            grpc: Vec::new(),
             bin,
             env,
             dir,
         };
         for _ in 0..instances.max(1) {
             let port = free_port()?;
+            system.grpc.push((port, free_port()?));
             let child = system.spawn_evrouter(port)?;
             system.evrouters.push(child);
             system.ports.push(port);
@@ -168,12 +172,33 @@ impl System {
         command
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
             .args(["--redis", &format!("redis://127.0.0.1:{}", self.redis_port)])
+            // The Dapr gRPC API on a port of its own, which `--api dapr-grpc` calls.
+            .env(
+                "EVR_DAPR__GRPC_LISTEN",
+                format!("\"127.0.0.1:{}\"", self.grpc_port(port)),
+            )
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
         command
             .spawn()
             .with_context(|| format!("starting {}", self.bin.display()))
+    }
+
+    /// The Dapr gRPC API's port of the evrouter on HTTP `port`.
+    fn grpc_port(&self, port: u16) -> u16 {
+        self.grpc
+            .iter()
+            .find(|(http, _)| *http == port)
+            .map_or(0, |(_, grpc)| *grpc)
+    }
+
+    /// Every evrouter's Dapr gRPC API, as `127.0.0.1:PORT`.
+    pub fn grpc_endpoints(&self) -> Vec<String> {
+        self.grpc
+            .iter()
+            .map(|(_, grpc)| format!("127.0.0.1:{grpc}"))
+            .collect()
     }
 
     /// Number of evrouter instances.

@@ -84,6 +84,9 @@ pub struct DaprConfig {
     pub subscriptions_dir: Option<PathBuf>,
     /// How often apps' subscriptions are read again.
     pub refresh_interval: ConfigDuration,
+    /// Where the Dapr runtime API is served over gRPC (`DAPR_GRPC_PORT` of the apps);
+    /// empty: not served.
+    pub grpc_listen: String,
 }
 
 impl Default for DaprConfig {
@@ -97,6 +100,7 @@ impl Default for DaprConfig {
             apps: Vec::new(),
             subscriptions_dir: None,
             refresh_interval: "30s".into(),
+            grpc_listen: "127.0.0.1:50001".into(),
         }
     }
 }

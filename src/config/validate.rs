@@ -377,6 +377,16 @@ impl Config {
 
     fn validate_dapr(&self, bad: &mut impl FnMut(&str, String)) {
         let dapr = &self.dapr;
+        if !dapr.grpc_listen.is_empty() && dapr.grpc_listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            bad(
+                "dapr.grpc_listen",
+                format!(
+                    "`{}` is not an address like 127.0.0.1:50001 (empty: not served)",
+                    dapr.grpc_listen
+                ),
+            );
+        }
         let mut names = std::collections::HashSet::new();
         for (i, pubsub) in dapr.pubsubs.iter().enumerate() {
             let at = |key: &str| format!("dapr.pubsubs[{i}].{key}");

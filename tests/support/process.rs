@@ -112,6 +112,13 @@ impl RouterProcess {
             .env("NO_COLOR", "1")
             // The tests' subscribers listen on loopback.
             .env("EVR_WEBHOOKS__ALLOW", "[\"127.0.0.0/8\"]")
+            // Many instances run at once: no Dapr gRPC API unless a test sets it.
+            .env(
+                "EVR_DAPR__GRPC_LISTEN",
+                env.iter()
+                    .find(|(k, _)| *k == "EVR_DAPR__GRPC_LISTEN")
+                    .map_or("\"\"", |(_, v)| v),
+            )
             .stdout(output(&log))
             .stderr(output(&log))
             .spawn()

@@ -5,6 +5,7 @@
 
 pub mod apps;
 pub mod error;
+pub mod grpc;
 pub mod publish;
 
 use std::sync::Arc;

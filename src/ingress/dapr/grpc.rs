@@ -1,0 +1,383 @@
+//! The Dapr runtime API over gRPC (`dapr.proto.runtime.v1.Dapr` on `[dapr] grpc_listen`),
+//! the one the Python, Go, .NET and Java SDKs use by default: `PublishEvent`,
+//! `BulkPublishEvent` (and `BulkPublishEventAlpha1`) and `GetMetadata`, with the behaviour
+//! of the HTTP API — the same CloudEvents, metadata, checks, rights and quotas. Every
+//! other method of the service answers UNIMPLEMENTED. The messages are the `dapr` crate's
+//! generated types, decoded and encoded by tonic.
+
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use axum::http::StatusCode;
+use dapr::dapr::proto::runtime::v1 as pb;
+use tonic::metadata::MetadataMap;
+use tonic::server::{Grpc, NamedService};
+use tonic::{Code, Request, Response, Status};
+
+use super::error::DaprError;
+use crate::auth::Principal;
+use crate::ingress::AppState;
+use crate::model::cloudevent;
+use crate::publish::dapr::{Caller, Metadata};
+
+/// The service's full name.
+pub const SERVICE: &str = "dapr.proto.runtime.v1.Dapr";
+
+/// What every method evrouter does not serve answers.
+const PUBSUB_ONLY: &str =
+    "evrouter serves the Dapr pub/sub API only (PublishEvent, BulkPublishEvent, GetMetadata)";
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// The service.
+#[derive(Clone)]
+pub struct DaprGrpc {
+    app: Arc<AppState>,
+}
+
+impl DaprGrpc {
+    /// Serves `app`'s publishers.
+    pub fn new(app: Arc<AppState>) -> Self {
+        Self { app }
+    }
+
+    /// The caller's principal: `dapr-api-token` (as the SDKs send `DAPR_API_TOKEN`) or a
+    /// bearer token.
+    fn principal(&self, metadata: &MetadataMap) -> Result<Arc<Principal>, Status> {
+        let get = |name: &str| metadata.get(name).and_then(|v| v.to_str().ok());
+        let token = get("dapr-api-token").or_else(|| {
+            get("authorization").and_then(|v| {
+                let (scheme, token) = v.trim().split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+            })
+        });
+        self.app
+            .auth
+            .authenticate(token)
+            .map_err(|why| Status::unauthenticated(why.to_string()))
+    }
+
+    async fn publish_event(
+        self,
+        request: Request<pb::PublishEventRequest>,
+    ) -> Result<Response<()>, Status> {
+        let started = Instant::now();
+        let principal = self.principal(request.metadata())?;
+        let caller = caller(request.metadata());
+        let answer = self
+            .publish_one(&principal, &caller, request.into_inner())
+            .await;
+        match &answer {
+            Ok(target) => self.app.metrics.published("dapr", target, started, 1),
+            Err(err) => self.app.metrics.rejected("dapr", err.code),
+        }
+        answer.map(|_| Response::new(())).map_err(status)
+    }
+
+    async fn publish_one(
+        &self,
+        principal: &Principal,
+        caller: &Caller,
+        request: pb::PublishEventRequest,
+    ) -> Result<String, DaprError> {
+        let app = &self.app;
+        let target = self.target(principal, &request.pubsub_name, &request.topic)?;
+        let mut metadata = Metadata::default();
+        Metadata::read(
+            request
+                .metadata
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+            "",
+            &mut metadata,
+        )?;
+        principal
+            .quota
+            .admit(&principal.name, 1, request.data.len())?;
+        let envelope = app.dapr.envelope(
+            (&request.pubsub_name, &request.topic),
+            &request.data,
+            &cloudevent::essence(&request.data_content_type),
+            &metadata,
+            caller,
+            app.publisher.limits().max_depth,
+        )?;
+        app.publisher
+            .publish_envelopes(&target, vec![envelope])
+            .await
+            .map_err(DaprError::from_publish)?;
+        Ok(target)
+    }
+
+    /// The evrouter topic of a Dapr pubsub and topic, if the caller may publish to it.
+    fn target(
+        &self,
+        principal: &Principal,
+        pubsub: &str,
+        topic: &str,
+    ) -> Result<String, DaprError> {
+        let target = self.app.dapr.target(pubsub, topic)?;
+        principal.may_publish(&target).map_err(|denied| {
+            DaprError::new(StatusCode::FORBIDDEN, "ERR_PUBSUB_FORBIDDEN", denied.0)
+        })?;
+        Ok(target)
+    }
+
+    async fn bulk_publish(
+        self,
+        request: Request<pb::BulkPublishRequest>,
+    ) -> Result<Response<pb::BulkPublishResponse>, Status> {
+        let started = Instant::now();
+        let principal = self.principal(request.metadata())?;
+        let caller = caller(request.metadata());
+        let answer = self
+            .publish_many(&principal, &caller, request.into_inner())
+            .await;
+        match &answer {
+            Ok((target, stored, _)) => self.app.metrics.published("dapr", target, started, *stored),
+            Err(err) => self.app.metrics.rejected("dapr", err.code),
+        }
+        answer
+            .map(|(_, _, failed)| Response::new(failed))
+            .map_err(status)
+    }
+
+    /// Stores a bulk publish: the evrouter topic, how many were stored, and the entries
+    /// that were not (an entry that cannot be made an event fails alone, as in Dapr; a
+    /// store that takes none is an error of the whole call, never an OK).
+    async fn publish_many(
+        &self,
+        principal: &Principal,
+        caller: &Caller,
+        request: pb::BulkPublishRequest,
+    ) -> Result<(String, usize, pb::BulkPublishResponse), DaprError> {
+        let app = &self.app;
+        let (pubsub, topic) = (&request.pubsub_name, &request.topic);
+        let target = self.target(principal, pubsub, topic)?;
+        let mut shared = Metadata::default();
+        Metadata::read(
+            request
+                .metadata
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+            "",
+            &mut shared,
+        )?;
+        let limits = app.publisher.limits();
+        if request.entries.len() > limits.max_batch {
+            return Err(DaprError::bad_bulk(format!(
+                "{} entries exceed the limit of {}",
+                request.entries.len(),
+                limits.max_batch
+            )));
+        }
+        let bytes = request.entries.iter().map(|e| e.event.len()).sum();
+        principal
+            .quota
+            .admit(&principal.name, request.entries.len(), bytes)?;
+        let mut seen = HashSet::new();
+        for (i, entry) in request.entries.iter().enumerate() {
+            if entry.entry_id.is_empty() || !seen.insert(entry.entry_id.as_str()) {
+                return Err(DaprError::bad_bulk(format!(
+                    "entries[{i}].entry_id `{}` is empty or used twice",
+                    entry.entry_id
+                )));
+            }
+        }
+        let mut failed = Vec::new();
+        let mut envelopes = Vec::with_capacity(request.entries.len());
+        let mut stored_ids = Vec::with_capacity(request.entries.len());
+        for entry in &request.entries {
+            let mut metadata = shared.clone();
+            let made = Metadata::read(
+                entry.metadata.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+                "",
+                &mut metadata,
+            )
+            .map_err(DaprError::from)
+            .and_then(|()| {
+                Ok(app.dapr.envelope(
+                    (pubsub, topic),
+                    &entry.event,
+                    &cloudevent::essence(&entry.content_type),
+                    &metadata,
+                    caller,
+                    limits.max_depth,
+                )?)
+            });
+            match made {
+                Ok(envelope) => {
+                    envelopes.push(envelope);
+                    stored_ids.push(entry.entry_id.clone());
+                }
+                Err(err) => failed.push(pb::BulkPublishResponseFailedEntry {
+                    entry_id: entry.entry_id.clone(),
+                    error: err.message,
+                }),
+            }
+        }
+        let stored = stored_ids.len();
+        if stored > 0 {
+            app.publisher
+                .publish_envelopes(&target, envelopes)
+                .await
+                .map_err(DaprError::from_publish)?;
+        }
+        Ok((
+            target,
+            stored,
+            pb::BulkPublishResponse {
+                failed_entries: failed,
+            },
+        ))
+    }
+
+    async fn get_metadata(
+        self,
+        request: Request<pb::GetMetadataRequest>,
+    ) -> Result<Response<pb::GetMetadataResponse>, Status> {
+        self.principal(request.metadata())?;
+        let registered_components = self
+            .app
+            .dapr
+            .pubsub_names()
+            .into_iter()
+            .map(|name| pb::RegisteredComponents {
+                name,
+                r#type: "pubsub.evrouter".into(),
+                version: "v1".into(),
+                capabilities: vec!["BULK_PUBLISH".into()],
+            })
+            .collect();
+        Ok(Response::new(pb::GetMetadataResponse {
+            id: "evrouter".into(),
+            runtime_version: format!("evrouter/{}", env!("CARGO_PKG_VERSION")),
+            registered_components,
+            ..Default::default()
+        }))
+    }
+}
+
+/// Who publishes, from the call's metadata.
+fn caller(metadata: &MetadataMap) -> Caller {
+    let get = |name: &str| {
+        metadata
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    Caller {
+        app_id: get("dapr-app-id"),
+        traceparent: get("traceparent"),
+        tracestate: get("tracestate"),
+    }
+}
+
+/// The gRPC status of an error of the Dapr API: the codes Dapr answers, with Dapr's error
+/// code in front of the message.
+fn status(err: DaprError) -> Status {
+    let code = match (err.status, err.code) {
+        (_, "ERR_PUBSUB_NOT_FOUND") => Code::NotFound,
+        (StatusCode::FORBIDDEN, _) => Code::PermissionDenied,
+        (StatusCode::UNAUTHORIZED, _) => Code::Unauthenticated,
+        (StatusCode::TOO_MANY_REQUESTS, _) => Code::ResourceExhausted,
+        (StatusCode::INTERNAL_SERVER_ERROR | StatusCode::SERVICE_UNAVAILABLE, _) => {
+            Code::Unavailable
+        }
+        (StatusCode::INSUFFICIENT_STORAGE, _) => Code::ResourceExhausted,
+        _ => Code::InvalidArgument,
+    };
+    Status::new(code, format!("{}: {}", err.code, err.message))
+}
+
+/// One unary method: decodes the request, calls `handle`, encodes its answer.
+async fn unary<Req, Res, B, F, Fut>(
+    max_bytes: usize,
+    request: axum::http::Request<B>,
+    handle: F,
+) -> axum::http::Response<tonic::body::Body>
+where
+    Req: prost::Message + Default + Send + 'static,
+    Res: prost::Message + Send + 'static,
+    B: tonic::codegen::Body + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError> + Send + 'static,
+    F: FnOnce(Request<Req>) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<Response<Res>, Status>> + Send + 'static,
+{
+    let mut handle = Some(handle);
+    let service = tower::service_fn(move |request: Request<Req>| {
+        let handle = handle.take();
+        async move {
+            match handle {
+                Some(handle) => handle(request).await,
+                None => Err(Status::internal("called twice")),
+            }
+        }
+    });
+    let mut grpc = Grpc::new(tonic_prost::ProstCodec::<Res, Req>::default())
+        .max_decoding_message_size(max_bytes);
+    grpc.unary(service, request).await
+}
+
+impl<B> tower::Service<axum::http::Request<B>> for DaprGrpc
+where
+    B: tonic::codegen::Body + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError> + Send + 'static,
+{
+    type Response = axum::http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: axum::http::Request<B>) -> Self::Future {
+        let this = self.clone();
+        // Room for a bulk of the largest bodies the HTTP API takes.
+        let max = self.app.max_body_bytes.saturating_mul(2).max(4 << 20);
+        let method = request
+            .uri()
+            .path()
+            .rsplit_once('/')
+            .map_or("", |(_, m)| m)
+            .to_string();
+        Box::pin(async move {
+            Ok(match method.as_str() {
+                "PublishEvent" => unary(max, request, |r| this.publish_event(r)).await,
+                "BulkPublishEvent" | "BulkPublishEventAlpha1" => {
+                    unary(max, request, |r| this.bulk_publish(r)).await
+                }
+                "GetMetadata" => unary(max, request, |r| this.get_metadata(r)).await,
+                _ => Status::unimplemented(PUBSUB_ONLY).into_http(),
+            })
+        })
+    }
+}
+
+impl NamedService for DaprGrpc {
+    const NAME: &'static str = SERVICE;
+}
+
+/// Serves the service on `listener` until `shutdown`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Arc<AppState>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let address = listener.local_addr().ok();
+    tracing::info!(listen = ?address, "Dapr gRPC API serving");
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    if let Err(err) = tonic::transport::Server::builder()
+        .add_service(DaprGrpc::new(app))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+    {
+        tracing::error!(error = %err, "Dapr gRPC API stopped");
+    }
+}

@@ -1,0 +1,169 @@
+//! evrouter's Dapr runtime API over gRPC, driven by the real Dapr Python SDK
+//! (`tests/dapr-py`, pinned in its requirements): `DaprClient` publishes single events
+//! (JSON, text with metadata, a raw payload) and a bulk, and meets evrouter's refusals with
+//! Dapr's status codes; what was answered OK is in Redis, what was refused is not. Needs
+//! Python 3 with venv; the SDK is installed into `tests/dapr-py/.venv` when missing.
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::Value;
+use support::dapr_app::stored_on;
+use support::{
+    free_port, hash_token, test_config, AuthConfig, AuthMode, PayloadFormat, PrincipalConfig,
+    RedisServer, TestRouter,
+};
+
+const TOKEN: &str = "python-service-token";
+
+fn sdk_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/dapr-py")
+}
+
+/// The venv's Python, made and filled from the pinned requirements when missing.
+async fn python() -> PathBuf {
+    let dir = sdk_dir();
+    let python = dir.join(".venv/bin/python");
+    if python.exists() {
+        return python;
+    }
+    let made = tokio::process::Command::new("python3")
+        .args(["-m", "venv", ".venv"])
+        .current_dir(&dir)
+        .status()
+        .await
+        .expect("python3 must be installed to run the Dapr Python SDK test");
+    assert!(
+        made.success(),
+        "python3 -m venv failed in {}",
+        dir.display()
+    );
+    let installed = tokio::process::Command::new(dir.join(".venv/bin/pip"))
+        .args(["install", "--quiet", "-r", "requirements.txt"])
+        .current_dir(&dir)
+        .status()
+        .await
+        .expect("pip");
+    assert!(
+        installed.success(),
+        "pip install failed in {}",
+        dir.display()
+    );
+    python
+}
+
+/// Runs a script of `tests/dapr-py` against evrouter; its last JSON line.
+async fn run_script(script: &str, env: &[(&str, String)]) -> Value {
+    let python = python().await;
+    let child = tokio::process::Command::new(python)
+        .arg(script)
+        .current_dir(sdk_dir())
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .env("DAPR_HEALTH_TIMEOUT", "20")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the venv's python");
+    let output = tokio::time::timeout(Duration::from_secs(90), child.wait_with_output())
+        .await
+        .expect("the SDK script did not finish within 90 s")
+        .expect("python output");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "{script} failed\nstdout: {stdout}\nstderr: {stderr}"
+    );
+    stdout
+        .lines()
+        .rev()
+        .find_map(|line| serde_json::from_str(line).ok())
+        .unwrap_or_else(|| panic!("a JSON summary line\nstdout: {stdout}\nstderr: {stderr}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dapr_python_sdk_publishes_over_grpc_and_meets_daprs_status_codes() {
+    let redis = RedisServer::start();
+    let grpc_port = free_port();
+    let mut config = test_config(&redis);
+    config.dapr.grpc_listen = format!("127.0.0.1:{grpc_port}");
+    config.auth = AuthConfig {
+        mode: AuthMode::Token,
+        principals: vec![PrincipalConfig {
+            name: "python-service".into(),
+            token_sha256: Some(hash_token(TOKEN)),
+            publish: vec!["orders".into(), "raw".into(), "bulk".into()],
+            ..PrincipalConfig::default()
+        }],
+        ..AuthConfig::default()
+    };
+    let router = TestRouter::start(config).await;
+    let http_port = router.base.rsplit(':').next().expect("port").to_string();
+    let env = [
+        ("DAPR_HTTP_PORT", http_port.clone()),
+        ("DAPR_GRPC_PORT", grpc_port.to_string()),
+        ("DAPR_API_TOKEN", TOKEN.to_string()),
+    ];
+    let seen = run_script("publish.py", &env).await;
+    eprintln!("{seen}");
+    assert_eq!(seen["published"], 3, "{seen}");
+    assert_eq!(seen["bulk_failed"], serde_json::json!([]), "{seen}");
+    let refused = &seen["refused"];
+    assert_eq!(refused["unknown_pubsub"], "NOT_FOUND", "{seen}");
+    assert_eq!(refused["empty_topic"], "INVALID_ARGUMENT", "{seen}");
+    assert_eq!(refused["bad_ttl"], "INVALID_ARGUMENT", "{seen}");
+    assert_eq!(refused["forbidden_topic"], "PERMISSION_DENIED", "{seen}");
+    assert_eq!(refused["get_state"], "UNIMPLEMENTED", "{seen}");
+
+    // What was answered OK is stored, as the HTTP API stores it.
+    let orders = stored_on(&redis, "orders");
+    assert_eq!(orders.len(), 2, "the refused publishes stored nothing");
+    let events: Vec<Value> = orders
+        .iter()
+        .map(|e| serde_json::from_slice(&e.payload).expect("json"))
+        .collect();
+    assert!(orders.iter().all(|e| e.format == PayloadFormat::CloudEvent));
+    let json_event = events
+        .iter()
+        .find(|e| e["data"]["order_id"] == "ord-py-1")
+        .expect("the JSON event");
+    assert_eq!(json_event["type"], "com.dapr.event.sent");
+    assert_eq!(json_event["datacontenttype"], "application/json");
+    assert_eq!(json_event["pubsubname"], "pubsub");
+    assert_eq!(json_event["topic"], "orders");
+    let noted = orders
+        .iter()
+        .zip(&events)
+        .find(|(_, e)| e["id"] == "py-fixed-id")
+        .expect("the event with metadata");
+    assert_eq!(noted.1["type"], "order.noted");
+    assert_eq!(noted.1["data"], "hello from python");
+    assert_eq!(noted.0.key, "ord-py-2", "partitionKey is the key");
+    let ttl = noted.0.expires_us.expect("ttlInSeconds is an expiry") - noted.0.received_us;
+    assert_eq!(ttl, 120_000_000);
+    let raw = stored_on(&redis, "raw");
+    assert_eq!(raw.len(), 1);
+    assert_eq!(raw[0].format, PayloadFormat::Raw);
+    assert_eq!(raw[0].payload, vec![9u8, 8, 7]);
+    let bulk = stored_on(&redis, "bulk");
+    assert_eq!(bulk.len(), 5, "every bulk entry stored");
+    assert!(bulk.iter().all(|e| e.key == "bulk-key"));
+    assert!(stored_on(&redis, "secret").is_empty());
+
+    // Without the token: UNAUTHENTICATED, nothing stored.
+    let seen = run_script(
+        "publish.py",
+        &[
+            ("DAPR_HTTP_PORT", http_port),
+            ("DAPR_GRPC_PORT", grpc_port.to_string()),
+        ],
+    )
+    .await;
+    assert_eq!(seen["first_error"], "UNAUTHENTICATED", "{seen}");
+    assert_eq!(stored_on(&redis, "orders").len(), 2);
+    router.stop().await.expect("stop");
+}
