@@ -11,10 +11,10 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::dapr_app::stored_on;
+use support::dapr_app::{dapr_publish_ok, stored_on};
 use support::{
-    free_port, hash_token, test_config, AuthConfig, AuthMode, PayloadFormat, PrincipalConfig,
-    RedisServer, TestRouter,
+    eventually, free_port, hash_token, test_config, AppProtocol, AuthConfig, AuthMode,
+    DaprAppConfig, PayloadFormat, PrincipalConfig, RedisServer, RouterApi, TestRouter,
 };
 
 const TOKEN: &str = "python-service-token";
@@ -165,5 +165,128 @@ async fn the_dapr_python_sdk_publishes_over_grpc_and_meets_daprs_status_codes() 
     .await;
     assert_eq!(seen["first_error"], "UNAUTHENTICATED", "{seen}");
     assert_eq!(stored_on(&redis, "orders").len(), 2);
+    router.stop().await.expect("stop");
+}
+
+/// The last results the app wrote.
+fn results(path: &std::path::Path) -> Value {
+    std::fs::read(path)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or(Value::Null)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dapr_ext_grpc_app_gets_its_events_over_grpc_with_retry_drop_and_dead_letters() {
+    let python = python().await;
+    let redis = RedisServer::start();
+    let app_port = free_port();
+    let file = tempfile::NamedTempFile::new().expect("results file");
+    let results_path = file.path().to_path_buf();
+    let _app = tokio::process::Command::new(python)
+        .arg("app.py")
+        .current_dir(sdk_dir())
+        .env("APP_PORT", app_port.to_string())
+        .env("RESULTS", &results_path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the app");
+    let mut config = test_config(&redis);
+    config.dapr.apps = vec![DaprAppConfig {
+        id: "py-grpc-app".into(),
+        url: format!("http://127.0.0.1:{app_port}"),
+        protocol: AppProtocol::Grpc,
+        max_attempts: 3,
+        retry_initial_ms: 50,
+        ..DaprAppConfig::default()
+    }];
+    config.dapr.refresh_interval = "1s".into();
+    let router = TestRouter::start(config).await;
+    // Its subscriptions are read with ListTopicSubscriptions once it serves.
+    eventually(Duration::from_secs(30), async || {
+        let subs = router.get_json("/v1/subscriptions").await;
+        let n = subs.as_array().map_or(0, |s| {
+            s.iter()
+                .filter(|s| {
+                    s["name"]
+                        .as_str()
+                        .is_some_and(|n| n.starts_with("dapr-py-grpc-app"))
+                })
+                .count()
+        });
+        if n == 5 {
+            Ok(())
+        } else {
+            Err(format!("{n} subscriptions: {subs}"))
+        }
+    })
+    .await;
+    let publish = |topic: &'static str, body: &'static str, query: &'static str| {
+        let router = &router;
+        async move {
+            dapr_publish_ok(
+                router,
+                &format!("/v1.0/publish/pubsub/{topic}{query}"),
+                "application/json",
+                body,
+            )
+            .await
+        }
+    };
+    publish("orders", r#"{"order_id":"ord-g1"}"#, "").await;
+    publish(
+        "orders",
+        r#"{"order_id":"ord-g2"}"#,
+        "?metadata.cloudevent.type=order.express",
+    )
+    .await;
+    publish("flaky", r#"{"n":1}"#, "").await;
+    publish("poison", r#"{"n":2}"#, "").await;
+    publish("doomed", r#"{"n":3}"#, "").await;
+    eventually(Duration::from_secs(60), async || {
+        let got = results(&results_path);
+        let count = |k: &str| got[k].as_array().map_or(0, Vec::len);
+        let done = count("orders") == 1
+            && count("express") == 1
+            && count("flaky") == 3
+            && count("poison") == 1
+            && count("doomed") == 3
+            && count("dead") == 1;
+        if done {
+            Ok(())
+        } else {
+            Err(format!("{got}"))
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let got = results(&results_path);
+    assert_eq!(got["orders"][0]["data"]["order_id"], "ord-g1", "{got}");
+    assert_eq!(
+        got["express"][0]["data"]["order_id"], "ord-g2",
+        "the rule's route: {got}"
+    );
+    assert_eq!(got["express"][0]["type"], "order.express", "{got}");
+    assert_eq!(
+        got["flaky"].as_array().map(Vec::len),
+        Some(3),
+        "RETRY twice, then SUCCESS: {got}"
+    );
+    assert_eq!(
+        got["poison"].as_array().map(Vec::len),
+        Some(1),
+        "DROP is not retried: {got}"
+    );
+    assert_eq!(
+        got["doomed"].as_array().map(Vec::len),
+        Some(3),
+        "max_attempts: {got}"
+    );
+    assert_eq!(
+        got["dead"][0]["data"]["n"], 3,
+        "then the dead-letter topic: {got}"
+    );
     router.stop().await.expect("stop");
 }

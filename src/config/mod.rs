@@ -135,6 +135,20 @@ pub struct DaprAppConfig {
     /// An environment variable holding the app's API token (Dapr's `APP_API_TOKEN`), sent
     /// as `dapr-api-token` with every request to the app.
     pub app_api_token_env: Option<String>,
+    /// How the app is called: `http` (`/dapr/subscribe` and routes) or `grpc` (the
+    /// `AppCallback` service at `url`, e.g. `http://127.0.0.1:50051`).
+    pub protocol: AppProtocol,
+}
+
+/// How a Dapr app is called.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AppProtocol {
+    /// HTTP: `GET /dapr/subscribe`, events POSTed to routes.
+    #[default]
+    Http,
+    /// gRPC: `ListTopicSubscriptions`, `OnTopicEvent`, `OnBulkTopicEvent`.
+    Grpc,
 }
 
 impl Default for DaprAppConfig {
@@ -145,6 +159,7 @@ impl Default for DaprAppConfig {
             max_attempts: 5,
             retry_initial_ms: 100,
             app_api_token_env: None,
+            protocol: AppProtocol::Http,
         }
     }
 }

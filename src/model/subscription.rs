@@ -101,6 +101,8 @@ pub struct DaprTarget {
     pub raw_payload: bool,
     /// Where events that exhaust their attempts are published, besides the DLQ.
     pub dead_letter_topic: Option<String>,
+    /// The app speaks gRPC (`AppCallback`) rather than HTTP.
+    pub grpc: bool,
 }
 
 impl Default for SubscriptionSpec {
@@ -434,9 +436,12 @@ impl SubscriptionSpec {
             bad("/breaker/probes", "must be between 1 and 100".into());
         }
         if let Some(target) = &spec.dapr {
-            // A route must join the app's URL into a URL.
+            // An HTTP app's route must join the app's URL into a URL; a gRPC app's is sent
+            // as the request's `path`, as the app listed it.
             let route_ok = |path: &str| {
-                path.starts_with('/') && format!("http://app{path}").parse::<hyper::Uri>().is_ok()
+                target.grpc
+                    || (path.starts_with('/')
+                        && format!("http://app{path}").parse::<hyper::Uri>().is_ok())
             };
             for (i, rule) in target.rules.iter().enumerate() {
                 if !route_ok(&rule.path) {

@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use xxhash_rust::xxh3::xxh3_64;
 
-use crate::config::DaprAppConfig;
+use crate::config::{AppProtocol, DaprAppConfig};
 use crate::delivery::subscription::Subscription;
 use crate::delivery::Runtime;
 use crate::model::subscription::{
@@ -70,6 +70,43 @@ struct BulkSubscribe {
     max_messages_count: Option<usize>,
     #[serde(default)]
     max_await_duration_ms: Option<u64>,
+}
+
+impl From<dapr::dapr::proto::runtime::v1::TopicSubscription> for SubscribeEntry {
+    /// A gRPC app's subscription, as the same entry `/dapr/subscribe` lists.
+    fn from(listed: dapr::dapr::proto::runtime::v1::TopicSubscription) -> Self {
+        Self {
+            pubsubname: listed.pubsub_name,
+            topic: listed.topic,
+            route: None,
+            routes: listed.routes.map(|routes| Routes {
+                rules: routes
+                    .rules
+                    .into_iter()
+                    .map(|r| Rule {
+                        matches: r.r#match,
+                        path: r.path,
+                    })
+                    .collect(),
+                default: Some(routes.default),
+            }),
+            metadata: listed
+                .metadata
+                .into_iter()
+                .map(|(k, v)| (k, Value::String(v)))
+                .collect(),
+            dead_letter_topic: Some(listed.dead_letter_topic),
+            bulk_subscribe: listed.bulk_subscribe.map(|b| BulkSubscribe {
+                enabled: b.enabled,
+                max_messages_count: usize::try_from(b.max_messages_count)
+                    .ok()
+                    .filter(|n| *n > 0),
+                max_await_duration_ms: u64::try_from(b.max_await_duration_ms)
+                    .ok()
+                    .filter(|n| *n > 0),
+            }),
+        }
+    }
 }
 
 /// A declarative subscription file (`dapr.io/v1alpha1` or `v2alpha1`, kind
@@ -130,7 +167,9 @@ fn read_declarative(dir: &std::path::Path) -> Vec<Declarative> {
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     /// The app did not answer.
-    #[error("app {app} did not answer GET /dapr/subscribe: {why}")]
+    #[error(
+        "app {app} did not answer GET /dapr/subscribe (ListTopicSubscriptions over gRPC): {why}"
+    )]
     Unreachable {
         /// The app id.
         app: String,
@@ -337,6 +376,16 @@ impl AppSubscriptions {
             app: app.id.clone(),
             why,
         };
+        if app.protocol == AppProtocol::Grpc {
+            let channel = super::grpc::AppChannel::new(app.url.trim_end_matches('/'))
+                .ok_or_else(|| unreachable(format!("`{}` is not a URL", app.url)))?;
+            let token = self.app_tokens.get(&app.id).map(|t| &**t);
+            let listed = channel
+                .subscriptions(Duration::from_secs(5), token)
+                .await
+                .map_err(unreachable)?;
+            return Ok((listed.into_iter().map(SubscribeEntry::from).collect(), true));
+        }
         let uri: hyper::Uri = format!("{}/dapr/subscribe", app.url.trim_end_matches('/'))
             .parse()
             .map_err(|e: hyper::http::uri::InvalidUri| unreachable(e.to_string()))?;
@@ -395,6 +444,15 @@ impl AppSubscriptions {
             .api
             .target(&entry.pubsubname, &entry.topic)
             .map_err(|e| e.to_string())?;
+        // A gRPC app's paths are sent as it listed them; an HTTP app's are URL paths.
+        let grpc = app.protocol == AppProtocol::Grpc;
+        let path = |p: &str| {
+            if grpc {
+                p.to_string()
+            } else {
+                leading_slash(p)
+            }
+        };
         let (rules, mut default_path) = match entry.routes {
             Some(routes) => (
                 routes
@@ -402,21 +460,20 @@ impl AppSubscriptions {
                     .into_iter()
                     .map(|r| RouteRule {
                         matches: r.matches,
-                        path: leading_slash(&r.path),
+                        path: path(&r.path),
                     })
                     .collect(),
-                routes
-                    .default
-                    .filter(|d| !d.is_empty())
-                    .map(|d| leading_slash(&d)),
+                routes.default.filter(|d| !d.is_empty()).map(|d| path(&d)),
             ),
             None => (Vec::new(), None),
         };
         if default_path.is_none() {
-            default_path = entry
-                .route
-                .filter(|r| !r.is_empty())
-                .map(|r| leading_slash(&r));
+            default_path = entry.route.filter(|r| !r.is_empty()).map(|r| path(&r));
+        }
+        if grpc && default_path.is_none() {
+            // As daprd: no default route is the empty path, which the app's handler of
+            // the topic answers.
+            default_path = Some(String::new());
         }
         let raw_payload = entry.metadata.get("rawPayload").is_some_and(|v| match v {
             Value::Bool(b) => *b,
@@ -460,6 +517,7 @@ impl AppSubscriptions {
                 default_path,
                 raw_payload,
                 dead_letter_topic,
+                grpc,
             }),
             ..SubscriptionSpec::default()
         })

@@ -7,6 +7,7 @@ pub mod apps;
 pub mod breaker;
 pub mod dapr;
 pub mod endpoints;
+pub mod grpc;
 pub mod guard;
 pub mod signature;
 pub mod subscriber;

@@ -78,6 +78,13 @@ impl Connector for Webhooks {
                 .dapr
                 .as_ref()
                 .and_then(|d| self.app_tokens.get(&d.app_id).cloned()),
+            grpc: sub.spec.dapr.as_ref().filter(|d| d.grpc).map(|_| {
+                sub.spec
+                    .endpoints
+                    .iter()
+                    .map(|url| super::grpc::AppChannel::new(url))
+                    .collect()
+            }),
         })
     }
 }
@@ -92,9 +99,58 @@ struct Webhook {
     forwards: Option<mpsc::Sender<Forward>>,
     /// A Dapr app's API token.
     app_token: Option<Arc<str>>,
+    /// A gRPC app's channels, by endpoint.
+    grpc: Option<Vec<Option<super::grpc::AppChannel>>>,
 }
 
 impl Webhook {
+    /// Sends to a gRPC app: one event with `OnTopicEvent`, a bulk with `OnBulkTopicEvent`.
+    fn send_grpc(
+        &self,
+        channel: Option<super::grpc::AppChannel>,
+        target: &crate::model::subscription::DaprTarget,
+        endpoint: usize,
+        request: Request,
+    ) -> Sending {
+        let n = request.items.len();
+        let Some(channel) = channel else {
+            let reason = Outcome::Retry(format!("endpoint {endpoint} is not a gRPC URL"));
+            return Box::pin(async move { Reply::uniform(None, reason, n) });
+        };
+        let target = target.clone();
+        let bulk = self.sub.spec.mode == DeliveryMode::Bulk;
+        let timeout = Duration::from_millis(self.sub.spec.timeout_ms);
+        let app_token = self.app_token.clone();
+        let endpoints = self.endpoints.clone();
+        Box::pin(async move {
+            let events: Vec<super::grpc::Event> = request
+                .items
+                .iter()
+                .map(|item| super::grpc::Event {
+                    entry_id: bulk_entry_id(&item.partition, &item.id),
+                    body: &item.body,
+                    content_type: item.content_type.as_deref().unwrap_or(JSON),
+                })
+                .collect();
+            let context = super::grpc::CallContext {
+                target: &target,
+                path: request.route.as_deref().unwrap_or(""),
+                timeout,
+                app_token: app_token.as_deref(),
+                traceparent: request.traceparent.as_deref(),
+            };
+            let called = match (bulk, events.as_slice()) {
+                (false, [event]) => channel.send_one(event, &context).await,
+                _ => channel.send_bulk(&events, &context).await,
+            };
+            endpoints.report(endpoint, called.healthy);
+            Reply {
+                status: called.healthy.then_some(200),
+                outcomes: called.outcomes,
+            }
+        })
+    }
+
     fn bulk_app(&self) -> bool {
         self.sub.spec.dapr.is_some() && self.sub.spec.mode == DeliveryMode::Bulk
     }
@@ -139,6 +195,14 @@ impl Subscriber for Webhook {
     }
 
     fn send(&self, endpoint: usize, request: Request) -> Sending {
+        if let (Some(channels), Some(target)) = (&self.grpc, &self.sub.spec.dapr) {
+            return self.send_grpc(
+                channels.get(endpoint).cloned().flatten(),
+                target,
+                endpoint,
+                request,
+            );
+        }
         let n = request.items.len();
         let Some(base) = self.endpoints.url(endpoint) else {
             let reason = Outcome::Retry(format!("no endpoint {endpoint}"));

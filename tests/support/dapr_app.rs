@@ -191,6 +191,7 @@ pub fn app_config(id: &str, port: u16) -> DaprAppConfig {
         max_attempts: 3,
         retry_initial_ms: 20,
         app_api_token_env: None,
+        ..DaprAppConfig::default()
     }
 }
 

@@ -22,8 +22,9 @@ pub mod wait;
 pub use evrouter::auth::hash_token;
 pub use evrouter::catalog::partition_of;
 pub use evrouter::config::{
-    AuthConfig, AuthMode, Config, DaprAppConfig, DaprPubsubConfig, Durability, EventStoreConfig,
-    JwtConfig, KeyRuleConfig, PrincipalConfig, StreamConfig, SubjectConfig, WhenFull,
+    AppProtocol, AuthConfig, AuthMode, Config, DaprAppConfig, DaprPubsubConfig, Durability,
+    EventStoreConfig, JwtConfig, KeyRuleConfig, PrincipalConfig, StreamConfig, SubjectConfig,
+    WhenFull,
 };
 pub use evrouter::eventstore::partitions::{existing as partition_days, Day};
 pub use evrouter::eventstore::EventStore;
