@@ -1,7 +1,6 @@
 //! Connections to PostgreSQL: pools, and TLS when the URL says `sslmode=require` or a CA
 //! is given.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -17,8 +16,6 @@ pub(super) struct Tls {
 
 impl Tls {
     pub(super) fn of(config: &EventStoreConfig) -> Result<Self, EventStoreError> {
-        use rustls::pki_types::pem::PemObject;
-        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
         let wanted = config.tls_ca.is_some()
             || [&config.url, &config.keys_url]
                 .into_iter()
@@ -35,42 +32,22 @@ impl Tls {
                 EventStoreError::Config(format!("eventstore.{key} `{}`: {e}", path.display()))
             })
         };
-        let bad = |what: &str, e: &dyn std::fmt::Display| {
-            EventStoreError::Config(format!("eventstore TLS {what}: {e}"))
-        };
-        let mut roots = rustls::RootCertStore::empty();
-        match &config.tls_ca {
-            Some(path) => {
-                for cert in CertificateDer::pem_slice_iter(&read("tls_ca", path)?) {
-                    let cert = cert.map_err(|e| bad("CA", &e))?;
-                    roots.add(cert).map_err(|e| bad("CA", &e))?;
-                }
-            }
-            None => {
-                for cert in rustls_native_certs::load_native_certs().certs {
-                    let _ = roots.add(cert);
-                }
-            }
-        }
-        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| bad("versions", &e))?
-        .with_root_certificates(roots);
-        let client = match (&config.tls_client_cert, &config.tls_client_key) {
+        let ca = config
+            .tls_ca
+            .as_deref()
+            .map(|p| read("tls_ca", p))
+            .transpose()?;
+        let pair = match (&config.tls_client_cert, &config.tls_client_key) {
             (Some(cert), Some(key)) => {
-                let certs = CertificateDer::pem_slice_iter(&read("tls_client_cert", cert)?)
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| bad("client certificate", &e))?;
-                let key = PrivateKeyDer::from_pem_slice(&read("tls_client_key", key)?)
-                    .map_err(|e| bad("client key", &e))?;
-                builder
-                    .with_client_auth_cert(certs, key)
-                    .map_err(|e| bad("client certificate", &e))?
+                Some((read("tls_client_cert", cert)?, read("tls_client_key", key)?))
             }
-            _ => builder.with_no_client_auth(),
+            _ => None,
         };
+        let client = crate::store::tls_client_config(
+            ca.as_deref(),
+            pair.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice())),
+        )
+        .map_err(|e| EventStoreError::Config(format!("eventstore {e}")))?;
         Ok(Self {
             config: Some(client),
         })

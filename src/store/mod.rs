@@ -114,44 +114,57 @@ pub struct RedisTls {
 impl RedisTls {
     /// The rustls configuration of the stream readers' own connections.
     fn client_config(&self) -> Result<Arc<rustls::ClientConfig>, StoreError> {
-        use rustls::pki_types::pem::PemObject;
-        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-        let bad = |what: &str, e: &dyn std::fmt::Display| {
-            StoreError::Unavailable(format!("redis TLS {what}: {e}"))
-        };
-        let mut roots = rustls::RootCertStore::empty();
-        match &self.ca {
-            Some(pem) => {
-                for cert in CertificateDer::pem_slice_iter(pem) {
-                    let cert = cert.map_err(|e| bad("CA", &e))?;
-                    roots.add(cert).map_err(|e| bad("CA", &e))?;
-                }
-            }
-            None => {
-                for cert in rustls_native_certs::load_native_certs().certs {
-                    let _ = roots.add(cert);
-                }
+        let client = self
+            .client
+            .as_ref()
+            .map(|(c, k)| (c.as_slice(), k.as_slice()));
+        tls_client_config(self.ca.as_deref(), client)
+            .map(Arc::new)
+            .map_err(|e| StoreError::Unavailable(format!("redis {e}")))
+    }
+}
+
+/// A rustls client configuration (ring provider) trusting `ca` (PEM; none: the system's
+/// roots), presenting `client` (certificate and key, PEM) when given. Shared by every
+/// client TLS evrouter opens to its stores (Redis, PostgreSQL).
+pub fn tls_client_config(
+    ca: Option<&[u8]>,
+    client: Option<(&[u8], &[u8])>,
+) -> Result<rustls::ClientConfig, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let bad = |what: &str, e: &dyn std::fmt::Display| format!("TLS {what}: {e}");
+    let mut roots = rustls::RootCertStore::empty();
+    match ca {
+        Some(pem) => {
+            for cert in CertificateDer::pem_slice_iter(pem) {
+                let cert = cert.map_err(|e| bad("CA", &e))?;
+                roots.add(cert).map_err(|e| bad("CA", &e))?;
             }
         }
-        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| bad("versions", &e))?
-        .with_root_certificates(roots);
-        let config = match &self.client {
-            Some((cert, key)) => {
-                let certs = CertificateDer::pem_slice_iter(cert)
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| bad("client certificate", &e))?;
-                let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| bad("client key", &e))?;
-                builder
-                    .with_client_auth_cert(certs, key)
-                    .map_err(|e| bad("client certificate", &e))?
+        None => {
+            for cert in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(cert);
             }
-            None => builder.with_no_client_auth(),
-        };
-        Ok(Arc::new(config))
+        }
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| bad("versions", &e))?
+    .with_root_certificates(roots);
+    match client {
+        Some((cert, key)) => {
+            let certs = CertificateDer::pem_slice_iter(cert)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| bad("client certificate", &e))?;
+            let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| bad("client key", &e))?;
+            builder
+                .with_client_auth_cert(certs, key)
+                .map_err(|e| bad("client certificate", &e))
+        }
+        None => Ok(builder.with_no_client_auth()),
     }
 }
 

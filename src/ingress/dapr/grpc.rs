@@ -263,19 +263,9 @@ impl DaprGrpc {
     }
 }
 
-/// Who publishes, from the call's metadata.
+/// Who publishes, from the call's metadata (read as the HTTP API reads its headers).
 fn caller(metadata: &MetadataMap) -> Caller {
-    let get = |name: &str| {
-        metadata
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    };
-    Caller {
-        app_id: get("dapr-app-id"),
-        traceparent: get("traceparent"),
-        tracestate: get("tracestate"),
-    }
+    super::publish::caller(&metadata.clone().into_headers())
 }
 
 /// The gRPC status of an error of the Dapr API: the codes Dapr answers, with Dapr's error

@@ -291,7 +291,7 @@ pub async fn empty_topic(Path(pubsub): Path<String>) -> DaprError {
 }
 
 /// Who publishes, from the request's headers.
-fn caller(headers: &HeaderMap) -> Caller {
+pub(super) fn caller(headers: &HeaderMap) -> Caller {
     let header = |name: &str| {
         headers
             .get(name)
