@@ -290,3 +290,71 @@ async fn a_dapr_ext_grpc_app_gets_its_events_over_grpc_with_retry_drop_and_dead_
     );
     router.stop().await.expect("stop");
 }
+
+/// With Redis down a gRPC publish is UNAVAILABLE, never OK, single or bulk; with Redis
+/// back the same call is OK and stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_publish_redis_did_not_store_is_unavailable() {
+    use dapr::dapr::proto::runtime::v1 as pb;
+    let mut redis = RedisServer::start();
+    let grpc_port = free_port();
+    let mut config = test_config(&redis);
+    config.dapr.grpc_listen = format!("127.0.0.1:{grpc_port}");
+    config.redis.response_timeout = "300ms".into();
+    config.server.publish_timeout = "1s".into();
+    let router = TestRouter::start(config).await;
+    let mut client = eventually_connect(grpc_port).await;
+    let publish = || pb::PublishEventRequest {
+        pubsub_name: "pubsub".into(),
+        topic: "orders".into(),
+        data: br#"{"order_id":"ord-down"}"#.to_vec(),
+        data_content_type: "application/json".into(),
+        metadata: Default::default(),
+    };
+    let bulk = || pb::BulkPublishRequest {
+        pubsub_name: "pubsub".into(),
+        topic: "orders".into(),
+        entries: vec![pb::BulkPublishRequestEntry {
+            entry_id: "1".into(),
+            event: br#"{"order_id":"ord-down-bulk"}"#.to_vec(),
+            content_type: "application/json".into(),
+            metadata: Default::default(),
+        }],
+        metadata: Default::default(),
+    };
+    client
+        .publish_event(publish())
+        .await
+        .expect("stored while Redis is up");
+    redis.kill();
+    let down = client.publish_event(publish()).await.expect_err("not OK");
+    assert_eq!(down.code(), tonic::Code::Unavailable, "{down:?}");
+    let down = client.bulk_publish_event(bulk()).await.expect_err("not OK");
+    assert_eq!(down.code(), tonic::Code::Unavailable, "{down:?}");
+    redis.restart();
+    eventually(Duration::from_secs(30), async || {
+        match client.clone().publish_event(publish()).await {
+            Ok(_) => Ok(()),
+            Err(status) => Err(format!("{status:?}")),
+        }
+    })
+    .await;
+    assert!(!stored_on(&redis, "orders").is_empty());
+    router.stop().await.expect("stop");
+}
+
+/// A gRPC client of evrouter's Dapr API, once it answers.
+async fn eventually_connect(
+    port: u16,
+) -> dapr::dapr::proto::runtime::v1::dapr_client::DaprClient<tonic::transport::Channel> {
+    let url = format!("http://127.0.0.1:{port}");
+    for _ in 0..100 {
+        if let Ok(client) =
+            dapr::dapr::proto::runtime::v1::dapr_client::DaprClient::connect(url.clone()).await
+        {
+            return client;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the gRPC API at {url} does not answer");
+}

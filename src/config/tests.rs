@@ -200,6 +200,12 @@ fn open_access_off_loopback_and_bad_principals_are_refused() {
     assert_eq!(found[0].path, "auth.mode");
     let allowed = "[server]\nlisten = \"0.0.0.0:3500\"\n[auth]\nallow_anonymous = true\n";
     assert!(Config::from_toml_str(allowed, no_env()).is_ok());
+    // The Dapr gRPC API by the same rule.
+    let found = problems("[dapr]\ngrpc_listen = \"0.0.0.0:50001\"\n");
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].path, "dapr.grpc_listen");
+    let found = problems("[dapr]\ngrpc_listen = \"port 50001\"\n");
+    assert_eq!(found[0].path, "dapr.grpc_listen");
     let found = problems(
         "[auth]\nmode = \"token\"\n[[auth.principals]]\nname = \"a\"\ntoken_sha256 = \"abc\"\npublish = [\"order..x\"]\n[[auth.principals]]\nname = \"a\"\n",
     );

@@ -316,6 +316,22 @@ impl Config {
                 ),
             );
         }
+        // The Dapr gRPC API is served by the same rule.
+        let grpc_open = self
+            .dapr
+            .grpc_listen
+            .parse::<SocketAddr>()
+            .is_ok_and(|a| !a.ip().is_loopback());
+        if auth.mode == AuthMode::None && grpc_open && !auth.allow_anonymous {
+            bad(
+                "dapr.grpc_listen",
+                format!(
+                    "`{}` is not a loopback address and authentication is off: set auth.mode = \
+                     \"token\", allow_anonymous = true, or a loopback address",
+                    self.dapr.grpc_listen
+                ),
+            );
+        }
         if auth.mode == AuthMode::Token && auth.principals.is_empty() {
             bad(
                 "auth.principals",
