@@ -72,11 +72,21 @@ impl DaprGrpc {
         let answer = self
             .publish_one(&principal, &caller, request.into_inner())
             .await;
+        self.counted(started, answer)
+    }
+
+    /// Counts a publish in the metrics (the events stored, or the refusal) and gives its
+    /// answer.
+    fn counted<T>(
+        &self,
+        started: Instant,
+        answer: Result<(String, usize, T), DaprError>,
+    ) -> Result<Response<T>, Status> {
         match &answer {
-            Ok(target) => self.app.metrics.published("dapr", target, started, 1),
+            Ok((target, stored, _)) => self.app.metrics.published("dapr", target, started, *stored),
             Err(err) => self.app.metrics.rejected("dapr", err.code),
         }
-        answer.map(|_| Response::new(())).map_err(status)
+        answer.map(|(_, _, t)| Response::new(t)).map_err(status)
     }
 
     async fn publish_one(
@@ -84,7 +94,7 @@ impl DaprGrpc {
         principal: &Principal,
         caller: &Caller,
         request: pb::PublishEventRequest,
-    ) -> Result<String, DaprError> {
+    ) -> Result<(String, usize, ()), DaprError> {
         let app = &self.app;
         let target = self.target(principal, &request.pubsub_name, &request.topic)?;
         let mut metadata = Metadata::default();
@@ -111,7 +121,7 @@ impl DaprGrpc {
             .publish_envelopes(&target, vec![envelope])
             .await
             .map_err(DaprError::from_publish)?;
-        Ok(target)
+        Ok((target, 1, ()))
     }
 
     /// The evrouter topic of a Dapr pubsub and topic, if the caller may publish to it.
@@ -138,13 +148,7 @@ impl DaprGrpc {
         let answer = self
             .publish_many(&principal, &caller, request.into_inner())
             .await;
-        match &answer {
-            Ok((target, stored, _)) => self.app.metrics.published("dapr", target, started, *stored),
-            Err(err) => self.app.metrics.rejected("dapr", err.code),
-        }
-        answer
-            .map(|(_, _, failed)| Response::new(failed))
-            .map_err(status)
+        self.counted(started, answer)
     }
 
     /// Stores a bulk publish: the evrouter topic, how many were stored, and the entries
