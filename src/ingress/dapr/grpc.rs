@@ -366,7 +366,9 @@ pub async fn serve(
 ) {
     let address = listener.local_addr().ok();
     tracing::info!(listen = ?address, "Dapr gRPC API serving");
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // A gRPC answer is a headers, a data and a trailers frame: without `TCP_NODELAY` the
+    // later writes wait for the client's delayed ACK (tens of milliseconds).
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     if let Err(err) = tonic::transport::Server::builder()
         .add_service(DaprGrpc::new(app))
         .serve_with_incoming_shutdown(incoming, shutdown)
