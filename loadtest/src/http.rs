@@ -204,7 +204,11 @@ pub async fn run(
         raw_read_events_per_sec: None,
         cpu_seconds: None,
         timeline,
-        mode: format!("http publish to {}", args.router),
+        mode: match args.api.as_str() {
+            "dapr-grpc" => format!("Dapr gRPC publish to {}", args.grpc.join(", ")),
+            "dapr" => format!("Dapr HTTP publish to {}", args.router),
+            _ => format!("http publish to {}", args.router),
+        },
         offered_events_per_sec: args.rate,
         achieved_events_per_sec: events_ok as f64 / elapsed,
         achieved_requests_per_sec: requests_ok as f64 / elapsed,
