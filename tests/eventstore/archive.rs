@@ -10,9 +10,7 @@ async fn every_stored_event_is_archived_once_with_its_columns() {
     let _shared = support::light().await;
     let redis = RedisServer::start();
     let db = TestDb::create().await;
-    let mut config = test_config(&redis);
-    config.eventstore.url = Some(db.url.clone());
-    config.eventstore.batch_wait = "20ms".into();
+    let config = store_config(&redis, &db);
     let router = TestRouter::start(config).await;
     publish_orders(&router, 0, 500).await;
     wait_for_rows(&db, 500).await;

@@ -88,6 +88,14 @@ impl Drop for TestDb {
     }
 }
 
+/// A router's configuration with the event store in `db`, archiving in short batches.
+fn store_config(redis: &RedisServer, db: &TestDb) -> support::Config {
+    let mut config = test_config(redis);
+    config.eventstore.url = Some(db.url.clone());
+    config.eventstore.batch_wait = "20ms".into();
+    config
+}
+
 async fn publish_orders(router: &TestRouter, from: u64, n: u64) {
     let events: Vec<_> = (from..from + n)
         .map(|i| order_event(i, &format!("ord_{}", i % 37)))

@@ -11,9 +11,7 @@ async fn queries_page_filter_and_trace_with_outcomes() {
     let _shared = support::light().await;
     let redis = RedisServer::start();
     let db = TestDb::create().await;
-    let mut config = test_config(&redis);
-    config.eventstore.url = Some(db.url.clone());
-    config.eventstore.batch_wait = "20ms".into();
+    let config = store_config(&redis, &db);
     let router = TestRouter::start(config).await;
     let shipping = Subscriber::ok().await;
     let billing = Subscriber::with_rule(std::sync::Arc::new(|_| (500, String::new()))).await;
@@ -195,9 +193,7 @@ async fn queries_replays_and_subjects_follow_the_callers_rights() {
     let _shared = support::light().await;
     let redis = RedisServer::start();
     let db = TestDb::create().await;
-    let mut config = test_config(&redis);
-    config.eventstore.url = Some(db.url.clone());
-    config.eventstore.batch_wait = "20ms".into();
+    let mut config = store_config(&redis, &db);
     config.auth = AuthConfig {
         mode: AuthMode::Token,
         principals: vec![
@@ -239,38 +235,26 @@ async fn queries_replays_and_subjects_follow_the_callers_rights() {
             )
         }
     };
+    let get = |token, path: &str| as_(token, reqwest::Method::GET, path.to_string(), None);
+    let post =
+        |token, path: &str, body| as_(token, reqwest::Method::POST, path.to_string(), Some(body));
     let subscriber = Subscriber::ok().await;
-    let (status, _) = as_(
+    let (status, _) = post(
         "shipping-token",
-        reqwest::Method::POST,
-        "/v1/subscriptions".into(),
-        Some(
-            json!({"name": "shipping-sub", "topics": ["order.*"], "endpoints": [subscriber.url()]}),
-        ),
+        "/v1/subscriptions",
+        json!({"name": "shipping-sub", "topics": ["order.*"], "endpoints": [subscriber.url()]}),
     )
     .await;
     assert_eq!(status, 201);
     let orders: Vec<_> = (0..3)
         .map(|i| order_event(i, &format!("ord_r{i}")))
         .collect();
-    let (status, _) = as_(
-        "ops-token",
-        reqwest::Method::POST,
-        "/v1/publish/order.created".into(),
-        Some(json!(orders)),
-    )
-    .await;
+    let (status, _) = post("ops-token", "/v1/publish/order.created", json!(orders)).await;
     assert_eq!(status, 200);
     let mut payment = order_event(9, "ord_r9");
     payment["event_type"] = json!("payment.captured");
     payment["event_id"] = json!("evt_payment_9");
-    let (status, answer) = as_(
-        "ops-token",
-        reqwest::Method::POST,
-        "/v1/publish/payment.captured".into(),
-        Some(payment),
-    )
-    .await;
+    let (status, answer) = post("ops-token", "/v1/publish/payment.captured", payment).await;
     assert_eq!(status, 200, "{answer}");
     wait_for_rows(&db, 4).await;
 
@@ -282,69 +266,41 @@ async fn queries_replays_and_subjects_follow_the_callers_rights() {
             .map(|e| e["topic"].as_str().unwrap_or("").to_string())
             .collect()
     };
-    let (_, shipping_view) = as_(
-        "shipping-token",
-        reqwest::Method::GET,
-        "/v1/events".into(),
-        None,
-    )
-    .await;
+    let (_, shipping_view) = get("shipping-token", "/v1/events").await;
     assert_eq!(topics(&shipping_view), ["order.created"; 3]);
-    let (_, payments_view) = as_(
-        "payments-token",
-        reqwest::Method::GET,
-        "/v1/events".into(),
-        None,
-    )
-    .await;
+    let (_, payments_view) = get("payments-token", "/v1/events").await;
     assert_eq!(topics(&payments_view), ["payment.captured"]);
-    let (status, _) = as_(
-        "shipping-token",
-        reqwest::Method::GET,
-        "/v1/events/evt_payment_9".into(),
-        None,
-    )
-    .await;
+    let (status, _) = get("shipping-token", "/v1/events/evt_payment_9").await;
     assert_eq!(status, 404, "another topic's event is not shown");
-    let (_, trace) = as_(
-        "shipping-token",
-        reqwest::Method::GET,
-        "/v1/traces/corr_9".into(),
-        None,
-    )
-    .await;
+    let (_, trace) = get("shipping-token", "/v1/traces/corr_9").await;
     assert_eq!(trace["events"].as_array().map(Vec::len), Some(0));
 
     let window = json!({"from": "2020-01-01T00:00:00Z", "to": "2100-01-01T00:00:00Z"});
-    let replay = |target: serde_json::Value| {
+    for (token, target, expected, why) in [
+        (
+            "shipping-token",
+            json!({"subscription": "shipping-sub"}),
+            202,
+            "the owner replays into its subscription",
+        ),
+        (
+            "payments-token",
+            json!({"subscription": "shipping-sub"}),
+            403,
+            "not another's subscription",
+        ),
+        (
+            "shipping-token",
+            json!({"topic": "order.created"}),
+            403,
+            "republishing is an admin's",
+        ),
+    ] {
         let mut body = window.clone();
         body["target"] = target;
-        Some(body)
-    };
-    let (status, _) = as_(
-        "shipping-token",
-        reqwest::Method::POST,
-        "/v1/replay".into(),
-        replay(json!({"subscription": "shipping-sub"})),
-    )
-    .await;
-    assert_eq!(status, 202, "the owner replays into its subscription");
-    let (status, _) = as_(
-        "payments-token",
-        reqwest::Method::POST,
-        "/v1/replay".into(),
-        replay(json!({"subscription": "shipping-sub"})),
-    )
-    .await;
-    assert_eq!(status, 403, "not another's subscription");
-    let (status, _) = as_(
-        "shipping-token",
-        reqwest::Method::POST,
-        "/v1/replay".into(),
-        replay(json!({"topic": "order.created"})),
-    )
-    .await;
-    assert_eq!(status, 403, "republishing is an admin's");
+        let (status, _) = post(token, "/v1/replay", body).await;
+        assert_eq!(status, expected, "{why}");
+    }
     for (method, path) in [
         (reqwest::Method::GET, "/v1/subjects/cust_1/export"),
         (reqwest::Method::POST, "/v1/subjects/cust_1/erase"),
@@ -352,13 +308,7 @@ async fn queries_replays_and_subjects_follow_the_callers_rights() {
         let (status, _) = as_("shipping-token", method, path.into(), None).await;
         assert_eq!(status, 403, "{path} is an admin's");
     }
-    let (_, audit) = as_(
-        "ops-token",
-        reqwest::Method::GET,
-        "/v1/audit?limit=1000".into(),
-        None,
-    )
-    .await;
+    let (_, audit) = get("ops-token", "/v1/audit?limit=1000").await;
     let entries = audit["entries"].as_array().cloned().unwrap_or_default();
     let seen = |principal: &str, action: &str| {
         entries

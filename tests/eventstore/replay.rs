@@ -22,9 +22,7 @@ async fn a_replay_from_the_store_reaches_one_subscription_in_key_order_and_resum
     let _shared = support::light().await;
     let redis = RedisServer::start();
     let db = TestDb::create().await;
-    let mut config = test_config(&redis);
-    config.eventstore.url = Some(db.url.clone());
-    config.eventstore.batch_wait = "20ms".into();
+    let config = store_config(&redis, &db);
     let router = TestRouter::start(config).await;
     let target = Subscriber::ok().await;
     let other = Subscriber::ok().await;

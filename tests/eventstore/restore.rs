@@ -9,9 +9,7 @@ async fn restore_writes_archived_events_back_after_redis_lost_them() {
     let _shared = support::light().await;
     let mut redis = RedisServer::start();
     let db = TestDb::create().await;
-    let mut config = test_config(&redis);
-    config.eventstore.url = Some(db.url.clone());
-    config.eventstore.batch_wait = "20ms".into();
+    let config = store_config(&redis, &db);
     let from = humantime::format_rfc3339_millis(SystemTime::now() - Duration::from_secs(1));
     let router = TestRouter::start(config.clone()).await;
     let published = support::publish_keyed(&router, "order.created", 5, 20).await;

@@ -10,9 +10,7 @@ async fn a_subjects_events_are_exported_then_erased_everywhere() {
     let _shared = support::light().await;
     let redis = RedisServer::start();
     let db = TestDb::create().await;
-    let mut config = test_config(&redis);
-    config.eventstore.url = Some(db.url.clone());
-    config.eventstore.batch_wait = "20ms".into();
+    let mut config = store_config(&redis, &db);
     config.eventstore.subjects = vec![support::SubjectConfig {
         topics: vec!["order.>".into()],
         pointers: vec!["/data/customer_id".into()],
