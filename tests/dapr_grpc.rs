@@ -193,7 +193,18 @@ async fn a_dapr_ext_grpc_app_gets_its_events_over_grpc_with_retry_drop_and_dead_
         .kill_on_drop(true)
         .spawn()
         .expect("the app");
+    // A declarative bulk subscription for the app, to a topic it does not list: its
+    // handler of any topic gets it through OnBulkTopicEvent.
+    let declarative = tempfile::tempdir().expect("dir");
+    std::fs::write(
+        declarative.path().join("bulk.yaml"),
+        "apiVersion: dapr.io/v2alpha1\nkind: Subscription\nmetadata:\n  name: bulk-orders\n\
+         spec:\n  pubsubname: pubsub\n  topic: bulk-orders\n  bulkSubscribe:\n    enabled: true\n\
+         \x20   maxMessagesCount: 10\n    maxAwaitDurationMs: 200\nscopes:\n- py-grpc-app\n",
+    )
+    .expect("write");
     let mut config = test_config(&redis);
+    config.dapr.subscriptions_dir = Some(declarative.path().to_path_buf());
     config.dapr.apps = vec![DaprAppConfig {
         id: "py-grpc-app".into(),
         url: format!("http://127.0.0.1:{app_port}"),
@@ -216,7 +227,7 @@ async fn a_dapr_ext_grpc_app_gets_its_events_over_grpc_with_retry_drop_and_dead_
                 })
                 .count()
         });
-        if n == 5 {
+        if n == 7 {
             Ok(())
         } else {
             Err(format!("{n} subscriptions: {subs}"))
@@ -245,6 +256,15 @@ async fn a_dapr_ext_grpc_app_gets_its_events_over_grpc_with_retry_drop_and_dead_
     publish("flaky", r#"{"n":1}"#, "").await;
     publish("poison", r#"{"n":2}"#, "").await;
     publish("doomed", r#"{"n":3}"#, "").await;
+    for body in [
+        r#"{"n":10,"answer":"success"}"#,
+        r#"{"n":11,"answer":"retry"}"#,
+        r#"{"n":12,"answer":"drop"}"#,
+        r#"{"n":13,"answer":"success"}"#,
+        r#"{"n":14,"answer":"success"}"#,
+    ] {
+        publish("bulk-orders", body, "").await;
+    }
     eventually(Duration::from_secs(60), async || {
         let got = results(&results_path);
         let count = |k: &str| got[k].as_array().map_or(0, Vec::len);
@@ -253,7 +273,8 @@ async fn a_dapr_ext_grpc_app_gets_its_events_over_grpc_with_retry_drop_and_dead_
             && count("flaky") == 3
             && count("poison") == 1
             && count("doomed") == 3
-            && count("dead") == 1;
+            && count("dead") == 1
+            && count("bulk") == 6;
         if done {
             Ok(())
         } else {
@@ -287,6 +308,20 @@ async fn a_dapr_ext_grpc_app_gets_its_events_over_grpc_with_retry_drop_and_dead_
     assert_eq!(
         got["dead"][0]["data"]["n"], 3,
         "then the dead-letter topic: {got}"
+    );
+    // The bulk subscription: every entry through OnBulkTopicEvent (not its Alpha1 name),
+    // each answered for itself: the RETRY entry came again alone, the DROP entry did not.
+    let bulk = got["bulk"].as_array().cloned().unwrap_or_default();
+    assert!(
+        bulk.iter()
+            .all(|e| e["via"] == "OnBulkTopicEvent" && e["topic"] == "bulk-orders"),
+        "{got}"
+    );
+    let times = |n: u64| bulk.iter().filter(|e| e["data"]["n"] == n).count();
+    assert_eq!(
+        [10, 11, 12, 13, 14].map(times),
+        [1, 2, 1, 1, 1],
+        "each entry's own answer: {got}"
     );
     router.stop().await.expect("stop");
 }

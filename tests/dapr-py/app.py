@@ -1,9 +1,12 @@
 """A Dapr app built with dapr-ext-grpc, receiving through evrouter's gRPC delivery: a plain
-subscription, a routing rule, RETRY then SUCCESS, DROP, and always RETRY with a dead-letter
-topic. Writes what it got to RESULTS (a JSON file) after every event.
+subscription, a routing rule, RETRY then SUCCESS, DROP, always RETRY with a dead-letter
+topic, and a handler of any topic (no topic validation) that a declarative bulk
+subscription reaches through OnBulkTopicEvent, answering each entry for itself. Writes
+what it got to RESULTS (a JSON file) after every event.
 
 Env: APP_PORT (this app's gRPC port), RESULTS (the file)."""
 
+import inspect
 import json
 import os
 import threading
@@ -14,11 +17,19 @@ from dapr.ext.grpc import App, Rule
 
 app = App()
 lock = threading.Lock()
-got = {"orders": [], "express": [], "flaky": [], "poison": [], "doomed": [], "dead": []}
+got = {
+    "orders": [],
+    "express": [],
+    "flaky": [],
+    "poison": [],
+    "doomed": [],
+    "dead": [],
+    "bulk": [],
+}
 results = os.environ["RESULTS"]
 
 
-def record(name, event: v1.Event):
+def record(name, event: v1.Event, **extra):
     data = event.data
     if isinstance(data, bytes):
         data = data.decode()
@@ -27,7 +38,7 @@ def record(name, event: v1.Event):
     except (TypeError, ValueError):
         pass
     with lock:
-        got[name].append({"id": event.id, "type": event.type, "data": data})
+        got[name].append({"id": event.id, "type": event.type, "data": data, **extra})
         with open(results + ".tmp", "w") as f:
             json.dump(got, f)
         os.replace(results + ".tmp", results)
@@ -68,6 +79,23 @@ def doomed(event: v1.Event) -> TopicEventResponse:
 @app.subscribe(pubsub_name="pubsub", topic="doomed-dead")
 def dead(event: v1.Event) -> TopicEventResponse:
     record("dead", event)
+    return TopicEventResponse("success")
+
+
+# Any topic of the pubsub delivered with the empty path: here, the declarative bulk
+# subscription's. Each entry is answered by its data: RETRY the first time, DROP, or SUCCESS.
+@app.subscribe(pubsub_name="pubsub", topic="any", disable_topic_validation=True)
+def any_topic(event: v1.Event) -> TopicEventResponse:
+    calls = [f.function for f in inspect.stack()]
+    via = next((c for c in calls if c.startswith("On")), "?")
+    record("bulk", event, via=via, topic=event.subject)
+    data = json.loads(event.data) if isinstance(event.data, (bytes, str)) else event.data
+    with lock:
+        seen = sum(1 for e in got["bulk"] if e["id"] == event.id)
+    if data.get("answer") == "retry" and seen == 1:
+        return TopicEventResponse("retry")
+    if data.get("answer") == "drop":
+        return TopicEventResponse("drop")
     return TopicEventResponse("success")
 
 
