@@ -68,37 +68,130 @@ pub async fn send_once(
     single: bool,
     replay: bool,
 ) -> Option<Outcome> {
-    let view = Envelope::view(&raw).ok()?;
-    let Ok(presented) = subscriber.present(&raw, &view) else {
-        return None;
+    let entry = Stored {
+        key: key.to_string(),
+        id: id.to_string(),
+        raw,
     };
-    // Never sent elsewhere than its route (a 404 would drop it).
-    let Some(presented) = presented else {
-        return Some(Outcome::Retry("no route of the app takes it".into()));
-    };
-    let Ok(endpoint) = subscriber.pick() else {
-        return Some(Outcome::Retry("every endpoint is unhealthy".into()));
-    };
-    let headers = single.then(|| Headers {
-        event_id: view.event_id.clone(),
-        topic: view.topic.clone(),
-    });
-    // A replayed event continues its trace, like any attempt.
-    let traceparent = crate::model::trace::TraceContext::parse(&view.traceparent)
-        .map_or_else(|| view.traceparent.clone(), |c| c.child().to_traceparent());
-    let request = Request {
-        items: vec![Item {
-            partition: key.into(),
-            id: id.to_string(),
+    send_stored(subscriber, std::slice::from_ref(&entry), single, 1, replay)
+        .await
+        .pop()
+        .flatten()
+}
+
+/// An entry presented for its subscriber, and where its outcome goes.
+struct Ready {
+    index: usize,
+    item: Item,
+    route: Option<std::sync::Arc<str>>,
+    headers: Option<Headers>,
+    traceparent: String,
+}
+
+/// A stored entry to send again: the partition it is in, its id there, and its bytes.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    /// The partition's key.
+    pub key: String,
+    /// Its id in the partition.
+    pub id: String,
+    /// The stored envelope.
+    pub raw: bytes::Bytes,
+}
+
+/// Sends stored entries in their order: one a request in single mode; in bulk mode up to
+/// `max_batch` a request, as long as they take the same route. One outcome per entry,
+/// `None` for one whose envelope cannot be read.
+pub async fn send_stored(
+    subscriber: &dyn Subscriber,
+    entries: &[Stored],
+    single: bool,
+    max_batch: usize,
+    replay: bool,
+) -> Vec<Option<Outcome>> {
+    let mut outcomes: Vec<Option<Outcome>> = vec![None; entries.len()];
+    // Each entry presented, with where its outcome goes.
+    let mut ready: Vec<Ready> = Vec::with_capacity(entries.len());
+    for (index, entry) in entries.iter().enumerate() {
+        let Ok(view) = Envelope::view(&entry.raw) else {
+            continue;
+        };
+        let presented = match subscriber.present(&entry.raw, &view) {
+            Ok(Some(presented)) => presented,
+            // Never sent elsewhere than its route (a 404 would drop it).
+            Ok(None) => {
+                outcomes[index] = Some(Outcome::Retry("no route of the app takes it".into()));
+                continue;
+            }
+            Err(_) => continue,
+        };
+        let headers = single.then(|| Headers {
+            event_id: view.event_id.clone(),
+            topic: view.topic.clone(),
+        });
+        // A replayed event continues its trace, like any attempt.
+        let traceparent = crate::model::trace::TraceContext::parse(&view.traceparent)
+            .map_or_else(|| view.traceparent.clone(), |c| c.child().to_traceparent());
+        let item = Item {
+            partition: entry.key.as_str().into(),
+            id: entry.id.clone(),
             body: presented.body,
             content_type: presented.content_type,
-        }],
-        route: presented.route,
-        headers,
-        attempt: 1,
-        traceparent: Some(traceparent),
-        replay,
-    };
-    let reply = subscriber.send(endpoint, request).await;
-    reply.outcomes.into_iter().next()
+        };
+        ready.push(Ready {
+            index,
+            item,
+            route: presented.route,
+            headers,
+            traceparent,
+        });
+    }
+    let max_batch = if single { 1 } else { max_batch.max(1) };
+    let mut ready = ready.into_iter().peekable();
+    while let Some(first) = ready.next() {
+        let Ready {
+            index,
+            item,
+            route,
+            headers,
+            traceparent,
+        } = first;
+        let mut indexes = vec![index];
+        let mut items = vec![item];
+        while items.len() < max_batch {
+            let Some(next) = ready.next_if(|next| next.route == route) else {
+                break;
+            };
+            indexes.push(next.index);
+            items.push(next.item);
+        }
+        let Ok(endpoint) = subscriber.pick() else {
+            for index in indexes {
+                outcomes[index] = Some(Outcome::Retry("every endpoint is unhealthy".into()));
+            }
+            continue;
+        };
+        let traceparent = if items.len() == 1 {
+            traceparent
+        } else {
+            crate::model::trace::new_traceparent()
+        };
+        let request = Request {
+            items,
+            route,
+            headers,
+            attempt: 1,
+            traceparent: Some(traceparent),
+            replay,
+        };
+        let reply = subscriber.send(endpoint, request).await;
+        let mut answered = reply.outcomes.into_iter();
+        for index in indexes {
+            let outcome = answered
+                .next()
+                .unwrap_or_else(|| Outcome::Retry("no outcome in the answer".into()));
+            outcomes[index] = Some(outcome);
+        }
+    }
+    outcomes
 }

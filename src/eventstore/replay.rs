@@ -12,20 +12,15 @@ use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use tokio_postgres::types::ToSql;
 
-use super::sealing::{unseal, KeyRing, Plain};
+use super::rows::{row_envelope, Archived, ARCHIVED_COLUMNS};
 use super::{EventStore, EventStoreError};
-use crate::delivery::replay::send_once;
+use crate::delivery::replay::{send_stored, Stored};
 use crate::delivery::transport::Outcome;
 use crate::delivery::Runtime;
 use crate::model::clock::now_ms;
-use crate::model::envelope::{Envelope, PayloadFormat};
+use crate::model::envelope::Envelope;
 use crate::publish::Publisher;
 use crate::store::replays;
-
-/// The columns [`row_envelope`] reads.
-pub(super) const ARCHIVED_COLUMNS: &str = "stored_at, stream, partition, redis_id, event_id, \
-    event_type, topic, entity_key, correlation_id, service, sequence, received_at, format, \
-    content_type, payload::text, payload_bytes, trace_id, redis_seq, sealed, subjects";
 
 /// Events read from PostgreSQL at a time.
 const PAGE: i64 = 500;
@@ -344,6 +339,13 @@ impl Replays {
             Target::Topic(_) => None,
         };
         let matches = |topic: &str| subscription.as_ref().is_none_or(|sub| sub.matches(topic));
+        // A bulk subscription gets its events in requests as large as its own.
+        let batch_size = match (&target, &subscription) {
+            (Some((_, _, false)), Some(sub)) => sub.spec.bulk.max_events.max(1),
+            _ => 1,
+        };
+        let step = STEP.max(batch_size);
+        let mut sending: Vec<Stored> = Vec::with_capacity(batch_size);
         let began = Instant::now();
         let done_before = status.done;
         loop {
@@ -361,12 +363,13 @@ impl Replays {
                 match &target {
                     Some((_, subscriber, single)) => {
                         if matches(&envelope.topic) {
-                            let partition_key = format!("{stream}.{partition}");
-                            let raw = bytes::Bytes::from(envelope.encode());
-                            if send(&**subscriber, &partition_key, &redis_id, raw, *single).await {
-                                status.done += 1;
-                            } else {
-                                status.failed += 1;
+                            sending.push(Stored {
+                                key: format!("{stream}.{partition}"),
+                                id: redis_id,
+                                raw: bytes::Bytes::from(envelope.encode()),
+                            });
+                            if sending.len() >= batch_size {
+                                send(&**subscriber, &mut sending, *single, status).await;
                             }
                         } else {
                             status.done += 1;
@@ -383,7 +386,11 @@ impl Replays {
                 }
                 reached = Some((us, stream, partition, seq));
                 since_flush += 1;
-                if since_flush >= STEP || last_flush.elapsed() >= FLUSH_EVERY {
+                if since_flush >= step || last_flush.elapsed() >= FLUSH_EVERY {
+                    // The cursor moves past what was sent only.
+                    if let Some((_, subscriber, single)) = &target {
+                        send(&**subscriber, &mut sending, *single, status).await;
+                    }
                     let cursor = reached.take();
                     if self
                         .flush(status, &mut batch, cursor, began, done_before)
@@ -393,6 +400,9 @@ impl Replays {
                     }
                     (since_flush, last_flush) = (0, Instant::now());
                 }
+            }
+            if let Some((_, subscriber, single)) = &target {
+                send(&**subscriber, &mut sending, *single, status).await;
             }
             if reached.is_some()
                 && self
@@ -489,96 +499,33 @@ impl Replays {
     }
 }
 
-/// Sends one archived event to a subscriber, trying a few times; whether it was taken (or
-/// dropped by the subscriber, or could not be read).
+/// Sends the archived events waiting in `sending` to a subscriber (as many a request as
+/// it takes in bulk mode), trying the ones it asks again for a few times; counts them in
+/// `status` as done (taken, dropped by the subscriber, or unreadable) or failed.
 async fn send(
     subscriber: &dyn crate::delivery::transport::Subscriber,
-    partition_key: &str,
-    redis_id: &str,
-    raw: bytes::Bytes,
+    sending: &mut Vec<Stored>,
     single: bool,
-) -> bool {
+    status: &mut ReplayStatus,
+) {
+    let mut left = std::mem::take(sending);
+    let batch = left.len();
     for attempt in 0..TRIES {
-        match send_once(
-            subscriber,
-            partition_key,
-            redis_id,
-            raw.clone(),
-            single,
-            true,
-        )
-        .await
-        {
-            Some(Outcome::Delivered | Outcome::Drop(_)) | None => return true,
-            Some(Outcome::Retry(_)) => {
-                tokio::time::sleep(Duration::from_millis(200 << attempt)).await
+        if left.is_empty() {
+            return;
+        }
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(200 << (attempt - 1))).await;
+        }
+        let outcomes = send_stored(subscriber, &left, single, batch, true).await;
+        let mut again = Vec::new();
+        for (entry, outcome) in left.into_iter().zip(outcomes) {
+            match outcome {
+                Some(Outcome::Retry(_)) => again.push(entry),
+                Some(Outcome::Delivered | Outcome::Drop(_)) | None => status.done += 1,
             }
         }
+        left = again;
     }
-    false
-}
-
-fn micros(at: SystemTime) -> i64 {
-    at.duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_micros()
-        .min(i64::MAX as u128) as i64
-}
-
-/// An archived event: where it was stored (µs, stream, partition, id, id's sequence part)
-/// and its envelope.
-pub(super) type Archived = (i64, String, i32, String, i64, Envelope);
-
-/// An archived row as the envelope it was stored as (its trace continued with a new span).
-pub(super) fn row_envelope(row: &tokio_postgres::Row, ring: &KeyRing) -> Archived {
-    let stored_at: SystemTime = row.get(0);
-    let format = match row.get::<_, &str>(12) {
-        "cloudevent" => PayloadFormat::CloudEvent,
-        "raw" => PayloadFormat::Raw,
-        _ => PayloadFormat::Event,
-    };
-    let event_id: String = row.get(4);
-    let event_type: String = row.get(5);
-    let subjects: Vec<String> = row.get(19);
-    let payload = match unseal(ring, row.get(18), &subjects, &event_id, &event_type) {
-        Some(Plain::Json(bytes) | Plain::Bytes(bytes)) => bytes,
-        None => match (
-            row.get::<_, Option<String>>(14),
-            row.get::<_, Option<Vec<u8>>>(15),
-        ) {
-            (Some(json), _) => json.into_bytes(),
-            (None, Some(bytes)) => bytes,
-            (None, None) => Vec::new(),
-        },
-    };
-    let traceparent = row
-        .get::<_, Option<String>>(16)
-        .map(|trace| format!("00-{trace}-{:016x}-01", fastrand::u64(1..)))
-        .filter(|t| crate::model::trace::is_valid_traceparent(t))
-        .unwrap_or_else(crate::model::trace::new_traceparent);
-    let received_at: SystemTime = row.get(11);
-    let envelope = Envelope {
-        event_id,
-        event_type,
-        topic: row.get(6),
-        key: row.get(7),
-        correlation_id: row.get::<_, Option<String>>(8).unwrap_or_default(),
-        service: row.get::<_, Option<String>>(9).unwrap_or_default(),
-        sequence: row.get::<_, Option<i64>>(10).map(|s| s.max(0) as u64),
-        received_us: micros(received_at).max(0) as u64,
-        traceparent,
-        tracestate: None,
-        payload,
-        format,
-        content_type: row.get(13),
-        expires_us: None,
-    };
-    (
-        micros(stored_at),
-        row.get(1),
-        row.get(2),
-        row.get(3),
-        row.get(17),
-        envelope,
-    )
+    status.failed += left.len() as u64;
 }

@@ -11,7 +11,7 @@ use redis::aio::ConnectionManager;
 use serde::Serialize;
 use tokio_postgres::types::ToSql;
 
-use super::replay::{row_envelope, ARCHIVED_COLUMNS};
+use super::rows::{row_envelope, ARCHIVED_COLUMNS};
 use super::{EventStore, EventStoreError};
 use crate::store::restore::append_with_ids;
 

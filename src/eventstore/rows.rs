@@ -1,6 +1,7 @@
 //! One stored event as a row of the event table: the envelope's fields, where it was
 //! stored (stream, partition, id, and the time in the id), the few fields read from its
-//! payload (time, causation id), and the payload as `jsonb` (or bytes when it is not JSON).
+//! payload (time, causation id), and the payload as `jsonb` (or bytes when it is not JSON);
+//! and a row read back as the envelope it was stored as (for replays and restores).
 
 use std::borrow::Cow;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -8,6 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::BytesMut;
 use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 
+use super::sealing::{unseal, KeyRing, Plain};
 use crate::model::envelope::{Envelope, PayloadFormat};
 
 /// The columns written, in the table's order.
@@ -248,6 +250,77 @@ impl Fields {
             causation_id: causation(&top).or_else(|| inner.as_ref().and_then(causation)),
         }
     }
+}
+
+/// The columns [`row_envelope`] reads.
+pub(super) const ARCHIVED_COLUMNS: &str = "stored_at, stream, partition, redis_id, event_id, \
+    event_type, topic, entity_key, correlation_id, service, sequence, received_at, format, \
+    content_type, payload::text, payload_bytes, trace_id, redis_seq, sealed, subjects";
+
+/// Microseconds since the epoch.
+fn micros(at: SystemTime) -> i64 {
+    at.duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_micros()
+        .min(i64::MAX as u128) as i64
+}
+
+/// An archived event: where it was stored (µs, stream, partition, id, id's sequence part)
+/// and its envelope.
+pub(super) type Archived = (i64, String, i32, String, i64, Envelope);
+
+/// An archived row as the envelope it was stored as (its trace continued with a new span).
+pub(super) fn row_envelope(row: &tokio_postgres::Row, ring: &KeyRing) -> Archived {
+    let stored_at: SystemTime = row.get(0);
+    let format = match row.get::<_, &str>(12) {
+        "cloudevent" => PayloadFormat::CloudEvent,
+        "raw" => PayloadFormat::Raw,
+        _ => PayloadFormat::Event,
+    };
+    let event_id: String = row.get(4);
+    let event_type: String = row.get(5);
+    let subjects: Vec<String> = row.get(19);
+    let payload = match unseal(ring, row.get(18), &subjects, &event_id, &event_type) {
+        Some(Plain::Json(bytes) | Plain::Bytes(bytes)) => bytes,
+        None => match (
+            row.get::<_, Option<String>>(14),
+            row.get::<_, Option<Vec<u8>>>(15),
+        ) {
+            (Some(json), _) => json.into_bytes(),
+            (None, Some(bytes)) => bytes,
+            (None, None) => Vec::new(),
+        },
+    };
+    let traceparent = row
+        .get::<_, Option<String>>(16)
+        .map(|trace| format!("00-{trace}-{:016x}-01", fastrand::u64(1..)))
+        .filter(|t| crate::model::trace::is_valid_traceparent(t))
+        .unwrap_or_else(crate::model::trace::new_traceparent);
+    let received_at: SystemTime = row.get(11);
+    let envelope = Envelope {
+        event_id,
+        event_type,
+        topic: row.get(6),
+        key: row.get(7),
+        correlation_id: row.get::<_, Option<String>>(8).unwrap_or_default(),
+        service: row.get::<_, Option<String>>(9).unwrap_or_default(),
+        sequence: row.get::<_, Option<i64>>(10).map(|s| s.max(0) as u64),
+        received_us: micros(received_at).max(0) as u64,
+        traceparent,
+        tracestate: None,
+        payload,
+        format,
+        content_type: row.get(13),
+        expires_us: None,
+    };
+    (
+        micros(stored_at),
+        row.get(1),
+        row.get(2),
+        row.get(3),
+        row.get(17),
+        envelope,
+    )
 }
 
 #[cfg(test)]

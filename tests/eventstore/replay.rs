@@ -32,10 +32,22 @@ async fn a_replay_from_the_store_reaches_one_subscription_in_key_order_and_resum
     router
         .subscribe("bystander", &["order.*"], &other.url(), json!({}))
         .await;
+    let bulk_target = Subscriber::ok().await;
+    router
+        .subscribe(
+            "replayed-bulk",
+            &["order.*"],
+            &bulk_target.url(),
+            json!({"mode": "bulk", "bulk": {"max_events": 20, "max_wait_ms": 5}}),
+        )
+        .await;
     let from = humantime::format_rfc3339_millis(SystemTime::now() - Duration::from_secs(1));
     let published = support::publish_keyed(&router, "order.created", 5, 10).await;
     target.wait_for(published, Duration::from_secs(30)).await;
     other.wait_for(published, Duration::from_secs(30)).await;
+    bulk_target
+        .wait_for(published, Duration::from_secs(30))
+        .await;
     wait_for_rows(&db, published as i64).await;
     let to = humantime::format_rfc3339_millis(SystemTime::now() + Duration::from_secs(60));
 
@@ -64,12 +76,48 @@ async fn a_replay_from_the_store_reaches_one_subscription_in_key_order_and_resum
         "every replayed request is marked"
     );
     support::subscriber::assert_in_key_order(&replayed, 5, 10);
+
+    // Into a bulk subscription: in requests of up to its own size, in key order.
+    let (status, started) = router
+        .post(
+            "/v1/replay",
+            "application/json",
+            json!({"from": from.to_string(), "to": to.to_string(),
+                   "target": {"subscription": "replayed-bulk"}, "rate": 2000})
+            .to_string(),
+        )
+        .await;
+    assert_eq!(status, 202, "{started}");
+    let id = started["id"].as_str().expect("id").to_string();
+    let done = replay_status(&router, &id, "done").await;
+    assert_eq!(
+        (done["done"].as_u64(), done["failed"].as_u64()),
+        (Some(published as u64), Some(0)),
+        "{done}"
+    );
+    let log = bulk_target
+        .wait_for(2 * published, Duration::from_secs(30))
+        .await;
+    let replayed: Vec<_> = log.iter().filter(|r| r.replay).cloned().collect();
+    assert_eq!(replayed.len(), published);
+    assert!(
+        replayed.iter().all(|r| r.in_array && r.batch <= 20),
+        "bulk requests of at most 20"
+    );
+    assert!(
+        replayed.iter().any(|r| r.batch > 1),
+        "several events a request: {:?}",
+        replayed.iter().map(|r| r.batch).collect::<Vec<_>>()
+    );
+    support::subscriber::assert_in_key_order(&replayed, 5, 10);
+
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(
         other.count(),
         published,
         "no other subscription gets the replay"
     );
+    assert_eq!(target.count(), 2 * published, "nor the first one again");
 
     // Slowly, stopped after its first step, then resumed from there.
     let (_, slow) = router
