@@ -211,9 +211,11 @@ pub async fn run(
             message,
         }
     })?;
+    let app_health = Arc::new(webhook::app_health::AppHealth::new(&config.dapr.apps));
     let connector = Arc::new(Connectors {
         webhooks: Webhooks::new(guard.clone(), &roots, Some(forwards_tx))
-            .with_app_tokens(app_tokens.clone()),
+            .with_app_tokens(app_tokens.clone())
+            .with_app_health(app_health.clone()),
         archive: eventstore
             .clone()
             .map(|store| Arc::new(eventstore::archive::Archive::new(store)) as Arc<dyn Subscriber>),
@@ -280,9 +282,12 @@ pub async fn run(
             dapr.clone(),
             delivery.clone(),
         )
-        .with_app_tokens(app_tokens),
+        .with_app_tokens(app_tokens.clone()),
     );
     let app_watcher = dapr_apps.clone().spawn(config.dapr.refresh_interval.get());
+    let app_prober = app_health
+        .clone()
+        .spawn(config.dapr.apps.clone(), app_tokens.clone());
     let replays = match &eventstore {
         Some(store) => Some(eventstore::replay::Replays::new(
             store.clone(),
@@ -306,6 +311,7 @@ pub async fn run(
         publisher,
         dapr,
         dapr_apps,
+        app_health,
         delivery: delivery.clone(),
         eventstore: eventstore.clone(),
         replays,
@@ -385,6 +391,7 @@ pub async fn run(
     }
     drop(state);
     app_watcher.abort();
+    app_prober.abort();
     let _ = delivery_stopped.await;
     dead_letters.abort();
     trimmer.abort();

@@ -6,54 +6,18 @@
 
 mod support;
 
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::Value;
 use support::dapr_app::{dapr_publish_ok, stored_on};
+use support::dapr_py::{python, sdk_dir};
 use support::{
     eventually, free_port, hash_token, test_config, AppProtocol, AuthConfig, AuthMode,
     DaprAppConfig, PayloadFormat, PrincipalConfig, RedisServer, RouterApi, TestRouter,
 };
 
 const TOKEN: &str = "python-service-token";
-
-fn sdk_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/dapr-py")
-}
-
-/// The venv's Python, made and filled from the pinned requirements when missing.
-async fn python() -> PathBuf {
-    let dir = sdk_dir();
-    let python = dir.join(".venv/bin/python");
-    if python.exists() {
-        return python;
-    }
-    let made = tokio::process::Command::new("python3")
-        .args(["-m", "venv", ".venv"])
-        .current_dir(&dir)
-        .status()
-        .await
-        .expect("python3 must be installed to run the Dapr Python SDK test");
-    assert!(
-        made.success(),
-        "python3 -m venv failed in {}",
-        dir.display()
-    );
-    let installed = tokio::process::Command::new(dir.join(".venv/bin/pip"))
-        .args(["install", "--quiet", "-r", "requirements.txt"])
-        .current_dir(&dir)
-        .status()
-        .await
-        .expect("pip");
-    assert!(
-        installed.success(),
-        "pip install failed in {}",
-        dir.display()
-    );
-    python
-}
 
 /// Runs a script of `tests/dapr-py` against evrouter; its last JSON line.
 async fn run_script(script: &str, env: &[(&str, String)]) -> Value {

@@ -157,7 +157,7 @@ fn bad_subscriptions_in_config_are_reported_with_their_paths() {
 
 #[test]
 fn bad_dapr_settings_are_reported_with_their_paths() {
-    let text = "[dapr]\nrefresh_interval = \"1ms\"\nsubscriptions_dir = \"/no/such/dir\"\ncolour = 1\n\n[[dapr.pubsubs]]\nname = \"pubsub\"\ntopic_prefix = \"Bad\"\n\n[[dapr.pubsubs]]\nname = \"pubsub\"\n\n[[dapr.apps]]\nid = \"Shop App\"\nurl = \"ftp://x\"\nmax_attempts = 0\nretry_initial_ms = 0\ncolour = 2\n";
+    let text = "[dapr]\nrefresh_interval = \"1ms\"\nsubscriptions_dir = \"/no/such/dir\"\ncolour = 1\n\n[[dapr.pubsubs]]\nname = \"pubsub\"\ntopic_prefix = \"Bad\"\n\n[[dapr.pubsubs]]\nname = \"pubsub\"\n\n[[dapr.apps]]\nid = \"Shop App\"\nurl = \"ftp://x\"\nmax_attempts = 0\nretry_initial_ms = 0\ncolour = 2\nhealth_path = \"health\"\nhealth_interval = \"0s\"\nhealth_timeout = \"soon\"\nhealth_threshold = 0\n";
     let Err(ConfigError::Invalid(problems)) = Config::from_toml_str(text, no_env()) else {
         panic!("config should be refused");
     };
@@ -172,6 +172,10 @@ fn bad_dapr_settings_are_reported_with_their_paths() {
         "dapr.apps[0].url",
         "dapr.apps[0].max_attempts",
         "dapr.apps[0].retry_initial_ms",
+        "dapr.apps[0].health_path",
+        "dapr.apps[0].health_interval",
+        "dapr.apps[0].health_timeout",
+        "dapr.apps[0].health_threshold",
         "dapr.apps[0].colour",
     ] {
         assert!(

@@ -455,6 +455,27 @@ impl Config {
                     "must be between 1 and 60000".into(),
                 );
             }
+            if !app.health_path.starts_with('/') {
+                bad(
+                    &at("health_path"),
+                    format!("`{}` must start with `/`", app.health_path),
+                );
+            }
+            for (key, duration) in [
+                ("health_interval", &app.health_interval),
+                ("health_timeout", &app.health_timeout),
+            ] {
+                match checked(duration) {
+                    Ok(d) if d < Duration::from_millis(10) => {
+                        bad(&at(key), "must be at least 10ms".into())
+                    }
+                    Ok(_) => {}
+                    Err(message) => bad(&at(key), message),
+                }
+            }
+            if app.health_threshold == 0 {
+                bad(&at("health_threshold"), "must be at least 1".into());
+            }
         }
         if let Some(dir) = &dapr.subscriptions_dir {
             if !dir.is_dir() {

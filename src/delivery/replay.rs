@@ -165,6 +165,12 @@ pub async fn send_stored(
             indexes.push(next.index);
             items.push(next.item);
         }
+        if subscriber.paused_until().is_some() {
+            for index in indexes {
+                outcomes[index] = Some(Outcome::Retry("the app is unhealthy".into()));
+            }
+            continue;
+        }
         let Ok(endpoint) = subscriber.pick() else {
             for index in indexes {
                 outcomes[index] = Some(Outcome::Retry("every endpoint is unhealthy".into()));

@@ -114,6 +114,11 @@ pub type Sending = Pin<Box<dyn Future<Output = Reply> + Send>>;
 pub trait Subscriber: Send + Sync {
     /// Presents a stored event; `Ok(None)` when no route of the subscriber takes it.
     fn present(&self, raw: &Bytes, view: &EntryView) -> Result<Option<Presented>, EnvelopeError>;
+    /// When the subscriber takes nothing for now (a Dapr app its health checks find
+    /// unhealthy), the time to look again; its events wait without an attempt counted.
+    fn paused_until(&self) -> Option<Instant> {
+        None
+    }
     /// An endpoint that takes a request now; when none does, the earliest time one may.
     fn pick(&self) -> Result<usize, Option<Instant>>;
     /// Sends `request` to `endpoint` (from [`Subscriber::pick`]).

@@ -427,6 +427,17 @@ async fn gather(app: &AppState) -> Scrape {
         ),
     );
     scrape.add(
+        "evrouter_dapr_app_healthy",
+        "Whether a Dapr app with health checks is healthy (1) or not (0); nothing is delivered to it while it is not.",
+        Family::Gauge(
+            app.app_health
+                .states()
+                .into_iter()
+                .map(|(id, healthy)| (labels(&[("app", &id)]), i64::from(healthy)))
+                .collect(),
+        ),
+    );
+    scrape.add(
         "evrouter_parts_down",
         "Watched parts down now (a panic was caught and the part waits to restart).",
         Family::Gauge(vec![(Vec::new(), app.health.down().len() as i64)]),

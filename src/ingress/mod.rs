@@ -58,6 +58,8 @@ pub struct AppState {
     pub dapr: Arc<DaprPubsubs>,
     /// The Dapr apps whose subscriptions are read.
     pub dapr_apps: Arc<AppSubscriptions>,
+    /// The health of the Dapr apps whose health is checked.
+    pub app_health: Arc<crate::webhook::app_health::AppHealth>,
     /// The delivery runtime (subscriptions, stats).
     pub delivery: Arc<Runtime>,
     /// The PostgreSQL event store, when configured.

@@ -2,8 +2,9 @@
 //! read with `AppCallback/ListTopicSubscriptions`, its events sent with `OnTopicEvent`
 //! and `OnBulkTopicEvent` (falling back to `AppCallbackAlpha/OnBulkTopicEventAlpha1`, as
 //! daprd does), and its answers read by Dapr's rules: SUCCESS acks, RETRY retries, DROP
-//! drops; UNIMPLEMENTED drops, any other gRPC error retries. The messages and clients are
-//! the `dapr` crate's generated ones.
+//! drops; UNIMPLEMENTED drops, any other gRPC error retries. Its health is asked with
+//! `AppCallbackHealthCheck/HealthCheck`. The messages and clients are the `dapr` crate's
+//! generated ones.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -13,6 +14,7 @@ use bytes::Bytes;
 use dapr::dapr::proto::runtime::v1 as pb;
 use pb::app_callback_alpha_client::AppCallbackAlphaClient;
 use pb::app_callback_client::AppCallbackClient;
+use pb::app_callback_health_check_client::AppCallbackHealthCheckClient;
 use pb::topic_event_response::TopicEventResponseStatus;
 use serde_json::{Map, Value};
 use tonic::transport::Channel;
@@ -87,6 +89,18 @@ impl AppChannel {
             Err(status) if status.code() == tonic::Code::Unimplemented => Ok(Vec::new()),
             Err(status) => Err(format!("{:?}: {}", status.code(), status.message())),
         }
+    }
+
+    /// Whether the app answers `AppCallbackHealthCheck/HealthCheck` with OK in time.
+    pub async fn healthy(&self, timeout: Duration, app_token: Option<&str>) -> bool {
+        let mut request = tonic::Request::new(());
+        request.set_timeout(timeout);
+        if let Some(token) = app_token.and_then(|t| t.parse().ok()) {
+            request.metadata_mut().insert("dapr-api-token", token);
+        }
+        let mut client = AppCallbackHealthCheckClient::new(self.channel.clone());
+        let call = client.health_check(request);
+        matches!(tokio::time::timeout(timeout, call).await, Ok(Ok(_)))
     }
 
     /// Sends one event with `OnTopicEvent`.

@@ -3,6 +3,7 @@
 //! bulk deliveries, and what an answer means. It implements delivery's [`Connector`].
 
 pub mod answer;
+pub mod app_health;
 pub mod apps;
 pub mod breaker;
 pub mod dapr;

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use super::answer::{status_outcome, Answer, Outcome};
+use super::app_health::{AppHealth, AppHealthFlag};
 use super::dapr;
 use super::endpoints::Endpoints;
 use super::guard::Guard;
@@ -36,6 +37,7 @@ pub struct Webhooks {
     guard: Arc<Guard>,
     forwards: Option<mpsc::Sender<Forward>>,
     app_tokens: HashMap<String, Arc<str>>,
+    app_health: Arc<AppHealth>,
 }
 
 impl Webhooks {
@@ -51,7 +53,14 @@ impl Webhooks {
             guard,
             forwards,
             app_tokens: HashMap::new(),
+            app_health: Arc::new(AppHealth::default()),
         }
+    }
+
+    /// Sends nothing to a Dapr app whose health checks find it unhealthy.
+    pub fn with_app_health(mut self, health: Arc<AppHealth>) -> Self {
+        self.app_health = health;
+        self
     }
 
     /// Sends each Dapr app its API token (by app id) as `dapr-api-token`.
@@ -78,6 +87,11 @@ impl Connector for Webhooks {
                 .dapr
                 .as_ref()
                 .and_then(|d| self.app_tokens.get(&d.app_id).cloned()),
+            health: sub
+                .spec
+                .dapr
+                .as_ref()
+                .and_then(|d| self.app_health.flag(&d.app_id)),
             grpc: sub.spec.dapr.as_ref().filter(|d| d.grpc).map(|_| {
                 sub.spec
                     .endpoints
@@ -101,6 +115,8 @@ struct Webhook {
     app_token: Option<Arc<str>>,
     /// A gRPC app's channels, by endpoint.
     grpc: Option<Vec<Option<super::grpc::AppChannel>>>,
+    /// A Dapr app's health, when it is checked.
+    health: Option<AppHealthFlag>,
 }
 
 impl Webhook {
@@ -184,6 +200,10 @@ impl Subscriber for Webhook {
                 })
             }
         })
+    }
+
+    fn paused_until(&self) -> Option<Instant> {
+        self.health.as_ref().and_then(AppHealthFlag::paused_until)
     }
 
     fn pick(&self) -> Result<usize, Option<Instant>> {

@@ -1,10 +1,10 @@
 """A Dapr app built with dapr-ext-grpc, receiving through evrouter's gRPC delivery: a plain
 subscription, a routing rule, RETRY then SUCCESS, DROP, always RETRY with a dead-letter
 topic, and a handler of any topic (no topic validation) that a declarative bulk
-subscription reaches through OnBulkTopicEvent, answering each entry for itself. Writes
-what it got to RESULTS (a JSON file) after every event.
+subscription reaches through OnBulkTopicEvent, answering each entry for itself; with
+HEALTH_FILE, a health check. Writes what it got to RESULTS (a JSON file) after every event.
 
-Env: APP_PORT (this app's gRPC port), RESULTS (the file)."""
+Env: APP_PORT (this app's gRPC port), RESULTS (the file), HEALTH_FILE (optional)."""
 
 import inspect
 import json
@@ -39,9 +39,14 @@ def record(name, event: v1.Event, **extra):
         pass
     with lock:
         got[name].append({"id": event.id, "type": event.type, "data": data, **extra})
-        with open(results + ".tmp", "w") as f:
-            json.dump(got, f)
-        os.replace(results + ".tmp", results)
+        dump()
+
+
+def dump():
+    """Writes what was got to RESULTS; called with the lock held."""
+    with open(results + ".tmp", "w") as f:
+        json.dump(got, f)
+    os.replace(results + ".tmp", results)
 
 
 @app.subscribe(pubsub_name="pubsub", topic="orders")
@@ -97,6 +102,21 @@ def any_topic(event: v1.Event) -> TopicEventResponse:
     if data.get("answer") == "drop":
         return TopicEventResponse("drop")
     return TopicEventResponse("success")
+
+
+# With HEALTH_FILE set, AppCallbackHealthCheck answers OK while that file exists (and
+# fails otherwise); the probes are counted in RESULTS.
+health_file = os.environ.get("HEALTH_FILE")
+if health_file:
+
+    def health():
+        with lock:
+            got["probes"] = got.get("probes", 0) + 1
+            dump()
+        if not os.path.exists(health_file):
+            raise RuntimeError("not ready")
+
+    app.register_health_check(health)
 
 
 app.run(int(os.environ["APP_PORT"]))

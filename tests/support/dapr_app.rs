@@ -1,8 +1,9 @@
-//! A fake Dapr app for the Dapr API tests: serves `/dapr/subscribe` and records every
-//! delivery, answering by path; and what those tests share: Dapr publishes, app configs,
+//! A fake Dapr app for the Dapr API tests: serves `/dapr/subscribe` and `/health` and
+//! records every delivery, answering by path; and what those tests share: Dapr publishes, app configs,
 //! the envelopes stored for a topic.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -45,6 +46,10 @@ pub struct DaprApp {
     seen: Arc<Mutex<HashMap<String, u32>>>,
     /// The `dapr-api-token` of each `/dapr/subscribe` request.
     pub subscribe_tokens: Arc<Mutex<Vec<Option<String>>>>,
+    /// What `GET /health` answers: 200 when set, else 503.
+    pub healthy: Arc<AtomicBool>,
+    /// `GET /health` requests received.
+    pub probes: Arc<AtomicUsize>,
 }
 
 impl DaprApp {
@@ -70,6 +75,7 @@ impl DaprApp {
             .expect("bind app");
         let router = axum::Router::new()
             .route("/dapr/subscribe", axum::routing::get(subscribe_list))
+            .route("/health", axum::routing::get(health))
             .fallback(deliver)
             .with_state(self.clone());
         tokio::spawn(async move {
@@ -129,6 +135,15 @@ async fn subscribe_list(State(app): State<DaprApp>, headers: HeaderMap) -> Respo
         return StatusCode::NOT_FOUND.into_response();
     }
     axum::Json(list).into_response()
+}
+
+async fn health(State(app): State<DaprApp>) -> StatusCode {
+    app.probes.fetch_add(1, Ordering::SeqCst);
+    if app.healthy.load(Ordering::SeqCst) {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    }
 }
 
 async fn deliver(

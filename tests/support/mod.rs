@@ -8,6 +8,7 @@
 pub mod api;
 pub mod browser;
 pub mod dapr_app;
+pub mod dapr_py;
 pub mod events;
 pub mod process;
 pub mod proxy;

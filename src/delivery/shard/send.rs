@@ -47,6 +47,14 @@ impl Shard {
             if lanes.is_empty() {
                 continue;
             }
+            if let Some(until) = self.ctx.subscriber.paused_until() {
+                // Not an attempt: the lanes wait for the subscriber to take events again.
+                for lane in lanes {
+                    self.timer_seq += 1;
+                    self.timers.insert((until, self.timer_seq), lane);
+                }
+                continue;
+            }
             let endpoint = match self.ctx.subscriber.pick() {
                 Ok(endpoint) => endpoint,
                 Err(retry_at) => {

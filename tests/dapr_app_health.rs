@@ -1,0 +1,248 @@
+//! Dapr app health checks (`health_check = true` in `[[dapr.apps]]`): nothing is delivered
+//! to an app before its first good probe, nor after `health_threshold` failed probes in a
+//! row; its events wait (no attempt counted, nothing dead-lettered) and go to it once a
+//! probe succeeds again. Over HTTP (`GET /health`) with a Rust app, and over gRPC
+//! (`AppCallbackHealthCheck/HealthCheck`) with the real Python SDK's `dapr-ext-grpc` app.
+
+mod support;
+
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::dapr_app::{app_config, dapr_publish_ok, DaprApp};
+use support::{
+    dlq_entries, eventually, free_port, test_config, AppProtocol, DaprAppConfig, RedisServer,
+    RouterApi, TestRouter,
+};
+
+/// The app's health settings for the tests: probes every 100 ms, unhealthy after 2
+/// failures in a row; one attempt per event, so a counted attempt would dead-letter.
+fn checked(mut app: DaprAppConfig) -> DaprAppConfig {
+    app.health_check = true;
+    app.health_interval = "100ms".into();
+    app.health_timeout = "500ms".into();
+    app.health_threshold = 2;
+    app.max_attempts = 1;
+    app
+}
+
+/// The names of the subscriptions read from app `id`, once there are `n`.
+async fn app_subscriptions(router: &TestRouter, id: &str, n: usize) -> Vec<String> {
+    eventually(Duration::from_secs(30), async || {
+        let subs = router.get_json("/v1/subscriptions").await;
+        let names: Vec<String> = subs
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s["name"].as_str())
+            .filter(|name| name.starts_with(&format!("dapr-{id}")))
+            .map(str::to_string)
+            .collect();
+        if names.len() == n {
+            Ok(names)
+        } else {
+            Err(format!("{} subscriptions of {id}: {subs}", names.len()))
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unhealthy_http_app_gets_nothing_until_its_probe_succeeds() {
+    let redis = RedisServer::start();
+    let port = free_port();
+    let app =
+        DaprApp::listing(json!([{"pubsubname": "pubsub", "topic": "orders", "route": "/orders"}]));
+    app.listen(port).await;
+    let mut config = test_config(&redis);
+    config.dapr.apps = vec![checked(app_config("probed", port))];
+    let router = TestRouter::start(config).await;
+    let names = app_subscriptions(&router, "probed", 1).await;
+    let publish = |n: u64| {
+        let router = &router;
+        async move {
+            dapr_publish_ok(
+                router,
+                "/v1.0/publish/pubsub/orders",
+                "application/json",
+                json!({ "n": n }).to_string(),
+            )
+            .await
+        }
+    };
+    let probes_past = |n: usize| {
+        let app = &app;
+        async move {
+            let from = app.probes.load(Ordering::SeqCst);
+            eventually(Duration::from_secs(30), async || {
+                match app.probes.load(Ordering::SeqCst) {
+                    now if now >= from + n => Ok(()),
+                    now => Err(format!("{} probes of {n}", now - from)),
+                }
+            })
+            .await
+        }
+    };
+    let delivered = |app: &DaprApp| -> Vec<u64> {
+        app.on("/orders")
+            .iter()
+            .filter_map(|hit| hit.json()["data"]["n"].as_u64())
+            .collect()
+    };
+
+    let health_metric = || async {
+        let text = support::client()
+            .get(router.url("/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        text.lines()
+            .find(|l| l.starts_with("evrouter_dapr_app_healthy{app=\"probed\"}"))
+            .map(str::to_string)
+            .unwrap_or_default()
+    };
+
+    // Never healthy yet: the event waits however many probes fail.
+    publish(1).await;
+    probes_past(8).await;
+    assert!(delivered(&app).is_empty(), "nothing before a good probe");
+    assert!(
+        health_metric().await.ends_with(" 0"),
+        "{}",
+        health_metric().await
+    );
+
+    // One good probe: it goes, once, not dead-lettered.
+    app.healthy.store(true, Ordering::SeqCst);
+    app.wait(Duration::from_secs(30), |hits| !hits.is_empty())
+        .await;
+    publish(2).await;
+    app.wait(Duration::from_secs(30), |hits| hits.len() >= 2)
+        .await;
+    assert!(
+        health_metric().await.ends_with(" 1"),
+        "{}",
+        health_metric().await
+    );
+
+    // Unhealthy again (past the threshold): new events wait, then go when it is back.
+    app.healthy.store(false, Ordering::SeqCst);
+    probes_past(4).await;
+    publish(3).await;
+    probes_past(8).await;
+    assert_eq!(delivered(&app), [1, 2], "nothing while unhealthy");
+    app.healthy.store(true, Ordering::SeqCst);
+    app.wait(Duration::from_secs(30), |hits| hits.len() >= 3)
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(delivered(&app), [1, 2, 3], "each once, in order");
+    assert!(
+        dlq_entries(&redis, &names[0]).is_empty(),
+        "waiting is not an attempt"
+    );
+    router.stop().await.expect("stop");
+}
+
+fn results(path: &Path) -> Value {
+    std::fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(Value::Null)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unhealthy_grpc_app_gets_nothing_until_its_health_check_succeeds() {
+    let python = support::dapr_py::python().await;
+    let redis = RedisServer::start();
+    let app_port = free_port();
+    let dir = tempfile::tempdir().expect("dir");
+    let results_path = dir.path().join("results.json");
+    let health_file = dir.path().join("healthy");
+    let _app = tokio::process::Command::new(python)
+        .arg("app.py")
+        .current_dir(support::dapr_py::sdk_dir())
+        .env("APP_PORT", app_port.to_string())
+        .env("RESULTS", &results_path)
+        .env("HEALTH_FILE", &health_file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the app");
+    let mut config = test_config(&redis);
+    config.dapr.apps = vec![checked(DaprAppConfig {
+        id: "py-probed".into(),
+        url: format!("http://127.0.0.1:{app_port}"),
+        protocol: AppProtocol::Grpc,
+        ..DaprAppConfig::default()
+    })];
+    config.dapr.refresh_interval = "1s".into();
+    let router = TestRouter::start(config).await;
+    let names = app_subscriptions(&router, "py-probed", 6).await;
+    let probes = || results(&results_path)["probes"].as_u64().unwrap_or(0);
+    let probes_past = |n: u64| {
+        let probes = &probes;
+        async move {
+            let from = probes();
+            eventually(Duration::from_secs(30), async || match probes() {
+                now if now >= from + n => Ok(()),
+                now => Err(format!("{} probes of {n}", now - from)),
+            })
+            .await
+        }
+    };
+    let orders = || {
+        results(&results_path)["orders"]
+            .as_array()
+            .map_or(0, Vec::len)
+    };
+    let publish = |n: u64| {
+        let router = &router;
+        async move {
+            dapr_publish_ok(
+                router,
+                "/v1.0/publish/pubsub/orders",
+                "application/json",
+                json!({ "order_id": format!("ord-h{n}") }).to_string(),
+            )
+            .await
+        }
+    };
+
+    publish(1).await;
+    probes_past(8).await;
+    assert_eq!(orders(), 0, "nothing before a good health check");
+    let orders_reach = |n: usize| {
+        let orders = &orders;
+        async move {
+            eventually(Duration::from_secs(30), async || match orders() {
+                got if got == n => Ok(()),
+                got => Err(format!("{got} orders of {n}")),
+            })
+            .await
+        }
+    };
+    std::fs::write(&health_file, b"ok").expect("healthy");
+    orders_reach(1).await;
+
+    std::fs::remove_file(&health_file).expect("unhealthy");
+    probes_past(4).await;
+    publish(2).await;
+    probes_past(8).await;
+    assert_eq!(orders(), 1, "nothing while unhealthy");
+    std::fs::write(&health_file, b"ok").expect("healthy again");
+    orders_reach(2).await;
+    for name in &names {
+        assert!(
+            dlq_entries(&redis, name).is_empty(),
+            "waiting is not an attempt"
+        );
+    }
+    router.stop().await.expect("stop");
+}
