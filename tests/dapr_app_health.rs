@@ -52,24 +52,45 @@ async fn app_subscriptions(router: &TestRouter, id: &str, n: usize) -> Vec<Strin
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unhealthy_http_app_gets_nothing_until_its_probe_succeeds() {
+    // Alone in this binary: it measures the process's CPU while the app is paused.
+    let _alone = support::heavy().await;
     let redis = RedisServer::start();
     let port = free_port();
-    let app =
-        DaprApp::listing(json!([{"pubsubname": "pubsub", "topic": "orders", "route": "/orders"}]));
+    let app = DaprApp::listing(json!([
+        {"pubsubname": "pubsub", "topic": "orders", "route": "/orders"},
+        {"pubsubname": "pubsub", "topic": "bulky", "route": "/bulk",
+         "bulkSubscribe": {"enabled": true, "maxMessagesCount": 10, "maxAwaitDurationMs": 20}}
+    ]));
     app.listen(port).await;
     let mut config = test_config(&redis);
     config.dapr.apps = vec![checked(app_config("probed", port))];
     let router = TestRouter::start(config).await;
-    let names = app_subscriptions(&router, "probed", 1).await;
-    let publish = |n: u64| {
+    let names = app_subscriptions(&router, "probed", 2).await;
+    let publish_to = |topic: &'static str, n: u64| {
         let router = &router;
         async move {
             dapr_publish_ok(
                 router,
-                "/v1.0/publish/pubsub/orders",
+                &format!("/v1.0/publish/pubsub/{topic}"),
                 "application/json",
                 json!({ "n": n }).to_string(),
             )
+            .await
+        }
+    };
+    let publish = |n: u64| publish_to("orders", n);
+    // Read by their subscriptions (pending in Redis), whether delivered or not.
+    let read = |n: u64| {
+        let (redis, names) = (&redis, &names);
+        async move {
+            eventually(Duration::from_secs(30), async || {
+                let pending: u64 = names.iter().map(|g| redis.pending_anywhere(g)).sum();
+                if pending >= n {
+                    Ok(())
+                } else {
+                    Err(format!("{pending} read of {n}"))
+                }
+            })
             .await
         }
     };
@@ -108,22 +129,35 @@ async fn an_unhealthy_http_app_gets_nothing_until_its_probe_succeeds() {
             .unwrap_or_default()
     };
 
-    // Never healthy yet: the event waits however many probes fail.
+    // Never healthy yet: the events are read and wait however many probes fail, and the
+    // waiting subscriptions (one of them bulk) do not spin.
     publish(1).await;
+    publish_to("bulky", 10).await;
+    read(2).await;
+    let (cpu_before, wall_before) = (process_cpu(), std::time::Instant::now());
     probes_past(8).await;
-    assert!(delivered(&app).is_empty(), "nothing before a good probe");
+    let (cpu, wall) = (
+        process_cpu() - cpu_before,
+        wall_before.elapsed().as_secs_f64(),
+    );
+    assert!(app.hits().is_empty(), "nothing before a good probe");
+    assert!(
+        cpu < 0.5 * wall,
+        "waiting costs little: {cpu:.2} s of CPU in {wall:.2} s"
+    );
     assert!(
         health_metric().await.ends_with(" 0"),
         "{}",
         health_metric().await
     );
 
-    // One good probe: it goes, once, not dead-lettered.
+    // One good probe: they go, once, not dead-lettered.
     app.healthy.store(true, Ordering::SeqCst);
-    app.wait(Duration::from_secs(30), |hits| !hits.is_empty())
-        .await;
-    publish(2).await;
     app.wait(Duration::from_secs(30), |hits| hits.len() >= 2)
+        .await;
+    assert_eq!(app.on("/bulk").len(), 1, "the bulk subscription's event");
+    publish(2).await;
+    app.wait(Duration::from_secs(30), |hits| hits.len() >= 3)
         .await;
     assert!(
         health_metric().await.ends_with(" 1"),
@@ -138,15 +172,31 @@ async fn an_unhealthy_http_app_gets_nothing_until_its_probe_succeeds() {
     probes_past(8).await;
     assert_eq!(delivered(&app), [1, 2], "nothing while unhealthy");
     app.healthy.store(true, Ordering::SeqCst);
-    app.wait(Duration::from_secs(30), |hits| hits.len() >= 3)
+    app.wait(Duration::from_secs(30), |hits| hits.len() >= 4)
         .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(delivered(&app), [1, 2, 3], "each once, in order");
-    assert!(
-        dlq_entries(&redis, &names[0]).is_empty(),
-        "waiting is not an attempt"
-    );
+    for name in &names {
+        assert!(
+            dlq_entries(&redis, name).is_empty(),
+            "waiting is not an attempt"
+        );
+    }
     router.stop().await.expect("stop");
+}
+
+/// CPU seconds this process has used (user and system), from `/proc/self/stat`.
+fn process_cpu() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
+    // The fields after the command name (which may hold spaces), from field 3 on.
+    let rest = stat.rsplit_once(") ").map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|i| fields.get(*i)?.parse::<f64>().ok())
+        .sum();
+    // Linux reports these in clock ticks of 1/100 s (USER_HZ).
+    ticks / 100.0
 }
 
 fn results(path: &Path) -> Value {
@@ -158,6 +208,7 @@ fn results(path: &Path) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unhealthy_grpc_app_gets_nothing_until_its_health_check_succeeds() {
+    let _shared = support::light().await;
     let python = support::dapr_py::python().await;
     let redis = RedisServer::start();
     let app_port = free_port();

@@ -201,3 +201,34 @@ pub async fn send_stored(
     }
     outcomes
 }
+
+/// Sends `entries` as [`send_stored`] does, trying the ones the subscriber asks again for
+/// up to `tries` times in all (200 ms, then 400 ms, … between); returns how many were
+/// taken (delivered, dropped by the subscriber, or unreadable) and how many still failed.
+pub async fn send_tried(
+    subscriber: &dyn Subscriber,
+    entries: Vec<Stored>,
+    single: bool,
+    tries: u32,
+) -> (u64, u64) {
+    let batch = entries.len();
+    let (mut left, mut taken) = (entries, 0);
+    for attempt in 0..tries {
+        if left.is_empty() {
+            break;
+        }
+        if attempt > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(200 << (attempt - 1))).await;
+        }
+        let outcomes = send_stored(subscriber, &left, single, batch, true).await;
+        let mut again = Vec::new();
+        for (entry, outcome) in left.into_iter().zip(outcomes) {
+            match outcome {
+                Some(Outcome::Retry(_)) => again.push(entry),
+                Some(Outcome::Delivered | Outcome::Drop(_)) | None => taken += 1,
+            }
+        }
+        left = again;
+    }
+    (taken, left.len() as u64)
+}

@@ -4,6 +4,7 @@
 //! progress (done, total, rate, ETA), cancellable, and resumable from its last page; the
 //! state of each job is kept in Redis so that any instance can answer for it.
 
+use std::collections::HashSet;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -14,8 +15,7 @@ use tokio_postgres::types::ToSql;
 
 use super::rows::{row_envelope, Archived, ARCHIVED_COLUMNS};
 use super::{EventStore, EventStoreError};
-use crate::delivery::replay::{send_stored, Stored};
-use crate::delivery::transport::Outcome;
+use crate::delivery::replay::{send_tried, Stored};
 use crate::delivery::Runtime;
 use crate::model::clock::now_ms;
 use crate::model::envelope::Envelope;
@@ -345,7 +345,10 @@ impl Replays {
             _ => 1,
         };
         let step = STEP.max(batch_size);
+        // What waits to be sent, and its keys: one event of a key a request, so that an
+        // event tried again never goes after a later one of its key.
         let mut sending: Vec<Stored> = Vec::with_capacity(batch_size);
+        let mut keys: HashSet<String> = HashSet::new();
         let began = Instant::now();
         let done_before = status.done;
         loop {
@@ -363,13 +366,38 @@ impl Replays {
                 match &target {
                     Some((_, subscriber, single)) => {
                         if matches(&envelope.topic) {
+                            if !envelope.key.is_empty()
+                                && keys.contains(&envelope.key)
+                                && self
+                                    .deliver(
+                                        &**subscriber,
+                                        &mut sending,
+                                        &mut keys,
+                                        *single,
+                                        status,
+                                    )
+                                    .await?
+                            {
+                                return Ok(false);
+                            }
+                            keys.insert(envelope.key.clone());
                             sending.push(Stored {
                                 key: format!("{stream}.{partition}"),
                                 id: redis_id,
                                 raw: bytes::Bytes::from(envelope.encode()),
                             });
-                            if sending.len() >= batch_size {
-                                send(&**subscriber, &mut sending, *single, status).await;
+                            if sending.len() >= batch_size
+                                && self
+                                    .deliver(
+                                        &**subscriber,
+                                        &mut sending,
+                                        &mut keys,
+                                        *single,
+                                        status,
+                                    )
+                                    .await?
+                            {
+                                return Ok(false);
                             }
                         } else {
                             status.done += 1;
@@ -389,7 +417,12 @@ impl Replays {
                 if since_flush >= step || last_flush.elapsed() >= FLUSH_EVERY {
                     // The cursor moves past what was sent only.
                     if let Some((_, subscriber, single)) = &target {
-                        send(&**subscriber, &mut sending, *single, status).await;
+                        if self
+                            .deliver(&**subscriber, &mut sending, &mut keys, *single, status)
+                            .await?
+                        {
+                            return Ok(false);
+                        }
                     }
                     let cursor = reached.take();
                     if self
@@ -402,7 +435,12 @@ impl Replays {
                 }
             }
             if let Some((_, subscriber, single)) = &target {
-                send(&**subscriber, &mut sending, *single, status).await;
+                if self
+                    .deliver(&**subscriber, &mut sending, &mut keys, *single, status)
+                    .await?
+                {
+                    return Ok(false);
+                }
             }
             if reached.is_some()
                 && self
@@ -412,6 +450,38 @@ impl Replays {
                 return Ok(false);
             }
         }
+    }
+
+    /// Sends what waits in `sending` to the subscription, once its subscriber takes
+    /// events (an unhealthy Dapr app is waited for, not counted against); returns whether
+    /// the job was asked to stop while it waited.
+    async fn deliver(
+        &self,
+        subscriber: &dyn crate::delivery::transport::Subscriber,
+        sending: &mut Vec<Stored>,
+        keys: &mut HashSet<String>,
+        single: bool,
+        status: &mut ReplayStatus,
+    ) -> Result<bool, ReplayError> {
+        if sending.is_empty() {
+            return Ok(false);
+        }
+        let mut looked = Instant::now();
+        while let Some(until) = subscriber.paused_until() {
+            tokio::time::sleep_until(until.into()).await;
+            if looked.elapsed() >= FLUSH_EVERY {
+                looked = Instant::now();
+                let mut conn = self.conn.clone();
+                if replays::cancel_requested(&mut conn, &self.prefix, &status.id).await? {
+                    return Ok(true);
+                }
+            }
+        }
+        let (taken, failed) = send_tried(subscriber, std::mem::take(sending), single, TRIES).await;
+        status.done += taken;
+        status.failed += failed;
+        keys.clear();
+        Ok(false)
     }
 
     /// Publishes what waits (topic target), moves the cursor, saves the state; returns
@@ -497,35 +567,4 @@ impl Replays {
         let ring = self.store.ring_of(&rows, 18, 19).await?;
         Ok(rows.iter().map(|row| row_envelope(row, &ring)).collect())
     }
-}
-
-/// Sends the archived events waiting in `sending` to a subscriber (as many a request as
-/// it takes in bulk mode), trying the ones it asks again for a few times; counts them in
-/// `status` as done (taken, dropped by the subscriber, or unreadable) or failed.
-async fn send(
-    subscriber: &dyn crate::delivery::transport::Subscriber,
-    sending: &mut Vec<Stored>,
-    single: bool,
-    status: &mut ReplayStatus,
-) {
-    let mut left = std::mem::take(sending);
-    let batch = left.len();
-    for attempt in 0..TRIES {
-        if left.is_empty() {
-            return;
-        }
-        if attempt > 0 {
-            tokio::time::sleep(Duration::from_millis(200 << (attempt - 1))).await;
-        }
-        let outcomes = send_stored(subscriber, &left, single, batch, true).await;
-        let mut again = Vec::new();
-        for (entry, outcome) in left.into_iter().zip(outcomes) {
-            match outcome {
-                Some(Outcome::Retry(_)) => again.push(entry),
-                Some(Outcome::Delivered | Outcome::Drop(_)) | None => status.done += 1,
-            }
-        }
-        left = again;
-    }
-    status.failed += left.len() as u64;
 }

@@ -109,6 +109,19 @@ async fn a_replay_from_the_store_reaches_one_subscription_in_key_order_and_resum
         "several events a request: {:?}",
         replayed.iter().map(|r| r.batch).collect::<Vec<_>>()
     );
+    // One event of a key a request, so that one tried again never passes a later one.
+    let mut requests: std::collections::BTreeMap<u64, Vec<&str>> = Default::default();
+    for r in &replayed {
+        requests.entry(r.arrived).or_default().push(&r.key);
+    }
+    for keys in requests.values() {
+        let distinct: std::collections::HashSet<_> = keys.iter().collect();
+        assert_eq!(
+            distinct.len(),
+            keys.len(),
+            "a key twice in one request: {keys:?}"
+        );
+    }
     support::subscriber::assert_in_key_order(&replayed, 5, 10);
 
     tokio::time::sleep(Duration::from_millis(200)).await;

@@ -212,6 +212,31 @@ impl RedisServer {
             .sum()
     }
 
+    /// Entries of any stream read by `group` and not acked yet, over every partition.
+    pub fn pending_anywhere(&self, group: &str) -> u64 {
+        let mut conn = self.conn();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("evr:{*}")
+            .query(&mut conn)
+            .expect("keys");
+        keys.iter()
+            .filter(|k| k.ends_with('}'))
+            .map(|key| {
+                let groups: redis::streams::StreamInfoGroupsReply = redis::cmd("XINFO")
+                    .arg("GROUPS")
+                    .arg(key)
+                    .query(&mut conn)
+                    .expect("xinfo groups");
+                groups
+                    .groups
+                    .iter()
+                    .filter(|g| g.name == group)
+                    .map(|g| g.pending as u64)
+                    .sum::<u64>()
+            })
+            .sum()
+    }
+
     /// Entries in the `order` stream, over its partitions.
     pub fn order_entries(&self) -> usize {
         let mut conn = self.conn();

@@ -74,6 +74,11 @@ impl Shard {
             self.bulk_deadline = None;
             self.send(lanes, endpoint, bulk);
         }
+        if self.ready.is_empty() {
+            // Nothing waits to fill a request (the lanes were sent, paused, failed fast or
+            // let go): a deadline left behind would wake the shard in a loop.
+            self.bulk_deadline = None;
+        }
     }
 
     /// Acks the lanes' heads whose time to live passed while they waited (retries, order)
