@@ -1,8 +1,8 @@
 //! Restore: after Redis lost its data (a restart without persistence), the archived events
 //! of a time range are written back into their partitions with the ids they had, in order,
 //! so that subscriptions can be rewound over them. Pages are read from PostgreSQL in stored
-//! order, a page ahead of the writes, and each page goes to Redis as one script call per
-//! partition.
+//! order, a page ahead of the writes, and each page goes to Redis in one round trip (a
+//! script call per partition).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -11,9 +11,10 @@ use redis::aio::ConnectionManager;
 use serde::Serialize;
 use tokio_postgres::types::ToSql;
 
+use super::rows::micros;
 use super::rows::{row_envelope, ARCHIVED_COLUMNS};
 use super::{EventStore, EventStoreError};
-use crate::store::restore::append_with_ids;
+use crate::store::restore::{append_pages, PartitionEntries};
 
 /// Events read from PostgreSQL at a time.
 const PAGE: i64 = 5000;
@@ -74,23 +75,23 @@ pub async fn restore(
         .await?
         .get(0);
     let total = total.max(0) as u64;
-    let (pages_tx, mut pages) =
-        tokio::sync::mpsc::channel::<BTreeMap<String, Vec<(String, Vec<u8>)>>>(AHEAD);
-    let reader = async move {
-        let mut cursor: Option<(i64, String, i32, i64)> = None;
-        loop {
+    let (pages_tx, mut pages) = tokio::sync::mpsc::channel::<Vec<PartitionEntries>>(AHEAD);
+    // The page after `cursor`, in stored order.
+    let page_after = |cursor: Option<(i64, String, i32, i64)>| {
+        let client = &client;
+        async move {
             let mut params: Vec<Box<dyn ToSql + Sync + Send>> = vec![Box::new(from), Box::new(to)];
             if !topics.is_empty() {
                 params.push(Box::new(topics.to_vec()));
             }
             let mut after = String::new();
-            if let Some((us, stream, partition, seq)) = &cursor {
+            if let Some((us, stream, partition, seq)) = cursor {
                 params.push(Box::new(
-                    UNIX_EPOCH + Duration::from_micros((*us).max(0) as u64),
+                    UNIX_EPOCH + Duration::from_micros(us.max(0) as u64),
                 ));
-                params.push(Box::new(stream.clone()));
-                params.push(Box::new(*partition));
-                params.push(Box::new(*seq));
+                params.push(Box::new(stream));
+                params.push(Box::new(partition));
+                params.push(Box::new(seq));
                 let n = params.len();
                 after = format!(
                     " AND (stored_at, stream, partition, redis_seq) > (${}, ${}, ${}, ${})",
@@ -100,7 +101,7 @@ pub async fn restore(
                     n
                 );
             }
-            let rows = client
+            client
                 .query(
                     &format!(
                         "SELECT {ARCHIVED_COLUMNS} FROM evr_events
@@ -109,38 +110,54 @@ pub async fn restore(
                     ),
                     &refs(&params),
                 )
-                .await?;
-            if rows.is_empty() {
-                return Ok::<(), EventStoreError>(());
-            }
-            let ring = store.ring_of(&rows, 18, 19).await?;
-            // Each partition's entries, in their order.
-            let mut by_partition: BTreeMap<String, Vec<(String, Vec<u8>)>> = BTreeMap::new();
-            for row in &rows {
-                let (us, stream, partition, redis_id, seq, envelope) = row_envelope(row, &ring);
-                by_partition
-                    .entry(format!("{prefix}:{{{stream}.{partition}}}"))
-                    .or_default()
-                    .push((redis_id, envelope.encode()));
-                cursor = Some((us, stream, partition, seq));
-            }
-            if pages_tx.send(by_partition).await.is_err() {
-                return Ok(());
-            }
+                .await
         }
     };
-    let mut conn = conn.clone();
+    // Each page's rows as the entries of their partitions, in their order.
+    let decode = |rows: Vec<tokio_postgres::Row>| async move {
+        let ring = store.ring_of(&rows, 18, 19).await?;
+        let mut by_partition: BTreeMap<String, Vec<(String, Vec<u8>)>> = BTreeMap::new();
+        for row in &rows {
+            let (_, stream, partition, redis_id, _, envelope) = row_envelope(row, &ring);
+            by_partition
+                .entry(format!("{prefix}:{{{stream}.{partition}}}"))
+                .or_default()
+                .push((redis_id, envelope.encode()));
+        }
+        Ok::<_, EventStoreError>(by_partition.into_iter().collect::<Vec<_>>())
+    };
+    let reader = async move {
+        let mut rows = page_after(None).await?;
+        while let Some(last) = rows.last() {
+            // PostgreSQL reads the next page while this one is decoded.
+            let cursor = (
+                micros(last.get::<_, SystemTime>(0)),
+                last.get::<_, String>(1),
+                last.get::<_, i32>(2),
+                last.get::<_, i64>(17),
+            );
+            let (next, page) = tokio::join!(page_after(Some(cursor)), decode(rows));
+            if pages_tx.send(page?).await.is_err() {
+                return Ok(());
+            }
+            rows = next?;
+        }
+        Ok::<(), EventStoreError>(())
+    };
+    let conn = conn.clone();
     // The receiver goes with the writer: a failed write ends the reader's sends too.
     let writer = async move {
         let mut done = Restored::default();
         while let Some(page) = pages.recv().await {
-            for (key, entries) in page {
-                let (written, skipped) = append_with_ids(&mut conn, &key, &entries)
+            // On a worker of its own, beside the decoding of the next page.
+            let mut conn = conn.clone();
+            let (written, skipped) =
+                tokio::spawn(async move { append_pages(&mut conn, &page).await })
                     .await
+                    .map_err(|e| EventStoreError::Config(format!("redis writer: {e}")))?
                     .map_err(|e| EventStoreError::Config(format!("redis: {e}")))?;
-                done.written += written;
-                done.skipped += skipped;
-            }
+            done.written += written;
+            done.skipped += skipped;
             progress(done.written + done.skipped, total);
         }
         Ok::<Restored, EventStoreError>(done)

@@ -1,34 +1,40 @@
-//! Writing archived entries back into a partition with the ids they had, after Redis lost
-//! its data: one script call a batch, so that an entry Redis refuses (its id is not after
-//! the stream's last one: newer entries are there already) is counted and skipped rather
-//! than failing the batch.
+//! Writing archived entries back into their partitions with the ids they had, after Redis
+//! lost its data: a page's `XADD`s in one round trip, where an entry Redis refuses because
+//! its id is not after the stream's last one (newer entries are there already) is counted
+//! and skipped rather than failing the page.
 
 use redis::aio::ConnectionManager;
 
-/// Appends `entries` (id, stored bytes) to `key` in order, keeping their ids; returns how
-/// many were written and how many skipped.
-const RESTORE: &str = r#"
-local written, skipped = 0, 0
-for i = 1, #ARGV, 2 do
-  local ok = pcall(redis.call, 'XADD', KEYS[1], ARGV[i], 'e', ARGV[i + 1])
-  if ok then written = written + 1 else skipped = skipped + 1 end
-end
-return {written, skipped}
-"#;
+/// One partition's entries to write back: its key, and (id, stored bytes) in order.
+pub type PartitionEntries = (String, Vec<(String, Vec<u8>)>);
 
-/// Writes `entries` back into the partition `key`; (written, skipped).
-pub async fn append_with_ids(
+/// Writes each partition's entries back into it with their ids (`XADD key id`), all in
+/// one pipelined round trip; (written, skipped) over all of them. An entry Redis refuses
+/// because its partition already holds it or a newer one is skipped; any other refusal
+/// (Redis full, say) fails the call.
+pub async fn append_pages(
     conn: &mut ConnectionManager,
-    key: &str,
-    entries: &[(String, Vec<u8>)],
+    pages: &[PartitionEntries],
 ) -> redis::RedisResult<(u64, u64)> {
-    if entries.is_empty() {
-        return Ok((0, 0));
+    let mut pipe = redis::pipe();
+    pipe.ignore_errors();
+    for (key, entries) in pages {
+        for (id, bytes) in entries {
+            pipe.cmd("XADD")
+                .arg(key)
+                .arg(id)
+                .arg("e")
+                .arg(bytes.as_slice());
+        }
     }
-    let mut cmd = redis::cmd("EVAL");
-    cmd.arg(RESTORE).arg(1).arg(key);
-    for (id, bytes) in entries {
-        cmd.arg(id).arg(bytes.as_slice());
+    let answers: Vec<redis::RedisResult<redis::Value>> = pipe.query_async(conn).await?;
+    let (mut written, mut skipped) = (0, 0);
+    for answer in answers {
+        match answer {
+            Ok(_) => written += 1,
+            Err(err) if err.to_string().contains("equal or smaller") => skipped += 1,
+            Err(err) => return Err(err),
+        }
     }
-    cmd.query_async(conn).await
+    Ok((written, skipped))
 }
