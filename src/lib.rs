@@ -427,6 +427,7 @@ pub async fn restore(
     from: std::time::SystemTime,
     to: std::time::SystemTime,
     topics: &[String],
+    slice_events: u64,
     progress: impl Fn(u64, u64),
 ) -> Result<eventstore::restore::Restored, RunError> {
     let store = eventstore::EventStore::new(&config.eventstore)?.ok_or_else(|| {
@@ -438,7 +439,8 @@ pub async fn restore(
     let target = redis_target(config)?;
     let conn = target.manager_with_timeout(std::time::Duration::from_secs(30))?;
     let prefix = &config.redis.key_prefix;
-    Ok(eventstore::restore::restore(&store, &conn, prefix, from, to, topics, progress).await?)
+    let range = eventstore::restore::Range::new(&store, prefix, topics, slice_events);
+    Ok(eventstore::restore::restore(&range, &conn, from, to, progress).await?)
 }
 
 /// Subscribers for delivery: the event store's archive writes to PostgreSQL, every other

@@ -83,6 +83,10 @@ enum Command {
         /// Only these topics (comma-separated).
         #[arg(long, value_delimiter = ',')]
         topics: Vec<String>,
+        /// Events read as one time slice (cut at whole seconds); three slices are read at
+        /// once, each on a connection of its own. Lower it to use less memory.
+        #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
+        slice_events: u64,
     },
     /// Replay archived events from the event store into a subscription, or publish them
     /// again to a topic, with a progress bar (Ctrl-C cancels the replay).
@@ -211,6 +215,7 @@ fn main() -> ExitCode {
             from,
             to,
             topics,
+            slice_events,
         } => {
             let config = match load(config.as_deref(), None, None) {
                 Ok(config) => config,
@@ -219,7 +224,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
-            match replay_cli::restore(&config, &from, &to, &topics) {
+            match replay_cli::restore(&config, &from, &to, &topics, slice_events) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
                     eprintln!("evrouter restore: {err:#}");

@@ -133,6 +133,7 @@ pub fn restore(
     from: &str,
     to: &str,
     topics: &[String],
+    slice_events: u64,
 ) -> anyhow::Result<()> {
     let from = humantime::parse_rfc3339_weak(from).context("--from")?;
     let to = humantime::parse_rfc3339_weak(to).context("--to")?;
@@ -150,6 +151,7 @@ pub fn restore(
         from,
         to,
         topics,
+        slice_events,
         |done, total| {
             bar.set_length(total);
             bar.set_position(done);

@@ -1,17 +1,19 @@
 //! Restore: after Redis lost its data (a restart without persistence), the archived events
 //! of a time range are written back into their partitions with the ids they had, in order,
-//! so that subscriptions can be rewound over them. Pages are read from PostgreSQL in stored
-//! order, a page ahead of the writes, and each page goes to Redis in one round trip (a
-//! script call per partition).
+//! so that subscriptions can be rewound over them. Time slices of the range are read from
+//! PostgreSQL in stored order, several at once, and written in order, a page's `XADD`s in
+//! one round trip.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures_util::StreamExt;
 
 use redis::aio::ConnectionManager;
 use serde::Serialize;
 use tokio_postgres::types::ToSql;
 
-use super::rows::micros;
 use super::rows::{row_envelope, ARCHIVED_COLUMNS};
 use super::{EventStore, EventStoreError};
 use crate::store::restore::{append_pages, PartitionEntries};
@@ -39,56 +41,90 @@ fn refs(params: &[Box<dyn ToSql + Sync + Send>]) -> Vec<&(dyn ToSql + Sync)> {
         .collect()
 }
 
-/// Pages read ahead of the one being written.
-const AHEAD: usize = 2;
+/// Time slices read at once, each on a connection of its own (their pages are written in
+/// order: a slice waits until the ones before it are written).
+const SLICES_AHEAD: usize = 3;
 
-/// Writes the events stored in `[from, to)` (of `topics`, or all) back into their
-/// partitions under `prefix`; PostgreSQL is read a page ahead of the writes to Redis.
-/// `progress(done, total)` is called after every page.
-pub async fn restore(
-    store: &EventStore,
-    conn: &ConnectionManager,
-    prefix: &str,
-    from: SystemTime,
-    to: SystemTime,
-    topics: &[String],
-    progress: impl Fn(u64, u64),
-) -> Result<Restored, EventStoreError> {
-    let began = Instant::now();
-    let client = store.client().await?;
-    let topic_clause = if topics.is_empty() {
-        ""
-    } else {
-        " AND topic = ANY($3)"
-    };
-    let mut base: Vec<Box<dyn ToSql + Sync + Send>> = vec![Box::new(from), Box::new(to)];
-    if !topics.is_empty() {
-        base.push(Box::new(topics.to_vec()));
+/// What a restore reads (its topics, or all) and where the events go (partitions under
+/// `prefix`), in slices of about `slice_events` events.
+#[derive(Clone)]
+pub struct Range {
+    store: Arc<EventStore>,
+    prefix: String,
+    topics: Vec<String>,
+    slice_events: u64,
+}
+
+impl Range {
+    /// Events of `topics` (all when empty) from `store`, to partitions under `prefix`.
+    pub fn new(
+        store: &Arc<EventStore>,
+        prefix: &str,
+        topics: &[String],
+        slice_events: u64,
+    ) -> Self {
+        Self {
+            store: store.clone(),
+            prefix: prefix.to_string(),
+            topics: topics.to_vec(),
+            slice_events: slice_events.max(1),
+        }
     }
-    let total: i64 = client
-        .query_one(
-            &format!(
-                "SELECT count(*) FROM evr_events WHERE stored_at >= $1 AND stored_at < $2{topic_clause}"
-            ),
-            &refs(&base),
-        )
-        .await?
-        .get(0);
-    let total = total.max(0) as u64;
-    let (pages_tx, mut pages) = tokio::sync::mpsc::channel::<Vec<PartitionEntries>>(AHEAD);
-    // The page after `cursor`, in stored order.
-    let page_after = |cursor: Option<(i64, String, i32, i64)>| {
-        let client = &client;
-        async move {
+
+    fn topic_clause(&self, n: usize) -> String {
+        if self.topics.is_empty() {
+            String::new()
+        } else {
+            format!(" AND topic = ANY(${n})")
+        }
+    }
+
+    /// How many events were stored in each second of `[from, to)` that has any, in
+    /// order: (the second, since the epoch; count).
+    async fn per_second(
+        &self,
+        from: SystemTime,
+        to: SystemTime,
+    ) -> Result<Vec<(i64, u64)>, EventStoreError> {
+        let client = self.store.client().await?;
+        let mut params: Vec<Box<dyn ToSql + Sync + Send>> = vec![Box::new(from), Box::new(to)];
+        if !self.topics.is_empty() {
+            params.push(Box::new(self.topics.clone()));
+        }
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT floor(extract(epoch FROM stored_at))::bigint AS s, count(*)
+                       FROM evr_events WHERE stored_at >= $1 AND stored_at < $2{}
+                      GROUP BY s ORDER BY s",
+                    self.topic_clause(3)
+                ),
+                &refs(&params),
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|row| (row.get::<_, i64>(0), row.get::<_, i64>(1).max(0) as u64))
+            .collect())
+    }
+
+    /// The events of `[from, to)` in stored order, as pages of each partition's entries.
+    async fn slice(
+        self,
+        from: SystemTime,
+        to: SystemTime,
+    ) -> Result<Vec<Vec<PartitionEntries>>, EventStoreError> {
+        let client = self.store.client().await?;
+        let mut pages = Vec::new();
+        let mut cursor: Option<(SystemTime, String, i32, i64)> = None;
+        loop {
             let mut params: Vec<Box<dyn ToSql + Sync + Send>> = vec![Box::new(from), Box::new(to)];
-            if !topics.is_empty() {
-                params.push(Box::new(topics.to_vec()));
+            if !self.topics.is_empty() {
+                params.push(Box::new(self.topics.clone()));
             }
             let mut after = String::new();
-            if let Some((us, stream, partition, seq)) = cursor {
-                params.push(Box::new(
-                    UNIX_EPOCH + Duration::from_micros(us.max(0) as u64),
-                ));
+            if let Some((at, stream, partition, seq)) = cursor.take() {
+                params.push(Box::new(at));
                 params.push(Box::new(stream));
                 params.push(Box::new(partition));
                 params.push(Box::new(seq));
@@ -101,70 +137,84 @@ pub async fn restore(
                     n
                 );
             }
-            client
+            let rows = client
                 .query(
                     &format!(
                         "SELECT {ARCHIVED_COLUMNS} FROM evr_events
-                          WHERE stored_at >= $1 AND stored_at < $2{topic_clause}{after}
-                          ORDER BY stored_at, stream, partition, redis_seq LIMIT {PAGE}"
+                          WHERE stored_at >= $1 AND stored_at < $2{}{after}
+                          ORDER BY stored_at, stream, partition, redis_seq LIMIT {PAGE}",
+                        self.topic_clause(3)
                     ),
                     &refs(&params),
                 )
-                .await
-        }
-    };
-    // Each page's rows as the entries of their partitions, in their order.
-    let decode = |rows: Vec<tokio_postgres::Row>| async move {
-        let ring = store.ring_of(&rows, 18, 19).await?;
-        let mut by_partition: BTreeMap<String, Vec<(String, Vec<u8>)>> = BTreeMap::new();
-        for row in &rows {
-            let (_, stream, partition, redis_id, _, envelope) = row_envelope(row, &ring);
-            by_partition
-                .entry(format!("{prefix}:{{{stream}.{partition}}}"))
-                .or_default()
-                .push((redis_id, envelope.encode()));
-        }
-        Ok::<_, EventStoreError>(by_partition.into_iter().collect::<Vec<_>>())
-    };
-    let reader = async move {
-        let mut rows = page_after(None).await?;
-        while let Some(last) = rows.last() {
-            // PostgreSQL reads the next page while this one is decoded.
-            let cursor = (
-                micros(last.get::<_, SystemTime>(0)),
-                last.get::<_, String>(1),
-                last.get::<_, i32>(2),
-                last.get::<_, i64>(17),
-            );
-            let (next, page) = tokio::join!(page_after(Some(cursor)), decode(rows));
-            if pages_tx.send(page?).await.is_err() {
-                return Ok(());
+                .await?;
+            let Some(last) = rows.last() else {
+                return Ok(pages);
+            };
+            cursor = Some((last.get(0), last.get(1), last.get(2), last.get(17)));
+            let ring = self.store.ring_of(&rows, 18, 19).await?;
+            let mut by_partition: BTreeMap<String, Vec<(String, Vec<u8>)>> = BTreeMap::new();
+            for row in &rows {
+                let (_, stream, partition, redis_id, _, envelope) = row_envelope(row, &ring);
+                by_partition
+                    .entry(format!("{}:{{{stream}.{partition}}}", self.prefix))
+                    .or_default()
+                    .push((redis_id, envelope.encode()));
             }
-            rows = next?;
+            pages.push(by_partition.into_iter().collect());
+            if rows.len() < PAGE as usize {
+                return Ok(pages);
+            }
         }
-        Ok::<(), EventStoreError>(())
-    };
-    let conn = conn.clone();
-    // The receiver goes with the writer: a failed write ends the reader's sends too.
-    let writer = async move {
-        let mut done = Restored::default();
-        while let Some(page) = pages.recv().await {
-            // On a worker of its own, beside the decoding of the next page.
+    }
+}
+
+/// Writes the events of `range` stored in `[from, to)` back into their partitions. The
+/// time is cut into slices of about the range's `slice_events` events (at whole seconds),
+/// read and decoded [`SLICES_AHEAD`] at a time, each on a connection of its own, and
+/// written in order, a page's `XADD`s in one round trip. `progress(done, total)` is called
+/// after every page.
+pub async fn restore(
+    range: &Range,
+    conn: &ConnectionManager,
+    from: SystemTime,
+    to: SystemTime,
+    progress: impl Fn(u64, u64),
+) -> Result<Restored, EventStoreError> {
+    let began = Instant::now();
+    // Slices of about `slice_events` events, cut at whole seconds.
+    let seconds = range.per_second(from, to).await?;
+    let total: u64 = seconds.iter().map(|(_, n)| n).sum();
+    let mut cuts = vec![from];
+    let mut filling = 0;
+    for (second, n) in &seconds {
+        if filling >= range.slice_events {
+            let at = UNIX_EPOCH + Duration::from_secs((*second).max(0) as u64);
+            if at > from && at < to {
+                cuts.push(at);
+            }
+            filling = 0;
+        }
+        filling += n;
+    }
+    cuts.push(to);
+    let bounds: Vec<(SystemTime, SystemTime)> = cuts.windows(2).map(|w| (w[0], w[1])).collect();
+    let mut read = futures_util::stream::iter(bounds)
+        .map(|(start, end)| tokio::spawn(range.clone().slice(start, end)))
+        .buffered(SLICES_AHEAD);
+    let mut done = Restored::default();
+    while let Some(slice) = read.next().await {
+        let pages = slice.map_err(|e| EventStoreError::Config(format!("reader: {e}")))??;
+        for page in pages {
             let mut conn = conn.clone();
-            let (written, skipped) =
-                tokio::spawn(async move { append_pages(&mut conn, &page).await })
-                    .await
-                    .map_err(|e| EventStoreError::Config(format!("redis writer: {e}")))?
-                    .map_err(|e| EventStoreError::Config(format!("redis: {e}")))?;
+            let (written, skipped) = append_pages(&mut conn, &page)
+                .await
+                .map_err(|e| EventStoreError::Config(format!("redis: {e}")))?;
             done.written += written;
             done.skipped += skipped;
             progress(done.written + done.skipped, total);
         }
-        Ok::<Restored, EventStoreError>(done)
-    };
-    let (read, written) = tokio::join!(reader, writer);
-    read?;
-    let mut done = written?;
+    }
     done.seconds = began.elapsed().as_secs_f64();
     done.events_per_s = (done.written + done.skipped) as f64 / done.seconds.max(0.001);
     Ok(done)

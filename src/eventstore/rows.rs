@@ -258,7 +258,7 @@ pub(super) const ARCHIVED_COLUMNS: &str = "stored_at, stream, partition, redis_i
     content_type, payload::text, payload_bytes, trace_id, redis_seq, sealed, subjects";
 
 /// Microseconds since the epoch.
-pub(super) fn micros(at: SystemTime) -> i64 {
+fn micros(at: SystemTime) -> i64 {
     at.duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_micros()

@@ -3,7 +3,8 @@
 use super::*;
 
 /// Redis restarted without persistence loses every stream; `evrouter restore` writes the
-/// archived events back with their ids, and a subscription made again reads them in order.
+/// archived events back with their ids (read in time slices of 10 events, several at
+/// once), and a subscription made again reads them in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restore_writes_archived_events_back_after_redis_lost_them() {
     let _shared = support::light().await;
@@ -12,7 +13,20 @@ async fn restore_writes_archived_events_back_after_redis_lost_them() {
     let config = store_config(&redis, &db);
     let from = humantime::format_rfc3339_millis(SystemTime::now() - Duration::from_secs(1));
     let router = TestRouter::start(config.clone()).await;
-    let published = support::publish_keyed(&router, "order.created", 5, 20).await;
+    // Over several seconds, so that the restore below reads several time slices at once.
+    let mut published = 0;
+    for second in 0..4u64 {
+        let events: Vec<_> = (second * 5..second * 5 + 5)
+            .flat_map(|seq| {
+                (0..5u64).map(move |k| {
+                    support::events::keyed_event(seq * 5 + k, &format!("ord_{k}"), seq)
+                })
+            })
+            .collect();
+        published += events.len();
+        router.publish_ok("order.created", &json!(events)).await;
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
     wait_for_rows(&db, published as i64).await;
     let to = humantime::format_rfc3339_millis(SystemTime::now() + Duration::from_secs(1));
     let before: std::collections::BTreeSet<(String, String)> = redis
@@ -41,6 +55,7 @@ async fn restore_writes_archived_events_back_after_redis_lost_them() {
         .args(["restore", "--config"])
         .arg(&file)
         .args(["--from", &from.to_string(), "--to", &to.to_string()])
+        .args(["--slice-events", "10"])
         .output()
         .await
         .expect("evrouter restore");
