@@ -217,3 +217,105 @@ async fn a_replay_from_the_store_reaches_one_subscription_in_key_order_and_resum
     );
     router.stop().await.expect("clean stop");
 }
+
+/// A replay into a subscription of a Dapr app whose health checks find it unhealthy waits
+/// for the app (nothing sent, nothing counted as failed) and goes on once it is healthy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_waits_for_an_unhealthy_dapr_app() {
+    use std::sync::atomic::Ordering;
+    use support::dapr_app::{app_config, dapr_publish_ok, DaprApp};
+    let _shared = support::light().await;
+    let redis = RedisServer::start();
+    let db = TestDb::create().await;
+    let port = support::free_port();
+    let app =
+        DaprApp::listing(json!([{"pubsubname": "pubsub", "topic": "orders", "route": "/orders"}]));
+    app.healthy.store(true, Ordering::SeqCst);
+    app.listen(port).await;
+    let mut config = store_config(&redis, &db);
+    let mut probed = app_config("probed", port);
+    probed.health_check = true;
+    probed.health_interval = "100ms".into();
+    probed.health_threshold = 2;
+    config.dapr.apps = vec![probed];
+    let from = humantime::format_rfc3339_millis(SystemTime::now() - Duration::from_secs(1));
+    let router = TestRouter::start(config).await;
+    let name = eventually(Duration::from_secs(30), async || {
+        let subs = router.get_json("/v1/subscriptions").await;
+        subs.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s["name"].as_str())
+            .find(|n| n.starts_with("dapr-probed"))
+            .map(str::to_string)
+            .ok_or_else(|| format!("not read yet: {subs}"))
+    })
+    .await;
+    for n in 0..3 {
+        dapr_publish_ok(
+            &router,
+            "/v1.0/publish/pubsub/orders",
+            "application/json",
+            json!({ "n": n }).to_string(),
+        )
+        .await;
+    }
+    app.wait(Duration::from_secs(30), |hits| hits.len() >= 3)
+        .await;
+    wait_for_rows(&db, 3).await;
+    let to = humantime::format_rfc3339_millis(SystemTime::now() + Duration::from_secs(60));
+
+    // Unhealthy (past the threshold), then the replay starts: it waits.
+    app.healthy.store(false, Ordering::SeqCst);
+    let probes = app.probes.load(Ordering::SeqCst);
+    eventually(Duration::from_secs(30), async || {
+        match app.probes.load(Ordering::SeqCst) {
+            now if now >= probes + 4 => Ok(()),
+            now => Err(format!("{} probes", now - probes)),
+        }
+    })
+    .await;
+    let (status, started) = router
+        .post(
+            "/v1/replay",
+            "application/json",
+            json!({"from": from.to_string(), "to": to.to_string(),
+                   "target": {"subscription": name}, "rate": 1000})
+            .to_string(),
+        )
+        .await;
+    assert_eq!(status, 202, "{started}");
+    let id = started["id"].as_str().expect("id").to_string();
+    let probes = app.probes.load(Ordering::SeqCst);
+    eventually(Duration::from_secs(30), async || {
+        match app.probes.load(Ordering::SeqCst) {
+            now if now >= probes + 10 => Ok(()),
+            now => Err(format!("{} probes", now - probes)),
+        }
+    })
+    .await;
+    let waiting = router.get_json(&format!("/v1/replays/{id}")).await;
+    assert_eq!(waiting["state"], "running", "{waiting}");
+    assert_eq!(
+        (waiting["done"].as_u64(), waiting["failed"].as_u64()),
+        (Some(0), Some(0)),
+        "{waiting}"
+    );
+    assert_eq!(
+        app.on("/orders").len(),
+        3,
+        "nothing replayed while unhealthy"
+    );
+
+    // Healthy again: the replay goes on and ends with every event sent.
+    app.healthy.store(true, Ordering::SeqCst);
+    let done = replay_status(&router, &id, "done").await;
+    assert_eq!(
+        (done["done"].as_u64(), done["failed"].as_u64()),
+        (Some(3), Some(0)),
+        "{done}"
+    );
+    app.wait(Duration::from_secs(30), |hits| hits.len() >= 6)
+        .await;
+    router.stop().await.expect("clean stop");
+}
