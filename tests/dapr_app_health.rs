@@ -6,12 +6,10 @@
 
 mod support;
 
-use std::path::Path;
-use std::process::Stdio;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::json;
 use support::dapr_app::{app_config, dapr_publish_ok, DaprApp};
 use support::{
     dlq_entries, eventually, free_port, test_config, AppProtocol, DaprAppConfig, RedisServer,
@@ -199,33 +197,15 @@ fn process_cpu() -> f64 {
     ticks / 100.0
 }
 
-fn results(path: &Path) -> Value {
-    std::fs::read(path)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or(Value::Null)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unhealthy_grpc_app_gets_nothing_until_its_health_check_succeeds() {
     let _shared = support::light().await;
-    let python = support::dapr_py::python().await;
     let redis = RedisServer::start();
     let app_port = free_port();
     let dir = tempfile::tempdir().expect("dir");
     let results_path = dir.path().join("results.json");
     let health_file = dir.path().join("healthy");
-    let _app = tokio::process::Command::new(python)
-        .arg("app.py")
-        .current_dir(support::dapr_py::sdk_dir())
-        .env("APP_PORT", app_port.to_string())
-        .env("RESULTS", &results_path)
-        .env("HEALTH_FILE", &health_file)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the app");
+    let _app = support::dapr_py::start_app(app_port, &results_path, Some(&health_file)).await;
     let mut config = test_config(&redis);
     config.dapr.apps = vec![checked(DaprAppConfig {
         id: "py-probed".into(),
@@ -236,7 +216,11 @@ async fn an_unhealthy_grpc_app_gets_nothing_until_its_health_check_succeeds() {
     config.dapr.refresh_interval = "1s".into();
     let router = TestRouter::start(config).await;
     let names = app_subscriptions(&router, "py-probed", 6).await;
-    let probes = || results(&results_path)["probes"].as_u64().unwrap_or(0);
+    let probes = || {
+        support::dapr_py::results(&results_path)["probes"]
+            .as_u64()
+            .unwrap_or(0)
+    };
     let probes_past = |n: u64| {
         let probes = &probes;
         async move {
@@ -249,7 +233,7 @@ async fn an_unhealthy_grpc_app_gets_nothing_until_its_health_check_succeeds() {
         }
     };
     let orders = || {
-        results(&results_path)["orders"]
+        support::dapr_py::results(&results_path)["orders"]
             .as_array()
             .map_or(0, Vec::len)
     };

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::dapr_app::{dapr_publish_ok, stored_on};
-use support::dapr_py::{python, sdk_dir};
+use support::dapr_py::{python, results, sdk_dir, start_app};
 use support::{
     eventually, free_port, hash_token, test_config, AppProtocol, AuthConfig, AuthMode,
     DaprAppConfig, PayloadFormat, PrincipalConfig, RedisServer, RouterApi, TestRouter,
@@ -132,31 +132,13 @@ async fn the_dapr_python_sdk_publishes_over_grpc_and_meets_daprs_status_codes() 
     router.stop().await.expect("stop");
 }
 
-/// The last results the app wrote.
-fn results(path: &std::path::Path) -> Value {
-    std::fs::read(path)
-        .ok()
-        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-        .unwrap_or(Value::Null)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dapr_ext_grpc_app_gets_its_events_over_grpc_with_retry_drop_and_dead_letters() {
-    let python = python().await;
     let redis = RedisServer::start();
     let app_port = free_port();
     let file = tempfile::NamedTempFile::new().expect("results file");
     let results_path = file.path().to_path_buf();
-    let _app = tokio::process::Command::new(python)
-        .arg("app.py")
-        .current_dir(sdk_dir())
-        .env("APP_PORT", app_port.to_string())
-        .env("RESULTS", &results_path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the app");
+    let _app = start_app(app_port, &results_path, None).await;
     // A declarative bulk subscription for the app, to a topic it does not list: its
     // handler of any topic gets it through OnBulkTopicEvent.
     let declarative = tempfile::tempdir().expect("dir");

@@ -345,10 +345,7 @@ impl Replays {
             _ => 1,
         };
         let step = STEP.max(batch_size);
-        // What waits to be sent, and its keys: one event of a key a request, so that an
-        // event tried again never goes after a later one of its key.
-        let mut sending: Vec<Stored> = Vec::with_capacity(batch_size);
-        let mut keys: HashSet<String> = HashSet::new();
+        let mut sending = Sending::new(batch_size);
         let began = Instant::now();
         let done_before = status.done;
         loop {
@@ -366,39 +363,21 @@ impl Replays {
                 match &target {
                     Some((_, subscriber, single)) => {
                         if matches(&envelope.topic) {
-                            if !envelope.key.is_empty()
-                                && keys.contains(&envelope.key)
+                            // A request is sent before it would hold two events of a
+                            // key, or when it is full.
+                            if sending.must_send_before(&envelope.key)
                                 && self
-                                    .deliver(
-                                        &**subscriber,
-                                        &mut sending,
-                                        &mut keys,
-                                        *single,
-                                        status,
-                                    )
+                                    .deliver(&**subscriber, &mut sending, *single, status)
                                     .await?
                             {
                                 return Ok(false);
                             }
-                            keys.insert(envelope.key.clone());
-                            sending.push(Stored {
+                            let entry = Stored {
                                 key: format!("{stream}.{partition}"),
                                 id: redis_id,
                                 raw: bytes::Bytes::from(envelope.encode()),
-                            });
-                            if sending.len() >= batch_size
-                                && self
-                                    .deliver(
-                                        &**subscriber,
-                                        &mut sending,
-                                        &mut keys,
-                                        *single,
-                                        status,
-                                    )
-                                    .await?
-                            {
-                                return Ok(false);
-                            }
+                            };
+                            sending.push(envelope.key, entry);
                         } else {
                             status.done += 1;
                         }
@@ -418,7 +397,7 @@ impl Replays {
                     // The cursor moves past what was sent only.
                     if let Some((_, subscriber, single)) = &target {
                         if self
-                            .deliver(&**subscriber, &mut sending, &mut keys, *single, status)
+                            .deliver(&**subscriber, &mut sending, *single, status)
                             .await?
                         {
                             return Ok(false);
@@ -436,7 +415,7 @@ impl Replays {
             }
             if let Some((_, subscriber, single)) = &target {
                 if self
-                    .deliver(&**subscriber, &mut sending, &mut keys, *single, status)
+                    .deliver(&**subscriber, &mut sending, *single, status)
                     .await?
                 {
                     return Ok(false);
@@ -458,12 +437,11 @@ impl Replays {
     async fn deliver(
         &self,
         subscriber: &dyn crate::delivery::transport::Subscriber,
-        sending: &mut Vec<Stored>,
-        keys: &mut HashSet<String>,
+        sending: &mut Sending,
         single: bool,
         status: &mut ReplayStatus,
     ) -> Result<bool, ReplayError> {
-        if sending.is_empty() {
+        if sending.entries.is_empty() {
             return Ok(false);
         }
         let mut looked = Instant::now();
@@ -477,10 +455,9 @@ impl Replays {
                 }
             }
         }
-        let (taken, failed) = send_tried(subscriber, std::mem::take(sending), single, TRIES).await;
+        let (taken, failed) = send_tried(subscriber, sending.take(), single, TRIES).await;
         status.done += taken;
         status.failed += failed;
-        keys.clear();
         Ok(false)
     }
 
@@ -566,5 +543,40 @@ impl Replays {
             .map_err(EventStoreError::from)?;
         let ring = self.store.ring_of(&rows, 18, 19).await?;
         Ok(rows.iter().map(|row| row_envelope(row, &ring)).collect())
+    }
+}
+
+/// The events waiting to go to a subscription as one request, and their keys: one event of
+/// a key a request, so that an event tried again never goes after a later one of its key.
+struct Sending {
+    entries: Vec<Stored>,
+    keys: HashSet<String>,
+    size: usize,
+}
+
+impl Sending {
+    /// Requests of up to `size` events.
+    fn new(size: usize) -> Self {
+        Self {
+            entries: Vec::with_capacity(size),
+            keys: HashSet::new(),
+            size: size.max(1),
+        }
+    }
+
+    /// Whether what waits must be sent before an event of `key` joins it.
+    fn must_send_before(&self, key: &str) -> bool {
+        self.entries.len() >= self.size || (!key.is_empty() && self.keys.contains(key))
+    }
+
+    fn push(&mut self, key: String, entry: Stored) {
+        self.keys.insert(key);
+        self.entries.push(entry);
+    }
+
+    /// What waits, leaving it empty.
+    fn take(&mut self) -> Vec<Stored> {
+        self.keys.clear();
+        std::mem::take(&mut self.entries)
     }
 }

@@ -1,7 +1,10 @@
 //! The real Dapr Python SDK of `tests/dapr-py` (pinned in its requirements), in a venv
 //! made and filled when missing.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use serde_json::Value;
 
 /// The folder of the Python SDK's scripts.
 pub fn sdk_dir() -> PathBuf {
@@ -38,4 +41,36 @@ pub async fn python() -> PathBuf {
         dir.display()
     );
     python
+}
+
+/// Starts `app.py` (the `dapr-ext-grpc` app) on `port`, writing what it gets to `results`;
+/// with `health_file`, its health check answers OK while that file exists. Killed when
+/// dropped.
+pub async fn start_app(
+    port: u16,
+    results: &Path,
+    health_file: Option<&Path>,
+) -> tokio::process::Child {
+    let mut command = tokio::process::Command::new(python().await);
+    command
+        .arg("app.py")
+        .current_dir(sdk_dir())
+        .env("APP_PORT", port.to_string())
+        .env("RESULTS", results)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+    if let Some(file) = health_file {
+        // Each failed health check prints its exception.
+        command.env("HEALTH_FILE", file).stderr(Stdio::null());
+    }
+    command.spawn().expect("the app")
+}
+
+/// What the app last wrote to its results file (null before it wrote any).
+pub fn results(path: &Path) -> Value {
+    std::fs::read(path)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or(Value::Null)
 }
