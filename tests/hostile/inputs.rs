@@ -1,12 +1,10 @@
-//! Hostile and malformed input: every refusal has the right status and code, nothing
+//! Malformed publish bodies: every refusal has the right status and code, nothing
 //! rejected reaches Redis, and the process keeps serving.
-
-mod support;
 
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::{client, order_event, test_config, RedisServer, RouterApi, TestRouter};
+use crate::support::{client, order_event, test_config, RedisServer, RouterApi, TestRouter};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn post_raw(
