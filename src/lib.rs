@@ -32,11 +32,14 @@
 //!   (schema migrations, daily partitions, binary `COPY`).
 //! - [`ingress`]: the HTTP(S) server: the native API and the Dapr adapter's handlers,
 //!   authentication of each request, the audit log, `/metrics` and the dashboard.
-//! - this file: [`run`], which wires the floors together; `main.rs`: the command line.
+//! - this file: [`run`], which wires the floors together, with the secrets it reads from
+//!   the environment in `credentials`; `main.rs`: the command line.
 
 pub mod auth;
 pub mod catalog;
 pub mod config;
+mod credentials;
+pub use credentials::check_secrets;
 pub mod delivery;
 pub mod eventstore;
 pub mod health;
@@ -204,7 +207,7 @@ pub async fn run(
     );
     let (forwards_tx, forwards_rx) = tokio::sync::mpsc::channel(1024);
     let guard = Arc::new(webhook::guard::Guard::new(&config.webhooks.allow));
-    let app_tokens = app_tokens(&config)?;
+    let app_tokens = credentials::app_tokens(&config)?;
     let roots = webhook::Roots::load(config.webhooks.ca.as_deref()).map_err(|message| {
         ingress::tls::TlsError {
             path: "webhooks.ca".into(),
@@ -215,6 +218,13 @@ pub async fn run(
     let connector = Arc::new(Connectors {
         webhooks: Webhooks::new(guard.clone(), &roots, Some(forwards_tx))
             .with_app_tokens(app_tokens.clone())
+            .with_app_urls(
+                config
+                    .dapr
+                    .apps
+                    .iter()
+                    .map(|a| (a.id.as_str(), a.url.as_str())),
+            )
             .with_app_health(app_health.clone()),
         archive: eventstore
             .clone()
@@ -274,7 +284,22 @@ pub async fn run(
         )
         .with_tracer(tracer.clone()),
     );
-    let dead_letters = publish::dapr::spawn_forwarder(dapr.clone(), publisher.clone(), forwards_rx);
+    let app_publishers: std::collections::HashMap<String, Arc<auth::Principal>> =
+        (config.dapr.apps)
+            .iter()
+            .filter_map(|app| {
+                Some((
+                    app.id.clone(),
+                    authenticator.acting_as(app.principal.as_deref())?,
+                ))
+            })
+            .collect();
+    let dead_letters = publish::dapr::spawn_forwarder(
+        dapr.clone(),
+        publisher.clone(),
+        app_publishers.clone(),
+        forwards_rx,
+    );
     let dapr_apps = Arc::new(
         AppSubscriptions::new(
             config.dapr.apps.clone(),
@@ -282,7 +307,8 @@ pub async fn run(
             dapr.clone(),
             delivery.clone(),
         )
-        .with_app_tokens(app_tokens.clone()),
+        .with_app_tokens(app_tokens.clone())
+        .with_publishers(app_publishers),
     );
     let app_watcher = dapr_apps.clone().spawn(config.dapr.refresh_interval.get());
     let app_prober = app_health
@@ -461,7 +487,7 @@ impl Connector for Connectors {
 
 /// Redis as the config names it (password and TLS included).
 fn redis_target(config: &Config) -> Result<RedisTarget, RunError> {
-    let password = redis_password(config)?;
+    let password = credentials::redis_password(config)?;
     let redis_tls = redis_tls(config)?;
     Ok(RedisTarget::new(
         &config.redis.url,
@@ -494,45 +520,6 @@ fn redis_tls(config: &Config) -> Result<store::RedisTls, RunError> {
         _ => None,
     };
     Ok(store::RedisTls { ca, client })
-}
-
-/// The API tokens of the Dapr apps that have one, by app id, from the environment.
-fn app_tokens(config: &Config) -> Result<std::collections::HashMap<String, Arc<str>>, RunError> {
-    let mut tokens = std::collections::HashMap::new();
-    for (i, app) in config.dapr.apps.iter().enumerate() {
-        let Some(var) = &app.app_api_token_env else {
-            continue;
-        };
-        let token = std::env::var(var)
-            .ok()
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| {
-                RunError::Auth(auth::SetupError {
-                    path: format!("dapr.apps[{i}].app_api_token_env"),
-                    message: format!("environment variable {var} is not set"),
-                })
-            })?;
-        tokens.insert(app.id.clone(), Arc::from(token));
-    }
-    Ok(tokens)
-}
-
-/// The Redis password from `EVR_REDIS_PASSWORD`, else from `redis.password_file` (its
-/// first line); none means the URL's own, if any.
-fn redis_password(config: &Config) -> Result<Option<String>, RunError> {
-    if let Ok(password) = std::env::var(config::REDIS_PASSWORD_ENV) {
-        return Ok(Some(password));
-    }
-    let Some(file) = &config.redis.password_file else {
-        return Ok(None);
-    };
-    let text = std::fs::read_to_string(file).map_err(|e| {
-        RunError::Store(store::StoreError::Unavailable(format!(
-            "redis.password_file {}: {e}",
-            file.display()
-        )))
-    })?;
-    Ok(text.lines().next().map(str::to_string))
 }
 
 /// Refuses (strict) or warns about (warn) an eviction policy that can drop evrouter's keys;

@@ -167,7 +167,12 @@ const EXIT_CONFIG: u8 = 2;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::CheckConfig { config } => match load(config.as_deref(), None, None) {
+        Command::CheckConfig { config } => match load(config.as_deref(), None, None)
+            .map_err(|e| e.to_string())
+            .and_then(|config| match evrouter::check_secrets(&config) {
+                Ok(()) => Ok(config),
+                Err(err) => Err(err.to_string()),
+            }) {
             Ok(config) => {
                 println!(
                     "config ok: listen {}, redis {}, {} streams",

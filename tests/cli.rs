@@ -56,6 +56,59 @@ fn check_config_lists_every_problem_with_its_path() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("server.max_batch"));
 }
 
+#[test]
+fn check_config_fails_where_serve_would_and_prints_no_secret() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("auth.toml");
+    // The principals example of docs/security.md, its token from the environment.
+    std::fs::write(
+        &path,
+        "[auth]\nmode = \"token\"\n\n[[auth.principals]]\nname = \"payment-service\"\ntoken_env = \"EVR_TOKEN_PAYMENT\"\npublish = [\"payment.>\"]\n",
+    )
+    .expect("write");
+    let check = |token: Option<&str>| {
+        let mut command = Command::new(BIN);
+        command.args(["check-config", "--config"]).arg(&path);
+        command.env_remove("EVR_TOKEN_PAYMENT");
+        if let Some(token) = token {
+            command.env("EVR_TOKEN_PAYMENT", token);
+        }
+        command.output().expect("run")
+    };
+    let unset = check(None);
+    assert!(!unset.status.success(), "an unset token_env passed");
+    let stderr = String::from_utf8_lossy(&unset.stderr);
+    assert!(
+        stderr.contains("auth.principals[0].token_env") && stderr.contains("EVR_TOKEN_PAYMENT"),
+        "{stderr}"
+    );
+    let set = check(Some("payment-token"));
+    assert!(
+        set.status.success(),
+        "the documented token_env is refused: {}",
+        String::from_utf8_lossy(&set.stderr)
+    );
+
+    // A PostgreSQL password in a query parameter is never printed.
+    let path = dir.path().join("store.toml");
+    std::fs::write(
+        &path,
+        "[eventstore]\nurl = \"postgres://evr@db:5432/events?password=hunter2&sslmode=bogus\"\n",
+    )
+    .expect("write");
+    let output = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run");
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(!printed.contains("hunter2"), "{printed}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_exits_zero_on_sigterm() {
     let redis = RedisServer::start();

@@ -93,6 +93,17 @@ impl Principal {
         }
     }
 
+    /// The topics it may read, as POSIX regular expressions for a database to filter by;
+    /// none for an admin, who may read every topic.
+    pub fn readable_topics(&self) -> Option<Vec<String>> {
+        (!self.admin).then(|| {
+            self.subscribe
+                .iter()
+                .map(|(_, p)| p.to_posix_regex())
+                .collect()
+        })
+    }
+
     /// May it manage a subscription owned by `owner` (none: from config or a Dapr app)?
     pub fn may_manage(&self, owner: Option<&str>) -> Result<(), Denied> {
         if self.admin || owner == Some(self.name.as_str()) {
@@ -218,6 +229,20 @@ impl Authenticator {
             anonymous: Arc::new(Principal::anonymous()),
             open_metrics: true,
         }
+    }
+
+    /// The principal evrouter publishes with on behalf of a configured part (a Dapr app's
+    /// dead-letter topics): the anonymous one when authentication is off, else the
+    /// principal named, if there is one of that name.
+    pub fn acting_as(&self, name: Option<&str>) -> Option<Arc<Principal>> {
+        if !self.required() {
+            return Some(self.anonymous.clone());
+        }
+        let name = name?;
+        self.by_name
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, p)| p.clone())
     }
 
     /// Whether callers must authenticate.

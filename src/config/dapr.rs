@@ -89,6 +89,11 @@ pub struct DaprAppConfig {
     pub health_timeout: ConfigDuration,
     /// Failed probes in a row that make the app unhealthy.
     pub health_threshold: u32,
+    /// The principal (of `[[auth.principals]]`) whose publish rights and quota apply to
+    /// what evrouter publishes for the app: its subscriptions' `deadLetterTopic`s. With
+    /// authentication on, an app without one has no dead-letter topic (its exhausted
+    /// events stay in the subscription's DLQ).
+    pub principal: Option<String>,
 }
 
 /// How a Dapr app is called.
@@ -116,6 +121,7 @@ impl Default for DaprAppConfig {
             health_interval: "5s".into(),
             health_timeout: "500ms".into(),
             health_threshold: 3,
+            principal: None,
         }
     }
 }

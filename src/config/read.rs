@@ -16,12 +16,20 @@ impl Config {
             .parse()
             .map_err(|e: toml::de::Error| ConfigError::Syntax(e.to_string()))?;
         let mut problems = Vec::new();
+        // Variables the file names as holding secrets (`token_env = "EVR_TOKEN_PAYMENT"`)
+        // are read by their keys, not taken for overrides.
+        let mut named = Vec::new();
+        variables_named(&toml::Value::Table(table.clone()), &mut named);
         for (name, value) in env {
             let not_config = [LOG_ENV, LOG_FORMAT_ENV, REDIS_PASSWORD_ENV];
-            if not_config.contains(&name.as_str()) || name.starts_with("EVR_TEST_") {
+            if not_config.contains(&name.as_str())
+                || name.starts_with("EVR_TEST_")
+                || named.contains(&name)
+            {
                 continue;
             }
-            if let Some(rest) = name.strip_prefix("EVR_") {
+            // An override names a section and a key: EVR_SECTION__KEY.
+            if let Some(rest) = name.strip_prefix("EVR_").filter(|r| r.contains("__")) {
                 apply_env_override(&mut table, rest, &value, &mut problems);
             }
         }
@@ -185,6 +193,22 @@ fn key_path(path: &serde_ignored::Path<'_>) -> String {
         Path::Some { parent }
         | Path::NewtypeStruct { parent }
         | Path::NewtypeVariant { parent } => key_path(parent),
+    }
+}
+
+/// The environment variables named by the `*_env` keys anywhere in `value`.
+fn variables_named(value: &toml::Value, found: &mut Vec<String>) {
+    match value {
+        toml::Value::Table(table) => {
+            for (key, value) in table {
+                match value {
+                    toml::Value::String(name) if key.ends_with("_env") => found.push(name.clone()),
+                    other => variables_named(other, found),
+                }
+            }
+        }
+        toml::Value::Array(items) => items.iter().for_each(|v| variables_named(v, found)),
+        _ => {}
     }
 }
 

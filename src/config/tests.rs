@@ -256,3 +256,18 @@ fn configured_stream_replaces_builtin_of_same_name() {
         "built-in key rule kept"
     );
 }
+
+#[test]
+fn variables_the_file_names_for_secrets_are_not_overrides() {
+    let text = "[auth]\nmode = \"token\"\n\n[[auth.principals]]\nname = \"payment-service\"\ntoken_env = \"EVR_TOKEN_PAYMENT\"\npublish = [\"payment.>\"]\n";
+    let env = vec![
+        ("EVR_TOKEN_PAYMENT".to_string(), "s3cret".to_string()),
+        // Not of the EVR_SECTION__KEY form: not an override either.
+        ("EVR_TOKEN".to_string(), "cli-token".to_string()),
+    ];
+    let config = Config::from_toml_str(text, env).expect("the documented example is valid");
+    assert_eq!(
+        config.auth.principals[0].token_env.as_deref(),
+        Some("EVR_TOKEN_PAYMENT")
+    );
+}

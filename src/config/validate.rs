@@ -476,6 +476,14 @@ impl Config {
             if app.health_threshold == 0 {
                 bad(&at("health_threshold"), "must be at least 1".into());
             }
+            if let Some(name) = &app.principal {
+                if !self.auth.principals.iter().any(|p| &p.name == name) {
+                    bad(
+                        &at("principal"),
+                        format!("`{name}` is not one of auth.principals"),
+                    );
+                }
+            }
         }
         if let Some(dir) = &dapr.subscriptions_dir {
             if !dir.is_dir() {

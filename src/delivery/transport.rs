@@ -123,8 +123,9 @@ pub trait Subscriber: Send + Sync {
     fn pick(&self) -> Result<usize, Option<Instant>>;
     /// Sends `request` to `endpoint` (from [`Subscriber::pick`]).
     fn send(&self, endpoint: usize, request: Request) -> Sending;
-    /// Offers an exhausted event (as presented) to the subscription's dead-letter topic.
-    fn forward(&self, body: &Bytes, content_type: Option<&Arc<str>>) -> Forwarded;
+    /// Offers an exhausted event (`raw` as stored, `body` as presented) to the
+    /// subscription's dead-letter topic.
+    fn forward(&self, raw: &Bytes, body: &Bytes, content_type: Option<&Arc<str>>) -> Forwarded;
     /// Whether each endpoint's circuit breaker is open (or probing), by endpoint index.
     fn open_breakers(&self) -> Vec<bool> {
         Vec::new()

@@ -73,7 +73,7 @@ impl Subscriber for Archive {
         })
     }
 
-    fn forward(&self, _body: &Bytes, _content_type: Option<&Arc<str>>) -> Forwarded {
+    fn forward(&self, _raw: &Bytes, _body: &Bytes, _content_type: Option<&Arc<str>>) -> Forwarded {
         Forwarded::NotAsked
     }
 }

@@ -43,6 +43,9 @@ pub struct EventFilter {
     pub after: Option<Cursor>,
     /// Newest first (else oldest first).
     pub newest_first: bool,
+    /// Only topics matching one of these POSIX regular expressions (none: every topic),
+    /// so that a page and its `next` say nothing of events the caller may not see.
+    pub readable: Option<Vec<String>>,
 }
 
 /// Where a page ended: the last event's place.
@@ -239,6 +242,9 @@ impl EventStore {
                 add(&format!("{column} = ?"), Box::new(value.clone()));
             }
         }
+        if let Some(readable) = &filter.readable {
+            add("topic ~ ANY(?)", Box::new(readable.clone()));
+        }
         if let Some(from) = filter.from {
             add("stored_at >= ?", Box::new(from));
         }
@@ -284,6 +290,8 @@ impl EventStore {
             .take(limit)
             .map(|row| event(row, &ring))
             .collect();
+        events.retain(|e| visible(&e.topic));
+        // Only a visible event's place is ever given (the filter above makes them all so).
         let next = more
             .then(|| {
                 events
@@ -292,7 +300,6 @@ impl EventStore {
                     .map(Cursor::text)
             })
             .flatten();
-        events.retain(|e| visible(&e.topic));
         Ok(Page { events, next })
     }
 

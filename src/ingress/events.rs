@@ -15,7 +15,7 @@ use serde_json::json;
 
 use super::AppState;
 use crate::auth::Principal;
-use crate::eventstore::query::{Cursor, EventFilter};
+use crate::eventstore::query::{Cursor, EventFilter, TracedEvent};
 use crate::eventstore::EventStore;
 use crate::ingress::error::ApiError;
 
@@ -109,6 +109,7 @@ pub async fn list(
         limit: query.limit.unwrap_or(100),
         after,
         newest_first,
+        readable: principal.readable_topics(),
     };
     let page = store
         .events(&filter, |topic| principal.may_subscribe(topic).is_ok())
@@ -126,6 +127,7 @@ pub async fn one(
     let store = store_of(&app)?;
     let mut found = store.event(&event_id).await.map_err(unavailable)?;
     found.retain(|e| principal.may_subscribe(&e.event.topic).is_ok());
+    own_outcomes(&app, &principal, &mut found);
     match found.into_iter().next() {
         Some(event) => Ok(Json(event).into_response()),
         None => Err(ApiError::new(
@@ -145,5 +147,22 @@ pub async fn trace(
     let store = store_of(&app)?;
     let mut events = store.trace(&correlation_id).await.map_err(unavailable)?;
     events.retain(|e| principal.may_subscribe(&e.event.topic).is_ok());
+    own_outcomes(&app, &principal, &mut events);
     Ok(Json(json!({ "correlation_id": correlation_id, "events": events })).into_response())
+}
+
+/// Keeps, of each event's outcomes, those of subscriptions the caller may manage: another
+/// owner's subscription names, answers and errors are its own business.
+fn own_outcomes(app: &AppState, principal: &Principal, events: &mut [TracedEvent]) {
+    if principal.admin {
+        return;
+    }
+    let registry = app.delivery.registry();
+    for event in events {
+        event.outcomes.retain(|outcome| {
+            registry
+                .get(&outcome.subscription)
+                .is_some_and(|sub| principal.may_manage(sub.spec.owner.as_deref()).is_ok())
+        });
+    }
 }

@@ -54,6 +54,18 @@ fn parse(
             }]));
         }
     }
+    // A Dapr app's subscription is read by evrouter from the app configured in
+    // `[[dapr.apps]]`: it is sent to that app's address, with its API token and unsigned.
+    // Through the API, a subscription is a webhook, whoever asks.
+    if spec.dapr.is_some() {
+        return Err(invalid(vec![EventViolation {
+            index: None,
+            path: "/dapr".into(),
+            message: "set by evrouter for the apps of [[dapr.apps]]; a subscription made \
+                      through the API is a webhook"
+                .into(),
+        }]));
+    }
     match &spec.owner {
         Some(owner) if !principal.admin && Some(owner) != principal.owner().as_ref() => {
             return Err(ApiError::forbidden(crate::auth::Denied(format!(
@@ -91,11 +103,8 @@ fn parse(
 }
 
 /// Refuses endpoints on internal addresses (checked on what they resolve to now; every
-/// connection is checked again). A Dapr app's subscription comes from evrouter's config.
+/// connection is checked again).
 async fn check_endpoints(app: &AppState, sub: &Subscription) -> Result<(), ApiError> {
-    if sub.spec.dapr.is_some() {
-        return Ok(());
-    }
     let mut details = Vec::new();
     for (i, endpoint) in sub.spec.endpoints.iter().enumerate() {
         if let Err(refused) = app.guard.check_url(endpoint).await {

@@ -65,6 +65,40 @@ pub enum CloudEventError {
     /// `specversion` other than 1.0.
     #[error("CloudEvent specversion `{0}` is not supported (only 1.0)")]
     SpecVersion(String),
+    /// `id`, `source` or `type` empty, too long, or holding control characters.
+    #[error("CloudEvent attribute `{name}` {why}")]
+    BadAttribute {
+        /// The attribute.
+        name: &'static str,
+        /// What is wrong with it.
+        why: String,
+    },
+}
+
+/// Longest `id` and `type` taken (`source`, a URI reference, may be four times longer).
+pub const MAX_ATTRIBUTE_CHARS: usize = 256;
+
+/// Checks what identifies a CloudEvent and is shown wherever it is listed: `id`, `source`
+/// and `type` are non-empty strings without control characters, of bounded length.
+fn check_identity(event: &Map<String, Value>) -> Result<(), CloudEventError> {
+    for (name, max) in [
+        ("id", MAX_ATTRIBUTE_CHARS),
+        ("type", MAX_ATTRIBUTE_CHARS),
+        ("source", 4 * MAX_ATTRIBUTE_CHARS),
+    ] {
+        let value = event.get(name).and_then(Value::as_str).unwrap_or_default();
+        let why = if value.is_empty() {
+            "must not be empty".to_string()
+        } else if value.chars().count() > max {
+            format!("is longer than {max} characters")
+        } else if value.chars().any(char::is_control) {
+            "must not hold control characters".to_string()
+        } else {
+            continue;
+        };
+        return Err(CloudEventError::BadAttribute { name, why });
+    }
+    Ok(())
 }
 
 /// Whether a content type is JSON (`application/json`, any `+json`, `text/json`).
@@ -213,6 +247,7 @@ pub fn build_parts(body: &[u8], meta: &PublishMeta) -> Result<Built, CloudEventE
             Value::String(humantime::format_rfc3339_millis(at).to_string()),
         );
     }
+    check_identity(&event)?;
     match event.get("specversion").and_then(Value::as_str) {
         Some("1.0") | None => Ok(Built {
             attrs: event,

@@ -52,10 +52,20 @@ pub struct DeadLetter {
     pub event: Box<serde_json::value::RawValue>,
 }
 
+/// The service of the events evrouter publishes to dead-letter topics.
+pub const FORWARDER_SERVICE: &str = "evrouter.dead-letter";
+
 /// An event that exhausted its attempts, to be published to a Dapr app's
 /// `deadLetterTopic` (besides the DLQ).
+///
+/// An event reaches a dead-letter topic once: what evrouter publishes there carries
+/// [`FORWARDER_SERVICE`] as its service, and such an event that exhausts its attempts again
+/// stays in its DLQ, so that subscriptions dead-lettering into each other's topics cannot
+/// make a loop.
 #[derive(Debug)]
 pub struct Forward {
+    /// The app whose subscription it is (whose principal publishes it).
+    pub app_id: String,
     /// The pubsub name of the subscription.
     pub pubsub: String,
     /// The dead-letter topic.

@@ -101,6 +101,26 @@ impl TopicPattern {
         }
     }
 
+    /// The pattern as a POSIX regular expression (PostgreSQL's `~`) matching the same
+    /// topics, so that a database can filter by it; a `re:` pattern is given as written.
+    pub fn to_posix_regex(&self) -> String {
+        match self {
+            TopicPattern::Exact(exact) => format!("^{}$", exact.replace('.', "\\.")),
+            TopicPattern::Regex(re) => re.as_str().to_string(),
+            TopicPattern::Wildcard(segments) => {
+                let parts: Vec<String> = segments
+                    .iter()
+                    .map(|segment| match segment {
+                        Segment::Literal(lit) => lit.clone(),
+                        Segment::Any => "[^.]+".into(),
+                        Segment::Rest => ".+".into(),
+                    })
+                    .collect();
+                format!("^{}$", parts.join("\\."))
+            }
+        }
+    }
+
     /// Whether `topic` matches.
     pub fn matches(&self, topic: &str) -> bool {
         match self {
@@ -233,5 +253,35 @@ mod tests {
         assert!(TopicPattern::parse("Order.x").is_err());
         assert!(TopicPattern::parse("order.cr*").is_err());
         assert!(TopicPattern::parse("re:(").is_err());
+    }
+
+    #[test]
+    fn posix_regexes_match_what_the_patterns_match() {
+        let topics = [
+            "order.created",
+            "order.created.v2",
+            "order",
+            "orderxcreated",
+            "payment.captured",
+            "order.paid",
+        ];
+        for pattern in [
+            "order.created",
+            "order.*",
+            "order.>",
+            "*.created",
+            ">",
+            "re:^pay",
+        ] {
+            let compiled = TopicPattern::parse(pattern).expect("pattern");
+            let posix = Regex::new(&compiled.to_posix_regex()).expect("regex");
+            for topic in topics {
+                assert_eq!(
+                    posix.is_match(topic),
+                    compiled.matches(topic),
+                    "{pattern} on {topic}"
+                );
+            }
+        }
     }
 }

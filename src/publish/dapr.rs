@@ -10,10 +10,11 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use super::{PublishError, Publisher};
+use crate::auth::Principal;
 use crate::config::{DaprConfig, DaprPubsubConfig};
 use crate::model::clock::now_us;
 use crate::model::cloudevent::{self, CloudEventError, Overrides, PublishMeta};
-use crate::model::dead_letter::Forward;
+use crate::model::dead_letter::{Forward, FORWARDER_SERVICE};
 use crate::model::envelope::{Envelope, PayloadFormat};
 use crate::model::event::{json_depth, RawEvent, RawMetadata};
 use crate::model::violation::Violation;
@@ -321,10 +322,17 @@ impl DaprPubsubs {
         let event = cloudevent::build_parts(body, &meta).map_err(|e| match e {
             CloudEventError::NotAnObject(_)
             | CloudEventError::NotAString(_)
-            | CloudEventError::SpecVersion(_) => DaprRefusal::BadCloudEvent(e.to_string()),
+            | CloudEventError::SpecVersion(_)
+            | CloudEventError::BadAttribute { .. } => DaprRefusal::BadCloudEvent(e.to_string()),
         })?;
-        if let Some(data) = &event.raw_data {
-            self.check_platform_event(data.get())?;
+        // A platform event is validated as data of a CloudEvent, whether evrouter wrapped
+        // it or the publisher sent the CloudEvent whole.
+        match (&event.raw_data, event.attrs.get("data")) {
+            (Some(data), _) => self.check_platform_event(data.get())?,
+            (None, Some(data @ Value::Object(_))) => {
+                self.check_platform_event(&data.to_string())?
+            }
+            _ => {}
         }
         let text = |name: &str| {
             event
@@ -378,15 +386,25 @@ pub fn bulk_entry_body(raw: &str, content_type: &str) -> Vec<u8> {
 }
 
 /// Publishes the events Dapr subscriptions hand over for their `deadLetterTopic`, so that
-/// the topic's subscribers get them; a failed publish is tried again a few times (the
-/// event is in the subscription's DLQ in any case).
+/// the topic's subscribers get them, as a publish of the app's principal would be: within
+/// its publish rights and its quota (`publishers`, by app id; an app without one publishes
+/// nothing). A failed publish is tried again a few times (the event is in the
+/// subscription's DLQ in any case).
 pub fn spawn_forwarder(
     api: Arc<DaprPubsubs>,
     publisher: Arc<Publisher>,
+    publishers: HashMap<String, Arc<Principal>>,
     mut letters: mpsc::Receiver<Forward>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         while let Some(letter) = letters.recv().await {
+            let refused = |why: &dyn std::fmt::Display| {
+                tracing::warn!(app = %letter.app_id, topic = %letter.topic, %why, "event not published to its dead-letter topic; it stays in the DLQ");
+            };
+            let Some(principal) = publishers.get(&letter.app_id) else {
+                refused(&"the app has no principal to publish with (dapr.apps[].principal)");
+                continue;
+            };
             let structured = &*letter.content_type == cloudevent::CLOUDEVENTS_JSON;
             let metadata = Metadata {
                 raw_payload: !structured,
@@ -406,26 +424,46 @@ pub fn spawn_forwarder(
                     )?;
                     Ok((target, envelope))
                 });
-            let (target, envelope) = match built {
+            let (target, (mut envelope, span)) = match built {
                 Ok(built) => built,
                 Err(err) => {
-                    tracing::warn!(topic = %letter.topic, error = %err, "dead-letter topic refused the event");
+                    refused(&err);
                     continue;
                 }
             };
+            if let Err(denied) = principal.may_publish(&target) {
+                refused(&denied);
+                continue;
+            }
+            // Marks it as dead-lettered once (see `Forward`).
+            envelope.service = FORWARDER_SERVICE.to_string();
+            let mut span = span;
             for attempt in 1..=5u32 {
+                if let Err(limited) =
+                    principal
+                        .quota
+                        .admit(&principal.name, 1, envelope.payload.len())
+                {
+                    match limited.retry_after {
+                        Some(wait) if attempt < 5 => {
+                            tokio::time::sleep(wait).await;
+                            continue;
+                        }
+                        _ => {
+                            refused(&limited);
+                            break;
+                        }
+                    }
+                }
                 match publisher
                     // The publish span is recorded once, with the first try.
-                    .publish_envelopes(
-                        &target,
-                        vec![(envelope.0.clone(), envelope.1.filter(|_| attempt == 1))],
-                    )
+                    .publish_envelopes(&target, vec![(envelope.clone(), span.take())])
                     .await
                 {
                     Ok(_) => break,
                     // Only a store that is unavailable can change its mind.
                     Err(err) if attempt == 5 || !matches!(err, PublishError::Unavailable(_)) => {
-                        tracing::warn!(topic = %letter.topic, error = %err, "event not published to its dead-letter topic; it stays in the DLQ");
+                        refused(&err);
                         break;
                     }
                     Err(_) => {

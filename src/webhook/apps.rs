@@ -15,6 +15,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use xxhash_rust::xxh3::xxh3_64;
 
+use crate::auth::Principal;
 use crate::config::{AppProtocol, DaprAppConfig};
 use crate::delivery::subscription::Subscription;
 use crate::delivery::Runtime;
@@ -205,6 +206,8 @@ pub struct AppSubscriptions {
     client: Client<HttpConnector, Empty<Bytes>>,
     /// Apps' API tokens, by app id.
     app_tokens: std::collections::HashMap<String, Arc<str>>,
+    /// The principal each app publishes its dead-letter topics with, by app id.
+    publishers: std::collections::HashMap<String, Arc<Principal>>,
 }
 
 impl AppSubscriptions {
@@ -225,6 +228,7 @@ impl AppSubscriptions {
             delivery,
             client: Client::builder(TokioExecutor::new()).build(connector),
             app_tokens: std::collections::HashMap::new(),
+            publishers: std::collections::HashMap::new(),
         }
     }
 
@@ -232,6 +236,36 @@ impl AppSubscriptions {
     pub fn with_app_tokens(mut self, tokens: std::collections::HashMap<String, Arc<str>>) -> Self {
         self.app_tokens = tokens;
         self
+    }
+
+    /// The principal each app publishes its dead-letter topics with (by app id): an app
+    /// without one has no dead-letter topic.
+    pub fn with_publishers(
+        mut self,
+        publishers: std::collections::HashMap<String, Arc<Principal>>,
+    ) -> Self {
+        self.publishers = publishers;
+        self
+    }
+
+    /// Why `app` may not dead-letter the events of `topic` into `dead_letter`, if it may
+    /// not: a topic the subscription reads itself, or one its principal may not publish to.
+    fn dead_letter_refusal(
+        &self,
+        app: &DaprAppConfig,
+        topic: &str,
+        dead_letter: &str,
+    ) -> Option<String> {
+        if dead_letter == topic {
+            return Some("it is the topic the subscription reads (a loop)".into());
+        }
+        match self.publishers.get(&app.id) {
+            None => Some(format!(
+                "app `{}` has no principal to publish it with (dapr.apps[].principal)",
+                app.id
+            )),
+            Some(principal) => principal.may_publish(dead_letter).err().map(|d| d.0),
+        }
     }
 
     /// Reads every app now, then again every `interval`; an app not read yet is tried
@@ -491,11 +525,16 @@ impl AppSubscriptions {
             ),
             _ => (DeliveryMode::Single, BulkSpec::default()),
         };
-        let dead_letter_topic = entry.dead_letter_topic.filter(|t| !t.is_empty());
-        if let Some(topic) = &dead_letter_topic {
-            self.api
-                .target(&entry.pubsubname, topic)
-                .map_err(|e| format!("deadLetterTopic `{topic}`: {e}"))?;
+        let mut dead_letter_topic = entry.dead_letter_topic.filter(|t| !t.is_empty());
+        if let Some(dead_letter) = &dead_letter_topic {
+            let mapped = self
+                .api
+                .target(&entry.pubsubname, dead_letter)
+                .map_err(|e| format!("deadLetterTopic `{dead_letter}`: {e}"))?;
+            if let Some(why) = self.dead_letter_refusal(app, &topic, &mapped) {
+                tracing::warn!(app = %app.id, topic = %entry.topic, dead_letter_topic = %dead_letter, %why, "deadLetterTopic refused: exhausted events stay in the subscription's DLQ");
+                dead_letter_topic = None;
+            }
         }
         let id = xxh3_64(format!("{}\u{0}{}", entry.pubsubname, entry.topic).as_bytes());
         Ok(SubscriptionSpec {

@@ -99,17 +99,39 @@ impl Guard {
 pub fn internal(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => internal_v4(v4),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+        IpAddr::V6(v6) => match embedded_v4(v6) {
             Some(v4) => internal_v4(v4),
             None => {
-                let first = v6.segments()[0];
+                let [first, second, ..] = v6.segments();
                 v6.is_loopback()
                     || v6.is_unspecified()
                     || v6.is_multicast()
                     || (first & 0xfe00) == 0xfc00 // unique local fc00::/7
                     || (first & 0xffc0) == 0xfe80 // link local fe80::/10
+                    || (first & 0xffc0) == 0xfec0 // site local fec0::/10 (deprecated)
+                    || (first == 0x0064 && second == 0xff9b) // local-use NAT64 64:ff9b:1::/48
+                    || (first == 0x2001 && second == 0) // Teredo 2001::/32: hides its IPv4 address
+                    || (first == 0x2001 && second == 0x0db8) // documentation 2001:db8::/32
+                    || (first == 0x0100 && v6.segments()[1..4] == [0, 0, 0]) // discard 100::/64
             }
         },
+    }
+}
+
+/// The IPv4 address an IPv6 address carries and reaches: IPv4-mapped (`::ffff:a.b.c.d`),
+/// IPv4-compatible (`::a.b.c.d`), IPv4-translated (`::ffff:0:a.b.c.d`), NAT64's
+/// well-known prefix (`64:ff9b::a.b.c.d`) and 6to4 (`2002:aabb:ccdd::`).
+fn embedded_v4(v6: std::net::Ipv6Addr) -> Option<Ipv4Addr> {
+    let s = v6.segments();
+    let v4 = |hi: u16, lo: u16| Some(Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo)));
+    match s {
+        [0, 0, 0, 0, 0, 0xffff, hi, lo] => v4(hi, lo),
+        // `::` and `::1` are IPv6's own unspecified and loopback addresses.
+        [0, 0, 0, 0, 0, 0, hi, _] if hi != 0 => v4(s[6], s[7]),
+        [0, 0, 0, 0, 0xffff, 0, hi, lo] => v4(hi, lo),
+        [0x0064, 0xff9b, 0, 0, 0, 0, hi, lo] => v4(hi, lo),
+        [0x2002, hi, lo, ..] => v4(hi, lo),
+        _ => None,
     }
 }
 
@@ -128,7 +150,7 @@ fn internal_v4(ip: Ipv4Addr) -> bool {
 fn kind(ip: IpAddr) -> &'static str {
     let v4 = match ip {
         IpAddr::V4(v4) => Some(v4),
-        IpAddr::V6(v6) => v6.to_ipv4_mapped(),
+        IpAddr::V6(v6) => embedded_v4(v6),
     };
     match (ip, v4) {
         (_, Some(v4)) if v4.is_loopback() => "loopback",
@@ -211,11 +233,28 @@ mod tests {
             "fd00::1",
             "fe80::1",
             "::",
+            // IPv4 inside IPv6: NAT64, 6to4, IPv4-compatible and -translated forms.
+            "64:ff9b::169.254.169.254",
+            "64:ff9b::7f00:1",
+            "64:ff9b:1::a00:1",
+            "2002:a9fe:a9fe::1",
+            "2002:7f00:1::",
+            "::127.0.0.1",
+            "::169.254.169.254",
+            "::ffff:0:10.0.0.1",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+            "fec0::1",
         ] {
             let ip: IpAddr = ip.parse().expect("ip");
             assert!(!guard.allows_ip(ip), "{ip} should be refused");
         }
-        for ip in ["93.184.216.34", "2606:2800:220:1::1", "8.8.8.8"] {
+        for ip in [
+            "93.184.216.34",
+            "2606:2800:220:1::1",
+            "8.8.8.8",
+            "64:ff9b::8.8.8.8",
+            "2002:808:808::1",
+        ] {
             let ip: IpAddr = ip.parse().expect("ip");
             assert!(guard.allows_ip(ip), "{ip} should be allowed");
         }
@@ -238,6 +277,9 @@ mod tests {
             "http://169.254.169.254/latest/meta-data",
             "http://[::1]:80/",
             "http://[::ffff:127.0.0.1]/",
+            "http://[64:ff9b::a9fe:a9fe]/latest/meta-data",
+            "http://[2002:a9fe:a9fe::]/",
+            "http://[::7f00:1]:8080/",
             "http://localhost:9/x",
         ] {
             let refused = guard.check_url(url).await.expect_err(url);

@@ -22,21 +22,27 @@ use crate::delivery::transport::{
     Connector, Forwarded, Presented, Reply, Request, Sending, Subscriber,
 };
 use crate::model::clock::now_ms;
-use crate::model::dead_letter::Forward;
+use crate::model::dead_letter::{Forward, FORWARDER_SERVICE};
 use crate::model::envelope::{EntryView, Envelope, EnvelopeError, PayloadFormat};
-use crate::model::subscription::DeliveryMode;
+use crate::model::subscription::{DaprTarget, DeliveryMode};
 
 const JSON: &str = "application/json";
 
 /// Makes the HTTP subscriber of every subscription; they share one pooled client (two:
 /// Dapr apps come from evrouter's own config and may be on internal addresses, webhooks
 /// only where `guard` allows).
+///
+/// A subscription is sent as a Dapr app's (unguarded, with the app's token, over gRPC
+/// when the app speaks it) only when its app is configured and every endpoint is that
+/// app's configured address; any other subscription, whatever its `dapr` field says, is a
+/// webhook: guarded, without a token.
 pub struct Webhooks {
     client: Client,
     apps: Client,
     guard: Arc<Guard>,
     forwards: Option<mpsc::Sender<Forward>>,
     app_tokens: HashMap<String, Arc<str>>,
+    app_urls: HashMap<String, String>,
     app_health: Arc<AppHealth>,
 }
 
@@ -53,6 +59,7 @@ impl Webhooks {
             guard,
             forwards,
             app_tokens: HashMap::new(),
+            app_urls: HashMap::new(),
             app_health: Arc::new(AppHealth::default()),
         }
     }
@@ -68,31 +75,48 @@ impl Webhooks {
         self.app_tokens = tokens;
         self
     }
+
+    /// The configured Dapr apps' addresses, by app id: the only addresses a subscription
+    /// reaches as a Dapr app.
+    pub fn with_app_urls<'a>(mut self, apps: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        self.app_urls = apps
+            .into_iter()
+            .map(|(id, url)| (id.to_string(), url.trim_end_matches('/').to_string()))
+            .collect();
+        self
+    }
+
+    /// The Dapr target of `sub` when it is a configured app's subscription to that app's
+    /// own address.
+    fn app_target<'s>(&self, sub: &'s Subscription) -> Option<&'s DaprTarget> {
+        let target = sub.spec.dapr.as_ref()?;
+        let url = self.app_urls.get(&target.app_id)?;
+        let endpoints = &sub.spec.endpoints;
+        (!endpoints.is_empty() && endpoints.iter().all(|e| e.trim_end_matches('/') == url))
+            .then_some(target)
+    }
 }
 
 impl Connector for Webhooks {
     fn connect(&self, sub: &Arc<Subscription>) -> Arc<dyn Subscriber> {
+        let app = self.app_target(sub);
+        if app.is_none() && sub.spec.dapr.is_some() {
+            tracing::warn!(subscription = %sub.spec.name, "a Dapr subscription not to its configured app's address: sent as a webhook, guarded and without a token");
+        }
         Arc::new(Webhook {
             sub: sub.clone(),
             endpoints: Arc::new(Endpoints::new(&sub.spec.endpoints, &sub.spec.breaker)),
-            client: if sub.spec.dapr.is_some() {
+            client: if app.is_some() {
                 self.apps.clone()
             } else {
                 self.client.clone()
             },
-            guard: (sub.spec.dapr.is_none()).then(|| self.guard.clone()),
+            guard: app.is_none().then(|| self.guard.clone()),
             forwards: self.forwards.clone(),
-            app_token: sub
-                .spec
-                .dapr
-                .as_ref()
-                .and_then(|d| self.app_tokens.get(&d.app_id).cloned()),
-            health: sub
-                .spec
-                .dapr
-                .as_ref()
-                .and_then(|d| self.app_health.flag(&d.app_id)),
-            grpc: sub.spec.dapr.as_ref().filter(|d| d.grpc).map(|_| {
+            app_token: app.and_then(|d| self.app_tokens.get(&d.app_id).cloned()),
+            health: app.and_then(|d| self.app_health.flag(&d.app_id)),
+            app: app.is_some(),
+            grpc: app.filter(|d| d.grpc).map(|_| {
                 sub.spec
                     .endpoints
                     .iter()
@@ -117,6 +141,8 @@ struct Webhook {
     grpc: Option<Vec<Option<super::grpc::AppChannel>>>,
     /// A Dapr app's health, when it is checked.
     health: Option<AppHealthFlag>,
+    /// A configured Dapr app's subscription to the app's own address.
+    app: bool,
 }
 
 impl Webhook {
@@ -334,15 +360,23 @@ impl Subscriber for Webhook {
         })
     }
 
-    fn forward(&self, body: &Bytes, content_type: Option<&Arc<str>>) -> Forwarded {
-        let target = self.sub.spec.dapr.as_ref();
+    fn forward(&self, raw: &Bytes, body: &Bytes, content_type: Option<&Arc<str>>) -> Forwarded {
+        // Only a configured app's subscription (the app's own address) has a dead-letter
+        // topic.
+        let target = self.app.then_some(self.sub.spec.dapr.as_ref()).flatten();
         let (Some(target), Some(tx)) = (target, &self.forwards) else {
             return Forwarded::NotAsked;
         };
         let Some(topic) = target.dead_letter_topic.clone() else {
             return Forwarded::NotAsked;
         };
+        // An event that came from a dead-letter topic stays in the DLQ: one hop, no loop.
+        if Envelope::decode(raw).is_ok_and(|e| e.service == FORWARDER_SERVICE) {
+            tracing::debug!(subscription = %self.sub.spec.name, "an event from a dead-letter topic is not dead-lettered onward");
+            return Forwarded::NotAsked;
+        }
         let forward = Forward {
+            app_id: target.app_id.clone(),
             pubsub: target.pubsubname.clone(),
             topic,
             body: body.clone(),

@@ -210,6 +210,10 @@ async fn queries_replays_and_subjects_follow_the_callers_rights() {
                 subscribe: vec!["payment.>".into()],
                 ..principal("payments", "payments-token")
             },
+            PrincipalConfig {
+                subscribe: vec!["order.>".into()],
+                ..principal("billing", "billing-token")
+            },
         ],
         ..AuthConfig::default()
     };
@@ -272,6 +276,44 @@ async fn queries_replays_and_subjects_follow_the_callers_rights() {
     assert_eq!(topics(&payments_view), ["payment.captured"]);
     let (status, _) = get("shipping-token", "/v1/events/evt_payment_9").await;
     assert_eq!(status, 404, "another topic's event is not shown");
+    // A page says nothing of events the caller may not see: no `next` pointing at them
+    // (their time, stream and partition), only its own events.
+    let (_, oldest) = get("payments-token", "/v1/events?order=oldest&limit=1").await;
+    assert_eq!(topics(&oldest), ["payment.captured"], "{oldest}");
+    assert!(oldest.get("next").is_none_or(|n| n.is_null()), "{oldest}");
+    let (_, newest) = get("shipping-token", "/v1/events?limit=3").await;
+    assert_eq!(topics(&newest), ["order.created"; 3]);
+    assert!(newest.get("next").is_none_or(|n| n.is_null()), "{newest}");
+    // Outcomes are shown to the subscription's owner, not to another reader of the topic.
+    let subscriptions_of = |event: &serde_json::Value| -> Vec<String> {
+        event["outcomes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|o| o["subscription"].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    eventually(Duration::from_secs(30), async || {
+        let (_, event) = get("shipping-token", "/v1/events/evt_order_0").await;
+        if subscriptions_of(&event).contains(&"shipping-sub".to_string()) {
+            Ok(())
+        } else {
+            Err(format!("{event}"))
+        }
+    })
+    .await;
+    let (status, event) = get("billing-token", "/v1/events/evt_order_0").await;
+    assert_eq!(status, 200, "{event}");
+    assert!(subscriptions_of(&event).is_empty(), "{event}");
+    let (_, trace) = get("billing-token", "/v1/traces/corr_0").await;
+    assert!(
+        trace["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .all(|e| subscriptions_of(e).is_empty()),
+        "{trace}"
+    );
     let (_, trace) = get("shipping-token", "/v1/traces/corr_9").await;
     assert_eq!(trace["events"].as_array().map(Vec::len), Some(0));
 

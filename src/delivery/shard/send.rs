@@ -399,7 +399,7 @@ impl Shard {
         match self
             .ctx
             .subscriber
-            .forward(&head.payload, head.content_type.as_ref())
+            .forward(&head.raw, &head.payload, head.content_type.as_ref())
         {
             Forwarded::Queued => SubscriptionStats::bump(&self.ctx.stats.dead_letter_topic),
             Forwarded::QueueFull => {

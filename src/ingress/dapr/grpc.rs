@@ -97,6 +97,7 @@ impl DaprGrpc {
     ) -> Result<(String, usize, ()), DaprError> {
         let app = &self.app;
         let target = self.target(principal, &request.pubsub_name, &request.topic)?;
+        too_large(request.data.len(), app.max_body_bytes)?;
         let mut metadata = Metadata::default();
         Metadata::read(
             request
@@ -171,6 +172,10 @@ impl DaprGrpc {
                 .map(|(k, v)| (k.as_str(), v.as_str())),
             "",
             &mut shared,
+        )?;
+        too_large(
+            request.entries.iter().map(|e| e.event.len()).sum(),
+            app.max_body_bytes,
         )?;
         let limits = app.publisher.limits();
         if request.entries.len() > limits.max_batch {
@@ -333,8 +338,9 @@ where
 
     fn call(&mut self, request: axum::http::Request<B>) -> Self::Future {
         let this = self.clone();
-        // Room for a bulk of the largest bodies the HTTP API takes.
-        let max = self.app.max_body_bytes.saturating_mul(2).max(4 << 20);
+        // What the HTTP API takes in one body (`server.max_body_bytes`), with room for the
+        // message's own fields (names, metadata, entry ids).
+        let max = self.app.max_body_bytes.saturating_add(GRPC_FRAMING_BYTES);
         let method = request
             .uri()
             .path()
@@ -357,6 +363,22 @@ where
 impl NamedService for DaprGrpc {
     const NAME: &'static str = SERVICE;
 }
+
+/// Refuses events larger than the HTTP API takes in one body.
+fn too_large(bytes: usize, max: usize) -> Result<(), DaprError> {
+    if bytes <= max {
+        return Ok(());
+    }
+    Err(DaprError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "ERR_PUBSUB_REQUEST_BODY",
+        format!("{bytes} bytes of events exceed server.max_body_bytes ({max})"),
+    ))
+}
+
+/// Bytes a gRPC publish may carry beyond `server.max_body_bytes` of data: its topic,
+/// metadata and entry ids.
+const GRPC_FRAMING_BYTES: usize = 64 * 1024;
 
 /// Serves the service on `listener` until `shutdown`.
 pub async fn serve(

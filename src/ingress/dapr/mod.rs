@@ -14,9 +14,10 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
-use axum::Json;
+use axum::{Extension, Json};
 use serde_json::json;
 
+use crate::auth::Principal;
 use crate::ingress::AppState;
 
 /// The Dapr API's routes, merged into the main router.
@@ -54,8 +55,13 @@ async fn healthz() -> StatusCode {
 }
 
 /// `GET /v1.0/metadata`: the pubsub components and the subscriptions read from apps, in
-/// the shape of Dapr's metadata API (the SDKs wait for a non-empty answer).
-async fn metadata(State(app): State<Arc<AppState>>) -> impl IntoResponse {
+/// the shape of Dapr's metadata API (the SDKs wait for a non-empty answer). As a sidecar
+/// shows its own app's, a caller sees the subscriptions of the apps it is the principal of
+/// (`dapr.apps[].principal`); an admin sees every app's.
+async fn metadata(
+    State(app): State<Arc<AppState>>,
+    Extension(principal): Extension<Arc<Principal>>,
+) -> impl IntoResponse {
     let components: Vec<_> = app
         .dapr
         .pubsub_names()
@@ -76,6 +82,13 @@ async fn metadata(State(app): State<Arc<AppState>>) -> impl IntoResponse {
         .iter()
         .filter_map(|sub| {
             let target = sub.spec.dapr.as_ref()?;
+            let own = app
+                .dapr_apps
+                .app(&target.app_id)
+                .is_some_and(|a| a.principal.as_deref() == Some(principal.name.as_str()));
+            if !(principal.admin || own) {
+                return None;
+            }
             Some(json!({
                 "pubsubname": target.pubsubname,
                 "topic": target.topic,
