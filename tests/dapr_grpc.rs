@@ -324,6 +324,78 @@ async fn a_grpc_publish_redis_did_not_store_is_unavailable() {
     router.stop().await.expect("stop");
 }
 
+/// A gRPC publish is bounded as an HTTP body is (`server.max_body_bytes`): an event over
+/// it, single or in a bulk, is RESOURCE_EXHAUSTED and not stored (found: a 3 MB event taken
+/// while HTTP stops at 1 MiB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_publish_is_bounded_like_an_http_body() {
+    use dapr::dapr::proto::runtime::v1 as pb;
+    let redis = RedisServer::start();
+    let grpc_port = free_port();
+    let mut config = test_config(&redis);
+    config.dapr.grpc_listen = format!("127.0.0.1:{grpc_port}");
+    config.server.max_body_bytes = 64 * 1024;
+    let router = TestRouter::start(config).await;
+    let mut client = eventually_connect(grpc_port)
+        .await
+        .max_encoding_message_size(16 << 20);
+    let event = |bytes: usize| {
+        format!(r#"{{"order_id":"ord-big","pad":"{}"}}"#, "x".repeat(bytes)).into_bytes()
+    };
+    let publish = |data: Vec<u8>| pb::PublishEventRequest {
+        pubsub_name: "pubsub".into(),
+        topic: "orders".into(),
+        data,
+        data_content_type: "application/json".into(),
+        metadata: Default::default(),
+    };
+    for size in [64 * 1024 + 1, 3 << 20] {
+        let refused = client
+            .publish_event(publish(event(size)))
+            .await
+            .expect_err("over max_body_bytes");
+        assert!(
+            matches!(
+                refused.code(),
+                tonic::Code::ResourceExhausted | tonic::Code::OutOfRange
+            ),
+            "{size} bytes: {refused:?}"
+        );
+    }
+    let entries = (0..4)
+        .map(|i| pb::BulkPublishRequestEntry {
+            entry_id: i.to_string(),
+            event: event(20 * 1024),
+            content_type: "application/json".into(),
+            metadata: Default::default(),
+        })
+        .collect();
+    let refused = client
+        .bulk_publish_event(pb::BulkPublishRequest {
+            pubsub_name: "pubsub".into(),
+            topic: "orders".into(),
+            entries,
+            metadata: Default::default(),
+        })
+        .await
+        .expect_err("80 KB of entries over 64 KiB");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    assert!(
+        stored_on(&redis, "orders").is_empty(),
+        "an oversized event was stored"
+    );
+    client
+        .publish_event(publish(event(60 * 1024)))
+        .await
+        .expect("an event within the bound is stored");
+    assert_eq!(stored_on(&redis, "orders").len(), 1);
+    router.stop().await.expect("stop");
+}
+
 /// A gRPC client of evrouter's Dapr API, once it answers.
 async fn eventually_connect(
     port: u16,

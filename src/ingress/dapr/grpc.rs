@@ -288,7 +288,9 @@ fn status(err: DaprError) -> Status {
         (StatusCode::INTERNAL_SERVER_ERROR | StatusCode::SERVICE_UNAVAILABLE, _) => {
             Code::Unavailable
         }
-        (StatusCode::INSUFFICIENT_STORAGE, _) => Code::ResourceExhausted,
+        (StatusCode::INSUFFICIENT_STORAGE | StatusCode::PAYLOAD_TOO_LARGE, _) => {
+            Code::ResourceExhausted
+        }
         _ => Code::InvalidArgument,
     };
     Status::new(code, format!("{}: {}", err.code, err.message))
