@@ -19,8 +19,9 @@ use crate::auth::AuthError;
 fn open(path: &str, app: &AppState) -> bool {
     matches!(
         path,
-        "/healthz" | "/readyz" | "/v1.0/healthz" | "/v1.0/healthz/outbound" | "/ui" | "/ui/trace"
-    ) || (matches!(path, "/v1/stats" | "/metrics" | "/v1/dashboard") && app.auth.open_metrics())
+        "/healthz" | "/readyz" | "/v1.0/healthz" | "/v1.0/healthz/outbound"
+    ) || super::ui::assets::is_file(path)
+        || (matches!(path, "/v1/stats" | "/metrics" | "/v1/dashboard") && app.auth.open_metrics())
 }
 
 /// The token of a request: `Authorization: Bearer …`, or `dapr-api-token` on the Dapr API.

@@ -7,3 +7,4 @@
 mod support;
 
 mod inputs;
+mod pages;
