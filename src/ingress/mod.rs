@@ -11,6 +11,7 @@ pub mod events;
 pub mod health;
 pub mod metrics;
 pub mod publish;
+pub mod refusals;
 pub mod replays;
 pub mod stats;
 pub mod subjects;
@@ -52,6 +53,8 @@ pub struct AppState {
     pub guard: Arc<Guard>,
     /// Where changes and refusals are recorded.
     pub audit: AuditLog,
+    /// The refused requests of the current interval, counted before they are written.
+    pub refusals: refusals::Refusals,
     /// The publish pipeline.
     pub publisher: Arc<Publisher>,
     /// The Dapr API's pubsub names and topic mapping.
