@@ -6,5 +6,6 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod audit_flood;
 mod inputs;
 mod pages;
