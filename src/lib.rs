@@ -328,12 +328,13 @@ pub async fn run(
         target.manager()?,
         &config.redis.key_prefix,
         config.audit.retention.get(),
-        config.audit.max_entries,
+        (config.audit.max_entries, config.audit.max_refusals),
     );
     let state = Arc::new(AppState {
         guard,
         auth: authenticator,
         audit,
+        refusals: ingress::refusals::Refusals::new(&config.audit),
         publisher,
         dapr,
         dapr_apps,
@@ -365,6 +366,7 @@ pub async fn run(
     };
     let reloader = tls.as_ref().map(ingress::tls::Tls::spawn_reloader);
     let sampler = ingress::ui::spawn_sampler(state.clone());
+    let refusals = ingress::refusals::spawn_flusher(state.clone());
     // One budget for all of shutdown, from the signal on: requests in flight are answered
     // while the partitions are handed over, then the writers flush.
     let budget = config.server.shutdown_budget.get();
@@ -412,9 +414,12 @@ pub async fn run(
     }
 
     sampler.abort();
+    refusals.abort();
     if let Some(dapr_grpc) = dapr_grpc {
         let _ = dapr_grpc.await;
     }
+    // The counts of the last interval.
+    ingress::refusals::flush(&state).await;
     drop(state);
     app_watcher.abort();
     app_prober.abort();

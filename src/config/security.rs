@@ -133,14 +133,23 @@ pub struct WebhooksConfig {
     pub ca: Option<PathBuf>,
 }
 
-/// The audit log.
+/// The audit log: actions and refusals, kept and trimmed apart.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct AuditConfig {
     /// How long entries are kept.
     pub retention: ConfigDuration,
-    /// At most about this many entries are kept (refused requests can come in floods).
+    /// At most about this many actions (admitted changes and reads of the event store) are
+    /// kept. Refusals never count against it.
     pub max_entries: u64,
+    /// At most about this many refusal entries are kept, apart from the actions.
+    pub max_refusals: u64,
+    /// Refusals are counted per caller and reason over this interval: the first is written
+    /// in full, the others in one count at its end.
+    pub refusal_interval: ConfigDuration,
+    /// Most callers and reasons counted apart in one interval; refusals of further ones
+    /// are counted together (principal `*`).
+    pub refusal_callers: usize,
 }
 
 impl Default for AuditConfig {
@@ -148,6 +157,9 @@ impl Default for AuditConfig {
         Self {
             retention: "365d".into(),
             max_entries: 1_000_000,
+            max_refusals: 1_000_000,
+            refusal_interval: "10s".into(),
+            refusal_callers: 100,
         }
     }
 }

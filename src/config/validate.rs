@@ -43,6 +43,8 @@ impl Config {
             ("delivery.shards", self.delivery.shards),
             ("delivery.readers", self.delivery.readers),
             ("audit.max_entries", self.audit.max_entries as usize),
+            ("audit.max_refusals", self.audit.max_refusals as usize),
+            ("audit.refusal_callers", self.audit.refusal_callers),
             ("retention.dlq_max_len", self.retention.dlq_max_len as usize),
         ] {
             if value == 0 {
@@ -64,6 +66,7 @@ impl Config {
             ("delivery.read_block", &self.delivery.read_block),
             ("delivery.read_linger", &self.delivery.read_linger),
             ("audit.retention", &self.audit.retention),
+            ("audit.refusal_interval", &self.audit.refusal_interval),
             ("tracing.flush_interval", &self.tracing.flush_interval),
             ("tracing.timeout", &self.tracing.timeout),
             ("eventstore.batch_wait", &self.eventstore.batch_wait),

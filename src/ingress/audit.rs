@@ -1,6 +1,7 @@
-//! `GET /v1/audit` (admin): the audit log, oldest first, from a time (`since`, RFC 3339 or
-//! ms since the epoch) or after an entry (`after`), of one principal when asked; and the
-//! recording of each audited request.
+//! `GET /v1/audit` (admin): the audit log, actions and refusals merged oldest first, from a
+//! time (`since`, RFC 3339 or ms since the epoch) or after an entry (`after`), of one
+//! principal when asked; and the recording of each audited action (refusals are counted
+//! by [`super::refusals`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +14,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::error::ApiError;
+use super::refusals::Refused;
 use super::{AppState, ClientAddr};
 use crate::auth::Principal;
 use crate::model::audit::AuditEntry;
@@ -32,24 +34,19 @@ pub struct AuditQuery {
     limit: Option<usize>,
 }
 
-/// Appends one entry; a failure is logged (the request has been answered already).
+/// Appends one entry of an action; a failure is logged (the request has been answered
+/// already).
 pub(super) async fn record(app: &AppState, call: &Call, principal: &str, status: u16) {
     let entry = AuditEntry {
-        id: String::new(),
         at_ms: now_ms(),
         principal: principal.to_string(),
         action: call.action.clone(),
         target: call.target.clone(),
         address: call.address.clone(),
         status,
+        ..AuditEntry::default()
     };
-    match tokio::time::timeout(app.ready_timeout, app.audit.append(&entry)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(err)) => {
-            tracing::warn!(error = %err, action = %entry.action, "audit entry not written")
-        }
-        Err(_) => tracing::warn!(action = %entry.action, "audit entry not written in time"),
-    }
+    super::refusals::write(app, &[entry]).await;
 }
 
 fn since_ms(text: &str) -> Option<u64> {
@@ -112,6 +109,17 @@ pub(super) struct Call {
 }
 
 impl Call {
+    /// The refusal of this call, of `principal` when the caller had one.
+    pub(super) fn refused<'a>(&'a self, principal: Option<&'a str>, status: u16) -> Refused<'a> {
+        Refused {
+            principal,
+            action: &self.action,
+            target: &self.target,
+            address: &self.address,
+            status,
+        }
+    }
+
     pub(super) fn of(request: &Request) -> Self {
         let route = request.extensions().get::<MatchedPath>().map_or_else(
             || request.uri().path().to_string(),

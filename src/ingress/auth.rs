@@ -1,8 +1,8 @@
 //! Authentication of every request: the bearer token (or, on the Dapr API, Dapr's
 //! `dapr-api-token` header) becomes a `Principal` in the request's extensions, or the
-//! request is answered 401. Health checks stay open, and stats when configured so. Every
-//! change to subscriptions, DLQs and Dapr apps, and every refused request (401, 403), is
-//! recorded in the audit log.
+//! request is answered 401. Health checks and the `/ui` files stay open, and stats when
+//! configured so. Every change to subscriptions, DLQs and Dapr apps is recorded in the
+//! audit log, and every refused request (401, 403) is counted there (see [`refusals`]).
 
 use std::sync::Arc;
 
@@ -12,15 +12,16 @@ use axum::middleware::Next;
 use axum::response::Response;
 
 use super::error::ApiError;
-use super::{audit, AppState, ClientCert};
+use super::{audit, refusals, AppState, ClientCert};
 use crate::auth::AuthError;
 
 /// Paths every caller may use.
 fn open(path: &str, app: &AppState) -> bool {
     matches!(
         path,
-        "/healthz" | "/readyz" | "/v1.0/healthz" | "/v1.0/healthz/outbound" | "/ui" | "/ui/trace"
-    ) || (matches!(path, "/v1/stats" | "/metrics" | "/v1/dashboard") && app.auth.open_metrics())
+        "/healthz" | "/readyz" | "/v1.0/healthz" | "/v1.0/healthz/outbound"
+    ) || super::ui::assets::is_file(path)
+        || (matches!(path, "/v1/stats" | "/metrics" | "/v1/dashboard") && app.auth.open_metrics())
 }
 
 /// The token of a request: `Authorization: Bearer …`, or `dapr-api-token` on the Dapr API.
@@ -65,14 +66,17 @@ pub async fn authenticate(
             request.extensions_mut().insert(principal);
             let response = next.run(request).await;
             let status = response.status();
-            if call.changes() || status == StatusCode::FORBIDDEN {
+            if status == StatusCode::FORBIDDEN || status == StatusCode::UNAUTHORIZED {
+                refusals::refused(&app, call.refused(Some(&name), status.as_u16()), "http").await;
+            } else if call.changes() {
                 audit::record(&app, &call, &name, status.as_u16()).await;
             }
             response
         }
         Err(why) => {
             tracing::debug!(path, reason = %why, "request refused: no principal");
-            audit::record(&app, &call, "-", StatusCode::UNAUTHORIZED.as_u16()).await;
+            let status = StatusCode::UNAUTHORIZED.as_u16();
+            refusals::refused(&app, call.refused(None, status), "http").await;
             ApiError::unauthorized(why)
         }
     }

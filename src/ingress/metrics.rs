@@ -256,6 +256,11 @@ async fn gather(app: &AppState) -> Scrape {
         publish.rejected.help,
         counter(&publish.rejected),
     );
+    scrape.add(
+        metrics.refused.name,
+        metrics.refused.help,
+        counter(&metrics.refused),
+    );
 
     let subscriptions = app.delivery.stats();
     let observed = app.delivery.observed();

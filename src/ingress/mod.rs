@@ -11,6 +11,7 @@ pub mod events;
 pub mod health;
 pub mod metrics;
 pub mod publish;
+pub mod refusals;
 pub mod replays;
 pub mod stats;
 pub mod subjects;
@@ -52,6 +53,8 @@ pub struct AppState {
     pub guard: Arc<Guard>,
     /// Where changes and refusals are recorded.
     pub audit: AuditLog,
+    /// The refused requests of the current interval, counted before they are written.
+    pub refusals: refusals::Refusals,
     /// The publish pipeline.
     pub publisher: Arc<Publisher>,
     /// The Dapr API's pubsub names and topic mapping.
@@ -119,8 +122,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/events/{event_id}", get(events::one))
         .route("/v1/traces/{correlation_id}", get(events::trace))
         .route("/metrics", get(metrics::metrics))
-        .route("/ui", get(ui::page))
-        .route("/ui/trace", get(ui::trace_page))
+        .merge(ui::assets::routes())
         .route("/v1/dashboard", get(ui::data))
         .route("/v1/audit", get(audit::list))
         .route("/healthz", get(health::healthz))

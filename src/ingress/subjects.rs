@@ -69,6 +69,7 @@ pub async fn erase(
         ),
         address: String::new(),
         status: 200,
+        ..AuditEntry::default()
     };
     if let Err(err) = app.audit.append(&entry).await {
         tracing::warn!(error = %err, "erasure audit entry not written");

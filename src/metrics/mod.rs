@@ -131,6 +131,9 @@ pub struct Metrics {
     windows: Mutex<VecDeque<Window>>,
     /// Publishing.
     pub publish: PublishCounters,
+    /// Requests refused for want of a valid token (401) or of a right (403), by reason and
+    /// API.
+    pub refused: Counter,
     started: Instant,
 }
 
@@ -152,6 +155,12 @@ impl Default for Metrics {
                     &["reason", "api"],
                 ),
             },
+            refused: Counter::new(
+                "evrouter_requests_refused",
+                "Requests refused for want of a valid token or of a right, by reason \
+                 (unauthenticated, forbidden) and API (http, grpc).",
+                &["reason", "api"],
+            ),
             started: Instant::now(),
         }
     }
@@ -210,6 +219,11 @@ impl Metrics {
     /// A publish request through `api` was refused with `reason` (its error code).
     pub fn rejected(&self, api: &'static str, reason: &str) {
         self.publish.rejected.add(&[reason, api], 1);
+    }
+
+    /// A request through `api` was refused for `reason` (`unauthenticated`, `forbidden`).
+    pub fn refused(&self, reason: &'static str, api: &'static str) {
+        self.refused.add(&[reason, api], 1);
     }
 
     /// Every registered histogram.

@@ -6,5 +6,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod audit_flood;
 mod dapr;
 mod inputs;
+mod pages;

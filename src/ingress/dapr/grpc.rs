@@ -21,7 +21,8 @@ use tonic::{Code, Request, Response, Status};
 
 use super::error::DaprError;
 use crate::auth::Principal;
-use crate::ingress::AppState;
+use crate::ingress::refusals::{self, Refused};
+use crate::ingress::{AppState, ClientAddr};
 use crate::model::cloudevent;
 use crate::publish::dapr::{Caller, Metadata};
 
@@ -62,15 +63,77 @@ impl DaprGrpc {
             .map_err(|why| Status::unauthenticated(why.to_string()))
     }
 
+    /// The caller's principal, or the refusal (counted in the audit log).
+    async fn admit<T>(&self, request: &Request<T>, method: &str) -> Result<Arc<Principal>, Status> {
+        match self.principal(request.metadata()) {
+            Ok(principal) => Ok(principal),
+            Err(status) => {
+                let target = format!("/{SERVICE}/{method}");
+                self.refused(request, None, 401, method, &target).await;
+                Err(status)
+            }
+        }
+    }
+
+    /// Records a refused call of `method` on `target` in the audit log.
+    async fn refused<T>(
+        &self,
+        request: &Request<T>,
+        principal: Option<&str>,
+        status: u16,
+        method: &str,
+        target: &str,
+    ) {
+        let address = request
+            .extensions()
+            .get::<ClientAddr>()
+            .map(|a| a.0)
+            .or_else(|| request.remote_addr())
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let action = format!("gRPC {SERVICE}/{method}");
+        let refused = Refused {
+            principal,
+            action: &action,
+            target,
+            address: &address,
+            status,
+        };
+        refusals::refused(&self.app, refused, "grpc").await;
+    }
+
+    /// Records `answer` in the audit log when it refuses `principal` a right.
+    async fn audit_answer<T, R>(
+        &self,
+        request: &Request<T>,
+        principal: &Principal,
+        method: &str,
+        target: &str,
+        answer: &Result<R, DaprError>,
+    ) {
+        if let Err(err) = answer {
+            if err.status == StatusCode::FORBIDDEN {
+                self.refused(request, Some(&principal.name), 403, method, target)
+                    .await;
+            }
+        }
+    }
+
     async fn publish_event(
         self,
         request: Request<pb::PublishEventRequest>,
     ) -> Result<Response<()>, Status> {
         let started = Instant::now();
-        let principal = self.principal(request.metadata())?;
+        let principal = self.admit(&request, "PublishEvent").await?;
         let caller = caller(request.metadata());
-        let answer = self
-            .publish_one(&principal, &caller, request.into_inner())
+        let target = format!(
+            "{}/{}",
+            request.get_ref().pubsub_name,
+            request.get_ref().topic
+        );
+        let (head, message) = split(request);
+        let answer = self.publish_one(&principal, &caller, message).await;
+        self.audit_answer(&head, &principal, "PublishEvent", &target, &answer)
             .await;
         self.counted(started, answer)
     }
@@ -144,10 +207,16 @@ impl DaprGrpc {
         request: Request<pb::BulkPublishRequest>,
     ) -> Result<Response<pb::BulkPublishResponse>, Status> {
         let started = Instant::now();
-        let principal = self.principal(request.metadata())?;
+        let principal = self.admit(&request, "BulkPublishEvent").await?;
         let caller = caller(request.metadata());
-        let answer = self
-            .publish_many(&principal, &caller, request.into_inner())
+        let target = format!(
+            "{}/{}",
+            request.get_ref().pubsub_name,
+            request.get_ref().topic
+        );
+        let (head, message) = split(request);
+        let answer = self.publish_many(&principal, &caller, message).await;
+        self.audit_answer(&head, &principal, "BulkPublishEvent", &target, &answer)
             .await;
         self.counted(started, answer)
     }
@@ -250,7 +319,7 @@ impl DaprGrpc {
         self,
         request: Request<pb::GetMetadataRequest>,
     ) -> Result<Response<pb::GetMetadataResponse>, Status> {
-        self.principal(request.metadata())?;
+        self.admit(&request, "GetMetadata").await?;
         let registered_components = self
             .app
             .dapr
@@ -270,6 +339,13 @@ impl DaprGrpc {
             ..Default::default()
         }))
     }
+}
+
+/// A request's message, and the request without it (its metadata and extensions, for the
+/// audit log).
+fn split<T>(request: Request<T>) -> (Request<()>, T) {
+    let (metadata, extensions, message) = request.into_parts();
+    (Request::from_parts(metadata, extensions, ()), message)
 }
 
 /// Who publishes, from the call's metadata (read as the HTTP API reads its headers).

@@ -1,9 +1,11 @@
-//! The live dashboard: `GET /ui` serves one HTML page (built into the binary, no front-end
-//! build) that polls `GET /v1/dashboard` every second and draws what it gets: publish and
+//! The live dashboard: `GET /ui` serves one HTML page (built into the binary with its
+//! script and style sheet, see [`assets`]) that polls `GET /v1/dashboard` every second and draws what it gets: publish and
 //! delivery rates and latency percentiles over the last minutes, and per subscription its
 //! lag, in-flight events, retries, dead letters and breakers; the instances of the
 //! cluster and the partitions each holds, read from Redis; and Redis's memory. The
 //! timeline is sampled by one task every [`STEP`] from the built-in histograms.
+
+pub mod assets;
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering::Relaxed;
@@ -11,8 +13,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::header;
-use axum::response::{Html, IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -29,17 +29,6 @@ pub const STEP: Duration = Duration::from_secs(2);
 
 /// Points kept: ten minutes.
 const POINTS: usize = 300;
-
-/// The page.
-const PAGE: &str = include_str!("index.html");
-
-/// The trace page: one business flow's events as a timeline (`/ui/trace?correlation_id=`).
-const TRACE_PAGE: &str = include_str!("trace.html");
-
-/// `GET /ui/trace`: the page (its data comes from `GET /v1/traces/{correlation_id}`).
-pub async fn trace_page() -> Response {
-    ([(header::CACHE_CONTROL, "no-store")], Html(TRACE_PAGE)).into_response()
-}
 
 /// One point of the timeline.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -140,11 +129,6 @@ pub fn spawn_sampler(app: Arc<AppState>) -> tokio::task::JoinHandle<()> {
             app.timeline.sample(&app);
         }
     })
-}
-
-/// `GET /ui`: the page (it asks for a token when the data needs one).
-pub async fn page() -> Response {
-    ([(header::CACHE_CONTROL, "no-store")], Html(PAGE)).into_response()
 }
 
 /// `GET /v1/dashboard`: what the page draws; for a principal with `metrics` or `admin`,
