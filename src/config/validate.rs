@@ -44,6 +44,10 @@ impl Config {
             ("delivery.readers", self.delivery.readers),
             ("audit.max_entries", self.audit.max_entries as usize),
             ("retention.dlq_max_len", self.retention.dlq_max_len as usize),
+            (
+                "dapr.grpc_max_concurrent_streams",
+                self.dapr.grpc_max_concurrent_streams as usize,
+            ),
         ] {
             if value == 0 {
                 bad(path, "must be greater than 0".into());
@@ -67,6 +71,15 @@ impl Config {
             ("tracing.flush_interval", &self.tracing.flush_interval),
             ("tracing.timeout", &self.tracing.timeout),
             ("eventstore.batch_wait", &self.eventstore.batch_wait),
+            ("dapr.grpc_idle_timeout", &self.dapr.grpc_idle_timeout),
+            (
+                "dapr.grpc_keepalive_interval",
+                &self.dapr.grpc_keepalive_interval,
+            ),
+            (
+                "dapr.grpc_keepalive_timeout",
+                &self.dapr.grpc_keepalive_timeout,
+            ),
         ] {
             match checked(value) {
                 Ok(d)
