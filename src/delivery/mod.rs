@@ -60,6 +60,8 @@ pub struct Settings {
     pub shards: usize,
     /// Partition readers per subscription.
     pub readers: usize,
+    /// Most subscriptions in all that the API may create (0: no limit).
+    pub max_subscriptions: usize,
     /// How long shutdown may take, handoffs included.
     pub grace: Duration,
     /// How big a dead-letter stream may grow.
@@ -186,7 +188,20 @@ impl Runtime {
     /// A subscription of a name deleted before starts where the new one says: the old
     /// groups (which a reader racing the delete may have created again) go first.
     pub async fn create(&self, sub: &Subscription) -> redis::RedisResult<registry::Created> {
+        self.create_within(sub, registry::Bounds::default()).await
+    }
+
+    /// Like [`Runtime::create`], refused (nothing stored, no group made) when a new
+    /// subscription would pass `bounds`.
+    pub async fn create_within(
+        &self,
+        sub: &Subscription,
+        bounds: registry::Bounds<'_>,
+    ) -> redis::RedisResult<registry::Created> {
         if self.registry.get(sub.name()).is_none() {
+            if let Some(full) = self.registry.over(bounds) {
+                return Ok(registry::Created::Full(full));
+            }
             let mut conn = self.target.manager().map_err(store_to_redis)?;
             if unbury(&mut conn, &self.settings.prefix, sub.name()).await? {
                 for key in self.candidates(sub) {
@@ -195,14 +210,38 @@ impl Runtime {
             }
             self.ensure_groups(sub, sub.spec.start).await?;
         }
-        let created = self.registry.create(sub).await?;
+        let created = self.registry.create(sub, bounds).await?;
+        if let registry::Created::Full(_) = created {
+            // Refused by Redis after the groups were made: they belong to no one.
+            if self.registry.get(sub.name()).is_none() {
+                let mut conn = self.target.manager().map_err(store_to_redis)?;
+                for key in self.candidates(sub) {
+                    let _ = destroy_group(&mut conn, &key, sub.name()).await;
+                }
+            }
+            return Ok(created);
+        }
         self.changed.notify_one();
         Ok(created)
     }
 
     /// Stores a subscription, replacing one of the same name.
     pub async fn put(&self, sub: &Subscription) -> redis::RedisResult<bool> {
-        let existed = self.registry.put(sub).await?;
+        let created = self.put_within(sub, registry::Bounds::default()).await?;
+        Ok(created == registry::Created::Replaced)
+    }
+
+    /// Like [`Runtime::put`]; a new subscription that would pass `bounds` is refused.
+    pub async fn put_within(
+        &self,
+        sub: &Subscription,
+        bounds: registry::Bounds<'_>,
+    ) -> redis::RedisResult<registry::Created> {
+        let created = self.registry.put(sub, bounds).await?;
+        if let registry::Created::Full(_) = created {
+            return Ok(created);
+        }
+        let existed = created == registry::Created::Replaced;
         if !existed {
             let mut conn = self.target.manager().map_err(store_to_redis)?;
             if unbury(&mut conn, &self.settings.prefix, sub.name()).await? {
@@ -221,7 +260,7 @@ impl Runtime {
         )
         .await?;
         self.changed.notify_one();
-        Ok(existed)
+        Ok(created)
     }
 
     /// Removes a subscription, waits for its worker here to stop (so that no reader
@@ -375,6 +414,11 @@ impl Runtime {
             .collect();
         all.sort_by(|a, b| a.0.cmp(&b.0));
         all
+    }
+
+    /// Most subscriptions in all that the API may create (0: no limit).
+    pub fn max_subscriptions(&self) -> usize {
+        self.settings.max_subscriptions
     }
 
     /// This instance's id (its consumer name and lease value).
