@@ -204,9 +204,12 @@ impl Runtime {
             }
             let mut conn = self.target.manager().map_err(store_to_redis)?;
             if unbury(&mut conn, &self.settings.prefix, sub.name()).await? {
-                for key in self.candidates(sub) {
-                    let _ = destroy_group(&mut conn, &key, sub.name()).await;
+                let partitions = self.candidates(sub);
+                for key in &partitions {
+                    let _ = destroy_group(&mut conn, key, sub.name()).await;
                 }
+                self.discard_state(&mut conn, &partitions, sub.name())
+                    .await?;
             }
             self.ensure_groups(sub, sub.spec.start).await?;
         }
@@ -245,9 +248,12 @@ impl Runtime {
         if !existed {
             let mut conn = self.target.manager().map_err(store_to_redis)?;
             if unbury(&mut conn, &self.settings.prefix, sub.name()).await? {
-                for key in self.candidates(sub) {
-                    let _ = destroy_group(&mut conn, &key, sub.name()).await;
+                let partitions = self.candidates(sub);
+                for key in &partitions {
+                    let _ = destroy_group(&mut conn, key, sub.name()).await;
                 }
+                self.discard_state(&mut conn, &partitions, sub.name())
+                    .await?;
             }
         }
         self.ensure_groups(
@@ -273,18 +279,38 @@ impl Runtime {
         while lock(&self.running).contains(name) && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        if let Some(sub) = sub {
+        if sub.is_some() || existed {
             let mut conn = self.target.manager().map_err(store_to_redis)?;
             // Groups this misses (created later, or again by a reader that had not heard of
-            // the delete) are destroyed by the trimmers.
+            // the delete) are destroyed by the trimmers, with their dead letters.
             bury(&mut conn, &self.settings.prefix, name).await?;
-            for key in self.candidates(&sub) {
+            let partitions = sub.map(|sub| self.candidates(&sub)).unwrap_or_default();
+            for key in &partitions {
                 // A partition without the group (or unreachable now) has nothing to remove.
-                let _ = destroy_group(&mut conn, &key, name).await;
+                let _ = destroy_group(&mut conn, key, name).await;
             }
+            self.discard_state(&mut conn, &partitions, name).await?;
         }
         self.changed.notify_one();
         Ok(existed)
+    }
+
+    /// Deletes what a subscription of `name` left in Redis besides its groups: its
+    /// dead-letter streams and its sequence state, so that a new subscription of that name
+    /// starts empty.
+    async fn discard_state(
+        &self,
+        conn: &mut redis::aio::ConnectionManager,
+        partitions: &[Arc<str>],
+        name: &str,
+    ) -> redis::RedisResult<()> {
+        let prefix = &self.settings.prefix;
+        let dead_letters = dlq::discard(conn, prefix, partitions, name).await?;
+        let sequences = crate::store::sequence::forget(conn, prefix, name).await?;
+        if dead_letters > 0 || sequences > 0 {
+            tracing::info!(subscription = %name, dead_letters, sequences, "a deleted subscription's dead letters and sequence state discarded");
+        }
+        Ok(())
     }
 
     fn dlq_keys(&self, name: &str) -> Option<(Arc<Subscription>, Vec<String>)> {
@@ -324,9 +350,21 @@ impl Runtime {
         Some(replay::replay(&mut conn, &keys, &*subscriber, single, only).await)
     }
 
-    /// Every Redis key that holds events: the partitions of every stream, and the DLQ of
-    /// every subscription on each partition it reads.
-    pub fn event_keys(&self) -> (Vec<Arc<str>>, Vec<String>) {
+    /// Every Redis key that holds events: the partitions of every stream, and every DLQ
+    /// stream in Redis (of the subscriptions that exist, and any other that `SCAN` finds:
+    /// of a deleted subscription, or left by an older version).
+    pub async fn event_keys(&self) -> redis::RedisResult<(Vec<Arc<str>>, Vec<String>)> {
+        let (partitions, mut dlqs) = self.known_event_keys();
+        let mut conn = self.target.manager().map_err(store_to_redis)?;
+        dlqs.extend(dlq::scan_all(&mut conn, &self.settings.prefix).await?);
+        dlqs.sort();
+        dlqs.dedup();
+        Ok((partitions, dlqs))
+    }
+
+    /// The partitions of every stream, and the DLQ of every subscription on each partition
+    /// it reads.
+    fn known_event_keys(&self) -> (Vec<Arc<str>>, Vec<String>) {
         let partitions = self
             .catalog
             .streams()
