@@ -7,3 +7,5 @@
 mod support;
 
 mod inputs;
+mod listeners;
+mod subscriptions;
