@@ -235,7 +235,10 @@ async fn erasure_finds_dead_letters_no_subscription_owns_and_delete_discards_the
 
     let (status, erased) = router.post_empty("/v1/subjects/cust_dlq/erase").await;
     assert_eq!(status, 200, "{erased}");
-    assert_eq!(erased["dlqs"], 4, "the dead letters no subscription owns: {erased}");
+    assert_eq!(
+        erased["dlqs"], 4,
+        "the dead letters no subscription owns: {erased}"
+    );
     assert_eq!(erased["remaining"], 0, "{erased}");
     assert_eq!(
         support::dlq_entries(&redis, "ghost").len(),

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use serde_json::{json, Value};
 use crate::support::{client, order_event, test_config, RedisServer, RouterApi, TestRouter};
+use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn post_raw(

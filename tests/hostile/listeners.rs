@@ -63,7 +63,9 @@ async fn silent_and_half_open_grpc_connections_are_closed_and_the_service_goes_o
     let mut half = Vec::new();
     for _ in 0..20 {
         let mut conn = TcpStream::connect(&grpc).await.expect("connect");
-        conn.write_all(&PREFACE[..12]).await.expect("half a preface");
+        conn.write_all(&PREFACE[..12])
+            .await
+            .expect("half a preface");
         half.push(conn);
     }
 
@@ -109,11 +111,10 @@ async fn silent_and_half_open_grpc_connections_are_closed_and_the_service_goes_o
     );
 
     // And a real gRPC client publishes.
-    let mut dapr = dapr::dapr::proto::runtime::v1::dapr_client::DaprClient::connect(format!(
-        "http://{grpc}"
-    ))
-    .await
-    .expect("a gRPC connection once the flood is gone");
+    let mut dapr =
+        dapr::dapr::proto::runtime::v1::dapr_client::DaprClient::connect(format!("http://{grpc}"))
+            .await
+            .expect("a gRPC connection once the flood is gone");
     dapr.publish_event(dapr::dapr::proto::runtime::v1::PublishEventRequest {
         pubsub_name: "pubsub".into(),
         topic: "order.created".into(),

@@ -11,8 +11,8 @@ use serde_json::{json, Value};
 use crate::support::process::RouterProcess;
 use crate::support::secured::{call, principal};
 use crate::support::{
-    client, eventually, test_config, AuthConfig, AuthMode, PrincipalConfig, RedisServer,
-    RouterApi, TestRouter,
+    client, eventually, test_config, AuthConfig, AuthMode, PrincipalConfig, RedisServer, RouterApi,
+    TestRouter,
 };
 
 const TENANT: &str = "tenant-token";
@@ -58,8 +58,12 @@ async fn concurrent_creations_cannot_pass_a_principals_bound_nor_the_bound_in_al
         (status, answer.json::<Value>().await.unwrap_or(Value::Null))
     }))
     .await;
-    let created = answers.iter().filter(|(s, _)| *s == 201).count();
-    assert_eq!(created, 5, "{answers:?}");
+    let statuses: Vec<u16> = answers.iter().map(|(s, _)| *s).collect();
+    let created = statuses.iter().filter(|s| **s == 201).count();
+    assert_eq!(
+        created, 5,
+        "statuses of 60 concurrent creations: {statuses:?}"
+    );
     for (status, body) in answers.iter().filter(|(s, _)| *s != 201) {
         assert_eq!(*status, 403, "{body}");
         assert_eq!(body["error"]["code"], "subscription_limit", "{body}");
@@ -89,16 +93,24 @@ async fn concurrent_creations_cannot_pass_a_principals_bound_nor_the_bound_in_al
         } else {
             (Method::PUT, format!("/v1/subscriptions/ops{i}"))
         };
-        let answer = call(router, method, &path, Some(OPS), Some(spec(&format!("ops{i}"))), false)
-            .await;
+        let answer = call(
+            router,
+            method,
+            &path,
+            Some(OPS),
+            Some(spec(&format!("ops{i}"))),
+            false,
+        )
+        .await;
         let status = answer.status().as_u16();
         (status, answer.json::<Value>().await.unwrap_or(Value::Null))
     }))
     .await;
+    let statuses: Vec<u16> = answers.iter().map(|(s, _)| *s).collect();
     assert_eq!(
-        answers.iter().filter(|(s, _)| *s == 201).count(),
+        statuses.iter().filter(|s| **s == 201).count(),
         3,
-        "{answers:?}"
+        "{statuses:?}"
     );
     for (status, body) in answers.iter().filter(|(s, _)| *s != 201) {
         assert_eq!(*status, 409, "{body}");
@@ -141,9 +153,9 @@ async fn deleted_subscriptions_give_back_their_connections_and_descriptors() {
     }
     eventually(Duration::from_secs(30), async || {
         let clients = redis_clients(&redis);
-        (clients >= clients_before + N)
-            .then_some(())
-            .ok_or(format!("{clients} Redis connections, {clients_before} before"))
+        (clients >= clients_before + N).then_some(()).ok_or(format!(
+            "{clients} Redis connections, {clients_before} before"
+        ))
     })
     .await;
     let (clients_full, fds_full) = (redis_clients(&redis), descriptors(router.pid()));
