@@ -209,7 +209,7 @@ mod tests {
 
     #[test]
     fn a_cap_above_what_the_limit_leaves_is_named() {
-        assert_eq!(descriptor_shortfall(500, 100, Some(1024)), None);
+        assert_eq!(descriptor_shortfall(300, 100, Some(1024)), None);
         let why = descriptor_shortfall(10_000, 0, Some(1024)).expect("too many");
         assert!(why.contains("server.max_connections (10000)"), "{why}");
         assert!(why.contains("768 descriptors"), "{why}");
