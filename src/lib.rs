@@ -242,6 +242,7 @@ pub async fn run(
             read_linger: config.delivery.read_linger.get(),
             shards: config.delivery.shards,
             readers: config.delivery.readers,
+            max_subscriptions: config.delivery.max_subscriptions,
             grace: config.server.shutdown_budget.get(),
             dlq: store::acks::DlqBound {
                 max_len: config.retention.dlq_max_len,
@@ -350,10 +351,15 @@ pub async fn run(
         body_read_timeout: config.server.body_read_timeout.get(),
         ready_timeout: target.response_timeout(),
     });
+    let connections = ingress::limits::ConnectionSlots::new(config.server.max_connections);
+    ingress::limits::check_descriptors(
+        config.server.max_connections,
+        config.delivery.max_subscriptions,
+    );
     let settings = ServeSettings {
         header_read_timeout: config.server.header_read_timeout.get(),
         grace: config.server.shutdown_budget.get(),
-        max_connections: config.server.max_connections,
+        connections: connections.clone(),
     };
     tracing::info!(
         listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
@@ -381,9 +387,11 @@ pub async fn run(
                 .await
                 .map_err(|e| RunError::Bind(format!("dapr.grpc_listen {address}: {e}")))?;
             let mut stop = deadline.clone();
-            Some(tokio::spawn(ingress::dapr::grpc::serve(
+            let limits = ingress::dapr::grpc_serve::GrpcSettings::new(&config, connections);
+            Some(tokio::spawn(ingress::dapr::grpc_serve::serve(
                 listener,
                 state.clone(),
+                limits,
                 async move {
                     let _ = stop.wait_for(Option::is_some).await;
                 },

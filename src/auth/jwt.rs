@@ -186,7 +186,7 @@ impl JwtVerifier {
             metrics: rights.metrics || rights.admin,
             anonymous: false,
             quota: Arc::new(super::quota::Quota::new(0, 0)),
-            max_subscriptions: 0,
+            max_subscriptions: crate::config::DEFAULT_MAX_SUBSCRIPTIONS,
             max_in_flight: 0,
         });
         claimed.insert(name.to_string(), principal.clone());

@@ -25,6 +25,15 @@ pub struct DaprConfig {
     /// Where the Dapr runtime API is served over gRPC (`DAPR_GRPC_PORT` of the apps);
     /// empty: not served.
     pub grpc_listen: String,
+    /// A gRPC connection with no call in flight for this long is closed (GOAWAY). Its
+    /// HTTP/2 preface and first frame must arrive within `server.header_read_timeout`.
+    pub grpc_idle_timeout: ConfigDuration,
+    /// How often evrouter pings a gRPC connection (HTTP/2 PING) to find a dead peer.
+    pub grpc_keepalive_interval: ConfigDuration,
+    /// A ping not answered within this time closes the connection.
+    pub grpc_keepalive_timeout: ConfigDuration,
+    /// Most calls in flight at once on one gRPC connection.
+    pub grpc_max_concurrent_streams: u32,
 }
 
 impl Default for DaprConfig {
@@ -39,6 +48,10 @@ impl Default for DaprConfig {
             subscriptions_dir: None,
             refresh_interval: "30s".into(),
             grpc_listen: "127.0.0.1:50001".into(),
+            grpc_idle_timeout: "5m".into(),
+            grpc_keepalive_interval: "30s".into(),
+            grpc_keepalive_timeout: "10s".into(),
+            grpc_max_concurrent_streams: 100,
         }
     }
 }

@@ -17,6 +17,7 @@ pub use duration::ConfigDuration;
 pub use eventstore::{EventStoreConfig, SubjectConfig};
 pub use security::{
     AuditConfig, AuthConfig, AuthMode, JwtConfig, PrincipalConfig, TlsConfig, WebhooksConfig,
+    DEFAULT_MAX_SUBSCRIPTIONS,
 };
 pub use traces::TracingConfig;
 
@@ -89,6 +90,11 @@ pub struct DeliveryConfig {
     /// Partition readers per subscription (each reads its share of the partitions over
     /// its own connection).
     pub readers: usize,
+    /// Most subscriptions stored in all (every principal's, configured and Dapr apps'
+    /// included); a create beyond it is refused with 409 `subscription_limit_total`.
+    /// Each subscription runs readers with their own Redis connections on every instance
+    /// (see docs/operations.md for what one costs); 0: no limit.
+    pub max_subscriptions: usize,
 }
 
 impl Default for DeliveryConfig {
@@ -99,6 +105,7 @@ impl Default for DeliveryConfig {
             read_linger: "2ms".into(),
             shards: 2,
             readers: 2,
+            max_subscriptions: 1000,
         }
     }
 }
@@ -130,7 +137,9 @@ pub struct ServerConfig {
     pub header_read_timeout: ConfigDuration,
     /// A request whose body has not fully arrived within this time gets 408.
     pub body_read_timeout: ConfigDuration,
-    /// Most open client connections; further ones wait to be accepted.
+    /// Most open client connections, of the HTTP and the Dapr gRPC listeners together;
+    /// further ones wait to be accepted. Kept below the process's file-descriptor limit
+    /// (a warning at start-up says when it is not).
     pub max_connections: usize,
     /// A publish that Redis has not confirmed within this time answers 503.
     pub publish_timeout: ConfigDuration,
@@ -151,7 +160,7 @@ impl Default for ServerConfig {
             max_json_depth: 64,
             header_read_timeout: "10s".into(),
             body_read_timeout: "30s".into(),
-            max_connections: 10_000,
+            max_connections: 4096,
             publish_timeout: "5s".into(),
             shutdown_budget: "25s".into(),
             tls: None,

@@ -75,8 +75,11 @@ pub enum AuthMode {
     Jwt,
 }
 
+/// How many subscriptions a principal may own when its block does not say.
+pub const DEFAULT_MAX_SUBSCRIPTIONS: usize = 100;
+
 /// One caller and its rights.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct PrincipalConfig {
     /// Its name (recorded as the owner of its subscriptions).
@@ -97,13 +100,33 @@ pub struct PrincipalConfig {
     pub publish_events_per_s: u32,
     /// Most bytes of request bodies it may publish per second (0: no limit).
     pub publish_bytes_per_s: u32,
-    /// Most subscriptions it may own (0: no limit).
+    /// Most subscriptions it may own ([`DEFAULT_MAX_SUBSCRIPTIONS`] unless set; 0: no
+    /// limit).
     pub max_subscriptions: usize,
     /// Largest `max_in_flight` its subscriptions may ask for (0: no limit).
     pub max_in_flight: usize,
     /// Client certificate names (a DNS name of its subject alternative names, or its
     /// subject's common name) that authenticate as this principal over mTLS.
     pub cert_names: Vec<String>,
+}
+
+impl Default for PrincipalConfig {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            token_sha256: None,
+            token_env: None,
+            publish: Vec::new(),
+            subscribe: Vec::new(),
+            admin: false,
+            metrics: false,
+            publish_events_per_s: 0,
+            publish_bytes_per_s: 0,
+            max_subscriptions: DEFAULT_MAX_SUBSCRIPTIONS,
+            max_in_flight: 0,
+            cert_names: Vec::new(),
+        }
+    }
 }
 
 /// The listener's TLS.

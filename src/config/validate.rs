@@ -46,6 +46,10 @@ impl Config {
             ("audit.max_refusals", self.audit.max_refusals as usize),
             ("audit.refusal_callers", self.audit.refusal_callers),
             ("retention.dlq_max_len", self.retention.dlq_max_len as usize),
+            (
+                "dapr.grpc_max_concurrent_streams",
+                self.dapr.grpc_max_concurrent_streams as usize,
+            ),
         ] {
             if value == 0 {
                 bad(path, "must be greater than 0".into());
@@ -70,6 +74,15 @@ impl Config {
             ("tracing.flush_interval", &self.tracing.flush_interval),
             ("tracing.timeout", &self.tracing.timeout),
             ("eventstore.batch_wait", &self.eventstore.batch_wait),
+            ("dapr.grpc_idle_timeout", &self.dapr.grpc_idle_timeout),
+            (
+                "dapr.grpc_keepalive_interval",
+                &self.dapr.grpc_keepalive_interval,
+            ),
+            (
+                "dapr.grpc_keepalive_timeout",
+                &self.dapr.grpc_keepalive_timeout,
+            ),
         ] {
             match checked(value) {
                 Ok(d)

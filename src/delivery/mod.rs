@@ -60,6 +60,8 @@ pub struct Settings {
     pub shards: usize,
     /// Partition readers per subscription.
     pub readers: usize,
+    /// Most subscriptions in all that the API may create (0: no limit).
+    pub max_subscriptions: usize,
     /// How long shutdown may take, handoffs included.
     pub grace: Duration,
     /// How big a dead-letter stream may grow.
@@ -186,29 +188,72 @@ impl Runtime {
     /// A subscription of a name deleted before starts where the new one says: the old
     /// groups (which a reader racing the delete may have created again) go first.
     pub async fn create(&self, sub: &Subscription) -> redis::RedisResult<registry::Created> {
+        self.create_within(sub, registry::Bounds::default()).await
+    }
+
+    /// Like [`Runtime::create`], refused (nothing stored, no group made) when a new
+    /// subscription would pass `bounds`.
+    pub async fn create_within(
+        &self,
+        sub: &Subscription,
+        bounds: registry::Bounds<'_>,
+    ) -> redis::RedisResult<registry::Created> {
         if self.registry.get(sub.name()).is_none() {
+            if let Some(full) = self.registry.over(bounds) {
+                return Ok(registry::Created::Full(full));
+            }
             let mut conn = self.target.manager().map_err(store_to_redis)?;
             if unbury(&mut conn, &self.settings.prefix, sub.name()).await? {
+                let partitions = self.candidates(sub);
+                for key in &partitions {
+                    let _ = destroy_group(&mut conn, key, sub.name()).await;
+                }
+                self.discard_state(&mut conn, &partitions, sub.name())
+                    .await?;
+            }
+            self.ensure_groups(sub, sub.spec.start).await?;
+        }
+        let created = self.registry.create(sub, bounds).await?;
+        if let registry::Created::Full(_) = created {
+            // Refused by Redis after the groups were made: they belong to no one.
+            if self.registry.get(sub.name()).is_none() {
+                let mut conn = self.target.manager().map_err(store_to_redis)?;
                 for key in self.candidates(sub) {
                     let _ = destroy_group(&mut conn, &key, sub.name()).await;
                 }
             }
-            self.ensure_groups(sub, sub.spec.start).await?;
+            return Ok(created);
         }
-        let created = self.registry.create(sub).await?;
         self.changed.notify_one();
         Ok(created)
     }
 
     /// Stores a subscription, replacing one of the same name.
     pub async fn put(&self, sub: &Subscription) -> redis::RedisResult<bool> {
-        let existed = self.registry.put(sub).await?;
+        let created = self.put_within(sub, registry::Bounds::default()).await?;
+        Ok(created == registry::Created::Replaced)
+    }
+
+    /// Like [`Runtime::put`]; a new subscription that would pass `bounds` is refused.
+    pub async fn put_within(
+        &self,
+        sub: &Subscription,
+        bounds: registry::Bounds<'_>,
+    ) -> redis::RedisResult<registry::Created> {
+        let created = self.registry.put(sub, bounds).await?;
+        if let registry::Created::Full(_) = created {
+            return Ok(created);
+        }
+        let existed = created == registry::Created::Replaced;
         if !existed {
             let mut conn = self.target.manager().map_err(store_to_redis)?;
             if unbury(&mut conn, &self.settings.prefix, sub.name()).await? {
-                for key in self.candidates(sub) {
-                    let _ = destroy_group(&mut conn, &key, sub.name()).await;
+                let partitions = self.candidates(sub);
+                for key in &partitions {
+                    let _ = destroy_group(&mut conn, key, sub.name()).await;
                 }
+                self.discard_state(&mut conn, &partitions, sub.name())
+                    .await?;
             }
         }
         self.ensure_groups(
@@ -221,7 +266,7 @@ impl Runtime {
         )
         .await?;
         self.changed.notify_one();
-        Ok(existed)
+        Ok(created)
     }
 
     /// Removes a subscription, waits for its worker here to stop (so that no reader
@@ -234,18 +279,38 @@ impl Runtime {
         while lock(&self.running).contains(name) && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        if let Some(sub) = sub {
+        if sub.is_some() || existed {
             let mut conn = self.target.manager().map_err(store_to_redis)?;
             // Groups this misses (created later, or again by a reader that had not heard of
-            // the delete) are destroyed by the trimmers.
+            // the delete) are destroyed by the trimmers, with their dead letters.
             bury(&mut conn, &self.settings.prefix, name).await?;
-            for key in self.candidates(&sub) {
+            let partitions = sub.map(|sub| self.candidates(&sub)).unwrap_or_default();
+            for key in &partitions {
                 // A partition without the group (or unreachable now) has nothing to remove.
-                let _ = destroy_group(&mut conn, &key, name).await;
+                let _ = destroy_group(&mut conn, key, name).await;
             }
+            self.discard_state(&mut conn, &partitions, name).await?;
         }
         self.changed.notify_one();
         Ok(existed)
+    }
+
+    /// Deletes what a subscription of `name` left in Redis besides its groups: its
+    /// dead-letter streams and its sequence state, so that a new subscription of that name
+    /// starts empty.
+    async fn discard_state(
+        &self,
+        conn: &mut redis::aio::ConnectionManager,
+        partitions: &[Arc<str>],
+        name: &str,
+    ) -> redis::RedisResult<()> {
+        let prefix = &self.settings.prefix;
+        let dead_letters = dlq::discard(conn, prefix, partitions, name).await?;
+        let sequences = crate::store::sequence::forget(conn, prefix, name).await?;
+        if dead_letters > 0 || sequences > 0 {
+            tracing::info!(subscription = %name, dead_letters, sequences, "a deleted subscription's dead letters and sequence state discarded");
+        }
+        Ok(())
     }
 
     fn dlq_keys(&self, name: &str) -> Option<(Arc<Subscription>, Vec<String>)> {
@@ -285,9 +350,21 @@ impl Runtime {
         Some(replay::replay(&mut conn, &keys, &*subscriber, single, only).await)
     }
 
-    /// Every Redis key that holds events: the partitions of every stream, and the DLQ of
-    /// every subscription on each partition it reads.
-    pub fn event_keys(&self) -> (Vec<Arc<str>>, Vec<String>) {
+    /// Every Redis key that holds events: the partitions of every stream, and every DLQ
+    /// stream in Redis (of the subscriptions that exist, and any other that `SCAN` finds:
+    /// of a deleted subscription, or left by an older version).
+    pub async fn event_keys(&self) -> redis::RedisResult<(Vec<Arc<str>>, Vec<String>)> {
+        let (partitions, mut dlqs) = self.known_event_keys();
+        let mut conn = self.target.manager().map_err(store_to_redis)?;
+        dlqs.extend(dlq::scan_all(&mut conn, &self.settings.prefix).await?);
+        dlqs.sort();
+        dlqs.dedup();
+        Ok((partitions, dlqs))
+    }
+
+    /// The partitions of every stream, and the DLQ of every subscription on each partition
+    /// it reads.
+    fn known_event_keys(&self) -> (Vec<Arc<str>>, Vec<String>) {
         let partitions = self
             .catalog
             .streams()
@@ -375,6 +452,11 @@ impl Runtime {
             .collect();
         all.sort_by(|a, b| a.0.cmp(&b.0));
         all
+    }
+
+    /// Most subscriptions in all that the API may create (0: no limit).
+    pub fn max_subscriptions(&self) -> usize {
+        self.settings.max_subscriptions
     }
 
     /// This instance's id (its consumer name and lease value).

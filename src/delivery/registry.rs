@@ -12,8 +12,8 @@ use crate::model::clock::now_ms;
 use crate::model::signing::SigningSecrets;
 use crate::model::subscription::SubscriptionSpec;
 use crate::model::sync::{read, write};
-pub use crate::store::subscriptions::Created;
 use crate::store::subscriptions::SubscriptionStore;
+pub use crate::store::subscriptions::{Bounds, Created, Full};
 
 /// Subscriptions by name.
 type SubscriptionMap = BTreeMap<String, Arc<Subscription>>;
@@ -38,24 +38,28 @@ impl Registry {
         serde_json::to_string(spec).unwrap_or_default()
     }
 
-    /// Stores a new subscription unless one of that name exists.
-    pub async fn create(&self, sub: &Subscription) -> redis::RedisResult<Created> {
+    /// Stores a new subscription, within `bounds`, unless one of that name exists.
+    pub async fn create(
+        &self,
+        sub: &Subscription,
+        bounds: Bounds<'_>,
+    ) -> redis::RedisResult<Created> {
         let created = self
             .store
-            .create(sub.name(), &Self::canonical(&sub.spec))
+            .create(sub.name(), &Self::canonical(&sub.spec), bounds)
             .await?;
         self.refresh(true).await?;
         Ok(created)
     }
 
-    /// Stores a subscription, replacing any of that name. Returns whether it existed.
-    pub async fn put(&self, sub: &Subscription) -> redis::RedisResult<bool> {
-        let existed = self
+    /// Stores a subscription, replacing any of that name (a new one within `bounds`).
+    pub async fn put(&self, sub: &Subscription, bounds: Bounds<'_>) -> redis::RedisResult<Created> {
+        let created = self
             .store
-            .put(sub.name(), &Self::canonical(&sub.spec))
+            .put(sub.name(), &Self::canonical(&sub.spec), bounds)
             .await?;
         self.refresh(true).await?;
-        Ok(existed)
+        Ok(created)
     }
 
     /// Counts a rewind of `name`, so that every instance restarts its delivery.
@@ -156,6 +160,26 @@ impl Registry {
         self.store.replace_secrets(name, &json).await?;
         self.refresh(true).await?;
         Ok(Some(rotated.current))
+    }
+
+    /// The bound a new subscription would pass by the local copy (a first look, so that
+    /// nothing is made for one refused; Redis decides when it is stored).
+    pub fn over(&self, bounds: Bounds<'_>) -> Option<Full> {
+        let local = read(&self.local);
+        let all = &local.1;
+        if bounds.total_max > 0 && all.len() >= bounds.total_max {
+            return Some(Full::Total { stored: all.len() });
+        }
+        if bounds.owner_max > 0 {
+            let owned = all
+                .values()
+                .filter(|s| s.spec.owner.as_deref() == Some(bounds.owner))
+                .count();
+            if owned >= bounds.owner_max {
+                return Some(Full::Owner { owned });
+            }
+        }
+        None
     }
 
     /// Every subscription known locally.

@@ -98,14 +98,18 @@ pub struct Erased {
     pub remaining: u64,
 }
 
-/// Every Redis key that holds events: the partitions of every stream, and every DLQ.
-fn redis_keys(delivery: &Runtime) -> Vec<(&'static str, String)> {
-    let (partitions, dlqs) = delivery.event_keys();
-    partitions
+/// Every Redis key that holds events: the partitions of every stream, and every DLQ
+/// stream Redis holds (a deleted subscription's too).
+async fn redis_keys(delivery: &Runtime) -> Result<Vec<(&'static str, String)>, EventStoreError> {
+    let (partitions, dlqs) = delivery
+        .event_keys()
+        .await
+        .map_err(|e| EventStoreError::Config(format!("redis: {e}")))?;
+    Ok(partitions
         .into_iter()
         .map(|k| ("redis", k.to_string()))
         .chain(dlqs.into_iter().map(|k| ("dlq", k)))
-        .collect()
+        .collect())
 }
 
 /// Calls `each` with every Redis entry about `subject`: (source, key, id, envelope).
@@ -118,7 +122,7 @@ async fn scan_redis(
     let mut conn = delivery
         .connection()
         .map_err(|e| EventStoreError::Config(e.to_string()))?;
-    for (source, key) in redis_keys(delivery) {
+    for (source, key) in redis_keys(delivery).await? {
         let mut from = "-".to_string();
         loop {
             let page = dlq::page(&mut conn, &key, &from, PAGE)

@@ -9,6 +9,7 @@ pub mod dlq;
 pub mod error;
 pub mod events;
 pub mod health;
+pub mod limits;
 pub mod metrics;
 pub mod publish;
 pub mod refusals;
@@ -152,14 +153,14 @@ pub struct ClientAddr(pub std::net::SocketAddr);
 pub struct ClientCert(pub Vec<String>);
 
 /// HTTP server settings.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ServeSettings {
     /// A connection must send a full request head within this time.
     pub header_read_timeout: Duration,
     /// How long in-flight requests may finish after shutdown begins (the shutdown budget).
     pub grace: Duration,
-    /// Most open connections.
-    pub max_connections: usize,
+    /// The open-connection slots, shared with the Dapr gRPC listener.
+    pub connections: limits::ConnectionSlots,
 }
 
 /// Serves `app` on `listener` until `shutdown` completes, then stops accepting, lets
@@ -177,14 +178,14 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .header_read_timeout(settings.header_read_timeout)
         .keep_alive(true);
-    let connections = Arc::new(tokio::sync::Semaphore::new(settings.max_connections));
+    let header_read_timeout = settings.header_read_timeout;
     tokio::pin!(shutdown);
     loop {
         // Waiting for a free connection slot must not hide a shutdown.
         let slot = tokio::select! {
-            slot = connections.clone().acquire_owned() => match slot {
-                Ok(slot) => slot,
-                Err(_) => break,
+            slot = settings.connections.acquire() => match slot {
+                Some(slot) => slot,
+                None => break,
             },
             _ = &mut shutdown => break,
         };
@@ -219,7 +220,7 @@ pub async fn serve(
                 let builder = builder.clone();
                 tokio::spawn(async move {
                     let handshake = tokio::time::timeout(
-                        settings.header_read_timeout,
+                        header_read_timeout,
                         acceptor.accept(stream),
                     );
                     let stream = match handshake.await {

@@ -11,7 +11,7 @@ use axum::{Extension, Json};
 use super::publish::read_body;
 use super::AppState;
 use crate::auth::Principal;
-use crate::delivery::registry::Created;
+use crate::delivery::registry::{Bounds, Created, Full};
 use crate::delivery::subscription::Subscription;
 use crate::ingress::error::ApiError;
 use crate::model::subscription::SubscriptionSpec;
@@ -160,26 +160,41 @@ pub async fn get(
     Ok(Json(sub.spec.clone()))
 }
 
-/// Refuses a new subscription beyond the principal's `max_subscriptions`.
-fn check_count(app: &AppState, principal: &Principal, name: &str) -> Result<(), ApiError> {
-    let max = principal.max_subscriptions;
-    if max == 0 || principal.anonymous || app.delivery.registry().get(name).is_some() {
-        return Ok(());
+/// The bounds a new subscription must fit in: `delivery.max_subscriptions` in all and,
+/// when the caller is to own it, the caller's `max_subscriptions` (an admin giving one to
+/// another owner, and the caller of `mode = "none"`, are bounded by the total only).
+/// Redis counts and stores in one step, so concurrent creations cannot pass them.
+fn bounds<'a>(app: &AppState, principal: &'a Principal, sub: &'a Subscription) -> Bounds<'a> {
+    let own = !principal.anonymous && sub.spec.owner.as_deref() == Some(principal.name.as_str());
+    Bounds {
+        owner: &principal.name,
+        owner_max: if own { principal.max_subscriptions } else { 0 },
+        total_max: app.delivery.max_subscriptions(),
     }
-    let owned = app
-        .delivery
-        .registry()
-        .all()
-        .iter()
-        .filter(|s| s.spec.owner.as_deref() == Some(principal.name.as_str()))
-        .count();
-    if owned < max {
-        return Ok(());
+}
+
+/// The refusal of a subscription beyond a bound: 403 `subscription_limit` when the caller
+/// owns its most, 409 `subscription_limit_total` when evrouter holds its most.
+fn refused(principal: &Principal, full: Full) -> ApiError {
+    match full {
+        Full::Owner { owned } => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "subscription_limit",
+            format!(
+                "principal `{}` owns {owned} subscriptions, its most \
+                 (auth.principals.max_subscriptions = {}); delete one first",
+                principal.name, principal.max_subscriptions
+            ),
+        ),
+        Full::Total { stored } => ApiError::new(
+            StatusCode::CONFLICT,
+            "subscription_limit_total",
+            format!(
+                "evrouter holds {stored} subscriptions, its most \
+                 (delivery.max_subscriptions); delete one first"
+            ),
+        ),
     }
-    Err(ApiError::forbidden(crate::auth::Denied(format!(
-        "principal `{}` owns {owned} subscriptions, its most (auth.principals.max_subscriptions)",
-        principal.name
-    ))))
 }
 
 /// Refuses a change to an existing subscription that `principal` may not manage.
@@ -204,15 +219,20 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     let bytes = read_body(&headers, body, app.max_body_bytes, app.body_read_timeout).await?;
     let sub = parse(&bytes, None, &principal, None)?;
-    check_count(&app, &principal, sub.name())?;
     check_endpoints(&app, &sub).await?;
     check_owner(&app, &principal, sub.name())?;
-    match app.delivery.create(&sub).await.map_err(store_error)? {
+    let created = app
+        .delivery
+        .create_within(&sub, bounds(&app, &principal, &sub))
+        .await
+        .map_err(store_error)?;
+    match created {
         Created::New => {
             Ok((StatusCode::CREATED, Json(with_secret(&app, sub.spec))).into_response())
         }
         Created::Unchanged => Ok((StatusCode::OK, Json(sub.spec)).into_response()),
-        Created::Conflict => Err(ApiError::new(
+        Created::Full(full) => Err(refused(&principal, full)),
+        Created::Conflict | Created::Replaced => Err(ApiError::new(
             StatusCode::CONFLICT,
             "subscription_exists",
             format!(
@@ -240,13 +260,18 @@ pub async fn put(
         .get(&name)
         .map(|s| s.spec.owner.clone());
     let sub = parse(&bytes, Some(&name), &principal, existing)?;
-    check_count(&app, &principal, &name)?;
     check_endpoints(&app, &sub).await?;
-    let existed = app.delivery.put(&sub).await.map_err(store_error)?;
-    if existed {
-        Ok((StatusCode::OK, Json(sub.spec)).into_response())
-    } else {
-        Ok((StatusCode::CREATED, Json(with_secret(&app, sub.spec))).into_response())
+    let stored = app
+        .delivery
+        .put_within(&sub, bounds(&app, &principal, &sub))
+        .await
+        .map_err(store_error)?;
+    match stored {
+        Created::Full(full) => Err(refused(&principal, full)),
+        Created::New => {
+            Ok((StatusCode::CREATED, Json(with_secret(&app, sub.spec))).into_response())
+        }
+        _ => Ok((StatusCode::OK, Json(sub.spec)).into_response()),
     }
 }
 

@@ -211,3 +211,34 @@ pub async fn purge(conn: &mut ConnectionManager, keys: &[String]) -> redis::Redi
     }
     Ok(purged)
 }
+
+/// Every DLQ stream under `prefix` that Redis holds: of the subscriptions that exist now,
+/// and of those deleted or left by an older version (found by `SCAN`, not by name).
+pub async fn scan_all(
+    conn: &mut ConnectionManager,
+    prefix: &str,
+) -> redis::RedisResult<Vec<String>> {
+    let pattern = format!("{}:{{*}}:dlq:*", super::glob_escape(prefix));
+    super::scan_keys(conn, &pattern, Some("stream")).await
+}
+
+/// Deletes every DLQ stream of `subscription`: beside each of `partitions`, and any other
+/// under `prefix` that Redis holds (a partition no longer configured). Returns how many
+/// dead letters there were.
+pub async fn discard(
+    conn: &mut ConnectionManager,
+    prefix: &str,
+    partitions: &[Arc<str>],
+    subscription: &str,
+) -> redis::RedisResult<u64> {
+    let pattern = format!(
+        "{}:{{*}}:dlq:{}",
+        super::glob_escape(prefix),
+        super::glob_escape(subscription)
+    );
+    let mut keys = super::scan_keys(conn, &pattern, Some("stream")).await?;
+    keys.extend(self::keys(partitions, subscription));
+    keys.sort();
+    keys.dedup();
+    purge(conn, &keys).await
+}

@@ -36,6 +36,49 @@ pub async fn ping(conn: &mut ConnectionManager) -> redis::RedisResult<()> {
         .map(|_| ())
 }
 
+/// `text` with the characters a `SCAN MATCH` pattern treats specially escaped.
+pub fn glob_escape(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
+}
+
+/// Every key matching `pattern` (of Redis type `kind`, when given), walked with `SCAN`
+/// so that Redis is never blocked by one long command.
+pub async fn scan_keys(
+    conn: &mut ConnectionManager,
+    pattern: &str,
+    kind: Option<&str>,
+) -> redis::RedisResult<Vec<String>> {
+    let mut found = Vec::new();
+    let mut cursor = 0u64;
+    loop {
+        let mut cmd = redis::cmd("SCAN");
+        cmd.arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(1000);
+        if let Some(kind) = kind {
+            cmd.arg("TYPE").arg(kind);
+        }
+        let (next, keys): (u64, Vec<String>) = cmd.query_async(conn).await?;
+        found.extend(keys);
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    found.sort();
+    found.dedup();
+    Ok(found)
+}
+
 /// Why a store operation failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {

@@ -92,6 +92,11 @@ pub async fn group_state(
         if buried.contains(&group.name) {
             tracing::info!(partition = %partition_key, group = %group.name, "consumer group of a deleted subscription removed");
             destroy_group(conn, partition_key, &group.name).await?;
+            // Dead letters written by a delivery that ran on after the delete go with it.
+            let _: i64 = redis::cmd("DEL")
+                .arg(super::dlq::dlq_key(partition_key, &group.name))
+                .query_async(conn)
+                .await?;
             continue;
         }
         let needed = if group.pending > 0 {

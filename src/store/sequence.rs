@@ -32,3 +32,27 @@ pub async fn read_next(
 ) -> redis::RedisResult<Vec<Option<u64>>> {
     redis::cmd("MGET").arg(keys).query_async(conn).await
 }
+
+/// Deletes every sequence state of `subscription` under `prefix` (all its generations, on
+/// every partition); returns how many keys there were.
+pub async fn forget(
+    conn: &mut ConnectionManager,
+    prefix: &str,
+    subscription: &str,
+) -> redis::RedisResult<u64> {
+    let (prefix, name) = (super::glob_escape(prefix), super::glob_escape(subscription));
+    let mut forgotten = 0;
+    for pattern in [
+        format!("{prefix}:{{*}}:seq:{name}:*"),
+        format!("{prefix}:{{*}}:seq:{name}@*"),
+    ] {
+        for keys in super::scan_keys(conn, &pattern, Some("string"))
+            .await?
+            .chunks(500)
+        {
+            let removed: u64 = redis::cmd("UNLINK").arg(keys).query_async(conn).await?;
+            forgotten += removed;
+        }
+    }
+    Ok(forgotten)
+}

@@ -5,27 +5,83 @@ use std::collections::BTreeMap;
 
 use redis::aio::ConnectionManager;
 
-/// Creates a spec unless one of that name exists: 1 created, 0 same body, -1 different.
-const CREATE: &str = r"
+/// Stores a spec (`create`: unless one of that name exists; `put`: replacing one), a new
+/// one only within the bounds, counted in the same step so that concurrent creations (on
+/// this instance or another) cannot pass them: `{1}` stored a new one, `{2}` replaced
+/// one, `{0}` the same one exists, `{-1}` a different one exists, `{-2, n}` all hold `n`
+/// (the total bound), `{-3, n}` the owner holds `n` (its bound).
+/// ARGV: name, json, `create`|`put`, owner, owner's bound, total bound (0: none).
+const STORE: &str = r"
 local current = redis.call('HGET', KEYS[1], ARGV[1])
-if not current then
+if current then
+  if ARGV[3] == 'create' then
+    if current == ARGV[2] then return {0} end
+    return {-1}
+  end
   redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
   redis.call('INCR', KEYS[2])
-  return 1
+  return {2}
 end
-if current == ARGV[2] then return 0 end
-return -1
+local total_max = tonumber(ARGV[6])
+if total_max > 0 then
+  local n = redis.call('HLEN', KEYS[1])
+  if n >= total_max then return {-2, n} end
+end
+local owner_max = tonumber(ARGV[5])
+if owner_max > 0 then
+  local owned = 0
+  for _, spec in ipairs(redis.call('HVALS', KEYS[1])) do
+    local ok, decoded = pcall(cjson.decode, spec)
+    if ok and type(decoded) == 'table' and decoded['owner'] == ARGV[4] then
+      owned = owned + 1
+    end
+  end
+  if owned >= owner_max then return {-3, owned} end
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('INCR', KEYS[2])
+return {1}
 ";
 
-/// What a create did.
+/// What a create or a put did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Created {
     /// A new subscription.
     New,
-    /// The same subscription already existed.
+    /// The same subscription already existed (create).
     Unchanged,
-    /// A different subscription of that name exists.
+    /// A different subscription of that name exists (create).
     Conflict,
+    /// One of that name was replaced (put).
+    Replaced,
+    /// A new one would pass a bound: nothing was stored.
+    Full(Full),
+}
+
+/// The bound a new subscription would have passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Full {
+    /// Its owner holds `owned` subscriptions, its most.
+    Owner {
+        /// How many it holds.
+        owned: usize,
+    },
+    /// `stored` subscriptions are stored in all, the most.
+    Total {
+        /// How many are stored.
+        stored: usize,
+    },
+}
+
+/// The bounds a new subscription must fit in (0: none).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Bounds<'a> {
+    /// Whose subscriptions count towards `owner_max`.
+    pub owner: &'a str,
+    /// Most subscriptions `owner` may hold.
+    pub owner_max: usize,
+    /// Most subscriptions in all.
+    pub total_max: usize,
 }
 
 /// The hash of stored specs and its version counter.
@@ -50,35 +106,57 @@ impl SubscriptionStore {
         }
     }
 
-    /// Stores `json` under `name` unless a subscription of that name exists.
-    pub async fn create(&self, name: &str, json: &str) -> redis::RedisResult<Created> {
+    /// Stores `json` under `name` unless a subscription of that name exists; a new one
+    /// only within `bounds`.
+    pub async fn create(
+        &self,
+        name: &str,
+        json: &str,
+        bounds: Bounds<'_>,
+    ) -> redis::RedisResult<Created> {
+        self.store(name, json, "create", bounds).await
+    }
+
+    /// Stores `json` under `name`, replacing any; a new one only within `bounds`.
+    pub async fn put(
+        &self,
+        name: &str,
+        json: &str,
+        bounds: Bounds<'_>,
+    ) -> redis::RedisResult<Created> {
+        self.store(name, json, "put", bounds).await
+    }
+
+    async fn store(
+        &self,
+        name: &str,
+        json: &str,
+        mode: &str,
+        bounds: Bounds<'_>,
+    ) -> redis::RedisResult<Created> {
         let mut conn = self.conn.clone();
-        let result: i64 = redis::cmd("EVAL")
-            .arg(CREATE)
+        let result: Vec<i64> = redis::cmd("EVAL")
+            .arg(STORE)
             .arg(2)
             .arg(&self.hash_key)
             .arg(&self.version_key)
             .arg(name)
             .arg(json)
+            .arg(mode)
+            .arg(bounds.owner)
+            .arg(bounds.owner_max)
+            .arg(bounds.total_max)
             .query_async(&mut conn)
             .await?;
-        Ok(match result {
+        let count = result.get(1).copied().unwrap_or(0).max(0) as usize;
+        Ok(match result.first().copied().unwrap_or(-1) {
             1 => Created::New,
+            2 => Created::Replaced,
             0 => Created::Unchanged,
+            -2 => Created::Full(Full::Total { stored: count }),
+            -3 => Created::Full(Full::Owner { owned: count }),
             _ => Created::Conflict,
         })
-    }
-
-    /// Stores `json` under `name`, replacing any; returns whether one existed.
-    pub async fn put(&self, name: &str, json: &str) -> redis::RedisResult<bool> {
-        let mut conn = self.conn.clone();
-        let (added, _): (i64, i64) = redis::pipe()
-            .atomic()
-            .hset(&self.hash_key, name, json)
-            .incr(&self.version_key, 1)
-            .query_async(&mut conn)
-            .await?;
-        Ok(added == 0)
     }
 
     /// Counts a rewind of `name` (so that every instance restarts its delivery) and moves

@@ -159,6 +159,102 @@ async fn a_subjects_events_are_exported_then_erased_everywhere() {
     router.stop().await.expect("clean stop");
 }
 
+/// A deleted subscription takes its dead letters with it (a new one of the same name
+/// starts with an empty DLQ), and an erasure finds a subject's dead letters in every DLQ
+/// stream Redis holds — also one of no subscription, as an older version left them —
+/// and answers `remaining: 0` only when none is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erasure_finds_dead_letters_no_subscription_owns_and_delete_discards_them() {
+    let _shared = support::light().await;
+    let redis = RedisServer::start();
+    let db = TestDb::create().await;
+    let mut config = store_config(&redis, &db);
+    config.eventstore.subjects = vec![support::SubjectConfig {
+        topics: vec!["order.>".into()],
+        pointers: vec!["/data/customer_id".into()],
+    }];
+    let router = TestRouter::start(config).await;
+    let refusing = Subscriber::with_rule(std::sync::Arc::new(|_| (400, String::new()))).await;
+    let extra = json!({"max_attempts": 1});
+    router
+        .subscribe("refuser", &["order.*"], &refusing.url(), extra.clone())
+        .await;
+    let events: Vec<_> = (0..4)
+        .map(|i| {
+            let mut event = order_event(i, &format!("ord_d{i}"));
+            event["data"]["customer_id"] = json!("cust_dlq");
+            event
+        })
+        .collect();
+    router.publish_ok("order.created", &json!(events)).await;
+    wait_for_rows(&db, 4).await;
+    eventually(Duration::from_secs(30), async || {
+        let n = support::dlq_entries(&redis, "refuser").len();
+        (n == 4).then_some(()).ok_or(format!("{n} dead letters"))
+    })
+    .await;
+    // The same dead letters under a subscription that does not exist, as an older
+    // version left them when it deleted one.
+    let mut conn = redis.conn();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("evr:{*}:dlq:refuser")
+        .query(&mut conn)
+        .expect("keys");
+    for key in &keys {
+        let ghost = key.replace(":dlq:refuser", ":dlq:ghost");
+        let range: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(key)
+            .arg("-")
+            .arg("+")
+            .query(&mut conn)
+            .expect("xrange");
+        for entry in range.ids {
+            let mut add = redis::cmd("XADD");
+            add.arg(&ghost).arg("*");
+            for (field, value) in &entry.map {
+                if let redis::Value::BulkString(bytes) = value {
+                    add.arg(field).arg(bytes.as_slice());
+                }
+            }
+            let _: String = add.query(&mut conn).expect("xadd");
+        }
+    }
+    assert_eq!(support::dlq_entries(&redis, "ghost").len(), 4);
+
+    let deleted = client()
+        .delete(router.url("/v1/subscriptions/refuser"))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(deleted.status(), 204);
+    assert_eq!(
+        support::dlq_entries(&redis, "refuser").len(),
+        0,
+        "a deleted subscription's dead letters are discarded with it"
+    );
+
+    let (status, erased) = router.post_empty("/v1/subjects/cust_dlq/erase").await;
+    assert_eq!(status, 200, "{erased}");
+    assert_eq!(
+        erased["dlqs"], 4,
+        "the dead letters no subscription owns: {erased}"
+    );
+    assert_eq!(erased["remaining"], 0, "{erased}");
+    assert_eq!(
+        support::dlq_entries(&redis, "ghost").len(),
+        0,
+        "nothing of the subject is left in Redis"
+    );
+
+    // A new subscription of the same name starts with an empty DLQ.
+    router
+        .subscribe("refuser", &["order.*"], &refusing.url(), extra)
+        .await;
+    let page = router.get_json("/v1/dlq/refuser").await;
+    assert_eq!(page["entries"], json!([]), "{page}");
+    router.stop().await.expect("clean stop");
+}
+
 /// The event store over TLS (the server's certificate checked against the CA given),
 /// with the subjects' keys in a database of their own; a CA that did not sign the
 /// server's certificate leaves the store unready and loses nothing.

@@ -9,4 +9,6 @@ mod support;
 mod audit_flood;
 mod dapr;
 mod inputs;
+mod listeners;
 mod pages;
+mod subscriptions;

@@ -457,23 +457,3 @@ fn too_large(bytes: usize, max: usize) -> Result<(), DaprError> {
 /// Bytes a gRPC publish may carry beyond `server.max_body_bytes` of data: its topic,
 /// metadata and entry ids.
 const GRPC_FRAMING_BYTES: usize = 64 * 1024;
-
-/// Serves the service on `listener` until `shutdown`.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    app: Arc<AppState>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) {
-    let address = listener.local_addr().ok();
-    tracing::info!(listen = ?address, "Dapr gRPC API serving");
-    // A gRPC answer is a headers, a data and a trailers frame: without `TCP_NODELAY` the
-    // later writes wait for the client's delayed ACK (tens of milliseconds).
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    if let Err(err) = tonic::transport::Server::builder()
-        .add_service(DaprGrpc::new(app))
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
-    {
-        tracing::error!(error = %err, "Dapr gRPC API stopped");
-    }
-}

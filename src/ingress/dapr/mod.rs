@@ -6,6 +6,7 @@
 pub mod apps;
 pub mod error;
 pub mod grpc;
+pub mod grpc_serve;
 pub mod publish;
 
 use std::sync::Arc;
