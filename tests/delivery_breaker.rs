@@ -14,8 +14,9 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use serde_json::{json, Value};
 use support::subscriber::{assert_in_key_order, Received, Rule, Subscriber};
-use support::{dlq_entries, eventually, keyed_event, test_config, RedisServer, RouterApi};
-use support::{client, TestRouter};
+use support::{
+    client, dlq_entries, eventually, keyed_event, test_config, RedisServer, RouterApi, TestRouter,
+};
 
 const KEYS: usize = 40;
 const PER_KEY: u64 = 50;
@@ -90,8 +91,7 @@ async fn all_arrive_in_key_order(subscriber: &Subscriber, total: usize, what: &s
 /// 40 keys; every first attempt fails at once, before any retry answers.
 async fn startup_burst(router: &TestRouter, round: u64) {
     let subscriber =
-        Subscriber::with_rule(fails_every_first_attempt(Arc::new(AtomicBool::new(false))))
-            .await;
+        Subscriber::with_rule(fails_every_first_attempt(Arc::new(AtomicBool::new(false)))).await;
     let topic = format!("order.burst{round}");
     router
         .subscribe(

@@ -359,7 +359,10 @@ mod tests {
         assert!(breaker.is_closed(), "3 of 4 failed, but only now weighed");
         breaker.failure(start, true);
         assert!(breaker.is_open(), "4 of 5 failed");
-        assert!(!breaker.is_degraded(), "another endpoint takes the requests");
+        assert!(
+            !breaker.is_degraded(),
+            "another endpoint takes the requests"
+        );
         assert!(!breaker.try_acquire(start + Duration::from_secs(1)));
         let later = start + Duration::from_secs(5);
         assert!(breaker.try_acquire(later), "first probe");
