@@ -101,7 +101,7 @@ async fn startup_burst(router: &TestRouter, round: u64) {
             json!({"max_attempts": 3, "backoff": backoff()}),
         )
         .await;
-    let total = publish_round(&router, &topic, round).await;
+    let total = publish_round(router, &topic, round).await;
     all_arrive_in_key_order(&subscriber, total, &format!("round {round}: every event")).await;
 }
 
@@ -165,7 +165,7 @@ async fn an_endpoint_recovering_into_partial_health_gets_everything() {
         );
         eventually(Duration::from_secs(30), async || {
             match metric(&router, &series).await {
-                Some(open) if open == 1.0 => Ok(()),
+                Some(1.0) => Ok(()),
                 other => Err(format!("breaker open: {other:?}")),
             }
         })
