@@ -227,38 +227,3 @@ async fn read_ahead_is_bounded_in_bytes_too() {
         "{widest} events of 10 KB at the subscriber at once with a 64 KiB budget"
     );
 }
-
-/// An endpoint that fails every request opens its breaker; the attempts that find it open
-/// fail at once and count (each waits for the next probe at least), so every event reaches
-/// the DLQ after `max_attempts` such waits, all events together, not one probe per
-/// cooldown each (100 events × 4 attempts × 2 s).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_endpoint_that_is_down_sends_its_events_to_the_dlq_in_backoff_time() {
-    let redis = RedisServer::start();
-    let router = TestRouter::start(test_config(&redis)).await;
-    let subscriber = Subscriber::with_rule(Arc::new(|_| (503, String::new()))).await;
-    router
-        .subscribe(
-            "down",
-            &["order.>"],
-            &subscriber.url(),
-            json!({"max_attempts": 4, "backoff": fast_retries()}),
-        )
-        .await;
-    let total = publish_keyed(&router, "order.created", 20, 5).await;
-    eventually(Duration::from_secs(40), async || {
-        let dead = dlq_entries(&redis, "down").len();
-        if dead >= total {
-            Ok(())
-        } else {
-            Err(format!("{dead} of {total} dead letters"))
-        }
-    })
-    .await;
-    // The breaker opened: far fewer requests than attempts reached the subscriber.
-    assert!(
-        subscriber.count() < total * 4,
-        "{} requests for {total} events",
-        subscriber.count()
-    );
-}

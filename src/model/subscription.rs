@@ -238,12 +238,12 @@ pub enum Start {
     Earliest,
 }
 
-/// When an endpoint is skipped. Each endpoint keeps its last `window` answers; once it
-/// has at least `min_calls`, a share of unhealthy ones (5xx, 408, 429, no answer) of
-/// `failure_rate` or more opens its breaker, unless that would leave the subscription no
-/// endpoint while some answers still succeed (a partial failure never ejects them all).
-/// After `cooldown_ms` up to `probes` requests go through at once: as many successes close
-/// it, a failure opens it again.
+/// When an endpoint is skipped or paced. Each endpoint keeps its last `window` answers;
+/// once it has at least `min_calls`, a share of unhealthy ones (5xx, 408, 429, no answer)
+/// of `failure_rate` or more trips its breaker. While another endpoint is closed it opens:
+/// after `cooldown_ms` up to `probes` requests go through at once, as many successes close
+/// it, a failure opens it again. Otherwise it degrades: paced to an allowance per second
+/// that starts at `probes` and follows its healthy answers, never below one request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BreakerSpec {
@@ -255,7 +255,8 @@ pub struct BreakerSpec {
     pub min_calls: u32,
     /// How long an open breaker waits before probing.
     pub cooldown_ms: u64,
-    /// Requests let through at once when probing; as many successes close the breaker.
+    /// Requests let through at once when probing (as many successes close the breaker),
+    /// and a degraded breaker's first allowance per second.
     pub probes: u32,
 }
 

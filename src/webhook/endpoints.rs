@@ -1,4 +1,7 @@
 //! A subscription's endpoints: round robin over the healthy ones, a circuit breaker each.
+//! An endpoint is ejected only while another one takes every request; otherwise its
+//! breaker degrades to a paced allowance (see [`super::breaker`]), so that a subscription
+//! always has an endpoint that takes requests, at least a few a second.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -30,8 +33,9 @@ impl Endpoints {
         }
     }
 
-    /// The next endpoint whose breaker lets a request through, round robin; when all are
-    /// open, the earliest time one may be probed.
+    /// The next endpoint whose breaker lets a request through, round robin; when none
+    /// does, the earliest time one may (a degraded endpoint's next interval, or the end of a
+    /// cooldown).
     pub fn pick(&self) -> Result<(usize, &Uri), Option<Instant>> {
         let now = Instant::now();
         let mut breakers = lock(&self.breakers);
@@ -42,10 +46,10 @@ impl Endpoints {
                 return Ok((index, &self.urls[index]));
             }
         }
-        Err(breakers.iter().filter_map(Breaker::retry_at).min())
+        Err(breakers.iter().filter_map(|b| b.retry_at(now)).min())
     }
 
-    /// Whether each endpoint's breaker is open (or probing), in order.
+    /// Whether each endpoint's breaker is open (or probing, or degraded), in order.
     pub fn open(&self) -> Vec<bool> {
         lock(&self.breakers).iter().map(Breaker::is_open).collect()
     }
@@ -56,8 +60,9 @@ impl Endpoints {
     }
 
     /// Records how an endpoint answered. Its breaker may open only while another
-    /// endpoint takes requests (or when every answer in its window failed).
+    /// endpoint's is closed; otherwise it degrades.
     pub fn report(&self, index: usize, healthy: bool) {
+        let now = Instant::now();
         let mut breakers = lock(&self.breakers);
         let others_closed = breakers
             .iter()
@@ -65,9 +70,9 @@ impl Endpoints {
             .any(|(i, b)| i != index && b.is_closed());
         if let Some(breaker) = breakers.get_mut(index) {
             if healthy {
-                breaker.success();
+                breaker.success(now);
             } else {
-                breaker.failure(Instant::now(), others_closed);
+                breaker.failure(now, others_closed);
             }
         }
     }

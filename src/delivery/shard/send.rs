@@ -58,15 +58,14 @@ impl Shard {
             let endpoint = match self.ctx.subscriber.pick() {
                 Ok(endpoint) => endpoint,
                 Err(retry_at) => {
-                    // Every endpoint's breaker is open (or probing): the attempt fails
-                    // at once and counts, and the lane waits its backoff or until the
-                    // next probe, whichever is later. An endpoint that stays down sends
-                    // every event to the DLQ after `max_attempts` such waits, all events
-                    // at once rather than one probe per cooldown each.
+                    // No endpoint takes a request now (open, probing, or a degraded one's
+                    // allowance used up). Not an attempt: the lanes wait for the next one
+                    // it lets through, their attempts left as they were, so that no event
+                    // is dead-lettered for a breaker rather than for its own answers.
                     let cooldown = std::time::Duration::from_millis(spec.breaker.cooldown_ms);
-                    let probe = retry_at.unwrap_or_else(|| Instant::now() + cooldown);
+                    let until = retry_at.unwrap_or_else(|| Instant::now() + cooldown);
                     for lane in lanes {
-                        self.fail_fast(&lane, probe);
+                        self.wait_for_endpoint(lane, until);
                     }
                     continue;
                 }
@@ -360,34 +359,27 @@ impl Shard {
         }
     }
 
-    /// An attempt of the head of `lane` that could not be sent (no endpoint takes
-    /// requests): counted and decided like a failed one.
-    fn fail_fast(&mut self, lane: &Arc<str>, not_before: Instant) {
-        let spec = self.ctx.sub.spec.clone();
-        let Some(head) = self.lanes.head_mut(lane) else {
-            return;
+    /// Puts `lane` back until `until`, when an endpoint lets a request through again, in
+    /// this order then: lanes whose head was tried and has attempts to spare, the last tried
+    /// first; then heads with one attempt left, and fresh heads, each in the order they
+    /// came. A retry is what succeeds on a subscriber that fails first attempts, and
+    /// successes are what grow a degraded endpoint's allowance back: heads tried in turn
+    /// across many keys could fail every request of a small allowance for as long as the
+    /// turn lasts. A head's last attempt waits its turn, so that a long outage does not
+    /// dead-letter the events tried first one after the other.
+    fn wait_for_endpoint(&mut self, lane: Arc<str>, until: Instant) {
+        const LAST: u64 = 1 << 62;
+        const FRESH: u64 = 1 << 63;
+        self.timer_seq += 1;
+        let seq = self.timer_seq;
+        let max = self.ctx.sub.spec.max_attempts;
+        let attempts = self.lanes.head(&lane).map_or(0, |h| h.attempts);
+        let order = match attempts {
+            0 => FRESH | seq,
+            n if n.saturating_add(1) < max => LAST - 1 - seq,
+            _ => LAST | seq,
         };
-        head.attempts += 1;
-        if head.first_attempt_ms == 0 {
-            head.first_attempt_ms = now_ms();
-        }
-        let reason = "every endpoint's circuit breaker is open".to_string();
-        let outcome = crate::delivery::transport::Outcome::Retry(reason);
-        match decide(&outcome, head.attempts, &spec, fastrand::f64()) {
-            Decision::Retry { after, reason } => {
-                head.last_error = Some(reason);
-                SubscriptionStats::bump(&self.ctx.stats.retried);
-                self.record_outcome(lane, Fate::Retried, None, None);
-                self.timer_seq += 1;
-                let at = (Instant::now() + after).max(not_before);
-                self.timers.insert((at, self.timer_seq), lane.clone());
-            }
-            Decision::Exhausted { reason } => {
-                head.last_error = Some(reason);
-                self.exhausted(lane);
-            }
-            Decision::Delivered | Decision::Dropped(_) => {}
-        }
+        self.timers.insert((until, order), lane);
     }
 
     /// The head of `lane` used its last attempt: to the DLQ (ack and DLQ in one step), or
