@@ -28,8 +28,13 @@ impl Config {
             {
                 continue;
             }
-            // An override names a section and a key: EVR_SECTION__KEY.
-            if let Some(rest) = name.strip_prefix("EVR_").filter(|r| r.contains("__")) {
+            // An override names a section and a key (EVR_SECTION__KEY) or a key of the top
+            // level (EVR_DEFAULT_STREAMS); other variables (EVR_TOKEN, the command line's
+            // token) are not the config's.
+            let overrides = |rest: &&str| {
+                rest.contains("__") || TOP_LEVEL_KEYS.contains(&rest.to_ascii_lowercase().as_str())
+            };
+            if let Some(rest) = name.strip_prefix("EVR_").filter(overrides) {
                 apply_env_override(&mut table, rest, &value, &mut problems);
             }
         }
@@ -195,6 +200,9 @@ fn key_path(path: &serde_ignored::Path<'_>) -> String {
         | Path::NewtypeVariant { parent } => key_path(parent),
     }
 }
+
+/// The keys of the file's top level that are not sections.
+const TOP_LEVEL_KEYS: [&str; 3] = ["default_streams", "streams", "subscriptions"];
 
 /// The environment variables named by the `*_env` keys anywhere in `value`.
 fn variables_named(value: &toml::Value, found: &mut Vec<String>) {

@@ -262,12 +262,14 @@ fn variables_the_file_names_for_secrets_are_not_overrides() {
     let text = "[auth]\nmode = \"token\"\n\n[[auth.principals]]\nname = \"payment-service\"\ntoken_env = \"EVR_TOKEN_PAYMENT\"\npublish = [\"payment.>\"]\n";
     let env = vec![
         ("EVR_TOKEN_PAYMENT".to_string(), "s3cret".to_string()),
-        // Not of the EVR_SECTION__KEY form: not an override either.
+        // Not of the EVR_SECTION__KEY form, nor a top-level key: not an override either.
         ("EVR_TOKEN".to_string(), "cli-token".to_string()),
+        ("EVR_DEFAULT_STREAMS".to_string(), "false".to_string()),
     ];
     let config = Config::from_toml_str(text, env).expect("the documented example is valid");
     assert_eq!(
         config.auth.principals[0].token_env.as_deref(),
         Some("EVR_TOKEN_PAYMENT")
     );
+    assert!(!config.default_streams.0, "a top-level key is still overridden");
 }
