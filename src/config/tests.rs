@@ -271,5 +271,8 @@ fn variables_the_file_names_for_secrets_are_not_overrides() {
         config.auth.principals[0].token_env.as_deref(),
         Some("EVR_TOKEN_PAYMENT")
     );
-    assert!(!config.default_streams.0, "a top-level key is still overridden");
+    assert!(
+        !config.default_streams.0,
+        "a top-level key is still overridden"
+    );
 }
