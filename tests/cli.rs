@@ -133,3 +133,54 @@ async fn serve_exits_zero_on_sigterm() {
     assert!(status.success(), "exit status {status:?}");
     assert_eq!(redis.all_envelopes().len(), 1);
 }
+
+/// Every subcommand `evrouter --help` lists is on the architecture page's line for
+/// `main.rs` and shown in use (`evrouter <name>`) somewhere in the README or `docs/`; the
+/// page lists none that does not exist.
+#[test]
+fn the_docs_name_every_subcommand() {
+    let output = Command::new(BIN).arg("--help").output().expect("run");
+    assert!(output.status.success());
+    let help = String::from_utf8_lossy(&output.stdout).into_owned();
+    let commands: Vec<String> = help
+        .lines()
+        .skip_while(|line| !line.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|line| line.starts_with("  "))
+        .filter_map(|line| line.split_whitespace().next().map(str::to_string))
+        .filter(|name| name != "help")
+        .collect();
+    assert!(commands.len() >= 7, "subcommands from --help: {commands:?}");
+
+    let root = env!("CARGO_MANIFEST_DIR");
+    let architecture =
+        std::fs::read_to_string(format!("{root}/docs/architecture.md")).expect("architecture");
+    let line = architecture
+        .lines()
+        .find(|line| line.trim_start().starts_with("main.rs"))
+        .expect("the architecture page has a line for main.rs");
+    let listed: Vec<&str> = line
+        .split_once(':')
+        .map(|(_, list)| list.split(',').map(str::trim).collect())
+        .unwrap_or_default();
+    assert_eq!(
+        listed, commands,
+        "the architecture page's subcommands, in --help order"
+    );
+
+    let mut docs = std::fs::read_to_string(format!("{root}/README.md")).expect("README");
+    for entry in std::fs::read_dir(format!("{root}/docs"))
+        .expect("docs")
+        .flatten()
+    {
+        if entry.path().extension().is_some_and(|e| e == "md") {
+            docs.push_str(&std::fs::read_to_string(entry.path()).expect("page"));
+        }
+    }
+    for command in &commands {
+        assert!(
+            docs.contains(&format!("evrouter {command}")),
+            "no page shows `evrouter {command}`"
+        );
+    }
+}

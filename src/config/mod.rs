@@ -478,4 +478,6 @@ impl Config {
 }
 
 #[cfg(test)]
+mod example_tests;
+#[cfg(test)]
 mod tests;
