@@ -1,16 +1,20 @@
 //! A worker shard of one subscription: per-key FIFO lanes (one event of a key in flight at
-//! a time under `ordering = "key"`), a deadline index for retries served by this one task,
-//! and the task loop that drives them. Sending and answers are in `send` (the decision
-//! for each answer in `answer`), the reorder buffer of `ordering = "sequence"` and the
-//! sequence state kept in Redis in `sequence`.
+//! a time under `ordering = "key"`) and the task loop that drives them, composed of parts
+//! that each own their state: the retry timers (`timers`), the sequence gate of
+//! `ordering = "sequence"` (`gate`, carried out in `sequence`), the handoff tracking
+//! (`drain`) and request building (`request`). Sending and what each reply does are in
+//! `send`, the retry verdict on each event's outcome in `verdict`.
 
-mod answer;
 mod drain;
+mod gate;
 mod record;
+mod request;
 mod send;
 mod sequence;
+mod timers;
+mod verdict;
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::Ordering as AtomicOrdering;
 use std::sync::Arc;
 use std::time::Instant;
@@ -18,9 +22,12 @@ use std::time::Instant;
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch, Semaphore};
 
+use self::drain::HandoffTracker;
+use self::gate::SequenceGate;
+use self::request::RequestBuilder;
+use self::timers::RetryTimers;
 use super::handoff::Handoffs;
 use super::lanes::Lanes;
-use super::reorder::ReorderBuffer;
 use super::stats::SubscriptionStats;
 use super::subscription::Subscription;
 use super::transport::{Reply, Subscriber};
@@ -29,7 +36,7 @@ use crate::metrics::{HistogramId, Metrics, Unit};
 use crate::model::clock::now_ms;
 use crate::model::dead_letter::Failure;
 use crate::model::subscription::Ordering;
-use crate::store::acks::AckOp;
+use crate::store::acks::{AckOp, Barrier};
 use crate::store::lease::{HandoffBoard, Owned};
 
 /// One event on its way to a subscriber.
@@ -147,16 +154,6 @@ impl RequestMetrics {
     }
 }
 
-/// Most keys whose stored sequence state is read in one round trip.
-const RESTORE_BATCH: usize = 512;
-
-/// Sequence ordering: a key idle this long, with nothing held or in flight, is forgotten
-/// (its next number is in Redis), so that memory follows the active keys, not all keys ever.
-const IDLE_KEY: std::time::Duration = std::time::Duration::from_secs(60);
-
-/// Offers between two sweeps for idle keys.
-const SWEEP_EVERY: u32 = 4096;
-
 struct Finished {
     lanes: Vec<Arc<str>>,
     /// The partition of each event sent.
@@ -173,38 +170,20 @@ pub struct Shard {
     /// (partition, entry id) of every event in the lanes.
     held: HashSet<(Arc<str>, String)>,
     ready: VecDeque<Arc<str>>,
-    timers: BTreeMap<(Instant, u64), Arc<str>>,
-    timer_seq: u64,
+    /// Ready lanes of partitions whose lease lapsed locally, waiting for its renewal.
+    paused: Vec<Arc<str>>,
+    /// Lanes put back until a deadline.
+    timers: RetryTimers,
+    /// `ordering = "sequence"`: events wait here until their turn, then go to the lanes.
+    gate: Option<SequenceGate>,
+    /// What this shard owes partitions being handed over.
+    handoff: HandoffTracker,
+    /// Which lanes go together, and their requests.
+    requests: RequestBuilder,
     finished_tx: mpsc::UnboundedSender<Finished>,
     finished_rx: mpsc::UnboundedReceiver<Finished>,
     in_flight: usize,
-    bulk_deadline: Option<Instant>,
     stopping: bool,
-    /// `ordering = "sequence"`: events wait here until their turn, then go to the lanes.
-    reorder: Option<ReorderBuffer<Delivery>>,
-    /// This shard's part of the shared "held now" gauge.
-    held_reported: u64,
-    /// Sequence ordering: events of keys whose stored next number is being read, in
-    /// arrival order, and the keys still to ask for.
-    restoring: std::collections::HashMap<Arc<str>, Vec<Delivery>>,
-    to_restore: Vec<Arc<str>>,
-    restore_in_flight: bool,
-    restored_tx: mpsc::UnboundedSender<Vec<sequence::Restored>>,
-    restored_rx: mpsc::UnboundedReceiver<Vec<sequence::Restored>>,
-    offers_since_sweep: u32,
-    /// The partitions held at the last ownership change.
-    owned_before: Arc<Owned>,
-    /// This shard's id among the handoff participants.
-    handoff_id: u64,
-    /// Per partition, events in requests in flight.
-    sending: std::collections::HashMap<Arc<str>, usize>,
-    /// Partitions being handed over that this shard has confirmed done with.
-    confirmed: HashSet<Arc<str>>,
-    /// Ready lanes of partitions whose lease lapsed locally, waiting for its renewal.
-    paused: Vec<Arc<str>>,
-    /// Keys were forgotten since the last read of stored sequence state: the next read
-    /// waits for the acks queued so far, so that it sees this shard's own last numbers.
-    restore_after_acks: bool,
 }
 
 impl Shard {
@@ -215,37 +194,27 @@ impl Shard {
         stop: watch::Receiver<bool>,
     ) -> Self {
         let (finished_tx, finished_rx) = mpsc::unbounded_channel();
-        let reorder = (ctx.sub.spec.ordering == Ordering::Sequence)
-            .then(|| ReorderBuffer::new(sequence::reorder_limits(&ctx)));
-        let (restored_tx, restored_rx) = mpsc::unbounded_channel();
-        let handoff_id = ctx.handoffs.join();
+        let gate = (ctx.sub.spec.ordering == Ordering::Sequence).then(|| {
+            let limits = gate::reorder_limits(&ctx.sub, ctx.shards);
+            SequenceGate::new(&ctx.sub, limits, ctx.stats.clone())
+        });
+        let handoff = HandoffTracker::new(ctx.handoffs.join());
+        let requests = RequestBuilder::new(&ctx.sub.spec, ctx.tracer.clone());
         Self {
-            handoff_id,
-            sending: std::collections::HashMap::new(),
-            confirmed: HashSet::new(),
-            paused: Vec::new(),
-            restore_after_acks: false,
-            reorder,
-            held_reported: 0,
-            restoring: std::collections::HashMap::new(),
-            to_restore: Vec::new(),
-            restore_in_flight: false,
-            restored_tx,
-            restored_rx,
-            offers_since_sweep: 0,
-            owned_before: Arc::new(Owned::default()),
             ctx,
             rx,
             stop,
             lanes: Lanes::default(),
             held: HashSet::new(),
             ready: VecDeque::new(),
-            timers: BTreeMap::new(),
-            timer_seq: 0,
+            paused: Vec::new(),
+            timers: RetryTimers::default(),
+            gate,
+            handoff,
+            requests,
             finished_tx,
             finished_rx,
             in_flight: 0,
-            bulk_deadline: None,
             stopping: false,
         }
     }
@@ -275,9 +244,9 @@ impl Shard {
                 return false;
             }
             let wake = [
-                self.timers.keys().next().map(|(at, _)| *at),
-                self.bulk_deadline,
-                self.reorder.as_ref().and_then(ReorderBuffer::next_deadline),
+                self.timers.next_deadline(),
+                self.requests.deadline(),
+                self.gate.as_ref().and_then(SequenceGate::next_deadline),
             ]
             .into_iter()
             .flatten()
@@ -288,7 +257,7 @@ impl Shard {
                     self.on_finished(finished);
                     self.confirm_drained();
                 }
-                Some(restored) = self.restored_rx.recv() => self.on_restored(restored),
+                Some(restored) = restored(&mut self.gate) => self.on_restored(restored),
                 delivery = self.rx.recv(), if !self.stopping => match delivery {
                     Some(delivery) => self.on_delivery(delivery),
                     None => self.stopping = true,
@@ -308,7 +277,7 @@ impl Shard {
 
     /// The partitions held changed: sequence state follows, and handoffs are confirmed.
     fn on_owned_changed(&mut self) {
-        if self.reorder.is_some() {
+        if self.gate.is_some() {
             self.on_ownership_change();
         } else {
             self.ctx.owned.borrow_and_update();
@@ -352,7 +321,7 @@ impl Shard {
                 .fetch_sub(1, AtomicOrdering::Relaxed);
             return;
         }
-        if self.reorder.is_some() {
+        if self.gate.is_some() {
             self.offer(delivery);
         } else {
             self.enqueue(delivery);
@@ -402,19 +371,14 @@ impl Shard {
 
     fn on_wake(&mut self) {
         let now = Instant::now();
-        while let Some(entry) = self.timers.first_entry() {
-            if entry.key().0 > now {
-                break;
-            }
-            let lane = entry.remove();
+        for lane in self.timers.pop_due(now) {
             if self.lanes.contains(&lane) {
                 self.ready.push_back(lane);
             }
         }
-        if let Some(buffer) = self.reorder.as_mut() {
-            let closed = buffer.expire(now);
-            self.close_gaps(closed);
-            self.count_held();
+        if let Some(gate) = self.gate.as_mut() {
+            let steps = gate.expire(now);
+            self.carry_out(steps);
         }
     }
 
@@ -457,11 +421,80 @@ impl Shard {
             self.ready.push_back(lane.clone());
         }
     }
+
+    /// Confirms every partition being handed over that this shard has nothing of in
+    /// flight (once its acks so far are written).
+    fn confirm_drained(&mut self) {
+        let owned = self.ctx.owned.borrow().clone();
+        for partition in self.handoff.newly_drained(&*owned) {
+            let handoffs = self.ctx.handoffs.clone();
+            let shard = self.handoff.id();
+            self.after_acks(Box::new(move || handoffs.confirm(&partition, shard)));
+        }
+    }
+
+    /// The shard stops with nothing in flight: it owes no handoff once its acks are
+    /// written.
+    fn leave_handoffs(&mut self) {
+        let handoffs = self.ctx.handoffs.clone();
+        let shard = self.handoff.id();
+        self.after_acks(Box::new(move || handoffs.leave(shard)));
+    }
+
+    /// Runs `then` once the acks queued so far are written (at once if the acker is gone).
+    fn after_acks(&self, then: Box<dyn FnOnce() + Send + Sync>) {
+        if let Err(err) = self.ctx.acks.try_send(AckOp::Barrier(Barrier(then))) {
+            if let AckOp::Barrier(Barrier(then)) = err.into_inner() {
+                then();
+            }
+        }
+    }
+}
+
+/// The next stored sequence numbers read back, when the shard has a sequence gate.
+async fn restored(gate: &mut Option<SequenceGate>) -> Option<Vec<gate::Restored>> {
+    match gate {
+        Some(gate) => gate.restored().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at.into()).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::*;
+
+    /// An event of `lane` (`partition \u{1f} key`, or a bare name, its partition then
+    /// `evr:{order.0}`), numbered `sequence`, its entry id `1-<lane>`.
+    pub(crate) fn delivery(lane: &str, sequence: Option<u64>) -> Delivery {
+        let partition = lane
+            .split_once('\u{1f}')
+            .map_or("evr:{order.0}", |(partition, _)| partition);
+        Delivery {
+            partition: Arc::from(partition),
+            id: format!("1-{lane}"),
+            lane: Arc::from(lane),
+            event_id: format!("event-{lane}"),
+            topic: "order.created".into(),
+            traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
+            received_us: 1,
+            sequence,
+            payload: Bytes::from_static(b"{}"),
+            route: None,
+            content_type: None,
+            expires_us: None,
+            raw: Bytes::new(),
+            attempts: 0,
+            first_attempt_ms: 0,
+            last_status: None,
+            last_error: None,
+            _bytes: None,
+        }
     }
 }

@@ -1,5 +1,6 @@
-//! What one event's outcome does to it: decided in one pure function from the outcome, the
-//! attempts made and the subscription's retry policy.
+//! The retry verdict: what an event's outcome in one attempt does to it (delivered,
+//! dropped, retried after a backoff, or exhausted), decided in one pure function from the
+//! outcome, the attempts made and the subscription's retry policy.
 
 use std::time::Duration;
 
@@ -8,7 +9,7 @@ use crate::model::subscription::SubscriptionSpec;
 
 /// What becomes of an event after an attempt.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Decision {
+pub enum Verdict {
     /// Delivered: ack it.
     Delivered,
     /// The subscriber does not want it: ack it, count it dropped.
@@ -27,19 +28,21 @@ pub enum Decision {
     },
 }
 
-/// Decides an event's fate after attempt number `attempts` ended in `outcome`; `unit` in
-/// [0, 1) is the jitter's draw.
-pub fn decide(outcome: &Outcome, attempts: u32, spec: &SubscriptionSpec, unit: f64) -> Decision {
-    match outcome {
-        Outcome::Delivered => Decision::Delivered,
-        Outcome::Drop(reason) => Decision::Dropped(reason.clone()),
-        Outcome::Retry(reason) if attempts >= spec.max_attempts => Decision::Exhausted {
-            reason: reason.clone(),
-        },
-        Outcome::Retry(reason) => Decision::Retry {
-            after: Duration::from_millis(spec.backoff.delay_ms(attempts, unit)),
-            reason: reason.clone(),
-        },
+impl Verdict {
+    /// The verdict on an event whose attempt number `attempts` ended in `outcome`; `unit`
+    /// in [0, 1) is the jitter's draw.
+    pub fn of(outcome: &Outcome, attempts: u32, spec: &SubscriptionSpec, unit: f64) -> Self {
+        match outcome {
+            Outcome::Delivered => Self::Delivered,
+            Outcome::Drop(reason) => Self::Dropped(reason.clone()),
+            Outcome::Retry(reason) if attempts >= spec.max_attempts => Self::Exhausted {
+                reason: reason.clone(),
+            },
+            Outcome::Retry(reason) => Self::Retry {
+                after: Duration::from_millis(spec.backoff.delay_ms(attempts, unit)),
+                reason: reason.clone(),
+            },
+        }
     }
 }
 
@@ -48,24 +51,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn each_outcome_and_attempt_count_has_one_decision() {
+    fn each_outcome_and_attempt_count_has_one_verdict() {
         let spec = SubscriptionSpec {
             max_attempts: 3,
             ..SubscriptionSpec::default()
         };
         let retry = || Outcome::Retry("subscriber answered 503".into());
-        let table: Vec<(Outcome, u32, Decision)> = vec![
-            (Outcome::Delivered, 1, Decision::Delivered),
-            (Outcome::Delivered, 3, Decision::Delivered),
+        let table: Vec<(Outcome, u32, Verdict)> = vec![
+            (Outcome::Delivered, 1, Verdict::Delivered),
+            (Outcome::Delivered, 3, Verdict::Delivered),
             (
                 Outcome::Drop("subscriber answered 404".into()),
                 1,
-                Decision::Dropped("subscriber answered 404".into()),
+                Verdict::Dropped("subscriber answered 404".into()),
             ),
             (
                 retry(),
                 1,
-                Decision::Retry {
+                Verdict::Retry {
                     after: Duration::from_millis(100),
                     reason: "subscriber answered 503".into(),
                 },
@@ -73,7 +76,7 @@ mod tests {
             (
                 retry(),
                 2,
-                Decision::Retry {
+                Verdict::Retry {
                     after: Duration::from_millis(200),
                     reason: "subscriber answered 503".into(),
                 },
@@ -81,14 +84,14 @@ mod tests {
             (
                 retry(),
                 3,
-                Decision::Exhausted {
+                Verdict::Exhausted {
                     reason: "subscriber answered 503".into(),
                 },
             ),
             (
                 retry(),
                 7,
-                Decision::Exhausted {
+                Verdict::Exhausted {
                     reason: "subscriber answered 503".into(),
                 },
             ),
@@ -96,7 +99,7 @@ mod tests {
         for (outcome, attempts, expected) in table {
             // 0.5 is the jitter's middle: no spread.
             assert_eq!(
-                decide(&outcome, attempts, &spec, 0.5),
+                Verdict::of(&outcome, attempts, &spec, 0.5),
                 expected,
                 "{outcome:?} after {attempts} attempts"
             );
@@ -109,7 +112,7 @@ mod tests {
             max_attempts: 1,
             ..SubscriptionSpec::default()
         };
-        let decided = decide(&Outcome::Drop("DROP".into()), 1, &spec, 0.5);
-        assert_eq!(decided, Decision::Dropped("DROP".into()));
+        let verdict = Verdict::of(&Outcome::Drop("DROP".into()), 1, &spec, 0.5);
+        assert_eq!(verdict, Verdict::Dropped("DROP".into()));
     }
 }
