@@ -23,7 +23,7 @@
 //! - [`publish`]: the publish pipeline: limits, validation, enrichment, partition, write;
 //!   Dapr bodies become envelopes in [`publish::dapr`].
 //! - [`delivery`]: subscriptions, partition ownership, readers' dispatch, shards with
-//!   per-key lanes, the reorder buffer, retries, stats and DLQ replay; subscribers are
+//!   per-key lanes, the reorder buffer, retries, stats and DLQ redrive; subscribers are
 //!   called through [`delivery::transport`].
 //! - [`webhook`]: how subscribers are called: the HTTP(S) client, endpoints and breakers,
 //!   the guard against internal addresses, request bodies (plain, bulk, Dapr apps),

@@ -109,7 +109,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             post(subscriptions::rewind),
         )
         .route("/v1/dlq/{name}", get(dlq::list).delete(dlq::purge))
-        .route("/v1/dlq/{name}/replay", post(dlq::replay))
+        .route("/v1/dlq/{name}/replay", post(dlq::redrive))
         .route("/v1/stats", get(stats::stats))
         .route("/v1/replay", post(replays::start))
         .route(
