@@ -474,7 +474,7 @@ impl Runtime {
     /// it could match (streams for the domains it names are created if missing).
     pub fn candidates(&self, sub: &Subscription) -> Vec<Arc<str>> {
         for domain in sub.literal_domains() {
-            let _ = self.catalog.route(&domain);
+            let _ = self.catalog.placement(&domain);
         }
         self.catalog
             .streams()

@@ -1,4 +1,4 @@
-//! The HTTP layer: the native API's routes and the Dapr adapter's ([`dapr`]), the shared
+//! The HTTP layer: the native API's handlers and the Dapr adapter's ([`dapr`]), the shared
 //! state they use, and the server loop with header-read timeouts and graceful shutdown.
 //! Nothing below this floor knows an HTTP request.
 
@@ -86,7 +86,7 @@ pub struct AppState {
     pub ready_timeout: Duration,
 }
 
-/// Every route of the API.
+/// The API's router: every path and its handler.
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/publish/{topic}", post(publish::publish))
@@ -123,12 +123,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/events/{event_id}", get(events::one))
         .route("/v1/traces/{correlation_id}", get(events::trace))
         .route("/metrics", get(metrics::metrics))
-        .merge(ui::assets::routes())
+        .merge(ui::assets::router())
         .route("/v1/dashboard", get(ui::data))
         .route("/v1/audit", get(audit::list))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
-        .merge(dapr::routes())
+        .merge(dapr::router())
         .fallback(|OriginalUri(uri): OriginalUri| async move { ApiError::not_found(uri.path()) })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
