@@ -42,7 +42,7 @@ use crate::delivery::Runtime;
 use crate::publish::dapr::DaprPubsubs;
 use crate::publish::Publisher;
 use crate::store::audit::AuditLog;
-use crate::webhook::apps::AppSubscriptions;
+use crate::webhook::dapr::apps::AppSubscriptions;
 use crate::webhook::guard::Guard;
 use error::ApiError;
 
@@ -63,7 +63,7 @@ pub struct AppState {
     /// The Dapr apps whose subscriptions are read.
     pub dapr_apps: Arc<AppSubscriptions>,
     /// The health of the Dapr apps whose health is checked.
-    pub app_health: Arc<crate::webhook::app_health::AppHealth>,
+    pub app_health: Arc<crate::webhook::dapr::health::AppHealth>,
     /// The delivery runtime (subscriptions, stats).
     pub delivery: Arc<Runtime>,
     /// The PostgreSQL event store, when configured.
