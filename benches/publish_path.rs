@@ -1,4 +1,4 @@
-//! The per-event CPU work of a publish, without HTTP or Redis: parse, validate, route and
+//! The per-event CPU work of a publish, without HTTP or Redis: parse, validate, place and
 //! encode. Throughput is reported in events per second.
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
@@ -39,7 +39,7 @@ fn benches(c: &mut Criterion) {
     let config = Config::default();
     let schemas = SchemaRegistry::load(&config.validation).expect("schemas");
     let catalog = StreamCatalog::new(&config);
-    let route = catalog.route("order.created").expect("route");
+    let placement = catalog.placement("order.created").expect("placement");
     let context = PublishContext::default();
     let tracer = evrouter::traces::Tracer::off();
     let body = batch_body(100);
@@ -80,9 +80,17 @@ fn benches(c: &mut Criterion) {
             events
                 .iter()
                 .map(|raw| {
-                    prepare_event(&route, &schemas, "order.created", raw, &context, 1, &tracer)
-                        .map(|p| p.value.len())
-                        .unwrap_or(0)
+                    prepare_event(
+                        &placement,
+                        &schemas,
+                        "order.created",
+                        raw,
+                        &context,
+                        1,
+                        &tracer,
+                    )
+                    .map(|p| p.value.len())
+                    .unwrap_or(0)
                 })
                 .sum::<usize>()
         })
@@ -96,7 +104,7 @@ fn benches(c: &mut Criterion) {
             panic!("batch")
         };
         prepare_event(
-            &route,
+            &placement,
             &schemas,
             "order.created",
             events[0],

@@ -45,7 +45,7 @@ fn patterns(c: &mut Criterion) {
 fn keys_and_partitions(c: &mut Criterion) {
     let config = Config::default();
     let catalog = StreamCatalog::new(&config);
-    let route = catalog.route("order.created").expect("route");
+    let placement = catalog.placement("order.created").expect("placement");
     let events: Vec<_> = (0..100)
         .map(|n| {
             json!({"event_id": format!("evt_order_{n}"), "event_type": "order.created",
@@ -66,7 +66,7 @@ fn keys_and_partitions(c: &mut Criterion) {
     group.bench_function("route_lookup", |b| {
         b.iter(|| {
             (0..100)
-                .filter(|_| catalog.route("order.created").is_ok())
+                .filter(|_| catalog.placement("order.created").is_ok())
                 .count()
         })
     });
@@ -76,7 +76,7 @@ fn keys_and_partitions(c: &mut Criterion) {
                 .iter()
                 .map(|event| {
                     let metadata = RawMetadata::parse(event.metadata);
-                    let key = route.key(event, &metadata, "evt_x_1");
+                    let key = placement.key(event, &metadata, "evt_x_1");
                     partition_of(&key, 16)
                 })
                 .sum::<u32>()

@@ -13,8 +13,8 @@ use crate::model::pattern::TopicPattern;
 
 /// Most streams created on the fly for topics that no configured stream claims.
 pub const MAX_DYNAMIC_STREAMS: usize = 1024;
-/// Most topics whose route is cached.
-const MAX_CACHED_ROUTES: usize = 65_536;
+/// Most topics whose placement is cached.
+const MAX_CACHED_PLACEMENTS: usize = 65_536;
 
 /// A stream, compiled from its config.
 #[derive(Debug)]
@@ -126,14 +126,14 @@ pub fn partition_of(key: &str, partitions: u32) -> u32 {
 
 /// Where a topic's events go.
 #[derive(Debug, Clone)]
-pub struct Route {
+pub struct Placement {
     /// The stream.
     pub stream: Arc<StreamSpec>,
     /// JSON pointer to the key, when a rule names one for this topic.
     pub pointer: Option<Arc<str>>,
 }
 
-impl Route {
+impl Placement {
     /// The event's key: the rule's pointer (a string or number there), else
     /// `metadata.partition_key`, else `event_id`.
     pub fn key<'a>(
@@ -164,9 +164,9 @@ impl Route {
     }
 }
 
-/// Why a topic has no route.
+/// Why a topic has no placement.
 #[derive(Debug, thiserror::Error)]
-pub enum RouteError {
+pub enum PlacementError {
     /// Too many streams were created on the fly.
     #[error("no configured stream holds topic `{0}` and the limit of {MAX_DYNAMIC_STREAMS} implicit streams is reached")]
     TooManyStreams(String),
@@ -177,7 +177,7 @@ pub enum RouteError {
 pub struct StreamCatalog {
     configured: Vec<Arc<StreamSpec>>,
     dynamic: RwLock<HashMap<String, Arc<StreamSpec>>>,
-    routes: RwLock<HashMap<String, Route>>,
+    placements: RwLock<HashMap<String, Placement>>,
     prefix: String,
     require_type_match: bool,
 }
@@ -195,7 +195,7 @@ impl StreamCatalog {
         Self {
             configured,
             dynamic: RwLock::new(HashMap::new()),
-            routes: RwLock::new(HashMap::new()),
+            placements: RwLock::new(HashMap::new()),
             prefix,
             require_type_match: require,
         }
@@ -210,10 +210,15 @@ impl StreamCatalog {
         all
     }
 
-    /// The route of a valid topic name.
-    pub fn route(&self, topic: &str) -> Result<Route, RouteError> {
-        if let Some(route) = self.routes.read().ok().and_then(|r| r.get(topic).cloned()) {
-            return Ok(route);
+    /// The placement of a valid topic name.
+    pub fn placement(&self, topic: &str) -> Result<Placement, PlacementError> {
+        if let Some(placement) = self
+            .placements
+            .read()
+            .ok()
+            .and_then(|r| r.get(topic).cloned())
+        {
+            return Ok(placement);
         }
         let domain = crate::model::topic::domain(topic);
         let claimed = self
@@ -225,27 +230,27 @@ impl StreamCatalog {
             Some(stream) => stream.clone(),
             None => self.dynamic_stream(topic)?,
         };
-        let route = Route {
+        let placement = Placement {
             pointer: stream.pointer_for(topic),
             stream,
         };
-        if let Ok(mut routes) = self.routes.write() {
-            if routes.len() >= MAX_CACHED_ROUTES {
-                routes.clear();
+        if let Ok(mut placements) = self.placements.write() {
+            if placements.len() >= MAX_CACHED_PLACEMENTS {
+                placements.clear();
             }
-            routes.insert(topic.to_string(), route.clone());
+            placements.insert(topic.to_string(), placement.clone());
         }
-        Ok(route)
+        Ok(placement)
     }
 
-    fn dynamic_stream(&self, topic: &str) -> Result<Arc<StreamSpec>, RouteError> {
+    fn dynamic_stream(&self, topic: &str) -> Result<Arc<StreamSpec>, PlacementError> {
         let domain = crate::model::topic::domain(topic);
         let mut dynamic = crate::model::sync::write(&self.dynamic);
         if let Some(stream) = dynamic.get(domain) {
             return Ok(stream.clone());
         }
         if dynamic.len() >= MAX_DYNAMIC_STREAMS {
-            return Err(RouteError::TooManyStreams(topic.to_string()));
+            return Err(PlacementError::TooManyStreams(topic.to_string()));
         }
         let config = StreamConfig {
             name: domain.to_string(),
@@ -272,13 +277,13 @@ mod tests {
     }
 
     #[test]
-    fn topics_route_to_their_domain_stream_and_key() {
+    fn topics_are_placed_in_their_domain_stream_with_their_key() {
         let catalog = catalog();
-        let route = catalog.route("order.created").expect("route");
-        assert_eq!(route.stream.name, "order");
-        assert_eq!(route.pointer.as_deref(), Some("/data/order_id"));
-        assert_eq!(&*route.stream.partition_keys[3], "evr:{order.3}");
-        let unknown = catalog.route("warehouse.moved").expect("route");
+        let placement = catalog.placement("order.created").expect("placement");
+        assert_eq!(placement.stream.name, "order");
+        assert_eq!(placement.pointer.as_deref(), Some("/data/order_id"));
+        assert_eq!(&*placement.stream.partition_keys[3], "evr:{order.3}");
+        let unknown = catalog.placement("warehouse.moved").expect("placement");
         assert_eq!(unknown.stream.name, "warehouse");
         assert_eq!(unknown.stream.partitions, 16);
         assert!(unknown.pointer.is_none());
@@ -286,23 +291,23 @@ mod tests {
         // second stream sharing its Redis keys.
         assert_eq!(
             catalog
-                .route("order")
-                .expect("route")
+                .placement("order")
+                .expect("placement")
                 .stream
                 .partition_keys
                 .len(),
             16
         );
         assert!(Arc::ptr_eq(
-            &catalog.route("order").expect("route").stream,
-            &route.stream
+            &catalog.placement("order").expect("placement").stream,
+            &placement.stream
         ));
     }
 
     #[test]
     fn key_falls_back_to_partition_key_then_event_id() {
         let catalog = catalog();
-        let route = catalog.route("order.created").expect("route");
+        let placement = catalog.placement("order.created").expect("placement");
         let with = r#"{"data":{"order_id":"o1"},"metadata":{"partition_key":"pk"}}"#;
         let without = r#"{"data":{},"metadata":{"partition_key":"pk"}}"#;
         let bare = r#"{"data":{"order_id":{}},"metadata":{}}"#;
@@ -316,7 +321,7 @@ mod tests {
             let raw: &RawValue = serde_json::from_str(text).expect("json");
             let event = RawEvent::parse(raw).expect("object");
             let metadata = RawMetadata::parse(event.metadata);
-            assert_eq!(route.key(&event, &metadata, "evt_x_1"), expected);
+            assert_eq!(placement.key(&event, &metadata, "evt_x_1"), expected);
         }
     }
 

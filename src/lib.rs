@@ -23,7 +23,7 @@
 //! - [`publish`]: the publish pipeline: limits, validation, enrichment, partition, write;
 //!   Dapr bodies become envelopes in [`publish::dapr`].
 //! - [`delivery`]: subscriptions, partition ownership, readers' dispatch, shards with
-//!   per-key lanes, the reorder buffer, retries, stats and DLQ replay; subscribers are
+//!   per-key lanes, the reorder buffer, retries, stats and DLQ redrive; subscribers are
 //!   called through [`delivery::transport`].
 //! - [`webhook`]: how subscribers are called: the HTTP(S) client, endpoints and breakers,
 //!   the guard against internal addresses, request bodies (plain, bulk, Dapr apps),
@@ -71,7 +71,7 @@ use store::durability::{self, Persistence};
 use store::retention::{self, TrimFloors};
 use store::writer::WriterSettings;
 use store::{RedisTarget, WriterPool};
-use webhook::apps::AppSubscriptions;
+use webhook::dapr::apps::AppSubscriptions;
 use webhook::Webhooks;
 
 /// Why evrouter could not start.
@@ -214,7 +214,7 @@ pub async fn run(
             message,
         }
     })?;
-    let app_health = Arc::new(webhook::app_health::AppHealth::new(&config.dapr.apps));
+    let app_health = Arc::new(webhook::dapr::health::AppHealth::new(&config.dapr.apps));
     let connector = Arc::new(Connectors {
         webhooks: Webhooks::new(guard.clone(), &roots, Some(forwards_tx))
             .with_app_tokens(app_tokens.clone())

@@ -1,6 +1,7 @@
 //! The `evrouter` command line: parse arguments, load the config, and run.
 
 mod replay_cli;
+mod restore_cli;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -155,8 +156,9 @@ struct ReplayArgs {
 enum DlqAction {
     /// List dead letters (JSON).
     List,
-    /// Send them through the subscription again.
-    Replay,
+    /// Send them through the subscription again (a redrive).
+    #[value(name = "replay")]
+    Redrive,
     /// Delete them.
     Purge,
 }
@@ -229,7 +231,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
-            match replay_cli::restore(&config, &from, &to, &topics, slice_events) {
+            match restore_cli::run(&config, &from, &to, &topics, slice_events) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
                     eprintln!("evrouter restore: {err:#}");
@@ -382,7 +384,7 @@ fn dlq(
     let base = router.trim_end_matches('/');
     let (method, url) = match action {
         DlqAction::List => ("GET", format!("{base}/v1/dlq/{subscription}?limit={limit}")),
-        DlqAction::Replay => ("POST", format!("{base}/v1/dlq/{subscription}/replay")),
+        DlqAction::Redrive => ("POST", format!("{base}/v1/dlq/{subscription}/replay")),
         DlqAction::Purge => ("DELETE", format!("{base}/v1/dlq/{subscription}")),
     };
     call_api(method, &url, token)

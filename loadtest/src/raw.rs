@@ -9,8 +9,9 @@ use evrouter::model::envelope::Envelope;
 use hdrhistogram::Histogram;
 use redis::aio::MultiplexedConnection;
 
+use crate::args::Args;
+use crate::bodies;
 use crate::report::{Percentiles, Report};
-use crate::{bodies, Args};
 
 const PIPELINES_IN_FLIGHT: usize = 4;
 const PARTITIONS: u32 = 16;

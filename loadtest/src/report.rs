@@ -76,7 +76,7 @@ pub struct Report {
     /// evrouter's own histograms over the run (warm-up and drain included), from
     /// `/metrics`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub server: Option<crate::server::ServerSide>,
+    pub server: Option<crate::scrape::ServerSide>,
     /// The event store's archive (with `--eventstore`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub archive: Option<crate::eventstore::ArchiveReport>,

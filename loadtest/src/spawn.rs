@@ -89,11 +89,12 @@ fn start_redis(dir: &std::path::Path, port: u16, durable: bool) -> anyhow::Resul
 
 impl System {
     /// Starts redis-server (durable or without persistence) and `instances` evrouters,
-    /// and waits until they answer.
+    /// and waits until they answer. With a `token`, authentication is on and `noisy` (a
+    /// token and its events/s quota) adds the noisy publisher as a principal of its own.
     pub async fn start(
         evrouter_bin: Option<PathBuf>,
         token: Option<&str>,
-        noisy_quota: Option<u32>,
+        noisy: Option<(&str, u32)>,
         instances: usize,
         durable: bool,
         extra_env: Vec<(String, String)>,
@@ -119,10 +120,10 @@ impl System {
             ),
         ];
         if let Some(token) = token {
-            let noisy = match noisy_quota {
-                Some(quota) => format!(
+            let noisy = match noisy {
+                Some((noisy_token, quota)) => format!(
                     ", {{name = \"noisy\", token_sha256 = \"{}\", publish = [\">\"], publish_events_per_s = {quota}}}",
-                    evrouter::auth::hash_token(crate::http::NOISY_TOKEN)
+                    evrouter::auth::hash_token(noisy_token)
                 ),
                 None => String::new(),
             };

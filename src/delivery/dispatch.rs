@@ -18,7 +18,7 @@ use crate::model::subscription::Ordering;
 use crate::store::acks::AckOp;
 use crate::store::reader::{Dispatch, ReadEntry};
 
-/// Routes a subscription's entries to its shards.
+/// Sends a subscription's entries to their shards.
 #[derive(Clone)]
 pub struct ShardDispatch {
     sub: Arc<Subscription>,

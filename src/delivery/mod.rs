@@ -1,6 +1,6 @@
 //! The delivery runtime: subscriptions, partition ownership, and one worker per
 //! subscription (partition readers, worker shards with per-key lanes, and a batched acker);
-//! DLQ listing and replay. How a subscriber is called is behind [`transport`].
+//! DLQ listing and redrive. How a subscriber is called is behind [`transport`].
 //!
 //! A control task keeps it all in step: it refreshes the subscriptions from Redis, starts
 //! and stops workers, tells each worker which partitions its subscription reads, and keeps
@@ -12,9 +12,10 @@ pub mod handoff;
 pub mod lanes;
 mod observed;
 pub mod outcomes;
+pub mod redrive;
 pub mod registry;
 pub mod reorder;
-pub mod replay;
+pub mod resend;
 pub mod rewind;
 pub mod shard;
 pub mod stats;
@@ -37,8 +38,8 @@ use crate::store::lease::{LeaseKeeper, LeaseSettings, Owned};
 use crate::store::{RedisTarget, StoreError};
 use handoff::Handoffs;
 pub use observed::Observed;
+use redrive::RedriveReport;
 use registry::Registry;
-use replay::ReplayReport;
 use stats::SubscriptionStats;
 use subscription::Subscription;
 use transport::Connector;
@@ -334,12 +335,12 @@ impl Runtime {
         Some(dlq::list(&mut conn, &keys, limit, after).await)
     }
 
-    /// Replays dead letters (all, or the given cursors); `None` for an unknown subscription.
-    pub async fn dlq_replay(
+    /// Redrives dead letters (all, or the given cursors); `None` for an unknown subscription.
+    pub async fn dlq_redrive(
         &self,
         name: &str,
         only: Option<&[String]>,
-    ) -> Option<redis::RedisResult<ReplayReport>> {
+    ) -> Option<redis::RedisResult<RedriveReport>> {
         let (sub, keys) = self.dlq_keys(name)?;
         let mut conn = match self.target.manager() {
             Ok(conn) => conn,
@@ -347,7 +348,7 @@ impl Runtime {
         };
         let subscriber = self.connector.connect(&sub);
         let single = sub.spec.mode == crate::model::subscription::DeliveryMode::Single;
-        Some(replay::replay(&mut conn, &keys, &*subscriber, single, only).await)
+        Some(redrive::redrive(&mut conn, &keys, &*subscriber, single, only).await)
     }
 
     /// Every Redis key that holds events: the partitions of every stream, and every DLQ
@@ -473,7 +474,7 @@ impl Runtime {
     /// it could match (streams for the domains it names are created if missing).
     pub fn candidates(&self, sub: &Subscription) -> Vec<Arc<str>> {
         for domain in sub.literal_domains() {
-            let _ = self.catalog.route(&domain);
+            let _ = self.catalog.placement(&domain);
         }
         self.catalog
             .streams()

@@ -15,7 +15,7 @@ use tokio_postgres::types::ToSql;
 
 use super::rows::{row_envelope, Archived, ARCHIVED_COLUMNS};
 use super::{EventStore, EventStoreError};
-use crate::delivery::replay::{send_tried, Stored};
+use crate::delivery::resend::{send_tried, Stored};
 use crate::delivery::Runtime;
 use crate::model::clock::now_ms;
 use crate::model::envelope::Envelope;

@@ -99,7 +99,7 @@ pub async fn list(
 
 /// What the audit log records of a request.
 pub(super) struct Call {
-    /// `METHOD /route/{param}`.
+    /// `METHOD /path/{param}`: the method and the path template.
     pub action: String,
     /// The path as called.
     pub target: String,
@@ -121,18 +121,18 @@ impl Call {
     }
 
     pub(super) fn of(request: &Request) -> Self {
-        let route = request.extensions().get::<MatchedPath>().map_or_else(
+        let template = request.extensions().get::<MatchedPath>().map_or_else(
             || request.uri().path().to_string(),
             |m| m.as_str().to_string(),
         );
-        // A data subject's id is personal data: such a call is recorded by its route.
-        let target = if route.starts_with("/v1/subjects/") {
-            route.clone()
+        // A data subject's id is personal data: such a call is recorded by its path template.
+        let target = if template.starts_with("/v1/subjects/") {
+            template.clone()
         } else {
             request.uri().path().to_string()
         };
         Self {
-            action: format!("{} {route}", request.method()),
+            action: format!("{} {template}", request.method()),
             target,
             address: request
                 .extensions()

@@ -26,10 +26,10 @@ pub struct ListQuery {
     pub after: Option<String>,
 }
 
-/// Body of a replay: the cursors to replay, or nothing for all.
+/// Body of a redrive: the cursors to send again, or nothing for all.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ReplayBody {
+pub struct RedriveBody {
     /// Cursors (`id` of listed entries).
     pub ids: Option<Vec<String>>,
 }
@@ -58,8 +58,8 @@ pub async fn list(
     Ok(Json(page).into_response())
 }
 
-/// Replays dead letters through the subscription's endpoints.
-pub async fn replay(
+/// Redrives dead letters through the subscription's endpoints.
+pub async fn redrive(
     State(app): State<Arc<AppState>>,
     Extension(principal): Extension<Arc<Principal>>,
     Path(name): Path<String>,
@@ -68,8 +68,8 @@ pub async fn replay(
 ) -> Result<Response, ApiError> {
     super::subscriptions::check_owner(&app, &principal, &name)?;
     let bytes = read_body(&headers, body, app.max_body_bytes, app.body_read_timeout).await?;
-    let request: ReplayBody = if bytes.iter().all(u8::is_ascii_whitespace) {
-        ReplayBody::default()
+    let request: RedriveBody = if bytes.iter().all(u8::is_ascii_whitespace) {
+        RedriveBody::default()
     } else {
         serde_json::from_slice(&bytes).map_err(|e| {
             ApiError::new(
@@ -81,7 +81,7 @@ pub async fn replay(
     };
     let report = app
         .delivery
-        .dlq_replay(&name, request.ids.as_deref())
+        .dlq_redrive(&name, request.ids.as_deref())
         .await
         .ok_or_else(|| ApiError::unknown_subscription(&name))?
         .map_err(store_error)?;

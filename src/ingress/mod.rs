@@ -1,4 +1,4 @@
-//! The HTTP layer: the native API's routes and the Dapr adapter's ([`dapr`]), the shared
+//! The HTTP layer: the native API's handlers and the Dapr adapter's ([`dapr`]), the shared
 //! state they use, and the server loop with header-read timeouts and graceful shutdown.
 //! Nothing below this floor knows an HTTP request.
 
@@ -42,7 +42,7 @@ use crate::delivery::Runtime;
 use crate::publish::dapr::DaprPubsubs;
 use crate::publish::Publisher;
 use crate::store::audit::AuditLog;
-use crate::webhook::apps::AppSubscriptions;
+use crate::webhook::dapr::apps::AppSubscriptions;
 use crate::webhook::guard::Guard;
 use error::ApiError;
 
@@ -63,7 +63,7 @@ pub struct AppState {
     /// The Dapr apps whose subscriptions are read.
     pub dapr_apps: Arc<AppSubscriptions>,
     /// The health of the Dapr apps whose health is checked.
-    pub app_health: Arc<crate::webhook::app_health::AppHealth>,
+    pub app_health: Arc<crate::webhook::dapr::health::AppHealth>,
     /// The delivery runtime (subscriptions, stats).
     pub delivery: Arc<Runtime>,
     /// The PostgreSQL event store, when configured.
@@ -86,7 +86,7 @@ pub struct AppState {
     pub ready_timeout: Duration,
 }
 
-/// Every route of the API.
+/// The API's router: every path and its handler.
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/publish/{topic}", post(publish::publish))
@@ -109,7 +109,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             post(subscriptions::rewind),
         )
         .route("/v1/dlq/{name}", get(dlq::list).delete(dlq::purge))
-        .route("/v1/dlq/{name}/replay", post(dlq::replay))
+        .route("/v1/dlq/{name}/replay", post(dlq::redrive))
         .route("/v1/stats", get(stats::stats))
         .route("/v1/replay", post(replays::start))
         .route(
@@ -123,12 +123,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/events/{event_id}", get(events::one))
         .route("/v1/traces/{correlation_id}", get(events::trace))
         .route("/metrics", get(metrics::metrics))
-        .merge(ui::assets::routes())
+        .merge(ui::assets::router())
         .route("/v1/dashboard", get(ui::data))
         .route("/v1/audit", get(audit::list))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
-        .merge(dapr::routes())
+        .merge(dapr::router())
         .fallback(|OriginalUri(uri): OriginalUri| async move { ApiError::not_found(uri.path()) })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

@@ -1,6 +1,6 @@
 //! Refused requests (401, 403, on HTTP and on the Dapr gRPC API) in the audit log, without
 //! letting a flood fill it. Refusals are counted per caller (the principal when known,
-//! else the address without its port) and reason (the status and the route) over an
+//! else the address without its port) and reason (the status and the path template) over an
 //! interval (`audit.refusal_interval`): the first of each is written in full at once, the
 //! others are counted and written as one entry with their count when the interval ends.
 //! At most `audit.refusal_callers` callers and reasons are kept apart in one interval; the
@@ -26,7 +26,7 @@ use crate::model::sync::lock;
 pub struct Refused<'a> {
     /// The principal, when the caller had a valid token (a 403).
     pub principal: Option<&'a str>,
-    /// The method and the route (or the gRPC method).
+    /// The method and the path template (or the gRPC method).
     pub action: &'a str,
     /// The path as called (or the gRPC method's path).
     pub target: &'a str,

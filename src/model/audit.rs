@@ -32,7 +32,7 @@ pub struct AuditEntry {
     /// The principal's name (`anonymous` when authentication is off; `-` when the caller
     /// had no valid token; `*` for the callers past the interval's limit).
     pub principal: String,
-    /// What: the method and the route, e.g. `DELETE /v1/subscriptions/{name}`, or the gRPC
+    /// What: the method and the path template, e.g. `DELETE /v1/subscriptions/{name}`, or the gRPC
     /// method (`gRPC dapr.proto.runtime.v1.Dapr/PublishEvent`); `*` for the callers past
     /// the interval's limit.
     pub action: String,

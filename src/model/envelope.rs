@@ -10,7 +10,7 @@ pub const ENVELOPE_VERSION: u8 = 2;
 pub const ENTRY_FIELD: &str = "e";
 
 /// What every stream entry holds: the event as sent plus what routing needs, so that
-/// readers never parse JSON to route.
+/// readers never parse JSON to dispatch.
 #[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct Envelope {
     /// `event_id`.

@@ -12,7 +12,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 
 use crate::auth::quota::{Limited, Quota};
-use crate::catalog::{partition_of, Route, StreamCatalog};
+use crate::catalog::{partition_of, Placement, StreamCatalog};
 use crate::model::envelope::{Envelope, PayloadFormat};
 use crate::model::event::{json_depth, raw_str, raw_u64, Body, RawEvent, RawMetadata};
 use crate::schema::{SchemaRegistry, Violation};
@@ -138,7 +138,7 @@ pub enum PublishError {
 pub struct PreparedEvent {
     /// Its `event_id`.
     pub event_id: String,
-    /// Its partition in the route's stream.
+    /// Its partition in the placement's stream.
     pub partition: u32,
     /// The encoded envelope.
     pub value: Vec<u8>,
@@ -149,7 +149,7 @@ pub struct PreparedEvent {
 /// Validates one event and builds its envelope: the per-event CPU work of a publish. The
 /// stored trace context is the event's publish span's (from `tracer`).
 pub fn prepare_event(
-    route: &Route,
+    placement: &Placement,
     schemas: &SchemaRegistry,
     topic: &str,
     raw: &RawValue,
@@ -166,7 +166,10 @@ pub fn prepare_event(
     let metadata = RawMetadata::parse(event.metadata);
     let mut found = schemas.validate(&event, &metadata);
     let event_type = event.event_type.and_then(raw_str);
-    if route.stream.require_type_match && found.is_empty() && event_type.as_deref() != Some(topic) {
+    if placement.stream.require_type_match
+        && found.is_empty()
+        && event_type.as_deref() != Some(topic)
+    {
         found.push(Violation {
             path: "/event_type".into(),
             message: format!("must equal the topic `{topic}` on this stream"),
@@ -177,8 +180,8 @@ pub fn prepare_event(
     }
     // The base schema has checked that these are strings.
     let event_id = event.event_id.and_then(raw_str).unwrap_or_default();
-    let key = route.key(&event, &metadata, &event_id);
-    let partition = partition_of(&key, route.stream.partitions);
+    let key = placement.key(&event, &metadata, &event_id);
+    let partition = partition_of(&key, placement.stream.partitions);
     let text = |raw: Option<&RawValue>| raw.and_then(raw_str).unwrap_or_default().into_owned();
     // `tracestate` belongs to the request's `traceparent`: kept only when that is used.
     let own = metadata.traceparent.and_then(raw_str);
@@ -349,9 +352,9 @@ impl Publisher {
         single: bool,
         context: &PublishContext,
     ) -> Result<Vec<Prepared>, PublishError> {
-        let route = self
+        let placement = self
             .catalog
-            .route(topic)
+            .placement(topic)
             .map_err(|e| PublishError::NoStream(e.to_string()))?;
         let received_us = crate::model::clock::now_us();
         let mut violations = Vec::new();
@@ -359,7 +362,7 @@ impl Publisher {
         for (index, raw) in events.iter().enumerate() {
             let at = (!single).then_some(index);
             match prepare_event(
-                &route,
+                &placement,
                 &self.schemas,
                 topic,
                 raw,
@@ -368,7 +371,7 @@ impl Publisher {
                 &self.tracer,
             ) {
                 Ok(event) if violations.is_empty() => {
-                    prepared.push(self.place(&route, event, received_us));
+                    prepared.push(self.place(&placement, event, received_us));
                 }
                 Ok(_) => {}
                 Err(found) => violations.extend(found.into_iter().map(|v| EventViolation {
@@ -386,19 +389,19 @@ impl Publisher {
     }
 
     /// Puts an encoded event on its partition's writer.
-    fn place(&self, route: &Route, event: PreparedEvent, received_us: u64) -> Prepared {
-        let partition_key = route.stream.partition_keys[event.partition as usize].clone();
-        let dedup_key = route
+    fn place(&self, placement: &Placement, event: PreparedEvent, received_us: u64) -> Prepared {
+        let partition_key = placement.stream.partition_keys[event.partition as usize].clone();
+        let dedup_key = placement
             .stream
             .dedup_window
-            .map(|_| route.stream.dedup_key(event.partition, &event.event_id));
+            .map(|_| placement.stream.dedup_key(event.partition, &event.event_id));
         Prepared {
-            receipt_stream: route.stream.name.clone(),
+            receipt_stream: placement.stream.name.clone(),
             partition: event.partition,
             event_id: event.event_id,
             writer: self.writers.writer_of(&partition_key),
             entry: Entry {
-                stream: route.stream.clone(),
+                stream: placement.stream.clone(),
                 partition_key,
                 dedup_key,
                 value: event.value,
@@ -420,21 +423,21 @@ impl Publisher {
         if envelopes.is_empty() {
             return Ok(Vec::new());
         }
-        let route = self
+        let placement = self
             .catalog
-            .route(topic)
+            .placement(topic)
             .map_err(|e| PublishError::NoStream(e.to_string()))?;
         let prepared = envelopes
             .into_iter()
             .map(|(envelope, span)| {
                 let received_us = envelope.received_us;
                 let event = PreparedEvent {
-                    partition: partition_of(&envelope.key, route.stream.partitions),
+                    partition: partition_of(&envelope.key, placement.stream.partitions),
                     value: envelope.encode(),
                     event_id: envelope.event_id,
                     span,
                 };
-                self.place(&route, event, received_us)
+                self.place(&placement, event, received_us)
             })
             .collect();
         self.store(topic, prepared).await

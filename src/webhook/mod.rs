@@ -1,15 +1,16 @@
 //! The webhook client: how subscribers are called. A pooled keep-alive HTTP client,
-//! endpoints with circuit breakers, the request bodies of plain webhooks, Dapr apps and
-//! bulk deliveries, and what an answer means. It implements delivery's [`Connector`].
+//! endpoints with circuit breakers, one request as every HTTP subscriber sends it
+//! ([`post`]), plain webhooks ([`subscriber`]) and Dapr apps ([`dapr`]) as two
+//! implementations of delivery's subscriber, and what an answer means. [`connect`] picks a
+//! subscription's subscriber: it implements delivery's [`Connector`].
 
 pub mod answer;
-pub mod app_health;
-pub mod apps;
 pub mod breaker;
+pub mod connect;
 pub mod dapr;
 pub mod endpoints;
-pub mod grpc;
 pub mod guard;
+pub mod post;
 pub mod signature;
 pub mod subscriber;
 
@@ -28,9 +29,9 @@ use hyper_util::rt::TokioExecutor;
 use crate::delivery::transport::Connector;
 use answer::classify;
 pub use answer::Answer;
+pub use connect::Webhooks;
 pub use endpoints::Endpoints;
 use guard::{Guard, GuardedResolver};
-pub use subscriber::Webhooks;
 
 /// Most bytes of a subscriber's answer that are read.
 const MAX_ANSWER_BYTES: usize = 4 * 1024 * 1024;

@@ -10,7 +10,7 @@ use axum::Extension;
 use crate::auth::Principal;
 use crate::ingress::error::ApiError;
 use crate::ingress::AppState;
-use crate::webhook::apps::AppError;
+use crate::webhook::dapr::apps::AppError;
 
 /// `POST /v1/dapr/apps/{id}/refresh`: reads the app's subscriptions now.
 pub async fn refresh(

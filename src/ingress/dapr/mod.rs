@@ -21,8 +21,8 @@ use serde_json::json;
 use crate::auth::Principal;
 use crate::ingress::AppState;
 
-/// The Dapr API's routes, merged into the main router.
-pub fn routes() -> axum::Router<Arc<AppState>> {
+/// The Dapr API's router, merged into the main one.
+pub fn router() -> axum::Router<Arc<AppState>> {
     axum::Router::new()
         .route(
             "/v1.0/publish/{pubsub}/{*topic}",

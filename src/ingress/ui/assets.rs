@@ -77,8 +77,8 @@ fn answer(content_type: &'static str, body: &'static str) -> Response {
     response
 }
 
-/// The routes of the files.
-pub fn routes() -> Router<Arc<AppState>> {
+/// The router that serves the files.
+pub fn router() -> Router<Arc<AppState>> {
     FILES
         .iter()
         .fold(Router::new(), |router, &(path, content_type, body)| {

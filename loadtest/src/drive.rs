@@ -1,4 +1,4 @@
-//! Open-loop HTTP load: a scheduler emits requests at the offered rate with their intended
+//! The driver of one run against evrouter: open-loop HTTP load, where a scheduler emits requests at the offered rate with their intended
 //! send times; connection workers send them; latency runs from the intended time, so a
 //! stall shows up in the tail instead of slowing the generator (no coordinated omission).
 
@@ -13,11 +13,12 @@ use http_body_util::{BodyExt, Full};
 use hyper::{Request, Uri};
 use hyper_util::rt::TokioIo;
 
+use crate::args::Args;
+use crate::bodies;
 use crate::bodies::{LiveBodies, Mix};
 use crate::progress::{self, Live};
 use crate::report::{EndToEnd, Percentiles, Report};
 use crate::sink::Sink;
-use crate::{bodies, Args};
 
 struct Job {
     intended: Instant,
