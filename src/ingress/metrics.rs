@@ -8,7 +8,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use prometheus_client::collector::Collector;
@@ -16,6 +16,7 @@ use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
+use super::codes::ErrorCode;
 use super::error::ApiError;
 use super::AppState;
 use crate::auth::Principal;
@@ -174,13 +175,8 @@ pub async fn metrics(
     let mut registry = Registry::default();
     registry.register_collector(Box::new(scrape));
     let mut text = String::new();
-    prometheus_client::encoding::text::encode(&mut text, &registry).map_err(|_| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "metrics could not be encoded",
-        )
-    })?;
+    prometheus_client::encoding::text::encode(&mut text, &registry)
+        .map_err(|_| ApiError::new(ErrorCode::Internal, "metrics could not be encoded"))?;
     let openmetrics = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
