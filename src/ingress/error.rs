@@ -14,7 +14,7 @@ use crate::store::StoreError;
 /// An error answer: `{"error":{"code","message","details":[{"path","message"}]}}`.
 #[derive(Debug)]
 pub struct ApiError {
-    /// HTTP status.
+    /// HTTP status: the code's, unless the handler says otherwise.
     pub status: StatusCode,
     /// Stable machine-readable code (from the catalogue).
     pub code: ErrorCode,
