@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 
-use crate::metrics::{HistogramId, Metrics, Recorded, Unit};
+use crate::metrics::{catalogue, HistogramId, Metrics, Recorded};
 
 /// Counters updated by the shards of one subscription.
 #[derive(Debug)]
@@ -47,12 +47,7 @@ impl SubscriptionStats {
             dead_letter_topic: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             sequence: SequenceStats::default(),
-            latency: metrics.histogram(
-                "evrouter_delivery_latency_seconds",
-                "End to end: received by evrouter to the subscriber's 2xx, per delivered event.",
-                Unit::Micros,
-                vec![("subscription", name.to_string())],
-            ),
+            latency: metrics.histogram(&catalogue::DELIVERY_LATENCY_SECONDS, &[name]),
         }
     }
 }

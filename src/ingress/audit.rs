@@ -8,11 +8,12 @@ use std::time::Duration;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{MatchedPath, Query, Request, State};
-use axum::http::{Method, StatusCode};
+use axum::http::Method;
 use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::codes::ErrorCode;
 use super::error::ApiError;
 use super::refusals::Refused;
 use super::{AppState, ClientAddr};
@@ -68,13 +69,12 @@ pub async fn list(
     query: Result<Query<AuditQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     principal.must_be_admin("reading the audit log")?;
-    let Query(query) = query
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", e.body_text()))?;
+    let Query(query) =
+        query.map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.body_text()))?;
     let since = match &query.since {
         Some(text) => since_ms(text).ok_or_else(|| {
             ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
+                ErrorCode::InvalidRequest,
                 format!("since: `{text}` is neither an RFC 3339 time nor ms since the epoch"),
             )
         })?,

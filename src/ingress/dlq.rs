@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::Deserialize;
@@ -15,6 +15,7 @@ use serde_json::json;
 use super::publish::read_body;
 use super::AppState;
 use crate::auth::Principal;
+use crate::ingress::codes::ErrorCode;
 use crate::ingress::error::ApiError;
 
 /// Paging of `GET /v1/dlq/{subscription}`.
@@ -45,8 +46,8 @@ pub async fn list(
     Path(name): Path<String>,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let Query(query) = query
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", e.body_text()))?;
+    let Query(query) =
+        query.map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.body_text()))?;
     let limit = query.limit.unwrap_or(100).clamp(1, 1000);
     super::subscriptions::check_owner(&app, &principal, &name)?;
     let page = app
@@ -71,13 +72,8 @@ pub async fn redrive(
     let request: RedriveBody = if bytes.iter().all(u8::is_ascii_whitespace) {
         RedriveBody::default()
     } else {
-        serde_json::from_slice(&bytes).map_err(|e| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                format!("replay body: {e}"),
-            )
-        })?
+        serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, format!("replay body: {e}")))?
     };
     let report = app
         .delivery

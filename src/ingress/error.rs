@@ -5,6 +5,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use super::codes::ErrorCode;
 use crate::auth::quota::Limited;
 use crate::auth::{AuthError, Denied};
 use crate::publish::{EventViolation, PublishError};
@@ -13,10 +14,10 @@ use crate::store::StoreError;
 /// An error answer: `{"error":{"code","message","details":[{"path","message"}]}}`.
 #[derive(Debug)]
 pub struct ApiError {
-    /// HTTP status.
+    /// HTTP status: the code's, unless the handler says otherwise.
     pub status: StatusCode,
-    /// Stable machine-readable code.
-    pub code: &'static str,
+    /// Stable machine-readable code (from the catalogue).
+    pub code: ErrorCode,
     /// Human-readable message.
     pub message: String,
     /// Paths at fault.
@@ -43,7 +44,7 @@ impl ApiError {
     /// the JSON pointer of what was wrong (`/target`, `/filter/keys/0`) in `details`.
     pub fn json_body<T: serde::de::DeserializeOwned>(
         bytes: &[u8],
-        code: &'static str,
+        code: ErrorCode,
         message: &str,
     ) -> Result<T, ApiError> {
         let mut de = serde_json::Deserializer::from_slice(bytes);
@@ -60,15 +61,15 @@ impl ApiError {
                     path: pointer,
                     message: e.inner().to_string(),
                 }],
-                ..ApiError::new(StatusCode::BAD_REQUEST, code, message.to_string())
+                ..ApiError::new(code, message.to_string())
             }
         })
     }
 
-    /// An error with no details.
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    /// An error with no details, answered with its code's status.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
-            status,
+            status: code.status(),
             code,
             message: message.into(),
             details: Vec::new(),
@@ -79,8 +80,7 @@ impl ApiError {
     /// 404 for a subscription name that does not exist.
     pub fn unknown_subscription(name: &str) -> Self {
         Self::new(
-            StatusCode::NOT_FOUND,
-            "unknown_subscription",
+            ErrorCode::UnknownSubscription,
             format!("no subscription named `{name}`"),
         )
     }
@@ -90,22 +90,17 @@ impl ApiError {
         tracing::warn!(error = %err, "{what} failed");
         Self {
             retry_after: Some(1),
-            ..Self::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "store_unavailable",
-                "redis is unavailable",
-            )
+            ..Self::new(ErrorCode::StoreUnavailable, "redis is unavailable")
         }
     }
 
     /// 401: no principal; answered with `WWW-Authenticate`.
     pub fn unauthorized(why: AuthError) -> Response {
         let code = match why {
-            AuthError::Missing => "unauthenticated",
-            AuthError::Invalid => "invalid_token",
+            AuthError::Missing => ErrorCode::Unauthenticated,
+            AuthError::Invalid => ErrorCode::InvalidToken,
         };
-        let mut response =
-            Self::new(StatusCode::UNAUTHORIZED, code, why.to_string()).into_response();
+        let mut response = Self::new(code, why.to_string()).into_response();
         let challenge = match why {
             AuthError::Missing => "Bearer realm=\"evrouter\"",
             AuthError::Invalid => "Bearer realm=\"evrouter\", error=\"invalid_token\"",
@@ -119,7 +114,7 @@ impl ApiError {
 
     /// 403: the principal may not do this; the message names what refused it.
     pub fn forbidden(denied: Denied) -> Self {
-        Self::new(StatusCode::FORBIDDEN, "forbidden", denied.0)
+        Self::new(ErrorCode::Forbidden, denied.0)
     }
 
     /// 429: over a quota; `Retry-After` says when to come back (413 when the request can
@@ -128,23 +123,15 @@ impl ApiError {
         match limited.retry_after {
             Some(wait) => Self {
                 retry_after: Some(wait.as_secs_f64().ceil().max(1.0) as u32),
-                ..Self::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "rate_limited",
-                    limited.message,
-                )
+                ..Self::new(ErrorCode::RateLimited, limited.message)
             },
-            None => Self::new(StatusCode::PAYLOAD_TOO_LARGE, "over_quota", limited.message),
+            None => Self::new(ErrorCode::OverQuota, limited.message),
         }
     }
 
     /// 404 for a path no route serves.
     pub fn not_found(path: &str) -> Self {
-        Self::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no route for {path}"),
-        )
+        Self::new(ErrorCode::NotFound, format!("no route for {path}"))
     }
 }
 
@@ -158,7 +145,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = Body {
             error: Inner {
-                code: self.code,
+                code: self.code.as_str(),
                 message: &self.message,
                 details: &self.details,
             },
@@ -186,41 +173,28 @@ impl From<PublishError> for ApiError {
     fn from(err: PublishError) -> Self {
         let message = err.to_string();
         match err {
-            PublishError::InvalidTopic(_) => {
-                Self::new(StatusCode::BAD_REQUEST, "invalid_topic", message)
-            }
-            PublishError::NotUtf8(_) => {
-                Self::new(StatusCode::BAD_REQUEST, "invalid_encoding", message)
-            }
-            PublishError::TooDeep(_) => Self::new(StatusCode::BAD_REQUEST, "too_deep", message),
-            PublishError::MalformedJson { .. } => {
-                Self::new(StatusCode::BAD_REQUEST, "malformed_json", message)
-            }
-            PublishError::EmptyBatch => Self::new(StatusCode::BAD_REQUEST, "empty_batch", message),
-            PublishError::BatchTooLarge { .. } => {
-                Self::new(StatusCode::PAYLOAD_TOO_LARGE, "batch_too_large", message)
-            }
+            PublishError::InvalidTopic(_) => Self::new(ErrorCode::InvalidTopic, message),
+            PublishError::NotUtf8(_) => Self::new(ErrorCode::InvalidEncoding, message),
+            PublishError::TooDeep(_) => Self::new(ErrorCode::TooDeep, message),
+            PublishError::MalformedJson { .. } => Self::new(ErrorCode::MalformedJson, message),
+            PublishError::EmptyBatch => Self::new(ErrorCode::EmptyBatch, message),
+            PublishError::BatchTooLarge { .. } => Self::new(ErrorCode::BatchTooLarge, message),
             PublishError::Invalid(details) => Self {
                 details,
-                ..Self::new(StatusCode::BAD_REQUEST, "invalid_event", message)
+                ..Self::new(ErrorCode::InvalidEvent, message)
             },
-            PublishError::NoStream(_) => Self::new(StatusCode::BAD_REQUEST, "no_stream", message),
+            PublishError::NoStream(_) => Self::new(ErrorCode::NoStream, message),
             PublishError::RateLimited(limited) => Self::rate_limited(limited),
             PublishError::Unavailable(StoreError::Refused(why)) => {
                 tracing::error!(error = %why, "redis refused a write");
-                Self::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "store_error",
-                    "the event store refused the write",
-                )
+                Self::new(ErrorCode::StoreError, "the event store refused the write")
             }
             PublishError::Unavailable(StoreError::Full(why)) => {
                 tracing::warn!(error = %why, "publish refused: redis is full");
                 Self {
                     retry_after: Some(5),
                     ..Self::new(
-                        StatusCode::INSUFFICIENT_STORAGE,
-                        "store_full",
+                        ErrorCode::StoreFull,
                         "the event store is full; nothing of this request was stored; retry later",
                     )
                 }
@@ -231,23 +205,26 @@ impl From<PublishError> for ApiError {
                 }
                 // The cause goes to the log; the client learns what to do.
                 let (code, message) = match store {
-                    StoreError::Busy => ("overloaded", "evrouter is at capacity; retry later"),
+                    StoreError::Busy => (
+                        ErrorCode::Overloaded,
+                        "evrouter is at capacity; retry later",
+                    ),
                     StoreError::Closed => (
-                        "shutting_down",
+                        ErrorCode::ShuttingDown,
                         "evrouter is shutting down; retry on another instance",
                     ),
                     StoreError::Timeout => (
-                        "store_unavailable",
+                        ErrorCode::StoreUnavailable,
                         "the event store did not confirm in time; retry later",
                     ),
                     _ => (
-                        "store_unavailable",
+                        ErrorCode::StoreUnavailable,
                         "the event store is unavailable; retry later",
                     ),
                 };
                 Self {
                     retry_after: Some(1),
-                    ..Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
+                    ..Self::new(code, message)
                 }
             }
         }

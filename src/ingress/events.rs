@@ -7,7 +7,6 @@ use std::time::SystemTime;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::Deserialize;
@@ -17,6 +16,7 @@ use super::AppState;
 use crate::auth::Principal;
 use crate::eventstore::query::{Cursor, EventFilter, TracedEvent};
 use crate::eventstore::EventStore;
+use crate::ingress::codes::ErrorCode;
 use crate::ingress::error::ApiError;
 
 /// The filters of `GET /v1/events`.
@@ -38,14 +38,13 @@ pub struct EventsQuery {
 }
 
 fn bad(message: String) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+    ApiError::new(ErrorCode::InvalidRequest, message)
 }
 
 /// `404 event_store_off`: no `[eventstore] url`.
 pub(super) fn event_store_off() -> ApiError {
     ApiError::new(
-        StatusCode::NOT_FOUND,
-        "event_store_off",
+        ErrorCode::EventStoreOff,
         "no event store is configured ([eventstore] url)",
     )
 }
@@ -54,8 +53,7 @@ pub(super) fn event_store_off() -> ApiError {
 pub(super) fn unavailable(err: impl std::fmt::Display) -> ApiError {
     tracing::warn!(error = %err, "event store call failed");
     let mut error = ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "event_store_unavailable",
+        ErrorCode::EventStoreUnavailable,
         "the event store (PostgreSQL) did not answer",
     );
     error.retry_after = Some(1);
@@ -131,8 +129,7 @@ pub async fn one(
     match found.into_iter().next() {
         Some(event) => Ok(Json(event).into_response()),
         None => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "unknown_event",
+            ErrorCode::UnknownEvent,
             format!("no archived event `{event_id}` this caller may see"),
         )),
     }

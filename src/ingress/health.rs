@@ -3,11 +3,11 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::StatusCode;
 use axum::Json;
 use serde_json::{json, Value};
 
 use super::AppState;
+use crate::ingress::codes::ErrorCode;
 use crate::ingress::error::ApiError;
 
 /// `GET /healthz`: the process is up.
@@ -24,8 +24,7 @@ pub async fn readyz(State(app): State<Arc<AppState>>) -> Result<Json<Value>, Api
             .map(|(part, why)| format!("{part} ({why})"))
             .collect();
         return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "part_down",
+            ErrorCode::PartDown,
             format!("not ready: {}", named.join(", ")),
         ));
     }
@@ -36,14 +35,12 @@ pub async fn readyz(State(app): State<Arc<AppState>>) -> Result<Json<Value>, Api
         Ok(Err(err)) => {
             tracing::debug!(error = %err, "readiness PING failed");
             Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "store_unavailable",
+                ErrorCode::StoreUnavailable,
                 "redis is unreachable",
             ))
         }
         Err(_) => Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "store_unavailable",
+            ErrorCode::StoreUnavailable,
             "redis did not answer PING in time",
         )),
     }

@@ -4,6 +4,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod codes;
 pub mod dapr;
 pub mod dlq;
 pub mod error;
@@ -25,7 +26,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::OriginalUri;
-use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::Extension;
 use tower::Layer;
@@ -44,6 +44,7 @@ use crate::publish::Publisher;
 use crate::store::audit::AuditLog;
 use crate::webhook::dapr::apps::AppSubscriptions;
 use crate::webhook::guard::Guard;
+use codes::ErrorCode;
 use error::ApiError;
 
 /// What every handler can reach.
@@ -132,8 +133,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(|OriginalUri(uri): OriginalUri| async move { ApiError::not_found(uri.path()) })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
+                ErrorCode::MethodNotAllowed,
                 "method not allowed on this path",
             )
         })

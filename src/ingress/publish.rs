@@ -12,6 +12,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use super::AppState;
 use crate::auth::Principal;
+use crate::ingress::codes::ErrorCode;
 use crate::ingress::error::ApiError;
 use crate::publish::PublishContext;
 
@@ -31,7 +32,7 @@ pub async fn publish(
             Ok((StatusCode::OK, Json(outcome)).into_response())
         }
         Err(err) => {
-            app.metrics.rejected("native", err.code);
+            app.metrics.rejected("native", err.code.as_str());
             Err(err)
         }
     }
@@ -45,8 +46,7 @@ async fn store(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<(String, crate::publish::PublishOutcome), ApiError> {
-    let Path(topic) = topic
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_topic", e.body_text()))?;
+    let Path(topic) = topic.map_err(|e| ApiError::new(ErrorCode::InvalidTopic, e.body_text()))?;
     principal.may_publish(&topic)?;
     check_content_type(headers)?;
     let bytes = read_body(headers, body, app.max_body_bytes, app.body_read_timeout).await?;
@@ -86,8 +86,7 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
         Ok(())
     } else {
         Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
+            ErrorCode::UnsupportedMediaType,
             format!("content-type `{essence}` is not JSON; send application/json"),
         ))
     }
@@ -104,8 +103,7 @@ pub async fn read_body(
 ) -> Result<bytes::Bytes, ApiError> {
     let too_large = || {
         ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
+            ErrorCode::BodyTooLarge,
             format!("request body exceeds {limit} bytes"),
         )
     };
@@ -120,8 +118,7 @@ pub async fn read_body(
         .await
         .map_err(|_| {
             ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "body_timeout",
+                ErrorCode::BodyTimeout,
                 format!("the request body did not arrive within {timeout:?}"),
             )
         })?;
@@ -129,8 +126,7 @@ pub async fn read_body(
         Ok(collected) => Ok(collected.to_bytes()),
         Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
         Err(err) => Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "body_read_failed",
+            ErrorCode::BodyReadFailed,
             format!("could not read the request body: {err}"),
         )),
     }

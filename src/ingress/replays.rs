@@ -15,6 +15,7 @@ use super::publish::read_body;
 use super::AppState;
 use crate::auth::Principal;
 use crate::eventstore::replay::{ReplayError, ReplaySpec, ReplayStatus, Replays, Target};
+use crate::ingress::codes::ErrorCode;
 use crate::ingress::error::ApiError;
 
 fn replays_of(app: &AppState) -> Result<&Arc<Replays>, ApiError> {
@@ -25,18 +26,13 @@ fn replays_of(app: &AppState) -> Result<&Arc<Replays>, ApiError> {
 
 fn api_error(err: ReplayError) -> ApiError {
     match err {
-        ReplayError::Invalid(message) => {
-            ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", message)
-        }
+        ReplayError::Invalid(message) => ApiError::new(ErrorCode::InvalidRequest, message),
         ReplayError::UnknownSubscription(name) => ApiError::unknown_subscription(&name),
-        ReplayError::Unknown(id) => ApiError::new(
-            StatusCode::NOT_FOUND,
-            "unknown_replay",
-            format!("no replay `{id}`"),
-        ),
+        ReplayError::Unknown(id) => {
+            ApiError::new(ErrorCode::UnknownReplay, format!("no replay `{id}`"))
+        }
         ReplayError::Running(id) => ApiError::new(
-            StatusCode::CONFLICT,
-            "replay_running",
+            ErrorCode::ReplayRunning,
             format!("replay `{id}` is running or done"),
         ),
         ReplayError::Store(err) => super::events::unavailable(err),
@@ -72,8 +68,11 @@ pub async fn start(
 ) -> Result<Response, ApiError> {
     let replays = replays_of(&app)?.clone();
     let bytes = read_body(&headers, body, app.max_body_bytes, app.body_read_timeout).await?;
-    let spec: ReplaySpec =
-        ApiError::json_body(&bytes, "invalid_request", "the replay body is not valid")?;
+    let spec: ReplaySpec = ApiError::json_body(
+        &bytes,
+        ErrorCode::InvalidRequest,
+        "the replay body is not valid",
+    )?;
     may_run(&app, &principal, &spec.target)?;
     let status = replays
         .start(spec, &principal.name)

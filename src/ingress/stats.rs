@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use super::error::ApiError;
 use super::AppState;
 use crate::auth::{Denied, Principal};
-use crate::metrics::{Metrics, Recorded, Unit};
+use crate::metrics::{catalogue, Metrics, Recorded, Unit};
 
 /// Counters of every subscription running on this instance; for a principal with
 /// `metrics` or `admin`, or anyone when `auth.open_metrics` is set.
@@ -38,9 +38,9 @@ fn histograms(metrics: &Metrics) -> Vec<Value> {
     metrics
         .series()
         .into_iter()
-        .filter(|s| s.name != "evrouter_delivery_latency_seconds")
+        .filter(|s| *s.metric != catalogue::DELIVERY_LATENCY_SECONDS)
         .map(|s| {
-            let scale = match s.unit {
+            let scale = match s.unit() {
                 Unit::Micros => 1000.0,
                 Unit::Count => 1.0,
             };
@@ -61,8 +61,8 @@ fn histograms(metrics: &Metrics) -> Vec<Value> {
                 .map(|(k, v)| (k.to_string(), Value::String(v.clone())))
                 .collect();
             json!({
-                "name": s.name,
-                "unit": match s.unit { Unit::Micros => "ms", Unit::Count => "entries" },
+                "name": s.metric.name,
+                "unit": match s.unit() { Unit::Micros => "ms", Unit::Count => "entries" },
                 "labels": labels,
                 "since_start": show(&s.id.snapshot()),
                 "last_minute": show(&metrics.last_minute(s.id)),

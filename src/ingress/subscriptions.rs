@@ -13,6 +13,7 @@ use super::AppState;
 use crate::auth::Principal;
 use crate::delivery::registry::{Bounds, Created, Full};
 use crate::delivery::subscription::Subscription;
+use crate::ingress::codes::ErrorCode;
 use crate::ingress::error::ApiError;
 use crate::model::subscription::SubscriptionSpec;
 use crate::publish::EventViolation;
@@ -33,14 +34,13 @@ fn parse(
     let invalid = |details: Vec<EventViolation>| ApiError {
         details,
         ..ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_subscription",
+            ErrorCode::InvalidSubscription,
             "the subscription is not valid",
         )
     };
     let mut spec: SubscriptionSpec = ApiError::json_body(
         bytes,
-        "invalid_subscription",
+        ErrorCode::InvalidSubscription,
         "the subscription is not valid",
     )?;
     if let Some(name) = name_from_path {
@@ -121,8 +121,7 @@ async fn check_endpoints(app: &AppState, sub: &Subscription) -> Result<(), ApiEr
     Err(ApiError {
         details,
         ..ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "endpoint_refused",
+            ErrorCode::EndpointRefused,
             "an endpoint is on an address webhooks may not go to",
         )
     })
@@ -178,8 +177,7 @@ fn bounds<'a>(app: &AppState, principal: &'a Principal, sub: &'a Subscription) -
 fn refused(principal: &Principal, full: Full) -> ApiError {
     match full {
         Full::Owner { owned } => ApiError::new(
-            StatusCode::FORBIDDEN,
-            "subscription_limit",
+            ErrorCode::SubscriptionLimit,
             format!(
                 "principal `{}` owns {owned} subscriptions, its most \
                  (auth.principals.max_subscriptions = {}); delete one first",
@@ -187,8 +185,7 @@ fn refused(principal: &Principal, full: Full) -> ApiError {
             ),
         ),
         Full::Total { stored } => ApiError::new(
-            StatusCode::CONFLICT,
-            "subscription_limit_total",
+            ErrorCode::SubscriptionLimitTotal,
             format!(
                 "evrouter holds {stored} subscriptions, its most \
                  (delivery.max_subscriptions); delete one first"
@@ -233,8 +230,7 @@ pub async fn create(
         Created::Unchanged => Ok((StatusCode::OK, Json(sub.spec)).into_response()),
         Created::Full(full) => Err(refused(&principal, full)),
         Created::Conflict | Created::Replaced => Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "subscription_exists",
+            ErrorCode::SubscriptionExists,
             format!(
                 "a different subscription named `{}` exists; PUT /v1/subscriptions/{} replaces it",
                 sub.name(),
@@ -310,8 +306,7 @@ pub async fn rotate_secret(
         }))
         .into_response()),
         None if app.delivery.registry().get(&name).is_some() => Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "not_signed",
+            ErrorCode::NotSigned,
             format!("`{name}` is a Dapr app's subscription: its deliveries are not signed"),
         )),
         None => Err(ApiError::unknown_subscription(&name)),
@@ -339,12 +334,14 @@ pub async fn rewind(
     let bytes =
         super::publish::read_body(&headers, body, app.max_body_bytes, app.body_read_timeout)
             .await?;
-    let request: RewindBody =
-        ApiError::json_body(&bytes, "invalid_request", "the rewind body is not valid")?;
+    let request: RewindBody = ApiError::json_body(
+        &bytes,
+        ErrorCode::InvalidRequest,
+        "the rewind body is not valid",
+    )?;
     let to = humantime::parse_rfc3339_weak(&request.to).map_err(|e| {
         ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
+            ErrorCode::InvalidRequest,
             format!("`to` is not an RFC 3339 time ({e}): `{}`", request.to),
         )
     })?;

@@ -1,12 +1,13 @@
 //! Built-in metrics: histograms recorded per thread without a shared lock ([`histogram`]),
-//! labelled counters, and the register of both that `/metrics` and `/v1/stats` read. A
-//! floor of its own just above the model: the store, publishing and delivery record here;
-//! only the HTTP layer renders.
+//! labelled counters, and the register of both that `/metrics` and `/v1/stats` read; every
+//! metric is named in the [`catalogue`]. A floor of its own just above the model: the
+//! store, publishing and delivery record here; only the HTTP layer renders.
 //!
 //! Labels are bounded: subscription names, endpoints and topic families come from
 //! configuration or are capped ([`MAX_LABEL_VALUES`] per counter, the rest counted as
 //! `other`); no event id or key is ever a label.
 
+pub mod catalogue;
 pub mod histogram;
 
 use std::collections::VecDeque;
@@ -16,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 
+pub use catalogue::{Kind, Metric};
 pub use histogram::{HistogramId, Recorded};
 
 use crate::model::sync::lock;
@@ -35,39 +37,40 @@ pub enum Unit {
     Count,
 }
 
-/// One registered histogram: a metric name with one set of labels.
+/// One registered histogram: a metric of the catalogue with one set of labels.
 #[derive(Debug, Clone)]
 pub struct Series {
-    /// Prometheus name (`evrouter_…`).
-    pub name: &'static str,
-    /// Help text.
-    pub help: &'static str,
-    /// What the values are.
-    pub unit: Unit,
+    /// Its entry in the catalogue (a histogram).
+    pub metric: &'static Metric,
     /// Label names and values.
     pub labels: Vec<(&'static str, String)>,
     /// Where its samples are.
     pub id: HistogramId,
 }
 
+impl Series {
+    /// What its values are.
+    pub fn unit(&self) -> Unit {
+        match self.metric.kind {
+            Kind::Histogram(unit) => unit,
+            Kind::Counter | Kind::Gauge => Unit::Count,
+        }
+    }
+}
+
 /// A counter with labels; values are found by their label values joined.
 #[derive(Debug)]
 pub struct Counter {
-    /// Prometheus name, without `_total`.
-    pub name: &'static str,
-    /// Help text.
-    pub help: &'static str,
-    /// Label names.
-    pub labels: &'static [&'static str],
+    /// Its entry in the catalogue: name, help, label names.
+    pub metric: &'static Metric,
     values: DashMap<String, Arc<AtomicU64>>,
 }
 
 impl Counter {
-    fn new(name: &'static str, help: &'static str, labels: &'static [&'static str]) -> Self {
+    fn new(metric: &'static Metric) -> Self {
+        debug_assert_eq!(metric.kind, Kind::Counter, "{}", metric.name);
         Self {
-            name,
-            help,
-            labels,
+            metric,
             values: DashMap::new(),
         }
     }
@@ -144,49 +147,40 @@ impl Default for Metrics {
             publish_durations: DashMap::new(),
             windows: Mutex::new(VecDeque::new()),
             publish: PublishCounters {
-                published: Counter::new(
-                    "evrouter_published",
-                    "Events stored, by topic family and API.",
-                    &["family", "api"],
-                ),
-                rejected: Counter::new(
-                    "evrouter_rejected",
-                    "Publish requests refused (nothing of them stored), by reason and API.",
-                    &["reason", "api"],
-                ),
+                published: Counter::new(&catalogue::PUBLISHED),
+                rejected: Counter::new(&catalogue::REJECTED),
             },
-            refused: Counter::new(
-                "evrouter_requests_refused",
-                "Requests refused for want of a valid token or of a right, by reason \
-                 (unauthenticated, forbidden) and API (http, grpc).",
-                &["reason", "api"],
-            ),
+            refused: Counter::new(&catalogue::REQUESTS_REFUSED),
             started: Instant::now(),
         }
     }
 }
 
 impl Metrics {
-    /// The histogram `name` with `labels`: registered once, the same id after.
-    pub fn histogram(
-        &self,
-        name: &'static str,
-        help: &'static str,
-        unit: Unit,
-        labels: Vec<(&'static str, String)>,
-    ) -> HistogramId {
+    /// The histogram `metric` with the label `values` (one per label name of the
+    /// catalogue's entry): registered once, the same id after.
+    pub fn histogram(&self, metric: &'static Metric, values: &[&str]) -> HistogramId {
+        debug_assert!(
+            matches!(metric.kind, Kind::Histogram(_)),
+            "{} is not a histogram",
+            metric.name
+        );
+        debug_assert_eq!(metric.labels.len(), values.len(), "{}", metric.name);
+        let labels: Vec<(&'static str, String)> = metric
+            .labels
+            .iter()
+            .zip(values)
+            .map(|(k, v)| (*k, v.to_string()))
+            .collect();
         let mut series = lock(&self.series);
-        if let Some(s) = series.iter().find(|s| s.name == name && s.labels == labels) {
+        if let Some(s) = series
+            .iter()
+            .find(|s| s.metric == metric && s.labels == labels)
+        {
             return s.id;
         }
         let id = HistogramId::new();
-        series.push(Series {
-            name,
-            help,
-            unit,
-            labels,
-            id,
-        });
+        series.push(Series { metric, labels, id });
         id
     }
 
@@ -203,12 +197,7 @@ impl Metrics {
                 } else {
                     family
                 };
-                let id = self.histogram(
-                    "evrouter_publish_duration_seconds",
-                    "Publish requests: read and parsed to stored in Redis, per topic family and API.",
-                    Unit::Micros,
-                    vec![("family", family.to_string()), ("api", api.to_string())],
-                );
+                let id = self.histogram(&catalogue::PUBLISH_DURATION_SECONDS, &[family, api]);
                 *self.publish_durations.entry(key).or_insert(id)
             }
         };
@@ -291,18 +280,8 @@ impl Metrics {
     /// The round-trip histograms of `op`.
     pub fn round_trip(&self, op: &'static str) -> RoundTrip {
         RoundTrip {
-            duration: self.histogram(
-                "evrouter_redis_round_trip_seconds",
-                "Redis round trips of the hot path: batched writes, reads, acks.",
-                Unit::Micros,
-                vec![("op", op.to_string())],
-            ),
-            size: self.histogram(
-                "evrouter_redis_batch_entries",
-                "Entries carried by one Redis round trip of the hot path.",
-                Unit::Count,
-                vec![("op", op.to_string())],
-            ),
+            duration: self.histogram(&catalogue::REDIS_ROUND_TRIP_SECONDS, &[op]),
+            size: self.histogram(&catalogue::REDIS_BATCH_ENTRIES, &[op]),
         }
     }
 }
@@ -334,12 +313,26 @@ pub fn spawn_windows(metrics: Arc<Metrics>) -> tokio::task::JoinHandle<()> {
 mod tests {
     use super::*;
 
+    const X: Metric = Metric {
+        name: "x_seconds",
+        kind: Kind::Histogram(Unit::Micros),
+        labels: &["s"],
+        help: "x",
+    };
+
+    const Y: Metric = Metric {
+        name: "y_seconds",
+        kind: Kind::Histogram(Unit::Micros),
+        labels: &[],
+        help: "y",
+    };
+
     #[test]
     fn series_are_registered_once_and_counters_cap_their_labels() {
         let metrics = Metrics::default();
-        let a = metrics.histogram("x_seconds", "x", Unit::Micros, vec![("s", "a".into())]);
-        let again = metrics.histogram("x_seconds", "x", Unit::Micros, vec![("s", "a".into())]);
-        let b = metrics.histogram("x_seconds", "x", Unit::Micros, vec![("s", "b".into())]);
+        let a = metrics.histogram(&X, &["a"]);
+        let again = metrics.histogram(&X, &["a"]);
+        let b = metrics.histogram(&X, &["b"]);
         assert_eq!(a, again);
         assert_ne!(a, b);
         assert_eq!(metrics.series().len(), 2);
@@ -359,7 +352,7 @@ mod tests {
     #[test]
     fn the_last_minute_is_what_came_after_the_oldest_snapshot() {
         let metrics = Metrics::default();
-        let id = metrics.histogram("y_seconds", "y", Unit::Micros, Vec::new());
+        let id = metrics.histogram(&Y, &[]);
         id.record(5_000);
         assert_eq!(metrics.last_minute(id).count(), 1, "since start at first");
         metrics.step();

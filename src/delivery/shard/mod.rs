@@ -32,7 +32,7 @@ use super::stats::SubscriptionStats;
 use super::subscription::Subscription;
 use super::transport::{Reply, Subscriber};
 use crate::health::Part;
-use crate::metrics::{HistogramId, Metrics, Unit};
+use crate::metrics::{catalogue, HistogramId, Metrics};
 use crate::model::clock::now_ms;
 use crate::model::dead_letter::Failure;
 use crate::model::subscription::Ordering;
@@ -125,23 +125,14 @@ impl RequestMetrics {
         let duration = endpoints
             .iter()
             .map(|url| {
+                let endpoint = crate::metrics::endpoint_label(url);
                 metrics.histogram(
-                    "evrouter_webhook_request_seconds",
-                    "Webhook requests: sent to answered (or failed), per subscription and endpoint.",
-                    Unit::Micros,
-                    vec![
-                        ("subscription", subscription.to_string()),
-                        ("endpoint", crate::metrics::endpoint_label(url)),
-                    ],
+                    &catalogue::WEBHOOK_REQUEST_SECONDS,
+                    &[subscription, &endpoint],
                 )
             })
             .collect();
-        let size = metrics.histogram(
-            "evrouter_webhook_request_events",
-            "Events per webhook request (1 in single mode).",
-            Unit::Count,
-            vec![("subscription", subscription.to_string())],
-        );
+        let size = metrics.histogram(&catalogue::WEBHOOK_REQUEST_EVENTS, &[subscription]);
         Self { duration, size }
     }
 

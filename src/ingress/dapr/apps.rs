@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Extension;
 
 use crate::auth::Principal;
+use crate::ingress::codes::ErrorCode;
 use crate::ingress::error::ApiError;
 use crate::ingress::AppState;
 use crate::webhook::dapr::apps::AppError;
@@ -22,30 +23,23 @@ pub async fn refresh(
         return ApiError::forbidden(denied).into_response();
     }
     let Some(config) = app.dapr_apps.app(&id).cloned() else {
-        return (
-            StatusCode::NOT_FOUND,
-            axum::Json(serde_json::json!({
-                "error": {"code": "unknown_app", "message": format!("no Dapr app `{id}` is configured")}
-            })),
+        return ApiError::new(
+            ErrorCode::UnknownApp,
+            format!("no Dapr app `{id}` is configured"),
         )
-            .into_response();
+        .into_response();
     };
     match app.dapr_apps.sync(&config).await {
         Ok(names) => {
             axum::Json(serde_json::json!({ "app": id, "subscriptions": names })).into_response()
         }
         Err(err) => {
-            let status = match err {
-                AppError::Store { .. } => StatusCode::SERVICE_UNAVAILABLE,
-                _ => StatusCode::BAD_GATEWAY,
-            };
-            (
-                status,
-                axum::Json(serde_json::json!({
-                    "error": {"code": "app_not_read", "message": err.to_string()}
-                })),
-            )
-                .into_response()
+            let mut error = ApiError::new(ErrorCode::AppNotRead, err.to_string());
+            if let AppError::Store { .. } = err {
+                // Redis failed, not the app.
+                error.status = StatusCode::SERVICE_UNAVAILABLE;
+            }
+            error.into_response()
         }
     }
 }

@@ -4,6 +4,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
 use crate::auth::quota::Limited;
+use crate::ingress::codes::DaprCode;
 use crate::ingress::error::ApiError;
 use crate::publish::dapr::DaprRefusal;
 use crate::publish::PublishError;
@@ -13,8 +14,8 @@ use crate::publish::PublishError;
 pub struct DaprError {
     /// HTTP status.
     pub status: StatusCode,
-    /// Dapr's error code.
-    pub code: &'static str,
+    /// Dapr's error code (from the catalogue).
+    pub code: DaprCode,
     /// What went wrong.
     pub message: String,
     /// Seconds to put in `Retry-After`.
@@ -22,10 +23,10 @@ pub struct DaprError {
 }
 
 impl DaprError {
-    /// An error with Dapr's `code`.
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    /// An error with Dapr's `code`, answered with its usual status.
+    pub fn new(code: DaprCode, message: impl Into<String>) -> Self {
         Self {
-            status,
+            status: code.status(),
             code,
             message: message.into(),
             retry_after: None,
@@ -34,45 +35,36 @@ impl DaprError {
 
     /// 400: the body could not be made a CloudEvent.
     pub fn bad_cloudevent(message: impl Into<String>) -> Self {
-        Self::new(
-            StatusCode::BAD_REQUEST,
-            "ERR_PUBSUB_CLOUD_EVENTS_SER",
-            message,
-        )
+        Self::new(DaprCode::CloudEventsSer, message)
     }
 
     /// 400: a `metadata.*` value is wrong.
     pub fn bad_metadata(message: impl Into<String>) -> Self {
-        Self::new(
-            StatusCode::BAD_REQUEST,
-            "ERR_PUBSUB_REQUEST_METADATA",
-            message,
-        )
+        Self::new(DaprCode::RequestMetadata, message)
     }
 
     /// 400: a bulk publish body is not a list of entries.
     pub fn bad_bulk(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "ERR_PUBSUB_EVENTS_SER", message)
+        Self::new(DaprCode::EventsSer, message)
     }
 
     /// The body could not be read (too large, too slow, broken): its status is kept.
     pub fn from_api(err: ApiError) -> Self {
-        Self::new(err.status, "ERR_PUBSUB_REQUEST_BODY", err.message)
+        Self {
+            status: err.status,
+            ..Self::new(DaprCode::RequestBody, err.message)
+        }
     }
 
     /// A publish the store did not take.
     pub fn from_publish(err: PublishError) -> Self {
         let message = err.to_string();
         match err {
-            PublishError::InvalidTopic(_) => {
-                Self::new(StatusCode::BAD_REQUEST, "ERR_PUBSUB_TOPIC_INVALID", message)
+            PublishError::InvalidTopic(_) => Self::new(DaprCode::TopicInvalid, message),
+            PublishError::Unavailable(_) | PublishError::NoStream(_) => {
+                Self::new(DaprCode::PublishMessage, message)
             }
-            PublishError::Unavailable(_) | PublishError::NoStream(_) => Self::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "ERR_PUBSUB_PUBLISH_MESSAGE",
-                message,
-            ),
-            _ => Self::new(StatusCode::BAD_REQUEST, "ERR_PUBSUB_EVENTS_SER", message),
+            _ => Self::new(DaprCode::EventsSer, message),
         }
     }
 }
@@ -82,7 +74,8 @@ impl From<Limited> for DaprError {
         let api = ApiError::rate_limited(limited);
         Self {
             retry_after: api.retry_after,
-            ..Self::new(api.status, "ERR_PUBSUB_PUBLISH_MESSAGE", api.message)
+            status: api.status,
+            ..Self::new(DaprCode::PublishMessage, api.message)
         }
     }
 }
@@ -91,18 +84,10 @@ impl From<DaprRefusal> for DaprError {
     fn from(refusal: DaprRefusal) -> Self {
         let message = refusal.to_string();
         match refusal {
-            DaprRefusal::PubsubNotFound(_) => {
-                Self::new(StatusCode::NOT_FOUND, "ERR_PUBSUB_NOT_FOUND", message)
-            }
-            DaprRefusal::TopicEmpty(_) => {
-                Self::new(StatusCode::NOT_FOUND, "ERR_TOPIC_NAME_EMPTY", message)
-            }
-            DaprRefusal::TopicForbidden { .. } => {
-                Self::new(StatusCode::FORBIDDEN, "ERR_PUBSUB_FORBIDDEN", message)
-            }
-            DaprRefusal::TopicInvalid(_) => {
-                Self::new(StatusCode::BAD_REQUEST, "ERR_PUBSUB_TOPIC_INVALID", message)
-            }
+            DaprRefusal::PubsubNotFound(_) => Self::new(DaprCode::PubsubNotFound, message),
+            DaprRefusal::TopicEmpty(_) => Self::new(DaprCode::TopicNameEmpty, message),
+            DaprRefusal::TopicForbidden { .. } => Self::new(DaprCode::PubsubForbidden, message),
+            DaprRefusal::TopicInvalid(_) => Self::new(DaprCode::TopicInvalid, message),
             DaprRefusal::BadCloudEvent(_) => Self::bad_cloudevent(message),
             DaprRefusal::BadMetadata(_) => Self::bad_metadata(message),
             DaprRefusal::InvalidEvent(_) => Self::bad_cloudevent(message),
@@ -115,7 +100,7 @@ impl IntoResponse for DaprError {
         let mut response = (
             self.status,
             axum::Json(serde_json::json!({
-                "errorCode": self.code,
+                "errorCode": self.code.as_str(),
                 "message": self.message,
             })),
         )

@@ -17,10 +17,11 @@ use axum::http::StatusCode;
 use dapr::dapr::proto::runtime::v1 as pb;
 use tonic::metadata::MetadataMap;
 use tonic::server::{Grpc, NamedService};
-use tonic::{Code, Request, Response, Status};
+use tonic::{Request, Response, Status};
 
 use super::error::DaprError;
 use crate::auth::Principal;
+use crate::ingress::codes::DaprCode;
 use crate::ingress::refusals::{self, Refused};
 use crate::ingress::{AppState, ClientAddr};
 use crate::model::cloudevent;
@@ -147,7 +148,7 @@ impl DaprGrpc {
     ) -> Result<Response<T>, Status> {
         match &answer {
             Ok((target, stored, _)) => self.app.metrics.published("dapr", target, started, *stored),
-            Err(err) => self.app.metrics.rejected("dapr", err.code),
+            Err(err) => self.app.metrics.rejected("dapr", err.code.as_str()),
         }
         answer.map(|(_, _, t)| Response::new(t)).map_err(status)
     }
@@ -196,9 +197,9 @@ impl DaprGrpc {
         topic: &str,
     ) -> Result<String, DaprError> {
         let target = self.app.dapr.target(pubsub, topic)?;
-        principal.may_publish(&target).map_err(|denied| {
-            DaprError::new(StatusCode::FORBIDDEN, "ERR_PUBSUB_FORBIDDEN", denied.0)
-        })?;
+        principal
+            .may_publish(&target)
+            .map_err(|denied| DaprError::new(DaprCode::PubsubForbidden, denied.0))?;
         Ok(target)
     }
 
@@ -353,23 +354,13 @@ fn caller(metadata: &MetadataMap) -> Caller {
     super::publish::caller(&metadata.clone().into_headers())
 }
 
-/// The gRPC status of an error of the Dapr API: the codes Dapr answers, with Dapr's error
-/// code in front of the message.
+/// The gRPC status of an error of the Dapr API: the code the catalogue maps it to, with
+/// Dapr's error code in front of the message.
 fn status(err: DaprError) -> Status {
-    let code = match (err.status, err.code) {
-        (_, "ERR_PUBSUB_NOT_FOUND") => Code::NotFound,
-        (StatusCode::FORBIDDEN, _) => Code::PermissionDenied,
-        (StatusCode::UNAUTHORIZED, _) => Code::Unauthenticated,
-        (StatusCode::TOO_MANY_REQUESTS, _) => Code::ResourceExhausted,
-        (StatusCode::INTERNAL_SERVER_ERROR | StatusCode::SERVICE_UNAVAILABLE, _) => {
-            Code::Unavailable
-        }
-        (StatusCode::INSUFFICIENT_STORAGE | StatusCode::PAYLOAD_TOO_LARGE, _) => {
-            Code::ResourceExhausted
-        }
-        _ => Code::InvalidArgument,
-    };
-    Status::new(code, format!("{}: {}", err.code, err.message))
+    Status::new(
+        err.code.grpc(err.status),
+        format!("{}: {}", err.code, err.message),
+    )
 }
 
 /// One unary method: decodes the request, calls `handle`, encodes its answer.
@@ -448,8 +439,7 @@ fn too_large(bytes: usize, max: usize) -> Result<(), DaprError> {
         return Ok(());
     }
     Err(DaprError::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "ERR_PUBSUB_REQUEST_BODY",
+        DaprCode::RequestBody,
         format!("{bytes} bytes of events exceed server.max_body_bytes ({max})"),
     ))
 }

@@ -14,6 +14,7 @@ use serde_json::Value;
 
 use super::error::DaprError;
 use crate::auth::Principal;
+use crate::ingress::codes::DaprCode;
 use crate::ingress::publish::read_body;
 use crate::ingress::AppState;
 use crate::model::cloudevent;
@@ -72,9 +73,9 @@ async fn read_request(
     body: Body,
 ) -> Result<(String, Metadata, bytes::Bytes), DaprError> {
     let target = app.dapr.target(pubsub, topic)?;
-    principal.may_publish(&target).map_err(|denied| {
-        DaprError::new(StatusCode::FORBIDDEN, "ERR_PUBSUB_FORBIDDEN", denied.0)
-    })?;
+    principal
+        .may_publish(&target)
+        .map_err(|denied| DaprError::new(DaprCode::PubsubForbidden, denied.0))?;
     let mut metadata = Metadata::default();
     let pairs = query_pairs(query.as_deref());
     Metadata::read(
@@ -111,7 +112,7 @@ fn counted(
 ) -> Result<Response, DaprError> {
     match &answer {
         Ok((target, stored, _)) => app.metrics.published("dapr", target, started, *stored),
-        Err(err) => app.metrics.rejected("dapr", err.code),
+        Err(err) => app.metrics.rejected("dapr", err.code.as_str()),
     }
     answer.map(|(_, _, response)| response)
 }
@@ -271,10 +272,10 @@ async fn publish_many(
         .map(|(id, error)| serde_json::json!({ "entryId": id, "entryID": id, "error": error }))
         .collect();
     let response = (
-        StatusCode::INTERNAL_SERVER_ERROR,
+        DaprCode::PublishMessage.status(),
         axum::Json(serde_json::json!({
             "failedEntries": failed_entries,
-            "errorCode": "ERR_PUBSUB_PUBLISH_MESSAGE",
+            "errorCode": DaprCode::PublishMessage.as_str(),
         })),
     )
         .into_response();
@@ -284,8 +285,7 @@ async fn publish_many(
 /// 404 for a publish path without a topic.
 pub async fn empty_topic(Path(pubsub): Path<String>) -> DaprError {
     DaprError::new(
-        StatusCode::NOT_FOUND,
-        "ERR_TOPIC_NAME_EMPTY",
+        DaprCode::TopicNameEmpty,
         format!("topic is empty in pubsub {pubsub}"),
     )
 }

@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 use super::error::ApiError;
 use super::AppState;
 use crate::auth::Principal;
-use crate::metrics::{Metrics, Recorded};
+use crate::metrics::{catalogue, Metric, Metrics, Recorded};
 use crate::model::clock::now_ms;
 use crate::model::sync::lock;
 
@@ -61,9 +61,9 @@ struct Totals {
     end_to_end: Recorded,
 }
 
-fn merged(metrics: &Metrics, name: &str) -> Recorded {
+fn merged(metrics: &Metrics, metric: &Metric) -> Recorded {
     let mut all = Recorded::new();
-    for series in metrics.series().iter().filter(|s| s.name == name) {
+    for series in metrics.series().iter().filter(|s| s.metric == metric) {
         all.add(&series.id.snapshot());
     }
     all
@@ -92,8 +92,8 @@ impl Timeline {
                 .iter()
                 .map(|(_, s)| s.delivered.load(Relaxed))
                 .sum(),
-            publish: merged(&app.metrics, "evrouter_publish_duration_seconds"),
-            end_to_end: merged(&app.metrics, "evrouter_delivery_latency_seconds"),
+            publish: merged(&app.metrics, &catalogue::PUBLISH_DURATION_SECONDS),
+            end_to_end: merged(&app.metrics, &catalogue::DELIVERY_LATENCY_SECONDS),
         };
         let previous = lock(&self.last).replace(totals.clone());
         let Some(previous) = previous else {
