@@ -57,11 +57,17 @@ pub mod traces;
 pub mod webhook;
 
 use std::future::Future;
+use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
 use config::Config;
-use parts::start;
+use delivery::Runtime;
+use ingress::listeners::Listeners;
+use ingress::AppState;
+use parts::{start, Parts, Stop};
+use publish::Publisher;
+use webhook::apps::AppSubscriptions;
 
 /// Why evrouter could not start, each cause in the type of the floor it comes from; or
 /// why a run that started ended with an error ([`RunError::Panicked`]).
@@ -95,19 +101,9 @@ pub enum RunError {
     /// The webhooks' CA could not be loaded.
     #[error(transparent)]
     WebhookCa(#[from] webhook::CaError),
-    /// The listener's TLS could not be set up.
+    /// A listener could not be set up (its certificate, or its address).
     #[error(transparent)]
-    Tls(#[from] ingress::tls::TlsError),
-    /// A listener could not be opened.
-    #[error("cannot listen on {key} {address}: {error}")]
-    Bind {
-        /// The config key of the address.
-        key: &'static str,
-        /// The address.
-        address: std::net::SocketAddr,
-        /// Why not.
-        error: std::io::Error,
-    },
+    Listen(#[from] ingress::listeners::ListenError),
     /// Parts panicked while running: each panic was caught, logged and the part restarted,
     /// but a bug was hit, and the exit status says so.
     #[error("parts panicked while running (each was caught and the part restarted): {0}")]
@@ -142,11 +138,11 @@ pub async fn run(
         apps,
         forwards,
         api,
-        listeners,
-    } = parts::Built::new(&config, listener).await?;
+    } = parts::Built::new(&config).await?;
+    let listeners = Listeners::bind(&config, listener).await?;
     let address = listeners.address();
 
-    let mut parts = parts::Parts::new(config.server.shutdown_budget.get());
+    let mut parts = Parts::new(config.server.shutdown_budget.get());
     start::metrics(&core, &mut parts);
     start::exporter(&config, &core, export, &mut parts);
     let writers = start::storage(&config, &core, storage, &mut parts).await;
@@ -155,8 +151,8 @@ pub async fn run(
     start::forwarder(&apps, &publisher, forwards, &mut parts);
     let delivery = start::delivery(&core, delivery, outcomes, &mut parts).await;
     let dapr_apps = start::dapr_apps(&config, &apps, &delivery, &mut parts);
-    let state = start::state(&config, &core, api, apps, publisher, dapr_apps, delivery);
-    start::listeners(&config, state, listeners, &mut parts);
+    let state = state(&config, &core, api, apps, publisher, dapr_apps, delivery);
+    serve(&config, state, listeners, &mut parts);
     tracing::info!(listen = %address, type_schemas = core.schemas.type_schemas(), "evrouter serving");
 
     shutdown.await;
@@ -171,6 +167,74 @@ pub async fn run(
         return Err(RunError::Panicked(parts.join(", ")));
     }
     Ok(())
+}
+
+/// What every handler shares.
+fn state(
+    config: &Config,
+    core: &parts::Core,
+    api: parts::Api,
+    apps: parts::Apps,
+    publisher: Arc<Publisher>,
+    dapr_apps: Arc<AppSubscriptions>,
+    delivery: Arc<Runtime>,
+) -> Arc<AppState> {
+    let replays = match (&api.eventstore, api.replays) {
+        (Some(store), Some(conn)) => Some(eventstore::replay::Replays::new(
+            store.clone(),
+            delivery.clone(),
+            publisher.clone(),
+            conn,
+            &config.redis.key_prefix,
+        )),
+        _ => None,
+    };
+    Arc::new(AppState {
+        guard: apps.guard,
+        auth: core.authenticator.clone(),
+        audit: api.audit,
+        refusals: ingress::refusals::Refusals::new(&config.audit),
+        publisher,
+        dapr: apps.dapr,
+        dapr_apps,
+        app_health: apps.health,
+        delivery,
+        eventstore: api.eventstore,
+        replays,
+        health: core.health.clone(),
+        metrics: core.metrics.clone(),
+        timeline: ingress::ui::Timeline::default(),
+        control: api.control,
+        max_body_bytes: config.server.max_body_bytes,
+        body_read_timeout: config.server.body_read_timeout.get(),
+        ready_timeout: core.target.response_timeout(),
+    })
+}
+
+/// The API served: the refused requests' counts (the last interval's written at the
+/// stop), the dashboard's sampler, then the listeners, which stop accepting when the
+/// drain begins and let the requests in flight finish.
+fn serve(config: &Config, state: Arc<AppState>, listeners: Listeners, parts: &mut Parts) {
+    let flusher = ingress::refusals::spawn_flusher(state.clone());
+    let counted = state.clone();
+    parts.started(
+        "refusal counts",
+        Stop::work(async move {
+            flusher.abort();
+            ingress::refusals::flush(&counted).await;
+        }),
+    );
+    let sampler = ingress::ui::spawn_sampler(state.clone());
+    parts.started("dashboard sampler", Stop::Abort(sampler));
+    let drain = parts.drain_signal();
+    let serving = listeners.serve(config, state, || drain.clone().wait());
+    if let Some(reloader) = serving.reloader {
+        parts.started("certificate reloader", Stop::Abort(reloader));
+    }
+    if let Some(grpc) = serving.grpc {
+        parts.started("Dapr gRPC listener", Stop::Task(grpc));
+    }
+    parts.started("HTTP listener", Stop::Task(serving.http));
 }
 
 /// Writes the archived events stored in `[from, to)` (of `topics`, or all) back into their

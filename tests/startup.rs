@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use support::{run_router, Config, RedisServer, RunError};
+use support::{run_router, Config, ListenError, RedisServer, RunError};
 
 /// How long a failed start may take to exit.
 const EXIT_WITHIN: Duration = Duration::from_secs(60);
@@ -174,10 +174,10 @@ async fn in_process_a_busy_grpc_port_is_a_bind_error_and_nothing_runs_on() {
     assert!(
         matches!(
             error,
-            RunError::Bind {
+            RunError::Listen(ListenError::Bind {
                 key: "dapr.grpc_listen",
                 ..
-            }
+            })
         ),
         "{error:?}"
     );
@@ -191,7 +191,7 @@ async fn in_process_an_unusable_certificate_is_a_tls_error_and_nothing_runs_on()
     let config = unusable_certificate(dir.path(), &redis);
     let error = run_in_process(&config, &redis).await;
     assert!(
-        matches!(&error, RunError::Tls(tls) if tls.path == "server.tls.cert"),
+        matches!(&error, RunError::Listen(ListenError::Tls(tls)) if tls.path == "server.tls.cert"),
         "{error:?}"
     );
 }

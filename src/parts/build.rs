@@ -1,13 +1,12 @@
 //! Everything that can fail, done before any part starts: schemas, principals and
 //! secrets, Redis and its checks with every part's connections, the event store, span
-//! export, the webhooks' CA, the listeners' TLS, and every listener bound. Nothing here
-//! spawns a task, writes to Redis or takes a lease.
+//! export and the webhooks' CA (the listeners are bound by `ingress::listeners`, also
+//! before any part starts). Nothing here spawns a task, writes to Redis or takes a lease.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use redis::aio::ConnectionManager;
-use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use crate::auth::{Authenticator, Principal};
@@ -22,7 +21,7 @@ use crate::schema::SchemaRegistry;
 use crate::store::retention::TrimFloors;
 use crate::store::{self, RedisTarget};
 use crate::webhook::{self, app_health::AppHealth, guard::Guard, Webhooks};
-use crate::{credentials, delivery, health, ingress, metrics, traces, RunError};
+use crate::{credentials, delivery, health, metrics, traces, RunError};
 
 /// Every part's material, built.
 pub(crate) struct Built {
@@ -35,7 +34,6 @@ pub(crate) struct Built {
     /// Dead letters the webhooks hand over for forwarding to Dapr dead-letter topics.
     pub(crate) forwards: mpsc::Receiver<Forward>,
     pub(crate) api: Api,
-    pub(crate) listeners: Listeners,
 }
 
 /// What every part reads.
@@ -85,17 +83,9 @@ pub(crate) struct Apps {
     pub(crate) publishers: HashMap<String, Arc<Principal>>,
 }
 
-/// Every listener, bound.
-pub(crate) struct Listeners {
-    pub(crate) http: TcpListener,
-    pub(crate) grpc: Option<TcpListener>,
-    pub(crate) tls: Option<Arc<ingress::tls::Tls>>,
-    pub(crate) connections: ingress::limits::ConnectionSlots,
-}
-
 impl Built {
-    /// Builds every part of `config`, with `http` already bound.
-    pub(crate) async fn new(config: &Config, http: TcpListener) -> Result<Self, RunError> {
+    /// Builds every part of `config` but the listeners.
+    pub(crate) async fn new(config: &Config) -> Result<Self, RunError> {
         let schemas = Arc::new(SchemaRegistry::load(&config.validation)?);
         let authenticator = Arc::new(Authenticator::new(&config.auth, |var| {
             std::env::var(var).ok()
@@ -163,7 +153,6 @@ impl Built {
             apps,
             forwards,
             api,
-            listeners: Listeners::bind(config, http).await?,
         })
     }
 }
@@ -268,48 +257,6 @@ fn configured(config: &Config, archive: bool) -> Vec<Subscription> {
             }
         })
         .collect()
-}
-
-impl Listeners {
-    /// The HTTP listener's address, for the log.
-    pub(crate) fn address(&self) -> String {
-        self.http
-            .local_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default()
-    }
-
-    /// The listeners' TLS, loaded, and the Dapr gRPC listener bound beside `http`.
-    async fn bind(config: &Config, http: TcpListener) -> Result<Self, RunError> {
-        let tls = match &config.server.tls {
-            Some(tls) => Some(Arc::new(ingress::tls::Tls::new(tls)?)),
-            None => None,
-        };
-        ingress::limits::check_descriptors(
-            config.server.max_connections,
-            config.delivery.max_subscriptions,
-        );
-        let grpc = match config.dapr.grpc_listen.parse::<std::net::SocketAddr>() {
-            Ok(address) => {
-                Some(
-                    TcpListener::bind(address)
-                        .await
-                        .map_err(|error| RunError::Bind {
-                            key: "dapr.grpc_listen",
-                            address,
-                            error,
-                        })?,
-                )
-            }
-            Err(_) => None,
-        };
-        Ok(Self {
-            http,
-            grpc,
-            tls,
-            connections: ingress::limits::ConnectionSlots::new(config.server.max_connections),
-        })
-    }
 }
 
 /// Subscribers for delivery: the event store's archive writes to PostgreSQL, every other

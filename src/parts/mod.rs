@@ -1,8 +1,8 @@
 //! The parts of a running evrouter: built, then started, then drained.
 //!
-//! [`crate::run`] builds first ([`Built`]): everything that can fail (schemas, principals,
-//! secrets, TLS material, Redis and its checks, the event store, every listener bound) is
-//! done before any task starts, so that a start-up error leaves no lease, task or listener
+//! [`crate::run`] builds first ([`Built`], and the listeners bound): everything that can
+//! fail (schemas, principals, secrets, TLS material, Redis and its checks, the event store,
+//! every listener) is done before any task starts, so that a start-up error leaves no lease, task or listener
 //! behind. Then each part starts ([`start`]) with what it needs and the [`Drain`] signal,
 //! and is recorded in [`Parts`]. At shutdown [`Parts::drain`] gives the signal (the parts
 //! that serve or deliver begin to wind down at once, together), then stops the parts one
@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-pub(crate) use build::Built;
+pub(crate) use build::{Api, Apps, Built, Core};
 pub(crate) use redis::target as redis_target;
 
 /// The drain signal: the deadline of shutdown, once it has begun.
@@ -36,6 +36,11 @@ impl Drain {
             Ok(deadline) => deadline.unwrap_or_else(Instant::now),
             Err(_) => Instant::now(),
         }
+    }
+
+    /// Waits until shutdown begins.
+    pub(crate) async fn wait(self) {
+        self.begun().await;
     }
 }
 

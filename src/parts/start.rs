@@ -3,13 +3,12 @@
 
 use std::sync::Arc;
 
-use super::build::{Api, Apps, Core, Delivery, Listeners, Storage};
+use super::build::{Apps, Core, Delivery, Storage};
 use super::{Parts, Stop};
 use crate::config::{self, Config};
 use crate::delivery::outcomes::OutcomeLog;
 use crate::delivery::Runtime;
 use crate::eventstore::{self, EventStore};
-use crate::ingress::{self, AppState, ServeSettings};
 use crate::model::dead_letter::Forward;
 use crate::publish::{self, PublishLimits, Publisher};
 use crate::store::retention;
@@ -214,99 +213,4 @@ pub(crate) fn dapr_apps(
     let prober = (apps.health.clone()).spawn(config.dapr.apps.clone(), apps.tokens.clone());
     parts.started("app health", Stop::Abort(prober));
     subscriptions
-}
-
-/// What every handler shares.
-pub(crate) fn state(
-    config: &Config,
-    core: &Core,
-    api: Api,
-    apps: Apps,
-    publisher: Arc<Publisher>,
-    dapr_apps: Arc<AppSubscriptions>,
-    delivery: Arc<Runtime>,
-) -> Arc<AppState> {
-    let replays = match (&api.eventstore, api.replays) {
-        (Some(store), Some(conn)) => Some(eventstore::replay::Replays::new(
-            store.clone(),
-            delivery.clone(),
-            publisher.clone(),
-            conn,
-            &config.redis.key_prefix,
-        )),
-        _ => None,
-    };
-    Arc::new(AppState {
-        guard: apps.guard,
-        auth: core.authenticator.clone(),
-        audit: api.audit,
-        refusals: ingress::refusals::Refusals::new(&config.audit),
-        publisher,
-        dapr: apps.dapr,
-        dapr_apps,
-        app_health: apps.health,
-        delivery,
-        eventstore: api.eventstore,
-        replays,
-        health: core.health.clone(),
-        metrics: core.metrics.clone(),
-        timeline: ingress::ui::Timeline::default(),
-        control: api.control,
-        max_body_bytes: config.server.max_body_bytes,
-        body_read_timeout: config.server.body_read_timeout.get(),
-        ready_timeout: core.target.response_timeout(),
-    })
-}
-
-/// The API served: the refused requests' counts (the last interval's written at the
-/// stop), the dashboard's sampler, the certificate's reloader, then the Dapr gRPC and the
-/// HTTP listeners, which stop accepting when the drain begins and let the requests in
-/// flight finish.
-pub(crate) fn listeners(
-    config: &Config,
-    state: Arc<AppState>,
-    listeners: Listeners,
-    parts: &mut Parts,
-) {
-    let flusher = ingress::refusals::spawn_flusher(state.clone());
-    let counted = state.clone();
-    parts.started(
-        "refusal counts",
-        Stop::work(async move {
-            flusher.abort();
-            ingress::refusals::flush(&counted).await;
-        }),
-    );
-    parts.started(
-        "dashboard sampler",
-        Stop::Abort(ingress::ui::spawn_sampler(state.clone())),
-    );
-    if let Some(tls) = &listeners.tls {
-        parts.started("certificate reloader", Stop::Abort(tls.spawn_reloader()));
-    }
-    if let Some(grpc) = listeners.grpc {
-        let settings =
-            ingress::dapr::grpc_serve::GrpcSettings::new(config, listeners.connections.clone());
-        let drain = parts.drain_signal();
-        let serve = ingress::dapr::grpc_serve::serve(grpc, state.clone(), settings, async move {
-            drain.begun().await;
-        });
-        parts.started("Dapr gRPC listener", Stop::Task(tokio::spawn(serve)));
-    }
-    let settings = ServeSettings {
-        header_read_timeout: config.server.header_read_timeout.get(),
-        grace: config.server.shutdown_budget.get(),
-        connections: listeners.connections,
-    };
-    let drain = parts.drain_signal();
-    let serve = ingress::serve(
-        listeners.http,
-        ingress::router(state),
-        settings,
-        listeners.tls,
-        async move {
-            drain.begun().await;
-        },
-    );
-    parts.started("HTTP listener", Stop::Task(tokio::spawn(serve)));
 }
