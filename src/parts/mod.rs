@@ -90,7 +90,9 @@ impl Parts {
 
     /// Gives the drain signal, then stops every part in reverse start order, each given
     /// until the budget's deadline; a part still running then is logged and left off.
-    pub(crate) async fn drain(mut self) {
+    /// Returns the parts the budget cut short.
+    pub(crate) async fn drain(mut self) -> Vec<&'static str> {
+        let mut cut = Vec::new();
         let deadline = Instant::now() + self.budget;
         let _ = self.signal.send(Some(deadline));
         while let Some((part, stop)) = self.started.pop() {
@@ -111,8 +113,10 @@ impl Parts {
             };
             if !stopped {
                 tracing::warn!(part, budget = ?self.budget, "the shutdown budget ran out before this part stopped");
+                cut.push(part);
             }
         }
+        cut
     }
 }
 
@@ -124,5 +128,49 @@ impl Drop for Parts {
                 task.abort();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::sync::lock;
+    use std::sync::{Arc, Mutex};
+
+    #[tokio::test(start_paused = true)]
+    async fn parts_stop_in_reverse_start_order_and_the_budget_cuts_a_stuck_one() {
+        let stopped = Arc::new(Mutex::new(Vec::new()));
+        let mut parts = Parts::new(Duration::from_secs(5));
+        for name in ["first", "second"] {
+            let stopped = stopped.clone();
+            parts.started(name, Stop::work(async move { lock(&stopped).push(name) }));
+        }
+        // Winds down by itself once the drain begins, before its turn comes.
+        let drain = parts.drain_signal();
+        let winding = stopped.clone();
+        let task = tokio::spawn(async move {
+            drain.wait().await;
+            lock(&winding).push("third");
+        });
+        parts.started("third", Stop::Task(task));
+        parts.started("stuck", Stop::Task(tokio::spawn(std::future::pending())));
+        let began = Instant::now();
+        let cut = parts.drain().await;
+        assert_eq!(cut, ["stuck"]);
+        assert_eq!(*lock(&stopped), ["third", "second", "first"]);
+        assert_eq!(began.elapsed(), Duration::from_secs(5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dropped_parts_end_their_tasks() {
+        let mut parts = Parts::new(Duration::from_secs(5));
+        let task = tokio::spawn(std::future::pending::<()>());
+        let handle = task.abort_handle();
+        parts.started("loop", Stop::Abort(task));
+        drop(parts);
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(handle.is_finished());
     }
 }
