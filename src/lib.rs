@@ -129,6 +129,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
+    // Everything that can fail, before any part starts.
     let parts::Built {
         core,
         storage,
@@ -142,6 +143,7 @@ pub async fn run(
     let listeners = Listeners::bind(&config, listener).await?;
     let address = listeners.address();
 
+    // Each part in order, with what it needs; the drain stops them in reverse.
     let mut parts = Parts::new(config.server.shutdown_budget.get());
     start::metrics(&core, &mut parts);
     start::exporter(&config, &core, export, &mut parts);

@@ -1,10 +1,11 @@
 //! The parts of a running evrouter: built, then started, then drained.
 //!
-//! [`crate::run`] builds first ([`Built`], and the listeners bound): everything that can
-//! fail (schemas, principals, secrets, TLS material, Redis and its checks, the event store,
-//! every listener) is done before any task starts, so that a start-up error leaves no lease, task or listener
-//! behind. Then each part starts ([`start`]) with what it needs and the [`Drain`] signal,
-//! and is recorded in [`Parts`]. At shutdown [`Parts::drain`] gives the signal (the parts
+//! [`crate::run`] builds first ([`Built`], then the listeners bound by
+//! `ingress::listeners`): everything that can fail (schemas, principals, secrets, TLS
+//! material, Redis and its checks, the event store, every listener) is done before any
+//! task starts, so that a start-up error leaves no lease, task or listener behind. Then
+//! each part starts ([`start`], and the API in `lib.rs`) with what it needs and the
+//! [`Drain`] signal, and is recorded in [`Parts`]. At shutdown [`Parts::drain`] gives the signal (the parts
 //! that serve or deliver begin to wind down at once, together), then stops the parts one
 //! by one in reverse start order, all within one budget, and logs any part the budget cut
 //! short.
