@@ -32,14 +32,16 @@
 //!   (schema migrations, daily partitions, binary `COPY`).
 //! - [`ingress`]: the HTTP(S) server: the native API and the Dapr adapter's handlers,
 //!   authentication of each request, the audit log, `/metrics` and the dashboard.
-//! - this file: [`run`], which wires the floors together, with the secrets it reads from
-//!   the environment in `credentials`; `main.rs`: the command line.
+//! - this file: [`run`], the list of evrouter's parts: each built in `parts` (everything
+//!   that can fail, before any starts), then started in order and drained in reverse; the
+//!   secrets it reads from files and the environment are in `credentials`; `main.rs`: the
+//!   command line.
 
 pub mod auth;
 pub mod catalog;
 pub mod config;
 mod credentials;
-pub use credentials::check_secrets;
+pub use credentials::{check_secrets, CredentialError};
 pub mod delivery;
 pub mod eventstore;
 pub mod health;
@@ -47,6 +49,7 @@ pub mod ingress;
 pub mod logs;
 pub mod metrics;
 pub mod model;
+mod parts;
 pub mod publish;
 pub mod schema;
 pub mod store;
@@ -58,397 +61,106 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
-use auth::Authenticator;
-use catalog::StreamCatalog;
-use config::{Config, Durability};
-use delivery::subscription::Subscription;
-use delivery::transport::{Connector, Subscriber};
-use ingress::{AppState, ServeSettings};
-use publish::dapr::DaprPubsubs;
-use publish::{PublishLimits, Publisher};
-use schema::SchemaRegistry;
-use store::durability::{self, Persistence};
-use store::retention::{self, TrimFloors};
-use store::writer::WriterSettings;
-use store::{RedisTarget, WriterPool};
+use config::Config;
+use delivery::Runtime;
+use ingress::listeners::Listeners;
+use ingress::AppState;
+use parts::{start, Parts, Stop};
+use publish::Publisher;
 use webhook::dapr::apps::AppSubscriptions;
-use webhook::Webhooks;
 
-/// Why evrouter could not start.
+/// Why evrouter could not start, each cause in the type of the floor it comes from; or
+/// why a run that started ended with an error ([`RunError::Panicked`]).
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     /// A schema failed to load or compile.
     #[error(transparent)]
     Schema(#[from] schema::SchemaError),
-    /// Redis could not be set up.
-    #[error(transparent)]
-    Store(#[from] store::StoreError),
     /// A principal's token could not be read.
     #[error(transparent)]
     Auth(#[from] auth::SetupError),
-    /// The event store's settings cannot be used.
+    /// A secret (the Redis password, a file of TLS to Redis, an app's token) could not be
+    /// read.
     #[error(transparent)]
-    EventStore(#[from] eventstore::EventStoreError),
-    /// Span export could not be set up.
+    Credentials(#[from] CredentialError),
+    /// Redis could not be set up.
     #[error(transparent)]
-    Traces(#[from] traces::TraceSetupError),
-    /// The listener's TLS could not be set up.
-    #[error(transparent)]
-    Tls(#[from] ingress::tls::TlsError),
+    Store(#[from] store::StoreError),
     /// `durability = "strict"` and Redis could lose acknowledged events.
     #[error("redis.durability is strict but {0}")]
     NotDurable(String),
     /// `durability = "strict"` and Redis may evict keys when full.
     #[error("redis.durability is strict but {0}")]
     Evicting(String),
+    /// The event store's settings cannot be used.
+    #[error(transparent)]
+    EventStore(#[from] eventstore::EventStoreError),
+    /// Span export could not be set up.
+    #[error(transparent)]
+    Traces(#[from] traces::TraceSetupError),
+    /// The webhooks' CA could not be loaded.
+    #[error(transparent)]
+    WebhookCa(#[from] webhook::CaError),
+    /// A listener could not be set up (its certificate, or its address).
+    #[error(transparent)]
+    Listen(#[from] ingress::listeners::ListenError),
     /// Parts panicked while running: each panic was caught, logged and the part restarted,
     /// but a bug was hit, and the exit status says so.
-    /// A listener could not be opened.
-    #[error("cannot listen: {0}")]
-    Bind(String),
     #[error("parts panicked while running (each was caught and the part restarted): {0}")]
     Panicked(String),
 }
 
-/// Runs evrouter on `listener` until `shutdown` completes, then drains in-flight publishes,
-/// flushes the writers and returns.
+impl RunError {
+    /// Whether evrouter could not start (rather than ended with an error).
+    pub fn is_start(&self) -> bool {
+        !matches!(self, Self::Panicked(_))
+    }
+}
+
+/// Runs evrouter on `listener` until `shutdown` completes, then drains: the listeners stop
+/// accepting and answer what is in flight while delivery hands its partitions over, then
+/// every part stops in reverse start order, the writers flushed, all within
+/// `server.shutdown_budget`.
+///
+/// Everything that can fail is done before any part starts, so an error leaves no lease,
+/// task or listener behind.
 pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
-    let schemas = Arc::new(SchemaRegistry::load(&config.validation)?);
-    let authenticator = Arc::new(Authenticator::new(&config.auth, |var| {
-        std::env::var(var).ok()
-    })?);
-    if !authenticator.required() {
-        if config.auth.allow_anonymous {
-            tracing::warn!(listen = %config.server.listen, "authentication is off (auth.allow_anonymous): every caller may do everything");
-        } else {
-            tracing::info!("authentication is off: listening on loopback only");
-        }
-    }
-    let target = redis_target(&config)?;
-    let mut control = target.manager()?;
-    check_durability(&mut control, config.redis.durability).await?;
-    check_memory(&mut control, config.redis.durability).await?;
+    // Everything that can fail, before any part starts.
+    let parts::Built {
+        core,
+        storage,
+        eventstore,
+        export,
+        delivery,
+        apps,
+        forwards,
+        api,
+    } = parts::Built::new(&config).await?;
+    let listeners = Listeners::bind(&config, listener).await?;
+    let address = listeners.address();
 
-    let catalog = Arc::new(StreamCatalog::new(&config));
-    let health = Arc::new(health::Health::default());
-    let watched = health.clone();
-    let metrics = Arc::new(metrics::Metrics::default());
-    let windows = metrics::spawn_windows(metrics.clone());
-    let floors = Arc::new(TrimFloors::default());
-    let connections = (0..config.writer.writers)
-        .map(|_| target.manager())
-        .collect::<Result<Vec<_>, _>>()?;
-    let writers = Arc::new(WriterPool::start(
-        connections,
-        WriterSettings {
-            max_batch: config.writer.max_batch,
-            linger: config.writer.linger.get(),
-            queue_capacity: config.writer.queue_capacity,
-            response_timeout: target.response_timeout(),
-        },
-        floors.clone(),
-        &health,
-        &metrics,
-    ));
-    // Learn every group's floor before the first append can trim.
-    let mut trim_conn = target.manager()?;
-    let trim = retention::TrimSettings {
-        prefix: config.redis.key_prefix.clone(),
-        memory_share: config.retention.memory_share,
-        dlq_max_len: config.retention.dlq_max_len,
-        dlq_block: config.retention.dlq_when_full == config::WhenFull::Block,
-    };
-    let first_pass = retention::trim_once(&catalog, &mut trim_conn, &floors, &trim);
-    match tokio::time::timeout(target.response_timeout() * 2, first_pass).await {
-        Ok(Ok(())) => {}
-        Ok(Err(err)) => tracing::warn!(error = %err, "first retention check failed; will retry"),
-        Err(_) => tracing::warn!("first retention check timed out; will retry"),
-    }
-    let trimmer = tokio::spawn(retention::run_trimmer(
-        catalog.clone(),
-        trim_conn,
-        floors,
-        config.retention.check_interval.get(),
-        trim.clone(),
-        health.part("trimmer"),
-    ));
+    // Each part in order, with what it needs; the drain stops them in reverse.
+    let mut parts = Parts::new(config.server.shutdown_budget.get());
+    start::metrics(&core, &mut parts);
+    start::exporter(&config, &core, export, &mut parts);
+    let writers = start::storage(&config, &core, storage, &mut parts).await;
+    let outcomes = start::eventstore(&config, eventstore, &mut parts);
+    let publisher = start::publisher(&config, &core, writers);
+    start::forwarder(&apps, &publisher, forwards, &mut parts);
+    let delivery = start::delivery(&core, delivery, outcomes, &mut parts).await;
+    let dapr_apps = start::dapr_apps(&config, &apps, &delivery, &mut parts);
+    let state = state(&config, &core, api, apps, publisher, dapr_apps, delivery);
+    serve(&config, state, listeners, &mut parts);
+    tracing::info!(listen = %address, type_schemas = core.schemas.type_schemas(), "evrouter serving");
 
-    // Validation checked every spec; compiling one can still fail only on what it could
-    // not check, and such a subscription is left out with a warning.
-    let eventstore = eventstore::EventStore::new(&config.eventstore)?;
-    let outcomes = eventstore.clone().map(|store| {
-        eventstore::outcomes::Outcomes::start(store, config.eventstore.outcomes_sample)
-    });
-    let archive_spec = eventstore
-        .is_some()
-        .then(|| eventstore::archive_spec(&config.eventstore));
-    let configured = config
-        .subscriptions
-        .iter()
-        .chain(archive_spec.iter())
-        .filter_map(|spec| match Subscription::new(spec.clone()) {
-            Ok(sub) => Some(sub),
-            Err(problems) => {
-                tracing::warn!(subscription = %spec.name, ?problems, "configured subscription left out");
-                None
-            }
-        })
-        .collect();
-    let instance = store::lease::new_instance_id();
-    let (tracer, exporter) = traces::Tracer::start(&config.tracing, &instance)?;
-    let dapr = Arc::new(
-        DaprPubsubs::new(&config.dapr)
-            .with_schemas(schemas.clone())
-            .with_tracer(tracer.clone()),
-    );
-    let (forwards_tx, forwards_rx) = tokio::sync::mpsc::channel(1024);
-    let guard = Arc::new(webhook::guard::Guard::new(&config.webhooks.allow));
-    let app_tokens = credentials::app_tokens(&config)?;
-    let roots = webhook::Roots::load(config.webhooks.ca.as_deref()).map_err(|message| {
-        ingress::tls::TlsError {
-            path: "webhooks.ca".into(),
-            message,
-        }
-    })?;
-    let app_health = Arc::new(webhook::dapr::health::AppHealth::new(&config.dapr.apps));
-    let connector = Arc::new(Connectors {
-        webhooks: Webhooks::new(guard.clone(), &roots, Some(forwards_tx))
-            .with_app_tokens(app_tokens.clone())
-            .with_app_urls(
-                config
-                    .dapr
-                    .apps
-                    .iter()
-                    .map(|a| (a.id.as_str(), a.url.as_str())),
-            )
-            .with_app_health(app_health.clone()),
-        archive: eventstore
-            .clone()
-            .map(|store| Arc::new(eventstore::archive::Archive::new(store)) as Arc<dyn Subscriber>),
-    });
-    let upkeep = eventstore.clone().map(eventstore::EventStore::spawn_upkeep);
-    let delivery = delivery::Runtime::start(
-        catalog.clone(),
-        target.clone(),
-        delivery::Settings {
-            instance,
-            prefix: config.redis.key_prefix.clone(),
-            lease_ttl: config.delivery.lease_ttl.get(),
-            read_block: config.delivery.read_block.get(),
-            read_linger: config.delivery.read_linger.get(),
-            shards: config.delivery.shards,
-            readers: config.delivery.readers,
-            max_subscriptions: config.delivery.max_subscriptions,
-            grace: config.server.shutdown_budget.get(),
-            dlq: store::acks::DlqBound {
-                max_len: config.retention.dlq_max_len,
-                block: config.retention.dlq_when_full == config::WhenFull::Block,
-            },
-            tracer: tracer.clone(),
-            outcomes: outcomes
-                .as_ref()
-                .map(|(log, _)| log.clone() as Arc<dyn delivery::outcomes::OutcomeLog>),
-        },
-        configured,
-        connector,
-        health.clone(),
-        metrics.clone(),
-    )
-    .await?;
-    if eventstore.is_none() {
-        // An archive left from a run with the event store on would hold retention back.
-        match delivery.delete(eventstore::ARCHIVE).await {
-            Ok(true) => {
-                tracing::info!("the event store is off: its archive subscription was removed")
-            }
-            Ok(false) => {}
-            Err(err) => {
-                tracing::warn!(error = %err, "could not remove the event store's archive subscription")
-            }
-        }
-    }
-
-    let publisher = Arc::new(
-        Publisher::new(
-            catalog,
-            schemas.clone(),
-            writers.clone(),
-            PublishLimits {
-                max_batch: config.server.max_batch,
-                max_depth: config.server.max_json_depth,
-                timeout: config.server.publish_timeout.get(),
-            },
-        )
-        .with_tracer(tracer.clone()),
-    );
-    let app_publishers: std::collections::HashMap<String, Arc<auth::Principal>> =
-        (config.dapr.apps)
-            .iter()
-            .filter_map(|app| {
-                Some((
-                    app.id.clone(),
-                    authenticator.acting_as(app.principal.as_deref())?,
-                ))
-            })
-            .collect();
-    let dead_letters = publish::dapr::spawn_forwarder(
-        dapr.clone(),
-        publisher.clone(),
-        app_publishers.clone(),
-        forwards_rx,
-    );
-    let dapr_apps = Arc::new(
-        AppSubscriptions::new(
-            config.dapr.apps.clone(),
-            config.dapr.subscriptions_dir.clone(),
-            dapr.clone(),
-            delivery.clone(),
-        )
-        .with_app_tokens(app_tokens.clone())
-        .with_publishers(app_publishers),
-    );
-    let app_watcher = dapr_apps.clone().spawn(config.dapr.refresh_interval.get());
-    let app_prober = app_health
-        .clone()
-        .spawn(config.dapr.apps.clone(), app_tokens.clone());
-    let replays = match &eventstore {
-        Some(store) => Some(eventstore::replay::Replays::new(
-            store.clone(),
-            delivery.clone(),
-            publisher.clone(),
-            target.manager()?,
-            &config.redis.key_prefix,
-        )),
-        None => None,
-    };
-    let audit = store::audit::AuditLog::new(
-        target.manager()?,
-        &config.redis.key_prefix,
-        config.audit.retention.get(),
-        (config.audit.max_entries, config.audit.max_refusals),
-    );
-    let state = Arc::new(AppState {
-        guard,
-        auth: authenticator,
-        audit,
-        refusals: ingress::refusals::Refusals::new(&config.audit),
-        publisher,
-        dapr,
-        dapr_apps,
-        app_health,
-        delivery: delivery.clone(),
-        eventstore: eventstore.clone(),
-        replays,
-        health,
-        metrics: metrics.clone(),
-        timeline: ingress::ui::Timeline::default(),
-        control,
-        max_body_bytes: config.server.max_body_bytes,
-        body_read_timeout: config.server.body_read_timeout.get(),
-        ready_timeout: target.response_timeout(),
-    });
-    let connections = ingress::limits::ConnectionSlots::new(config.server.max_connections);
-    ingress::limits::check_descriptors(
-        config.server.max_connections,
-        config.delivery.max_subscriptions,
-    );
-    let settings = ServeSettings {
-        header_read_timeout: config.server.header_read_timeout.get(),
-        grace: config.server.shutdown_budget.get(),
-        connections: connections.clone(),
-    };
-    tracing::info!(
-        listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-        type_schemas = schemas.type_schemas(),
-        "evrouter serving"
-    );
-    let tls = match &config.server.tls {
-        Some(tls) => Some(Arc::new(ingress::tls::Tls::new(tls)?)),
-        None => None,
-    };
-    let reloader = tls.as_ref().map(ingress::tls::Tls::spawn_reloader);
-    let sampler = ingress::ui::spawn_sampler(state.clone());
-    let refusals = ingress::refusals::spawn_flusher(state.clone());
-    // One budget for all of shutdown, from the signal on: requests in flight are answered
-    // while the partitions are handed over, then the writers flush.
-    let budget = config.server.shutdown_budget.get();
-    let (begun, mut deadline) = tokio::sync::watch::channel(None);
-    let shutdown = async move {
-        shutdown.await;
-        let _ = begun.send(Some(tokio::time::Instant::now() + budget));
-    };
-    let dapr_grpc = match config.dapr.grpc_listen.parse::<std::net::SocketAddr>() {
-        Ok(address) => {
-            let listener = TcpListener::bind(address)
-                .await
-                .map_err(|e| RunError::Bind(format!("dapr.grpc_listen {address}: {e}")))?;
-            let mut stop = deadline.clone();
-            let limits = ingress::dapr::grpc_serve::GrpcSettings::new(&config, connections);
-            Some(tokio::spawn(ingress::dapr::grpc_serve::serve(
-                listener,
-                state.clone(),
-                limits,
-                async move {
-                    let _ = stop.wait_for(Option::is_some).await;
-                },
-            )))
-        }
-        Err(_) => None,
-    };
-    let delivery_stopped = {
-        let delivery = delivery.clone();
-        tokio::spawn(async move {
-            let _ = deadline.wait_for(Option::is_some).await;
-            let at = deadline
-                .borrow()
-                .unwrap_or_else(|| tokio::time::Instant::now() + budget);
-            delivery.shutdown(at).await;
-        })
-    };
-    ingress::serve(
-        listener,
-        ingress::router(state.clone()),
-        settings,
-        tls,
-        shutdown,
-    )
-    .await;
-    if let Some(reloader) = reloader {
-        reloader.abort();
-    }
-
-    sampler.abort();
-    refusals.abort();
-    if let Some(dapr_grpc) = dapr_grpc {
-        let _ = dapr_grpc.await;
-    }
-    // The counts of the last interval.
-    ingress::refusals::flush(&state).await;
-    drop(state);
-    app_watcher.abort();
-    app_prober.abort();
-    let _ = delivery_stopped.await;
-    dead_letters.abort();
-    trimmer.abort();
-    windows.abort();
-    if let Some(upkeep) = upkeep {
-        upkeep.abort();
-    }
-    if let Some((_, writer)) = outcomes {
-        writer.abort();
-    }
-    writers.shutdown().await;
-    if let Some(exporter) = exporter {
-        // What is queued is sent, within the export timeout.
-        tracer.close();
-        let _ = tokio::time::timeout(config.tracing.timeout.get(), exporter).await;
-    }
+    shutdown.await;
+    parts.drain().await;
     tracing::info!("evrouter stopped");
-    let panics = watched.panics();
+    let panics = core.health.panics();
     if !panics.is_empty() {
         let parts: Vec<String> = panics
             .iter()
@@ -457,6 +169,74 @@ pub async fn run(
         return Err(RunError::Panicked(parts.join(", ")));
     }
     Ok(())
+}
+
+/// What every handler shares.
+fn state(
+    config: &Config,
+    core: &parts::Core,
+    api: parts::Api,
+    apps: parts::Apps,
+    publisher: Arc<Publisher>,
+    dapr_apps: Arc<AppSubscriptions>,
+    delivery: Arc<Runtime>,
+) -> Arc<AppState> {
+    let replays = match (&api.eventstore, api.replays) {
+        (Some(store), Some(conn)) => Some(eventstore::replay::Replays::new(
+            store.clone(),
+            delivery.clone(),
+            publisher.clone(),
+            conn,
+            &config.redis.key_prefix,
+        )),
+        _ => None,
+    };
+    Arc::new(AppState {
+        guard: apps.guard,
+        auth: core.authenticator.clone(),
+        audit: api.audit,
+        refusals: ingress::refusals::Refusals::new(&config.audit),
+        publisher,
+        dapr: apps.dapr,
+        dapr_apps,
+        app_health: apps.health,
+        delivery,
+        eventstore: api.eventstore,
+        replays,
+        health: core.health.clone(),
+        metrics: core.metrics.clone(),
+        timeline: ingress::ui::Timeline::default(),
+        control: api.control,
+        max_body_bytes: config.server.max_body_bytes,
+        body_read_timeout: config.server.body_read_timeout.get(),
+        ready_timeout: core.target.response_timeout(),
+    })
+}
+
+/// The API served: the refused requests' counts (the last interval's written at the
+/// stop), the dashboard's sampler, then the listeners, which stop accepting when the
+/// drain begins and let the requests in flight finish.
+fn serve(config: &Config, state: Arc<AppState>, listeners: Listeners, parts: &mut Parts) {
+    let flusher = ingress::refusals::spawn_flusher(state.clone());
+    let counted = state.clone();
+    parts.started(
+        "refusal counts",
+        Stop::work(async move {
+            flusher.abort();
+            ingress::refusals::flush(&counted).await;
+        }),
+    );
+    let sampler = ingress::ui::spawn_sampler(state.clone());
+    parts.started("dashboard sampler", Stop::Abort(sampler));
+    let drain = parts.drain_signal();
+    let serving = listeners.serve(config, state, || drain.clone().wait());
+    if let Some(reloader) = serving.reloader {
+        parts.started("certificate reloader", Stop::Abort(reloader));
+    }
+    if let Some(grpc) = serving.grpc {
+        parts.started("Dapr gRPC listener", Stop::Task(grpc));
+    }
+    parts.started("HTTP listener", Stop::Task(serving.http));
 }
 
 /// Writes the archived events stored in `[from, to)` (of `topics`, or all) back into their
@@ -475,114 +255,9 @@ pub async fn restore(
         ))
     })?;
     store.prepare().await?;
-    let target = redis_target(config)?;
+    let target = parts::redis_target(config)?;
     let conn = target.manager_with_timeout(std::time::Duration::from_secs(30))?;
     let prefix = &config.redis.key_prefix;
     let range = eventstore::restore::Range::new(&store, prefix, topics, slice_events);
     Ok(eventstore::restore::restore(&range, &conn, from, to, progress).await?)
-}
-
-/// Subscribers for delivery: the event store's archive writes to PostgreSQL, every other
-/// subscription is called over HTTP.
-struct Connectors {
-    webhooks: Webhooks,
-    archive: Option<Arc<dyn Subscriber>>,
-}
-
-impl Connector for Connectors {
-    fn connect(&self, sub: &Arc<Subscription>) -> Arc<dyn Subscriber> {
-        match &self.archive {
-            Some(archive) if sub.spec.name == eventstore::ARCHIVE => archive.clone(),
-            _ => self.webhooks.connect(sub),
-        }
-    }
-}
-
-/// Redis as the config names it (password and TLS included).
-fn redis_target(config: &Config) -> Result<RedisTarget, RunError> {
-    let password = credentials::redis_password(config)?;
-    let redis_tls = redis_tls(config)?;
-    Ok(RedisTarget::new(
-        &config.redis.url,
-        password.as_deref(),
-        Some(&redis_tls),
-        config.redis.response_timeout.get(),
-        config.redis.connect_timeout.get(),
-    )?)
-}
-
-/// The files of TLS to Redis, read.
-fn redis_tls(config: &Config) -> Result<store::RedisTls, RunError> {
-    let read = |path: &str, file: &std::path::Path| {
-        std::fs::read(file).map_err(|e| {
-            RunError::Tls(ingress::tls::TlsError {
-                path: path.into(),
-                message: format!("{}: {e}", file.display()),
-            })
-        })
-    };
-    let ca = match &config.redis.tls_ca {
-        Some(file) => Some(read("redis.tls_ca", file)?),
-        None => None,
-    };
-    let client = match (&config.redis.tls_client_cert, &config.redis.tls_client_key) {
-        (Some(cert), Some(key)) => Some((
-            read("redis.tls_client_cert", cert)?,
-            read("redis.tls_client_key", key)?,
-        )),
-        _ => None,
-    };
-    Ok(store::RedisTls { ca, client })
-}
-
-/// Refuses (strict) or warns about (warn) an eviction policy that can drop evrouter's keys;
-/// warns when Redis has no memory limit (it then grows until the machine runs out).
-async fn check_memory(
-    control: &mut redis::aio::ConnectionManager,
-    policy: Durability,
-) -> Result<(), RunError> {
-    if policy == Durability::Off {
-        return Ok(());
-    }
-    let Some(memory) = durability::memory(control).await else {
-        tracing::warn!("could not read Redis's maxmemory settings (CONFIG not allowed?)");
-        return Ok(());
-    };
-    if let Some(risk) = memory.eviction_risk() {
-        if policy == Durability::Strict {
-            return Err(RunError::Evicting(risk));
-        }
-        tracing::warn!("{risk}");
-    }
-    if memory.maxmemory == 0 {
-        tracing::warn!("Redis has no maxmemory: it grows until the machine runs out; set maxmemory (with maxmemory-policy noeviction) so that evrouter answers 507 when it is full");
-    }
-    Ok(())
-}
-
-async fn check_durability(
-    control: &mut redis::aio::ConnectionManager,
-    policy: Durability,
-) -> Result<(), RunError> {
-    if policy == Durability::Off {
-        return Ok(());
-    }
-    let persistence = durability::check(control).await;
-    match (persistence, policy) {
-        (Persistence::Durable, _) => {
-            tracing::info!("redis persistence: appendonly with appendfsync always");
-            Ok(())
-        }
-        (Persistence::Lossy(why) | Persistence::Unknown(why), Durability::Strict) => {
-            Err(RunError::NotDurable(why))
-        }
-        (Persistence::Lossy(why), _) => {
-            tracing::warn!("acknowledged events can be lost if Redis crashes: {why}");
-            Ok(())
-        }
-        (Persistence::Unknown(why), _) => {
-            tracing::warn!("could not verify Redis persistence: {why}");
-            Ok(())
-        }
-    }
 }

@@ -350,7 +350,14 @@ fn serve(config: Config) -> anyhow::Result<()> {
             .with_context(|| format!("binding {}", config.server.listen))?;
         evrouter::run(config, listener, shutdown_signal())
             .await
-            .context("evrouter stopped with an error")
+            .map_err(|err| {
+                let what = if err.is_start() {
+                    "evrouter could not start"
+                } else {
+                    "evrouter stopped with an error"
+                };
+                anyhow::Error::new(err).context(what)
+            })
     })
 }
 

@@ -100,18 +100,19 @@ pub struct Runtime {
     unstored: Mutex<Vec<Subscription>>,
 }
 
+/// Delivery's connections to Redis, made before anything starts: nothing is read, written
+/// or leased until [`Runtime::start`].
+pub struct Connected {
+    target: RedisTarget,
+    registry: Arc<Registry>,
+    keeper: LeaseKeeper,
+    owned: watch::Receiver<Arc<Owned>>,
+}
+
 impl Runtime {
-    /// Starts the control task; subscriptions from config are stored first. Subscribers
-    /// are called through `connector`.
-    pub async fn start(
-        catalog: Arc<StreamCatalog>,
-        target: RedisTarget,
-        settings: Settings,
-        configured: Vec<Subscription>,
-        connector: Arc<dyn Connector>,
-        health: Arc<crate::health::Health>,
-        metrics: Arc<crate::metrics::Metrics>,
-    ) -> Result<Arc<Self>, StoreError> {
+    /// Makes the registry's and the lease keeper's connections (this can fail; nothing
+    /// starts).
+    pub fn connect(target: RedisTarget, settings: &Settings) -> Result<Connected, StoreError> {
         let registry = Arc::new(Registry::new(target.manager()?, &settings.prefix));
         let (keeper, owned) = LeaseKeeper::new(
             target.manager()?,
@@ -122,6 +123,31 @@ impl Runtime {
                 drain_limit: Duration::from_millis(5000) + control::DRAIN_MARGIN,
             },
         );
+        Ok(Connected {
+            target,
+            registry,
+            keeper,
+            owned,
+        })
+    }
+
+    /// Starts the control task (which takes the leases); subscriptions from config are
+    /// stored first. Subscribers are called through `connector`.
+    pub async fn start(
+        connected: Connected,
+        catalog: Arc<StreamCatalog>,
+        settings: Settings,
+        configured: Vec<Subscription>,
+        connector: Arc<dyn Connector>,
+        health: Arc<crate::health::Health>,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Arc<Self> {
+        let Connected {
+            target,
+            registry,
+            keeper,
+            owned,
+        } = connected;
         let (shutdown, _) = watch::channel(None);
         let runtime = Arc::new(Self {
             registry,
@@ -147,7 +173,7 @@ impl Runtime {
         let control = tokio::spawn(runtime.clone().control(keeper));
         *lock(&runtime.control) = Some(control);
         *lock(&runtime.observer) = Some(tokio::spawn(runtime.clone().observe()));
-        Ok(runtime)
+        runtime
     }
 
     /// The subscription registry.

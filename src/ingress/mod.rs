@@ -11,6 +11,7 @@ pub mod error;
 pub mod events;
 pub mod health;
 pub mod limits;
+pub mod listeners;
 pub mod metrics;
 pub mod publish;
 pub mod refusals;

@@ -119,6 +119,31 @@ pub struct Tracer(Option<Arc<Shared>>);
 #[error("tracing.otlp_endpoint: {0}")]
 pub struct TraceSetupError(String);
 
+/// The exporter of a [`Tracer`], built and not yet running.
+pub struct Export {
+    exporter: opentelemetry_otlp::SpanExporter,
+    rx: mpsc::Receiver<Span>,
+    shared: Arc<Shared>,
+    max_batch: usize,
+    interval: std::time::Duration,
+    endpoint: String,
+    sample_ratio: f64,
+}
+
+impl Export {
+    /// Starts the task that exports; it ends after [`Tracer::close`].
+    pub fn spawn(self) -> JoinHandle<()> {
+        tracing::info!(endpoint = %self.endpoint, sample_ratio = self.sample_ratio, "exporting spans over OTLP/HTTP");
+        tokio::spawn(export::run(
+            self.exporter,
+            self.rx,
+            self.shared,
+            self.max_batch,
+            self.interval,
+        ))
+    }
+}
+
 impl Tracer {
     /// A tracer that records nothing.
     pub fn off() -> Self {
@@ -131,6 +156,16 @@ impl Tracer {
         config: &TracingConfig,
         instance: &str,
     ) -> Result<(Self, Option<JoinHandle<()>>), TraceSetupError> {
+        let (tracer, export) = Self::new(config, instance)?;
+        Ok((tracer, export.map(Export::spawn)))
+    }
+
+    /// The tracer, and its exporter when `config` names an endpoint, built but not started
+    /// (spans offered before [`Export::spawn`] wait in the queue).
+    pub fn new(
+        config: &TracingConfig,
+        instance: &str,
+    ) -> Result<(Self, Option<Export>), TraceSetupError> {
         let Some(url) = config.traces_url() else {
             return Ok((Self::off(), None));
         };
@@ -144,15 +179,16 @@ impl Tracer {
             dropped_failed: AtomicU64::new(0),
             closing: Notify::new(),
         });
-        let task = tokio::spawn(export::run(
+        let export = Export {
             exporter,
             rx,
-            shared.clone(),
-            config.max_batch.max(1),
-            config.flush_interval.get(),
-        ));
-        tracing::info!(endpoint = %crate::model::redact::url(&url), sample_ratio = config.sample_ratio, "exporting spans over OTLP/HTTP");
-        Ok((Self(Some(shared)), Some(task)))
+            shared: shared.clone(),
+            max_batch: config.max_batch.max(1),
+            interval: config.flush_interval.get(),
+            endpoint: crate::model::redact::url(&url),
+            sample_ratio: config.sample_ratio,
+        };
+        Ok((Self(Some(shared)), Some(export)))
     }
 
     /// Whether spans are recorded at all.

@@ -73,9 +73,14 @@ pub struct Client {
 #[derive(Debug, Clone)]
 pub struct Roots(Arc<rustls::RootCertStore>);
 
+/// Why the webhooks' extra CA (`webhooks.ca`) could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[error("webhooks.ca: {0}")]
+pub struct CaError(String);
+
 impl Roots {
     /// The system's roots, and the CA of `extra` (a PEM file) when given.
-    pub fn load(extra: Option<&std::path::Path>) -> Result<Self, String> {
+    pub fn load(extra: Option<&std::path::Path>) -> Result<Self, CaError> {
         use rustls::pki_types::pem::PemObject;
         let mut store = rustls::RootCertStore::empty();
         for cert in rustls_native_certs::load_native_certs().certs {
@@ -84,11 +89,11 @@ impl Roots {
         if let Some(path) = extra {
             let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
                 .and_then(|found| found.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| format!("{}: {e}", path.display()))?;
+                .map_err(|e| CaError(format!("{}: {e}", path.display())))?;
             for cert in certs {
                 store
                     .add(cert)
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                    .map_err(|e| CaError(format!("{}: {e}", path.display())))?;
             }
         }
         Ok(Self(Arc::new(store)))

@@ -30,6 +30,7 @@ pub use evrouter::config::{
 pub use evrouter::eventstore::partitions::{existing as partition_days, Day};
 pub use evrouter::eventstore::EventStore;
 pub use evrouter::health::Health;
+pub use evrouter::ingress::listeners::ListenError;
 pub use evrouter::model::dead_letter::Failure;
 pub use evrouter::model::envelope::{Envelope, PayloadFormat};
 pub use evrouter::model::trace::is_valid_traceparent;
