@@ -6,7 +6,7 @@ use super::*;
 /// Every event is archived once, with the columns the queries need.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_stored_event_is_archived_once_with_its_columns() {
-    // PostgreSQL is restarted by another test of this file.
+    // Not beside the kill-and-restart test, which loads the machine.
     let _shared = support::light().await;
     let redis = RedisServer::start();
     let db = TestDb::create().await;
@@ -63,7 +63,7 @@ async fn every_stored_event_is_archived_once_with_its_columns() {
 /// grows; when it is back, the archive catches up, nothing missing, nothing twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_away_stops_nothing_and_the_archive_catches_up() {
-    // PostgreSQL is restarted by another test of this file.
+    // Not beside the kill-and-restart test, which loads the machine.
     let _shared = support::light().await;
     let redis = RedisServer::start();
     let db = TestDb::create().await;
@@ -127,7 +127,7 @@ async fn postgres_away_stops_nothing_and_the_archive_catches_up() {
 /// whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partitions_are_made_ahead_and_dropped_by_age() {
-    // PostgreSQL is restarted by another test of this file.
+    // Not beside the kill-and-restart test, which loads the machine.
     let _shared = support::light().await;
     let db = TestDb::create().await;
     let config = EventStoreConfig {
@@ -172,17 +172,137 @@ async fn partitions_are_made_ahead_and_dropped_by_age() {
     upkeep.abort();
 }
 
-/// Restarts the local PostgreSQL cluster (Debian's `pg_ctlcluster`).
-fn restart_postgres() {
-    let clusters =
-        std::fs::read_dir("/etc/postgresql").expect("a local PostgreSQL (Debian layout)");
-    for version in clusters.flatten() {
-        let version = version.file_name().to_string_lossy().to_string();
-        let status = std::process::Command::new("pg_ctlcluster")
-            .args([&version, "main", "restart"])
-            .status()
-            .expect("pg_ctlcluster");
-        assert!(status.success(), "pg_ctlcluster {version} main restart");
+/// A PostgreSQL cluster of the test's own (`initdb` into a temporary folder, served on a
+/// free port), so that restarting it leaves the machine's server alone. Run as the
+/// `postgres` user when the tests run as root, as PostgreSQL refuses root.
+struct PrivateCluster {
+    dir: std::path::PathBuf,
+    bin: std::path::PathBuf,
+    port: u16,
+}
+
+impl PrivateCluster {
+    fn start() -> Self {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL's programs (Debian layout)")
+            .flatten()
+            .map(|version| version.path().join("bin"))
+            .filter(|bin| bin.join("initdb").exists())
+            .max()
+            .expect("initdb");
+        let dir = std::env::temp_dir().join(format!(
+            "evr-pg-{}-{}",
+            std::process::id(),
+            fastrand::u32(..)
+        ));
+        std::fs::create_dir(&dir).expect("cluster folder");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("free port")
+            .port();
+        let cluster = Self { dir, bin, port };
+        if cluster.as_root() {
+            cluster.run("chown", &["postgres:postgres", &cluster.path()], false);
+        }
+        cluster.pg(
+            "initdb",
+            &[
+                "-D",
+                &cluster.path(),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+            ],
+        );
+        cluster.pg_ctl("start");
+        cluster
+    }
+
+    /// The URL of its `postgres` database.
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    fn restart(&self) {
+        self.pg_ctl("restart");
+    }
+
+    fn pg_ctl(&self, action: &str) {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            self.port,
+            self.path()
+        );
+        let log = self.dir.join("log");
+        let log = log.to_string_lossy();
+        self.pg(
+            "pg_ctl",
+            &[
+                "-D",
+                &self.path(),
+                "-l",
+                &log,
+                "-w",
+                "-m",
+                "fast",
+                "-o",
+                &options,
+                action,
+            ],
+        );
+    }
+
+    fn path(&self) -> String {
+        self.dir.to_string_lossy().into_owned()
+    }
+
+    fn as_root(&self) -> bool {
+        std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|out| out.stdout.starts_with(b"0"))
+    }
+
+    /// One of PostgreSQL's programs, as the `postgres` user when root.
+    fn pg(&self, program: &str, args: &[&str]) {
+        let program = self.bin.join(program).to_string_lossy().into_owned();
+        self.run(&program, args, self.as_root());
+    }
+
+    fn run(&self, program: &str, args: &[&str], as_postgres: bool) {
+        let mut command = if as_postgres {
+            let mut command = std::process::Command::new("runuser");
+            command.args(["-u", "postgres", "--", program]);
+            command
+        } else {
+            std::process::Command::new(program)
+        };
+        let out = command.args(args).output().expect(program);
+        assert!(
+            out.status.success(),
+            "{program} {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for PrivateCluster {
+    fn drop(&mut self) {
+        let program = self.bin.join("pg_ctl").to_string_lossy().into_owned();
+        let path = self.path();
+        let args = ["-D", path.as_str(), "-m", "immediate", "stop"];
+        let mut command = if self.as_root() {
+            let mut command = std::process::Command::new("runuser");
+            command.args(["-u", "postgres", "--", &program]);
+            command
+        } else {
+            std::process::Command::new(&program)
+        };
+        let _ = command.args(args).output();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -192,7 +312,8 @@ fn restart_postgres() {
 async fn a_kill_9_and_a_postgres_restart_lose_and_repeat_nothing() {
     let _alone = support::heavy().await;
     let redis = RedisServer::start();
-    let db = TestDb::create().await;
+    let postgres = PrivateCluster::start();
+    let db = TestDb::create_on(postgres.url()).await;
     let url = format!("\"{}\"", db.url);
     let env = [
         ("EVR_EVENTSTORE__URL", url.as_str()),
@@ -222,7 +343,7 @@ async fn a_kill_9_and_a_postgres_restart_lose_and_repeat_nothing() {
         second.publish_ok("order.created", &json!(events)).await;
         published += 100;
         if round == 24 {
-            restart_postgres();
+            postgres.restart();
         }
     }
     wait_for_rows(&db, published as i64).await;

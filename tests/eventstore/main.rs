@@ -1,7 +1,8 @@
 //! The event store against a real PostgreSQL (`EVR_TEST_PG_URL`, else the local server;
 //! each test makes and drops its own database): the archive (`archive`), queries, traces
 //! and rights (`queries`), replays (`replay`), data subjects (`subjects`) and restore
-//! (`restore`). One test restarts PostgreSQL; it runs alone, the others share.
+//! (`restore`). The test that restarts PostgreSQL restarts a private cluster of its own
+//! (`archive::PrivateCluster`), never the machine's; it runs alone, the others share.
 
 #[path = "../support/mod.rs"]
 mod support;
@@ -34,6 +35,11 @@ impl TestDb {
     async fn create() -> Self {
         let admin = std::env::var("EVR_TEST_PG_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        Self::create_on(admin).await
+    }
+
+    /// A database of its own on the server `admin` (a URL of a database to connect to).
+    async fn create_on(admin: String) -> Self {
         let name = format!("evr_test_{}_{}", std::process::id(), fastrand::u32(..));
         let (client, connection) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
             .await

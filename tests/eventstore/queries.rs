@@ -7,7 +7,7 @@ use super::*;
 /// DLQ).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queries_page_filter_and_trace_with_outcomes() {
-    // PostgreSQL is restarted by another test of this file.
+    // Not beside the kill-and-restart test, which loads the machine.
     let _shared = support::light().await;
     let redis = RedisServer::start();
     let db = TestDb::create().await;
