@@ -1,6 +1,6 @@
 //! The archive subscription's subscriber: instead of a webhook, each request of events is
-//! written to PostgreSQL in one transaction (binary `COPY` into a staging table, then an
-//! insert that skips rows already there), and its events are acked in Redis only once
+//! written to PostgreSQL in one transaction (one binary `COPY` into the table; when a row
+//! is already there, a staging table and an insert that skips what is stored), and its events are acked in Redis only once
 //! that transaction has committed. Delivery does the rest as for any subscription: leases
 //! over the partitions, reading, retries while PostgreSQL is away, lag in the metrics.
 
@@ -10,6 +10,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::pin_mut;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::Transaction;
 
 use super::partitions::{Day, KnownDays};
 use super::rows::{Row, COLUMNS};
@@ -110,31 +112,54 @@ async fn write(
         rows.iter().map(|r| Day::of(r.stored_at)),
     )
     .await?;
+    // Straight into the table: a row already there (a batch written again after a crash
+    // before its ack, or after a write that outlived its timeout) fails the whole COPY on
+    // the primary key, and only then is the batch written through a staging table that
+    // skips what is stored. The common case writes each row once.
+    let tx = client.transaction().await?;
+    match copy_rows(&tx, "evr_events", &rows).await {
+        Ok(()) => {
+            tx.commit().await?;
+            return Ok(());
+        }
+        Err(err) if err.code() == Some(&SqlState::UNIQUE_VIOLATION) => tx.rollback().await?,
+        Err(err) => return Err(err.into()),
+    }
     let tx = client.transaction().await?;
     tx.batch_execute(
         "CREATE TEMP TABLE IF NOT EXISTS evr_staging (LIKE evr_events) ON COMMIT DELETE ROWS",
     )
     .await?;
-    let names: Vec<&str> = COLUMNS.iter().map(|(name, _)| *name).collect();
-    let types: Vec<_> = COLUMNS.iter().map(|(_, ty)| ty.clone()).collect();
-    let sink = tx
-        .copy_in(&format!(
-            "COPY evr_staging ({}) FROM STDIN BINARY",
-            names.join(", ")
-        ))
-        .await?;
-    let writer = BinaryCopyInWriter::new(sink, &types);
-    pin_mut!(writer);
-    for row in &rows {
-        writer.as_mut().write(&row.values()).await?;
-    }
-    writer.finish().await?;
+    copy_rows(&tx, "evr_staging", &rows).await?;
     tx.execute(
         "INSERT INTO evr_events SELECT * FROM evr_staging ON CONFLICT DO NOTHING",
         &[],
     )
     .await?;
     tx.commit().await?;
+    Ok(())
+}
+
+/// Writes `rows` into `table` with one binary COPY.
+async fn copy_rows(
+    tx: &Transaction<'_>,
+    table: &str,
+    rows: &[Row],
+) -> Result<(), tokio_postgres::Error> {
+    let names: Vec<&str> = COLUMNS.iter().map(|(name, _)| *name).collect();
+    let types: Vec<_> = COLUMNS.iter().map(|(_, ty)| ty.clone()).collect();
+    let sink = tx
+        .copy_in(&format!(
+            "COPY {table} ({}) FROM STDIN BINARY",
+            names.join(", ")
+        ))
+        .await?;
+    let writer = BinaryCopyInWriter::new(sink, &types);
+    pin_mut!(writer);
+    for row in rows {
+        writer.as_mut().write(&row.values()).await?;
+    }
+    writer.finish().await?;
     Ok(())
 }
 

@@ -1,6 +1,6 @@
 //! One stored event as a row of the event table: the envelope's fields, where it was
 //! stored (stream, partition, id, and the time in the id), the few fields read from its
-//! payload (time, causation id), and the payload as `jsonb` (or bytes when it is not JSON);
+//! payload (time, causation id), and the payload as `json` (or bytes when it is not JSON);
 //! and a row read back as the envelope it was stored as (for replays and restores).
 
 use std::borrow::Cow;
@@ -31,31 +31,30 @@ pub const COLUMNS: &[(&str, Type)] = &[
     ("received_at", Type::TIMESTAMPTZ),
     ("format", Type::TEXT),
     ("content_type", Type::TEXT),
-    ("payload", Type::JSONB),
+    ("payload", Type::JSON),
     ("payload_bytes", Type::BYTEA),
     ("trace_id", Type::TEXT),
     ("subjects", Type::TEXT_ARRAY),
     ("sealed", Type::BYTEA),
 ];
 
-/// JSON text written as `jsonb` as it is, without parsing it into a tree first.
+/// JSON text written as `json`, byte for byte.
 #[derive(Debug)]
-pub struct RawJsonb(pub Vec<u8>);
+pub struct RawJson(pub Vec<u8>);
 
-impl ToSql for RawJsonb {
+impl ToSql for RawJson {
     fn to_sql(
         &self,
         _: &Type,
         out: &mut BytesMut,
     ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
-        // jsonb's binary format: a version byte, then the text.
-        out.extend_from_slice(&[1]);
+        // json's binary format is its text.
         out.extend_from_slice(&self.0);
         Ok(IsNull::No)
     }
 
     fn accepts(ty: &Type) -> bool {
-        *ty == Type::JSONB
+        *ty == Type::JSON
     }
 
     to_sql_checked!();
@@ -82,7 +81,7 @@ pub struct Row {
     pub received_at: SystemTime,
     pub format: &'static str,
     pub content_type: Option<String>,
-    pub payload: Option<RawJsonb>,
+    pub payload: Option<RawJson>,
     pub payload_bytes: Option<Vec<u8>>,
     pub trace_id: Option<String>,
     /// The data subjects it is about.
@@ -145,7 +144,7 @@ impl Row {
         };
         let some = |s: String| (!s.is_empty()).then_some(s);
         let (payload, payload_bytes) = if json {
-            (Some(RawJsonb(envelope.payload)), None)
+            (Some(RawJson(envelope.payload)), None)
         } else {
             (None, Some(envelope.payload))
         };

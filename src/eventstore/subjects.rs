@@ -237,7 +237,7 @@ pub async fn erase(
     let redacted = client
         .execute(
             "UPDATE evr_events
-                SET payload = jsonb_build_object('erased', true, 'event_id', event_id, 'event_type', event_type),
+                SET payload = json_build_object('erased', true, 'event_id', event_id, 'event_type', event_type),
                     payload_bytes = NULL,
                     sealed = NULL,
                     subjects = '{}',

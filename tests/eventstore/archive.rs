@@ -55,8 +55,129 @@ async fn every_stored_event_is_archived_once_with_its_columns() {
         .await
         .expect("migrations")
         .get(0);
-    assert_eq!(version, 3, "every migration applied");
+    assert_eq!(version, 4, "every migration applied");
     router.stop().await.expect("clean stop");
+}
+
+/// A batch whose rows are already stored (read again after a crash before its ack) is
+/// written through the path that skips stored rows: read everything again and nothing is
+/// in the table twice, and what comes after is archived as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_archived_again_are_skipped_not_doubled() {
+    let _shared = support::light().await;
+    let redis = RedisServer::start();
+    let db = TestDb::create().await;
+    let router = TestRouter::start(store_config(&redis, &db)).await;
+    publish_orders(&router, 0, 300).await;
+    wait_for_rows(&db, 300).await;
+    router.stop().await.expect("clean stop");
+    let rollbacks = rolled_back(&db).await;
+
+    // Every partition's archive group back to the start: every entry is read again.
+    let mut conn = redis.conn();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*{order.*}")
+        .query(&mut conn)
+        .expect("partition keys");
+    let mut rewound = 0;
+    for key in keys {
+        let kind: String = redis::cmd("TYPE").arg(&key).query(&mut conn).expect("type");
+        if kind != "stream" {
+            continue;
+        }
+        let set: redis::RedisResult<()> = redis::cmd("XGROUP")
+            .arg("SETID")
+            .arg(&key)
+            .arg(evrouter::eventstore::ARCHIVE)
+            .arg("0")
+            .query(&mut conn);
+        if set.is_ok() {
+            rewound += 1;
+        }
+    }
+    assert!(rewound > 0, "the archive reads the order partitions");
+
+    let router = TestRouter::start(store_config(&redis, &db)).await;
+    publish_orders(&router, 300, 100).await;
+    wait_for_rows(&db, 400).await;
+    // The groups have read everything again by now; the count stays.
+    let client = db.client().await;
+    eventually(Duration::from_secs(30), async || {
+        let lag: i64 = client
+            .query_one(
+                "SELECT count(*) - count(DISTINCT (stream, partition, redis_id)) FROM evr_events",
+                &[],
+            )
+            .await
+            .map_err(|e| e.to_string())?
+            .get(0);
+        let mut conn = redis.conn();
+        let pending = keys_pending(&mut conn);
+        match (lag, pending) {
+            (0, 0) => Ok(()),
+            other => Err(format!("duplicates and pending: {other:?}")),
+        }
+    })
+    .await;
+    assert_eq!(db.count().await, 400, "no event twice");
+    // The batches read again met their stored rows: the straight COPY was rolled back and
+    // the batch written through the path that skips them.
+    eventually(Duration::from_secs(10), async || {
+        match rolled_back(&db).await {
+            now if now > rollbacks => Ok(()),
+            now => Err(format!(
+                "{now} transactions rolled back, {rollbacks} before"
+            )),
+        }
+    })
+    .await;
+    router.stop().await.expect("clean stop");
+}
+
+/// Transactions rolled back in the test's database so far.
+async fn rolled_back(db: &TestDb) -> i64 {
+    db.client()
+        .await
+        .query_one(
+            "SELECT xact_rollback FROM pg_stat_database WHERE datname = current_database()",
+            &[],
+        )
+        .await
+        .expect("database statistics")
+        .get(0)
+}
+
+/// Entries of the order partitions the archive has not read yet or not acked yet.
+fn keys_pending(conn: &mut redis::Connection) -> i64 {
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*{order.*}")
+        .query(conn)
+        .unwrap_or_default();
+    let mut total = 0;
+    for key in keys {
+        let Ok(groups) = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(&key)
+            .query::<Vec<std::collections::HashMap<String, redis::Value>>>(conn)
+        else {
+            continue;
+        };
+        for group in groups {
+            let name: Option<String> = group
+                .get("name")
+                .and_then(|v| redis::from_redis_value(v.clone()).ok());
+            if name.as_deref() != Some(evrouter::eventstore::ARCHIVE) {
+                continue;
+            }
+            for field in ["pending", "lag"] {
+                total += group
+                    .get(field)
+                    .and_then(|v| redis::from_redis_value::<i64>(v.clone()).ok())
+                    .unwrap_or(1);
+            }
+        }
+    }
+    total
 }
 
 /// With PostgreSQL out of reach, publishes and deliveries go on and the archive's lag
