@@ -5,16 +5,17 @@ use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-/// FIFO lanes keyed by entity key.
+/// FIFO lanes keyed by entity key. Hashed with foldhash, seeded per process: several
+/// lookups per event, where SipHash cost more than the bookkeeping itself.
 #[derive(Debug)]
 pub struct Lanes<T> {
-    lanes: HashMap<Arc<str>, VecDeque<T>>,
+    lanes: HashMap<Arc<str>, VecDeque<T>, foldhash::fast::RandomState>,
 }
 
 impl<T> Default for Lanes<T> {
     fn default() -> Self {
         Self {
-            lanes: HashMap::new(),
+            lanes: HashMap::default(),
         }
     }
 }

@@ -312,19 +312,23 @@ impl<D: Dispatch> Reader<D> {
             let Some(partition) = keys.iter().find(|k| k.as_bytes() == &key[..]).cloned() else {
                 continue;
             };
+            // The partition's newest id, looked up once per reply and recorded after.
+            let mut newest = self.newest.get(&partition).copied().unwrap_or_default();
             for (id, raw) in entries {
                 let id = String::from_utf8_lossy(&id).into_owned();
                 let at = parse_id(&id);
-                let newest = self.newest.entry(partition.clone()).or_default();
-                if at <= *newest {
+                if at <= newest {
                     // Moved back by a rewind, whose restart of the subscription is coming:
                     // leave it pending to this consumer, for the restarted reader to claim,
                     // rather than let this one (with the state of before) act on it.
                     continue;
                 }
-                *newest = at;
+                newest = at;
                 used += 1;
                 self.hand_over(&partition, id, raw, 0).await;
+            }
+            if newest != (0, 0) {
+                self.newest.insert(partition, newest);
             }
         }
         // With more partitions than permits a read can return up to one entry per partition

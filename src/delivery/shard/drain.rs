@@ -38,7 +38,7 @@ pub(super) struct HandoffTracker {
     /// This shard's id among the handoff participants.
     id: u64,
     /// Per partition, events in requests in flight.
-    sending: HashMap<Arc<str>, usize>,
+    sending: HashMap<Arc<str>, usize, foldhash::fast::RandomState>,
     /// Partitions being handed over that this shard has confirmed done with.
     confirmed: HashSet<Arc<str>>,
 }
@@ -48,7 +48,7 @@ impl HandoffTracker {
     pub(super) fn new(id: u64) -> Self {
         Self {
             id,
-            sending: HashMap::new(),
+            sending: HashMap::default(),
             confirmed: HashSet::new(),
         }
     }
