@@ -75,7 +75,8 @@ impl Dispatch for ShardDispatch {
     async fn dispatch(&mut self, entry: ReadEntry) {
         // A copy of its own: a slice of the read buffer would keep all of it alive while
         // the event waits (retries, reorder buffer). The payload is a slice of this copy.
-        let raw = Bytes::copy_from_slice(&entry.raw);
+        // Laid out so that the envelope is read where it lies, not copied again.
+        let raw = crate::model::envelope::aligned_copy(&entry.raw);
         let view = match Envelope::view(&raw) {
             Ok(view) => view,
             // Written by a newer evrouter: left pending for an instance that reads it,

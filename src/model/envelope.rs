@@ -161,16 +161,22 @@ impl Envelope {
         out
     }
 
-    /// Reads an entry for delivery: it is copied once into aligned memory and validated,
-    /// the short fields are copied out, and the payload is located in `bytes` so that a
+    /// Reads an entry for delivery: it is validated where it lies when its archive is
+    /// aligned (an [`aligned_copy`]), else in an aligned copy; the short fields are copied out, and the payload is located in `bytes` so that a
     /// slice of them can be handed on instead of a copy.
     pub fn view(bytes: &[u8]) -> Result<EntryView, EnvelopeError> {
         let (&version, body) = bytes.split_first().ok_or(EnvelopeError::Empty)?;
         if version != ENVELOPE_VERSION && version != 1 {
             return Err(EnvelopeError::Version(version));
         }
-        let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(body.len());
-        aligned.extend_from_slice(body);
+        let copy;
+        let aligned = match in_place(body) {
+            Some(body) => body,
+            None => {
+                copy = aligned_vec(body);
+                &copy[..]
+            }
+        };
         let corrupt = |e: rancor::Error| EnvelopeError::Corrupt(e.to_string());
         // The payload's place in `bytes`: its offset in the aligned copy, plus the version
         // byte.
@@ -211,22 +217,57 @@ impl Envelope {
         view_of!(v2, v2.expires_us.as_ref().map(|s| s.to_native()), format)
     }
 
-    /// Decodes what [`Envelope::encode`] wrote (copying into aligned memory first).
+    /// Decodes what [`Envelope::encode`] wrote (in place when its archive lies aligned,
+    /// else from an aligned copy).
     pub fn decode(bytes: &[u8]) -> Result<Envelope, EnvelopeError> {
         let (&version, body) = bytes.split_first().ok_or(EnvelopeError::Empty)?;
         if version != ENVELOPE_VERSION && version != 1 {
             return Err(EnvelopeError::Version(version));
         }
-        let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(body.len());
-        aligned.extend_from_slice(body);
+        let copy;
+        let aligned = match in_place(body) {
+            Some(body) => body,
+            None => {
+                copy = aligned_vec(body);
+                &copy[..]
+            }
+        };
         let corrupt = |e: rancor::Error| EnvelopeError::Corrupt(e.to_string());
         if version == 1 {
-            return rkyv::from_bytes::<EnvelopeV1, rancor::Error>(&aligned)
+            return rkyv::from_bytes::<EnvelopeV1, rancor::Error>(aligned)
                 .map(Envelope::from)
                 .map_err(corrupt);
         }
-        rkyv::from_bytes::<Envelope, rancor::Error>(&aligned).map_err(corrupt)
+        rkyv::from_bytes::<Envelope, rancor::Error>(aligned).map_err(corrupt)
     }
+}
+
+/// The alignment an entry's archive is read at.
+const ARCHIVE_ALIGN: usize = 16;
+
+/// An entry's archive where it lies, when it lies aligned (see [`aligned_copy`]).
+fn in_place(body: &[u8]) -> Option<&[u8]> {
+    (body.as_ptr().align_offset(ARCHIVE_ALIGN) == 0).then_some(body)
+}
+
+/// An aligned copy of an archive that does not lie aligned.
+fn aligned_vec(body: &[u8]) -> rkyv::util::AlignedVec<ARCHIVE_ALIGN> {
+    let mut aligned = rkyv::util::AlignedVec::<ARCHIVE_ALIGN>::with_capacity(body.len());
+    aligned.extend_from_slice(body);
+    aligned
+}
+
+/// A copy of an entry (version byte and archive) laid out so that its archive starts
+/// aligned: [`Envelope::view`] and [`Envelope::decode`] then read it in place instead of
+/// copying it again.
+pub fn aligned_copy(entry: &[u8]) -> bytes::Bytes {
+    let mut buf = Vec::with_capacity(entry.len() + ARCHIVE_ALIGN);
+    // Padding so that the byte after the version byte lands on an aligned address; the
+    // capacity leaves room for it, so the buffer never moves.
+    let pad = (buf.as_ptr() as usize).wrapping_add(1).wrapping_neg() % ARCHIVE_ALIGN;
+    buf.resize(pad, 0);
+    buf.extend_from_slice(entry);
+    bytes::Bytes::from(buf).slice(pad..)
 }
 
 #[cfg(test)]
@@ -309,6 +350,41 @@ mod tests {
             Envelope::view(&newer),
             Err(EnvelopeError::Version(v)) if v == ENVELOPE_VERSION + 1
         ));
+    }
+
+    #[test]
+    fn an_aligned_copy_is_read_in_place_and_a_copy_at_any_offset_reads_the_same() {
+        let envelope = Envelope {
+            event_id: "evt_order_2".into(),
+            topic: "order.created".into(),
+            event_type: "order.created".into(),
+            key: "ord_2".into(),
+            sequence: None,
+            received_us: 7,
+            service: "order-service".into(),
+            correlation_id: "c2".into(),
+            traceparent: "tp".into(),
+            tracestate: Some("vendor=1".into()),
+            payload: EVENT.as_bytes().to_vec(),
+            format: PayloadFormat::Event,
+            content_type: None,
+            expires_us: None,
+        };
+        let bytes = envelope.encode();
+        let copy = aligned_copy(&bytes);
+        assert_eq!(&copy[..], &bytes[..]);
+        assert!(in_place(&copy[1..]).is_some(), "the archive lies aligned");
+        let view = Envelope::view(&copy).expect("view in place");
+        assert_eq!(&copy[view.payload.clone()], EVENT.as_bytes());
+        assert_eq!(Envelope::decode(&copy).expect("decode in place"), envelope);
+        // Every other placement is read through an aligned copy, to the same result.
+        for offset in 0..ARCHIVE_ALIGN {
+            let mut buf = vec![0u8; offset];
+            buf.extend_from_slice(&bytes);
+            let at = &buf[offset..];
+            assert_eq!(Envelope::view(at).expect("view"), view, "offset {offset}");
+            assert_eq!(Envelope::decode(at).expect("decode"), envelope);
+        }
     }
 
     #[test]

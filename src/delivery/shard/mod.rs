@@ -152,14 +152,30 @@ struct Finished {
     reply: Reply,
 }
 
+/// An event's place, as the shard's set of held events keys it: its partition and its
+/// entry id as numbers (an id is `ms-seq`), so that a lookup allocates nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct HeldKey(Arc<str>, u64, u64);
+
+impl HeldKey {
+    fn of(delivery: &Delivery) -> Self {
+        let (ms, seq) = delivery.id.split_once('-').unwrap_or((&delivery.id, "0"));
+        Self(
+            delivery.partition.clone(),
+            ms.parse().unwrap_or(0),
+            seq.parse().unwrap_or(0),
+        )
+    }
+}
+
 /// The shard task's state.
 pub struct Shard {
     ctx: ShardContext,
     rx: mpsc::Receiver<Delivery>,
     stop: watch::Receiver<bool>,
     lanes: Lanes<Delivery>,
-    /// (partition, entry id) of every event in the lanes.
-    held: HashSet<(Arc<str>, String)>,
+    /// Every event in the lanes, by partition and entry id.
+    held: HashSet<HeldKey, foldhash::fast::RandomState>,
     ready: VecDeque<Arc<str>>,
     /// Ready lanes of partitions whose lease lapsed locally, waiting for its renewal.
     paused: Vec<Arc<str>>,
@@ -196,7 +212,7 @@ impl Shard {
             rx,
             stop,
             lanes: Lanes::default(),
-            held: HashSet::new(),
+            held: HashSet::default(),
             ready: VecDeque::new(),
             paused: Vec::new(),
             timers: RetryTimers::default(),
@@ -301,10 +317,7 @@ impl Shard {
     fn on_delivery(&mut self, delivery: Delivery) {
         // A partition dropped and regained is reclaimed whole, including entries this
         // shard still holds: those must not be queued a second time.
-        if !self
-            .held
-            .insert((delivery.partition.clone(), delivery.id.clone()))
-        {
+        if !self.held.insert(HeldKey::of(&delivery)) {
             self.ctx.permits.add_permits(1);
             self.ctx
                 .stats
@@ -329,8 +342,7 @@ impl Shard {
 
     /// Finishes an event that never reached a lane: acked, or dead-lettered with `reason`.
     fn settle(&mut self, delivery: Delivery, dead_letter: Option<(&str, String)>) {
-        self.held
-            .remove(&(delivery.partition.clone(), delivery.id.clone()));
+        self.held.remove(&HeldKey::of(&delivery));
         self.ctx
             .stats
             .in_flight
@@ -388,7 +400,7 @@ impl Shard {
         let Some((head, more)) = self.lanes.pop(lane) else {
             return;
         };
-        self.held.remove(&(head.partition.clone(), head.id.clone()));
+        self.held.remove(&HeldKey::of(&head));
         let sequence = head.sequence;
         // The acker frees the event's permit once its ack (or dead letter) is written.
         if ack {

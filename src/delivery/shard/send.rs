@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use super::request::{finish_attempt, Built};
 use super::verdict::Verdict;
-use super::{Finished, Shard};
+use super::{Finished, HeldKey, Shard};
 use crate::delivery::outcomes::Fate;
 use crate::delivery::stats::SubscriptionStats;
 use crate::delivery::transport::Forwarded;
@@ -140,8 +140,7 @@ impl Shard {
     pub(super) fn forget_lane(&mut self, lane: &Arc<str>) -> usize {
         let removed = self.lanes.remove_all(lane);
         for delivery in &removed {
-            self.held
-                .remove(&(delivery.partition.clone(), delivery.id.clone()));
+            self.held.remove(&HeldKey::of(delivery));
         }
         removed.len()
     }

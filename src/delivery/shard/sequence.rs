@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::gate::{Restored, Step};
-use super::{Delivery, Shard};
+use super::{Delivery, HeldKey, Shard};
 use crate::store::acks::AckOp;
 
 impl Shard {
@@ -132,8 +132,7 @@ impl Shard {
             return;
         }
         for delivery in &dropped {
-            self.held
-                .remove(&(delivery.partition.clone(), delivery.id.clone()));
+            self.held.remove(&HeldKey::of(delivery));
         }
         self.ctx.permits.add_permits(dropped.len());
         self.ctx
