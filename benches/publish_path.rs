@@ -131,6 +131,13 @@ fn benches(c: &mut Criterion) {
             BatchSize::SmallInput,
         )
     });
+    // A read entry as dispatch takes it: its own copy out of the read buffer, then the view.
+    group.bench_function("copy_and_view_read_entry", |b| {
+        b.iter(|| {
+            let raw = evrouter::model::envelope::aligned_copy(&prepared.value);
+            Envelope::view(&raw).map(|v| v.payload.len())
+        })
+    });
     group.finish();
 
     // What signing adds to each webhook request: HMAC-SHA256 over a bulk body of 100

@@ -261,13 +261,18 @@ fn aligned_vec(body: &[u8]) -> rkyv::util::AlignedVec<ARCHIVE_ALIGN> {
 /// aligned: [`Envelope::view`] and [`Envelope::decode`] then read it in place instead of
 /// copying it again.
 pub fn aligned_copy(entry: &[u8]) -> bytes::Bytes {
-    let mut buf = Vec::with_capacity(entry.len() + ARCHIVE_ALIGN);
+    use bytes::Buf;
+    let mut buf = Vec::with_capacity(entry.len() + ARCHIVE_ALIGN - 1);
     // Padding so that the byte after the version byte lands on an aligned address; the
-    // capacity leaves room for it, so the buffer never moves.
+    // capacity leaves room for it, so the buffer never moves. With an allocator that
+    // aligns blocks to 16 bytes (mimalloc does) the padding fills the capacity exactly,
+    // and the buffer becomes a `Bytes` without another allocation.
     let pad = (buf.as_ptr() as usize).wrapping_add(1).wrapping_neg() % ARCHIVE_ALIGN;
     buf.resize(pad, 0);
     buf.extend_from_slice(entry);
-    bytes::Bytes::from(buf).slice(pad..)
+    let mut copy = bytes::Bytes::from(buf);
+    copy.advance(pad);
+    copy
 }
 
 #[cfg(test)]
