@@ -4,7 +4,6 @@
 use std::sync::atomic::Ordering as AtomicOrdering;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use tokio::sync::{mpsc, Semaphore};
 use xxhash_rust::xxh3::xxh3_64;
 

@@ -204,11 +204,10 @@ impl Envelope {
             }};
         }
         if version == 1 {
-            let v1 =
-                rkyv::access::<ArchivedEnvelopeV1, rancor::Error>(&aligned).map_err(corrupt)?;
+            let v1 = rkyv::access::<ArchivedEnvelopeV1, rancor::Error>(aligned).map_err(corrupt)?;
             return view_of!(v1, None, PayloadFormat::Event);
         }
-        let v2 = rkyv::access::<ArchivedEnvelope, rancor::Error>(&aligned).map_err(corrupt)?;
+        let v2 = rkyv::access::<ArchivedEnvelope, rancor::Error>(aligned).map_err(corrupt)?;
         let format = match v2.format {
             ArchivedPayloadFormat::Event => PayloadFormat::Event,
             ArchivedPayloadFormat::CloudEvent => PayloadFormat::CloudEvent,
