@@ -6,32 +6,18 @@
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use evrouter::model::event::{Body, RawEvent};
-use serde_json::{json, Value};
+use serde_json::Value;
 use simd_json::prelude::*;
+
+mod common;
 
 /// An order event whose `data.notes` pads it to about `bytes`.
 fn event(n: u64, bytes: usize) -> Value {
-    let mut event = json!({
-        "event_id": format!("evt_order_{n}"),
-        "event_type": "order.created",
-        "timestamp": "2026-01-30T10:00:00Z",
-        "version": "1.0",
-        "data": {
-            "order_id": format!("ord_{}", n % 10_000),
-            "customer_id": format!("cust_{}", n % 5000),
-            "total_amount": 129.99, "currency": "USD",
-            "items": [
-                {"product_id": "prod_1001", "quantity": 2, "unit_price": 49.99},
-                {"product_id": "prod_2002", "quantity": 1, "unit_price": 30.01}
-            ],
-            "notes": ""
-        },
-        "metadata": {"correlation_id": format!("corr_{n}"), "service": "order-service",
-                     "version": "1.4.2", "sequence": 1}
-    });
-    let size = serde_json::to_string(&event).map(|s| s.len()).unwrap_or(0);
-    let pad = "lorem ipsum dolor sit am ".repeat(bytes.saturating_sub(size) / 24 + 1);
-    event["data"]["notes"] = Value::String(pad[..bytes.saturating_sub(size).min(pad.len())].into());
+    let mut event = common::order_event(n);
+    let size = serde_json::to_string(&event).map(|s| s.len()).unwrap_or(0) + 11;
+    let want = bytes.saturating_sub(size);
+    let pad = "lorem ipsum dolor sit am ".repeat(want / 24 + 1);
+    event["data"]["notes"] = Value::String(pad[..want.min(pad.len())].into());
     event
 }
 

@@ -162,21 +162,16 @@ impl Envelope {
     }
 
     /// Reads an entry for delivery: it is validated where it lies when its archive is
-    /// aligned (an [`aligned_copy`]), else in an aligned copy; the short fields are copied out, and the payload is located in `bytes` so that a
-    /// slice of them can be handed on instead of a copy.
+    /// aligned (an [`aligned_copy`]), else in an aligned copy; the short fields are copied
+    /// out, and the payload is located in `bytes` so that a slice of them can be handed on
+    /// instead of a copy.
     pub fn view(bytes: &[u8]) -> Result<EntryView, EnvelopeError> {
         let (&version, body) = bytes.split_first().ok_or(EnvelopeError::Empty)?;
         if version != ENVELOPE_VERSION && version != 1 {
             return Err(EnvelopeError::Version(version));
         }
-        let copy;
-        let aligned = match in_place(body) {
-            Some(body) => body,
-            None => {
-                copy = aligned_vec(body);
-                &copy[..]
-            }
-        };
+        let archive = Archive::of(body);
+        let aligned: &[u8] = &archive;
         let corrupt = |e: rancor::Error| EnvelopeError::Corrupt(e.to_string());
         // The payload's place in `bytes`: its offset in the aligned copy, plus the version
         // byte.
@@ -223,14 +218,8 @@ impl Envelope {
         if version != ENVELOPE_VERSION && version != 1 {
             return Err(EnvelopeError::Version(version));
         }
-        let copy;
-        let aligned = match in_place(body) {
-            Some(body) => body,
-            None => {
-                copy = aligned_vec(body);
-                &copy[..]
-            }
-        };
+        let archive = Archive::of(body);
+        let aligned: &[u8] = &archive;
         let corrupt = |e: rancor::Error| EnvelopeError::Corrupt(e.to_string());
         if version == 1 {
             return rkyv::from_bytes::<EnvelopeV1, rancor::Error>(aligned)
@@ -244,16 +233,33 @@ impl Envelope {
 /// The alignment an entry's archive is read at.
 const ARCHIVE_ALIGN: usize = 16;
 
-/// An entry's archive where it lies, when it lies aligned (see [`aligned_copy`]).
-fn in_place(body: &[u8]) -> Option<&[u8]> {
-    (body.as_ptr().align_offset(ARCHIVE_ALIGN) == 0).then_some(body)
+/// An entry's archive, read where it lies when that is aligned (see [`aligned_copy`]),
+/// else from an aligned copy.
+enum Archive<'a> {
+    InPlace(&'a [u8]),
+    Copied(rkyv::util::AlignedVec<ARCHIVE_ALIGN>),
 }
 
-/// An aligned copy of an archive that does not lie aligned.
-fn aligned_vec(body: &[u8]) -> rkyv::util::AlignedVec<ARCHIVE_ALIGN> {
-    let mut aligned = rkyv::util::AlignedVec::<ARCHIVE_ALIGN>::with_capacity(body.len());
-    aligned.extend_from_slice(body);
-    aligned
+impl<'a> Archive<'a> {
+    fn of(body: &'a [u8]) -> Self {
+        if body.as_ptr().align_offset(ARCHIVE_ALIGN) == 0 {
+            return Self::InPlace(body);
+        }
+        let mut copy = rkyv::util::AlignedVec::<ARCHIVE_ALIGN>::with_capacity(body.len());
+        copy.extend_from_slice(body);
+        Self::Copied(copy)
+    }
+}
+
+impl std::ops::Deref for Archive<'_> {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Self::InPlace(body) => body,
+            Self::Copied(copy) => copy,
+        }
+    }
 }
 
 /// A copy of an entry (version byte and archive) laid out so that its archive starts
@@ -377,7 +383,10 @@ mod tests {
         let bytes = envelope.encode();
         let copy = aligned_copy(&bytes);
         assert_eq!(&copy[..], &bytes[..]);
-        assert!(in_place(&copy[1..]).is_some(), "the archive lies aligned");
+        assert!(
+            matches!(Archive::of(&copy[1..]), Archive::InPlace(_)),
+            "the archive lies aligned"
+        );
         let view = Envelope::view(&copy).expect("view in place");
         assert_eq!(&copy[view.payload.clone()], EVENT.as_bytes());
         assert_eq!(Envelope::decode(&copy).expect("decode in place"), envelope);
