@@ -347,6 +347,57 @@ async fn bulk_publish_reports_failed_entries() {
         assert_eq!(answer["errorCode"], "ERR_PUBSUB_EVENTS_SER");
     }
     assert!(stored_on(&redis, "refused").is_empty());
+
+    // Entries are read in place: an escaped entry id is still one id. The body's nesting
+    // is measured once for all entries: an event at the limit (64 levels) is stored, one
+    // level more refuses the whole body.
+    let nested = |levels: usize| -> Value {
+        let text = "[".repeat(levels) + &"]".repeat(levels);
+        serde_json::from_str(&text).expect("nested")
+    };
+    let at_limit = json!([
+        {"entryId": "q\"1", "event": nested(64), "contentType": "application/json"},
+        {"entryId": "q\"2", "event": nested(1), "contentType": "application/json"},
+    ]);
+    let (status, answer) = dapr_publish(
+        &router,
+        "/v1.0-alpha1/publish/bulk/pubsub/deep",
+        "application/json",
+        at_limit.to_string(),
+    )
+    .await;
+    assert_eq!(status, 204, "{answer}");
+    assert_eq!(stored_on(&redis, "deep").len(), 2);
+    let too_deep = json!([
+        {"entryId": "q\"3", "event": nested(1), "contentType": "application/json"},
+        {"entryId": "q\"4", "event": nested(65), "contentType": "application/json"},
+    ]);
+    let (status, answer) = dapr_publish(
+        &router,
+        "/v1.0-alpha1/publish/bulk/pubsub/deep",
+        "application/json",
+        too_deep.to_string(),
+    )
+    .await;
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(answer["errorCode"], "ERR_PUBSUB_EVENTS_SER");
+    assert_eq!(stored_on(&redis, "deep").len(), 2);
+    // The same id, once plain and once escaped, is used twice.
+    let twice = r#"[{"entryId": "q\"5", "event": {}}, {"entryId": "q\u00225", "event": {}}]"#;
+    let (status, answer) = dapr_publish(
+        &router,
+        "/v1.0-alpha1/publish/bulk/pubsub/deep",
+        "application/json",
+        twice.to_string(),
+    )
+    .await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("used twice")),
+        "{answer}"
+    );
     router.stop().await.expect("stop");
 }
 

@@ -19,20 +19,20 @@ impl TraceContext {
         if b.len() != 55 || b[2] != b'-' || b[35] != b'-' || b[52] != b'-' {
             return None;
         }
-        // Lowercase hex only, as the W3C format has it.
+        // Lowercase hex only, as the W3C format has it; at most 16 digits at a time.
         let number = |range: std::ops::Range<usize>| {
-            b[range].iter().try_fold(0u128, |n, c| {
+            b[range].iter().try_fold(0u64, |n, c| {
                 let digit = match c {
                     b'0'..=b'9' => c - b'0',
                     b'a'..=b'f' => c - b'a' + 10,
                     _ => return None,
                 };
-                Some(n << 4 | u128::from(digit))
+                Some(n << 4 | u64::from(digit))
             })
         };
         let version = number(0..2)?;
-        let trace_id = number(3..35)?;
-        let span_id = number(36..52)? as u64;
+        let trace_id = u128::from(number(3..19)?) << 64 | u128::from(number(19..35)?);
+        let span_id = number(36..52)?;
         let flags = number(53..55)? as u8;
         (version != 0xff && trace_id != 0 && span_id != 0).then_some(Self {
             trace_id,

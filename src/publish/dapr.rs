@@ -3,9 +3,11 @@
 //! (a CloudEvent, or the raw payload), and the publisher of events that Dapr subscriptions
 //! forward to their `deadLetterTopic`.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use serde_json::value::RawValue;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
@@ -13,7 +15,7 @@ use super::{PublishError, Publisher};
 use crate::auth::Principal;
 use crate::config::{DaprConfig, DaprPubsubConfig};
 use crate::model::clock::now_us;
-use crate::model::cloudevent::{self, CloudEventError, Overrides, PublishMeta};
+use crate::model::cloudevent::{self, Body, CloudEventError, Overrides, PublishMeta};
 use crate::model::dead_letter::{Forward, FORWARDER_SERVICE};
 use crate::model::envelope::{Envelope, PayloadFormat};
 use crate::model::event::{json_depth, RawEvent, RawMetadata};
@@ -105,11 +107,8 @@ impl DaprPubsubs {
     /// body itself or as a CloudEvent's `data`) is validated like a native publish: the
     /// base schema and the schema registered for its type. Other bodies are not platform
     /// events and are stored as they are.
-    fn check_platform_event(&self, json: &str) -> Result<(), DaprRefusal> {
+    fn check_platform_event(&self, raw: &RawValue) -> Result<(), DaprRefusal> {
         let Some(schemas) = &self.schemas else {
-            return Ok(());
-        };
-        let Ok(raw) = serde_json::from_str::<&serde_json::value::RawValue>(json) else {
             return Ok(());
         };
         let Ok(event) = RawEvent::parse(raw) else {
@@ -151,6 +150,27 @@ impl DaprPubsubs {
         map_topic(&config.topic_prefix, topic)
             .ok_or_else(|| DaprRefusal::TopicInvalid(topic.to_string()))
     }
+}
+
+/// Where a Dapr publish goes: the pubsub and topic the app named, and the evrouter topic
+/// they are stored under ([`DaprPubsubs::target`], found once per request).
+#[derive(Debug, Clone, Copy)]
+pub struct Route<'a> {
+    /// The pubsub name.
+    pub pubsub: &'a str,
+    /// The topic, as the app named it.
+    pub topic: &'a str,
+    /// The evrouter topic.
+    pub target: &'a str,
+}
+
+/// How deep a JSON body may nest.
+#[derive(Debug, Clone, Copy)]
+pub enum Depth {
+    /// No deeper than this many levels: measured here.
+    Limit(usize),
+    /// Already measured by the caller (the entries of a bulk body measured as a whole).
+    Checked,
 }
 
 /// Reads a Dapr boolean as Dapr's `IsTruthy` does: `true`, `1`, `yes`, `on`, `y` (any case)
@@ -247,24 +267,30 @@ impl DaprPubsubs {
     /// trace is recorded.
     pub fn envelope(
         &self,
-        to: (&str, &str),
-        body: &[u8],
+        to: Route<'_>,
+        body: Body<'_>,
         content_type: &str,
         metadata: &Metadata,
         caller: &Caller,
-        max_depth: usize,
+        depth: Depth,
     ) -> Result<(Envelope, Option<Started>), DaprRefusal> {
-        let (pubsub, topic) = to;
+        let Route {
+            pubsub,
+            topic,
+            target,
+        } = to;
         let received_us = now_us();
         let expires_us = metadata
             .ttl_seconds
             .map(|ttl| received_us.saturating_add(ttl.saturating_mul(1_000_000)));
-        if (cloudevent::is_json(content_type) || content_type == cloudevent::CLOUDEVENTS_JSON)
-            && json_depth(body, max_depth) > max_depth
-        {
-            return Err(DaprRefusal::BadCloudEvent(format!(
-                "the body nests deeper than {max_depth} levels"
-            )));
+        if let Depth::Limit(max_depth) = depth {
+            if (cloudevent::is_json(content_type) || content_type == cloudevent::CLOUDEVENTS_JSON)
+                && json_depth(body.bytes(), max_depth) > max_depth
+            {
+                return Err(DaprRefusal::BadCloudEvent(format!(
+                    "the body nests deeper than {max_depth} levels"
+                )));
+            }
         }
         // `cloudevent.traceparent` names the context the event continues, like the header.
         let asked = (metadata.overrides.traceparent.as_deref())
@@ -279,8 +305,8 @@ impl DaprPubsubs {
         }
         if metadata.raw_payload {
             if cloudevent::is_json(content_type) {
-                if let Ok(text) = std::str::from_utf8(body) {
-                    self.check_platform_event(text)?;
+                if let Some(raw) = body.json() {
+                    self.check_platform_event(raw)?;
                 }
             }
             let event_id = metadata
@@ -294,7 +320,7 @@ impl DaprPubsubs {
                     .clone()
                     .unwrap_or_else(|| event_id.clone()),
                 event_id,
-                topic: self.target(pubsub, topic)?,
+                topic: target.to_string(),
                 event_type: String::new(),
                 sequence: None,
                 received_us,
@@ -302,7 +328,7 @@ impl DaprPubsubs {
                 correlation_id: String::new(),
                 traceparent,
                 tracestate: caller.tracestate.clone(),
-                payload: body.to_vec(),
+                payload: body.bytes().to_vec(),
                 format: PayloadFormat::Raw,
                 content_type: (!content_type.is_empty()).then(|| content_type.to_string()),
                 expires_us,
@@ -327,40 +353,34 @@ impl DaprPubsubs {
         })?;
         // A platform event is validated as data of a CloudEvent, whether evrouter wrapped
         // it or the publisher sent the CloudEvent whole.
-        match (&event.raw_data, event.attrs.get("data")) {
-            (Some(data), _) => self.check_platform_event(data.get())?,
+        match (event.raw_data, event.rest.get("data")) {
+            (Some(data), _) => self.check_platform_event(data)?,
             (None, Some(data @ Value::Object(_))) => {
-                self.check_platform_event(&data.to_string())?
+                if let Ok(raw) = serde_json::value::to_raw_value(data) {
+                    self.check_platform_event(&raw)?
+                }
             }
             _ => {}
         }
-        let text = |name: &str| {
-            event
-                .attrs
-                .get(name)
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string()
-        };
-        let event_id = text("id");
+        let payload = event.to_vec();
         let envelope = Envelope {
             key: metadata
                 .partition_key
                 .clone()
-                .unwrap_or_else(|| event_id.clone()),
-            topic: self.target(pubsub, topic)?,
-            event_type: text("type"),
+                .unwrap_or_else(|| event.id.clone()),
+            topic: target.to_string(),
+            event_type: event.event_type,
             sequence: None,
             received_us,
-            service: text("source"),
+            service: event.source,
             correlation_id: String::new(),
-            traceparent: text("traceparent"),
-            tracestate: Some(text("tracestate")).filter(|t| !t.is_empty()),
-            payload: event.to_vec(),
+            traceparent: event.traceparent,
+            tracestate: Some(event.tracestate).filter(|t| !t.is_empty()),
+            payload,
             format: PayloadFormat::CloudEvent,
             content_type: None,
             expires_us,
-            event_id,
+            event_id: event.id,
         };
         Ok((envelope, span))
     }
@@ -369,19 +389,21 @@ impl DaprPubsubs {
 /// The bytes of one bulk entry's `event` (JSON text as sent): a JSON string of a non-JSON
 /// content type is its content, base64-decoded for `application/octet-stream` (as Dapr's
 /// SDKs send bytes); anything else stays the JSON text.
-pub fn bulk_entry_body(raw: &str, content_type: &str) -> Vec<u8> {
+pub fn bulk_entry_body<'a>(raw: &'a str, content_type: &str) -> Cow<'a, [u8]> {
     let text = (!cloudevent::is_json(content_type))
         .then(|| serde_json::from_str::<String>(raw).ok())
         .flatten();
     match text {
         Some(text) if content_type == "application/octet-stream" => {
             use base64::Engine;
-            base64::engine::general_purpose::STANDARD
-                .decode(&text)
-                .unwrap_or_else(|_| text.into_bytes())
+            Cow::Owned(
+                base64::engine::general_purpose::STANDARD
+                    .decode(&text)
+                    .unwrap_or_else(|_| text.into_bytes()),
+            )
         }
-        Some(text) => text.into_bytes(),
-        None => raw.as_bytes().to_vec(),
+        Some(text) => Cow::Owned(text.into_bytes()),
+        None => Cow::Borrowed(raw.as_bytes()),
     }
 }
 
@@ -414,13 +436,18 @@ pub fn spawn_forwarder(
             let built = api
                 .target(&letter.pubsub, &letter.topic)
                 .and_then(|target| {
+                    let route = Route {
+                        pubsub: &letter.pubsub,
+                        topic: &letter.topic,
+                        target: &target,
+                    };
                     let envelope = api.envelope(
-                        (&letter.pubsub, &letter.topic),
-                        &letter.body,
+                        route,
+                        Body::Bytes(&letter.body),
                         &content_type,
                         &metadata,
                         &Caller::default(),
-                        publisher.limits().max_depth,
+                        Depth::Limit(publisher.limits().max_depth),
                     )?;
                     Ok((target, envelope))
                 });

@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 
 use crate::config::TracingConfig;
-use crate::model::trace::{is_valid_traceparent, new_traceparent, TraceContext};
+use crate::model::trace::{new_traceparent, TraceContext};
 
 /// What a span is, in OpenTelemetry's terms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -200,12 +200,15 @@ impl Tracer {
     /// (its own or the request's), and the publish span to record when the trace is
     /// sampled. Off, the incoming context is stored as it is (a new one when there is none).
     pub fn begin_publish(&self, incoming: Option<&str>) -> (String, Option<Started>) {
-        let incoming = incoming.filter(|t| is_valid_traceparent(t));
+        let incoming = incoming.and_then(|t| TraceContext::parse(t).map(|parsed| (t, parsed)));
         let Some(shared) = &self.0 else {
-            return (incoming.map_or_else(new_traceparent, str::to_string), None);
+            return (
+                incoming.map_or_else(new_traceparent, |(t, _)| t.to_string()),
+                None,
+            );
         };
-        let (context, parent) = match incoming.and_then(TraceContext::parse) {
-            Some(theirs) => (theirs.child(), Some(theirs.span_id)),
+        let (context, parent) = match incoming {
+            Some((_, theirs)) => (theirs.child(), Some(theirs.span_id)),
             None => (
                 TraceContext::root(fastrand::f64() < shared.sample_ratio),
                 None,
@@ -254,7 +257,7 @@ mod tests {
             (theirs.to_string(), None)
         );
         let (fresh, started) = tracer.begin_publish(Some("garbage"));
-        assert!(is_valid_traceparent(&fresh));
+        assert!(crate::model::trace::is_valid_traceparent(&fresh));
         assert_eq!(started, None);
     }
 

@@ -24,8 +24,8 @@ use crate::auth::Principal;
 use crate::ingress::codes::DaprCode;
 use crate::ingress::refusals::{self, Refused};
 use crate::ingress::{AppState, ClientAddr};
-use crate::model::cloudevent;
-use crate::publish::dapr::{Caller, Metadata};
+use crate::model::cloudevent::{self, Body};
+use crate::publish::dapr::{Caller, Depth, Metadata, Route};
 
 /// The service's full name.
 pub const SERVICE: &str = "dapr.proto.runtime.v1.Dapr";
@@ -174,13 +174,18 @@ impl DaprGrpc {
         principal
             .quota
             .admit(&principal.name, 1, request.data.len())?;
+        let route = Route {
+            pubsub: &request.pubsub_name,
+            topic: &request.topic,
+            target: &target,
+        };
         let envelope = app.dapr.envelope(
-            (&request.pubsub_name, &request.topic),
-            &request.data,
+            route,
+            Body::Bytes(&request.data),
             &cloudevent::essence(&request.data_content_type),
             &metadata,
             caller,
-            app.publisher.limits().max_depth,
+            Depth::Limit(app.publisher.limits().max_depth),
         )?;
         app.publisher
             .publish_envelopes(&target, vec![envelope])
@@ -280,13 +285,18 @@ impl DaprGrpc {
             )
             .map_err(DaprError::from)
             .and_then(|()| {
+                let route = Route {
+                    pubsub,
+                    topic,
+                    target: &target,
+                };
                 Ok(app.dapr.envelope(
-                    (pubsub, topic),
-                    &entry.event,
+                    route,
+                    Body::Bytes(&entry.event),
                     &cloudevent::essence(&entry.content_type),
                     &metadata,
                     caller,
-                    limits.max_depth,
+                    Depth::Limit(limits.max_depth),
                 )?)
             });
             match made {

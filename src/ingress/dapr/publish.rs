@@ -1,6 +1,7 @@
 //! The Dapr publish API: `POST|PUT /v1.0/publish/{pubsubname}/{topic}` and bulk publish,
 //! answered with Dapr's status codes and error bodies.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -17,9 +18,9 @@ use crate::auth::Principal;
 use crate::ingress::codes::DaprCode;
 use crate::ingress::publish::read_body;
 use crate::ingress::AppState;
-use crate::model::cloudevent;
+use crate::model::cloudevent::{self, Body as Published};
 use crate::model::event::json_depth;
-use crate::publish::dapr::{bulk_entry_body, Caller, Metadata};
+use crate::publish::dapr::{bulk_entry_body, Caller, Depth, Metadata, Route};
 
 /// The `metadata.*` pairs of a query string, percent-decoded.
 fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
@@ -136,13 +137,18 @@ async fn publish_one(
         .and_then(|v| v.to_str().ok())
         .map(cloudevent::essence)
         .unwrap_or_default();
+    let route = Route {
+        pubsub: &pubsub,
+        topic: &topic,
+        target: &target,
+    };
     let envelope = api.envelope(
-        (&pubsub, &topic),
-        &bytes,
+        route,
+        Published::Bytes(&bytes),
         &content_type,
         &metadata,
         &caller(&headers),
-        app.publisher.limits().max_depth,
+        Depth::Limit(app.publisher.limits().max_depth),
     )?;
     app.publisher
         .publish_envelopes(&target, vec![envelope])
@@ -151,17 +157,19 @@ async fn publish_one(
     Ok((target, 1, StatusCode::NO_CONTENT.into_response()))
 }
 
-/// One entry of a bulk publish, as the Dapr SDKs send it.
+/// One entry of a bulk publish, as the Dapr SDKs send it, read in place from the body.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct BulkEntry {
+struct BulkEntry<'a> {
     /// `entryId` (Dapr's docs) or `entryID` (the JavaScript SDK).
-    #[serde(alias = "entryID")]
-    entry_id: Option<String>,
-    event: Option<Box<serde_json::value::RawValue>>,
-    content_type: Option<String>,
-    #[serde(default)]
-    metadata: HashMap<String, String>,
+    #[serde(alias = "entryID", borrow)]
+    entry_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    event: Option<&'a serde_json::value::RawValue>,
+    #[serde(borrow)]
+    content_type: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    metadata: HashMap<Cow<'a, str>, Cow<'a, str>>,
 }
 
 /// Publishes many events through the Dapr API: 204 when all are stored, else 500 with
@@ -212,7 +220,12 @@ async fn publish_many(
             app.publisher.limits().max_batch
         )));
     }
-    let mut seen = std::collections::HashSet::new();
+    let route = Route {
+        pubsub: &pubsub,
+        topic: &topic,
+        target: &target,
+    };
+    let mut seen = std::collections::HashSet::with_capacity(entries.len());
     let mut failed: Vec<(String, String)> = Vec::new();
     let mut envelopes = Vec::with_capacity(entries.len());
     let mut stored_ids = Vec::with_capacity(entries.len());
@@ -227,11 +240,11 @@ async fn publish_many(
         }
         let mut metadata = shared.clone();
         if let Err(err) = Metadata::read(
-            entry.metadata.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            entry.metadata.iter().map(|(k, v)| (k.as_ref(), v.as_ref())),
             "",
             &mut metadata,
         ) {
-            failed.push((entry_id, err.to_string()));
+            failed.push((entry_id.into_owned(), err.to_string()));
             continue;
         }
         let content_type = entry
@@ -239,22 +252,29 @@ async fn publish_many(
             .as_deref()
             .map(cloudevent::essence)
             .unwrap_or_else(|| "application/json".into());
-        // The event stays the JSON text it was sent as.
-        let raw = entry.event.as_deref().map_or("null", |e| e.get());
-        let body = bulk_entry_body(raw, &content_type);
+        // The event stays the JSON text it was sent as, read once with the whole body.
+        let decoded;
+        let body = match entry.event {
+            Some(raw) if cloudevent::is_json(&content_type) => Published::Json(raw),
+            event => {
+                decoded = bulk_entry_body(event.map_or("null", |e| e.get()), &content_type);
+                Published::Bytes(&decoded)
+            }
+        };
+        // The whole body's nesting was measured above: no entry nests deeper.
         match api.envelope(
-            (&pubsub, &topic),
-            &body,
+            route,
+            body,
             &content_type,
             &metadata,
             &caller,
-            max_depth,
+            Depth::Checked,
         ) {
             Ok(traced) => {
                 envelopes.push(traced);
-                stored_ids.push(entry_id);
+                stored_ids.push(entry_id.into_owned());
             }
-            Err(err) => failed.push((entry_id, err.to_string())),
+            Err(err) => failed.push((entry_id.into_owned(), err.to_string())),
         }
     }
     let mut stored = stored_ids.len();

@@ -3,12 +3,17 @@
 //! stored in any format.
 
 use base64::Engine;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
+use std::borrow::Cow;
 use std::time::UNIX_EPOCH;
 
 use super::clock::now_rfc3339;
-use super::envelope::PayloadFormat;
+
+mod present;
+
+pub use present::{present, Stored};
 
 /// The `type` Dapr gives an event it wraps.
 pub const DEFAULT_TYPE: &str = "com.dapr.event.sent";
@@ -53,6 +58,34 @@ pub struct Overrides {
     pub tracestate: Option<String>,
 }
 
+/// A published body: bytes as received, or JSON text already read as JSON (an entry of a
+/// bulk body), which is then not scanned again.
+#[derive(Debug, Clone, Copy)]
+pub enum Body<'a> {
+    /// The bytes of the request.
+    Bytes(&'a [u8]),
+    /// JSON text, known to be well-formed.
+    Json(&'a RawValue),
+}
+
+impl<'a> Body<'a> {
+    /// The body's bytes.
+    pub fn bytes(self) -> &'a [u8] {
+        match self {
+            Body::Bytes(bytes) => bytes,
+            Body::Json(raw) => raw.get().as_bytes(),
+        }
+    }
+
+    /// The body as JSON text, when it is well-formed JSON.
+    pub fn json(self) -> Option<&'a RawValue> {
+        match self {
+            Body::Bytes(bytes) => serde_json::from_slice(bytes).ok(),
+            Body::Json(raw) => Some(raw),
+        }
+    }
+}
+
 /// Why a body cannot become a CloudEvent.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CloudEventError {
@@ -80,18 +113,23 @@ pub const MAX_ATTRIBUTE_CHARS: usize = 256;
 
 /// Checks what identifies a CloudEvent and is shown wherever it is listed: `id`, `source`
 /// and `type` are non-empty strings without control characters, of bounded length.
-fn check_identity(event: &Map<String, Value>) -> Result<(), CloudEventError> {
-    for (name, max) in [
-        ("id", MAX_ATTRIBUTE_CHARS),
-        ("type", MAX_ATTRIBUTE_CHARS),
-        ("source", 4 * MAX_ATTRIBUTE_CHARS),
+fn check_identity(event: &Built<'_>) -> Result<(), CloudEventError> {
+    for (name, value, max) in [
+        ("id", &event.id, MAX_ATTRIBUTE_CHARS),
+        ("type", &event.event_type, MAX_ATTRIBUTE_CHARS),
+        ("source", &event.source, 4 * MAX_ATTRIBUTE_CHARS),
     ] {
-        let value = event.get(name).and_then(Value::as_str).unwrap_or_default();
+        let (chars, control) = if value.is_ascii() {
+            let bytes = value.as_bytes();
+            (bytes.len(), bytes.iter().any(u8::is_ascii_control))
+        } else {
+            (value.chars().count(), value.chars().any(char::is_control))
+        };
         let why = if value.is_empty() {
             "must not be empty".to_string()
-        } else if value.chars().count() > max {
+        } else if chars > max {
             format!("is longer than {max} characters")
-        } else if value.chars().any(char::is_control) {
+        } else if control {
             "must not hold control characters".to_string()
         } else {
             continue;
@@ -118,61 +156,121 @@ pub fn essence(content_type: &str) -> String {
         .to_ascii_lowercase()
 }
 
-/// Builds the CloudEvent of a publish: `body` is parsed as a CloudEvent when the request
-/// says `application/cloudevents+json` (missing attributes are filled), otherwise it is
-/// the event's data and is wrapped as Dapr wraps it.
-pub fn build(body: &[u8], meta: &PublishMeta) -> Result<Map<String, Value>, CloudEventError> {
-    build_parts(body, meta).map(Built::into_map)
-}
-
-/// A CloudEvent made by [`build_parts`]: its attributes, and JSON `data` kept as the raw
-/// text that was published (not parsed into a tree and written out again).
+/// A CloudEvent made by [`build_parts`]: the attributes every event has, the others, and
+/// JSON `data` kept as the text that was published (not parsed into a tree and written
+/// out again). `specversion` is always 1.0.
 #[derive(Debug)]
-pub struct Built {
-    /// Every attribute, and `data` / `data_base64` when they are not raw JSON.
-    pub attrs: Map<String, Value>,
+pub struct Built<'a> {
+    /// `id`.
+    pub id: String,
+    /// `source`.
+    pub source: String,
+    /// `type`.
+    pub event_type: String,
+    /// `datacontenttype`.
+    pub datacontenttype: Cow<'a, str>,
+    /// `time`.
+    pub time: String,
+    /// `traceparent`.
+    pub traceparent: String,
+    /// `traceid`.
+    pub traceid: String,
+    /// `tracestate` (empty when there is none).
+    pub tracestate: String,
+    /// `topic`, as the app named it.
+    pub topic: &'a str,
+    /// `pubsubname`.
+    pub pubsubname: &'a str,
+    /// `expiration`, when the publish gave a time to live.
+    pub expiration: Option<String>,
+    /// Every other attribute, and `data` / `data_base64` when they are not raw JSON.
+    pub rest: Map<String, Value>,
     /// JSON `data`, as published.
-    pub raw_data: Option<Box<serde_json::value::RawValue>>,
+    pub raw_data: Option<&'a RawValue>,
 }
 
-impl Built {
-    /// The CloudEvent as JSON text.
+impl Built<'_> {
+    /// The CloudEvent as JSON text, written field by field.
     pub fn to_vec(&self) -> Vec<u8> {
-        let mut out = serde_json::to_vec(&self.attrs).unwrap_or_default();
-        if let Some(data) = &self.raw_data {
-            // `attrs` is never empty (it has at least `id`): `{…}` becomes `{…,"data":…}`.
-            out.pop();
-            out.extend_from_slice(b",\"data\":");
-            out.extend_from_slice(data.get().as_bytes());
-            out.push(b'}');
+        let data = self.raw_data.map_or("", |data| data.get());
+        let mut out = Vec::with_capacity(data.len() + 384);
+        out.extend_from_slice(br#"{"specversion":"1.0""#);
+        for (name, value) in [
+            ("id", self.id.as_str()),
+            ("source", &self.source),
+            ("type", &self.event_type),
+            ("datacontenttype", &self.datacontenttype),
+            ("time", &self.time),
+            ("topic", self.topic),
+            ("pubsubname", self.pubsubname),
+            ("traceid", &self.traceid),
+            ("traceparent", &self.traceparent),
+            ("tracestate", &self.tracestate),
+        ] {
+            attribute(&mut out, name, value);
         }
+        if let Some(expiration) = &self.expiration {
+            attribute(&mut out, "expiration", expiration);
+        }
+        for (name, value) in &self.rest {
+            attribute(&mut out, name, value);
+        }
+        if self.raw_data.is_some() {
+            out.extend_from_slice(br#","data":"#);
+            out.extend_from_slice(data.as_bytes());
+        }
+        out.push(b'}');
         out
     }
+}
 
-    /// The CloudEvent as one tree.
-    pub fn into_map(self) -> Map<String, Value> {
-        let mut attrs = self.attrs;
-        if let Some(data) = self.raw_data {
-            if let Ok(value) = serde_json::from_str::<Value>(data.get()) {
-                attrs.insert("data".into(), value);
-            }
-        }
-        attrs
+/// Appends `,"name":value` to an object being written.
+fn attribute<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, name: &str, value: &T) {
+    out.push(b',');
+    // Writing strings and JSON values into a `Vec` cannot fail.
+    let _ = serde_json::to_writer(&mut *out, name);
+    out.push(b':');
+    let _ = serde_json::to_writer(&mut *out, value);
+}
+
+/// Takes attribute `name` out of `event`: a string, or an error when it is something else.
+fn take_string(
+    event: &mut Map<String, Value>,
+    name: &'static str,
+) -> Result<Option<String>, CloudEventError> {
+    match event.remove(name) {
+        None => Ok(None),
+        Some(Value::String(text)) => Ok(Some(text)),
+        Some(_) => Err(CloudEventError::NotAString(name)),
     }
 }
 
-/// Builds the CloudEvent of a publish, as [`build`] does, keeping JSON data raw.
-pub fn build_parts(body: &[u8], meta: &PublishMeta) -> Result<Built, CloudEventError> {
+/// Takes attribute `name` out of `event` when it is a string (anything else is replaced).
+fn take_lenient(event: &mut Map<String, Value>, name: &str) -> Option<String> {
+    match event.remove(name) {
+        Some(Value::String(text)) => Some(text),
+        _ => None,
+    }
+}
+
+/// Builds the CloudEvent of a publish: `body` is parsed as a CloudEvent when the request
+/// says `application/cloudevents+json` (missing attributes are filled), otherwise it is
+/// the event's data and is wrapped as Dapr wraps it. JSON data is kept as published.
+pub fn build_parts<'a>(
+    body: Body<'a>,
+    meta: &'a PublishMeta,
+) -> Result<Built<'a>, CloudEventError> {
     let mut raw_data = None;
-    let mut event = if meta.content_type == CLOUDEVENTS_JSON {
-        match serde_json::from_slice::<Value>(body) {
+    let mut given_content_type = None;
+    let mut rest = if meta.content_type == CLOUDEVENTS_JSON {
+        match serde_json::from_slice::<Value>(body.bytes()) {
             Ok(Value::Object(map)) => map,
             Ok(_) => return Err(CloudEventError::NotAnObject("not a JSON object".into())),
             Err(err) => return Err(CloudEventError::NotAnObject(err.to_string())),
         }
     } else {
-        let raw = serde_json::from_slice::<Box<serde_json::value::RawValue>>(body).ok();
-        let content_type = match (meta.content_type.as_str(), &raw) {
+        let raw = body.json();
+        let content_type = match (meta.content_type.as_str(), raw) {
             ("", Some(_)) => "application/json",
             ("", None) => "text/plain",
             (given, _) => given,
@@ -180,46 +278,22 @@ pub fn build_parts(body: &[u8], meta: &PublishMeta) -> Result<Built, CloudEventE
         match raw {
             Some(raw) if is_json(content_type) => {
                 raw_data = Some(raw);
-                let mut map = Map::new();
-                map.insert(
-                    "datacontenttype".into(),
-                    Value::String(content_type.to_string()),
-                );
-                map.insert("type".into(), Value::String(DEFAULT_TYPE.into()));
-                map
+                given_content_type = Some(content_type);
+                Map::new()
             }
-            _ => wrap_data(body, content_type),
+            _ => wrap_data(body.bytes(), content_type),
         }
     };
-    for name in ["id", "source", "type", "specversion", "datacontenttype"] {
-        if event.get(name).is_some_and(|v| !v.is_string()) {
-            return Err(CloudEventError::NotAString(match name {
-                "id" => "id",
-                "source" => "source",
-                "type" => "type",
-                "specversion" => "specversion",
-                _ => "datacontenttype",
-            }));
-        }
-    }
+    let id = take_string(&mut rest, "id")?;
+    let source = take_string(&mut rest, "source")?;
+    let event_type = take_string(&mut rest, "type")?;
+    let specversion = take_string(&mut rest, "specversion")?;
+    let datacontenttype = match take_string(&mut rest, "datacontenttype")? {
+        Some(given) => Cow::Owned(given),
+        None => Cow::Borrowed(given_content_type.unwrap_or("application/json")),
+    };
     let o = &meta.overrides;
-    let mut set = |name: &str, forced: Option<&String>, default: &dyn Fn() -> String| match forced {
-        Some(value) => {
-            event.insert(name.into(), Value::String(value.clone()));
-        }
-        None => {
-            if !event.get(name).is_some_and(|v| v.is_string()) {
-                event.insert(name.into(), Value::String(default()));
-            }
-        }
-    };
-    set("id", o.id.as_ref(), &|| uuid::Uuid::new_v4().to_string());
-    set("source", o.source.as_ref(), &|| meta.source.clone());
-    set("type", o.event_type.as_ref(), &|| DEFAULT_TYPE.to_string());
-    set("specversion", None, &|| "1.0".to_string());
-    set("datacontenttype", None, &|| "application/json".to_string());
-    set("time", None, &now_rfc3339);
-    let traceparent = o
+    let context = o
         .traceparent
         .clone()
         .or_else(|| {
@@ -228,31 +302,49 @@ pub fn build_parts(body: &[u8], meta: &PublishMeta) -> Result<Built, CloudEventE
                 .filter(|t| super::trace::is_valid_traceparent(t))
         })
         .unwrap_or_else(super::trace::new_traceparent);
-    set("traceparent", o.traceparent.as_ref(), &|| {
-        traceparent.clone()
-    });
-    set("traceid", o.traceid.as_ref(), &|| traceparent.clone());
+    let traceparent = o
+        .traceparent
+        .clone()
+        .or(take_lenient(&mut rest, "traceparent"))
+        .unwrap_or_else(|| context.clone());
+    let traceid = o
+        .traceid
+        .clone()
+        .or(take_lenient(&mut rest, "traceid"))
+        .unwrap_or(context);
     let tracestate = o
         .tracestate
         .clone()
+        .or(take_lenient(&mut rest, "tracestate"))
         .or_else(|| meta.tracestate.clone())
         .unwrap_or_default();
-    set("tracestate", o.tracestate.as_ref(), &|| tracestate.clone());
-    event.insert("topic".into(), Value::String(meta.topic.clone()));
-    event.insert("pubsubname".into(), Value::String(meta.pubsubname.clone()));
-    if let Some(expires) = meta.expires_us {
+    let time = take_lenient(&mut rest, "time").unwrap_or_else(now_rfc3339);
+    rest.remove("topic");
+    rest.remove("pubsubname");
+    let expiration = meta.expires_us.map(|expires| {
+        rest.remove("expiration");
         let at = UNIX_EPOCH + std::time::Duration::from_micros(expires);
-        event.insert(
-            "expiration".into(),
-            Value::String(humantime::format_rfc3339_millis(at).to_string()),
-        );
-    }
+        humantime::format_rfc3339_millis(at).to_string()
+    });
+    let event = Built {
+        id: (o.id.clone().or(id)).unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+        source: (o.source.clone().or(source)).unwrap_or_else(|| meta.source.clone()),
+        event_type: (o.event_type.clone().or(event_type))
+            .unwrap_or_else(|| DEFAULT_TYPE.to_string()),
+        datacontenttype,
+        time,
+        traceparent,
+        traceid,
+        tracestate,
+        topic: &meta.topic,
+        pubsubname: &meta.pubsubname,
+        expiration,
+        rest,
+        raw_data,
+    };
     check_identity(&event)?;
-    match event.get("specversion").and_then(Value::as_str) {
-        Some("1.0") | None => Ok(Built {
-            attrs: event,
-            raw_data,
-        }),
+    match specversion.as_deref() {
+        Some("1.0") | None => Ok(event),
         Some(other) => Err(CloudEventError::SpecVersion(other.to_string())),
     }
 }
@@ -303,73 +395,6 @@ fn wrap_data(body: &[u8], content_type: &str) -> Map<String, Value> {
     event
 }
 
-/// The fields of a stored event a CloudEvent is built from.
-pub struct Stored<'a> {
-    /// Its format.
-    pub format: PayloadFormat,
-    /// The stored payload.
-    pub payload: &'a [u8],
-    /// Its content type when raw.
-    pub content_type: Option<&'a str>,
-    /// `event_id`.
-    pub event_id: &'a str,
-    /// `event_type`.
-    pub event_type: &'a str,
-    /// The publishing service.
-    pub service: &'a str,
-    /// Its trace context.
-    pub traceparent: &'a str,
-    /// When evrouter received it.
-    pub received_us: u64,
-}
-
-/// The CloudEvent a Dapr app receives for `stored`, subscribed as `pubsubname`/`topic`:
-/// a stored CloudEvent as is; a platform event wrapped with its id, type, service and
-/// trace context; raw bytes wrapped like a data publish.
-pub fn present(stored: &Stored<'_>, pubsubname: &str, topic: &str) -> Value {
-    let mut event = match stored.format {
-        PayloadFormat::CloudEvent => match serde_json::from_slice::<Value>(stored.payload) {
-            Ok(Value::Object(map)) => map,
-            _ => wrap_data(stored.payload, "application/json"),
-        },
-        PayloadFormat::Raw => {
-            let mut map = wrap_data(stored.payload, stored.content_type.unwrap_or_default());
-            map.insert("id".into(), Value::String(stored.event_id.to_string()));
-            map
-        }
-        PayloadFormat::Event => {
-            let mut map = wrap_data(stored.payload, "application/json");
-            map.insert("id".into(), Value::String(stored.event_id.to_string()));
-            map.insert("type".into(), Value::String(stored.event_type.to_string()));
-            map
-        }
-    };
-    let received = UNIX_EPOCH + std::time::Duration::from_micros(stored.received_us);
-    let mut fill = |name: &str, value: String| {
-        if !event.get(name).is_some_and(Value::is_string) {
-            event.insert(name.into(), Value::String(value));
-        }
-    };
-    fill(
-        "source",
-        if stored.service.is_empty() {
-            "evrouter".into()
-        } else {
-            stored.service.to_string()
-        },
-    );
-    fill("specversion", "1.0".into());
-    fill(
-        "time",
-        humantime::format_rfc3339_micros(received).to_string(),
-    );
-    fill("traceparent", stored.traceparent.to_string());
-    fill("traceid", stored.traceparent.to_string());
-    event.insert("topic".into(), Value::String(topic.to_string()));
-    event.insert("pubsubname".into(), Value::String(pubsubname.to_string()));
-    Value::Object(event)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -381,6 +406,15 @@ mod tests {
             topic: "orders".into(),
             source: "checkout".into(),
             ..PublishMeta::default()
+        }
+    }
+
+    /// The CloudEvent as written, read back as a tree.
+    fn build(body: &[u8], meta: &PublishMeta) -> Result<Map<String, Value>, CloudEventError> {
+        let text = build_parts(Body::Bytes(body), meta)?.to_vec();
+        match serde_json::from_slice(&text) {
+            Ok(Value::Object(event)) => Ok(event),
+            other => panic!("not a JSON object: {other:?}"),
         }
     }
 
@@ -402,7 +436,8 @@ mod tests {
     #[test]
     fn json_data_is_kept_as_published_text() {
         let body = br#"{"b": [1, 2.50, "x"], "a": {}}"#;
-        let built = build_parts(body, &meta("application/json")).expect("ce");
+        let json = meta("application/json");
+        let built = build_parts(Body::Bytes(body), &json).expect("ce");
         let text = built.to_vec();
         let written = std::str::from_utf8(&text).expect("utf-8");
         assert!(
@@ -410,7 +445,43 @@ mod tests {
             "{written}"
         );
         let parsed: Value = serde_json::from_slice(&text).expect("valid JSON");
-        assert_eq!(parsed, Value::Object(built.into_map()));
+        assert_eq!(parsed["data"]["b"][1], 2.5);
+        assert_eq!(parsed["id"], built.id.as_str());
+    }
+
+    #[test]
+    fn hostile_attributes_are_written_as_json_strings() {
+        let mut m = meta("application/json");
+        m.topic = "or\"ders\u{1}</script>".into();
+        m.overrides.tracestate = Some("a=\"b\"\n".into());
+        let body = br#"{"specversion":"1.0","id":"e\"1","source":"s","type":"t","x-ext":{"k":[1]},"data":5}"#;
+        let mut structured = meta(CLOUDEVENTS_JSON);
+        structured.topic = m.topic.clone();
+        for (body, meta) in [(&b"{}"[..], &m), (&body[..], &structured)] {
+            let event = build(body, meta).expect("ce");
+            assert_eq!(event["topic"], "or\"ders\u{1}</script>");
+            assert_eq!(
+                event.len(),
+                event.keys().collect::<std::collections::HashSet<_>>().len()
+            );
+        }
+        let event = build(body, &structured).expect("ce");
+        assert_eq!(event["id"], "e\"1");
+        assert_eq!(event["x-ext"]["k"][0], 1);
+        assert_eq!(event["data"], 5);
+        assert_eq!(build(b"{}", &m).expect("ce")["tracestate"], "a=\"b\"\n");
+    }
+
+    #[test]
+    fn a_time_to_live_sets_the_expiration() {
+        let mut m = meta(CLOUDEVENTS_JSON);
+        let body = br#"{"id":"e","source":"s","type":"t","expiration":"old","time":5}"#;
+        let event = build(body, &m).expect("ce");
+        assert_eq!(event["expiration"], "old");
+        assert!(event["time"].is_string());
+        m.expires_us = Some(1_000_000);
+        let event = build(body, &m).expect("ce");
+        assert_eq!(event["expiration"], "1970-01-01T00:00:01.000Z");
     }
 
     #[test]
@@ -464,26 +535,5 @@ mod tests {
             event["traceparent"],
             "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
         );
-    }
-
-    #[test]
-    fn platform_events_are_presented_as_cloudevents() {
-        let payload = br#"{"event_id":"evt_1","event_type":"order.created","data":{"x":1}}"#;
-        let stored = Stored {
-            format: PayloadFormat::Event,
-            payload,
-            content_type: None,
-            event_id: "evt_1",
-            event_type: "order.created",
-            service: "order-service",
-            traceparent: "tp",
-            received_us: 0,
-        };
-        let event = present(&stored, "pubsub", "order.created");
-        assert_eq!(event["id"], "evt_1");
-        assert_eq!(event["type"], "order.created");
-        assert_eq!(event["source"], "order-service");
-        assert_eq!(event["data"]["data"]["x"], 1);
-        assert_eq!(event["topic"], "order.created");
     }
 }
