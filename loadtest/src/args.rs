@@ -30,6 +30,14 @@ pub struct Args {
     /// Distinct entity keys.
     #[arg(long, default_value_t = 10_000)]
     pub keys: usize,
+    /// Subscriptions to the run's topics: the checked one, and N - 1 more whose
+    /// deliveries the sink answers without reading (to measure how cost grows with them).
+    #[arg(long, default_value_t = 1)]
+    pub subscriptions: usize,
+    /// Bytes of padding added to every event's `data` (`"pad":"xx…"`), to measure how
+    /// cost grows with event size.
+    #[arg(long, default_value_t = 0)]
+    pub pad: usize,
     /// Topic to publish to.
     #[arg(long, default_value = "order.created")]
     pub topic: String,

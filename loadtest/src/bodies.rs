@@ -149,6 +149,8 @@ pub struct LiveBodies {
     /// Next sequence number per (domain, key): order is per stream, and payment events
     /// share their order's key but live in the payment stream.
     seqs: std::collections::HashMap<(u64, u64), u64>,
+    /// Padding written into every event's `data`.
+    pad: String,
 }
 
 impl LiveBodies {
@@ -159,7 +161,14 @@ impl LiveBodies {
             keys: keys.max(1) as u64,
             next_event: 0,
             seqs: std::collections::HashMap::new(),
+            pad: String::new(),
         }
+    }
+
+    /// The same, with `bytes` of padding in every event's `data`.
+    pub fn padded(mut self, bytes: usize) -> Self {
+        self.pad = "x".repeat(bytes);
+        self
     }
 
     /// The numeric id of the next event (its `event_id` ends in it).
@@ -174,7 +183,7 @@ impl LiveBodies {
         use std::io::Write;
         let domain = topic.split('.').next().unwrap_or(topic);
         let (field, prefix) = key_field(domain);
-        let mut out = Vec::with_capacity(batch * 700 + 2);
+        let mut out = Vec::with_capacity(batch * (700 + self.pad.len()) + 2);
         let mut last_key = String::new();
         if batch > 1 {
             out.push(b'[');
@@ -222,6 +231,9 @@ impl LiveBodies {
                     r#""source":"loadtest","detail":"{topic} for {prefix}_{c}_{k}""#
                 ),
             };
+            if !self.pad.is_empty() {
+                let _ = write!(out, r#","pad":"{}""#, self.pad);
+            }
             let _ = write!(
                 out,
                 r#"}},"metadata":{{"correlation_id":"corr_{id}","service":"{domain}-service","version":"1.4.2","sequence":{}}}}}"#,
@@ -272,6 +284,17 @@ mod tests {
         let event: serde_json::Value = serde_json::from_slice(&single).expect("json");
         assert_eq!(event["data"]["order_id"], "ord_3_0");
         assert_eq!(event["event_type"], "order.created");
+    }
+
+    #[test]
+    fn padding_grows_each_event_by_its_length() {
+        let (plain, _) = LiveBodies::new(1, 2).next("order.created", 1, 0, false);
+        let (padded, _) = LiveBodies::new(1, 2)
+            .padded(1000)
+            .next("order.created", 1, 0, false);
+        assert_eq!(padded.len(), plain.len() + 1000 + r#","pad":"""#.len());
+        let event: serde_json::Value = serde_json::from_slice(&padded).expect("JSON");
+        assert_eq!(event["data"]["pad"].as_str().map(str::len), Some(1000));
     }
 
     #[test]

@@ -121,7 +121,7 @@ pub async fn run(
         let dapr = args.api.starts_with("dapr");
         let source = if sink.is_some() || args.scenario == "seed-mix" || dapr {
             Source::Live(
-                LiveBodies::new(index, (args.keys / connections).max(1)),
+                LiveBodies::new(index, (args.keys / connections).max(1)).padded(args.pad),
                 batch,
             )
         } else {
@@ -438,41 +438,56 @@ async fn send(
     Ok(status)
 }
 
-/// Registers (or replaces) the `loadtest` subscription pointing at the sink.
+/// Registers (or replaces) the `loadtest` subscription pointing at the sink, and with
+/// `--subscriptions N` the N - 1 others (`loadtest-2` …) whose deliveries the sink answers
+/// without checking.
 async fn register(
     args: &Args,
     sink_url: &str,
     mode: &str,
     topics: &[String],
 ) -> anyhow::Result<()> {
-    let mut spec = serde_json::json!({
-        "name": "loadtest",
-        "topics": topics,
-        "endpoints": [sink_url],
-        "mode": mode,
-        "bulk": {"max_events": 100, "max_wait_ms": 5},
-        "ordering": args.ordering,
-        "max_in_flight": 10000,
-        "start": "latest",
-    });
-    if args.ordering == "sequence" {
-        // Every key's life is numbered from 1 (`metadata.sequence`).
-        spec["reorder"] = serde_json::json!({"start": 1});
+    let discard = sink_url.replace("/events", "/discard");
+    for (name, url) in subscription_names(args)
+        .into_iter()
+        .zip(std::iter::once(sink_url).chain(std::iter::repeat(discard.as_str())))
+    {
+        let mut spec = serde_json::json!({
+            "name": name,
+            "topics": topics,
+            "endpoints": [url],
+            "mode": mode,
+            "bulk": {"max_events": 100, "max_wait_ms": 5},
+            "ordering": args.ordering,
+            "max_in_flight": 10000,
+            "start": "latest",
+        });
+        if args.ordering == "sequence" {
+            // Every key's life is numbered from 1 (`metadata.sequence`).
+            spec["reorder"] = serde_json::json!({"start": 1});
+        }
+        let status = admin(
+            args,
+            "PUT",
+            &format!("/v1/subscriptions/{name}"),
+            Some(spec.to_string()),
+        )
+        .await?;
+        anyhow::ensure!(
+            status == 200 || status == 201,
+            "registering subscription {name} answered {status}"
+        );
     }
-    let status = admin(
-        args,
-        "PUT",
-        "/v1/subscriptions/loadtest",
-        Some(spec.to_string()),
-    )
-    .await?;
-    anyhow::ensure!(
-        status == 200 || status == 201,
-        "registering the subscription answered {status}"
-    );
     // Let every instance start reading before the load begins.
     tokio::time::sleep(Duration::from_secs(2)).await;
     Ok(())
+}
+
+/// The subscriptions a run registers: `loadtest`, then `loadtest-2` … `loadtest-N`.
+fn subscription_names(args: &Args) -> Vec<String> {
+    std::iter::once("loadtest".to_string())
+        .chain((2..=args.subscriptions.max(1)).map(|i| format!("loadtest-{i}")))
+        .collect()
 }
 
 async fn admin(args: &Args, method: &str, path: &str, body: Option<String>) -> anyhow::Result<u16> {
@@ -522,7 +537,9 @@ async fn drain(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let lost = missing(&sink);
-    let _ = admin(args, "DELETE", "/v1/subscriptions/loadtest", None).await;
+    for name in subscription_names(args) {
+        let _ = admin(args, "DELETE", &format!("/v1/subscriptions/{name}"), None).await;
+    }
     let state = sink
         .state
         .lock()

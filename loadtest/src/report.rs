@@ -160,8 +160,8 @@ impl Report {
         }
         if let Some(cpu) = &self.cpu_seconds {
             println!(
-                "cpu seconds        evrouter {:.2}, redis {:.2}",
-                cpu.evrouter, cpu.redis
+                "cpu seconds        evrouter {:.2}, redis {:.2}; evrouter peak RSS {:.0} MiB",
+                cpu.evrouter, cpu.redis, cpu.evrouter_peak_rss_mib
             );
         }
         if let Some(e2e) = &self.end_to_end {

@@ -142,13 +142,16 @@ impl Sink {
                     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
                         let state = state.clone();
                         async move {
+                            let discard = request.uri().path() == "/discard";
                             let body = request
                                 .into_body()
                                 .collect()
                                 .await
                                 .map(|c| c.to_bytes())
                                 .unwrap_or_default();
-                            receive(&state, &body);
+                            if !discard {
+                                receive(&state, &body);
+                            }
                             Ok::<_, hyper::Error>(Response::new(Full::new(Bytes::new())))
                         }
                     });

@@ -9,11 +9,14 @@ use std::time::Duration;
 use anyhow::Context;
 use serde::Serialize;
 
-/// CPU seconds (user + system) used by each spawned process.
+/// CPU seconds (user + system) used by each spawned process, and evrouter's peak
+/// resident memory.
 #[derive(Debug, Clone, Serialize)]
 pub struct CpuSeconds {
     pub evrouter: f64,
     pub redis: f64,
+    /// The largest resident set of any evrouter instance so far (`VmHWM`), in MiB.
+    pub evrouter_peak_rss_mib: f64,
 }
 
 /// The spawned processes.
@@ -59,6 +62,18 @@ fn cpu_seconds(pid: u32) -> f64 {
             let user: f64 = fields.get(11)?.parse().ok()?;
             let system: f64 = fields.get(12)?.parse().ok()?;
             Some((user + system) / 100.0)
+        })
+        .unwrap_or(0.0)
+}
+
+/// `VmHWM` of /proc/<pid>/status: the peak resident set, in MiB.
+fn peak_rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+            let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib / 1024.0)
         })
         .unwrap_or(0.0)
 }
@@ -250,6 +265,11 @@ impl System {
         CpuSeconds {
             evrouter: self.evrouters.iter().map(|c| cpu_seconds(c.id())).sum(),
             redis: cpu_seconds(self.redis.id()),
+            evrouter_peak_rss_mib: self
+                .evrouters
+                .iter()
+                .map(|c| peak_rss_mib(c.id()))
+                .fold(0.0, f64::max),
         }
     }
 

@@ -148,8 +148,9 @@ impl Row {
         } else {
             (None, Some(envelope.payload))
         };
+        // A well-formed context's trace id is its 32 lowercase hex digits from byte 3.
         let trace_id = crate::model::trace::TraceContext::parse(&envelope.traceparent)
-            .map(|c| format!("{:032x}", c.trace_id));
+            .and_then(|_| envelope.traceparent.get(3..35).map(str::to_string));
         Self {
             stored_at: UNIX_EPOCH + Duration::from_millis(stored_ms),
             stream,
@@ -211,7 +212,8 @@ struct Top<'a> {
     time: Option<Cow<'a, str>>,
     #[serde(borrow)]
     metadata: Option<Meta<'a>>,
-    data: Option<Box<serde_json::value::RawValue>>,
+    #[serde(borrow)]
+    data: Option<&'a serde_json::value::RawValue>,
 }
 
 #[derive(serde::Deserialize)]
@@ -229,7 +231,7 @@ impl Fields {
             };
         };
         // A CloudEvent carries the platform event in `data`.
-        let inner = match (&envelope.format, &top.data) {
+        let inner = match (&envelope.format, top.data) {
             (PayloadFormat::CloudEvent, Some(data)) => serde_json::from_str::<Top>(data.get()).ok(),
             _ => None,
         };

@@ -33,7 +33,7 @@ pub struct PublishMeta {
     pub source: String,
     /// `metadata.cloudevent.*` overrides: id, source, type, traceid, traceparent, tracestate.
     pub overrides: Overrides,
-    /// The request's W3C trace context.
+    /// The publish's W3C trace context, well-formed (the caller checked or made it).
     pub traceparent: Option<String>,
     /// The request's `tracestate`.
     pub tracestate: Option<String>,
@@ -296,11 +296,7 @@ pub fn build_parts<'a>(
     let context = o
         .traceparent
         .clone()
-        .or_else(|| {
-            meta.traceparent
-                .clone()
-                .filter(|t| super::trace::is_valid_traceparent(t))
-        })
+        .or_else(|| meta.traceparent.clone())
         .unwrap_or_else(super::trace::new_traceparent);
     let traceparent = o
         .traceparent
