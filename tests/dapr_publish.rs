@@ -359,45 +359,39 @@ async fn bulk_publish_reports_failed_entries() {
         {"entryId": "q\"1", "event": nested(64), "contentType": "application/json"},
         {"entryId": "q\"2", "event": nested(1), "contentType": "application/json"},
     ]);
-    let (status, answer) = dapr_publish(
-        &router,
-        "/v1.0-alpha1/publish/bulk/pubsub/deep",
-        "application/json",
-        at_limit.to_string(),
-    )
-    .await;
-    assert_eq!(status, 204, "{answer}");
-    assert_eq!(stored_on(&redis, "deep").len(), 2);
     let too_deep = json!([
         {"entryId": "q\"3", "event": nested(1), "contentType": "application/json"},
         {"entryId": "q\"4", "event": nested(65), "contentType": "application/json"},
     ]);
-    let (status, answer) = dapr_publish(
-        &router,
-        "/v1.0-alpha1/publish/bulk/pubsub/deep",
-        "application/json",
-        too_deep.to_string(),
-    )
-    .await;
-    assert_eq!(status, 400, "{answer}");
-    assert_eq!(answer["errorCode"], "ERR_PUBSUB_EVENTS_SER");
-    assert_eq!(stored_on(&redis, "deep").len(), 2);
     // The same id, once plain and once escaped, is used twice.
     let twice = r#"[{"entryId": "q\"5", "event": {}}, {"entryId": "q\u00225", "event": {}}]"#;
-    let (status, answer) = dapr_publish(
-        &router,
-        "/v1.0-alpha1/publish/bulk/pubsub/deep",
-        "application/json",
-        twice.to_string(),
-    )
-    .await;
-    assert_eq!(status, 400, "{answer}");
-    assert!(
-        answer["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("used twice")),
-        "{answer}"
-    );
+    for (body, wanted, why) in [
+        (at_limit.to_string(), 204, None),
+        (
+            too_deep.to_string(),
+            400,
+            Some("nests deeper than 64 levels"),
+        ),
+        (twice.to_string(), 400, Some("used twice")),
+    ] {
+        let (status, answer) = dapr_publish(
+            &router,
+            "/v1.0-alpha1/publish/bulk/pubsub/deep",
+            "application/json",
+            body,
+        )
+        .await;
+        assert_eq!(status, wanted, "{answer}");
+        if let Some(why) = why {
+            assert_eq!(answer["errorCode"], "ERR_PUBSUB_EVENTS_SER");
+            assert!(
+                answer["message"].as_str().is_some_and(|m| m.contains(why)),
+                "{answer}"
+            );
+        }
+        // Only the entries at the limit are stored; a refused body stores nothing.
+        assert_eq!(stored_on(&redis, "deep").len(), 2);
+    }
     router.stop().await.expect("stop");
 }
 
