@@ -150,6 +150,45 @@ async fn max_len_is_applied_when_no_group_lags() {
     .await;
 }
 
+/// A Redis without `maxmemory` (as the test servers are) is not grown until its machine
+/// runs out: the streams' shared bound is then a share of the machine's memory. A share
+/// small enough to be a few kilobytes on any machine trims the acknowledged history (here,
+/// with no subscription, all of it) well below what was published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_maxmemory_the_streams_are_bounded_by_the_machines_memory() {
+    let redis = RedisServer::start();
+    let maxmemory: Vec<String> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("maxmemory")
+        .query(&mut redis.conn())
+        .expect("config get");
+    assert_eq!(maxmemory.get(1).map(String::as_str), Some("0"));
+    let key = "evr:{order.0}";
+    let mut config = test_config(&redis);
+    config.streams.push(one_partition_stream("30d"));
+    config.retention.check_interval = "100ms".into();
+    config.retention.memory_share = 1e-7;
+    let router = TestRouter::start(config).await;
+    for n in 0..10 {
+        let batch: Vec<_> = (0..100).map(|k| order_event(n * 100 + k, "o")).collect();
+        router
+            .publish_ok("order.created", &serde_json::Value::Array(batch))
+            .await;
+    }
+    eventually(Duration::from_secs(30), async || {
+        let len: usize = redis::cmd("XLEN")
+            .arg(key)
+            .query(&mut redis.conn())
+            .expect("xlen");
+        if len < 500 {
+            Ok(())
+        } else {
+            Err(format!("the memory bound was not applied: {len} entries"))
+        }
+    })
+    .await;
+}
+
 /// Published ids from `n` batches of 50 events on `topic`; stops at the first refusal and
 /// returns it with the ids accepted before.
 async fn publish_until_refused(

@@ -50,7 +50,7 @@ async fn check_memory(
         tracing::warn!("{risk}");
     }
     if memory.maxmemory == 0 {
-        tracing::warn!("Redis has no maxmemory: it grows until the machine runs out; set maxmemory (with maxmemory-policy noeviction) so that evrouter answers 507 when it is full");
+        tracing::warn!("Redis has no maxmemory: the streams are bounded at retention.memory_share of the memory of Redis's machine instead, but Redis's other keys are not; set maxmemory (with maxmemory-policy noeviction) so that evrouter answers 507 when it is full");
     }
     Ok(())
 }

@@ -121,12 +121,34 @@ return redis.call('XINFO', 'GROUPS', KEYS[1])
 /// Redis's memory: bytes used and `maxmemory` (0 when unbounded).
 pub async fn memory(conn: &mut ConnectionManager) -> redis::RedisResult<(u64, u64)> {
     let info: String = redis::cmd("INFO").arg("memory").query_async(conn).await?;
-    let field = |name: &str| {
-        info.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':')?.trim().parse().ok())
-            .unwrap_or(0)
-    };
-    Ok((field("used_memory"), field("maxmemory")))
+    Ok((
+        info_field(&info, "used_memory"),
+        info_field(&info, "maxmemory"),
+    ))
+}
+
+/// The memory the streams' shared bound is a share of: Redis's `maxmemory`, or, when it
+/// has none, the memory of the machine it runs on (`total_system_memory`), so that a
+/// Redis left without a limit is not grown until the machine's out-of-memory killer takes
+/// it and every event with it. 0 when neither is known.
+pub async fn memory_bound(conn: &mut ConnectionManager) -> redis::RedisResult<u64> {
+    let info: String = redis::cmd("INFO").arg("memory").query_async(conn).await?;
+    Ok(bound_of(&info))
+}
+
+/// [`memory_bound`] read from an `INFO memory` answer.
+pub fn bound_of(info: &str) -> u64 {
+    match info_field(info, "maxmemory") {
+        0 => info_field(info, "total_system_memory"),
+        max => max,
+    }
+}
+
+/// A number of an `INFO` answer (0 when absent).
+fn info_field(info: &str, name: &str) -> u64 {
+    info.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':')?.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// The live instances (from the registry at `registry`) and how many of `partitions` each
@@ -159,4 +181,19 @@ pub async fn lease_holders(
         }
     }
     Ok(holders)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_memory_bound_is_maxmemory_else_the_machines_memory() {
+        let limited = "# Memory\r\nused_memory:1000\r\ntotal_system_memory:25000000000\r\nmaxmemory:4294967296\r\n";
+        assert_eq!(bound_of(limited), 4_294_967_296);
+        let unlimited =
+            "# Memory\r\nused_memory:1000\r\ntotal_system_memory:25000000000\r\nmaxmemory:0\r\n";
+        assert_eq!(bound_of(unlimited), 25_000_000_000);
+        assert_eq!(bound_of("# Memory\r\nmaxmemory:0\r\n"), 0);
+    }
 }

@@ -125,8 +125,8 @@ pub async fn group_state(
 pub struct TrimSettings {
     /// Key prefix (for the deleted subscriptions' names).
     pub prefix: String,
-    /// Share of Redis's `maxmemory` for all streams; split evenly among the streams that
-    /// set no `max_bytes` of their own.
+    /// Share of Redis's `maxmemory` (or, without one, of its machine's memory) for all
+    /// streams; split evenly among the streams that set no `max_bytes` of their own.
     pub memory_share: f64,
     /// Most entries in one dead-letter stream.
     pub dlq_max_len: u64,
@@ -169,16 +169,15 @@ pub async fn trim_once(
         }
     };
     let streams = catalog.streams();
-    let maxmemory = super::durability::memory(conn)
-        .await
-        .map_or(0, |memory| memory.maxmemory);
+    // Unknown (INFO not allowed): only the streams' own bounds apply.
+    let memory = super::gauges::memory_bound(conn).await.unwrap_or(0);
     let unbounded = streams
         .iter()
         .filter(|s| s.max_bytes.is_none())
         .count()
         .max(1);
-    let shared = (settings.memory_share > 0.0 && maxmemory > 0)
-        .then(|| (maxmemory as f64 * settings.memory_share) as u64 / unbounded as u64);
+    let shared = (settings.memory_share > 0.0 && memory > 0)
+        .then(|| (memory as f64 * settings.memory_share) as u64 / unbounded as u64);
     for stream in streams.iter() {
         let max_bytes = stream.max_bytes.or(shared);
         let bounds = Bounds {
