@@ -54,7 +54,8 @@ pub async fn run(
     // The subscriber is set up before the schedule starts, so no request is held back.
     let sink = match &args.subscription_mode {
         Some(mode) => {
-            let sink = Sink::start().await?;
+            let expected = args.rate as f64 * (args.warmup + args.duration).as_secs_f64() * 1.05;
+            let sink = Sink::start((expected as usize).min(MAX_EXPECTED)).await?;
             register(args, &sink.url(), mode, mix.topics()).await?;
             Some(sink)
         }
@@ -308,7 +309,11 @@ async fn worker(
             (true, false) => format!("/v1.0/publish/pubsub/{topic}?metadata.partitionKey={key}"),
         };
         let outcome = match (grpc_sender.as_mut(), sender.as_mut()) {
-            (Some(g), _) => g.send(&topic, body, &key, events > 1).await,
+            (Some(g), _) => {
+                tokio::time::timeout(REQUEST_TIMEOUT, g.send(&topic, body, &key, events > 1))
+                    .await
+                    .unwrap_or_else(|_| Err("timeout".to_string()))
+            }
             (None, Some(s)) => {
                 send(s, &path, authority.as_str(), target.auth.as_deref(), body).await
             }
@@ -425,18 +430,34 @@ async fn send(
         request = request.header("authorization", auth);
     }
     let request = request.body(Full::new(body)).map_err(|e| e.to_string())?;
-    let response = sender
-        .send_request(request)
+    // An answer that never comes is an error of its own ("timeout"), and the worker moves
+    // on with a new connection instead of waiting for ever.
+    let exchange = async {
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|_| "connection".to_string())?;
+        let status = response.status().as_u16();
+        response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|_| "connection".to_string())?;
+        Ok(status)
+    };
+    tokio::time::timeout(REQUEST_TIMEOUT, exchange)
         .await
-        .map_err(|_| "connection".to_string())?;
-    let status = response.status().as_u16();
-    response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|_| "connection".to_string())?;
-    Ok(status)
+        .unwrap_or_else(|_| Err("timeout".to_string()))
 }
+
+/// Most distinct events the sink makes room for up front (about 1.5 GB of ids).
+const MAX_EXPECTED: usize = 100_000_000;
+
+/// How long a publish may go unanswered before it counts as failed.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long an administrative call (registering or deleting a subscription) may take.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Registers (or replaces) the `loadtest` subscription pointing at the sink, and with
 /// `--subscriptions N` the N - 1 others (`loadtest-2` …) whose deliveries the sink answers
@@ -497,7 +518,9 @@ async fn admin(args: &Args, method: &str, path: &str, body: Option<String>) -> a
         .context("URL has no host")?
         .as_str()
         .to_string();
-    let mut sender = connect(&authority).await?;
+    let mut sender = tokio::time::timeout(ADMIN_TIMEOUT, connect(&authority))
+        .await
+        .with_context(|| format!("connecting to {authority}"))??;
     let mut request = Request::builder()
         .method(method)
         .uri(uri.path())
@@ -507,7 +530,9 @@ async fn admin(args: &Args, method: &str, path: &str, body: Option<String>) -> a
         request = request.header("authorization", format!("Bearer {token}"));
     }
     let request = request.body(Full::new(Bytes::from(body.unwrap_or_default())))?;
-    let response = sender.send_request(request).await?;
+    let response = tokio::time::timeout(ADMIN_TIMEOUT, sender.send_request(request))
+        .await
+        .with_context(|| format!("{method} {path}: no answer within {ADMIN_TIMEOUT:?}"))??;
     Ok(response.status().as_u16())
 }
 
@@ -520,6 +545,12 @@ async fn drain(
     acked: &[(u64, u32)],
 ) -> anyhow::Result<EndToEnd> {
     let deadline = Instant::now() + args.drain;
+    if !args.quiet {
+        eprintln!(
+            "draining: waiting up to {:?} for {published} acknowledged events",
+            args.drain
+        );
+    }
     let missing = |sink: &Sink| -> u64 {
         let Ok(state) = sink.state.lock() else {
             return u64::MAX;
@@ -537,6 +568,9 @@ async fn drain(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let lost = missing(&sink);
+    if !args.quiet {
+        eprintln!("drained: {lost} acknowledged events never delivered");
+    }
     for name in subscription_names(args) {
         let _ = admin(args, "DELETE", &format!("/v1/subscriptions/{name}"), None).await;
     }

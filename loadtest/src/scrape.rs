@@ -76,7 +76,11 @@ fn parse(text: &str, name: &str, into: &mut Buckets) {
 
 /// Reads every instance's histograms (a failed read counts as empty).
 pub async fn scrape(routers: &[String], token: Option<&str>) -> Scrape {
-    let client = reqwest::Client::new();
+    // A read that hangs counts as failed rather than holding the report back.
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(10))
+        .build()
+        .unwrap_or_default();
     let mut scrape = Scrape::default();
     for router in routers {
         let mut request = client.get(format!("{router}/metrics"));

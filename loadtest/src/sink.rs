@@ -114,12 +114,15 @@ pub struct Sink {
 }
 
 impl Sink {
-    /// Starts listening on a free loopback port.
-    pub async fn start() -> anyhow::Result<Self> {
+    /// Starts listening on a free loopback port, with room for `expected` distinct events:
+    /// a set grown while the load runs would stop the generator's own threads for a
+    /// rehash of every id seen (about 1 s at 30 million ids), a stall that would show as
+    /// evrouter's.
+    pub async fn start(expected: usize) -> anyhow::Result<Self> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let state = Arc::new(Mutex::new(SinkState {
-            seen: HashSet::new(),
+            seen: HashSet::with_capacity(expected),
             next_seq: HashMap::new(),
             unique: 0,
             duplicates: 0,

@@ -78,6 +78,9 @@ fn peak_rss_mib(pid: u32) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// The spawned Redis's `maxmemory`.
+const REDIS_MAXMEMORY: &str = "4gb";
+
 fn start_redis(dir: &std::path::Path, port: u16, durable: bool) -> anyhow::Result<Child> {
     let persistence: &[&str] = if durable {
         &["--appendonly", "yes", "--appendfsync", "always"]
@@ -92,6 +95,12 @@ fn start_redis(dir: &std::path::Path, port: u16, durable: bool) -> anyhow::Resul
             "127.0.0.1",
             "--save",
             "",
+            // Bounded as a production Redis is: evrouter keeps its streams within
+            // `retention.memory_share` of it, trimming acknowledged history first.
+            "--maxmemory",
+            REDIS_MAXMEMORY,
+            "--maxmemory-policy",
+            "noeviction",
         ])
         .args(persistence)
         .arg("--dir")
