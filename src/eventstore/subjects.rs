@@ -165,7 +165,7 @@ pub async fn export(
         .query(
             "SELECT event_id, topic, stored_at, payload::text, encode(payload_bytes, 'base64'),
                     sealed, subjects, event_type
-               FROM evr_events WHERE subjects @> ARRAY[$1] ORDER BY stored_at",
+               FROM evr_events WHERE subjects @> ARRAY[$1] AND subjects <> '{}' ORDER BY stored_at",
             &[&subject],
         )
         .await?;
@@ -243,7 +243,7 @@ pub async fn erase(
                     subjects = '{}',
                     entity_key = CASE WHEN entity_key = $1 THEN 'erased' ELSE entity_key END,
                     correlation_id = CASE WHEN correlation_id = $1 THEN 'erased' ELSE correlation_id END
-              WHERE subjects @> ARRAY[$1]",
+              WHERE subjects @> ARRAY[$1] AND subjects <> '{}'",
             &[&subject],
         )
         .await?;

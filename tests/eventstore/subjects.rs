@@ -82,6 +82,41 @@ async fn a_subjects_events_are_exported_then_erased_everywhere() {
         .expect("query")
         .get(0);
     assert_eq!(sealed, 10, "every event about a subject is stored sealed");
+    // Only events about a subject are in the subjects index, and a search by subject
+    // (with the index's own condition, as evrouter's are) reads it.
+    let plan = client_pg
+        .simple_query(
+            "SET enable_seqscan = off;
+             EXPLAIN SELECT event_id FROM evr_events WHERE subjects @> ARRAY['cust_gone'] AND subjects <> '{}';
+             RESET enable_seqscan",
+        )
+        .await
+        .expect("plan");
+    let plan: Vec<&str> = plan
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        plan.iter()
+            .any(|l| l.contains("Index Scan on") && l.contains("subjects")),
+        "{plan:#?}"
+    );
+    let partial: i64 = client_pg
+        .query_one(
+            "SELECT count(*) FROM pg_indexes WHERE indexname = 'evr_events_subjects'
+                AND indexdef LIKE '%WHERE (subjects <> ''{}''::text[])%'",
+            &[],
+        )
+        .await
+        .expect("query")
+        .get(0);
+    assert_eq!(
+        partial, 1,
+        "the subjects index leaves out events about no one"
+    );
     let page = router
         .get_json("/v1/events?topic=order.created&limit=100")
         .await;
