@@ -20,7 +20,7 @@ use super::{EventStore, EventStoreError};
 use crate::delivery::transport::{
     Forwarded, Outcome, Presented, Reply, Request, Sending, Subscriber,
 };
-use crate::model::envelope::{self, EntryView, Envelope, EnvelopeError};
+use crate::model::envelope::{EntryView, Envelope, EnvelopeError};
 
 /// The archive's subscriber, shared by the subscription's shards.
 pub struct Archive {
@@ -87,19 +87,12 @@ async fn write(
     days: &KnownDays,
     request: Request,
 ) -> Result<(), EventStoreError> {
-    // Each row borrows its text from its entry, read where it lies (entries are read laid
-    // out for that; one that is not is copied once).
-    let entries: Vec<Bytes> = request
-        .items
-        .iter()
-        .map(|item| envelope::in_place(&item.body))
-        .collect();
     let mut rows = Vec::with_capacity(request.items.len());
-    for (item, entry) in request.items.iter().zip(&entries) {
+    for item in &request.items {
         // An entry that cannot be read was skipped when it was read; one here is kept out.
-        if let Ok(envelope) = Envelope::borrow(entry) {
+        if let Ok(envelope) = Envelope::decode(&item.body) {
             rows.push(Row::new(
-                &envelope,
+                envelope,
                 &item.partition,
                 &item.id,
                 store.subjects(),
@@ -151,7 +144,7 @@ async fn write(
 async fn copy_rows(
     tx: &Transaction<'_>,
     table: &str,
-    rows: &[Row<'_>],
+    rows: &[Row],
 ) -> Result<(), tokio_postgres::Error> {
     let names: Vec<&str> = COLUMNS.iter().map(|(name, _)| *name).collect();
     let types: Vec<_> = COLUMNS.iter().map(|(_, ty)| ty.clone()).collect();
@@ -172,7 +165,7 @@ async fn copy_rows(
 
 /// Seals the payload of every row about a data subject, making the keys of subjects new
 /// to the store.
-pub async fn seal_rows(keys: &Keys, rows: &mut [Row<'_>]) -> Result<(), EventStoreError> {
+pub async fn seal_rows(keys: &Keys, rows: &mut [Row]) -> Result<(), EventStoreError> {
     let ring = {
         let subjects: BTreeSet<&str> = rows
             .iter()
@@ -191,13 +184,13 @@ pub async fn seal_rows(keys: &Keys, rows: &mut [Row<'_>]) -> Result<(), EventSto
             continue;
         }
         let plain = match (row.payload.take(), row.payload_bytes.take()) {
-            (Some(json), _) => Plain::Json(json.0.to_vec()),
-            (None, Some(bytes)) => Plain::Bytes(bytes.to_vec()),
+            (Some(json), _) => Plain::Json(json.0),
+            (None, Some(bytes)) => Plain::Bytes(bytes),
             (None, None) => Plain::Bytes(Vec::new()),
         };
         let nonce: [u8; NONCE_LEN] = nonce.try_into().unwrap_or_default();
         row.sealed = Some(
-            ring.seal(&row.subjects, row.event_id, &plain, nonce)
+            ring.seal(&row.subjects, &row.event_id, &plain, nonce)
                 .ok_or_else(|| {
                     EventStoreError::Config(
                         "a subject's key was erased while its event was archived".into(),

@@ -10,7 +10,7 @@ use bytes::BytesMut;
 use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 
 use super::sealing::{unseal, KeyRing, Plain};
-use crate::model::envelope::{Envelope, EnvelopeRef, PayloadFormat};
+use crate::model::envelope::{Envelope, PayloadFormat};
 
 /// The columns written, in the table's order.
 pub const COLUMNS: &[(&str, Type)] = &[
@@ -40,16 +40,16 @@ pub const COLUMNS: &[(&str, Type)] = &[
 
 /// JSON text written as `json`, byte for byte.
 #[derive(Debug)]
-pub struct RawJson<'a>(pub &'a [u8]);
+pub struct RawJson(pub Vec<u8>);
 
-impl ToSql for RawJson<'_> {
+impl ToSql for RawJson {
     fn to_sql(
         &self,
         _: &Type,
         out: &mut BytesMut,
     ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
         // json's binary format is its text.
-        out.extend_from_slice(self.0);
+        out.extend_from_slice(&self.0);
         Ok(IsNull::No)
     }
 
@@ -60,30 +60,30 @@ impl ToSql for RawJson<'_> {
     to_sql_checked!();
 }
 
-/// One row, borrowing its text from the stored entry it is made from.
+/// One row.
 #[derive(Debug)]
-pub struct Row<'a> {
+pub struct Row {
     pub stored_at: SystemTime,
-    pub stream: &'a str,
+    pub stream: String,
     pub partition: i32,
-    pub redis_id: &'a str,
+    pub redis_id: String,
     /// The sequence part of the id: with `stored_at`, its place in stored order.
     pub redis_seq: i64,
-    pub event_id: &'a str,
-    pub event_type: &'a str,
-    pub topic: &'a str,
-    pub entity_key: &'a str,
-    pub correlation_id: Option<&'a str>,
-    pub causation_id: Option<Cow<'a, str>>,
-    pub service: Option<&'a str>,
+    pub event_id: String,
+    pub event_type: String,
+    pub topic: String,
+    pub entity_key: String,
+    pub correlation_id: Option<String>,
+    pub causation_id: Option<String>,
+    pub service: Option<String>,
     pub sequence: Option<i64>,
     pub event_time: Option<SystemTime>,
     pub received_at: SystemTime,
     pub format: &'static str,
-    pub content_type: Option<&'a str>,
-    pub payload: Option<RawJson<'a>>,
-    pub payload_bytes: Option<&'a [u8]>,
-    pub trace_id: Option<&'a str>,
+    pub content_type: Option<String>,
+    pub payload: Option<RawJson>,
+    pub payload_bytes: Option<Vec<u8>>,
+    pub trace_id: Option<String>,
     /// The data subjects it is about.
     pub subjects: Vec<String>,
     /// The payload sealed under its subjects' keys (then `payload` and `payload_bytes`
@@ -91,7 +91,7 @@ pub struct Row<'a> {
     pub sealed: Option<Vec<u8>>,
 }
 
-impl<'a> Row<'a> {
+impl Row {
     /// The values, in [`COLUMNS`] order.
     pub fn values(&self) -> [&(dyn ToSql + Sync); 22] {
         [
@@ -123,38 +123,44 @@ impl<'a> Row<'a> {
     /// The row of `envelope`, stored as entry `redis_id` of `partition_key`
     /// (`{prefix}:{stream.N}`).
     pub fn new(
-        envelope: &EnvelopeRef<'a>,
-        partition_key: &'a str,
-        redis_id: &'a str,
+        envelope: Envelope,
+        partition_key: &str,
+        redis_id: &str,
         subjects: &super::subjects::Subjects,
     ) -> Self {
-        let about = subjects.of(envelope.topic, envelope.payload);
+        let about = subjects.of(&envelope.topic, &envelope.payload);
         let (stream, partition) = stream_and_partition(partition_key);
-        let (ms, seq) = redis_id.split_once('-').unwrap_or((redis_id, ""));
-        let stored_ms = ms.parse::<u64>().unwrap_or(envelope.received_us / 1000);
-        let read = Fields::read(envelope.payload, envelope.format);
+        let stored_ms = redis_id
+            .split('-')
+            .next()
+            .and_then(|ms| ms.parse::<u64>().ok())
+            .unwrap_or(envelope.received_us / 1000);
+        let read = Fields::read(&envelope);
         let json = match envelope.format {
             PayloadFormat::Event | PayloadFormat::CloudEvent => true,
             PayloadFormat::Raw => {
-                serde_json::from_slice::<serde::de::IgnoredAny>(envelope.payload).is_ok()
+                serde_json::from_slice::<serde::de::IgnoredAny>(&envelope.payload).is_ok()
             }
         };
-        let some = |s: &'a str| (!s.is_empty()).then_some(s);
+        let some = |s: String| (!s.is_empty()).then_some(s);
         let (payload, payload_bytes) = if json {
             (Some(RawJson(envelope.payload)), None)
         } else {
             (None, Some(envelope.payload))
         };
         // A well-formed context's trace id is its 32 lowercase hex digits from byte 3.
-        let trace_id = crate::model::trace::TraceContext::parse(envelope.traceparent)
-            .and_then(|_| envelope.traceparent.get(3..35));
+        let trace_id = crate::model::trace::TraceContext::parse(&envelope.traceparent)
+            .and_then(|_| envelope.traceparent.get(3..35).map(str::to_string));
         Self {
             stored_at: UNIX_EPOCH + Duration::from_millis(stored_ms),
             stream,
             partition,
-            redis_id,
-            redis_seq: seq.parse::<u64>().unwrap_or(0).min(i64::MAX as u64) as i64,
-            event_id: envelope.event_id,
+            redis_id: redis_id.to_string(),
+            redis_seq: redis_id
+                .split_once('-')
+                .and_then(|(_, seq)| seq.parse::<u64>().ok())
+                .unwrap_or(0)
+                .min(i64::MAX as u64) as i64,
             event_type: envelope.event_type,
             topic: envelope.topic,
             entity_key: envelope.key,
@@ -175,26 +181,27 @@ impl<'a> Row<'a> {
             trace_id,
             subjects: about,
             sealed: None,
+            event_id: envelope.event_id,
         }
     }
 }
 
 /// `evr:{order.3}` → (`order`, 3).
-pub(super) fn stream_and_partition(key: &str) -> (&str, i32) {
+pub(super) fn stream_and_partition(key: &str) -> (String, i32) {
     let inner = key
         .split_once('{')
         .and_then(|(_, rest)| rest.split_once('}'))
         .map_or(key, |(inner, _)| inner);
     match inner.rsplit_once('.') {
-        Some((stream, n)) => (stream, n.parse().unwrap_or(0)),
-        None => (inner, 0),
+        Some((stream, n)) => (stream.to_string(), n.parse().unwrap_or(0)),
+        None => (inner.to_string(), 0),
     }
 }
 
 /// What the table keeps of the payload beside it: the event's own time and its cause.
-struct Fields<'a> {
+struct Fields {
     time: Option<SystemTime>,
-    causation_id: Option<Cow<'a, str>>,
+    causation_id: Option<String>,
 }
 
 #[derive(serde::Deserialize)]
@@ -215,32 +222,34 @@ struct Meta<'a> {
     causation_id: Option<Cow<'a, str>>,
 }
 
-impl<'a> Fields<'a> {
-    fn read(payload: &'a [u8], format: PayloadFormat) -> Self {
-        let Ok(top) = serde_json::from_slice::<Top>(payload) else {
+impl Fields {
+    fn read(envelope: &Envelope) -> Self {
+        let Ok(top) = serde_json::from_slice::<Top>(&envelope.payload) else {
             return Self {
                 time: None,
                 causation_id: None,
             };
+        };
+        // A CloudEvent carries the platform event in `data`.
+        let inner = match (&envelope.format, top.data) {
+            (PayloadFormat::CloudEvent, Some(data)) => serde_json::from_str::<Top>(data.get()).ok(),
+            _ => None,
         };
         let time = top
             .timestamp
             .as_deref()
             .or(top.time.as_deref())
             .and_then(|t| humantime::parse_rfc3339_weak(t).ok());
-        let causation = top.metadata.and_then(|m| m.causation_id);
-        // A CloudEvent carries the platform event in `data`.
-        let causation_id = match (causation, format, top.data) {
-            (Some(found), _, _) => Some(found),
-            (None, PayloadFormat::CloudEvent, Some(data)) => {
-                serde_json::from_str::<Top>(data.get())
-                    .ok()
-                    .and_then(|inner| inner.metadata)
-                    .and_then(|m| m.causation_id)
-            }
-            _ => None,
+        let causation = |t: &Top| {
+            t.metadata
+                .as_ref()
+                .and_then(|m| m.causation_id.as_deref())
+                .map(str::to_string)
         };
-        Self { time, causation_id }
+        Self {
+            time,
+            causation_id: causation(&top).or_else(|| inner.as_ref().and_then(causation)),
+        }
     }
 }
 
@@ -321,7 +330,7 @@ mod tests {
 
     #[test]
     fn a_partition_key_names_its_stream_and_number() {
-        assert_eq!(stream_and_partition("evr:{order.3}"), ("order", 3));
-        assert_eq!(stream_and_partition("x:{a.b.12}"), ("a.b", 12));
+        assert_eq!(stream_and_partition("evr:{order.3}"), ("order".into(), 3));
+        assert_eq!(stream_and_partition("x:{a.b.12}"), ("a.b".into(), 12));
     }
 }

@@ -132,26 +132,6 @@ pub enum EnvelopeError {
     /// The bytes are not a valid archive.
     #[error("corrupt envelope: {0}")]
     Corrupt(String),
-    /// The archive does not lie aligned, so it cannot be borrowed where it lies.
-    #[error("envelope not aligned")]
-    Unaligned,
-}
-
-/// A stored envelope's fields, borrowed from the entry ([`Envelope::borrow`]).
-#[derive(Debug, Clone, Copy)]
-pub struct EnvelopeRef<'a> {
-    pub event_id: &'a str,
-    pub topic: &'a str,
-    pub event_type: &'a str,
-    pub key: &'a str,
-    pub sequence: Option<u64>,
-    pub received_us: u64,
-    pub service: &'a str,
-    pub correlation_id: &'a str,
-    pub traceparent: &'a str,
-    pub payload: &'a [u8],
-    pub format: PayloadFormat,
-    pub content_type: Option<&'a str>,
 }
 
 impl Envelope {
@@ -231,50 +211,6 @@ impl Envelope {
         view_of!(v2, v2.expires_us.as_ref().map(|s| s.to_native()), format)
     }
 
-    /// Reads an entry's every field where it lies, borrowing them: for the event store's
-    /// rows, written straight from the entry. The entry must be laid out as an
-    /// [`aligned_copy`] (see [`in_place`]); else it is `Unaligned`.
-    pub fn borrow(bytes: &[u8]) -> Result<EnvelopeRef<'_>, EnvelopeError> {
-        let (&version, body) = bytes.split_first().ok_or(EnvelopeError::Empty)?;
-        if version != ENVELOPE_VERSION && version != 1 {
-            return Err(EnvelopeError::Version(version));
-        }
-        if body.as_ptr().align_offset(ARCHIVE_ALIGN) != 0 {
-            return Err(EnvelopeError::Unaligned);
-        }
-        let corrupt = |e: rancor::Error| EnvelopeError::Corrupt(e.to_string());
-        macro_rules! borrowed {
-            ($archived:expr, $format:expr, $content_type:expr) => {{
-                let archived = $archived;
-                Ok(EnvelopeRef {
-                    event_id: archived.event_id.as_str(),
-                    topic: archived.topic.as_str(),
-                    event_type: archived.event_type.as_str(),
-                    key: archived.key.as_str(),
-                    sequence: archived.sequence.as_ref().map(|s| s.to_native()),
-                    received_us: archived.received_us.to_native(),
-                    service: archived.service.as_str(),
-                    correlation_id: archived.correlation_id.as_str(),
-                    traceparent: archived.traceparent.as_str(),
-                    payload: archived.payload.as_slice(),
-                    format: $format,
-                    content_type: $content_type,
-                })
-            }};
-        }
-        if version == 1 {
-            let v1 = rkyv::access::<ArchivedEnvelopeV1, rancor::Error>(body).map_err(corrupt)?;
-            return borrowed!(v1, PayloadFormat::Event, None);
-        }
-        let v2 = rkyv::access::<ArchivedEnvelope, rancor::Error>(body).map_err(corrupt)?;
-        let format = match v2.format {
-            ArchivedPayloadFormat::Event => PayloadFormat::Event,
-            ArchivedPayloadFormat::CloudEvent => PayloadFormat::CloudEvent,
-            ArchivedPayloadFormat::Raw => PayloadFormat::Raw,
-        };
-        borrowed!(v2, format, v2.content_type.as_ref().map(|c| c.as_str()))
-    }
-
     /// Decodes what [`Envelope::encode`] wrote (in place when its archive lies aligned,
     /// else from an aligned copy).
     pub fn decode(bytes: &[u8]) -> Result<Envelope, EnvelopeError> {
@@ -323,15 +259,6 @@ impl std::ops::Deref for Archive<'_> {
             Self::InPlace(body) => body,
             Self::Copied(copy) => copy,
         }
-    }
-}
-
-/// The entry itself when its archive lies aligned, else an [`aligned_copy`] of it: what
-/// [`Envelope::borrow`] reads.
-pub fn in_place(entry: &bytes::Bytes) -> bytes::Bytes {
-    match entry.get(1..) {
-        Some(body) if body.as_ptr().align_offset(ARCHIVE_ALIGN) == 0 => entry.clone(),
-        _ => aligned_copy(entry),
     }
 }
 
@@ -395,55 +322,6 @@ mod tests {
             ..envelope.clone()
         };
         assert_eq!(Envelope::decode(&raw.encode()).expect("decode"), raw);
-    }
-
-    #[test]
-    fn a_borrowed_reading_has_every_field_of_the_decoded_envelope() {
-        let envelope = Envelope {
-            event_id: "evt_order_1".into(),
-            topic: "order.created".into(),
-            event_type: "order.created".into(),
-            key: "ord_9".into(),
-            sequence: Some(3),
-            received_us: 42,
-            service: "order-service".into(),
-            correlation_id: "c1".into(),
-            traceparent: "tp".into(),
-            tracestate: None,
-            payload: vec![0, 159, 146, 150],
-            format: PayloadFormat::Raw,
-            content_type: Some("application/octet-stream".into()),
-            expires_us: None,
-        };
-        let entry = bytes::Bytes::from(envelope.encode());
-        // Laid out for reading in place, whatever the allocator gave.
-        let laid = in_place(&entry);
-        assert_eq!(laid, entry);
-        let read = Envelope::borrow(&laid).expect("borrow");
-        assert_eq!(
-            (read.event_id, read.topic, read.event_type, read.key),
-            ("evt_order_1", "order.created", "order.created", "ord_9")
-        );
-        assert_eq!((read.sequence, read.received_us), (Some(3), 42));
-        assert_eq!((read.service, read.correlation_id), ("order-service", "c1"));
-        assert_eq!(read.traceparent, "tp");
-        assert_eq!(read.payload, &[0, 159, 146, 150]);
-        assert_eq!(read.format, PayloadFormat::Raw);
-        assert_eq!(read.content_type, Some("application/octet-stream"));
-        // Laid one byte off alignment: not borrowed, never read misaligned.
-        let mut buf = Vec::with_capacity(laid.len() + ARCHIVE_ALIGN);
-        let pad = ((buf.as_ptr() as usize).wrapping_add(1).wrapping_neg() + 1) % ARCHIVE_ALIGN;
-        buf.resize(pad, 0);
-        buf.extend_from_slice(&laid);
-        let shifted = &buf[pad..];
-        assert_ne!(shifted[1..].as_ptr().align_offset(ARCHIVE_ALIGN), 0);
-        assert!(matches!(
-            Envelope::borrow(shifted),
-            Err(EnvelopeError::Unaligned)
-        ));
-        let copied = in_place(&bytes::Bytes::copy_from_slice(shifted));
-        assert_eq!(Envelope::borrow(&copied).expect("borrow").key, "ord_9");
-        assert!(matches!(Envelope::borrow(&[]), Err(EnvelopeError::Empty)));
     }
 
     #[test]
