@@ -11,7 +11,6 @@ use evrouter::eventstore::subjects::Subjects;
 use evrouter::model::envelope::{aligned_copy, Envelope, PayloadFormat};
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use serde_json::json;
-use tokio_postgres::types::ToSql;
 
 fn envelope() -> Envelope {
     let payload = json!({
