@@ -123,31 +123,11 @@ async fn entries_a_group_has_not_acked_are_never_trimmed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_len_is_applied_when_no_group_lags() {
     let redis = RedisServer::start();
-    let key = "evr:{order.0}";
     let mut config = test_config(&redis);
     let mut stream = one_partition_stream("30d");
     stream.max_len = Some(100);
     config.streams.push(stream);
-    config.retention.check_interval = "100ms".into();
-    let router = TestRouter::start(config).await;
-    for n in 0..10 {
-        let batch: Vec<_> = (0..100).map(|k| order_event(n * 100 + k, "o")).collect();
-        router
-            .publish_ok("order.created", &serde_json::Value::Array(batch))
-            .await;
-    }
-    eventually(Duration::from_secs(30), async || {
-        let len: usize = redis::cmd("XLEN")
-            .arg(key)
-            .query(&mut redis.conn())
-            .expect("xlen");
-        if len < 1000 {
-            Ok(())
-        } else {
-            Err(format!("max_len was not applied: {len} entries"))
-        }
-    })
-    .await;
+    trimmed_below(&redis, config, 1000, "max_len").await;
 }
 
 /// A Redis without `maxmemory` (as the test servers are) is not grown until its machine
@@ -163,11 +143,21 @@ async fn without_maxmemory_the_streams_are_bounded_by_the_machines_memory() {
         .query(&mut redis.conn())
         .expect("config get");
     assert_eq!(maxmemory.get(1).map(String::as_str), Some("0"));
-    let key = "evr:{order.0}";
     let mut config = test_config(&redis);
     config.streams.push(one_partition_stream("30d"));
-    config.retention.check_interval = "100ms".into();
     config.retention.memory_share = 1e-7;
+    trimmed_below(&redis, config, 500, "the memory bound").await;
+}
+
+/// Publishes 1,000 events to the one partition of `order` with the trimmer checking every
+/// 100 ms, and waits until the partition holds fewer than `below` (`bound` was applied).
+async fn trimmed_below(
+    redis: &RedisServer,
+    mut config: support::Config,
+    below: usize,
+    bound: &str,
+) {
+    config.retention.check_interval = "100ms".into();
     let router = TestRouter::start(config).await;
     for n in 0..10 {
         let batch: Vec<_> = (0..100).map(|k| order_event(n * 100 + k, "o")).collect();
@@ -177,13 +167,13 @@ async fn without_maxmemory_the_streams_are_bounded_by_the_machines_memory() {
     }
     eventually(Duration::from_secs(30), async || {
         let len: usize = redis::cmd("XLEN")
-            .arg(key)
+            .arg("evr:{order.0}")
             .query(&mut redis.conn())
             .expect("xlen");
-        if len < 500 {
+        if len < below {
             Ok(())
         } else {
-            Err(format!("the memory bound was not applied: {len} entries"))
+            Err(format!("{bound} was not applied: {len} entries"))
         }
     })
     .await;
