@@ -42,39 +42,77 @@ impl RedisServer {
             args: args.iter().map(|s| s.to_string()).collect(),
             child: None,
         };
-        server.spawn();
+        server.spawn(true);
         server
     }
 
-    fn spawn(&mut self) {
-        let child = Command::new("redis-server")
-            .arg("--port")
-            .arg(self.port.to_string())
-            .arg("--bind")
-            .arg("127.0.0.1")
-            .arg("--dir")
-            .arg(self.dir.path())
-            .arg("--logfile")
-            .arg(self.dir.path().join("redis.log"))
-            .args(&self.args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed");
-        self.child = Some(child);
-        for _ in 0..1200 {
-            let ping = redis::Client::open(self.url())
-                .and_then(|c| c.get_connection())
-                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
-            // A server that requires a password answers, with NOAUTH: it is up.
-            let up = match ping {
-                Ok(_) => true,
-                Err(err) => err.code() == Some("NOAUTH"),
-            };
-            if up {
+    /// Starts the server. A port found free can be bound by another test's server before
+    /// this one binds it: this one then exits, and the other would answer in its place (two
+    /// tests sharing one Redis). So the server is up only when the one answering is this
+    /// process; a first start (`may_move`) then moves to another port, a restart keeps its
+    /// own (the router is configured with it).
+    fn spawn(&mut self, may_move: bool) {
+        for _ in 0..5 {
+            let mut child = Command::new("redis-server")
+                .arg("--port")
+                .arg(self.port.to_string())
+                .arg("--bind")
+                .arg("127.0.0.1")
+                .arg("--dir")
+                .arg(self.dir.path())
+                .arg("--logfile")
+                .arg(self.dir.path().join("redis.log"))
+                .args(&self.args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server is installed");
+            if self.answers_as(&mut child) {
+                self.child = Some(child);
                 return;
             }
-            std::thread::sleep(Duration::from_millis(25));
+            let _ = child.kill();
+            let _ = child.wait();
+            assert!(
+                may_move,
+                "redis-server could not take port {} again",
+                self.port
+            );
+            self.port = free_port();
+        }
+        panic!("redis-server found no free port");
+    }
+
+    /// Waits until `child` answers on the port; false when it exits first (the port was
+    /// taken) or another process answers there.
+    fn answers_as(&self, child: &mut Child) -> bool {
+        for _ in 0..1200 {
+            if !matches!(child.try_wait(), Ok(None)) {
+                return false;
+            }
+            // Up once it answers PING (not while it loads its AOF), then asked who it is.
+            let info = redis::Client::open(self.url())
+                .and_then(|c| c.get_connection())
+                .and_then(|mut c| {
+                    redis::cmd("PING").query::<String>(&mut c)?;
+                    redis::cmd("INFO").arg("server").query::<String>(&mut c)
+                });
+            match info {
+                Ok(info) => {
+                    let pid = info
+                        .lines()
+                        .find_map(|l| l.strip_prefix("process_id:"))
+                        .and_then(|p| p.trim().parse::<u32>().ok());
+                    return pid == Some(child.id());
+                }
+                // A server that requires a password answers, with NOAUTH: it is up, and it
+                // is this one while this one runs.
+                Err(err) if err.code() == Some("NOAUTH") => {
+                    std::thread::sleep(Duration::from_millis(50));
+                    return matches!(child.try_wait(), Ok(None));
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(25)),
+            }
         }
         panic!("redis-server on port {} did not start", self.port);
     }
@@ -100,7 +138,7 @@ impl RedisServer {
     /// Starts the server again on the same port and folder.
     pub fn restart(&mut self) {
         self.kill();
-        self.spawn();
+        self.spawn(false);
     }
 
     /// SIGSTOP or SIGCONT the server.
