@@ -106,9 +106,6 @@ pub async fn run(args: &Args, url: &str) -> anyhow::Result<Report> {
                     let (key, value) = &entries[(offset + i) % entries.len()];
                     pipe.cmd("XADD")
                         .arg(key)
-                        .arg("MINID")
-                        .arg("~")
-                        .arg("0-0")
                         .arg("*")
                         .arg(evrouter::model::envelope::ENTRY_FIELD)
                         .arg(value);

@@ -18,7 +18,6 @@ use crate::eventstore::{self, EventStore};
 use crate::model::dead_letter::Forward;
 use crate::publish::dapr::DaprPubsubs;
 use crate::schema::SchemaRegistry;
-use crate::store::retention::TrimFloors;
 use crate::store::{self, RedisTarget};
 use crate::webhook::{self, dapr::health::AppHealth, guard::Guard, Webhooks};
 use crate::{credentials, delivery, health, metrics, traces, RunError};
@@ -51,7 +50,6 @@ pub(crate) struct Core {
 pub(crate) struct Storage {
     pub(crate) writers: Vec<ConnectionManager>,
     pub(crate) trim: ConnectionManager,
-    pub(crate) floors: Arc<TrimFloors>,
 }
 
 /// What the API reads and writes beside publishing: Redis for `/readyz`, the audit log,
@@ -120,7 +118,6 @@ impl Built {
                 .map(|_| target.manager())
                 .collect::<Result<_, _>>()?,
             trim: target.manager()?,
-            floors: Arc::new(TrimFloors::default()),
         };
         let instance = store::lease::new_instance_id();
         let (tracer, export) = traces::Tracer::new(&config.tracing, &instance)?;

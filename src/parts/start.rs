@@ -44,26 +44,22 @@ pub(crate) fn exporter(
     );
 }
 
-/// Retention, whose first pass learns every group's floor before the first append can
-/// trim, then the writers, which flush what is queued at their stop.
+/// Retention, whose first pass checks every stream's bounds before the first append, then
+/// the writers, which flush what is queued at their stop.
 pub(crate) async fn storage(
     config: &Config,
     core: &Core,
     storage: Storage,
     parts: &mut Parts,
 ) -> Arc<WriterPool> {
-    let Storage {
-        writers,
-        mut trim,
-        floors,
-    } = storage;
+    let Storage { writers, mut trim } = storage;
     let settings = retention::TrimSettings {
         prefix: config.redis.key_prefix.clone(),
         memory_share: config.retention.memory_share,
         dlq_max_len: config.retention.dlq_max_len,
         dlq_block: config.retention.dlq_when_full == config::WhenFull::Block,
     };
-    let first_pass = retention::trim_once(&core.catalog, &mut trim, &floors, &settings);
+    let first_pass = retention::trim_once(&core.catalog, &mut trim, &settings);
     match tokio::time::timeout(core.target.response_timeout() * 2, first_pass).await {
         Ok(Ok(())) => {}
         Ok(Err(err)) => tracing::warn!(error = %err, "first retention check failed; will retry"),
@@ -72,7 +68,6 @@ pub(crate) async fn storage(
     let trimmer = tokio::spawn(retention::run_trimmer(
         core.catalog.clone(),
         trim,
-        floors.clone(),
         config.retention.check_interval.get(),
         settings,
         core.health.part("trimmer"),
@@ -86,7 +81,6 @@ pub(crate) async fn storage(
             queue_capacity: config.writer.queue_capacity,
             response_timeout: core.target.response_timeout(),
         },
-        floors,
         &core.health,
         &core.metrics,
     ));

@@ -1,13 +1,14 @@
-//! Retention: trim floors that keep every entry a consumer group has not acked, and the task
-//! that recomputes them, trims by age, and keeps each stream within its bounds (`max_len`,
-//! `max_bytes`, a share of Redis's memory) as its `when_full` says.
+//! Retention: the task that, every check, computes each partition's floor (the oldest entry
+//! a consumer group has not acked), trims by age below it, and keeps each stream within its
+//! bounds (`max_len`, `max_bytes`, a share of Redis's memory) as its `when_full` says.
 //!
-//! Redis's XADD MINID/MAXLEN trimming removes entries still pending in a group, so the
-//! writers never trim above the floor computed here.
+//! Redis's MINID/MAXLEN trimming removes entries still pending in a group, so nothing trims
+//! above the floor computed here. Appends do not trim: a trim argument on every XADD cost
+//! Redis more per event than the whole check does per interval.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
@@ -18,43 +19,6 @@ use super::bounds::{self, id_ms, Moved};
 use super::groups::{buried, destroy_group};
 use crate::catalog::StreamCatalog;
 use crate::config::WhenFull;
-
-/// Per partition, the millisecond part of the oldest entry some group still needs.
-/// A partition with no groups has no floor. Writers take a snapshot once per batch
-/// (copy-on-write: the trimmer's updates never block them for long).
-#[derive(Debug, Default)]
-pub struct TrimFloors {
-    floors: RwLock<Arc<HashMap<Arc<str>, u64>>>,
-}
-
-impl TrimFloors {
-    /// The floor of a partition, if a group constrains it.
-    pub fn get(&self, partition_key: &str) -> Option<u64> {
-        self.snapshot().get(partition_key).copied()
-    }
-
-    /// Every floor as it is now.
-    pub fn snapshot(&self) -> Arc<HashMap<Arc<str>, u64>> {
-        self.floors.read().map(|f| f.clone()).unwrap_or_default()
-    }
-
-    fn set(&self, partition_key: &Arc<str>, floor: Option<u64>) {
-        let mut floors = crate::model::sync::write(&self.floors);
-        let unchanged = floors.get(partition_key).copied() == floor;
-        if unchanged {
-            return;
-        }
-        let floors = Arc::make_mut(&mut floors);
-        match floor {
-            Some(ms) => {
-                floors.insert(partition_key.clone(), ms);
-            }
-            None => {
-                floors.remove(partition_key);
-            }
-        }
-    }
-}
 
 /// What the groups of one partition allow.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -157,7 +121,6 @@ async fn trim_below(
 pub async fn trim_once(
     catalog: &StreamCatalog,
     conn: &mut ConnectionManager,
-    floors: &TrimFloors,
     settings: &TrimSettings,
 ) -> redis::RedisResult<()> {
     let mut first_error = None;
@@ -188,9 +151,7 @@ pub async fn trim_once(
         for key in &stream.partition_keys {
             let checked = async {
                 let state = group_state(conn, key, &buried).await?;
-                floors.set(key, state.floor_ms);
-                // By age, never above what a group still needs (the writers do the same
-                // as they append; this frees memory when nothing is appended).
+                // By age, never above what a group still needs.
                 let age_ms = crate::model::clock::now_ms()
                     .saturating_sub(stream.max_age.as_millis() as u64);
                 trim_below(conn, key, state.floor_ms.map_or(age_ms, |f| f.min(age_ms))).await?;
@@ -234,14 +195,13 @@ pub async fn trim_once(
                     }
                 }
                 let state = group_state(conn, key, &buried).await?;
-                floors.set(key, state.floor_ms);
                 trim_below(conn, key, state.floor_ms.map_or(point, |f| f.min(point))).await?;
                 Ok::<bool, redis::RedisError>(blocked)
             }
             .await;
             match checked {
                 Ok(blocked) => full |= blocked,
-                // Keep the last known floor and go on with the other partitions.
+                // Go on with the other partitions.
                 Err(err) => {
                     first_error.get_or_insert(err);
                 }
@@ -285,7 +245,6 @@ impl Bounds {
 pub async fn run_trimmer(
     catalog: Arc<StreamCatalog>,
     mut conn: ConnectionManager,
-    floors: Arc<TrimFloors>,
     interval: Duration,
     settings: TrimSettings,
     part: Arc<crate::health::Part>,
@@ -294,9 +253,7 @@ pub async fn run_trimmer(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        let checked = part
-            .round(trim_once(&catalog, &mut conn, &floors, &settings))
-            .await;
+        let checked = part.round(trim_once(&catalog, &mut conn, &settings)).await;
         if let Some(Err(err)) = checked {
             tracing::warn!(error = %err, "retention check failed; will retry");
         }
@@ -312,15 +269,5 @@ mod tests {
         assert_eq!(id_ms("1700000000000-3"), Some(1_700_000_000_000));
         assert_eq!(id_ms("0-0"), Some(0));
         assert_eq!(id_ms("x"), None);
-    }
-
-    #[test]
-    fn floors_are_set_and_cleared() {
-        let floors = TrimFloors::default();
-        let key: Arc<str> = Arc::from("evr:{order.1}");
-        floors.set(&key, Some(5));
-        assert_eq!(floors.get("evr:{order.1}"), Some(5));
-        floors.set(&key, None);
-        assert_eq!(floors.get("evr:{order.1}"), None);
     }
 }

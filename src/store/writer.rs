@@ -6,7 +6,6 @@
 //! of memory, none of it. Requests answered one after the other are stored in that order;
 //! requests in flight together have no order between them, as with any broker.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +15,6 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use xxhash_rust::xxh3::xxh3_64;
 
-use super::retention::TrimFloors;
 use super::StoreError;
 use crate::catalog::StreamSpec;
 use crate::health::{Health, Part};
@@ -24,12 +22,12 @@ use crate::metrics::{Metrics, RoundTrip};
 use crate::model::envelope::ENTRY_FIELD;
 
 /// Appends an entry unless its dedup key exists; records the new id under the dedup key.
-/// KEYS: partition, dedup key. ARGV: window ms, MINID floor, entry bytes.
+/// KEYS: partition, dedup key. ARGV: window ms, entry bytes.
 /// Returns `{1, id}` when appended, `{0, original id}` for a duplicate.
 const DEDUP_APPEND: &str = r#"
 local prev = redis.call('GET', KEYS[2])
 if prev then return {0, prev} end
-local id = redis.call('XADD', KEYS[1], 'MINID', '~', ARGV[2], '*', 'e', ARGV[3])
+local id = redis.call('XADD', KEYS[1], '*', 'e', ARGV[2])
 redis.call('SET', KEYS[2], id, 'PX', ARGV[1])
 return {1, id}
 "#;
@@ -97,7 +95,6 @@ impl WriterPool {
     pub fn start(
         connections: Vec<ConnectionManager>,
         settings: WriterSettings,
-        floors: Arc<TrimFloors>,
         health: &Health,
         metrics: &Metrics,
     ) -> Self {
@@ -114,7 +111,6 @@ impl WriterPool {
                 rx,
                 conn,
                 settings: settings.clone(),
-                floors: floors.clone(),
                 stop: stop.subscribe(),
             };
             senders.push(tx);
@@ -178,7 +174,6 @@ struct Writer {
     rx: mpsc::Receiver<Job>,
     conn: ConnectionManager,
     settings: WriterSettings,
-    floors: Arc<TrimFloors>,
     stop: watch::Receiver<bool>,
 }
 
@@ -254,13 +249,10 @@ impl Writer {
         if jobs.is_empty() {
             return;
         }
-        let now_ms = crate::model::clock::now_ms();
         let count: usize = jobs.iter().map(|job| job.entries.len()).sum();
         let mut pipe = redis::Pipeline::with_capacity(count);
         // One entry's error (say, a key of the wrong type) must not fail the others.
         pipe.ignore_errors();
-        let mut floors: Vec<(u64, String)> = Vec::new();
-        let group_floors = self.floors.snapshot();
         for job in jobs.iter() {
             // A request of several entries is written whole or not at all: when Redis is
             // full, a transaction is refused before any of it is applied.
@@ -269,7 +261,6 @@ impl Writer {
                 pipe.cmd("MULTI");
             }
             for entry in &job.entries {
-                let floor = floor(&group_floors, &mut floors, entry, now_ms);
                 match &entry.dedup_key {
                     Some(dedup_key) => {
                         let window_ms = entry
@@ -283,7 +274,6 @@ impl Writer {
                             .arg(&*entry.partition_key)
                             .arg(dedup_key)
                             .arg(window_ms)
-                            .arg(floor)
                             .arg(&entry.value);
                     }
                     None => {
@@ -293,9 +283,6 @@ impl Writer {
                         let mut cmd = redis::Cmd::with_capacity(8, size);
                         cmd.arg("XADD")
                             .arg(&*entry.partition_key)
-                            .arg("MINID")
-                            .arg("~")
-                            .arg(floor)
                             .arg("*")
                             .arg(ENTRY_FIELD)
                             .arg(&entry.value);
@@ -340,30 +327,6 @@ impl Writer {
             }
         }
     }
-}
-
-/// The MINID for an entry's stream in a batch: its age cutoff, never above the oldest
-/// entry a consumer group still needs in that partition. Formatted once per distinct
-/// floor in a batch.
-fn floor<'a>(
-    group_floors: &HashMap<Arc<str>, u64>,
-    cache: &'a mut Vec<(u64, String)>,
-    entry: &Entry,
-    now_ms: u64,
-) -> &'a str {
-    let age_ms = now_ms.saturating_sub(entry.stream.max_age.as_millis() as u64);
-    let floor_ms = match group_floors.get(&entry.partition_key) {
-        Some(group_floor) => age_ms.min(*group_floor),
-        None => age_ms,
-    };
-    let position = match cache.iter().position(|(ms, _)| *ms == floor_ms) {
-        Some(position) => position,
-        None => {
-            cache.push((floor_ms, format!("{floor_ms}-0")));
-            cache.len() - 1
-        }
-    };
-    &cache[position].1
 }
 
 /// The replies of one request's transaction: MULTI's, one per queued entry (an error
