@@ -1,7 +1,7 @@
 //! Delivery against a real Redis and real HTTP subscribers: completeness and per-key
 //! order, fan-out to several subscriptions, topic patterns, bulk requests, where a new
-//! subscription starts, unordered delivery, and Redis losing its data or asking for a
-//! password.
+//! subscription starts, unordered delivery, Redis losing its data or asking for a
+//! password, and a reader behind on one partition.
 
 mod support;
 
@@ -319,4 +319,31 @@ async fn deliveries_continue_the_publishers_trace_as_child_spans() {
         assert!(!span.contains("b7ad6b7169203331"), "a child span: {span}");
     }
     assert_ne!(spans[0], spans[1], "each attempt is a span of its own");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_behind_on_one_partition_reads_on_without_lingering() {
+    // One reader holds all 16 partitions of the stream and asks each for 32 of its 512:
+    // the one partition with a backlog gives all it was asked for every time. Were the
+    // reader to linger 10 s after each such read, 2,000 events would take minutes.
+    let redis = RedisServer::start();
+    let mut config = test_config(&redis);
+    config.delivery.readers = 1;
+    config.delivery.read_linger = "10s".into();
+    let router = TestRouter::start(config).await;
+    let total = publish_keyed(&router, "order.created", 1, 2_000).await;
+    let subscriber = Subscriber::ok().await;
+    router
+        .subscribe(
+            "backlog",
+            &["order.created"],
+            &subscriber.url(),
+            json!({"start": "earliest"}),
+        )
+        .await;
+    subscriber.wait_for(total, Duration::from_secs(30)).await;
+    let log = subscriber.received();
+    assert_eq!(log.len(), total, "duplicates delivered");
+    assert_in_key_order(&log, 1, 2_000);
+    router.stop().await.expect("clean stop");
 }

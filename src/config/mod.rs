@@ -82,8 +82,9 @@ pub struct DeliveryConfig {
     pub lease_ttl: ConfigDuration,
     /// How long one read waits for new entries (Redis BLOCK).
     pub read_block: ConfigDuration,
-    /// After a read that brought few entries, how long the reader waits before the next,
-    /// so that under load each read carries more (0 reads again at once).
+    /// After a read that left nothing waiting (no partition gave all it was asked for),
+    /// how long the reader waits before the next, so that each read carries more (0 reads
+    /// again at once). A reader that is behind reads on without waiting.
     pub read_linger: ConfigDuration,
     /// Worker shards per subscription.
     pub shards: usize,
@@ -102,7 +103,7 @@ impl Default for DeliveryConfig {
         Self {
             lease_ttl: "5s".into(),
             read_block: "500ms".into(),
-            read_linger: "2ms".into(),
+            read_linger: "5ms".into(),
             shards: 2,
             readers: 2,
             max_subscriptions: 1000,

@@ -30,11 +30,18 @@ use crate::model::envelope::ENTRY_FIELD;
 /// Most entries asked for in one read.
 const READ_COUNT: usize = 512;
 
-/// A read bringing at least this many entries is followed by the next at once; a smaller
-/// one by a pause of `linger`. Each read costs Redis a fixed price per partition it names,
-/// so under load, reads that come back with a handful of entries each cost more than the
-/// entries themselves (the idea of Kafka's `fetch.min.bytes` and `fetch.max.wait.ms`).
-const FULL_READ: usize = 64;
+/// Most reads in a row that name only the partitions the read before left entries in,
+/// before every partition is named again.
+const MAX_FOLLOW_UPS: u32 = 4;
+
+/// How a read went.
+#[derive(Debug, Default)]
+struct Read {
+    /// Entries handed over.
+    used: usize,
+    /// The partitions that gave as many entries as were asked of them: more may wait.
+    truncated: Vec<Arc<str>>,
+}
 
 /// One entry read from a partition, holding one permit of the read-ahead budget.
 #[derive(Debug)]
@@ -78,7 +85,11 @@ pub struct Reader<D> {
     pub permits: Arc<Semaphore>,
     /// BLOCK of each read.
     pub block: Duration,
-    /// Pause after a read that brought fewer than `FULL_READ` entries.
+    /// Pause after a read that left nothing waiting (no partition gave all it was asked
+    /// for). Each read costs Redis a fixed price per partition it names, so under load,
+    /// reads that come back with a handful of entries each cost more than the entries
+    /// themselves; a reader that has caught up waits this long before it asks again (the
+    /// idea of Kafka's `fetch.max.wait.ms`), and one that is behind reads on at once.
     pub linger: Duration,
     /// Turns true on shutdown.
     pub stop: watch::Receiver<bool>,
@@ -119,6 +130,10 @@ impl<D: Dispatch> Reader<D> {
         let handoff_id = self.handoffs.join();
         let mut confirmed: std::collections::HashSet<Arc<str>> = std::collections::HashSet::new();
         let mut backoff = Duration::from_millis(50);
+        // The partitions the last read left entries in, and how many reads in a row have
+        // named only those.
+        let mut behind: Vec<Arc<str>> = Vec::new();
+        let mut follow_ups = 0u32;
         while !*self.stop.borrow() {
             let owned = self.owned.borrow().clone();
             // The last read (if it named a partition now draining) has returned: done.
@@ -173,9 +188,27 @@ impl<D: Dispatch> Reader<D> {
                     readable.push(key.clone());
                 }
                 if readable.is_empty() {
-                    return Ok(usize::MAX);
+                    return Ok(None);
                 }
-                self.read(&readable).await
+                // A partition left with entries is read again at once, alone with the
+                // others so left: a read names every partition only when the last left
+                // none, or after a few such reads (so the others wait no longer).
+                let follow_up: Vec<Arc<str>> = if follow_ups < MAX_FOLLOW_UPS {
+                    readable
+                        .iter()
+                        .filter(|k| behind.contains(k))
+                        .cloned()
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                if follow_up.is_empty() {
+                    follow_ups = 0;
+                    self.read(&readable, true).await.map(Some)
+                } else {
+                    follow_ups += 1;
+                    self.read(&follow_up, false).await.map(Some)
+                }
             });
             let started = std::time::Instant::now();
             let Some(result) = round.await else {
@@ -183,7 +216,7 @@ impl<D: Dispatch> Reader<D> {
                 claimed.clear();
                 continue;
             };
-            if let (Ok(usize::MAX), Some(at)) = (&result, wait_until) {
+            if let (Ok(None), Some(at)) = (&result, wait_until) {
                 // Every partition held waits for a takeover.
                 tokio::select! {
                     _ = tokio::time::sleep_until(at.into()) => {}
@@ -194,11 +227,13 @@ impl<D: Dispatch> Reader<D> {
             }
             match result {
                 Ok(read) => {
-                    if read > 0 {
-                        self.round_trip.record(started, read);
+                    let read = read.unwrap_or_default();
+                    if read.used > 0 {
+                        self.round_trip.record(started, read.used);
                     }
                     backoff = Duration::from_millis(50);
-                    if read < FULL_READ && !self.linger.is_zero() {
+                    behind = read.truncated;
+                    if behind.is_empty() && !self.linger.is_zero() {
                         tokio::select! {
                             _ = tokio::time::sleep(self.linger) => {}
                             _ = self.stop.changed() => {}
@@ -216,12 +251,14 @@ impl<D: Dispatch> Reader<D> {
                         }
                     }
                     claimed.clear();
+                    behind.clear();
                 }
                 Err(err) => {
                     tracing::warn!(group = %self.group, error = %err, "read failed; retrying");
                     // A read that failed after Redis handed entries over leaves them pending
                     // to this consumer: claim them again (entries already held are skipped).
                     claimed.clear();
+                    behind.clear();
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = self.stop.changed() => {}
@@ -276,11 +313,13 @@ impl<D: Dispatch> Reader<D> {
         taken
     }
 
-    /// Reads new entries from every held partition in one call; returns how many came.
-    async fn read(&mut self, keys: &[Arc<str>]) -> redis::RedisResult<usize> {
+    /// Reads new entries from `keys` in one call, waiting up to `block` for some when
+    /// `wait` (a read that names only partitions left with entries must not wait: they
+    /// may have none left, and the others would wait with them).
+    async fn read(&mut self, keys: &[Arc<str>], wait: bool) -> redis::RedisResult<Read> {
         let taken = self.take_permits(READ_COUNT).await;
         if taken == 0 {
-            return Ok(0);
+            return Ok(Read::default());
         }
         // COUNT applies to each partition: spread the budget so the total stays within it
         // (but at least one per partition).
@@ -290,10 +329,11 @@ impl<D: Dispatch> Reader<D> {
             .arg(&self.group)
             .arg(&self.consumer)
             .arg("COUNT")
-            .arg(per_partition)
-            .arg("BLOCK")
-            .arg(self.block.as_millis() as u64)
-            .arg("STREAMS");
+            .arg(per_partition);
+        if wait {
+            cmd.arg("BLOCK").arg(self.block.as_millis() as u64);
+        }
+        cmd.arg("STREAMS");
         for key in keys {
             cmd.arg(&**key);
         }
@@ -308,10 +348,14 @@ impl<D: Dispatch> Reader<D> {
             }
         };
         let mut used = 0;
+        let mut truncated = Vec::new();
         for (key, entries) in reply {
             let Some(partition) = keys.iter().find(|k| k.as_bytes() == &key[..]).cloned() else {
                 continue;
             };
+            if entries.len() >= per_partition {
+                truncated.push(partition.clone());
+            }
             // The partition's newest id, looked up once per reply and recorded after.
             let mut newest = self.newest.get(&partition).copied().unwrap_or_default();
             for (id, raw) in entries {
@@ -338,7 +382,7 @@ impl<D: Dispatch> Reader<D> {
         } else if used > taken {
             self.debt += used - taken;
         }
-        Ok(used)
+        Ok(Read { used, truncated })
     }
 
     /// Claims every pending entry of a partition just taken over (from a dead or paused
