@@ -8,7 +8,7 @@ use std::sync::Arc;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use evrouter::catalog::{partition_of, StreamCatalog};
 use evrouter::config::Config;
-use evrouter::delivery::lanes::Lanes;
+use evrouter::delivery::lanes::{lane_name, Lanes};
 use evrouter::delivery::reorder::{Offered, OnTimeout, ReorderBuffer, ReorderLimits};
 use evrouter::model::event::{Body, RawEvent, RawMetadata};
 use evrouter::model::pattern::TopicPattern;
@@ -88,6 +88,25 @@ fn keys_and_partitions(c: &mut Criterion) {
 fn lanes(c: &mut Criterion) {
     let keys: Vec<Arc<str>> = (0..10_000).map(|k| Arc::from(format!("ord_{k}"))).collect();
     let mut group = c.benchmark_group("lanes");
+    // Each event read is given its lane's name: its partition and its key.
+    group.throughput(Throughput::Elements(10_000));
+    group.bench_function("name_10k", |b| {
+        let mut buf = String::new();
+        b.iter(|| {
+            for key in &keys {
+                std::hint::black_box(lane_name(&mut buf, "evr:{order.12}", '\u{1f}', key));
+            }
+        })
+    });
+    // How the name was made before: formatted, then copied into its shared allocation.
+    group.bench_function("name_10k_by_format", |b| {
+        b.iter(|| {
+            for key in &keys {
+                let name: Arc<str> = Arc::from(format!("{}\u{1f}{}", "evr:{order.12}", key));
+                std::hint::black_box(name);
+            }
+        })
+    });
     group.throughput(Throughput::Elements(100_000));
     group.bench_function("push_then_drain_100k_over_10k_keys", |b| {
         b.iter(|| {

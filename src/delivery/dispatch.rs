@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, Semaphore};
 use xxhash_rust::xxh3::xxh3_64;
 
+use super::lanes::lane_name;
 use super::shard::Delivery;
 use super::stats::SubscriptionStats;
 use super::subscription::Subscription;
@@ -30,6 +31,8 @@ pub struct ShardDispatch {
     /// The whole budget, in KiB.
     bytes_total: u64,
     stats: Arc<SubscriptionStats>,
+    /// Where each event's lane name is written before it is shared.
+    lane_buf: String,
 }
 
 impl ShardDispatch {
@@ -53,6 +56,7 @@ impl ShardDispatch {
             bytes,
             bytes_total: kib,
             stats,
+            lane_buf: String::new(),
         }
     }
 
@@ -96,9 +100,9 @@ impl Dispatch for ShardDispatch {
             // A key's order is kept within its partition (a key seen in two streams is two
             // lanes), so losing one partition never holds back another's events.
             Ordering::Key | Ordering::Sequence => {
-                Arc::from(format!("{}\u{1f}{}", entry.partition, view.key))
+                lane_name(&mut self.lane_buf, &entry.partition, '\u{1f}', &view.key)
             }
-            Ordering::None => Arc::from(format!("{}/{}", entry.partition, entry.id)),
+            Ordering::None => lane_name(&mut self.lane_buf, &entry.partition, '/', &entry.id),
         };
         if view.expires_us.is_some_and(|at| at <= now_us()) {
             SubscriptionStats::bump(&self.stats.expired);

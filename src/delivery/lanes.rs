@@ -5,6 +5,16 @@ use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
+/// The name of a lane: `partition`, `separator`, `rest`, written into `buf` (reused from
+/// one event to the next) and copied into one shared allocation.
+pub fn lane_name(buf: &mut String, partition: &str, separator: char, rest: &str) -> Arc<str> {
+    buf.clear();
+    buf.push_str(partition);
+    buf.push(separator);
+    buf.push_str(rest);
+    Arc::from(buf.as_str())
+}
+
 /// FIFO lanes keyed by entity key. Hashed with foldhash, seeded per process: several
 /// lookups per event, where SipHash cost more than the bookkeeping itself.
 #[derive(Debug)]
@@ -85,6 +95,16 @@ impl<T> Lanes<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lane_name_is_its_parts_whatever_the_buffer_held_before() {
+        let mut buf = String::from("a much longer name left from the event before");
+        assert_eq!(
+            &*lane_name(&mut buf, "evr:{order.3}", '\u{1f}', "ord_1"),
+            "evr:{order.3}\u{1f}ord_1"
+        );
+        assert_eq!(&*lane_name(&mut buf, "p", '/', "1-2"), "p/1-2");
+    }
 
     #[test]
     fn a_lane_releases_its_events_one_at_a_time_in_order() {
