@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, Semaphore};
 use xxhash_rust::xxh3::xxh3_64;
 
-use super::lanes::lane_name;
+use super::lanes::{lane_name, KEY_SEPARATOR};
 use super::shard::Delivery;
 use super::stats::SubscriptionStats;
 use super::subscription::Subscription;
@@ -99,9 +99,12 @@ impl Dispatch for ShardDispatch {
         let lane: Arc<str> = match self.sub.spec.ordering {
             // A key's order is kept within its partition (a key seen in two streams is two
             // lanes), so losing one partition never holds back another's events.
-            Ordering::Key | Ordering::Sequence => {
-                lane_name(&mut self.lane_buf, &entry.partition, '\u{1f}', &view.key)
-            }
+            Ordering::Key | Ordering::Sequence => lane_name(
+                &mut self.lane_buf,
+                &entry.partition,
+                KEY_SEPARATOR,
+                &view.key,
+            ),
             Ordering::None => lane_name(&mut self.lane_buf, &entry.partition, '/', &entry.id),
         };
         if view.expires_us.is_some_and(|at| at <= now_us()) {

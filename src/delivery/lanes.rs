@@ -5,6 +5,9 @@ use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
+/// Between a partition and a key in the name of a keyed lane (`partition \u{1f} key`).
+pub const KEY_SEPARATOR: char = '\u{1f}';
+
 /// The name of a lane: `partition`, `separator`, `rest`, written into `buf` (reused from
 /// one event to the next) and copied into one shared allocation.
 pub fn lane_name(buf: &mut String, partition: &str, separator: char, rest: &str) -> Arc<str> {

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::Delivery;
+use crate::delivery::lanes::KEY_SEPARATOR;
 use crate::delivery::reorder::{
     missing_count, CloseReason, ClosedGap, Offered, OnTimeout, ReorderBuffer, ReorderLimits,
 };
@@ -463,13 +464,13 @@ impl SequenceGate {
 /// The Redis key of a lane's next expected number (a lane is `partition \u{1f} key`) in a
 /// generation of the subscription.
 fn state_key(lane: &str, subscription: &str, generation: i64) -> String {
-    let (partition, key) = lane.split_once('\u{1f}').unwrap_or((lane, ""));
+    let (partition, key) = lane.split_once(KEY_SEPARATOR).unwrap_or((lane, ""));
     sequence_state_key(partition, subscription, generation, key)
 }
 
 /// The partition of a lane.
 fn partition_of_lane(lane: &str) -> &str {
-    lane.split_once('\u{1f}')
+    lane.split_once(KEY_SEPARATOR)
         .map_or(lane, |(partition, _)| partition)
 }
 
