@@ -347,3 +347,38 @@ async fn a_reader_behind_on_one_partition_reads_on_without_lingering() {
     assert_in_key_order(&log, 1, 2_000);
     router.stop().await.expect("clean stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_reads_by_its_own_linger_not_the_instance_default() {
+    // The instance lingers 10 s after each read that leaves nothing waiting; the
+    // subscription says 0. Ten events published one after another, each once the one
+    // before has arrived, would take 90 s under the instance's linger.
+    let redis = RedisServer::start();
+    let mut config = test_config(&redis);
+    config.delivery.readers = 1;
+    config.delivery.read_linger = "10s".into();
+    let router = TestRouter::start(config).await;
+    let subscriber = Subscriber::ok().await;
+    router
+        .subscribe(
+            "eager",
+            &["order.created"],
+            &subscriber.url(),
+            json!({"read": {"linger_ms": 0}}),
+        )
+        .await;
+    let began = std::time::Instant::now();
+    for n in 0..10u64 {
+        router
+            .publish_ok("order.created", &keyed_event(n, "ord_0", n))
+            .await;
+        subscriber
+            .wait_for(
+                n as usize + 1,
+                Duration::from_secs(30).saturating_sub(began.elapsed()),
+            )
+            .await;
+    }
+    assert_in_key_order(&subscriber.received(), 1, 10);
+    router.stop().await.expect("clean stop");
+}

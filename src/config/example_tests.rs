@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use serde_json::Value;
 
 use super::*;
-use crate::model::subscription::{NotFound, SubscriptionSpec};
+use crate::model::subscription::{NotFound, ReadSpec, SubscriptionSpec};
 
 const EXAMPLE: &str = include_str!("../../evrouter.example.toml");
 
@@ -79,6 +79,7 @@ fn code_keys() -> BTreeSet<String> {
             // are set by evrouter, not by config).
             element(json(serde_json::to_value(SubscriptionSpec {
                 on_404: Some(NotFound::Retry),
+                read: ReadSpec { linger_ms: Some(5) },
                 ..SubscriptionSpec::default()
             }))),
         ),

@@ -273,6 +273,7 @@ impl Runtime {
             stats,
         );
         let readers = self.settings.readers.max(1);
+        let read = context.sub.spec.read.clone();
         for index in 0..readers {
             let reader = Reader {
                 conn: self.target.manager_with_timeout(read_timeout)?,
@@ -285,7 +286,9 @@ impl Runtime {
                 dispatch: dispatch.clone(),
                 permits: permits.clone(),
                 block: self.settings.read_block,
-                linger: self.settings.read_linger,
+                linger: read
+                    .linger_ms
+                    .map_or(self.settings.read_linger, Duration::from_millis),
                 stop: stop_rx.clone(),
                 debt: 0,
                 newest: Default::default(),

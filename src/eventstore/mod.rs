@@ -29,7 +29,8 @@ use tokio::task::JoinHandle;
 
 use crate::config::EventStoreConfig;
 use crate::model::subscription::{
-    BackoffSpec, BulkSpec, DeliveryMode, Ordering as DeliveryOrdering, Start, SubscriptionSpec,
+    BackoffSpec, BulkSpec, DeliveryMode, Ordering as DeliveryOrdering, ReadSpec, Start,
+    SubscriptionSpec,
 };
 
 /// The name of the archive subscription.
@@ -200,6 +201,10 @@ pub fn archive_spec(config: &EventStoreConfig) -> SubscriptionSpec {
         },
         start: Start::Earliest,
         dead_letter: false,
+        // Read at most every half batch wait: fewer, larger reads of the partitions.
+        read: ReadSpec {
+            linger_ms: Some((config.batch_wait.get().as_millis() as u64 / 2).min(1_000)),
+        },
         ..SubscriptionSpec::default()
     }
 }
@@ -218,6 +223,7 @@ mod tests {
                 ..EventStoreConfig::default()
             };
             let spec = archive_spec(&config);
+            assert_eq!(spec.read.linger_ms, Some(50), "half the batch wait");
             assert!(
                 Subscription::new(spec.clone()).is_ok(),
                 "{batch} × {connections}: {spec:?}"

@@ -59,6 +59,26 @@ pub struct SubscriptionSpec {
     /// apps, as Dapr does).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub on_404: Option<NotFound>,
+    /// How its partitions are read.
+    #[serde(skip_serializing_if = "ReadSpec::is_default")]
+    pub read: ReadSpec,
+}
+
+/// How a subscription's partitions are read: by default as `delivery.read_linger` says. A
+/// subscriber that batches and can wait (an archive, analytics) reads less often and more
+/// at a time, which costs Redis and evrouter less per event (Kafka's `fetch.max.wait.ms`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReadSpec {
+    /// How long a reader that has caught up waits before it reads again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub linger_ms: Option<u64>,
+}
+
+impl ReadSpec {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 /// What a subscriber's 404 means.
@@ -126,6 +146,7 @@ impl Default for SubscriptionSpec {
             dapr: None,
             owner: None,
             on_404: None,
+            read: ReadSpec::default(),
         }
     }
 }
@@ -373,6 +394,9 @@ impl SubscriptionSpec {
         if spec.bulk.max_wait_ms > 60_000 {
             bad("/bulk/max_wait_ms", "must be at most 60000".into());
         }
+        if spec.read.linger_ms.is_some_and(|ms| ms > 1_000) {
+            bad("/read/linger_ms", "must be at most 1000".into());
+        }
         if spec.breaker.cooldown_ms > DAY_MS {
             bad(
                 "/breaker/cooldown_ms",
@@ -503,6 +527,7 @@ pub(crate) mod tests {
         bad.backoff.jitter = 2.0;
         bad.breaker.cooldown_ms = u64::MAX;
         bad.backoff.max_ms = u64::MAX;
+        bad.read.linger_ms = Some(1_001);
         let problems = bad.check().expect_err("invalid");
         let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
         for expected in [
@@ -513,9 +538,23 @@ pub(crate) mod tests {
             "/backoff/jitter",
             "/breaker/cooldown_ms",
             "/backoff/max_ms",
+            "/read/linger_ms",
         ] {
             assert!(paths.contains(&expected), "{expected} not in {paths:?}");
         }
+    }
+
+    #[test]
+    fn how_it_is_read_is_written_only_when_set() {
+        let plain = serde_json::to_value(spec()).expect("serializes");
+        assert!(plain.get("read").is_none(), "{plain}");
+        let mut lingering = spec();
+        lingering.read.linger_ms = Some(50);
+        let json = serde_json::to_value(&lingering).expect("serializes");
+        assert_eq!(json["read"], serde_json::json!({"linger_ms": 50}));
+        let back: SubscriptionSpec = serde_json::from_value(json).expect("reads back");
+        assert_eq!(back, lingering);
+        assert!(lingering.check().is_ok());
     }
 
     #[test]
