@@ -313,7 +313,7 @@ impl DaprPubsubs {
                 .overrides
                 .id
                 .clone()
-                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+                .unwrap_or_else(crate::model::new_event_id);
             let envelope = Envelope {
                 key: metadata
                     .partition_key

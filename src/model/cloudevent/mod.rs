@@ -195,19 +195,21 @@ impl Built<'_> {
         let data = self.raw_data.map_or("", |data| data.get());
         let mut out = Vec::with_capacity(data.len() + 384);
         out.extend_from_slice(br#"{"specversion":"1.0""#);
+        // The attributes every event has: their names need no escaping.
         for (name, value) in [
-            ("id", self.id.as_str()),
-            ("source", &self.source),
-            ("type", &self.event_type),
-            ("datacontenttype", &self.datacontenttype),
-            ("time", &self.time),
-            ("topic", self.topic),
-            ("pubsubname", self.pubsubname),
-            ("traceid", &self.traceid),
-            ("traceparent", &self.traceparent),
-            ("tracestate", &self.tracestate),
+            (&br#","id":"#[..], self.id.as_str()),
+            (br#","source":"#, &self.source),
+            (br#","type":"#, &self.event_type),
+            (br#","datacontenttype":"#, &self.datacontenttype),
+            (br#","time":"#, &self.time),
+            (br#","topic":"#, self.topic),
+            (br#","pubsubname":"#, self.pubsubname),
+            (br#","traceid":"#, &self.traceid),
+            (br#","traceparent":"#, &self.traceparent),
+            (br#","tracestate":"#, &self.tracestate),
         ] {
-            attribute(&mut out, name, value);
+            out.extend_from_slice(name);
+            json_string(&mut out, value);
         }
         if let Some(expiration) = &self.expiration {
             attribute(&mut out, "expiration", expiration);
@@ -221,6 +223,26 @@ impl Built<'_> {
         }
         out.push(b'}');
         out
+    }
+}
+
+/// Appends `value` as a JSON string. Most attributes (ids, times, trace contexts, names)
+/// hold nothing to escape: those are copied as they are after one scan, the others are
+/// written by serde_json.
+fn json_string(out: &mut Vec<u8>, value: &str) {
+    let bytes = value.as_bytes();
+    // Without an early exit, so that the compiler can scan many bytes at once.
+    let plain = !bytes.iter().fold(false, |escape, &b| {
+        escape | (b < 0x20) | (b == b'"') | (b == b'\\')
+    });
+    if plain {
+        out.reserve(bytes.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(bytes);
+        out.push(b'"');
+    } else {
+        // Writing a string into a `Vec` cannot fail.
+        let _ = serde_json::to_writer(&mut *out, value);
     }
 }
 
@@ -323,7 +345,7 @@ pub fn build_parts<'a>(
         humantime::format_rfc3339_millis(at).to_string()
     });
     let event = Built {
-        id: (o.id.clone().or(id)).unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+        id: (o.id.clone().or(id)).unwrap_or_else(super::new_event_id),
         source: (o.source.clone().or(source)).unwrap_or_else(|| meta.source.clone()),
         event_type: (o.event_type.clone().or(event_type))
             .unwrap_or_else(|| DEFAULT_TYPE.to_string()),
@@ -411,6 +433,27 @@ mod tests {
         match serde_json::from_slice(&text) {
             Ok(Value::Object(event)) => Ok(event),
             other => panic!("not a JSON object: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn attributes_are_written_as_serde_json_writes_strings() {
+        for value in [
+            "",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "say \"hi\"",
+            "back\\slash",
+            "tab\there",
+            "nul\u{0}",
+            "\u{7f} and ünïcödé ✓",
+        ] {
+            let mut out = Vec::new();
+            json_string(&mut out, value);
+            assert_eq!(
+                String::from_utf8(out).expect("utf-8"),
+                serde_json::to_string(value).expect("json"),
+                "{value:?}"
+            );
         }
     }
 
