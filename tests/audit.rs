@@ -540,3 +540,63 @@ async fn grpc_refusals_are_in_the_audit_log() {
     assert_eq!(forbidden[0]["target"], "pubsub/payment.captured");
     router.stop().await.expect("clean stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_written_out_of_the_order_they_were_made_read_back_in_time_order() {
+    // Two requests make their entries a millisecond apart and the later one reaches Redis
+    // first: the log gives each the time it was recorded, so its times never go back.
+    use evrouter::model::audit::AuditEntry;
+    use evrouter::store::audit::AuditLog;
+    let redis = RedisServer::start();
+    let conn = redis::Client::open(redis.url())
+        .expect("client")
+        .get_connection_manager()
+        .await
+        .expect("connection");
+    let log = AuditLog::new(
+        conn,
+        "evr",
+        std::time::Duration::from_secs(3600),
+        (1000, 1000),
+    );
+    let made = |at_ms: u64, principal: &str, status: u16| AuditEntry {
+        at_ms,
+        principal: principal.into(),
+        action: "DELETE /v1/subscriptions/{name}".into(),
+        status,
+        ..AuditEntry::default()
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
+    log.append(&made(now + 5_000, "later", 204))
+        .await
+        .expect("append");
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    log.append(&made(now, "earlier", 204))
+        .await
+        .expect("append");
+    log.append(&made(now - 5_000, "-", 401))
+        .await
+        .expect("append");
+    let entries = log.read(0, None, None, 100).await.expect("read");
+    let order: Vec<&str> = entries.iter().map(|e| e.principal.as_str()).collect();
+    assert_eq!(
+        order,
+        ["later", "earlier", "-"],
+        "the log is in written order"
+    );
+    let times: Vec<u64> = entries.iter().map(|e| e.at_ms).collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
+    for entry in &entries {
+        let id_ms: u64 = entry
+            .id
+            .trim_start_matches('r')
+            .split('-')
+            .next()
+            .and_then(|ms| ms.parse().ok())
+            .expect("an id's time");
+        assert_eq!(entry.at_ms, id_ms, "{entry:?}");
+    }
+}

@@ -175,7 +175,14 @@ impl AuditLog {
                 let record = AuditEntry {
                     id: format!("{prefix}{}", entry.id),
                     kind: kind_of(&text("kind"), status),
-                    at_ms: text("at_ms").parse().unwrap_or(0),
+                    // When it was recorded, by Redis's clock: one clock for every
+                    // instance, and the log's order (entries made at once by two
+                    // requests may reach Redis in the other order).
+                    at_ms: entry
+                        .id
+                        .split_once('-')
+                        .and_then(|(ms, _)| ms.parse().ok())
+                        .unwrap_or_else(|| text("at_ms").parse().unwrap_or(0)),
                     principal: text("principal"),
                     action: text("action"),
                     target: text("target"),
