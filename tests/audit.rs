@@ -553,12 +553,7 @@ async fn entries_written_out_of_the_order_they_were_made_read_back_in_time_order
         .get_connection_manager()
         .await
         .expect("connection");
-    let log = AuditLog::new(
-        conn,
-        "evr",
-        std::time::Duration::from_secs(3600),
-        (1000, 1000),
-    );
+    let log = AuditLog::new(conn, "evr", std::time::Duration::from_secs(3600), (9, 9));
     let made = |at_ms: u64, principal: &str, status: u16| AuditEntry {
         at_ms,
         principal: principal.into(),
@@ -566,10 +561,7 @@ async fn entries_written_out_of_the_order_they_were_made_read_back_in_time_order
         status,
         ..AuditEntry::default()
     };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_millis() as u64;
+    let now = evrouter::model::clock::now_ms();
     log.append(&made(now + 5_000, "later", 204))
         .await
         .expect("append");
