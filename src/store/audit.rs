@@ -178,10 +178,7 @@ impl AuditLog {
                     // When it was recorded, by Redis's clock: one clock for every
                     // instance, and the log's order (entries made at once by two
                     // requests may reach Redis in the other order).
-                    at_ms: entry
-                        .id
-                        .split_once('-')
-                        .and_then(|(ms, _)| ms.parse().ok())
+                    at_ms: super::bounds::id_ms(&entry.id)
                         .unwrap_or_else(|| text("at_ms").parse().unwrap_or(0)),
                     principal: text("principal"),
                     action: text("action"),

@@ -110,7 +110,7 @@ pub fn bulk_body(target: &DaprTarget, entries: &[(&str, &Bytes, &str)]) -> Bytes
         })
         .collect();
     let body = json!({
-        "id": uuid::Uuid::new_v4().to_string(),
+        "id": crate::model::new_event_id(),
         "type": "com.dapr.event.sent.bulk",
         "topic": target.topic,
         "pubsubname": target.pubsubname,
