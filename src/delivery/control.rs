@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 
 use super::dispatch::ShardDispatch;
 use super::shard::{RequestMetrics, Shard, ShardContext};
+use super::sink::SinkWorker;
 use super::stats::SubscriptionStats;
 use super::subscription::Subscription;
 use super::Runtime;
@@ -20,7 +21,7 @@ use crate::model::sync::lock;
 use crate::store::acks::Acker;
 use crate::store::groups::ensure_group;
 use crate::store::lease::LeaseKeeper;
-use crate::store::reader::Reader;
+use crate::store::reader::{Dispatch, Reader};
 use crate::store::StoreError;
 
 /// Room in a worker's queues beyond its read-ahead budget (a read may return one entry
@@ -234,81 +235,136 @@ impl Runtime {
         let (partitions_tx, partitions_rx) = watch::channel(partitions);
         let subscriber = self.connector.connect(&sub);
         lock(&self.subscribers).insert(name.clone(), subscriber.clone());
-        let context = ShardContext {
-            sub: sub.clone(),
-            subscriber: subscriber.clone(),
-            acks: ack_tx.clone(),
-            permits: permits.clone(),
-            owned: self.owned.clone(),
-            stats: stats.clone(),
-            shards: self.settings.shards.max(1),
-            store: self.target.manager()?,
-            handoffs: self.handoffs.clone(),
-            requests: Arc::new(RequestMetrics::new(
-                &self.metrics,
-                &name,
-                &sub.spec.endpoints,
-            )),
-            tracer: self.settings.tracer.clone(),
-            outcomes: self.settings.outcomes.clone(),
-            name: Arc::from(name.as_str()),
-        };
+        let requests = Arc::new(RequestMetrics::new(
+            &self.metrics,
+            &name,
+            &sub.spec.endpoints,
+        ));
         let mut tasks = Vec::new();
-        let mut shard_senders = Vec::new();
-        for index in 0..self.settings.shards.max(1) {
-            let (tx, rx) = mpsc::channel(1024);
-            shard_senders.push(tx);
-            let part = self.health.part(format!("shard:{name}:{index}"));
-            tasks.push(tokio::spawn(
-                Shard::new(context.clone(), rx, stop_rx.clone()).run(part),
-            ));
+        let readers = Readers {
+            name: &name,
+            sub: &sub,
+            partitions: partitions_rx,
+            permits: permits.clone(),
+            stop: stop_rx.clone(),
+        };
+        if subscriber.sink().is_some() {
+            let (dispatch, task) = SinkWorker {
+                sub: sub.clone(),
+                subscriber,
+                acks: ack_tx,
+                owned: self.owned.clone(),
+                stats,
+                requests,
+                handoffs: self.handoffs.clone(),
+                stop: stop_rx,
+            }
+            .start(permits, self.health.part(format!("sink:{name}")));
+            tasks.push(task);
+            self.start_readers(readers, dispatch, &mut tasks)?;
+        } else {
+            let context = ShardContext {
+                sub: sub.clone(),
+                subscriber: subscriber.clone(),
+                acks: ack_tx.clone(),
+                permits: permits.clone(),
+                owned: self.owned.clone(),
+                stats: stats.clone(),
+                shards: self.settings.shards.max(1),
+                store: self.target.manager()?,
+                handoffs: self.handoffs.clone(),
+                requests,
+                tracer: self.settings.tracer.clone(),
+                outcomes: self.settings.outcomes.clone(),
+                name: Arc::from(name.as_str()),
+            };
+            let mut shard_senders = Vec::new();
+            for index in 0..self.settings.shards.max(1) {
+                let (tx, rx) = mpsc::channel(1024);
+                shard_senders.push(tx);
+                let part = self.health.part(format!("shard:{name}:{index}"));
+                tasks.push(tokio::spawn(
+                    Shard::new(context.clone(), rx, stop_rx.clone()).run(part),
+                ));
+            }
+            let dispatch = ShardDispatch::new(
+                sub.clone(),
+                subscriber,
+                shard_senders,
+                ack_tx,
+                permits,
+                stats,
+            );
+            self.start_readers(readers, dispatch, &mut tasks)?;
         }
-        let read_timeout = self.settings.read_block + Duration::from_secs(5);
-        let dispatch = ShardDispatch::new(
+        tracing::info!(subscription = %name, "delivery started");
+        Ok(Worker {
+            spec: sub.spec.clone(),
+            secrets: sub.secrets.clone(),
+            rewinds: sub.rewinds,
+            stop,
+            partitions: partitions_tx,
+            tasks,
+            acker,
+        })
+    }
+}
+
+/// What a subscription's readers share.
+struct Readers<'a> {
+    name: &'a str,
+    sub: &'a Subscription,
+    partitions: watch::Receiver<Arc<Vec<Arc<str>>>>,
+    permits: Arc<Semaphore>,
+    stop: watch::Receiver<bool>,
+}
+
+impl Runtime {
+    /// Starts the readers of a subscription, handing their entries to `dispatch`; they go
+    /// first in `tasks`, so that they stop before what they feed.
+    fn start_readers<D: Dispatch + Clone + Sync + 'static>(
+        &self,
+        readers: Readers<'_>,
+        dispatch: D,
+        tasks: &mut Vec<JoinHandle<()>>,
+    ) -> Result<(), StoreError> {
+        let Readers {
+            name,
             sub,
-            subscriber,
-            shard_senders,
-            ack_tx,
-            permits.clone(),
-            stats,
-        );
-        let readers = self.settings.readers.max(1);
-        let read = context.sub.spec.read.clone();
-        for index in 0..readers {
+            partitions,
+            permits,
+            stop,
+        } = readers;
+        let read_timeout = self.settings.read_block + Duration::from_secs(5);
+        let count = self.settings.readers.max(1);
+        for index in 0..count {
             let reader = Reader {
                 conn: self.target.manager_with_timeout(read_timeout)?,
                 streams: self.target.stream_conn(read_timeout),
-                share: (index, readers),
-                group: name.clone(),
+                share: (index, count),
+                group: name.to_string(),
                 consumer: self.settings.instance.clone(),
-                partitions: partitions_rx.clone(),
+                partitions: partitions.clone(),
                 owned: self.owned.clone(),
                 dispatch: dispatch.clone(),
                 permits: permits.clone(),
                 block: self.settings.read_block,
-                linger: read
+                linger: sub
+                    .spec
+                    .read
                     .linger_ms
                     .map_or(self.settings.read_linger, Duration::from_millis),
-                stop: stop_rx.clone(),
+                stop: stop.clone(),
                 debt: 0,
                 newest: Default::default(),
-                takeover_wait: Duration::from_millis(context.sub.spec.timeout_ms) + DRAIN_MARGIN,
+                takeover_wait: Duration::from_millis(sub.spec.timeout_ms) + DRAIN_MARGIN,
                 part: self.health.part(format!("reader:{name}:{index}")),
                 handoffs: self.handoffs.clone(),
                 round_trip: self.metrics.round_trip("read"),
             };
             tasks.insert(0, tokio::spawn(reader.run()));
         }
-        tracing::info!(subscription = %name, "delivery started");
-        Ok(Worker {
-            spec: context.sub.spec.clone(),
-            secrets: context.sub.secrets.clone(),
-            rewinds: context.sub.rewinds,
-            stop,
-            partitions: partitions_tx,
-            tasks,
-            acker,
-        })
+        Ok(())
     }
 }
 

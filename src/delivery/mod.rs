@@ -8,6 +8,7 @@
 
 mod control;
 mod dispatch;
+mod drain;
 pub mod handoff;
 pub mod lanes;
 mod observed;
@@ -18,6 +19,7 @@ pub mod reorder;
 pub mod resend;
 pub mod rewind;
 pub mod shard;
+mod sink;
 pub mod stats;
 pub mod subscription;
 pub mod transport;

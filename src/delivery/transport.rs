@@ -130,6 +130,24 @@ pub trait Subscriber: Send + Sync {
     fn open_breakers(&self) -> Vec<bool> {
         Vec::new()
     }
+    /// A subscriber that keeps whole batches of stored entries (the event store's archive)
+    /// rather than taking requests; delivery then hands it what reads return.
+    fn sink(&self) -> Option<&dyn Sink> {
+        None
+    }
+}
+
+/// A boxed future of whether a batch was kept (why not, when it was not).
+pub type Keeping = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+
+/// A subscriber that keeps entries as stored, a batch at a time: no lanes, no presenting,
+/// no per-event verdicts. A batch is acked once it is kept, and tried again whole, with
+/// the subscription's backoff, until it is; keeping one twice must be harmless.
+pub trait Sink: Send + Sync {
+    /// Keeps `batch` (each item's body is the entry as stored).
+    fn keep(&self, batch: Arc<Vec<Item>>) -> Keeping;
+    /// Batches kept at once.
+    fn concurrency(&self) -> usize;
 }
 
 /// Makes the [`Subscriber`] of each subscription.

@@ -1,8 +1,9 @@
-//! The archive subscription's subscriber: instead of a webhook, each request of events is
-//! written to PostgreSQL in one transaction (one binary `COPY` into the table; when a row
-//! is already there, a staging table and an insert that skips what is stored), and its events are acked in Redis only once
-//! that transaction has committed. Delivery does the rest as for any subscription: leases
-//! over the partitions, reading, retries while PostgreSQL is away, lag in the metrics.
+//! The archive subscription's subscriber, a sink: instead of a webhook, each batch of
+//! entries read is written to PostgreSQL in one transaction (one binary `COPY` into the
+//! table; when a row is already there, a staging table and an insert that skips what is
+//! stored), and its entries are acked in Redis only once that transaction has committed.
+//! Delivery does the rest as for any subscription: leases over the partitions, reading,
+//! retries while PostgreSQL is away, lag in the metrics.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use super::rows::{Row, COLUMNS};
 use super::sealing::{Keys, Plain, NONCE_LEN};
 use super::{EventStore, EventStoreError};
 use crate::delivery::transport::{
-    Forwarded, Outcome, Presented, Reply, Request, Sending, Subscriber,
+    Forwarded, Item, Keeping, Outcome, Presented, Reply, Request, Sending, Sink, Subscriber,
 };
 use crate::model::envelope::{EntryView, Envelope, EnvelopeError};
 
@@ -53,24 +54,15 @@ impl Subscriber for Archive {
         Ok(0)
     }
 
+    /// A request as a batch (delivery hands the archive whole batches through
+    /// [`Archive::sink`]; this path is kept for a caller that sends requests).
     fn send(&self, _endpoint: usize, request: Request) -> Sending {
-        let store = self.store.clone();
-        let days = self.days.clone();
+        let n = request.items.len();
+        let kept = self.keep(Arc::new(request.items));
         Box::pin(async move {
-            let n = request.items.len();
-            let timeout = super::WRITE_TIMEOUT;
-            let written = tokio::time::timeout(timeout, write(&store, &days, request)).await;
-            match written {
-                Ok(Ok(())) => Reply::uniform(Some(200), Outcome::Delivered, n),
-                Ok(Err(err)) => {
-                    tracing::warn!(error = %err, events = n, "event store write failed; retrying");
-                    Reply::uniform(None, Outcome::Retry(err.to_string()), n)
-                }
-                Err(_) => Reply::uniform(
-                    None,
-                    Outcome::Retry(format!("event store write took over {timeout:?}")),
-                    n,
-                ),
+            match kept.await {
+                Ok(()) => Reply::uniform(Some(200), Outcome::Delivered, n),
+                Err(err) => Reply::uniform(None, Outcome::Retry(err), n),
             }
         })
     }
@@ -78,17 +70,44 @@ impl Subscriber for Archive {
     fn forward(&self, _raw: &Bytes, _body: &Bytes, _content_type: Option<&Arc<str>>) -> Forwarded {
         Forwarded::NotAsked
     }
+
+    fn sink(&self) -> Option<&dyn Sink> {
+        Some(self)
+    }
 }
 
-/// Writes one request's events in one transaction; rows already stored (a batch written
+impl Sink for Archive {
+    fn keep(&self, batch: Arc<Vec<Item>>) -> Keeping {
+        let store = self.store.clone();
+        let days = self.days.clone();
+        Box::pin(async move {
+            let n = batch.len();
+            let timeout = super::WRITE_TIMEOUT;
+            match tokio::time::timeout(timeout, write(&store, &days, &batch)).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(err)) => {
+                    tracing::warn!(error = %err, events = n, "event store write failed; retrying");
+                    Err(err.to_string())
+                }
+                Err(_) => Err(format!("event store write took over {timeout:?}")),
+            }
+        })
+    }
+
+    fn concurrency(&self) -> usize {
+        self.store.connections()
+    }
+}
+
+/// Writes one batch's events in one transaction; rows already stored (a batch written
 /// again after a crash before its ack) are skipped.
 async fn write(
     store: &EventStore,
     days: &KnownDays,
-    request: Request,
+    batch: &[Item],
 ) -> Result<(), EventStoreError> {
-    let mut rows = Vec::with_capacity(request.items.len());
-    for item in &request.items {
+    let mut rows = Vec::with_capacity(batch.len());
+    for item in batch {
         // An entry that cannot be read was skipped when it was read; one here is kept out.
         if let Ok(envelope) = Envelope::decode(&item.body) {
             rows.push(Row::new(

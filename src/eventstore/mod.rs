@@ -109,6 +109,11 @@ impl EventStore {
         Ok(self.pool.get().await?)
     }
 
+    /// Most connections open at once (`eventstore.connections`).
+    pub fn connections(&self) -> usize {
+        self.pool.status().max_size
+    }
+
     /// Where each topic's data subject is found.
     pub fn subjects(&self) -> &subjects::Subjects {
         &self.subjects

@@ -149,35 +149,41 @@ async fn rolled_back(db: &TestDb) -> i64 {
 
 /// Entries of the order partitions the archive has not read yet or not acked yet.
 fn keys_pending(conn: &mut redis::Connection) -> i64 {
+    let mut total = 0;
+    for group in order_partitions_info(conn, &["GROUPS"]) {
+        if field_of::<String>(&group, "name").as_deref() != Some(evrouter::eventstore::ARCHIVE) {
+            continue;
+        }
+        for field in ["pending", "lag"] {
+            total += field_of::<i64>(&group, field).unwrap_or(1);
+        }
+    }
+    total
+}
+
+type Info = std::collections::HashMap<String, redis::Value>;
+
+/// `XINFO <what> <partition> <rest>` over every order partition, the rows of all.
+fn order_partitions_info(conn: &mut redis::Connection, what: &[&str]) -> Vec<Info> {
     let keys: Vec<String> = redis::cmd("KEYS")
         .arg("*{order.*}")
         .query(conn)
         .unwrap_or_default();
-    let mut total = 0;
+    let mut rows = Vec::new();
     for key in keys {
-        let Ok(groups) = redis::cmd("XINFO")
-            .arg("GROUPS")
-            .arg(&key)
-            .query::<Vec<std::collections::HashMap<String, redis::Value>>>(conn)
-        else {
-            continue;
-        };
-        for group in groups {
-            let name: Option<String> = group
-                .get("name")
-                .and_then(|v| redis::from_redis_value(v.clone()).ok());
-            if name.as_deref() != Some(evrouter::eventstore::ARCHIVE) {
-                continue;
-            }
-            for field in ["pending", "lag"] {
-                total += group
-                    .get(field)
-                    .and_then(|v| redis::from_redis_value::<i64>(v.clone()).ok())
-                    .unwrap_or(1);
-            }
+        let (verb, rest) = what.split_first().expect("an XINFO verb");
+        let mut cmd = redis::cmd("XINFO");
+        cmd.arg(verb).arg(&key).arg(rest);
+        if let Ok(found) = cmd.query::<Vec<Info>>(conn) {
+            rows.extend(found);
         }
     }
-    total
+    rows
+}
+
+fn field_of<T: redis::FromRedisValue>(row: &Info, field: &str) -> Option<T> {
+    row.get(field)
+        .and_then(|v| redis::from_redis_value(v.clone()).ok())
 }
 
 /// With PostgreSQL out of reach, publishes and deliveries go on and the archive's lag
@@ -478,4 +484,84 @@ async fn a_kill_9_and_a_postgres_restart_lose_and_repeat_nothing() {
     // Nothing is written twice, even after the kill made the successor read again.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(db.count().await, published as i64, "no event twice");
+}
+
+/// Two instances share the archive and the first stops while batches are being written:
+/// its graceful stop keeps everything its readers handed over before it exits, so that it
+/// leaves nothing pending (a successor would otherwise wait out the write timeout to take
+/// those entries), and every event is in the table once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_mid_archive_leaves_nothing_pending_to_the_stopped_instance() {
+    let _alone = support::heavy().await;
+    let redis = RedisServer::start();
+    let db = TestDb::create().await;
+    let url = format!("\"{}\"", db.url);
+    let env = [
+        ("EVR_EVENTSTORE__URL", url.as_str()),
+        ("EVR_EVENTSTORE__BATCH", "200"),
+        ("EVR_EVENTSTORE__BATCH_WAIT", "\"50ms\""),
+        ("EVR_DELIVERY__LEASE_TTL", "\"2s\""),
+    ];
+    let mut first = support::process::RouterProcess::start_with_env(&redis, None, &env).await;
+    let publish = async |router: &support::process::RouterProcess, rounds: std::ops::Range<u64>| {
+        for round in rounds {
+            let events: Vec<_> = (0..100)
+                .map(|i| order_event(round * 100 + i, &format!("ord_{}", i % 53)))
+                .collect();
+            router.publish_ok("order.created", &json!(events)).await;
+        }
+    };
+    publish(&first, 0..5).await;
+    wait_for_rows(&db, 500).await;
+    let mut conn = redis.conn();
+    let names: Vec<String> = consumers(&mut conn).into_keys().collect();
+    assert_eq!(
+        names.len(),
+        1,
+        "the first instance alone archives: {names:?}"
+    );
+    let first_name = names[0].clone();
+    let second = support::process::RouterProcess::start_with_env(&redis, None, &env).await;
+    // Published until some partitions have moved to the second instance by handoff and it
+    // has archived from them.
+    let mut rounds = 5;
+    while consumers(&mut conn).len() < 2 {
+        assert!(rounds < 300, "no partition moved to the second instance");
+        publish(&second, rounds..rounds + 1).await;
+        rounds += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    publish(&second, rounds..rounds + 10).await;
+    publish(&first, rounds + 10..rounds + 20).await;
+    let published = (rounds + 20) as i64 * 100;
+    // Stopped while the last events are still being archived.
+    assert!(first.terminate().success());
+    let left = consumers(&mut conn);
+    assert_eq!(
+        left.get(&first_name).copied().unwrap_or(0),
+        0,
+        "nothing left pending to the stopped instance: {left:?}"
+    );
+    wait_for_rows(&db, published).await;
+    let client = db.client().await;
+    let distinct: i64 = client
+        .query_one("SELECT count(DISTINCT event_id) FROM evr_events", &[])
+        .await
+        .expect("query")
+        .get(0);
+    assert_eq!(distinct, published, "no event missing");
+    assert_eq!(db.count().await, published, "no event twice");
+    drop(second);
+}
+
+/// Every consumer of the archive's groups over the order partitions, with the entries
+/// pending to it.
+fn consumers(conn: &mut redis::Connection) -> std::collections::HashMap<String, i64> {
+    let mut pending = std::collections::HashMap::new();
+    for consumer in order_partitions_info(conn, &["CONSUMERS", evrouter::eventstore::ARCHIVE]) {
+        if let Some(name) = field_of::<String>(&consumer, "name") {
+            *pending.entry(name).or_default() += field_of::<i64>(&consumer, "pending").unwrap_or(0);
+        }
+    }
+    pending
 }

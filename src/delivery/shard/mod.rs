@@ -2,10 +2,9 @@
 //! a time under `ordering = "key"`) and the task loop that drives them, composed of parts
 //! that each own their state: the retry timers (`timers`), the sequence gate of
 //! `ordering = "sequence"` (`gate`, carried out in `sequence`), the handoff tracking
-//! (`drain`) and request building (`request`). Sending and what each reply does are in
+//! (`delivery::drain`) and request building (`request`). Sending and what each reply does are in
 //! `send`, the retry verdict on each event's outcome in `verdict`.
 
-mod drain;
 mod gate;
 mod record;
 mod request;
@@ -22,10 +21,10 @@ use std::time::Instant;
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch, Semaphore};
 
-use self::drain::HandoffTracker;
 use self::gate::SequenceGate;
 use self::request::RequestBuilder;
 use self::timers::RetryTimers;
+use super::drain::HandoffTracker;
 use super::handoff::Handoffs;
 use super::lanes::Lanes;
 use super::stats::SubscriptionStats;

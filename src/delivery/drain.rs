@@ -1,6 +1,6 @@
-//! A shard's part in handing a partition over: it counts, per partition, the events of
-//! its requests in flight, and once nothing of a draining partition is in flight with it,
-//! it confirms that partition once (behind its acks, which the shard queues first; the
+//! A shard's or a sink's part in handing a partition over: it counts, per partition, the
+//! events it has in flight, and once nothing of a draining partition is in flight with
+//! it, it confirms that partition once (behind its acks, which it queues first; the
 //! lease keeper may release when every participant has confirmed).
 
 use std::collections::{HashMap, HashSet};
