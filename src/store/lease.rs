@@ -81,25 +81,37 @@ pub struct Lease {
     draining: bool,
 }
 
+/// Leases by partition key (looked up for every read and request: a fast hash).
+type Leases = HashMap<Arc<str>, Lease, foldhash::fast::RandomState>;
+
 /// The partitions this instance holds.
 #[derive(Debug, Clone, Default)]
 pub struct Owned {
-    leases: HashMap<Arc<str>, Lease>,
+    leases: Leases,
     /// How many are being handed over (so that the common case, none, costs no scan).
     draining: usize,
 }
 
 impl Owned {
     fn valid(&self, partition_key: &str) -> Option<&Lease> {
+        self.valid_at(partition_key, Instant::now())
+    }
+
+    fn valid_at(&self, partition_key: &str, now: Instant) -> Option<&Lease> {
         self.leases
             .get(partition_key)
-            .filter(|lease| lease.until > Instant::now())
+            .filter(|lease| lease.until > now)
     }
 
     /// Whether the partition is held, its lease still valid now, and not being handed
     /// over: its events may be read and sent.
     pub fn holds(&self, partition_key: &str) -> bool {
-        self.valid(partition_key)
+        self.holds_at(partition_key, Instant::now())
+    }
+
+    /// [`Owned::holds`] at `now`, read once by a caller that asks of many partitions.
+    pub fn holds_at(&self, partition_key: &str, now: Instant) -> bool {
+        self.valid_at(partition_key, now)
             .is_some_and(|lease| !lease.draining)
     }
 
@@ -222,7 +234,7 @@ pub struct LeaseKeeper {
     conn: ConnectionManager,
     instance: String,
     settings: LeaseSettings,
-    owned: HashMap<Arc<str>, Lease>,
+    owned: Leases,
     /// Partitions being handed over, with when the handoff began.
     draining: HashMap<Arc<str>, Instant>,
     /// The last tenure number given.
@@ -245,7 +257,7 @@ impl LeaseKeeper {
                 conn,
                 instance,
                 settings,
-                owned: HashMap::new(),
+                owned: Leases::default(),
                 draining: HashMap::new(),
                 tenures: 0,
                 leaving: false,
@@ -327,7 +339,7 @@ impl LeaseKeeper {
         } else {
             pipe.query_async(&mut self.conn).await?
         };
-        let mut next = HashMap::with_capacity(asked.len());
+        let mut next = Leases::with_capacity_and_hasher(asked.len(), Default::default());
         for ((partition, desired, mode), answer) in asked.into_iter().zip(results) {
             let before = self.owned.get(&partition).copied();
             if mode != "take" || answer == 0 {

@@ -136,6 +136,7 @@ impl<D: Dispatch> Reader<D> {
         let mut follow_ups = 0u32;
         while !*self.stop.borrow() {
             let owned = self.owned.borrow().clone();
+            let now = std::time::Instant::now();
             // The last read (if it named a partition now draining) has returned: done.
             if !confirmed.is_empty() || owned.any_draining() {
                 confirmed.retain(|p| owned.draining(p));
@@ -149,7 +150,7 @@ impl<D: Dispatch> Reader<D> {
                 .partitions
                 .borrow()
                 .iter()
-                .filter(|k| owned.holds(k) && self.takes(k))
+                .filter(|k| owned.holds_at(k, now) && self.takes(k))
                 .cloned()
                 .collect();
             claimed.retain(|k, tenure| owned.tenure(k) == Some(*tenure));
@@ -163,7 +164,7 @@ impl<D: Dispatch> Reader<D> {
                 continue;
             }
             let mut wait_until: Option<std::time::Instant> = None;
-            waiting.retain(|k, _| owned.holds(k));
+            waiting.retain(|k, _| owned.holds_at(k, now));
             let part = self.part.clone();
             let round = part.round(async {
                 let mut readable = Vec::with_capacity(keys.len());

@@ -94,6 +94,7 @@ impl Shard {
     /// Pops up to `n` ready lanes whose partition this instance still holds.
     pub(super) fn take_ready(&mut self, n: usize) -> Vec<Arc<str>> {
         let owned = self.ctx.owned.borrow().clone();
+        let now = std::time::Instant::now();
         let mut lanes = Vec::with_capacity(n);
         while lanes.len() < n {
             let Some(lane) = self.ready.pop_front() else {
@@ -102,7 +103,7 @@ impl Shard {
             let Some(head) = self.lanes.head(&lane) else {
                 continue;
             };
-            if !owned.holds(&head.partition) {
+            if !owned.holds_at(&head.partition, now) {
                 if owned.lapsed(&head.partition) {
                     // Not renewed in time: wait for the keeper's next round, which
                     // renews it (the lane goes on) or finds it lost (it is let go).
