@@ -248,6 +248,13 @@ impl<'a> Body<'a> {
     }
 }
 
+/// Whether a JSON text nests arrays and objects deeper than `limit`. A text cannot nest
+/// deeper than it has brackets: they are counted first (a vectorised search that stops
+/// past the limit), and only a text with more brackets than the limit is walked.
+pub fn deeper_than(bytes: &[u8], limit: usize) -> bool {
+    memchr::memchr2_iter(b'{', b'[', bytes).nth(limit).is_some() && json_depth(bytes, limit) > limit
+}
+
 /// The deepest nesting of arrays and objects in a JSON text (strings are skipped).
 /// Returns early with `limit + 1` once the limit is passed.
 pub fn json_depth(bytes: &[u8], limit: usize) -> usize {
@@ -324,5 +331,19 @@ pub(crate) mod tests {
         assert_eq!(json_depth(br#"["unterminated \\"#, 64), 1);
         let deep = "[".repeat(100) + &"]".repeat(100);
         assert_eq!(json_depth(deep.as_bytes(), 64), 65);
+    }
+
+    #[test]
+    fn deeper_than_walks_only_what_has_more_brackets_than_the_limit() {
+        // Brackets inside strings are counted, then found not to nest.
+        let shallow = format!(r#"{{"a":"{}","b":[1]}}"#, "[{".repeat(50));
+        assert!(!deeper_than(shallow.as_bytes(), 3));
+        let at_limit = "[".repeat(3) + &"]".repeat(3);
+        assert!(!deeper_than(at_limit.as_bytes(), 3));
+        let past = "[".repeat(4) + &"]".repeat(4);
+        assert!(deeper_than(past.as_bytes(), 3));
+        // Fewer brackets than the limit cannot nest past it.
+        assert!(!deeper_than(br#"{"a":{"b":1}}"#, 2));
+        assert!(deeper_than(br#"{"a":{"b":1}}"#, 1));
     }
 }

@@ -18,7 +18,7 @@ use crate::model::clock::now_us;
 use crate::model::cloudevent::{self, Body, CloudEventError, Overrides, PublishMeta};
 use crate::model::dead_letter::{Forward, FORWARDER_SERVICE};
 use crate::model::envelope::{Envelope, PayloadFormat};
-use crate::model::event::{json_depth, RawEvent, RawMetadata};
+use crate::model::event::{deeper_than, RawEvent, RawMetadata};
 use crate::model::violation::Violation;
 use crate::schema::SchemaRegistry;
 use crate::traces::{Started, Tracer};
@@ -285,7 +285,7 @@ impl DaprPubsubs {
             .map(|ttl| received_us.saturating_add(ttl.saturating_mul(1_000_000)));
         if let Depth::Limit(max_depth) = depth {
             if (cloudevent::is_json(content_type) || content_type == cloudevent::CLOUDEVENTS_JSON)
-                && json_depth(body.bytes(), max_depth) > max_depth
+                && deeper_than(body.bytes(), max_depth)
             {
                 return Err(DaprRefusal::BadCloudEvent(format!(
                     "the body nests deeper than {max_depth} levels"

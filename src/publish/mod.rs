@@ -14,7 +14,7 @@ use serde_json::value::RawValue;
 use crate::auth::quota::{Limited, Quota};
 use crate::catalog::{partition_of, Placement, StreamCatalog};
 use crate::model::envelope::{Envelope, PayloadFormat};
-use crate::model::event::{json_depth, raw_str, raw_u64, Body, RawEvent, RawMetadata};
+use crate::model::event::{deeper_than, raw_str, raw_u64, Body, RawEvent, RawMetadata};
 use crate::schema::{SchemaRegistry, Violation};
 use crate::store::{Appended, Entry, StoreError, WriterPool};
 use crate::traces::{Kind, Span, Started, Tracer};
@@ -291,10 +291,9 @@ impl Publisher {
         crate::model::topic::check_topic(topic).map_err(PublishError::InvalidTopic)?;
         let text = std::str::from_utf8(body).map_err(|e| PublishError::NotUtf8(e.valid_up_to()))?;
         let max_depth = self.limits.max_depth;
-        let too_deep = |bytes: &[u8], limit: usize| json_depth(bytes, limit) > limit;
         let parsed = Body::parse(text).map_err(|e| {
             // serde_json stops at its own recursion limit: say so when depth is the cause.
-            if too_deep(text.as_bytes(), max_depth) {
+            if deeper_than(text.as_bytes(), max_depth) {
                 PublishError::TooDeep(max_depth)
             } else {
                 PublishError::MalformedJson {
@@ -306,17 +305,15 @@ impl Publisher {
             Body::One(raw) => (vec![raw], true),
             Body::Many(events) => (events, false),
         };
-        // An event cannot nest deeper than it has brackets: only the rare event with
-        // more brackets than the limit allows is scanned.
         let limit = if single {
             max_depth
         } else {
             max_depth.saturating_sub(1)
         };
-        if events.iter().any(|raw| {
-            let bytes = raw.get().as_bytes();
-            memchr::memchr2_iter(b'{', b'[', bytes).count() > limit && too_deep(bytes, limit)
-        }) {
+        if events
+            .iter()
+            .any(|raw| deeper_than(raw.get().as_bytes(), limit))
+        {
             return Err(PublishError::TooDeep(max_depth));
         }
         if events.is_empty() {

@@ -19,7 +19,7 @@ use crate::ingress::codes::DaprCode;
 use crate::ingress::publish::read_body;
 use crate::ingress::AppState;
 use crate::model::cloudevent::{self, Body as Published};
-use crate::model::event::json_depth;
+use crate::model::event::deeper_than;
 use crate::publish::dapr::{bulk_entry_body, Caller, Depth, Metadata, Route};
 
 /// The `metadata.*` pairs of a query string, percent-decoded.
@@ -203,7 +203,7 @@ async fn publish_many(
         read_request(app, principal, &pubsub, &topic, query, &headers, body).await?;
     let max_depth = app.publisher.limits().max_depth;
     let caller = caller(&headers);
-    if json_depth(&bytes, max_depth + 2) > max_depth + 2 {
+    if deeper_than(&bytes, max_depth + 2) {
         return Err(DaprError::bad_bulk(format!(
             "the body nests deeper than {max_depth} levels"
         )));
