@@ -21,7 +21,7 @@ use super::{EventStore, EventStoreError};
 use crate::delivery::transport::{
     Forwarded, Item, Keeping, Outcome, Presented, Reply, Request, Sending, Sink, Subscriber,
 };
-use crate::model::envelope::{EntryView, Envelope, EnvelopeError};
+use crate::model::envelope::{EntryView, EnvelopeError, Stored};
 
 /// The archive's subscriber, shared by the subscription's shards.
 pub struct Archive {
@@ -106,12 +106,17 @@ async fn write(
     days: &KnownDays,
     batch: &[Item],
 ) -> Result<(), EventStoreError> {
-    let mut rows = Vec::with_capacity(batch.len());
-    for item in batch {
-        // An entry that cannot be read was skipped when it was read; one here is kept out.
-        if let Ok(envelope) = Envelope::decode(&item.body) {
+    // Each entry read where it lies (or from one aligned copy), its row borrowing from it.
+    // An entry that cannot be read was skipped when it was read; one here is kept out.
+    let stored: Vec<(&Item, Stored)> = batch
+        .iter()
+        .filter_map(|item| Stored::open(&item.body).ok().map(|entry| (item, entry)))
+        .collect();
+    let mut rows = Vec::with_capacity(stored.len());
+    for (item, entry) in &stored {
+        if let Ok(fields) = entry.fields() {
             rows.push(Row::new(
-                envelope,
+                fields,
                 &item.partition,
                 &item.id,
                 store.subjects(),
@@ -163,7 +168,7 @@ async fn write(
 async fn copy_rows(
     tx: &Transaction<'_>,
     table: &str,
-    rows: &[Row],
+    rows: &[Row<'_>],
 ) -> Result<(), tokio_postgres::Error> {
     let names: Vec<&str> = COLUMNS.iter().map(|(name, _)| *name).collect();
     let types: Vec<_> = COLUMNS.iter().map(|(_, ty)| ty.clone()).collect();
@@ -184,7 +189,7 @@ async fn copy_rows(
 
 /// Seals the payload of every row about a data subject, making the keys of subjects new
 /// to the store.
-pub async fn seal_rows(keys: &Keys, rows: &mut [Row]) -> Result<(), EventStoreError> {
+pub async fn seal_rows(keys: &Keys, rows: &mut [Row<'_>]) -> Result<(), EventStoreError> {
     let ring = {
         let subjects: BTreeSet<&str> = rows
             .iter()
@@ -203,13 +208,13 @@ pub async fn seal_rows(keys: &Keys, rows: &mut [Row]) -> Result<(), EventStoreEr
             continue;
         }
         let plain = match (row.payload.take(), row.payload_bytes.take()) {
-            (Some(json), _) => Plain::Json(json.0),
-            (None, Some(bytes)) => Plain::Bytes(bytes),
+            (Some(json), _) => Plain::Json(json.0.to_vec()),
+            (None, Some(bytes)) => Plain::Bytes(bytes.to_vec()),
             (None, None) => Plain::Bytes(Vec::new()),
         };
         let nonce: [u8; NONCE_LEN] = nonce.try_into().unwrap_or_default();
         row.sealed = Some(
-            ring.seal(&row.subjects, &row.event_id, &plain, nonce)
+            ring.seal(&row.subjects, row.event_id, &plain, nonce)
                 .ok_or_else(|| {
                     EventStoreError::Config(
                         "a subject's key was erased while its event was archived".into(),

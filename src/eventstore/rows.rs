@@ -10,7 +10,7 @@ use bytes::BytesMut;
 use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 
 use super::sealing::{unseal, KeyRing, Plain};
-use crate::model::envelope::{Envelope, PayloadFormat};
+use crate::model::envelope::{Envelope, PayloadFormat, StoredFields};
 
 /// The columns written, in the table's order.
 pub const COLUMNS: &[(&str, Type)] = &[
@@ -40,16 +40,16 @@ pub const COLUMNS: &[(&str, Type)] = &[
 
 /// JSON text written as `json`, byte for byte.
 #[derive(Debug)]
-pub struct RawJson(pub Vec<u8>);
+pub struct RawJson<'a>(pub &'a [u8]);
 
-impl ToSql for RawJson {
+impl ToSql for RawJson<'_> {
     fn to_sql(
         &self,
         _: &Type,
         out: &mut BytesMut,
     ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
         // json's binary format is its text.
-        out.extend_from_slice(&self.0);
+        out.extend_from_slice(self.0);
         Ok(IsNull::No)
     }
 
@@ -60,30 +60,30 @@ impl ToSql for RawJson {
     to_sql_checked!();
 }
 
-/// One row.
+/// One row, borrowing from the stored entry it is made of.
 #[derive(Debug)]
-pub struct Row {
+pub struct Row<'a> {
     pub stored_at: SystemTime,
-    pub stream: String,
+    pub stream: &'a str,
     pub partition: i32,
-    pub redis_id: String,
+    pub redis_id: &'a str,
     /// The sequence part of the id: with `stored_at`, its place in stored order.
     pub redis_seq: i64,
-    pub event_id: String,
-    pub event_type: String,
-    pub topic: String,
-    pub entity_key: String,
-    pub correlation_id: Option<String>,
+    pub event_id: &'a str,
+    pub event_type: &'a str,
+    pub topic: &'a str,
+    pub entity_key: &'a str,
+    pub correlation_id: Option<&'a str>,
     pub causation_id: Option<String>,
-    pub service: Option<String>,
+    pub service: Option<&'a str>,
     pub sequence: Option<i64>,
     pub event_time: Option<SystemTime>,
     pub received_at: SystemTime,
     pub format: &'static str,
-    pub content_type: Option<String>,
-    pub payload: Option<RawJson>,
-    pub payload_bytes: Option<Vec<u8>>,
-    pub trace_id: Option<String>,
+    pub content_type: Option<&'a str>,
+    pub payload: Option<RawJson<'a>>,
+    pub payload_bytes: Option<&'a [u8]>,
+    pub trace_id: Option<&'a str>,
     /// The data subjects it is about.
     pub subjects: Vec<String>,
     /// The payload sealed under its subjects' keys (then `payload` and `payload_bytes`
@@ -91,7 +91,7 @@ pub struct Row {
     pub sealed: Option<Vec<u8>>,
 }
 
-impl Row {
+impl<'a> Row<'a> {
     /// The values, in [`COLUMNS`] order.
     pub fn values(&self) -> [&(dyn ToSql + Sync); 22] {
         [
@@ -123,39 +123,39 @@ impl Row {
     /// The row of `envelope`, stored as entry `redis_id` of `partition_key`
     /// (`{prefix}:{stream.N}`).
     pub fn new(
-        envelope: Envelope,
-        partition_key: &str,
-        redis_id: &str,
+        envelope: StoredFields<'a>,
+        partition_key: &'a str,
+        redis_id: &'a str,
         subjects: &super::subjects::Subjects,
     ) -> Self {
-        let about = subjects.of(&envelope.topic, &envelope.payload);
+        let about = subjects.of(envelope.topic, envelope.payload);
         let (stream, partition) = stream_and_partition(partition_key);
         let stored_ms = redis_id
             .split('-')
             .next()
             .and_then(|ms| ms.parse::<u64>().ok())
             .unwrap_or(envelope.received_us / 1000);
-        let read = Fields::read(&envelope);
+        let read = Fields::read(envelope.payload, envelope.format);
         let json = match envelope.format {
             PayloadFormat::Event | PayloadFormat::CloudEvent => true,
             PayloadFormat::Raw => {
-                serde_json::from_slice::<serde::de::IgnoredAny>(&envelope.payload).is_ok()
+                serde_json::from_slice::<serde::de::IgnoredAny>(envelope.payload).is_ok()
             }
         };
-        let some = |s: String| (!s.is_empty()).then_some(s);
+        let some = |s: &'a str| (!s.is_empty()).then_some(s);
         let (payload, payload_bytes) = if json {
             (Some(RawJson(envelope.payload)), None)
         } else {
             (None, Some(envelope.payload))
         };
         // A well-formed context's trace id is its 32 lowercase hex digits from byte 3.
-        let trace_id = crate::model::trace::TraceContext::parse(&envelope.traceparent)
-            .and_then(|_| envelope.traceparent.get(3..35).map(str::to_string));
+        let trace_id = crate::model::trace::TraceContext::parse(envelope.traceparent)
+            .and_then(|_| envelope.traceparent.get(3..35));
         Self {
             stored_at: UNIX_EPOCH + Duration::from_millis(stored_ms),
             stream,
             partition,
-            redis_id: redis_id.to_string(),
+            redis_id,
             redis_seq: redis_id
                 .split_once('-')
                 .and_then(|(_, seq)| seq.parse::<u64>().ok())
@@ -187,14 +187,14 @@ impl Row {
 }
 
 /// `evr:{order.3}` → (`order`, 3).
-pub(super) fn stream_and_partition(key: &str) -> (String, i32) {
+pub(super) fn stream_and_partition(key: &str) -> (&str, i32) {
     let inner = key
         .split_once('{')
         .and_then(|(_, rest)| rest.split_once('}'))
         .map_or(key, |(inner, _)| inner);
     match inner.rsplit_once('.') {
-        Some((stream, n)) => (stream.to_string(), n.parse().unwrap_or(0)),
-        None => (inner.to_string(), 0),
+        Some((stream, n)) => (stream, n.parse().unwrap_or(0)),
+        None => (inner, 0),
     }
 }
 
@@ -223,15 +223,15 @@ struct Meta<'a> {
 }
 
 impl Fields {
-    fn read(envelope: &Envelope) -> Self {
-        let Ok(top) = serde_json::from_slice::<Top>(&envelope.payload) else {
+    fn read(payload: &[u8], format: PayloadFormat) -> Self {
+        let Ok(top) = serde_json::from_slice::<Top>(payload) else {
             return Self {
                 time: None,
                 causation_id: None,
             };
         };
         // A CloudEvent carries the platform event in `data`.
-        let inner = match (&envelope.format, top.data) {
+        let inner = match (format, top.data) {
             (PayloadFormat::CloudEvent, Some(data)) => serde_json::from_str::<Top>(data.get()).ok(),
             _ => None,
         };
@@ -330,7 +330,7 @@ mod tests {
 
     #[test]
     fn a_partition_key_names_its_stream_and_number() {
-        assert_eq!(stream_and_partition("evr:{order.3}"), ("order".into(), 3));
-        assert_eq!(stream_and_partition("x:{a.b.12}"), ("a.b".into(), 12));
+        assert_eq!(stream_and_partition("evr:{order.3}"), ("order", 3));
+        assert_eq!(stream_and_partition("x:{a.b.12}"), ("a.b", 12));
     }
 }

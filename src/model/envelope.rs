@@ -230,6 +230,84 @@ impl Envelope {
     }
 }
 
+/// A stored entry's envelope, read where it lies (or from one aligned copy) for a reader
+/// that borrows its fields instead of owning them: the event store's rows.
+pub struct Stored<'a> {
+    archive: Archive<'a>,
+    version: u8,
+}
+
+/// The fields of a [`Stored`] envelope, borrowed from it.
+#[derive(Debug)]
+pub struct StoredFields<'a> {
+    pub event_id: &'a str,
+    pub topic: &'a str,
+    pub event_type: &'a str,
+    pub key: &'a str,
+    pub sequence: Option<u64>,
+    pub received_us: u64,
+    pub service: &'a str,
+    pub correlation_id: &'a str,
+    pub traceparent: &'a str,
+    pub payload: &'a [u8],
+    pub format: PayloadFormat,
+    pub content_type: Option<&'a str>,
+}
+
+impl<'a> Stored<'a> {
+    /// An entry as [`Envelope::encode`] wrote it; a version this build does not read is
+    /// refused.
+    pub fn open(bytes: &'a [u8]) -> Result<Self, EnvelopeError> {
+        let (&version, body) = bytes.split_first().ok_or(EnvelopeError::Empty)?;
+        if version != ENVELOPE_VERSION && version != 1 {
+            return Err(EnvelopeError::Version(version));
+        }
+        Ok(Self {
+            archive: Archive::of(body),
+            version,
+        })
+    }
+
+    /// Its fields, once the archive is checked.
+    pub fn fields(&self) -> Result<StoredFields<'_>, EnvelopeError> {
+        let aligned: &[u8] = &self.archive;
+        let corrupt = |e: rancor::Error| EnvelopeError::Corrupt(e.to_string());
+        // The same fields of either version's archive; version 1 has no format or
+        // content type.
+        macro_rules! fields_of {
+            ($archived:expr, $format:expr, $content_type:expr) => {{
+                let archived = $archived;
+                StoredFields {
+                    event_id: archived.event_id.as_str(),
+                    topic: archived.topic.as_str(),
+                    event_type: archived.event_type.as_str(),
+                    key: archived.key.as_str(),
+                    sequence: archived.sequence.as_ref().map(|s| s.to_native()),
+                    received_us: archived.received_us.to_native(),
+                    service: archived.service.as_str(),
+                    correlation_id: archived.correlation_id.as_str(),
+                    traceparent: archived.traceparent.as_str(),
+                    payload: archived.payload.as_slice(),
+                    format: $format,
+                    content_type: $content_type,
+                }
+            }};
+        }
+        if self.version == 1 {
+            let v1 = rkyv::access::<ArchivedEnvelopeV1, rancor::Error>(aligned).map_err(corrupt)?;
+            return Ok(fields_of!(v1, PayloadFormat::Event, None));
+        }
+        let v2 = rkyv::access::<ArchivedEnvelope, rancor::Error>(aligned).map_err(corrupt)?;
+        let format = match v2.format {
+            ArchivedPayloadFormat::Event => PayloadFormat::Event,
+            ArchivedPayloadFormat::CloudEvent => PayloadFormat::CloudEvent,
+            ArchivedPayloadFormat::Raw => PayloadFormat::Raw,
+        };
+        let content_type = v2.content_type.as_ref().map(|c| c.as_str());
+        Ok(fields_of!(v2, format, content_type))
+    }
+}
+
 /// The alignment an entry's archive is read at.
 const ARCHIVE_ALIGN: usize = 16;
 
@@ -426,5 +504,81 @@ mod tests {
         assert_eq!(&bytes[view.payload], EVENT.as_bytes());
         assert_eq!(view.key, "ord_1");
         assert_eq!(view.expires_us, None);
+        let stored = Stored::open(&bytes).expect("open v1");
+        let fields = stored.fields().expect("fields v1");
+        assert_eq!(
+            (
+                fields.event_id,
+                fields.service,
+                fields.format,
+                fields.payload
+            ),
+            (
+                "evt_1",
+                "order-service",
+                PayloadFormat::Event,
+                EVENT.as_bytes()
+            )
+        );
+    }
+
+    #[test]
+    fn stored_fields_are_the_decoded_envelope_s_borrowed() {
+        let envelope = Envelope {
+            event_id: "evt_9".into(),
+            topic: "payment.failed".into(),
+            event_type: "payment.failed".into(),
+            key: "pay_9".into(),
+            sequence: Some(4),
+            received_us: 77,
+            service: "payment-service".into(),
+            correlation_id: "corr_9".into(),
+            traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
+            tracestate: None,
+            payload: vec![0, 159, 146],
+            format: PayloadFormat::Raw,
+            content_type: Some("application/octet-stream".into()),
+            expires_us: Some(99),
+        };
+        // At an offset that is not aligned, as a slice of a read reply may lie.
+        let mut bytes = vec![0u8];
+        bytes.extend_from_slice(&envelope.encode());
+        let stored = Stored::open(&bytes[1..]).expect("open");
+        let f = stored.fields().expect("fields");
+        let read = (
+            [f.event_id, f.topic, f.event_type, f.key, f.service],
+            [f.correlation_id, f.traceparent],
+            (
+                f.sequence,
+                f.received_us,
+                f.payload,
+                f.format,
+                f.content_type,
+            ),
+        );
+        let want = (
+            [
+                "evt_9",
+                "payment.failed",
+                "payment.failed",
+                "pay_9",
+                "payment-service",
+            ],
+            ["corr_9", envelope.traceparent.as_str()],
+            (
+                Some(4),
+                77,
+                &envelope.payload[..],
+                PayloadFormat::Raw,
+                Some("application/octet-stream"),
+            ),
+        );
+        assert_eq!(read, want);
+        let mut newer = envelope.encode();
+        newer[0] = ENVELOPE_VERSION + 1;
+        assert!(matches!(
+            Stored::open(&newer),
+            Err(EnvelopeError::Version(v)) if v == ENVELOPE_VERSION + 1
+        ));
     }
 }
