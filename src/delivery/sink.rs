@@ -235,11 +235,24 @@ impl SinkWorker {
     async fn settle_kept(&self, tracker: &mut HandoffTracker, bytes: &Semaphore, batch: Batch) {
         let n = batch.items.len();
         tracker.returned(&batch.partitions());
-        for item in batch.items.iter() {
-            let ack = AckOp::Ack {
-                partition: item.partition.clone(),
-                id: item.id.clone(),
-            };
+        // The write has let go of the batch: its ids move into the acks, not copied.
+        let acks: Vec<AckOp> = match Arc::try_unwrap(batch.items) {
+            Ok(items) => items
+                .into_iter()
+                .map(|item| AckOp::Ack {
+                    partition: item.partition,
+                    id: item.id,
+                })
+                .collect(),
+            Err(shared) => shared
+                .iter()
+                .map(|item| AckOp::Ack {
+                    partition: item.partition.clone(),
+                    id: item.id.clone(),
+                })
+                .collect(),
+        };
+        for ack in acks {
             if let Err(err) = self.acks.send(ack).await {
                 // The acker has stopped: the entry stays pending and is kept again.
                 tracing::warn!(error = %err, "ack not queued; the entry will be kept again");
