@@ -102,7 +102,8 @@ impl Database {
     }
 }
 
-/// CPU seconds used so far by every process named `postgres` on this machine.
+/// CPU seconds used so far by every process named `postgres` on this machine, those that
+/// have exited included.
 pub fn postgres_cpu_seconds() -> f64 {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return 0.0;
@@ -116,9 +117,12 @@ pub fn postgres_cpu_seconds() -> f64 {
             let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
             let after = stat.rsplit_once(") ")?.1;
             let fields: Vec<&str> = after.split_whitespace().collect();
-            let user: f64 = fields.get(11)?.parse().ok()?;
-            let system: f64 = fields.get(12)?.parse().ok()?;
-            Some((user + system) / 100.0)
+            // utime, stime, and the cutime and cstime of children reaped: the postmaster
+            // carries those of backends and autovacuum workers that have exited.
+            let ticks: Option<Vec<f64>> = (11..=14)
+                .map(|i| fields.get(i).and_then(|f| f.parse().ok()))
+                .collect();
+            Some(ticks?.iter().sum::<f64>() / 100.0)
         })
         .sum()
 }

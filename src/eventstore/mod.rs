@@ -6,10 +6,13 @@
 //! lease, a dead one's partitions move, and Redis's retention never trims what it has not
 //! acked. While PostgreSQL is away its lag grows and nothing else waits; the schema is
 //! created and migrated ([`schema`]) as soon as PostgreSQL answers, and the daily
-//! partitions are made ahead and dropped by age ([`partitions`]).
+//! partitions are made ahead and dropped by age ([`partitions`]); an event is found by
+//! its ids through a bloom summary on the days being written and through hash indexes
+//! built once a day has closed ([`lookups`]).
 
 pub mod archive;
 mod connect;
+pub mod lookups;
 pub mod outcomes;
 pub mod partitions;
 pub mod query;
@@ -40,8 +43,11 @@ pub const ARCHIVE: &str = "eventstore-archive";
 /// PostgreSQL), a name that cannot resolve (RFC 6761).
 pub const ARCHIVE_ENDPOINT: &str = "http://eventstore.invalid/";
 
-/// How often partitions are made ahead and dropped by age.
+/// How often partitions are made ahead and dropped by age, and closed days indexed.
 const MAINTAIN_EVERY: Duration = Duration::from_secs(3600);
+
+/// How often the page ranges filled since are summarized for lookups.
+const SUMMARIZE_EVERY: Duration = Duration::from_secs(10);
 
 /// Longest a batch's write may take before it is tried again.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -150,11 +156,20 @@ impl EventStore {
                     }
                 }
             }
+            // Closed days are indexed now (an upgraded store's, or those of days the
+            // store was down), then hourly with the partitions.
+            let mut maintained = tokio::time::Instant::now() - MAINTAIN_EVERY;
             loop {
-                tokio::time::sleep(MAINTAIN_EVERY).await;
-                if let Err(err) = self.maintain(SystemTime::now()).await {
-                    tracing::warn!(error = %err, "event store partition upkeep failed");
+                if maintained.elapsed() >= MAINTAIN_EVERY {
+                    maintained = tokio::time::Instant::now();
+                    if let Err(err) = self.maintain(SystemTime::now()).await {
+                        tracing::warn!(error = %err, "event store partition upkeep failed");
+                    }
                 }
+                if let Err(err) = self.summarize(SystemTime::now()).await {
+                    tracing::warn!(error = %err, "event store summaries not brought up to date");
+                }
+                tokio::time::sleep(SUMMARIZE_EVERY).await;
             }
         })
     }
@@ -169,11 +184,20 @@ impl EventStore {
         Ok(version)
     }
 
-    /// Makes the coming days' partitions and drops those older than the retention, as
-    /// of `now`; returns the days dropped.
+    /// Makes the coming days' partitions, drops those older than the retention and builds
+    /// the lookup indexes of the closed days, as of `now`; returns the days dropped.
     pub async fn maintain(&self, now: SystemTime) -> Result<Vec<partitions::Day>, EventStoreError> {
         let client = self.client().await?;
-        partitions::maintain(&client, now, self.max_age, DAYS_AHEAD).await
+        let dropped = partitions::maintain(&client, now, self.max_age, DAYS_AHEAD).await?;
+        lookups::index_closed_days(&client, now).await?;
+        Ok(dropped)
+    }
+
+    /// Summarizes for lookups the page ranges of the open days filled since the last call;
+    /// returns how many.
+    pub async fn summarize(&self, now: SystemTime) -> Result<i64, EventStoreError> {
+        let client = self.client().await?;
+        lookups::summarize(&client, now).await
     }
 }
 

@@ -11,6 +11,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio_postgres::types::ToSql;
 
+use super::lookups;
 use super::sealing::{unseal, KeyRing, Plain};
 use super::{EventStore, EventStoreError};
 
@@ -305,13 +306,15 @@ impl EventStore {
 
     /// The events of `event_id` (one, unless it was stored in several streams).
     pub async fn event(&self, event_id: &str) -> Result<Vec<TracedEvent>, EventStoreError> {
-        let client = self.client().await?;
-        let rows = client
-            .query(
-                &format!("SELECT {COLUMNS} FROM evr_events WHERE event_id = $1 ORDER BY stored_at LIMIT 10"),
-                &[&event_id],
-            )
-            .await?;
+        let mut client = self.client().await?;
+        let rows = lookups::lookup(
+            &mut client,
+            &format!(
+                "SELECT {COLUMNS} FROM evr_events WHERE event_id = $1 ORDER BY stored_at LIMIT 10"
+            ),
+            &[&event_id],
+        )
+        .await?;
         let ring = self.ring_of(&rows, 19, 20).await?;
         self.with_outcomes(&client, rows.iter().map(|row| event(row, &ring)).collect())
             .await
@@ -319,15 +322,15 @@ impl EventStore {
 
     /// Every event of a business flow in stored order, with each subscription's outcomes.
     pub async fn trace(&self, correlation_id: &str) -> Result<Vec<TracedEvent>, EventStoreError> {
-        let client = self.client().await?;
-        let rows = client
-            .query(
-                &format!(
-                    "SELECT {COLUMNS} FROM evr_events WHERE correlation_id = $1 ORDER BY stored_at, stream, partition, redis_seq LIMIT {MAX_TRACE}"
-                ),
-                &[&correlation_id],
-            )
-            .await?;
+        let mut client = self.client().await?;
+        let rows = lookups::lookup(
+            &mut client,
+            &format!(
+                "SELECT {COLUMNS} FROM evr_events WHERE correlation_id = $1 ORDER BY stored_at, stream, partition, redis_seq LIMIT {MAX_TRACE}"
+            ),
+            &[&correlation_id],
+        )
+        .await?;
         let ring = self.ring_of(&rows, 19, 20).await?;
         self.with_outcomes(&client, rows.iter().map(|row| event(row, &ring)).collect())
             .await

@@ -55,7 +55,7 @@ async fn every_stored_event_is_archived_once_with_its_columns() {
         .await
         .expect("migrations")
         .get(0);
-    assert_eq!(version, 5, "every migration applied");
+    assert_eq!(version, 6, "every migration applied");
     router.stop().await.expect("clean stop");
 }
 

@@ -1,6 +1,7 @@
 //! The event store against a real PostgreSQL (`EVR_TEST_PG_URL`, else the local server;
 //! each test makes and drops its own database): the archive (`archive`), queries, traces
-//! and rights (`queries`), replays (`replay`), data subjects (`subjects`) and restore
+//! and rights (`queries`), lookups by id while a day is open and once it has closed
+//! (`lookups`), replays (`replay`), data subjects (`subjects`) and restore
 //! (`restore`). The test that restarts PostgreSQL restarts a private cluster of its own
 //! (`archive::PrivateCluster`), never the machine's; it runs alone, the others share.
 
@@ -8,6 +9,7 @@
 mod support;
 
 mod archive;
+mod lookups;
 mod queries;
 mod replay;
 mod restore;
