@@ -1,5 +1,5 @@
-//! The indexes that find an event by its id or its correlation id. A day still being
-//! written has only a BRIN bloom index of both ids (a small summary per 32 pages, almost
+//! The indexes that find an event by its id or its correlation id, and its outcomes by
+//! the event's id. A day still being written has only a BRIN bloom index of the ids (a small summary per 32 pages, almost
 //! free to keep as rows arrive); once a day has closed, each of its partitions gets a hash
 //! index per id, built in one pass rather than entry by entry as the day's rows were
 //! written. Lookups on the open days read the bloom summaries and only the page ranges
@@ -17,14 +17,18 @@ use super::EventStoreError;
 /// writing the last moments of the day (entries are stored by when they were published).
 pub const GRACE: Duration = Duration::from_secs(15 * 60);
 
-/// The hash indexes of a closed day's event partition: (name suffix, column).
-const LOOKUPS: &[(&str, &str)] = &[("event_id", "event_id"), ("correlation", "correlation_id")];
+/// The hash indexes of a closed day's partitions: (table, name suffix, column).
+const LOOKUPS: &[(&str, &str, &str)] = &[
+    ("evr_events", "event_id", "event_id"),
+    ("evr_events", "correlation", "correlation_id"),
+    ("evr_outcomes", "event_id", "event_id"),
+];
 
 /// Key of the session advisory lock held while building, so that two instances do not
 /// build (or drop as unfinished) the same index at once.
 const BUILD_LOCK: i64 = 0x6576_725f_6c6f_6f6b;
 
-/// Builds the hash indexes of every closed day's event partition that lacks them (an
+/// Builds the hash indexes of every closed day's partitions that lack them (an
 /// index left unfinished by an earlier build is dropped and built again); returns the
 /// indexes built. Each is built `CONCURRENTLY`: late rows of the day are not held up.
 /// Does nothing while another instance builds.
@@ -49,29 +53,31 @@ pub async fn index_closed_days(
 async fn build_missing(client: &Client, now: SystemTime) -> Result<Vec<String>, EventStoreError> {
     let closed = Day::of(now.checked_sub(GRACE).unwrap_or(now));
     let mut built = Vec::new();
-    for day in partitions::existing(client, "evr_events").await? {
-        if day >= closed {
-            continue;
-        }
-        let table = day.table("evr_events");
-        for (suffix, column) in LOOKUPS {
-            let name = format!("{table}_{suffix}");
-            match valid(client, &name).await? {
-                Some(true) => continue,
-                Some(false) => {
-                    client
-                        .batch_execute(&format!("DROP INDEX CONCURRENTLY IF EXISTS {name}"))
-                        .await?
-                }
-                None => {}
+    for parent in partitions::TABLES {
+        for day in partitions::existing(client, parent).await? {
+            if day >= closed {
+                continue;
             }
-            client
+            let table = day.table(parent);
+            for (_, suffix, column) in LOOKUPS.iter().filter(|(t, ..)| t == parent) {
+                let name = format!("{table}_{suffix}");
+                match valid(client, &name).await? {
+                    Some(true) => continue,
+                    Some(false) => {
+                        client
+                            .batch_execute(&format!("DROP INDEX CONCURRENTLY IF EXISTS {name}"))
+                            .await?
+                    }
+                    None => {}
+                }
+                client
                 .batch_execute(&format!(
                     "CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON {table} USING hash ({column})"
                 ))
                 .await?;
-            tracing::info!(index = %name, "event store lookup index built");
-            built.push(name);
+                tracing::info!(index = %name, "event store lookup index built");
+                built.push(name);
+            }
         }
     }
     Ok(built)

@@ -316,8 +316,11 @@ impl EventStore {
         )
         .await?;
         let ring = self.ring_of(&rows, 19, 20).await?;
-        self.with_outcomes(&client, rows.iter().map(|row| event(row, &ring)).collect())
-            .await
+        self.with_outcomes(
+            &mut client,
+            rows.iter().map(|row| event(row, &ring)).collect(),
+        )
+        .await
     }
 
     /// Every event of a business flow in stored order, with each subscription's outcomes.
@@ -332,23 +335,26 @@ impl EventStore {
         )
         .await?;
         let ring = self.ring_of(&rows, 19, 20).await?;
-        self.with_outcomes(&client, rows.iter().map(|row| event(row, &ring)).collect())
-            .await
+        self.with_outcomes(
+            &mut client,
+            rows.iter().map(|row| event(row, &ring)).collect(),
+        )
+        .await
     }
 
     async fn with_outcomes(
         &self,
-        client: &tokio_postgres::Client,
+        client: &mut tokio_postgres::Client,
         events: Vec<StoredEvent>,
     ) -> Result<Vec<TracedEvent>, EventStoreError> {
         let ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
-        let rows = client
-            .query(
-                "SELECT event_id, subscription, fate, status, attempt, at, latency_us, error
-                   FROM evr_outcomes WHERE event_id = ANY($1) ORDER BY at",
-                &[&ids],
-            )
-            .await?;
+        let rows = lookups::lookup(
+            client,
+            "SELECT event_id, subscription, fate, status, attempt, at, latency_us, error
+               FROM evr_outcomes WHERE event_id = ANY($1) ORDER BY at",
+            &[&ids],
+        )
+        .await?;
         let mut by_event: std::collections::HashMap<String, Vec<Outcome>> = Default::default();
         for row in &rows {
             by_event.entry(row.get(0)).or_default().push(Outcome {

@@ -230,9 +230,19 @@ impl Fields {
                 causation_id: None,
             };
         };
-        // A CloudEvent carries the platform event in `data`.
+        // A CloudEvent carries the platform event in `data`, read again only for a cause
+        // the CloudEvent does not name itself and whose key appears somewhere in it.
         let inner = match (format, top.data) {
-            (PayloadFormat::CloudEvent, Some(data)) => serde_json::from_str::<Top>(data.get()).ok(),
+            (PayloadFormat::CloudEvent, Some(data))
+                if top
+                    .metadata
+                    .as_ref()
+                    .is_none_or(|m| m.causation_id.is_none())
+                    && memchr::memmem::find(data.get().as_bytes(), b"\"causation_id\"")
+                        .is_some() =>
+            {
+                serde_json::from_str::<Top>(data.get()).ok()
+            }
             _ => None,
         };
         let time = top
@@ -332,5 +342,34 @@ mod tests {
     fn a_partition_key_names_its_stream_and_number() {
         assert_eq!(stream_and_partition("evr:{order.3}"), ("order", 3));
         assert_eq!(stream_and_partition("x:{a.b.12}"), ("a.b", 12));
+    }
+
+    #[test]
+    fn the_cause_and_time_are_read_from_an_event_and_from_a_cloudevents_data() {
+        let event = br#"{"metadata":{"causation_id":"c1"},"timestamp":"2026-12-07T10:00:00Z"}"#;
+        let read = Fields::read(event, PayloadFormat::Event);
+        assert_eq!(read.causation_id.as_deref(), Some("c1"));
+        assert!(read.time.is_some());
+        let cloud = br#"{"id":"1","time":"2026-12-07T10:00:00Z","data":{"metadata":{"causation_id":"c2"},"causation_id":"x"}}"#;
+        let read = Fields::read(cloud, PayloadFormat::CloudEvent);
+        assert_eq!(read.causation_id.as_deref(), Some("c2"), "from the data");
+        assert!(read.time.is_some());
+        // No cause in the data: the data is not read again, and there is none.
+        let none = br#"{"id":"1","time":"2026-12-07T10:00:00Z","data":{"metadata":{"user":"u"}}}"#;
+        assert_eq!(
+            Fields::read(none, PayloadFormat::CloudEvent).causation_id,
+            None
+        );
+        // The CloudEvent's own cause wins over its data's.
+        let own =
+            br#"{"metadata":{"causation_id":"c3"},"data":{"metadata":{"causation_id":"c4"}}}"#;
+        let read = Fields::read(own, PayloadFormat::CloudEvent);
+        assert_eq!(read.causation_id.as_deref(), Some("c3"));
+        // The key as a value, not a key, names no cause.
+        let value = br#"{"data":{"note":""causation_id"","metadata":{}}}"#;
+        assert_eq!(
+            Fields::read(value, PayloadFormat::CloudEvent).causation_id,
+            None
+        );
     }
 }

@@ -98,7 +98,8 @@ CREATE INDEX evr_events_subjects ON evr_events USING gin (subjects) WHERE subjec
     // The event ids and correlation ids found through one BRIN bloom index while a day is
     // written (a summary per 32 pages, where a hash index took an entry per row and id and
     // was a third of what PostgreSQL spent per archived event); the hash indexes are
-    // built per partition once its day has closed (`lookups`).
+    // built per partition once its day has closed (`lookups`). The same for the outcomes'
+    // event ids, whose rows are narrower (more of them per range).
     (
         6,
         r#"
@@ -107,6 +108,10 @@ DROP INDEX evr_events_correlation;
 CREATE INDEX evr_events_ids ON evr_events USING brin (
     event_id text_bloom_ops (n_distinct_per_range = 1000),
     correlation_id text_bloom_ops (n_distinct_per_range = 1000)
+) WITH (pages_per_range = 32);
+DROP INDEX evr_outcomes_event_id;
+CREATE INDEX evr_outcomes_ids ON evr_outcomes USING brin (
+    event_id text_bloom_ops (n_distinct_per_range = 3000)
 ) WITH (pages_per_range = 32);
 "#,
     ),

@@ -1,17 +1,18 @@
-//! Lookups by event id and correlation id: through the bloom summaries while a day is
-//! written, through hash indexes built once it has closed, with the same answers.
+//! Lookups by event id and correlation id, and of outcomes by event id: through the bloom
+//! summaries while a day is written, through hash indexes built once it has closed, with
+//! the same answers.
 
 use super::*;
 
 /// The plan of a lookup as the store runs it (`lookups::lookup`).
-async fn plan(client: &mut tokio_postgres::Client, condition: &str) -> String {
+async fn plan(client: &mut tokio_postgres::Client, table: &str, condition: &str) -> String {
     let tx = client.transaction().await.expect("transaction");
     tx.batch_execute("SET LOCAL enable_seqscan = off")
         .await
         .expect("set");
     let rows = tx
         .query(
-            &format!("EXPLAIN SELECT * FROM evr_events WHERE {condition}"),
+            &format!("EXPLAIN SELECT * FROM {table} WHERE {condition}"),
             &[],
         )
         .await
@@ -40,12 +41,13 @@ async fn assert_found(store: &EventStore) {
     let found = store.event("ev-1234").await.expect("event");
     assert_eq!(found.len(), 1, "one event of that id");
     assert_eq!(found[0].event.event_id, "ev-1234");
+    assert_eq!(found[0].outcomes.len(), 2, "{:?}", found[0].outcomes);
     let trace = store.trace("corr-7").await.expect("trace");
     // Every 100th row from the 7th: 20 of the 2,000.
     assert_eq!(trace.len(), 20, "the whole flow");
     assert!(trace
         .iter()
-        .all(|e| e.event.correlation_id.as_deref() == Some("corr-7")));
+        .all(|e| e.event.correlation_id.as_deref() == Some("corr-7") && e.outcomes.len() == 2));
     let sequences: Vec<i64> = trace.iter().filter_map(|e| e.event.sequence).collect();
     let mut sorted = sequences.clone();
     sorted.sort();
@@ -84,7 +86,20 @@ async fn an_open_day_is_searched_through_its_summaries_and_a_closed_day_through_
         )
         .await
         .expect("a day's rows");
+    // Two subscriptions' outcomes of each.
+    client
+        .execute(
+            "INSERT INTO evr_outcomes (at, subscription, event_id, stream, partition, redis_id,
+                 fate, status, attempt, latency_us)
+             SELECT date_trunc('day', now()) + g * interval '1 ms', s, 'ev-' || g, 'evr:order',
+                    0, g || '-0', 'delivered', 200, 1, 900
+               FROM generate_series(0, 1999) g, unnest(ARRAY['billing', 'mail']) s",
+            &[],
+        )
+        .await
+        .expect("their outcomes");
     let today = Day::of(SystemTime::now()).table("evr_events");
+    let outcomes = Day::of(SystemTime::now()).table("evr_outcomes");
 
     // Open: no hash index, the bloom summaries of the ranges filled so far, used.
     assert_eq!(
@@ -94,7 +109,7 @@ async fn an_open_day_is_searched_through_its_summaries_and_a_closed_day_through_
     let ranges = store.summarize(SystemTime::now()).await.expect("summarize");
     assert!(ranges > 0, "ranges summarized: {ranges}");
     for condition in ["event_id = 'ev-1234'", "correlation_id = 'corr-7'"] {
-        let plan = plan(&mut client, condition).await;
+        let plan = plan(&mut client, "evr_events", condition).await;
         assert!(
             plan.contains(&format!(
                 "Bitmap Index Scan on {today}_event_id_correlation_id_idx"
@@ -103,24 +118,39 @@ async fn an_open_day_is_searched_through_its_summaries_and_a_closed_day_through_
         );
         assert!(!plan.contains(&format!("Seq Scan on {today}")), "{plan}");
     }
+    let by_ids = "event_id = ANY('{ev-1, ev-2}')";
+    let plan_outcomes = plan(&mut client, "evr_outcomes", by_ids).await;
+    assert!(
+        plan_outcomes.contains(&format!("Bitmap Index Scan on {outcomes}_event_id_idx")),
+        "{plan_outcomes}"
+    );
     assert_found(&store).await;
 
     // Two days on, the day has closed: its hash indexes are built and chosen.
     let later = SystemTime::now() + Duration::from_secs(2 * 86_400);
     store.maintain(later).await.expect("maintain");
-    for name in [format!("{today}_event_id"), format!("{today}_correlation")] {
+    for name in [
+        format!("{today}_event_id"),
+        format!("{today}_correlation"),
+        format!("{outcomes}_event_id"),
+    ] {
         assert_eq!(valid_index(&client, &name).await, Some(true), "{name}");
     }
-    let plan_by_id = plan(&mut client, "event_id = 'ev-1234'").await;
+    let plan_by_id = plan(&mut client, "evr_events", "event_id = 'ev-1234'").await;
     // The hash index's name followed by a space: the bloom index's goes on.
     assert!(
         plan_by_id.contains(&format!("{today}_event_id ")),
         "{plan_by_id}"
     );
-    let plan_by_flow = plan(&mut client, "correlation_id = 'corr-7'").await;
+    let plan_by_flow = plan(&mut client, "evr_events", "correlation_id = 'corr-7'").await;
     assert!(
         plan_by_flow.contains(&format!("{today}_correlation")),
         "{plan_by_flow}"
+    );
+    let plan_outcomes = plan(&mut client, "evr_outcomes", by_ids).await;
+    assert!(
+        plan_outcomes.contains(&format!("{outcomes}_event_id ")),
+        "{plan_outcomes}"
     );
     assert_found(&store).await;
 
