@@ -21,6 +21,7 @@ pub mod restore;
 pub mod rows;
 pub mod schema;
 pub mod sealing;
+mod skim;
 pub mod subjects;
 
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -10,6 +10,7 @@ use bytes::BytesMut;
 use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 
 use super::sealing::{unseal, KeyRing, Plain};
+use super::skim::{self, TopTime};
 use crate::model::envelope::{Envelope, PayloadFormat, StoredFields};
 
 /// The columns written, in the table's order.
@@ -148,9 +149,7 @@ impl<'a> Row<'a> {
         } else {
             (None, Some(envelope.payload))
         };
-        // A well-formed context's trace id is its 32 lowercase hex digits from byte 3.
-        let trace_id = crate::model::trace::TraceContext::parse(envelope.traceparent)
-            .and_then(|_| envelope.traceparent.get(3..35));
+        let trace_id = crate::model::trace::trace_id_of(envelope.traceparent);
         Self {
             stored_at: UNIX_EPOCH + Duration::from_millis(stored_ms),
             stream,
@@ -224,6 +223,25 @@ struct Meta<'a> {
 
 impl Fields {
     fn read(payload: &[u8], format: PayloadFormat) -> Self {
+        // No cause anywhere in it: its time is all there is to read, from the top level,
+        // and only up to it.
+        if memchr::memmem::find(payload, b"\"causation_id\"").is_none() {
+            match skim::top_time(payload) {
+                TopTime::Found(t) => {
+                    return Self {
+                        time: humantime::parse_rfc3339_weak(t).ok(),
+                        causation_id: None,
+                    }
+                }
+                TopTime::Absent => {
+                    return Self {
+                        time: None,
+                        causation_id: None,
+                    }
+                }
+                TopTime::Unsure => {}
+            }
+        }
         let Ok(top) = serde_json::from_slice::<Top>(payload) else {
             return Self {
                 time: None,

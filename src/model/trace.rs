@@ -99,6 +99,26 @@ fn traceparent(trace_id: u128, span_id: u64, flags: u8) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The trace id of a well-formed `traceparent` (as [`TraceContext::parse`] reads one),
+/// its 32 digits as written, checked without being turned into numbers.
+pub fn trace_id_of(value: &str) -> Option<&str> {
+    let b = value.as_bytes();
+    let hex = |s: &[u8]| s.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'));
+    let nonzero = |s: &[u8]| s.iter().any(|&c| c != b'0');
+    (b.len() == 55
+        && b[2] == b'-'
+        && b[35] == b'-'
+        && b[52] == b'-'
+        && hex(&b[0..2])
+        && &b[0..2] != b"ff"
+        && hex(&b[3..35])
+        && nonzero(&b[3..35])
+        && hex(&b[36..52])
+        && nonzero(&b[36..52])
+        && hex(&b[53..55]))
+    .then(|| &value[3..35])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,5 +182,40 @@ mod tests {
             &TraceContext::root(true).to_traceparent()
         ));
         assert_eq!(TraceContext::parse("00-abc"), None);
+    }
+
+    #[test]
+    fn a_trace_id_is_read_where_a_context_parses() {
+        let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let mut cases = vec![good.to_string()];
+        for (at, byte) in [
+            (0, 'f'),
+            (1, 'f'),
+            (3, 'A'),
+            (10, 'g'),
+            (2, '_'),
+            (40, ' '),
+            (54, 'x'),
+        ] {
+            let mut bytes = good.as_bytes().to_vec();
+            bytes[at] = byte as u8;
+            cases.push(String::from_utf8(bytes).expect("ascii"));
+        }
+        cases.push(format!("00-{}-00f067aa0ba902b7-01", "0".repeat(32)));
+        cases.push(format!(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-{}-01",
+            "0".repeat(16)
+        ));
+        cases.push("ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into());
+        cases.push(format!("{good}0"));
+        cases.push(String::new());
+        for case in &cases {
+            assert_eq!(
+                trace_id_of(case),
+                TraceContext::parse(case).map(|_| &case[3..35]),
+                "{case}"
+            );
+        }
+        assert_eq!(trace_id_of(good), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
     }
 }
