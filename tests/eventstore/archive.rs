@@ -257,13 +257,7 @@ async fn partitions_are_made_ahead_and_dropped_by_age() {
     // Not beside the kill-and-restart test, which loads the machine.
     let _shared = support::light().await;
     let db = TestDb::create().await;
-    let config = EventStoreConfig {
-        url: Some(db.url.clone()),
-        ..EventStoreConfig::default()
-    };
-    let store = EventStore::new(&config)
-        .expect("store")
-        .expect("configured");
+    let store = store_on(&db);
     let upkeep = store.clone().spawn_upkeep();
     eventually(Duration::from_secs(30), async || {
         if store.ready() {

@@ -63,13 +63,7 @@ async fn assert_found(store: &EventStore) {
 async fn an_open_day_is_searched_through_its_summaries_and_a_closed_day_through_hash_indexes() {
     let _shared = support::light().await;
     let db = TestDb::create().await;
-    let config = EventStoreConfig {
-        url: Some(db.url.clone()),
-        ..EventStoreConfig::default()
-    };
-    let store = EventStore::new(&config)
-        .expect("store")
-        .expect("configured");
+    let store = store_on(&db);
     store.prepare().await.expect("prepared");
     let mut client = db.client().await;
     client

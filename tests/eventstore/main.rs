@@ -96,6 +96,17 @@ impl Drop for TestDb {
     }
 }
 
+/// An event store on `db` with the default settings, not started.
+fn store_on(db: &TestDb) -> std::sync::Arc<EventStore> {
+    let config = EventStoreConfig {
+        url: Some(db.url.clone()),
+        ..EventStoreConfig::default()
+    };
+    EventStore::new(&config)
+        .expect("store")
+        .expect("configured")
+}
+
 /// A router's configuration with the event store in `db`, archiving in short batches.
 fn store_config(redis: &RedisServer, db: &TestDb) -> support::Config {
     let mut config = test_config(redis);
