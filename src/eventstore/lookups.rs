@@ -1,9 +1,10 @@
-//! The indexes that find an event by its id or its correlation id, and its outcomes by
-//! the event's id. A day still being written has only a BRIN bloom index of the ids (a small summary per 32 pages, almost
-//! free to keep as rows arrive); once a day has closed, each of its partitions gets a hash
-//! index per id, built in one pass rather than entry by entry as the day's rows were
+//! The indexes that find an event by its id, its correlation id or its key, and its
+//! outcomes by the event's id. A day still being written has only a BRIN bloom index of
+//! these (a small summary per 32 pages, almost free to keep as rows arrive); once a day has
+//! closed, each of its partitions gets a hash index per id and a B-tree of its keys in
+//! stored order, built in one pass rather than entry by entry as the day's rows were
 //! written. Lookups on the open days read the bloom summaries and only the page ranges
-//! they may hold; on closed days, the hash indexes.
+//! they may hold; on closed days, those indexes.
 
 use std::time::{Duration, SystemTime};
 
@@ -17,11 +18,12 @@ use super::EventStoreError;
 /// writing the last moments of the day (entries are stored by when they were published).
 pub const GRACE: Duration = Duration::from_secs(15 * 60);
 
-/// The hash indexes of a closed day's partitions: (table, name suffix, column).
+/// The indexes of a closed day's partitions: (table, name suffix, method and columns).
 const LOOKUPS: &[(&str, &str, &str)] = &[
-    ("evr_events", "event_id", "event_id"),
-    ("evr_events", "correlation", "correlation_id"),
-    ("evr_outcomes", "event_id", "event_id"),
+    ("evr_events", "event_id", "hash (event_id)"),
+    ("evr_events", "correlation", "hash (correlation_id)"),
+    ("evr_events", "key", "btree (entity_key, stored_at)"),
+    ("evr_outcomes", "event_id", "hash (event_id)"),
 ];
 
 /// Key of the session advisory lock held while building, so that two instances do not
@@ -59,7 +61,7 @@ async fn build_missing(client: &Client, now: SystemTime) -> Result<Vec<String>, 
                 continue;
             }
             let table = day.table(parent);
-            for (_, suffix, column) in LOOKUPS.iter().filter(|(t, ..)| t == parent) {
+            for (_, suffix, index) in LOOKUPS.iter().filter(|(t, ..)| t == parent) {
                 let name = format!("{table}_{suffix}");
                 match valid(client, &name).await? {
                     Some(true) => continue,
@@ -71,10 +73,10 @@ async fn build_missing(client: &Client, now: SystemTime) -> Result<Vec<String>, 
                     None => {}
                 }
                 client
-                .batch_execute(&format!(
-                    "CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON {table} USING hash ({column})"
-                ))
-                .await?;
+                    .batch_execute(&format!(
+                        "CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON {table} USING {index}"
+                    ))
+                    .await?;
                 tracing::info!(index = %name, "event store lookup index built");
                 built.push(name);
             }

@@ -225,7 +225,7 @@ impl EventStore {
         filter: &EventFilter,
         visible: impl Fn(&str) -> bool,
     ) -> Result<Page, EventStoreError> {
-        let client = self.client().await?;
+        let mut client = self.client().await?;
         let mut clauses: Vec<String> = Vec::new();
         let mut params: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();
         let mut add = |clause: &str, value: Box<dyn ToSql + Sync + Send>| {
@@ -283,7 +283,12 @@ impl EventStore {
             .iter()
             .map(|p| p.as_ref() as &(dyn ToSql + Sync))
             .collect();
-        let rows = client.query(&sql, &refs).await?;
+        // A key or a flow is looked up through the open days' bloom summaries.
+        let rows = if filter.key.is_some() || filter.correlation_id.is_some() {
+            lookups::lookup(&mut client, &sql, &refs).await?
+        } else {
+            client.query(&sql, &refs).await?
+        };
         let more = rows.len() > limit;
         let ring = self.ring_of(&rows, 19, 20).await?;
         let mut events: Vec<StoredEvent> = rows

@@ -95,19 +95,21 @@ DROP INDEX evr_events_subjects;
 CREATE INDEX evr_events_subjects ON evr_events USING gin (subjects) WHERE subjects <> '{}';
 "#,
     ),
-    // The event ids and correlation ids found through one BRIN bloom index while a day is
-    // written (a summary per 32 pages, where a hash index took an entry per row and id and
-    // was a third of what PostgreSQL spent per archived event); the hash indexes are
-    // built per partition once its day has closed (`lookups`). The same for the outcomes'
+    // The event ids, correlation ids and keys found through one BRIN bloom index while a
+    // day is written (a summary per 32 pages, where the hash indexes of the ids and the
+    // key's B-tree took an entry per row each, more than half of what PostgreSQL spent per
+    // archived event); those are built per partition once its day has closed (`lookups`). The same for the outcomes'
     // event ids, whose rows are narrower (more of them per range).
     (
         6,
         r#"
 DROP INDEX evr_events_event_id;
 DROP INDEX evr_events_correlation;
+DROP INDEX evr_events_key;
 CREATE INDEX evr_events_ids ON evr_events USING brin (
     event_id text_bloom_ops (n_distinct_per_range = 1000),
-    correlation_id text_bloom_ops (n_distinct_per_range = 1000)
+    correlation_id text_bloom_ops (n_distinct_per_range = 1000),
+    entity_key text_bloom_ops (n_distinct_per_range = 1000)
 ) WITH (pages_per_range = 32);
 DROP INDEX evr_outcomes_event_id;
 CREATE INDEX evr_outcomes_ids ON evr_outcomes USING brin (

@@ -3,6 +3,7 @@
 //! the same answers.
 
 use super::*;
+use evrouter::eventstore::query::{Cursor, EventFilter};
 
 /// The plan of a lookup as the store runs it (`lookups::lookup`).
 async fn plan(client: &mut tokio_postgres::Client, table: &str, condition: &str) -> String {
@@ -52,6 +53,26 @@ async fn assert_found(store: &EventStore) {
     let mut sorted = sequences.clone();
     sorted.sort();
     assert_eq!(sequences, sorted, "in stored order");
+    // A key's events, a page at a time, in stored order.
+    let mut filter = EventFilter {
+        key: Some("k5".into()),
+        limit: 50,
+        ..EventFilter::default()
+    };
+    let first = store.events(&filter, |_| true).await.expect("a key's page");
+    assert_eq!(first.events.len(), 50);
+    filter.after = first.next.as_deref().and_then(Cursor::parse);
+    assert!(filter.after.is_some(), "a next page");
+    let second = store.events(&filter, |_| true).await.expect("the next");
+    let sequences: Vec<i64> = first
+        .events
+        .iter()
+        .chain(&second.events)
+        .filter_map(|e| e.sequence)
+        .collect();
+    // Rows 5, 42, 79, … of the 2,000: 54 of them.
+    let expected: Vec<i64> = (0..2000).filter(|g| g % 37 == 5).collect();
+    assert_eq!(sequences, expected, "every event of the key, in order");
     // A hostile id is a value, never SQL.
     for id in ["x' OR '1'='1", "ev-1234' --", "%", ""] {
         assert!(store.event(id).await.expect("event").is_empty(), "{id}");
@@ -102,11 +123,15 @@ async fn an_open_day_is_searched_through_its_summaries_and_a_closed_day_through_
     );
     let ranges = store.summarize(SystemTime::now()).await.expect("summarize");
     assert!(ranges > 0, "ranges summarized: {ranges}");
-    for condition in ["event_id = 'ev-1234'", "correlation_id = 'corr-7'"] {
+    for condition in [
+        "event_id = 'ev-1234'",
+        "correlation_id = 'corr-7'",
+        "entity_key = 'k5'",
+    ] {
         let plan = plan(&mut client, "evr_events", condition).await;
         assert!(
             plan.contains(&format!(
-                "Bitmap Index Scan on {today}_event_id_correlation_id_idx"
+                "Bitmap Index Scan on {today}_event_id_correlation_id_entity_key_idx"
             )),
             "{condition}: {plan}"
         );
@@ -126,6 +151,7 @@ async fn an_open_day_is_searched_through_its_summaries_and_a_closed_day_through_
     for name in [
         format!("{today}_event_id"),
         format!("{today}_correlation"),
+        format!("{today}_key"),
         format!("{outcomes}_event_id"),
     ] {
         assert_eq!(valid_index(&client, &name).await, Some(true), "{name}");
@@ -140,6 +166,11 @@ async fn an_open_day_is_searched_through_its_summaries_and_a_closed_day_through_
     assert!(
         plan_by_flow.contains(&format!("{today}_correlation")),
         "{plan_by_flow}"
+    );
+    let plan_by_key = plan(&mut client, "evr_events", "entity_key = 'k5'").await;
+    assert!(
+        plan_by_key.contains(&format!("{today}_key ")),
+        "{plan_by_key}"
     );
     let plan_outcomes = plan(&mut client, "evr_outcomes", by_ids).await;
     assert!(
