@@ -179,7 +179,11 @@ impl EventStore {
     pub async fn prepare(&self) -> Result<i32, EventStoreError> {
         let mut client = self.pool.get().await?;
         let version = schema::migrate(&mut client).await?;
+        // The subjects' keys may share the pool: with one connection, this one is theirs
+        // until they are ready.
+        drop(client);
         self.keys.prepare().await?;
+        let client = self.pool.get().await?;
         partitions::maintain(&client, SystemTime::now(), self.max_age, DAYS_AHEAD).await?;
         self.ready.store(true, Ordering::Release);
         Ok(version)

@@ -201,3 +201,33 @@ async fn an_open_day_is_searched_through_its_summaries_and_a_closed_day_through_
     );
     assert_found(&store).await;
 }
+
+/// A store of one connection (`connections = 1`, the least allowed) gets ready and keeps
+/// its partitions and summaries: no step holds the connection while waiting for another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_of_one_connection_gets_ready() {
+    let _shared = support::light().await;
+    let db = TestDb::create().await;
+    let config = EventStoreConfig {
+        url: Some(db.url.clone()),
+        connections: 1,
+        ..EventStoreConfig::default()
+    };
+    let store = EventStore::new(&config)
+        .expect("store")
+        .expect("configured");
+    let within = Duration::from_secs(30);
+    tokio::time::timeout(within, store.prepare())
+        .await
+        .expect("ready within 30 s")
+        .expect("prepared");
+    let later = SystemTime::now() + Duration::from_secs(2 * 86_400);
+    tokio::time::timeout(within, store.maintain(later))
+        .await
+        .expect("maintained within 30 s")
+        .expect("maintained");
+    tokio::time::timeout(within, store.summarize(SystemTime::now()))
+        .await
+        .expect("summarized within 30 s")
+        .expect("summarized");
+}
