@@ -14,7 +14,7 @@ use tokio_postgres::{Client, Row};
 use super::partitions::{self, Day};
 use super::EventStoreError;
 
-/// How long after a day's end its hash indexes are built: the archive may still be
+/// How long after a day's end its lookup indexes are built: the archive may still be
 /// writing the last moments of the day (entries are stored by when they were published).
 pub const GRACE: Duration = Duration::from_secs(15 * 60);
 
@@ -30,7 +30,7 @@ const LOOKUPS: &[(&str, &str, &str)] = &[
 /// build (or drop as unfinished) the same index at once.
 const BUILD_LOCK: i64 = 0x6576_725f_6c6f_6f6b;
 
-/// Builds the hash indexes of every closed day's partitions that lack them (an
+/// Builds the lookup indexes of every closed day's partitions that lack them (an
 /// index left unfinished by an earlier build is dropped and built again); returns the
 /// indexes built. Each is built `CONCURRENTLY`: late rows of the day are not held up.
 /// Does nothing while another instance builds.
@@ -122,7 +122,7 @@ pub async fn summarize(client: &Client, now: SystemTime) -> Result<i64, EventSto
     Ok(row.get(0))
 }
 
-/// Runs one lookup by id: the open days' partitions have no index a planner would choose
+/// Runs one lookup by id or key: the open days' partitions have no index a planner would choose
 /// over reading them whole (it cannot tell how selective a bloom summary is), so the
 /// lookup is told not to read tables whole.
 pub async fn lookup(

@@ -7,8 +7,8 @@
 //! acked. While PostgreSQL is away its lag grows and nothing else waits; the schema is
 //! created and migrated ([`schema`]) as soon as PostgreSQL answers, and the daily
 //! partitions are made ahead and dropped by age ([`partitions`]); an event is found by
-//! its ids through a bloom summary on the days being written and through hash indexes
-//! built once a day has closed ([`lookups`]).
+//! its ids or its key through a bloom summary on the days being written and through
+//! indexes built once a day has closed ([`lookups`]).
 
 pub mod archive;
 mod connect;
@@ -94,10 +94,11 @@ impl EventStore {
         };
         let tls = connect::Tls::of(config)?;
         let pool = connect::pool_of(url, config.connections, &tls)?;
-        let keys = match &config.keys_url {
-            Some(keys_url) => connect::pool_of(keys_url, config.connections.min(4), &tls)?,
-            None => pool.clone(),
-        };
+        // The subjects' keys have connections of their own, to their database or to the
+        // store's: a query or an erasure holds one of the store's while it asks for keys,
+        // which would wait for ever on a shared pool with one connection.
+        let keys_url = config.keys_url.as_ref().unwrap_or(url);
+        let keys = connect::pool_of(keys_url, config.connections.min(4), &tls)?;
         Ok(Some(Arc::new(Self {
             pool,
             keys: sealing::Keys::new(keys),
@@ -179,11 +180,7 @@ impl EventStore {
     pub async fn prepare(&self) -> Result<i32, EventStoreError> {
         let mut client = self.pool.get().await?;
         let version = schema::migrate(&mut client).await?;
-        // The subjects' keys may share the pool: with one connection, this one is theirs
-        // until they are ready.
-        drop(client);
         self.keys.prepare().await?;
-        let client = self.pool.get().await?;
         partitions::maintain(&client, SystemTime::now(), self.max_age, DAYS_AHEAD).await?;
         self.ready.store(true, Ordering::Release);
         Ok(version)

@@ -311,34 +311,30 @@ impl EventStore {
 
     /// The events of `event_id` (one, unless it was stored in several streams).
     pub async fn event(&self, event_id: &str) -> Result<Vec<TracedEvent>, EventStoreError> {
-        let mut client = self.client().await?;
-        let rows = lookups::lookup(
-            &mut client,
+        self.traced(
             &format!(
                 "SELECT {COLUMNS} FROM evr_events WHERE event_id = $1 ORDER BY stored_at LIMIT 10"
             ),
-            &[&event_id],
-        )
-        .await?;
-        let ring = self.ring_of(&rows, 19, 20).await?;
-        self.with_outcomes(
-            &mut client,
-            rows.iter().map(|row| event(row, &ring)).collect(),
+            event_id,
         )
         .await
     }
 
     /// Every event of a business flow in stored order, with each subscription's outcomes.
     pub async fn trace(&self, correlation_id: &str) -> Result<Vec<TracedEvent>, EventStoreError> {
-        let mut client = self.client().await?;
-        let rows = lookups::lookup(
-            &mut client,
+        self.traced(
             &format!(
                 "SELECT {COLUMNS} FROM evr_events WHERE correlation_id = $1 ORDER BY stored_at, stream, partition, redis_seq LIMIT {MAX_TRACE}"
             ),
-            &[&correlation_id],
+            correlation_id,
         )
-        .await?;
+        .await
+    }
+
+    /// The events `sql` looks up by `id`, each with its outcomes.
+    async fn traced(&self, sql: &str, id: &str) -> Result<Vec<TracedEvent>, EventStoreError> {
+        let mut client = self.client().await?;
+        let rows = lookups::lookup(&mut client, sql, &[&id]).await?;
         let ring = self.ring_of(&rows, 19, 20).await?;
         self.with_outcomes(
             &mut client,
