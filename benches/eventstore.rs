@@ -77,9 +77,22 @@ fn archive(c: &mut Criterion) {
         ..envelope.clone()
     };
     let seed_entry = aligned_copy(&seed_order.encode());
+    // The same event published through the Dapr API: a CloudEvent as evrouter builds it,
+    // its `time` before its `data`.
+    let cloudevent = Envelope {
+        payload: format!(
+            r#"{{"specversion":"1.0","id":"0b8f2c4e-1c1a-4a57-9d1e-5d7c1f0e2a42","source":"order-service","type":"com.dapr.event.sent","datacontenttype":"application/json","time":"2026-11-30T10:00:00.000000Z","topic":"order.created","pubsubname":"pubsub","traceid":"{tp}","traceparent":"{tp}","tracestate":"","data":{SEED_ORDER}}}"#,
+            tp = envelope.traceparent
+        )
+        .into_bytes(),
+        format: PayloadFormat::CloudEvent,
+        ..envelope.clone()
+    };
+    let cloudevent_entry = aligned_copy(&cloudevent.encode());
     for (name, entry) in [
         ("entry_to_copy_row", &entry),
         ("entry_to_copy_row_seed_order", &seed_entry),
+        ("entry_to_copy_row_cloudevent", &cloudevent_entry),
     ] {
         group.bench_function(name, |b| {
             let mut out = BytesMut::with_capacity(4096);

@@ -10,7 +10,7 @@ use bytes::BytesMut;
 use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 
 use super::sealing::{unseal, KeyRing, Plain};
-use super::skim::{self, TopTime};
+use super::skim::{self, TimeField, TopTime};
 use crate::model::envelope::{Envelope, PayloadFormat, StoredFields};
 
 /// The columns written, in the table's order.
@@ -226,7 +226,11 @@ impl Fields {
         // No cause anywhere in it: its time is all there is to read, from the top level,
         // and only up to it.
         if memchr::memmem::find(payload, b"\"causation_id\"").is_none() {
-            match skim::top_time(payload) {
+            let field = match format {
+                PayloadFormat::CloudEvent => TimeField::Time,
+                PayloadFormat::Event | PayloadFormat::Raw => TimeField::Timestamp,
+            };
+            match skim::top_time(payload, field) {
                 TopTime::Found(t) => {
                     return Self {
                         time: humantime::parse_rfc3339_weak(t).ok(),
@@ -263,11 +267,13 @@ impl Fields {
             }
             _ => None,
         };
-        let time = top
-            .timestamp
-            .as_deref()
-            .or(top.time.as_deref())
-            .and_then(|t| humantime::parse_rfc3339_weak(t).ok());
+        let time = match format {
+            PayloadFormat::CloudEvent => top.time.as_deref(),
+            PayloadFormat::Event | PayloadFormat::Raw => {
+                top.timestamp.as_deref().or(top.time.as_deref())
+            }
+        }
+        .and_then(|t| humantime::parse_rfc3339_weak(t).ok());
         let causation = |t: &Top| {
             t.metadata
                 .as_ref()

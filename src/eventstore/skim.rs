@@ -1,14 +1,23 @@
 //! An event's time read from the top level of its payload without reading past it: the
-//! platform's events name their `timestamp` before their `data`, so most of a payload is
-//! never looked at. Anything unexpected (an escape in a key or in the time, a time that is
+//! platform's events name their `timestamp`, and CloudEvents their `time`, before their
+//! `data`, so most of a payload is never looked at. Anything unexpected (an escape in a key or in the time, a time that is
 //! not a string, text that is not an object) is left to a full parse.
 
 use memchr::memchr2;
 
+/// Which top-level field holds the time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum TimeField {
+    /// An event's: its `timestamp`, or, when it has none, its `time`.
+    Timestamp,
+    /// A CloudEvent's: its `time` attribute (an extension named `timestamp` is not it).
+    Time,
+}
+
 /// What the top level of a JSON object says of its time.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum TopTime<'a> {
-    /// Its `timestamp`, or, when it has none, its `time`.
+    /// The field's value.
     Found(&'a str),
     /// Neither.
     Absent,
@@ -16,12 +25,12 @@ pub(super) enum TopTime<'a> {
     Unsure,
 }
 
-/// The top-level `timestamp` of the object `json` (the first one), or else its `time`.
-pub(super) fn top_time(json: &[u8]) -> TopTime<'_> {
-    scan(json).unwrap_or(TopTime::Unsure)
+/// The time of the object `json` at its top level (the first such field).
+pub(super) fn top_time(json: &[u8], field: TimeField) -> TopTime<'_> {
+    scan(json, field).unwrap_or(TopTime::Unsure)
 }
 
-fn scan(json: &[u8]) -> Option<TopTime<'_>> {
+fn scan(json: &[u8], field: TimeField) -> Option<TopTime<'_>> {
     let mut at = ws(json, 0);
     if *json.get(at)? != b'{' {
         return None;
@@ -38,10 +47,14 @@ fn scan(json: &[u8]) -> Option<TopTime<'_>> {
             return None;
         }
         at = ws(json, at + 1);
-        if key == b"timestamp" || key == b"time" {
+        let decides = match field {
+            TimeField::Timestamp => key == b"timestamp",
+            TimeField::Time => key == b"time",
+        };
+        if decides || (field == TimeField::Timestamp && key == b"time") {
             let (value, after) = plain_string(json, at)?;
             let value = std::str::from_utf8(value).ok()?;
-            if key == b"timestamp" {
+            if decides {
                 return Some(TopTime::Found(value));
             }
             time.get_or_insert(value);
@@ -129,14 +142,16 @@ fn skip_value(json: &[u8], at: usize) -> Option<usize> {
 mod tests {
     use super::*;
 
-    /// What a full parse says: the top level's `timestamp`, else its `time`.
-    fn parsed(json: &str) -> Option<String> {
+    /// What a full parse says: the top level's `timestamp`, else its `time` (a
+    /// CloudEvent's: its `time`).
+    fn parsed(json: &str, field: TimeField) -> Option<String> {
         let value: serde_json::Value = serde_json::from_str(json).ok()?;
         let object = value.as_object()?;
-        object
-            .get("timestamp")
-            .or(object.get("time"))
-            .and_then(|t| t.as_str().map(str::to_string))
+        match field {
+            TimeField::Timestamp => object.get("timestamp").or(object.get("time")),
+            TimeField::Time => object.get("time"),
+        }
+        .and_then(|t| t.as_str().map(str::to_string))
     }
 
     #[test]
@@ -158,25 +173,69 @@ mod tests {
             "",
         ];
         for json in cases {
-            match top_time(json.as_bytes()) {
-                TopTime::Found(t) => assert_eq!(Some(t.to_string()), parsed(json), "{json}"),
-                TopTime::Absent => assert_eq!(None, parsed(json), "{json}"),
-                TopTime::Unsure => {}
+            for field in [TimeField::Timestamp, TimeField::Time] {
+                match top_time(json.as_bytes(), field) {
+                    TopTime::Found(t) => {
+                        assert_eq!(Some(t.to_string()), parsed(json, field), "{json}")
+                    }
+                    TopTime::Absent => assert_eq!(None, parsed(json, field), "{json}"),
+                    TopTime::Unsure => {}
+                }
             }
         }
         assert_eq!(
-            top_time(cases[0].as_bytes()),
+            top_time(cases[0].as_bytes(), TimeField::Timestamp),
             TopTime::Found("2026-12-07T10:00:00Z")
         );
-        assert_eq!(top_time(cases[1].as_bytes()), TopTime::Found("t1"));
-        assert_eq!(top_time(cases[2].as_bytes()), TopTime::Found("t2"));
-        assert_eq!(top_time(cases[3].as_bytes()), TopTime::Found("t4"));
-        assert_eq!(top_time(cases[4].as_bytes()), TopTime::Found("t5"));
-        assert_eq!(top_time(cases[5].as_bytes()), TopTime::Absent);
-        assert_eq!(top_time(cases[6].as_bytes()), TopTime::Absent);
+        assert_eq!(
+            top_time(cases[1].as_bytes(), TimeField::Timestamp),
+            TopTime::Found("t1")
+        );
+        assert_eq!(
+            top_time(cases[2].as_bytes(), TimeField::Timestamp),
+            TopTime::Found("t2")
+        );
+        assert_eq!(
+            top_time(cases[3].as_bytes(), TimeField::Timestamp),
+            TopTime::Found("t4")
+        );
+        assert_eq!(
+            top_time(cases[4].as_bytes(), TimeField::Timestamp),
+            TopTime::Found("t5")
+        );
+        assert_eq!(
+            top_time(cases[5].as_bytes(), TimeField::Timestamp),
+            TopTime::Absent
+        );
+        assert_eq!(
+            top_time(cases[6].as_bytes(), TimeField::Timestamp),
+            TopTime::Absent
+        );
+        // A CloudEvent's time is its `time`, found before its `data` is read.
+        assert_eq!(
+            top_time(cases[2].as_bytes(), TimeField::Time),
+            TopTime::Found("t2")
+        );
+        assert_eq!(
+            top_time(cases[3].as_bytes(), TimeField::Time),
+            TopTime::Found("t3")
+        );
+        assert_eq!(
+            top_time(cases[0].as_bytes(), TimeField::Time),
+            TopTime::Absent
+        );
+        let unreadable_after_time = r#"{"time":"t7","data":{"a":"unterminated}"#;
+        assert_eq!(
+            top_time(unreadable_after_time.as_bytes(), TimeField::Time),
+            TopTime::Found("t7")
+        );
         // A time that is not a plain string, an escaped key, not an object, cut short.
         for json in &cases[7..] {
-            assert_eq!(top_time(json.as_bytes()), TopTime::Unsure, "{json}");
+            assert_eq!(
+                top_time(json.as_bytes(), TimeField::Timestamp),
+                TopTime::Unsure,
+                "{json}"
+            );
         }
     }
 }
