@@ -3,7 +3,6 @@
 //! payload (time, causation id), and the payload as `json` (or bytes when it is not JSON);
 //! and a row read back as the envelope it was stored as (for replays and restores).
 
-use std::borrow::Cow;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
@@ -12,6 +11,7 @@ use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 use super::sealing::{unseal, KeyRing, Plain};
 use super::skim::{self, TimeField, TopTime};
 use crate::model::envelope::{Envelope, PayloadFormat, StoredFields};
+use crate::model::text::Text;
 
 /// The columns written, in the table's order.
 pub const COLUMNS: &[(&str, Type)] = &[
@@ -206,9 +206,9 @@ struct Fields {
 #[derive(serde::Deserialize)]
 struct Top<'a> {
     #[serde(borrow)]
-    timestamp: Option<Cow<'a, str>>,
+    timestamp: Option<Text<'a>>,
     #[serde(borrow)]
-    time: Option<Cow<'a, str>>,
+    time: Option<Text<'a>>,
     #[serde(borrow)]
     metadata: Option<Meta<'a>>,
     #[serde(borrow)]
@@ -218,7 +218,7 @@ struct Top<'a> {
 #[derive(serde::Deserialize)]
 struct Meta<'a> {
     #[serde(borrow)]
-    causation_id: Option<Cow<'a, str>>,
+    causation_id: Option<Text<'a>>,
 }
 
 impl Fields {

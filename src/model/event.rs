@@ -8,6 +8,8 @@ use serde::de::{IgnoredAny, MapAccess, Visitor};
 use serde::Deserializer;
 use serde_json::value::RawValue;
 
+use super::text::Text;
+
 /// The top-level fields of an event, each as the raw JSON the client sent.
 #[derive(Debug, Default)]
 pub struct RawEvent<'a> {
@@ -111,8 +113,8 @@ impl<'de> Visitor<'de> for KeyFinder<'_, 'de> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-            if key == self.key {
+        while let Some(key) = map.next_key::<Text<'de>>()? {
+            if &*key == self.key {
                 self.found.set(Some(map.next_value::<&'de RawValue>()?));
                 return Err(serde::de::Error::custom("found"));
             }
@@ -133,8 +135,8 @@ impl<'de> Visitor<'de> for TopVisitor {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut event = RawEvent::default();
-        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-            let slot = match key.as_ref() {
+        while let Some(key) = map.next_key::<Text<'de>>()? {
+            let slot = match &*key {
                 "event_id" => &mut event.event_id,
                 "event_type" => &mut event.event_type,
                 "timestamp" => &mut event.timestamp,
@@ -191,8 +193,8 @@ impl<'de> Visitor<'de> for MetadataVisitor {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut meta = RawMetadata::default();
-        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-            let slot = match key.as_ref() {
+        while let Some(key) = map.next_key::<Text<'de>>()? {
+            let slot = match &*key {
                 "correlation_id" => &mut meta.correlation_id,
                 "service" => &mut meta.service,
                 "partition_key" => &mut meta.partition_key,

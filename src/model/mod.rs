@@ -13,6 +13,7 @@ pub mod route;
 pub mod signing;
 pub mod subscription;
 pub mod sync;
+pub mod text;
 pub mod topic;
 pub mod trace;
 pub mod violation;

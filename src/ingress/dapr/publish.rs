@@ -1,7 +1,6 @@
 //! The Dapr publish API: `POST|PUT /v1.0/publish/{pubsubname}/{topic}` and bulk publish,
 //! answered with Dapr's status codes and error bodies.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -20,6 +19,7 @@ use crate::ingress::publish::read_body;
 use crate::ingress::AppState;
 use crate::model::cloudevent::{self, Body as Published};
 use crate::model::event::deeper_than;
+use crate::model::text::Text;
 use crate::publish::dapr::{bulk_entry_body, Caller, Depth, Metadata, Route};
 
 /// The `metadata.*` pairs of a query string, percent-decoded.
@@ -163,13 +163,13 @@ async fn publish_one(
 struct BulkEntry<'a> {
     /// `entryId` (Dapr's docs) or `entryID` (the JavaScript SDK).
     #[serde(alias = "entryID", borrow)]
-    entry_id: Option<Cow<'a, str>>,
+    entry_id: Option<Text<'a>>,
     #[serde(borrow)]
     event: Option<&'a serde_json::value::RawValue>,
     #[serde(borrow)]
-    content_type: Option<Cow<'a, str>>,
+    content_type: Option<Text<'a>>,
     #[serde(default, borrow)]
-    metadata: HashMap<Cow<'a, str>, Cow<'a, str>>,
+    metadata: HashMap<Text<'a>, Text<'a>>,
 }
 
 /// Publishes many events through the Dapr API: 204 when all are stored, else 500 with
@@ -240,7 +240,7 @@ async fn publish_many(
         }
         let mut metadata = shared.clone();
         if let Err(err) = Metadata::read(
-            entry.metadata.iter().map(|(k, v)| (k.as_ref(), v.as_ref())),
+            entry.metadata.iter().map(|(k, v)| (&**k, &**v)),
             "",
             &mut metadata,
         ) {
@@ -272,7 +272,7 @@ async fn publish_many(
         ) {
             Ok(traced) => {
                 envelopes.push(traced);
-                stored_ids.push(entry_id.into_owned());
+                stored_ids.push(entry_id);
             }
             Err(err) => failed.push((entry_id.into_owned(), err.to_string())),
         }
@@ -281,7 +281,11 @@ async fn publish_many(
     if let Err(err) = app.publisher.publish_envelopes(&target, envelopes).await {
         let why = DaprError::from_publish(err).message;
         stored = 0;
-        failed.extend(stored_ids.into_iter().map(|id| (id, why.clone())));
+        failed.extend(
+            stored_ids
+                .into_iter()
+                .map(|id| (id.into_owned(), why.clone())),
+        );
     }
     if failed.is_empty() {
         return Ok((target, stored, StatusCode::NO_CONTENT.into_response()));
