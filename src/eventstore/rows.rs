@@ -223,13 +223,13 @@ struct Meta<'a> {
 
 impl Fields {
     fn read(payload: &[u8], format: PayloadFormat) -> Self {
+        let field = match format {
+            PayloadFormat::CloudEvent => TimeField::Time,
+            PayloadFormat::Event | PayloadFormat::Raw => TimeField::Timestamp,
+        };
         // No cause anywhere in it: its time is all there is to read, from the top level,
         // and only up to it.
         if memchr::memmem::find(payload, b"\"causation_id\"").is_none() {
-            let field = match format {
-                PayloadFormat::CloudEvent => TimeField::Time,
-                PayloadFormat::Event | PayloadFormat::Raw => TimeField::Timestamp,
-            };
             match skim::top_time(payload, field) {
                 TopTime::Found(t) => {
                     return Self {
@@ -267,11 +267,9 @@ impl Fields {
             }
             _ => None,
         };
-        let time = match format {
-            PayloadFormat::CloudEvent => top.time.as_deref(),
-            PayloadFormat::Event | PayloadFormat::Raw => {
-                top.timestamp.as_deref().or(top.time.as_deref())
-            }
+        let time = match field {
+            TimeField::Time => top.time.as_deref(),
+            TimeField::Timestamp => top.timestamp.as_deref().or(top.time.as_deref()),
         }
         .and_then(|t| humantime::parse_rfc3339_weak(t).ok());
         let causation = |t: &Top| {

@@ -183,47 +183,27 @@ mod tests {
                 }
             }
         }
-        assert_eq!(
-            top_time(cases[0].as_bytes(), TimeField::Timestamp),
-            TopTime::Found("2026-12-07T10:00:00Z")
-        );
-        assert_eq!(
-            top_time(cases[1].as_bytes(), TimeField::Timestamp),
-            TopTime::Found("t1")
-        );
-        assert_eq!(
-            top_time(cases[2].as_bytes(), TimeField::Timestamp),
-            TopTime::Found("t2")
-        );
-        assert_eq!(
-            top_time(cases[3].as_bytes(), TimeField::Timestamp),
-            TopTime::Found("t4")
-        );
-        assert_eq!(
-            top_time(cases[4].as_bytes(), TimeField::Timestamp),
-            TopTime::Found("t5")
-        );
-        assert_eq!(
-            top_time(cases[5].as_bytes(), TimeField::Timestamp),
-            TopTime::Absent
-        );
-        assert_eq!(
-            top_time(cases[6].as_bytes(), TimeField::Timestamp),
-            TopTime::Absent
-        );
-        // A CloudEvent's time is its `time`, found before its `data` is read.
-        assert_eq!(
-            top_time(cases[2].as_bytes(), TimeField::Time),
-            TopTime::Found("t2")
-        );
-        assert_eq!(
-            top_time(cases[3].as_bytes(), TimeField::Time),
-            TopTime::Found("t3")
-        );
-        assert_eq!(
-            top_time(cases[0].as_bytes(), TimeField::Time),
-            TopTime::Absent
-        );
+        // What each field finds; a CloudEvent's time is its `time`, found before its
+        // `data` is read.
+        let found = [
+            (
+                0,
+                TimeField::Timestamp,
+                TopTime::Found("2026-12-07T10:00:00Z"),
+            ),
+            (1, TimeField::Timestamp, TopTime::Found("t1")),
+            (2, TimeField::Timestamp, TopTime::Found("t2")),
+            (3, TimeField::Timestamp, TopTime::Found("t4")),
+            (4, TimeField::Timestamp, TopTime::Found("t5")),
+            (5, TimeField::Timestamp, TopTime::Absent),
+            (6, TimeField::Timestamp, TopTime::Absent),
+            (2, TimeField::Time, TopTime::Found("t2")),
+            (3, TimeField::Time, TopTime::Found("t3")),
+            (0, TimeField::Time, TopTime::Absent),
+        ];
+        for (case, field, expected) in found {
+            assert_eq!(top_time(cases[case].as_bytes(), field), expected, "{case}");
+        }
         let unreadable_after_time = r#"{"time":"t7","data":{"a":"unterminated}"#;
         assert_eq!(
             top_time(unreadable_after_time.as_bytes(), TimeField::Time),
