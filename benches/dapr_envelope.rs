@@ -1,11 +1,14 @@
 //! The Dapr API's work per event: a bulk entry (the platform's order event as JSON data,
 //! already read with the bulk body) made into the envelope evrouter stores, a CloudEvent
 //! around it, with a new trace and continuing the caller's; a single publish of the same
-//! body (its nesting measured, its JSON scanned); and a new `traceparent` written.
+//! body (its nesting measured, its JSON scanned); a bulk body of 100 such entries read
+//! (and, apart, the walk over its whole nesting that reading it used to begin with); and a
+//! new `traceparent` written.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use evrouter::config::DaprConfig;
 use evrouter::model::cloudevent::Body;
+use evrouter::publish::dapr::bulk::parse_bulk;
 use evrouter::publish::dapr::{Caller, DaprPubsubs, Depth, Metadata, Route};
 use serde_json::value::RawValue;
 
@@ -48,6 +51,25 @@ fn benches(c: &mut Criterion) {
     });
     group.bench_function("single_publish", |b| {
         b.iter(|| stored(Body::Bytes(event.as_bytes()), &fresh, Depth::Limit(64)))
+    });
+    group.finish();
+    // A bulk body as the Dapr SDKs send it: an entry id, a content type, the partition key.
+    let entries: Vec<String> = (0..100)
+        .map(|i| {
+            format!(
+                r#"{{"entryId":"{i}","contentType":"application/json","metadata":{{"partitionKey":"ord_{i}"}},"event":{}}}"#,
+                serde_json::to_string(&common::order_event(i)).expect("json")
+            )
+        })
+        .collect();
+    let body = format!("[{}]", entries.join(","));
+    let mut group = c.benchmark_group("dapr");
+    group.throughput(Throughput::Elements(100));
+    group.bench_function("bulk_body_of_100", |b| {
+        b.iter(|| parse_bulk(body.as_bytes(), 64).map_or(0, |entries| entries.len()))
+    });
+    group.bench_function("bulk_body_of_100_whole_depth_walk", |b| {
+        b.iter(|| evrouter::model::event::json_depth(body.as_bytes(), 66))
     });
     group.finish();
     c.bench_function("trace/new_traceparent", |b| {

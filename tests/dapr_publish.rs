@@ -348,9 +348,9 @@ async fn bulk_publish_reports_failed_entries() {
     }
     assert!(stored_on(&redis, "refused").is_empty());
 
-    // Entries are read in place: an escaped entry id is still one id. The body's nesting
-    // is measured once for all entries: an event at the limit (64 levels) is stored, one
-    // level more refuses the whole body.
+    // Entries are read in place: an escaped entry id is still one id. Each entry's event
+    // is measured: an event at the limit (64 levels) is stored, one level more refuses the
+    // whole body.
     let nested = |levels: usize| -> Value {
         let text = "[".repeat(levels) + &"]".repeat(levels);
         serde_json::from_str(&text).expect("nested")

@@ -1,7 +1,7 @@
 //! The Dapr publish API: `POST|PUT /v1.0/publish/{pubsubname}/{topic}` and bulk publish,
 //! answered with Dapr's status codes and error bodies.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -9,7 +9,7 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
-use serde::Deserialize;
+use foldhash::fast::RandomState;
 use serde_json::Value;
 
 use super::error::DaprError;
@@ -18,8 +18,7 @@ use crate::ingress::codes::DaprCode;
 use crate::ingress::publish::read_body;
 use crate::ingress::AppState;
 use crate::model::cloudevent::{self, Body as Published};
-use crate::model::event::deeper_than;
-use crate::model::text::Text;
+use crate::publish::dapr::bulk::parse_bulk;
 use crate::publish::dapr::{bulk_entry_body, Caller, Depth, Metadata, Route};
 
 /// The `metadata.*` pairs of a query string, percent-decoded.
@@ -157,21 +156,6 @@ async fn publish_one(
     Ok((target, 1, StatusCode::NO_CONTENT.into_response()))
 }
 
-/// One entry of a bulk publish, as the Dapr SDKs send it, read in place from the body.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct BulkEntry<'a> {
-    /// `entryId` (Dapr's docs) or `entryID` (the JavaScript SDK).
-    #[serde(alias = "entryID", borrow)]
-    entry_id: Option<Text<'a>>,
-    #[serde(borrow)]
-    event: Option<&'a serde_json::value::RawValue>,
-    #[serde(borrow)]
-    content_type: Option<Text<'a>>,
-    #[serde(default, borrow)]
-    metadata: HashMap<Text<'a>, Text<'a>>,
-}
-
 /// Publishes many events through the Dapr API: 204 when all are stored, else 500 with
 /// the entries that were not.
 pub async fn publish_bulk(
@@ -203,13 +187,7 @@ async fn publish_many(
         read_request(app, principal, &pubsub, &topic, query, &headers, body).await?;
     let max_depth = app.publisher.limits().max_depth;
     let caller = caller(&headers);
-    if deeper_than(&bytes, max_depth + 2) {
-        return Err(DaprError::bad_bulk(format!(
-            "the body nests deeper than {max_depth} levels"
-        )));
-    }
-    let entries: Vec<BulkEntry> = serde_json::from_slice(&bytes)
-        .map_err(|e| DaprError::bad_bulk(format!("the body is not a list of entries: {e}")))?;
+    let entries = parse_bulk(&bytes, max_depth).map_err(|e| DaprError::bad_bulk(e.to_string()))?;
     principal
         .quota
         .admit(&principal.name, entries.len(), bytes.len())?;
@@ -225,7 +203,7 @@ async fn publish_many(
         topic: &topic,
         target: &target,
     };
-    let mut seen = std::collections::HashSet::with_capacity(entries.len());
+    let mut seen = HashSet::with_capacity_and_hasher(entries.len(), RandomState::default());
     let mut failed: Vec<(String, String)> = Vec::new();
     let mut envelopes = Vec::with_capacity(entries.len());
     let mut stored_ids = Vec::with_capacity(entries.len());

@@ -20,23 +20,24 @@ pub const DEFAULT_TYPE: &str = "com.dapr.event.sent";
 /// The content type of a CloudEvent in structured mode.
 pub const CLOUDEVENTS_JSON: &str = "application/cloudevents+json";
 
-/// What the publish request says about the event, apart from its body.
+/// What the publish request says about the event, apart from its body, borrowed from the
+/// request.
 #[derive(Debug, Default, Clone)]
-pub struct PublishMeta {
+pub struct PublishMeta<'a> {
     /// The request's content type, without parameters, lower-cased (empty when none).
-    pub content_type: String,
+    pub content_type: &'a str,
     /// The pubsub name of the request.
-    pub pubsubname: String,
+    pub pubsubname: &'a str,
     /// The topic, as the app named it.
-    pub topic: String,
+    pub topic: &'a str,
     /// `source` when the event has none (the publishing app's id, when it says).
-    pub source: String,
+    pub source: &'a str,
     /// `metadata.cloudevent.*` overrides: id, source, type, traceid, traceparent, tracestate.
-    pub overrides: Overrides,
+    pub overrides: Cow<'a, Overrides>,
     /// The publish's W3C trace context, well-formed (the caller checked or made it).
     pub traceparent: Option<String>,
     /// The request's `tracestate`.
-    pub tracestate: Option<String>,
+    pub tracestate: Option<&'a str>,
     /// `metadata.ttlInSeconds`, as an absolute expiry (µs since the epoch).
     pub expires_us: Option<u64>,
 }
@@ -146,14 +147,15 @@ pub fn is_json(content_type: &str) -> bool {
         || content_type.ends_with("+json")
 }
 
-/// The content type's essence: without parameters, trimmed and lower-cased.
-pub fn essence(content_type: &str) -> String {
-    content_type
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase()
+/// The content type's essence: without parameters, trimmed and lower-cased (borrowed
+/// when it is already so).
+pub fn essence(content_type: &str) -> Cow<'_, str> {
+    let essence = content_type.split(';').next().unwrap_or_default().trim();
+    if essence.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(essence.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(essence)
+    }
 }
 
 /// A CloudEvent made by [`build_parts`]: the attributes every event has, the others, and
@@ -280,7 +282,7 @@ fn take_lenient(event: &mut Map<String, Value>, name: &str) -> Option<String> {
 /// the event's data and is wrapped as Dapr wraps it. JSON data is kept as published.
 pub fn build_parts<'a>(
     body: Body<'a>,
-    meta: &'a PublishMeta,
+    meta: &'a PublishMeta<'a>,
 ) -> Result<Built<'a>, CloudEventError> {
     let mut raw_data = None;
     let mut given_content_type = None;
@@ -292,7 +294,7 @@ pub fn build_parts<'a>(
         }
     } else {
         let raw = body.json();
-        let content_type = match (meta.content_type.as_str(), raw) {
+        let content_type = match (meta.content_type, raw) {
             ("", Some(_)) => "application/json",
             ("", None) => "text/plain",
             (given, _) => given,
@@ -334,7 +336,7 @@ pub fn build_parts<'a>(
         .tracestate
         .clone()
         .or(take_lenient(&mut rest, "tracestate"))
-        .or_else(|| meta.tracestate.clone())
+        .or_else(|| meta.tracestate.map(str::to_string))
         .unwrap_or_default();
     let time = take_lenient(&mut rest, "time").unwrap_or_else(now_rfc3339);
     rest.remove("topic");
@@ -346,7 +348,7 @@ pub fn build_parts<'a>(
     });
     let event = Built {
         id: (o.id.clone().or(id)).unwrap_or_else(super::new_event_id),
-        source: (o.source.clone().or(source)).unwrap_or_else(|| meta.source.clone()),
+        source: (o.source.clone().or(source)).unwrap_or_else(|| meta.source.to_string()),
         event_type: (o.event_type.clone().or(event_type))
             .unwrap_or_else(|| DEFAULT_TYPE.to_string()),
         datacontenttype,
@@ -354,8 +356,8 @@ pub fn build_parts<'a>(
         traceparent,
         traceid,
         tracestate,
-        topic: &meta.topic,
-        pubsubname: &meta.pubsubname,
+        topic: meta.topic,
+        pubsubname: meta.pubsubname,
         expiration,
         rest,
         raw_data,
@@ -417,12 +419,12 @@ fn wrap_data(body: &[u8], content_type: &str) -> Map<String, Value> {
 mod tests {
     use super::*;
 
-    fn meta(content_type: &str) -> PublishMeta {
+    fn meta(content_type: &str) -> PublishMeta<'_> {
         PublishMeta {
-            content_type: content_type.into(),
-            pubsubname: "pubsub".into(),
-            topic: "orders".into(),
-            source: "checkout".into(),
+            content_type,
+            pubsubname: "pubsub",
+            topic: "orders",
+            source: "checkout",
             ..PublishMeta::default()
         }
     }
@@ -491,11 +493,11 @@ mod tests {
     #[test]
     fn hostile_attributes_are_written_as_json_strings() {
         let mut m = meta("application/json");
-        m.topic = "or\"ders\u{1}</script>".into();
-        m.overrides.tracestate = Some("a=\"b\"\n".into());
+        m.topic = "or\"ders\u{1}</script>";
+        m.overrides.to_mut().tracestate = Some("a=\"b\"\n".into());
         let body = br#"{"specversion":"1.0","id":"e\"1","source":"s","type":"t","x-ext":{"k":[1]},"data":5}"#;
         let mut structured = meta(CLOUDEVENTS_JSON);
-        structured.topic = m.topic.clone();
+        structured.topic = m.topic;
         for (body, meta) in [(&b"{}"[..], &m), (&body[..], &structured)] {
             let event = build(body, meta).expect("ce");
             assert_eq!(event["topic"], "or\"ders\u{1}</script>");
@@ -563,9 +565,9 @@ mod tests {
     #[test]
     fn overrides_win() {
         let mut m = meta("application/json");
-        m.overrides.id = Some("fixed".into());
-        m.overrides.event_type = Some("order.created".into());
-        m.overrides.traceparent =
+        m.overrides.to_mut().id = Some("fixed".into());
+        m.overrides.to_mut().event_type = Some("order.created".into());
+        m.overrides.to_mut().traceparent =
             Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into());
         let event = build(b"{}", &m).expect("ce");
         assert_eq!(event["id"], "fixed");

@@ -3,6 +3,8 @@
 //! (a CloudEvent, or the raw payload), and the publisher of events that Dapr subscriptions
 //! forward to their `deadLetterTopic`.
 
+pub mod bulk;
+
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -298,10 +300,10 @@ impl DaprPubsubs {
         let (traceparent, span) = self
             .tracer
             .begin_publish(asked.or(caller.traceparent.as_deref()));
-        let mut overrides = metadata.overrides.clone();
+        let mut overrides = Cow::Borrowed(&metadata.overrides);
         if self.tracer.enabled() && asked.is_some() {
             // Stored is the publish span's context, a child of the one asked for.
-            overrides.traceparent = None;
+            overrides.to_mut().traceparent = None;
         }
         if metadata.raw_payload {
             if cloudevent::is_json(content_type) {
@@ -336,13 +338,13 @@ impl DaprPubsubs {
             return Ok((envelope, span));
         }
         let meta = PublishMeta {
-            content_type: content_type.to_string(),
-            pubsubname: pubsub.to_string(),
-            topic: topic.to_string(),
-            source: caller.app_id.clone().unwrap_or_else(|| "evrouter".into()),
+            content_type,
+            pubsubname: pubsub,
+            topic,
+            source: caller.app_id.as_deref().unwrap_or("evrouter"),
             overrides,
             traceparent: Some(traceparent),
-            tracestate: caller.tracestate.clone(),
+            tracestate: caller.tracestate.as_deref(),
             expires_us,
         };
         let event = cloudevent::build_parts(body, &meta).map_err(|e| match e {
