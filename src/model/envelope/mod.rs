@@ -5,7 +5,6 @@ mod stored;
 
 use rkyv::rancor;
 
-use self::stored::Archive;
 pub use self::stored::{aligned_copy, Stored, StoredFields};
 
 /// Version byte in front of every stored envelope, so readers can tell formats apart.
@@ -167,12 +166,8 @@ impl Envelope {
     /// out, and the payload is located in `bytes` so that a slice of them can be handed on
     /// instead of a copy.
     pub fn view(bytes: &[u8]) -> Result<EntryView, EnvelopeError> {
-        let (&version, body) = bytes.split_first().ok_or(EnvelopeError::Empty)?;
-        if version != ENVELOPE_VERSION && version != 1 {
-            return Err(EnvelopeError::Version(version));
-        }
-        let archive = Archive::of(body);
-        let aligned: &[u8] = &archive;
+        let stored = Stored::open(bytes)?;
+        let (version, aligned) = (stored.version, &stored.archive[..]);
         let corrupt = |e: rancor::Error| EnvelopeError::Corrupt(e.to_string());
         // The payload's place in `bytes`: its offset in the aligned copy, plus the version
         // byte.
@@ -215,12 +210,8 @@ impl Envelope {
     /// Decodes what [`Envelope::encode`] wrote (in place when its archive lies aligned,
     /// else from an aligned copy).
     pub fn decode(bytes: &[u8]) -> Result<Envelope, EnvelopeError> {
-        let (&version, body) = bytes.split_first().ok_or(EnvelopeError::Empty)?;
-        if version != ENVELOPE_VERSION && version != 1 {
-            return Err(EnvelopeError::Version(version));
-        }
-        let archive = Archive::of(body);
-        let aligned: &[u8] = &archive;
+        let stored = Stored::open(bytes)?;
+        let (version, aligned) = (stored.version, &stored.archive[..]);
         let corrupt = |e: rancor::Error| EnvelopeError::Corrupt(e.to_string());
         if version == 1 {
             return rkyv::from_bytes::<EnvelopeV1, rancor::Error>(aligned)

@@ -11,8 +11,8 @@ use super::{
 /// A stored entry's envelope, read where it lies (or from one aligned copy) for a reader
 /// that borrows its fields instead of owning them: the event store's rows.
 pub struct Stored<'a> {
-    archive: Archive<'a>,
-    version: u8,
+    pub(super) archive: Archive<'a>,
+    pub(super) version: u8,
 }
 
 /// The fields of a [`Stored`] envelope, borrowed from it.
@@ -33,8 +33,8 @@ pub struct StoredFields<'a> {
 }
 
 impl<'a> Stored<'a> {
-    /// An entry as [`Envelope::encode`] wrote it; a version this build does not read is
-    /// refused.
+    /// An entry as [`Envelope::encode`](super::Envelope::encode) wrote it; a version this
+    /// build does not read is refused.
     pub fn open(bytes: &'a [u8]) -> Result<Self, EnvelopeError> {
         let (&version, body) = bytes.split_first().ok_or(EnvelopeError::Empty)?;
         if version != ENVELOPE_VERSION && version != 1 {
@@ -119,8 +119,9 @@ impl std::ops::Deref for Archive<'_> {
 }
 
 /// A copy of an entry (version byte and archive) laid out so that its archive starts
-/// aligned: [`Envelope::view`] and [`Envelope::decode`] then read it in place instead of
-/// copying it again.
+/// aligned: [`Envelope::view`](super::Envelope::view) and
+/// [`Envelope::decode`](super::Envelope::decode) then read it in place instead of copying
+/// it again.
 pub fn aligned_copy(entry: &[u8]) -> bytes::Bytes {
     use bytes::Buf;
     let mut buf = Vec::with_capacity(entry.len() + ARCHIVE_ALIGN - 1);
